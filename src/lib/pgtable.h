@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pgtable.h - a sparse, lazily allocated table of 64-bit words indexed by
+ * page number; 0 means "empty".
+ *
+ * It is the translation table of a region: creating one allocates nothing,
+ * so registration is O(1) in the region's size, and memory grows only with
+ * the pages that hold a nonzero word. A radix tree of fixed depth (chosen
+ * from the number of slots at init) whose leaves hold the words; a leaf or
+ * an inner node is freed as soon as it holds no nonzero word, so memory
+ * shrinks back when pages are unmapped. Iteration skips empty subtrees.
+ * Not thread safe: the caller locks (the region lock).
+ */
+#ifndef UODP_PGTABLE_H
+#define UODP_PGTABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct pgt {
+	void *root;		/* NULL until the first nonzero word */
+	uint64_t nslots;	/* number of slots (indexes 0 .. nslots-1) */
+	unsigned levels;	/* inner levels above the leaves */
+	uint64_t used;		/* number of nonzero words */
+	uint64_t bytes;		/* memory held by nodes and leaves */
+};
+
+/* Prepare an empty table of @nslots slots (>= 1). Allocates nothing. */
+void pgt_init(struct pgt *t, uint64_t nslots);
+
+/* Free every node. The table is empty (and still usable) afterwards. */
+void pgt_destroy(struct pgt *t);
+
+/* The word at @idx (0 if empty or idx >= nslots). */
+uint64_t pgt_get(const struct pgt *t, uint64_t idx);
+
+/* Store @val at @idx (< nslots). Storing 0 empties the slot and frees nodes
+ * that become empty. Returns 0, or -ENOMEM (table unchanged) when a node
+ * could not be allocated, or -EINVAL (table unchanged) if idx >= nslots. */
+int pgt_set(struct pgt *t, uint64_t idx, uint64_t val);
+
+/*
+ * Visit the nonzero words with index in [from, to) in ascending order,
+ * skipping empty subtrees without touching their slots. @fn receives the
+ * index and a pointer to the word, which it may change (including to 0:
+ * the table then keeps its counts and frees emptied nodes). A nonzero
+ * return from @fn stops the walk. Returns the number of words visited.
+ * @fn must not call other pgt functions on @t.
+ */
+uint64_t pgt_for_each(struct pgt *t, uint64_t from, uint64_t to,
+		      int (*fn)(uint64_t idx, uint64_t *word, void *arg),
+		      void *arg);
+
+/*
+ * Fast path for filling a run: a pointer to the slot @idx in its leaf,
+ * allocating the path if needed, and in *@room how many consecutive slots
+ * (idx, idx+1, ...) the same leaf holds from there. Callers that write
+ * through the pointer must report each slot they turn from 0 to nonzero or
+ * back with pgt_leaf_account(). Returns NULL on -ENOMEM (errno ENOMEM,
+ * table unchanged) or if idx >= nslots (errno EINVAL). A leaf it allocated
+ * stays, empty, until pgt_leaf_account() (delta 0 is fine) or another call
+ * that touches it finds it empty.
+ */
+uint64_t *pgt_leaf_slot(struct pgt *t, uint64_t idx, uint64_t *room);
+/* Adjust the nonzero count of the leaf holding @idx by @delta (positive:
+ * slots filled through pgt_leaf_slot; negative: emptied) and free the leaf
+ * (and empty parents) if it holds nothing. */
+void pgt_leaf_account(struct pgt *t, uint64_t idx, int64_t delta);
+
+/* Test hook: make the @n-th node allocation from now fail (1: the next
+ * one); 0 disables. Not thread safe; for unit tests only. */
+void pgt_test_fail_alloc(unsigned n);
+
+#endif
