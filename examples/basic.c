@@ -17,8 +17,8 @@
 
 #define NPAGES 16
 
-static void on_invalidate(struct uodp_umem *umem, uint64_t start,
-			  uint64_t end, void *priv)
+static void on_invalidate(struct uodp_umem *umem, uint64_t start, uint64_t end,
+			  void *priv)
 {
 	(void)umem;
 	(void)priv;
@@ -97,7 +97,8 @@ int main(void)
 	printf("application invalidates pages 0-1 (as after an munmap):\n");
 	uodp_invalidate_range(ctx, base, base + 2 * page);
 	printf("  entry of page 0 = %#" PRIx64 ", page 2 = %#" PRIx64 "\n",
-	       uodp_umem_entry(umem, base), uodp_umem_entry(umem, base + 2 * page));
+	       uodp_umem_entry(umem, base),
+	       uodp_umem_entry(umem, base + 2 * page));
 	ok &= uodp_umem_entry(umem, base) == 0 &&
 	      uodp_umem_entry(umem, base + 2 * page) != 0;
 
@@ -112,15 +113,16 @@ int main(void)
 	ok &= n == -EFAULT;
 
 	uodp_umem_stats(umem, &st);
-	printf("counters: %" PRIu64 " map calls, %" PRIu64 " pages mapped, %" PRIu64
-	       " invalidations, %" PRIu64 " pages invalidated, %" PRIu64
-	       " mapped now\n",
+	printf("counters: %" PRIu64 " map calls, %" PRIu64
+	       " pages mapped, %" PRIu64 " invalidations, %" PRIu64
+	       " pages invalidated, %" PRIu64 " mapped now\n",
 	       st.map_calls, st.pages_mapped, st.invalidations,
 	       st.pages_invalidated, st.mapped_now);
 
 	uodp_umem_release(umem);
 	uodp_ctx_destroy(ctx);
 	munmap(buf, NPAGES * page);
-	printf("%s\n", ok ? "every step behaved as stated" : "UNEXPECTED RESULT");
+	printf("%s\n",
+	       ok ? "every step behaved as stated" : "UNEXPECTED RESULT");
 	return ok ? 0 : 1;
 }

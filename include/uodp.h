@@ -244,11 +244,9 @@ UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, uint64_t va);
  * The region lock must be held by the caller, and @fn must not take it.
  * Returns the number of entries visited or -EINVAL (NULL @umem or @fn).
  */
-UODP_API int64_t uodp_umem_for_each_entry(struct uodp_umem *umem,
-					  uint64_t start, uint64_t end,
-					  int (*fn)(uint64_t va, uint64_t entry,
-						    void *arg),
-					  void *arg);
+UODP_API int64_t uodp_umem_for_each_entry(
+	struct uodp_umem *umem, uint64_t start, uint64_t end,
+	int (*fn)(uint64_t va, uint64_t entry, void *arg), void *arg);
 
 /*
  * Drop the entries of [va, bound) clamped to the region. Pages that were
@@ -270,13 +268,13 @@ UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, uint64_t *vas,
 
 /* Counters of one region, cumulative since uodp_umem_get(). */
 struct uodp_umem_stats {
-	uint64_t map_calls;	   /* uodp_umem_map() calls */
-	uint64_t pages_mapped;	   /* pages newly or re-mapped by them */
-	uint64_t invalidations;	   /* invalidations that touched the region */
+	uint64_t map_calls;	    /* uodp_umem_map() calls */
+	uint64_t pages_mapped;	    /* pages newly or re-mapped by them */
+	uint64_t invalidations;	    /* invalidations that touched the region */
 	uint64_t pages_invalidated; /* entries dropped by them */
-	uint64_t eagain;	   /* uodp_umem_map() calls that ended -EAGAIN */
-	uint64_t mapped_now;	   /* entries currently mapped */
-	uint64_t table_bytes;	   /* memory held by the translation table */
+	uint64_t eagain;      /* uodp_umem_map() calls that ended -EAGAIN */
+	uint64_t mapped_now;  /* entries currently mapped */
+	uint64_t table_bytes; /* memory held by the translation table */
 };
 
 /* Errors: -EINVAL (NULL argument). */

@@ -109,9 +109,12 @@ static void invalidate_in_window(struct uodp_umem *umem)
 {
 	(void)umem;
 	uodp_test_hook_before_install = NULL; /* once */
-	assert_int_equal(uodp_invalidate_range_start(hook_f->ctx, hook_s, hook_e), 0);
+	assert_int_equal(
+		uodp_invalidate_range_start(hook_f->ctx, hook_s, hook_e), 0);
 	if (hook_mode >= 1)
-		assert_int_equal(uodp_invalidate_range_end(hook_f->ctx, hook_s, hook_e), 0);
+		assert_int_equal(uodp_invalidate_range_end(hook_f->ctx, hook_s,
+							   hook_e),
+				 0);
 }
 
 static void map_with_window_race(void **state, int mode, uint64_t s, uint64_t e)
@@ -128,7 +131,8 @@ static void map_with_window_race(void **state, int mode, uint64_t s, uint64_t e)
 	uodp_test_hook_before_install = invalidate_in_window;
 	n = uodp_umem_map(f->umem, f->base, 8 * page, UODP_ACCESS_WRITE, seq);
 	assert_int_equal(n, -EAGAIN);
-	assert_int_equal(count_entries(f->umem, f->base, f->base + 8 * page), 0);
+	assert_int_equal(count_entries(f->umem, f->base, f->base + 8 * page),
+			 0);
 	assert_true(uodp_umem_retry(f->umem, seq));
 	assert_int_equal(uodp_umem_stats(f->umem, &st), 0);
 	assert_int_equal(st.eagain, 1);
@@ -139,7 +143,8 @@ static void map_with_window_race(void **state, int mode, uint64_t s, uint64_t e)
 	assert_int_equal(uodp_umem_map(f->umem, f->base, 8 * page,
 				       UODP_ACCESS_WRITE, seq),
 			 8);
-	assert_int_equal(count_entries(f->umem, f->base, f->base + 8 * page), 8);
+	assert_int_equal(count_entries(f->umem, f->base, f->base + 8 * page),
+			 8);
 }
 
 static void test_start_in_window(void **state)
@@ -156,7 +161,8 @@ static void test_start_end_in_window(void **state)
 	/* The invalidation ran entirely inside the window: only the sequence
 	 * tells the fault. Even a range outside the pages being mapped (but
 	 * in the region) forces the retry: counters are per region. */
-	map_with_window_race(state, 1, f->base + 40 * page, f->base + 41 * page);
+	map_with_window_race(state, 1, f->base + 40 * page,
+			     f->base + 41 * page);
 }
 
 static void test_other_region_no_retry(void **state)
@@ -222,8 +228,8 @@ static void test_invalidation_during_map(void **state)
 	pthread_join(t, &ret);
 	assert_int_equal((intptr_t)ret, -EAGAIN);
 	/* Nothing was installed, neither during nor after start(). */
-	assert_int_equal(count_entries(f->umem, f->base, f->base + NPAGES * page),
-			 0);
+	assert_int_equal(
+		count_entries(f->umem, f->base, f->base + NPAGES * page), 0);
 	assert_int_equal(uodp_invalidate_range_end(f->ctx, f->base,
 						   f->base + NPAGES * page),
 			 0);
@@ -255,7 +261,9 @@ static void test_map_while_running_and_waiters(void **state)
 	uint64_t seq;
 	int i;
 
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base, f->base + page), 0);
+	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
+						     f->base + page),
+			 0);
 	seq = uodp_umem_read_seq(f->umem);
 	assert_int_equal(uodp_umem_map(f->umem, f->base + 10 * page, page,
 				       UODP_ACCESS_READ, seq),
@@ -268,7 +276,8 @@ static void test_map_while_running_and_waiters(void **state)
 	usleep(20000); /* give them time to block; the check below is not timed */
 	for (i = 0; i < 3; i++)
 		assert_int_equal(atomic_load(&w[i].done), 0);
-	assert_int_equal(uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
+	assert_int_equal(
+		uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
 	for (i = 0; i < 3; i++) {
 		pthread_join(t[i], NULL);
 		assert_int_equal(w[i].ret, 0);
@@ -293,7 +302,9 @@ static void test_register_during_invalidation(void **state)
 
 	/* Two invalidations run; the region must stay without counters
 	 * until both have ended. */
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base, f->base + page), 0);
+	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
+						     f->base + page),
+			 0);
 	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base + 4 * page,
 						     f->base + 5 * page),
 			 0);
@@ -310,7 +321,8 @@ static void test_register_during_invalidation(void **state)
 
 	/* end() finds the late region in the tree: it must not lower
 	 * counters that start() never raised. */
-	assert_int_equal(uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
+	assert_int_equal(
+		uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
 	seq = uodp_umem_read_seq(late);
 	assert_int_equal(uodp_umem_map(late, f->base + 2 * page, page,
 				       UODP_ACCESS_READ, seq),
@@ -344,11 +356,15 @@ static void test_release_without_counters(void **state)
 	struct fixture *f = *state;
 	struct uodp_umem *late;
 
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base, f->base + page), 0);
-	assert_int_equal(uodp_umem_get(f->ctx, f->base, page, UODP_ACCESS_ALL, &late),
+	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
+						     f->base + page),
+			 0);
+	assert_int_equal(uodp_umem_get(f->ctx, f->base, page, UODP_ACCESS_ALL,
+				       &late),
 			 0);
 	assert_int_equal(uodp_umem_release(late), 0);
-	assert_int_equal(uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
+	assert_int_equal(
+		uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
 	assert_int_equal(atomic_load(&f->ctx->nc_pending), 0);
 }
 
@@ -393,8 +409,10 @@ static void test_overlapping_regions(void **state)
 		}
 	}
 	assert_int_equal(hit_a + hit_b + hit_f, 3);
-	assert_int_equal(count_entries(a, f->base + 4 * page, f->base + 12 * page), 6);
-	assert_int_equal(count_entries(b, f->base + 8 * page, f->base + 16 * page), 5);
+	assert_int_equal(
+		count_entries(a, f->base + 4 * page, f->base + 12 * page), 6);
+	assert_int_equal(
+		count_entries(b, f->base + 8 * page, f->base + 16 * page), 5);
 	assert_int_equal(uodp_umem_release(a), 0);
 	assert_int_equal(uodp_umem_release(b), 0);
 }
@@ -427,7 +445,8 @@ static void *invalidator(void *arg)
 
 static void test_release_during_callback(void **state)
 {
-	static const struct uodp_ctx_ops ops = { .invalidate_range = blocking_cb };
+	static const struct uodp_ctx_ops ops = { .invalidate_range =
+							 blocking_cb };
 	struct uodp_ctx *ctx;
 	struct uodp_umem *umem;
 	struct fixture g;
@@ -459,10 +478,13 @@ static void test_release_between_start_end(void **state)
 {
 	struct fixture *f = *state;
 
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base, f->base + page), 0);
+	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
+						     f->base + page),
+			 0);
 	assert_int_equal(uodp_umem_release(f->umem), 0);
 	f->umem = NULL;
-	assert_int_equal(uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
+	assert_int_equal(
+		uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
 }
 
 /* --- 6. Destroy while a fault waits -------------------------------------- */
@@ -478,9 +500,10 @@ static void test_destroy_wakes_waiters(void **state)
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	(void)state;
-	assert_int_equal(uodp_ctx_create(&record_ops, UODP_CTX_MANUAL, &ctx), 0);
-	assert_int_equal(uodp_umem_get(ctx, (uintptr_t)mem, page, UODP_ACCESS_ALL,
-				       &umem),
+	assert_int_equal(uodp_ctx_create(&record_ops, UODP_CTX_MANUAL, &ctx),
+			 0);
+	assert_int_equal(uodp_umem_get(ctx, (uintptr_t)mem, page,
+				       UODP_ACCESS_ALL, &umem),
 			 0);
 	assert_int_equal(uodp_invalidate_range_start(ctx, (uintptr_t)mem,
 						     (uintptr_t)mem + page),
@@ -493,7 +516,8 @@ static void test_destroy_wakes_waiters(void **state)
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 	pthread_join(t, NULL);
 	assert_int_equal(w.ret, -ENODEV);
-	assert_int_equal(uodp_umem_map(umem, (uintptr_t)mem, page, UODP_ACCESS_READ,
+	assert_int_equal(uodp_umem_map(umem, (uintptr_t)mem, page,
+				       UODP_ACCESS_READ,
 				       uodp_umem_read_seq(umem)),
 			 -ENODEV);
 	assert_int_equal(uodp_umem_release(umem), 0);
@@ -509,7 +533,8 @@ static void test_frame_changed(void **state)
 	void *p, *keep;
 
 	seq = uodp_umem_read_seq(f->umem);
-	assert_int_equal(uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE, seq), 1);
+	assert_int_equal(
+		uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE, seq), 1);
 	if (!uodp_umem_pfn(f->umem, va))
 		skip(); /* frames hidden from unprivileged users */
 	/* Replace the page without any notification (a manual context has
@@ -524,14 +549,16 @@ static void test_frame_changed(void **state)
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 	assert_true(p == (void *)(uintptr_t)va);
 	seq = uodp_umem_read_seq(f->umem);
-	assert_int_equal(uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE, seq),
+	assert_int_equal(uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE,
+				       seq),
 			 -EAGAIN);
 	assert_int_equal(seen.calls, 1);
 	assert_int_equal(seen.start[0], va);
 	assert_int_equal(seen.end[0], va + page);
 	assert_int_equal(uodp_umem_entry(f->umem, va), 0);
 	seq = uodp_umem_read_seq(f->umem);
-	assert_int_equal(uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE, seq), 1);
+	assert_int_equal(
+		uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE, seq), 1);
 	munmap(keep, page);
 }
 
@@ -582,7 +609,8 @@ static void test_storm(void **state)
 		uint64_t s0 = f->base + a * page, e0 = f->base + b * page;
 		int k;
 
-		assert_int_equal(uodp_invalidate_range_start(f->ctx, s0, e0), 0);
+		assert_int_equal(uodp_invalidate_range_start(f->ctx, s0, e0),
+				 0);
 		/* While it runs, nothing may appear in its range. */
 		for (k = 0; k < 3; k++)
 			if (count_entries(f->umem, s0, e0))
@@ -600,28 +628,30 @@ static void test_storm(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_start_in_window, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_start_in_window, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_start_end_in_window, setup,
 						teardown),
-		cmocka_unit_test_setup_teardown(test_other_region_no_retry, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_invalidation_during_map, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_map_while_running_and_waiters,
+		cmocka_unit_test_setup_teardown(test_other_region_no_retry,
 						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_register_during_invalidation,
+		cmocka_unit_test_setup_teardown(test_invalidation_during_map,
 						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_release_without_counters, setup,
-						teardown),
+		cmocka_unit_test_setup_teardown(
+			test_map_while_running_and_waiters, setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_register_during_invalidation, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_release_without_counters,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_overlapping_regions, setup,
 						teardown),
-		cmocka_unit_test_setup_teardown(test_release_during_callback, setup,
+		cmocka_unit_test_setup_teardown(test_release_during_callback,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_release_between_start_end,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_wakes_waiters,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_frame_changed, setup,
 						teardown),
-		cmocka_unit_test_setup_teardown(test_release_between_start_end, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_destroy_wakes_waiters, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_frame_changed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_storm, setup, teardown),
 	};
 

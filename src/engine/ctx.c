@@ -55,7 +55,8 @@ static void ctx_probe_pagemap(struct uodp_ctx *ctx)
 static bool kernel_has_populate(unsigned page_shift)
 {
 	char stack_page[1];
-	uintptr_t page = (uintptr_t)stack_page & ~(((uintptr_t)1 << page_shift) - 1);
+	uintptr_t page = (uintptr_t)stack_page &
+			 ~(((uintptr_t)1 << page_shift) - 1);
 
 	return madvise((void *)page, (size_t)1 << page_shift,
 		       MADV_POPULATE_READ) == 0;
@@ -96,8 +97,7 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	if (!out || (flags & ~UODP_CTX_FLAGS_ALL))
 		return -EINVAL;
 	if ((flags & UODP_CTX_STRICT) &&
-	    ((flags & UODP_CTX_MANUAL) || !ops || !ops->fence ||
-	     !ops->unfence))
+	    ((flags & UODP_CTX_MANUAL) || !ops || !ops->fence || !ops->unfence))
 		return -EINVAL;
 
 	ctx = calloc(1, sizeof(*ctx));

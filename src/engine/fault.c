@@ -44,7 +44,7 @@ static int populate_error(int err, uint64_t va, size_t page)
 	case EINVAL: /* PROT_NONE, write to read-only, VM_IO/PFNMAP */
 	case EPERM:
 		return -EACCES;
-	case EFAULT:	  /* SIGBUS: e.g. a file page past its end */
+	case EFAULT:	/* SIGBUS: e.g. a file page past its end */
 	case EHWPOISON: /* a poisoned page */
 		return -EFAULT;
 	default:
@@ -159,8 +159,8 @@ static void install_locked(struct uodp_umem *umem, uint64_t idx, uint64_t n,
 		nw = (pfns[i] << W_PFN_SHIFT) | access | (w & W_DIRTY);
 		if (pin) {
 			r = pin_page(umem->ctx,
-				     umem->start +
-					     ((idx + i) << umem->ctx->page_shift));
+				     umem->start + ((idx + i)
+						    << umem->ctx->page_shift));
 			if (r) {
 				res->err = r;
 				break;
@@ -262,7 +262,8 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 
 		total += res.done;
 		if (res.changed != ~(uint64_t)0) {
-			uint64_t cva = umem->start + (res.changed << ctx->page_shift);
+			uint64_t cva =
+				umem->start + (res.changed << ctx->page_shift);
 
 			umem_invalidate_one(umem, cva, cva + page);
 			pthread_mutex_lock(&umem->lock);

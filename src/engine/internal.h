@@ -61,17 +61,17 @@ struct uodp_ctx {
 	uint64_t magic;
 	struct uodp_ctx_ops ops;
 	unsigned flags;
-	pid_t pid;	      /* process that created the context */
-	int pagemap_fd;	      /* /proc/self/pagemap, -1 if unusable */
-	bool pagemap_pfns;    /* pagemap shows frame numbers (CAP_SYS_ADMIN) */
+	pid_t pid;	   /* process that created the context */
+	int pagemap_fd;	   /* /proc/self/pagemap, -1 if unusable */
+	bool pagemap_pfns; /* pagemap shows frame numbers (CAP_SYS_ADMIN) */
 	unsigned page_shift;
 
 	pthread_mutex_t mon_lock; /* see lock order above */
 	struct umon *mon;	  /* kernel monitor, NULL when none runs */
 
-	pthread_rwlock_t tree_lock; /* see lock order above */
-	struct itree tree;	    /* regions by [start, end - 1] */
-	struct uodp_umem *umems;    /* all regions (for teardown) */
+	pthread_rwlock_t tree_lock;    /* see lock order above */
+	struct itree tree;	       /* regions by [start, end - 1] */
+	struct uodp_umem *umems;       /* all regions (for teardown) */
 	struct uodp_umem *no_counters; /* regions waiting for counters */
 	uint64_t nregions;
 	bool dying;	/* uodp_ctx_destroy() started: no new regions */
@@ -102,10 +102,10 @@ struct uodp_umem {
 	unsigned access;     /* rights the region was registered with */
 	_Atomic(void *) priv;
 
-	struct itree_node node; /* in ctx->tree; under ctx->tree_lock */
-	struct uodp_umem *next, *prev;	/* ctx->umems; under tree_lock */
-	struct uodp_umem *next_nc;	/* ctx->no_counters; under tree_lock */
-	bool on_nc;			/* on that list; under tree_lock */
+	struct itree_node node;	       /* in ctx->tree; under ctx->tree_lock */
+	struct uodp_umem *next, *prev; /* ctx->umems; under tree_lock */
+	struct uodp_umem *next_nc;     /* ctx->no_counters; under tree_lock */
+	bool on_nc;		       /* on that list; under tree_lock */
 
 	pthread_mutex_t lock; /* see lock order above; recursive, so that
 			       * entry readers work with or without it */
@@ -172,8 +172,7 @@ void unpin_page(struct uodp_ctx *ctx, uint64_t va);
 uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 			 bool invalidation);
 /* One-region invalidation (frame changed under an entry). */
-void umem_invalidate_one(struct uodp_umem *umem, uint64_t start,
-			 uint64_t end);
+void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end);
 
 /*
  * Test hooks: called, when set, at the points named. They let tests stop a

@@ -100,14 +100,14 @@ static int round_range(const struct uodp_ctx *ctx, uint64_t *start,
 	if (*start >= *end)
 		return -EINVAL;
 	*start &= ~mask;
-	*end = (*end > UODP_VA_LIMIT - mask) ? UODP_VA_LIMIT
-					     : (*end + mask) & ~mask;
+	*end = (*end > UODP_VA_LIMIT - mask) ? UODP_VA_LIMIT :
+					       (*end + mask) & ~mask;
 	return *start < *end ? 0 : -EINVAL;
 }
 
-#define for_each_overlap(ctx, node, s, e)                                \
-	for (node = itree_iter_first(&(ctx)->tree, (s), (e) - 1); node;    \
-	     node = itree_iter_next(node, (s), (e) - 1))
+#define for_each_overlap(ctx, node, s, e)                             \
+	for (node = itree_iter_first(&(ctx)->tree, (s), (e)-1); node; \
+	     node = itree_iter_next(node, (s), (e)-1))
 
 static inline struct uodp_umem *node_umem(struct itree_node *n)
 {
@@ -133,7 +133,8 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx, uint64_t start,
 	 * walk may miss, gets no private counters (see notifier_count). */
 	atomic_fetch_add(&ctx->notifier_count, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end) {
+	for_each_overlap(ctx, n, start, end)
+	{
 		struct uodp_umem *umem = node_umem(n);
 		uint64_t s = start > umem->start ? start : umem->start;
 		uint64_t e = end < umem->end ? end : umem->end;
@@ -167,8 +168,7 @@ UODP_API int uodp_invalidate_range_end(struct uodp_ctx *ctx, uint64_t start,
 	 * invalidation ran, hence without counters: end accounting never
 	 * lowers a counter start() did not raise. */
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end)
-		umem_end_account(node_umem(n));
+	for_each_overlap(ctx, n, start, end) umem_end_account(node_umem(n));
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	ctx_notifier_end(ctx);
 	return 0;
@@ -212,9 +212,10 @@ UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, uint64_t va,
 		return -ECHILD;
 	mask = ((uint64_t)1 << umem->ctx->page_shift) - 1;
 	va = va < umem->start ? umem->start : va & ~mask;
-	bound = bound > umem->end ? umem->end
-				  : (bound > UODP_VA_LIMIT ? UODP_VA_LIMIT
-							   : (bound + mask) & ~mask);
+	bound = bound > umem->end ?
+			umem->end :
+			(bound > UODP_VA_LIMIT ? UODP_VA_LIMIT :
+						 (bound + mask) & ~mask);
 	if (va >= bound)
 		return 0;
 	return (int64_t)umem_drop_range(umem, va, bound, false);

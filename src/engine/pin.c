@@ -45,6 +45,7 @@ void unpin_page(struct uodp_ctx *ctx, uint64_t va)
 		/* Fails harmlessly (ENOMEM) if the page was unmapped. */
 		munlock((void *)va, (size_t)1 << ctx->page_shift);
 	if (refs)
-		pgt_set(&ctx->pins, pg, refs - 1); /* no allocation: cannot fail */
+		pgt_set(&ctx->pins, pg,
+			refs - 1); /* no allocation: cannot fail */
 	pthread_mutex_unlock(&ctx->pin_lock);
 }

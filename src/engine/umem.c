@@ -248,8 +248,9 @@ UODP_API void uodp_umem_set_priv(struct uodp_umem *umem, void *priv)
 
 UODP_API void *uodp_umem_priv(const struct uodp_umem *umem)
 {
-	return umem_valid(umem) ? atomic_load(&((struct uodp_umem *)umem)->priv)
-				: NULL;
+	return umem_valid(umem) ?
+		       atomic_load(&((struct uodp_umem *)umem)->priv) :
+		       NULL;
 }
 
 UODP_API uint64_t uodp_umem_read_seq(struct uodp_umem *umem)
@@ -316,8 +317,8 @@ static uint64_t page_va(const struct uodp_umem *umem, uint64_t idx)
 static uint64_t word_entry(const struct uodp_umem *umem, uint64_t idx,
 			   uint64_t w)
 {
-	return (w & W_ACCESS_MASK) ? page_va(umem, idx) | (w & W_ACCESS_MASK)
-				   : 0;
+	return (w & W_ACCESS_MASK) ? page_va(umem, idx) | (w & W_ACCESS_MASK) :
+				     0;
 }
 
 UODP_API uint64_t uodp_umem_entry(struct uodp_umem *umem, uint64_t va)
@@ -378,11 +379,9 @@ static bool index_range(const struct uodp_umem *umem, uint64_t start,
 	return true;
 }
 
-UODP_API int64_t uodp_umem_for_each_entry(struct uodp_umem *umem,
-					  uint64_t start, uint64_t end,
-					  int (*fn)(uint64_t va, uint64_t entry,
-						    void *arg),
-					  void *arg)
+UODP_API int64_t uodp_umem_for_each_entry(
+	struct uodp_umem *umem, uint64_t start, uint64_t end,
+	int (*fn)(uint64_t va, uint64_t entry, void *arg), void *arg)
 {
 	struct visit_arg a = { .umem = umem, .fn = fn, .arg = arg };
 	uint64_t from, to;

@@ -14,9 +14,9 @@
 #include <stdint.h>
 
 struct itree_node {
-	uint64_t start;		/* first address of the interval */
-	uint64_t last;		/* last address (inclusive) */
-	uint64_t subtree_last;	/* max `last` in this subtree (maintained) */
+	uint64_t start;	       /* first address of the interval */
+	uint64_t last;	       /* last address (inclusive) */
+	uint64_t subtree_last; /* max `last` in this subtree (maintained) */
 	struct itree_node *left, *right, *parent;
 	int red;
 };
@@ -26,7 +26,10 @@ struct itree {
 	uint64_t count;
 };
 
-#define ITREE_INIT { 0, 0 }
+#define ITREE_INIT   \
+	{            \
+		0, 0 \
+	}
 
 static inline void itree_init(struct itree *t)
 {

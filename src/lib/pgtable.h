@@ -18,11 +18,11 @@
 #include <stdint.h>
 
 struct pgt {
-	void *root;		/* NULL until the first nonzero word */
-	uint64_t nslots;	/* number of slots (indexes 0 .. nslots-1) */
-	unsigned levels;	/* inner levels above the leaves */
-	uint64_t used;		/* number of nonzero words */
-	uint64_t bytes;		/* memory held by nodes and leaves */
+	void *root;	 /* NULL until the first nonzero word */
+	uint64_t nslots; /* number of slots (indexes 0 .. nslots-1) */
+	unsigned levels; /* inner levels above the leaves */
+	uint64_t used;	 /* number of nonzero words */
+	uint64_t bytes;	 /* memory held by nodes and leaves */
 };
 
 /* Prepare an empty table of @nslots slots (>= 1). Allocates nothing. */
