@@ -25,10 +25,12 @@
  *  - addresses are process virtual addresses, pages are the system page size
  *    (sysconf(_SC_PAGESIZE)); ranges are half open [start, end);
  *  - every function may be called from any thread unless it says otherwise;
- *  - functions that take a context or region fail with -ECHILD when called
- *    in a child process forked after the context was created (the child has
- *    another address space; the engine refuses it, as Linux refuses ODP
- *    regions in child processes).
+ *  - functions that change or wait on a context or region (those listing
+ *    -ECHILD) fail with -ECHILD when called in a child process forked after
+ *    the context was created: the child has another address space, and the
+ *    engine refuses it, as Linux refuses ODP regions in child processes.
+ *    Accessors and the region lock must not be used in such a child at all
+ *    (a lock held by another thread at fork() stays held there).
  */
 #ifndef UODP_H
 #define UODP_H
@@ -97,7 +99,8 @@ struct uodp_ctx_ops {
  * Create a context for this process's address space. @ops may be NULL (no
  * callbacks: pinning mode); it is copied.
  * Errors: -EINVAL (@out NULL, unknown flag, STRICT with MANUAL, STRICT without
- * fence and unfence), -ENOMEM.
+ * fence and unfence), -ENOSYS (the kernel lacks MADV_POPULATE_READ/WRITE,
+ * Linux < 5.14), -ENOMEM.
  */
 UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 			     struct uodp_ctx **out);
@@ -108,8 +111,9 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
  * dying: from then on uodp_umem_map() fails with -ENODEV and uodp_umem_wait()
  * returns -ENODEV at once. They must still be released with
  * uodp_umem_release(); the context's memory goes with the last of them.
- * The context pointer must not be used after this call.
- * Must not be called from an invalidate_range callback.
+ * The context pointer must not be used after this call (so it must not be
+ * destroyed twice, nor from two threads). Must not be called from an
+ * invalidate_range callback.
  * Errors: -EINVAL (NULL or not a context), -ECHILD.
  */
 UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx);
@@ -192,7 +196,9 @@ UODP_API uint64_t uodp_umem_read_seq(struct uodp_umem *umem);
  *           is invalidated first, as a one-page invalidation);
  *  -ENODEV  the context was destroyed;
  *  -ENOMEM  out of memory, or (pinning mode) mlock() refused
- *           (RLIMIT_MEMLOCK);
+ *           (RLIMIT_MEMLOCK), or the kernel kept failing the populate
+ *           with a transient error;
+ *  -EINTR   the populate was interrupted by signals 100 times in a row;
  *  -ECHILD.
  */
 UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
@@ -201,9 +207,10 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 /*
  * The region lock: held while a driver checks uodp_umem_retry() and writes
  * its own page table from the engine's entries. Invalidations take it to
- * bump the sequence, so a driver holding it sees a stable answer. Not
- * recursive; never hold it across uodp_umem_map(), uodp_umem_wait() or any
- * call that invalidates. NULL is ignored.
+ * bump the sequence, so a driver holding it sees a stable answer. It is
+ * recursive (uodp_umem_entry() and friends take it too, so they work with
+ * or without it held), but never hold it across uodp_umem_map(),
+ * uodp_umem_wait() or any call that invalidates. NULL is ignored.
  */
 UODP_API void uodp_umem_lock(struct uodp_umem *umem);
 UODP_API void uodp_umem_unlock(struct uodp_umem *umem);
@@ -219,7 +226,8 @@ UODP_API bool uodp_umem_retry(struct uodp_umem *umem, uint64_t seq);
 /*
  * Block until no invalidation of the region runs (and the region has its
  * private counters), so a driver retries after -EAGAIN without spinning.
- * Returns 0, or -ENODEV when the region is dying, -EINVAL for NULL.
+ * Returns 0, or -ENODEV when the region is dying, -EINVAL for NULL,
+ * -ECHILD.
  * Must not be called with the region lock held or from a callback.
  */
 UODP_API int uodp_umem_wait(struct uodp_umem *umem);

@@ -80,8 +80,8 @@ static int teardown(void **state)
 {
 	struct fixture *f = *state;
 
-	uodp_test_hook_before_install = NULL;
-	uodp_test_hook_after_start_walk = NULL;
+	engine_test_hook_before_install = NULL;
+	engine_test_hook_after_start_walk = NULL;
 	if (f->umem)
 		assert_int_equal(uodp_umem_release(f->umem), 0);
 	assert_int_equal(uodp_ctx_destroy(f->ctx), 0);
@@ -108,7 +108,7 @@ static int hook_mode; /* 0: start only, 1: start + end, 2: other region */
 static void invalidate_in_window(struct uodp_umem *umem)
 {
 	(void)umem;
-	uodp_test_hook_before_install = NULL; /* once */
+	engine_test_hook_before_install = NULL; /* once */
 	assert_int_equal(
 		uodp_invalidate_range_start(hook_f->ctx, hook_s, hook_e), 0);
 	if (hook_mode >= 1)
@@ -128,7 +128,7 @@ static void map_with_window_race(void **state, int mode, uint64_t s, uint64_t e)
 	hook_mode = mode;
 	hook_s = s;
 	hook_e = e;
-	uodp_test_hook_before_install = invalidate_in_window;
+	engine_test_hook_before_install = invalidate_in_window;
 	n = uodp_umem_map(f->umem, f->base, 8 * page, UODP_ACCESS_WRITE, seq);
 	assert_int_equal(n, -EAGAIN);
 	assert_int_equal(count_entries(f->umem, f->base, f->base + 8 * page),
@@ -180,7 +180,7 @@ static void test_other_region_no_retry(void **state)
 	hook_mode = 1;
 	hook_s = (uintptr_t)mem;
 	hook_e = hook_s + page;
-	uodp_test_hook_before_install = invalidate_in_window;
+	engine_test_hook_before_install = invalidate_in_window;
 	assert_int_equal(uodp_umem_map(f->umem, f->base, 2 * page,
 				       UODP_ACCESS_READ, seq),
 			 2);
@@ -197,7 +197,7 @@ static pthread_barrier_t bar;
 static void park_in_window(struct uodp_umem *umem)
 {
 	(void)umem;
-	uodp_test_hook_before_install = NULL;
+	engine_test_hook_before_install = NULL;
 	pthread_barrier_wait(&bar); /* populated, about to install */
 	pthread_barrier_wait(&bar); /* the invalidation has started */
 }
@@ -218,7 +218,7 @@ static void test_invalidation_during_map(void **state)
 	void *ret;
 
 	pthread_barrier_init(&bar, NULL, 2);
-	uodp_test_hook_before_install = park_in_window;
+	engine_test_hook_before_install = park_in_window;
 	pthread_create(&t, NULL, mapper, f);
 	pthread_barrier_wait(&bar);
 	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,

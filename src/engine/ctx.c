@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -44,6 +45,7 @@ static void ctx_probe_pagemap(struct uodp_ctx *ctx)
 	ctx->pagemap_pfns = false;
 	if (ctx->pagemap_fd < 0)
 		return;
+	(void)probe; /* fault its page in: pagemap shows absent pages as 0 */
 	off = (off_t)(((uintptr_t)&probe >> ctx->page_shift) * sizeof(pm));
 	if (pread(ctx->pagemap_fd, &pm, sizeof(pm), off) == sizeof(pm) &&
 	    (pm & PM_PRESENT) && (pm & PM_PFN_MASK))
@@ -171,6 +173,7 @@ static void ctx_kill_regions(struct uodp_ctx *ctx)
 		if (umem->active)
 			umem->count++;
 		umem->dying = true;
+		umem->stats.invalidations++; /* as any invalidation of it */
 		pthread_cond_broadcast(&umem->idle);
 		pthread_mutex_unlock(&umem->lock);
 
@@ -288,7 +291,8 @@ UODP_API const char *uodp_strerror(int err)
 	case -EBUSY:
 		return "another userfaultfd already watches that memory";
 	default:
-		return strerror(-err);
+		/* INT_MIN has no positive counterpart: no errno anyway. */
+		return err == INT_MIN ? "unknown error" : strerror(-err);
 	}
 }
 

@@ -27,7 +27,7 @@
 #define PM_PFN_MASK ((UINT64_C(1) << 55) - 1)
 #define PM_PRESENT (UINT64_C(1) << 63)
 
-void (*uodp_test_hook_before_install)(struct uodp_umem *umem);
+void (*engine_test_hook_before_install)(struct uodp_umem *umem);
 
 /* Why one page could not be populated, as the error the API documents. */
 static int populate_error(int err, uint64_t va, size_t page)
@@ -47,6 +47,8 @@ static int populate_error(int err, uint64_t va, size_t page)
 	case EFAULT:	/* SIGBUS: e.g. a file page past its end */
 	case EHWPOISON: /* a poisoned page */
 		return -EFAULT;
+	case EAGAIN: /* still transient after retries: call it shortage */
+		return -ENOMEM;
 	default:
 		return -err;
 	}
@@ -140,8 +142,10 @@ static void install_locked(struct uodp_umem *umem, uint64_t idx, uint64_t n,
 			leaf = idx + i;
 			slot = pgt_leaf_slot(&umem->table, leaf, &room);
 			if (!slot) {
+				/* The previous leaf is settled; count the
+				 * pages installed so far below. */
 				res->err = -ENOMEM;
-				return;
+				break;
 			}
 		}
 		w = *slot;
@@ -241,8 +245,8 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 		if (!got)
 			break;
 		read_frames(ctx, va, got, pfns);
-		if (uodp_test_hook_before_install)
-			uodp_test_hook_before_install(umem);
+		if (engine_test_hook_before_install)
+			engine_test_hook_before_install(umem);
 
 		idx = umem_page(umem, va);
 		pthread_mutex_lock(&umem->lock);

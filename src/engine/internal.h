@@ -179,7 +179,7 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end);
  * thread exactly where a race window is and run the other side there.
  * Never set outside tests.
  */
-extern void (*uodp_test_hook_before_install)(struct uodp_umem *umem);
-extern void (*uodp_test_hook_after_start_walk)(struct uodp_ctx *ctx);
+extern void (*engine_test_hook_before_install)(struct uodp_umem *umem);
+extern void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
 
 #endif

@@ -90,7 +90,7 @@ static void umem_invalidate_start(struct uodp_umem *umem, uint64_t start,
 	umem_drop_range(umem, start, end, true);
 }
 
-void (*uodp_test_hook_after_start_walk)(struct uodp_ctx *ctx);
+void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
 
 static int round_range(const struct uodp_ctx *ctx, uint64_t *start,
 		       uint64_t *end)
@@ -141,8 +141,8 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx, uint64_t start,
 
 		umem_invalidate_start(umem, s, e);
 	}
-	if (uodp_test_hook_after_start_walk)
-		uodp_test_hook_after_start_walk(ctx);
+	if (engine_test_hook_after_start_walk)
+		engine_test_hook_after_start_walk(ctx);
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	return 0;
 }
@@ -211,12 +211,16 @@ UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, uint64_t va,
 	if (ctx_forked(umem->ctx))
 		return -ECHILD;
 	mask = ((uint64_t)1 << umem->ctx->page_shift) - 1;
-	va = va < umem->start ? umem->start : va & ~mask;
-	bound = bound > umem->end ?
-			umem->end :
-			(bound > UODP_VA_LIMIT ? UODP_VA_LIMIT :
-						 (bound + mask) & ~mask);
+	/* Clamp first, then round out: an empty [va, bound) drops nothing
+	 * even when va is not page aligned. bound <= end is page aligned
+	 * below UODP_VA_LIMIT, so rounding it up cannot overflow. */
+	if (va < umem->start)
+		va = umem->start;
+	if (bound > umem->end)
+		bound = umem->end;
 	if (va >= bound)
 		return 0;
+	va &= ~mask;
+	bound = (bound + mask) & ~mask;
 	return (int64_t)umem_drop_range(umem, va, bound, false);
 }

@@ -296,6 +296,8 @@ UODP_API int uodp_umem_wait(struct uodp_umem *umem)
 
 	if (!umem_valid(umem))
 		return -EINVAL;
+	if (ctx_forked(umem->ctx))
+		return -ECHILD;
 	pthread_mutex_lock(&umem->lock);
 	while (!umem->dying && (umem->count > 0 || !umem->active))
 		pthread_cond_wait(&umem->idle, &umem->lock);
@@ -388,6 +390,8 @@ UODP_API int64_t uodp_umem_for_each_entry(
 
 	if (!umem_valid(umem) || !fn)
 		return -EINVAL;
+	if (ctx_forked(umem->ctx))
+		return -ECHILD;
 	if (!index_range(umem, start, end, &from, &to))
 		return 0;
 	pthread_mutex_lock(&umem->lock);
@@ -422,6 +426,8 @@ UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, uint64_t *vas,
 
 	if (!umem_valid(umem) || (!vas && max))
 		return -EINVAL;
+	if (ctx_forked(umem->ctx))
+		return -ECHILD;
 	if (!max)
 		return 0;
 	pthread_mutex_lock(&umem->lock);
@@ -435,6 +441,8 @@ UODP_API int uodp_umem_stats(struct uodp_umem *umem,
 {
 	if (!umem_valid(umem) || !out)
 		return -EINVAL;
+	if (ctx_forked(umem->ctx))
+		return -ECHILD;
 	pthread_mutex_lock(&umem->lock);
 	out->map_calls = umem->stats.map_calls;
 	out->pages_mapped = umem->stats.pages_mapped;
