@@ -68,10 +68,14 @@ struct uodp_umem;
  *   callback runs on the thread that invalidates (the notifier's monitor
  *   thread, or the caller of uodp_invalidate_range*()), with no engine lock
  *   held but the context's region-tree read lock. It may call uodp_umem_lock/
- *   unlock/unmap/entry/retry on @umem; it must not call uodp_umem_get/release,
- *   uodp_ctx_destroy or uodp_umem_wait (deadlock), and on the monitor thread
- *   it must not allocate, free, munmap or madvise memory that may be
- *   registered (the kernel would wait for the monitor: deadlock).
+ *   unlock/unmap/entry/retry on @umem. It must not call uodp_umem_get/
+ *   release, uodp_ctx_destroy or uodp_umem_wait, nor wait for a thread that
+ *   is inside uodp_umem_map/get/release (those may be waiting for this
+ *   callback to return: deadlock) - so it waits for device *data* accesses
+ *   in flight, never for faults, which the retry protocol already stops.
+ *   On no thread may it allocate, free, munmap or madvise memory that may be
+ *   registered: the kernel would make it wait for the monitor thread, which
+ *   may be waiting for it.
  *   NULL selects on-demand pinning: each page stays mlock()ed from the time
  *   it is mapped until it is unmapped or its region released, so it cannot
  *   be swapped or migrated under the device.

@@ -153,6 +153,7 @@ void ctx_stop_monitor_locked(struct uodp_ctx *ctx)
 	if (ctx->mon) {
 		umon_destroy(ctx->mon);
 		ctx->mon = NULL;
+		ctx->nwatched = 0;
 	}
 }
 
@@ -207,15 +208,13 @@ UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx)
 	ctx_kill_regions(ctx);
 
 	/* Decide who frees the context: us if no region is left, else the
-	 * last uodp_umem_release(). Both decide under mon_lock + tree_lock,
-	 * and a releaser touches the context no more once it drops mon_lock,
-	 * so exactly one of us frees it, after the other is done with it. */
-	pthread_mutex_lock(&ctx->mon_lock);
+	 * last uodp_umem_release(). Both decide under the tree write lock,
+	 * and a releaser touches the context no more once it dropped it, so
+	 * exactly one of us frees it, after the other is done with it. */
 	pthread_rwlock_wrlock(&ctx->tree_lock);
 	ctx->destroyed = true;
 	free_now = ctx->nregions == 0;
 	pthread_rwlock_unlock(&ctx->tree_lock);
-	pthread_mutex_unlock(&ctx->mon_lock);
 	if (free_now)
 		ctx_free(ctx);
 	return 0;

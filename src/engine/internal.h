@@ -5,14 +5,22 @@
  *
  * Lock order (outermost first); no function takes them in another order:
  *
- *   1. ctx->mon_lock   (mutex)  the monitor's life cycle and its kernel
- *                               registrations. Never taken by the monitor
- *                               thread, so the thread can be joined under it.
+ *   1. ctx->mon_lock   (mutex)  the monitor's life cycle, its kernel
+ *                               registrations and ctx->nwatched. Never taken
+ *                               by the monitor thread, so the thread can be
+ *                               joined under it. Never held while waiting
+ *                               for the tree lock: a writer of the tree waits
+ *                               for running invalidation callbacks, and a
+ *                               callback may wait for a device thread that
+ *                               is faulting, i.e. waiting for mon_lock in
+ *                               uodp_umem_map().
  *   2. ctx->tree_lock  (rwlock) the region tree, the region list, the list of
- *                               regions without private counters, ctx->nregions
- *                               and ctx->dying. Read: invalidations walk the
- *                               tree (and call the driver under it). Write:
- *                               registration, release, activation of counters.
+ *                               regions without private counters,
+ *                               ctx->nregions, ctx->dying, ctx->destroyed.
+ *                               Read: invalidations walk the tree (and call
+ *                               the driver under it). Write: registration,
+ *                               release, activation of counters, teardown;
+ *                               writers hold it briefly and never call out.
  *   3. umem->lock      (mutex)  the region's translation table, its
  *                               notifier counters (seq, count, active, dying)
  *                               and its condition variable. Also the driver's
@@ -68,6 +76,7 @@ struct uodp_ctx {
 
 	pthread_mutex_t mon_lock; /* see lock order above */
 	struct umon *mon;	  /* kernel monitor, NULL when none runs */
+	uint64_t nwatched;	  /* regions registered with it */
 
 	pthread_rwlock_t tree_lock;    /* see lock order above */
 	struct itree tree;	       /* regions by [start, end - 1] */

@@ -105,31 +105,35 @@ static int umem_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 
 	if (ctx->flags & UODP_CTX_MANUAL)
 		return 0;
+	pthread_mutex_lock(&ctx->mon_lock);
 	if (!ctx->mon) {
 		r = umon_create(ctx, &ctx->mon);
 		if (r)
-			return r;
+			goto out;
 	}
 	r = umon_register(ctx->mon, start, end);
-	if (r && ctx->nregions == 0)
+	if (!r)
+		ctx->nwatched++;
+	else if (!ctx->nwatched)
 		ctx_stop_monitor_locked(ctx);
+out:
+	pthread_mutex_unlock(&ctx->mon_lock);
 	return r;
 }
 
-/* Undo umem_watch(); ctx->mon_lock held. The monitor goes with the last
- * region. */
+/* Undo umem_watch(). The monitor goes with the last watched region (or
+ * went already, with uodp_ctx_destroy()). */
 static void umem_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 {
-	bool last;
-
-	if (!ctx->mon)
+	if (ctx->flags & UODP_CTX_MANUAL)
 		return;
-	umon_unregister(ctx->mon, start, end);
-	pthread_rwlock_rdlock(&ctx->tree_lock);
-	last = ctx->nregions == 0;
-	pthread_rwlock_unlock(&ctx->tree_lock);
-	if (last)
-		ctx_stop_monitor_locked(ctx);
+	pthread_mutex_lock(&ctx->mon_lock);
+	if (ctx->mon) {
+		umon_unregister(ctx->mon, start, end);
+		if (--ctx->nwatched == 0)
+			ctx_stop_monitor_locked(ctx);
+	}
+	pthread_mutex_unlock(&ctx->mon_lock);
 }
 
 UODP_API int uodp_umem_get(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
@@ -164,10 +168,11 @@ UODP_API int uodp_umem_get(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
 	atomic_init(&umem->priv, NULL);
 	umem->magic = UODP_UMEM_MAGIC;
 
-	pthread_mutex_lock(&ctx->mon_lock);
+	/* Kernel registration first, so that no event for the range can be
+	 * missed once the region is in the tree. */
 	r = umem_watch(ctx, start, end);
 	if (r)
-		goto err_unlock;
+		goto err_locks;
 	pthread_rwlock_wrlock(&ctx->tree_lock);
 	if (ctx->dying) {
 		pthread_rwlock_unlock(&ctx->tree_lock);
@@ -176,14 +181,12 @@ UODP_API int uodp_umem_get(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
 	}
 	ctx_add_region(ctx, umem);
 	pthread_rwlock_unlock(&ctx->tree_lock);
-	pthread_mutex_unlock(&ctx->mon_lock);
 	*out = umem;
 	return 0;
 
 err_unwatch:
 	umem_unwatch(ctx, start, end);
-err_unlock:
-	pthread_mutex_unlock(&ctx->mon_lock);
+err_locks:
 	umem->magic = 0;
 	pgt_destroy(&umem->table);
 	pthread_cond_destroy(&umem->idle);
@@ -205,14 +208,15 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 		return -ECHILD;
 
 	umem_drop_range(umem, umem->start, umem->end, false);
+	umem_unwatch(ctx, umem->start, umem->end);
 
-	pthread_mutex_lock(&ctx->mon_lock);
+	/* Whether we free the context is decided under the write lock, as
+	 * uodp_ctx_destroy() decides it; past this unlock we no longer touch
+	 * the context unless we are the one to free it. */
 	pthread_rwlock_wrlock(&ctx->tree_lock);
 	ctx_remove_region(ctx, umem);
 	free_ctx = ctx->destroyed && ctx->nregions == 0;
 	pthread_rwlock_unlock(&ctx->tree_lock);
-	umem_unwatch(ctx, umem->start, umem->end);
-	pthread_mutex_unlock(&ctx->mon_lock);
 
 	umem_free(umem);
 	if (free_ctx)
