@@ -815,9 +815,52 @@ static void test_random(void **state)
 			random_run(seed * 1000003 + i, sizes[i], 4000);
 }
 
+static int zero_all_cb(uint64_t idx, uint64_t *word, void *arg)
+{
+	(void)idx;
+	(void)arg;
+	*word = 0;
+	return 0;
+}
+
+/* Emptied nodes are kept for reuse, never freed by clearing (clearing runs
+ * on the monitor thread, where free() may deadlock); pgt_reap() frees. */
+static void test_graveyard(void **state)
+{
+	struct pgt t;
+	uint64_t i, live;
+
+	(void)state;
+	pgt_init(&t, (uint64_t)1 << 20);
+	for (i = 0; i < 4096; i++)
+		assert_int_equal(pgt_set(&t, i, i + 1), 0);
+	live = t.bytes;
+	assert_int_equal(t.cached_bytes, 0);
+	for (i = 0; i < 4096; i++)
+		assert_int_equal(pgt_set(&t, i, 0), 0);
+	assert_int_equal(t.bytes, 0);
+	assert_null(t.root);
+	assert_int_equal(t.cached_bytes, live);
+	/* Refilling reuses the graveyard before asking the allocator. */
+	for (i = 0; i < 4096; i++)
+		assert_int_equal(pgt_set(&t, i, 7), 0);
+	assert_int_equal(t.bytes, live);
+	assert_int_equal(t.cached_bytes, 0);
+	for (i = 0; i < 4096; i++)
+		assert_int_equal(pgt_get(&t, i), 7);
+	/* Reaped nodes are gone for good. */
+	pgt_for_each(&t, 0, t.nslots, zero_all_cb, NULL);
+	assert_int_equal(t.cached_bytes, live);
+	pgt_reap(&t);
+	assert_int_equal(t.cached_bytes, 0);
+	assert_null(t.graveyard);
+	pgt_destroy(&t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_graveyard),
 		cmocka_unit_test(test_init_allocates_nothing),
 		cmocka_unit_test(test_get_set_clear),
 		cmocka_unit_test(test_memory_returns_to_zero),

@@ -262,6 +262,7 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 			return r;
 		}
 		install_locked(umem, idx, got, pfns, access, &res);
+		table_trim_locked(&umem->table);
 		pthread_mutex_unlock(&umem->lock);
 
 		total += res.done;

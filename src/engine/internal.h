@@ -164,6 +164,19 @@ static inline uint64_t umem_page(const struct uodp_umem *umem, uint64_t va)
 	return (va - umem->start) >> umem->ctx->page_shift;
 }
 
+/*
+ * Invalidations leave emptied table nodes on the table's graveyard instead
+ * of freeing them (they may run on the monitor thread, which must not call
+ * free(): see pgtable.h). Threads that may free - the fault path - give
+ * the graveyard back once it holds more than the live table plus a little,
+ * so it stays bounded yet spares the next fault some allocations.
+ */
+static inline void table_trim_locked(struct pgt *t)
+{
+	if (t->cached_bytes > t->bytes + ((uint64_t)64 << 10))
+		pgt_reap(t);
+}
+
 /* ctx.c */
 void ctx_stop_monitor_locked(struct uodp_ctx *ctx); /* mon_lock held */
 void ctx_release(struct uodp_ctx *ctx); /* last region of a destroyed ctx */

@@ -22,6 +22,7 @@ int pin_page(struct uodp_ctx *ctx, uint64_t va)
 	int r = 0;
 
 	pthread_mutex_lock(&ctx->pin_lock);
+	table_trim_locked(&ctx->pins); /* the fault path: free() is safe */
 	refs = pgt_get(&ctx->pins, pg);
 	if (!refs && mlock((void *)va, page)) {
 		r = -ENOMEM; /* ENOMEM/EAGAIN/EPERM: over RLIMIT_MEMLOCK */
@@ -44,8 +45,10 @@ void unpin_page(struct uodp_ctx *ctx, uint64_t va)
 	if (refs == 1)
 		/* Fails harmlessly (ENOMEM) if the page was unmapped. */
 		munlock((void *)va, (size_t)1 << ctx->page_shift);
+	/* Lowering a count neither allocates nor frees (emptied nodes go
+	 * to the graveyard), so it cannot fail and is safe on the monitor
+	 * thread. */
 	if (refs)
-		pgt_set(&ctx->pins, pg,
-			refs - 1); /* no allocation: cannot fail */
+		pgt_set(&ctx->pins, pg, refs - 1);
 	pthread_mutex_unlock(&ctx->pin_lock);
 }

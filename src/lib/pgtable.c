@@ -26,6 +26,12 @@
  * lookup) and more nodes to walk. t->bytes counts the sizes requested from
  * calloc(), not the allocator's own overhead (a few bytes per node).
  *
+ * Freeing. An emptied node is not given back to the allocator but put on
+ * the table's graveyard, which later allocations reuse and pgt_reap()
+ * frees: invalidations run on the notifier's monitor thread, where free()
+ * could trim a registered heap (brk/madvise), raise a userfaultfd event and
+ * wait for the monitor thread itself (see pgtable.h).
+ *
  * Invariants: a node's count equals its nonzero words / non-NULL children;
  * t->used is the sum of the leaf counts; t->bytes the sum of the allocated
  * node sizes. A node with count 0 is freed at once by every operation that
@@ -41,6 +47,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define PGT_BITS 9u
 #define PGT_FAN (1u << PGT_BITS)
@@ -93,6 +100,35 @@ static size_t node_size(const struct pgt *t, unsigned level)
 	return sizeof(struct pgt_hdr) + node_fan(t, level) * sizeof(uint64_t);
 }
 
+/* A node on the graveyard: its memory, reused for the list link. */
+struct pgt_dead {
+	struct pgt_dead *next;
+	uint64_t size;
+};
+
+/*
+ * Pop a graveyard node of @sz bytes, or NULL. Only a root may be smaller
+ * than full size, and a root is freed last (it empties last), so it sits
+ * at the head of the graveyard until a root is allocated again: looking at
+ * the first two nodes finds a full-size one whenever the head is a root.
+ * A miss only costs a calloc().
+ */
+static struct pgt_hdr *grave_pop(struct pgt *t, size_t sz)
+{
+	struct pgt_dead **pp = (struct pgt_dead **)&t->graveyard, *d;
+	int i;
+
+	for (i = 0; i < 2 && (d = *pp); i++, pp = &d->next) {
+		if (d->size == sz) {
+			*pp = d->next;
+			t->cached_bytes -= sz;
+			memset(d, 0, sz);
+			return (struct pgt_hdr *)d;
+		}
+	}
+	return NULL;
+}
+
 static struct pgt_hdr *node_alloc(struct pgt *t, unsigned level)
 {
 	size_t sz = node_size(t, level);
@@ -100,16 +136,36 @@ static struct pgt_hdr *node_alloc(struct pgt *t, unsigned level)
 
 	if (fail_countdown && --fail_countdown == 0)
 		return NULL;
-	n = calloc(1, sz);
+	n = grave_pop(t, sz);
+	if (!n)
+		n = calloc(1, sz);
 	if (n)
 		t->bytes += sz;
 	return n;
 }
 
+/* Emptied nodes go to the graveyard, not to free(): see pgtable.h. */
 static void node_free(struct pgt *t, struct pgt_hdr *n, unsigned level)
 {
-	t->bytes -= node_size(t, level);
-	free(n);
+	size_t sz = node_size(t, level);
+	struct pgt_dead *d = (struct pgt_dead *)n;
+
+	t->bytes -= sz;
+	d->size = sz;
+	d->next = t->graveyard;
+	t->graveyard = d;
+	t->cached_bytes += sz;
+}
+
+void pgt_reap(struct pgt *t)
+{
+	struct pgt_dead *d;
+
+	while ((d = t->graveyard)) {
+		t->graveyard = d->next;
+		free(d);
+	}
+	t->cached_bytes = 0;
 }
 
 void pgt_init(struct pgt *t, uint64_t nslots)
@@ -125,6 +181,8 @@ void pgt_init(struct pgt *t, uint64_t nslots)
 	t->levels = levels;
 	t->used = 0;
 	t->bytes = 0;
+	t->graveyard = NULL;
+	t->cached_bytes = 0;
 }
 
 static void free_subtree(struct pgt *t, struct pgt_hdr *n, unsigned level)
@@ -150,6 +208,7 @@ void pgt_destroy(struct pgt *t)
 		free_subtree(t, t->root, t->levels);
 	t->root = NULL;
 	t->used = 0;
+	pgt_reap(t);
 	assert(t->bytes == 0);
 }
 

@@ -18,11 +18,13 @@
 #include <stdint.h>
 
 struct pgt {
-	void *root;	 /* NULL until the first nonzero word */
-	uint64_t nslots; /* number of slots (indexes 0 .. nslots-1) */
-	unsigned levels; /* inner levels above the leaves */
-	uint64_t used;	 /* number of nonzero words */
-	uint64_t bytes;	 /* memory held by nodes and leaves */
+	void *root;	       /* NULL until the first nonzero word */
+	uint64_t nslots;       /* number of slots (indexes 0 .. nslots-1) */
+	unsigned levels;       /* inner levels above the leaves */
+	uint64_t used;	       /* number of nonzero words */
+	uint64_t bytes;	       /* memory held by live nodes and leaves */
+	void *graveyard;       /* emptied nodes kept for reuse (see below) */
+	uint64_t cached_bytes; /* memory held by the graveyard */
 };
 
 /* Prepare an empty table of @nslots slots (>= 1). Allocates nothing. */
@@ -30,6 +32,17 @@ void pgt_init(struct pgt *t, uint64_t nslots);
 
 /* Free every node. The table is empty (and still usable) afterwards. */
 void pgt_destroy(struct pgt *t);
+
+/*
+ * Nodes emptied by any operation are not freed but kept on the table's
+ * graveyard, and node allocations reuse them first. So clearing words never
+ * calls free(): the engine clears entries on the notifier's monitor thread,
+ * where free() could trim a registered heap (sbrk/madvise), raise a
+ * userfaultfd event and wait for that very thread. pgt_reap() gives the
+ * graveyard back to the allocator; call it from threads that may free
+ * (the fault path, release). pgt_destroy() reaps too.
+ */
+void pgt_reap(struct pgt *t);
 
 /* The word at @idx (0 if empty or idx >= nslots). */
 uint64_t pgt_get(const struct pgt *t, uint64_t idx);
