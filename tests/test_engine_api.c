@@ -419,6 +419,23 @@ static void test_umem_get_rounding(void **state)
 		assert_int_equal(uodp_umem_entry(u, c[i].start), 0);
 		assert_false(uodp_umem_retry(u, uodp_umem_read_seq(u)));
 		assert_int_equal(uodp_umem_wait(u), 0);
+		/* The whole rounded range belongs to the region. */
+		if (i < 5) { /* inside the fixture's buffer */
+			uint64_t npg = (c[i].end - c[i].start) / page;
+
+			assert_int_equal(uodp_umem_map(u, c[i].start,
+						       c[i].end - c[i].start,
+						       UODP_ACCESS_WRITE, 0),
+					 (int64_t)npg);
+			assert_int_equal(uodp_umem_entry(u, c[i].end - 1),
+					 (c[i].end - page) | UODP_ACCESS_WRITE);
+			assert_int_equal(uodp_umem_map(u, c[i].start - 1, 1,
+						       UODP_ACCESS_WRITE, 0),
+					 -EFAULT);
+			assert_int_equal(uodp_umem_map(u, c[i].end, 1,
+						       UODP_ACCESS_WRITE, 0),
+					 -EFAULT);
+		}
 		assert_int_equal(uodp_umem_release(u), 0);
 	}
 }

@@ -34,7 +34,8 @@
 
 #include <cmocka.h>
 
-#include "lib/pgtable.h" /* pgt_test_fail_alloc() */
+#include "engine/internal.h" /* the table's graveyard */
+#include "lib/pgtable.h"     /* pgt_test_fail_alloc() */
 #include "uodp.h"
 
 #ifndef MADV_HUGEPAGE
@@ -623,6 +624,7 @@ static void test_map_hugepage(void **state)
 	char *raw, *p;
 	struct uodp_umem *u;
 	uint64_t np;
+	int64_t r = 0;
 
 	(void)state;
 	if (page != 4096)
@@ -647,7 +649,15 @@ static void test_map_hugepage(void **state)
 					       va_of(p) + 3 * page),
 			 0);
 	assert_int_equal(stats(u).mapped_now, np - 2);
-	assert_int_equal(map1(u, p, 2 * huge, UODP_ACCESS_ALL), (int64_t)np);
+	/* khugepaged may collapse small pages meanwhile (new frames): allow
+	 * the driver's retries for that. */
+	for (int tries = 0; tries < 8; tries++) {
+		assert_int_equal(uodp_umem_wait(u), 0);
+		r = map1(u, p, 2 * huge, UODP_ACCESS_ALL);
+		if (r != -EAGAIN)
+			break;
+	}
+	assert_int_equal(r, (int64_t)np);
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 	munmap(raw, 3 * huge);
@@ -724,6 +734,44 @@ static void test_dirty_set(void **state)
 	assert_int_equal(uodp_umem_release(u), 0); /* with one dirty page */
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 	munmap(buf, 32 * page);
+}
+
+/* The dirty set across leaves of the table (512 pages a leaf): chunks end
+ * and resume at leaf boundaries, emptied leaves are freed on the way. */
+static void test_dirty_set_leaves(void **state)
+{
+	const uint64_t n = 1100;
+	static const uint64_t dirty[] = { 0, 511, 512, 1023, 1024, 1099 };
+	struct uodp_ctx *ctx = new_ctx(&record_ops);
+	char *buf = map_anon(n, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uodp_umem *u = new_umem(ctx, buf, n * page, UODP_ACCESS_ALL);
+	uint64_t b = va_of(buf), va[4];
+	size_t k = 0;
+	int64_t got;
+
+	(void)state;
+	for (size_t i = 0; i < 6; i++)
+		assert_int_equal(map1(u, buf + dirty[i] * page, page,
+				      UODP_ACCESS_WRITE),
+				 1);
+	assert_int_equal(map1(u, buf + 600 * page, page, UODP_ACCESS_READ), 1);
+	assert_int_equal(uodp_invalidate_range(ctx, b, b + n * page), 0);
+	assert_int_equal(stats(u).pages_invalidated, 7);
+	assert_true(stats(u).table_bytes > 0);
+	while ((got = uodp_umem_dirty_take(u, va, 2)) > 0) {
+		for (int64_t i = 0; i < got; i++, k++) {
+			assert_true(k < 6);
+			assert_int_equal(va[i], b + dirty[k] * page);
+		}
+		if (got < 2)
+			break;
+	}
+	assert_int_equal(k, 6);
+	assert_int_equal(uodp_umem_dirty_take(u, va, 4), 0);
+	assert_int_equal(stats(u).table_bytes, 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	munmap(buf, n * page);
 }
 
 static void test_unmap_clamp(void **state)
@@ -964,9 +1012,15 @@ static void test_table_bytes(void **state)
 	assert_int_equal(
 		uodp_invalidate_range(ctx, va_of(res), va_of(res) + size), 0);
 	assert_int_equal(stats(u).table_bytes, 0);
+	/* Internal: invalidations park emptied nodes (they must not free()
+	 * on the monitor thread); the next fault gives all but
+	 * TABLE_SPARE_BYTES back. */
+	assert_true(u->table.cached_bytes >= 8 * dense);
 
 	/* Writable pages: the dirty bit keeps the leaf until taken. */
 	assert_int_equal(map1(u, res + mid, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_true(u->table.cached_bytes <=
+		    u->table.bytes + TABLE_SPARE_BYTES);
 	assert_int_equal(uodp_umem_unmap(u, 0, UINT64_MAX), 4);
 	assert_int_equal(stats(u).table_bytes, one);
 	assert_int_equal(uodp_umem_dirty_take(u, va, 2), 2);
@@ -1193,37 +1247,30 @@ struct fork_arg {
 	struct uodp_ctx *ctx;
 	struct uodp_umem *umem;
 	char *buf;
+	uint64_t seq;
 };
-
-static int nop_fn(uint64_t va, uint64_t entry, void *arg)
-{
-	(void)va;
-	(void)entry;
-	(void)arg;
-	return 0;
-}
 
 static void fork_child(void *argp)
 {
 	struct fork_arg *a = argp;
 	uint64_t b = va_of(a->buf), va[4];
-	struct uodp_umem_stats st;
 	struct uodp_umem *u2 = NULL;
 	struct uodp_ctx *c2 = NULL;
 
+	/* Every call that changes or waits on the parent's context or region
+	 * (those whose documentation lists -ECHILD). Accessors and the region
+	 * lock must not be used in the child at all: not called here. */
 	CHECK(uodp_umem_get(a->ctx, b, page, UODP_ACCESS_READ, &u2) == -ECHILD);
 	CHECK(u2 == NULL);
-	CHECK(uodp_umem_map(a->umem, b, page, UODP_ACCESS_READ,
-			    uodp_umem_read_seq(a->umem)) == -ECHILD);
+	CHECK(uodp_umem_map(a->umem, b, page, UODP_ACCESS_READ, a->seq) ==
+	      -ECHILD);
 	CHECK(uodp_umem_unmap(a->umem, b, b + page) == -ECHILD);
 	CHECK(uodp_invalidate_range_start(a->ctx, b, b + page) == -ECHILD);
 	CHECK(uodp_invalidate_range_end(a->ctx, b, b + page) == -ECHILD);
 	CHECK(uodp_invalidate_range(a->ctx, b, b + page) == -ECHILD);
 	CHECK(uodp_umem_wait(a->umem) == -ECHILD);
+	/* It changes the region: -ECHILD (uodp.h does not list it yet). */
 	CHECK(uodp_umem_dirty_take(a->umem, va, 4) == -ECHILD);
-	CHECK(uodp_umem_stats(a->umem, &st) == -ECHILD);
-	CHECK(uodp_umem_for_each_entry(a->umem, b, b + page, nop_fn, NULL) ==
-	      -ECHILD);
 	CHECK(uodp_umem_release(a->umem) == -ECHILD);
 	CHECK(uodp_ctx_destroy(a->ctx) == -ECHILD);
 	/* Bad input is still bad input. */
@@ -1250,6 +1297,7 @@ static void test_fork_echild(void **state)
 	a.umem = new_umem(a.ctx, a.buf, 4 * page, UODP_ACCESS_ALL);
 	assert_int_equal(map1(a.umem, a.buf, 2 * page, UODP_ACCESS_WRITE), 2);
 	before = stats(a.umem);
+	a.seq = uodp_umem_read_seq(a.umem);
 	in_child(fork_child, &a);
 	after = stats(a.umem);
 	assert_memory_equal(&before, &after, sizeof(before));
@@ -1479,6 +1527,7 @@ int main(void)
 		cmocka_unit_test(test_map_shared_anon),
 		cmocka_unit_test(test_map_hugepage),
 		cmocka_unit_test(test_dirty_set),
+		cmocka_unit_test(test_dirty_set_leaves),
 		cmocka_unit_test(test_unmap_clamp),
 		cmocka_unit_test(test_for_each),
 		cmocka_unit_test(test_stats_exact),

@@ -548,6 +548,7 @@ static void test_alloc_failure(void **state)
 		pgt_test_fail_alloc(k);
 		assert_int_equal(pgt_set(&t, 12345, 1), -ENOMEM);
 		pgt_test_fail_alloc(0);
+		pgt_reap(&t); /* nodes of the failed path are kept for reuse */
 		assert_null(t.root);
 		assert_int_equal(t.used, 0);
 		assert_int_equal(t.bytes, 0);
@@ -556,6 +557,7 @@ static void test_alloc_failure(void **state)
 	pgt_test_fail_alloc(5);
 	assert_int_equal(pgt_set(&t, 12345, 1), 0);
 	pgt_test_fail_alloc(0);
+	pgt_reap(&t); /* nodes of the failed path are kept for reuse */
 
 	/* A partial path: a far index needs 3 new nodes. */
 	uint64_t bytes = t.bytes;
@@ -564,6 +566,7 @@ static void test_alloc_failure(void **state)
 		pgt_test_fail_alloc(k);
 		assert_int_equal(pgt_set(&t, far, 2), -ENOMEM);
 		pgt_test_fail_alloc(0);
+		pgt_reap(&t); /* nodes of the failed path are kept for reuse */
 		assert_int_equal(t.bytes, bytes);
 		assert_int_equal(t.used, 1);
 		assert_int_equal(pgt_get(&t, far), 0);
@@ -576,11 +579,13 @@ static void test_alloc_failure(void **state)
 	assert_null(pgt_leaf_slot(&t, far, &room));
 	assert_int_equal(errno, ENOMEM);
 	pgt_test_fail_alloc(0);
+	pgt_reap(&t); /* nodes of the failed path are kept for reuse */
 	assert_int_equal(t.bytes, bytes);
 	/* Clearing never allocates. */
 	pgt_test_fail_alloc(1);
 	assert_int_equal(pgt_set(&t, 12345, 0), 0);
 	pgt_test_fail_alloc(0);
+	pgt_reap(&t); /* nodes of the failed path are kept for reuse */
 	assert_int_equal(t.bytes, 0);
 	pgt_destroy(&t);
 }

@@ -25,9 +25,24 @@
 #define PM_PFN_MASK ((UINT64_C(1) << 55) - 1)
 #define PM_PRESENT (UINT64_C(1) << 63)
 
-bool ctx_forked(const struct uodp_ctx *ctx)
+/*
+ * Fork detection without a system call on every entry point (getpid()
+ * costs over a microsecond on virtual machines): a pthread_atfork() child
+ * handler bumps a generation counter, and a context remembers the
+ * generation it was created in. A child created by a raw clone()/fork
+ * system call, bypassing libc, is not detected.
+ */
+atomic_ulong engine_fork_generation;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
 {
-	return getpid() != ctx->pid;
+	atomic_fetch_add(&engine_fork_generation, 1);
+}
+
+static void watch_forks(void)
+{
+	pthread_atfork(NULL, NULL, on_fork_child);
 }
 
 /*
@@ -108,7 +123,8 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	if (ops)
 		ctx->ops = *ops;
 	ctx->flags = flags;
-	ctx->pid = getpid();
+	pthread_once(&fork_once, watch_forks);
+	ctx->fork_gen = atomic_load(&engine_fork_generation);
 	ctx->page_shift = (unsigned)__builtin_ctzl((unsigned long)page_size);
 	if (!kernel_has_populate(ctx->page_shift)) {
 		r = -ENOSYS;
@@ -121,6 +137,7 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	atomic_init(&ctx->notifier_count, 0);
 	atomic_init(&ctx->nc_pending, 0);
 	pgt_init(&ctx->pins, UODP_VA_LIMIT >> ctx->page_shift);
+	ctx->pins.no_alloc = true; /* see table.c */
 	ctx_probe_pagemap(ctx);
 	ctx->magic = UODP_CTX_MAGIC;
 	*out = ctx;

@@ -10,6 +10,7 @@
  * the region lock only if no invalidation overlapped (the retry protocol).
  */
 #include <errno.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -112,39 +113,37 @@ static void read_frames(const struct uodp_ctx *ctx, uint64_t va, uint64_t n,
 }
 
 struct install {
-	uint64_t done;	  /* pages installed */
+	uint64_t done;	  /* pages of the batch handled so far */
 	uint64_t changed; /* index of a page whose frame changed, or ~0 */
-	int err;
+	int err;	  /* why the batch stopped early (or 0) */
+	bool *keep;	  /* pinning mode: page i's pin went to its entry */
 };
 
 /*
- * Install @n pages of the batch starting at page index @idx; umem->lock
- * held and the retry check passed. A page already mapped keeps its entry
- * and gains @access, unless its frame is known to have changed: then we
- * stop and let the caller invalidate it (the device may hold the old one).
+ * Install pages [res->done, n) of the batch starting at page index @idx;
+ * umem->lock held and the retry check passed. A page already mapped keeps
+ * its entry and gains @access, unless its frame is known to have changed:
+ * then we stop and let the caller invalidate (the device may hold the old
+ * frame). Stops with -EWOULDBLOCK when the table needs nodes: the caller
+ * allocates them with the lock dropped and calls again.
  */
 static void install_locked(struct uodp_umem *umem, uint64_t idx, uint64_t n,
 			   const uint64_t *pfns, unsigned access,
 			   struct install *res)
 {
-	bool pin = !umem->ctx->ops.invalidate_range;
-	uint64_t i, room = 0, *slot = NULL, w, nw, leaf = 0;
+	uint64_t i, room = 0, *slot = NULL, w, nw, leaf = 0, start = res->done;
 	int64_t filled = 0;
-	int r;
 
-	for (i = 0; i < n; i++, slot++, room--) {
+	for (i = res->done; i < n; i++, slot++, room--) {
 		if (!room) {
-			/* Next leaf: settle the count of the last one (which
-			 * also frees it if we left it empty). */
+			/* Next leaf: settle the count of the last one. */
 			if (slot)
 				pgt_leaf_account(&umem->table, leaf, filled);
 			filled = 0;
 			leaf = idx + i;
 			slot = pgt_leaf_slot(&umem->table, leaf, &room);
 			if (!slot) {
-				/* The previous leaf is settled; count the
-				 * pages installed so far below. */
-				res->err = -ENOMEM;
+				res->err = -errno; /* EWOULDBLOCK or ENOMEM */
 				break;
 			}
 		}
@@ -157,28 +156,90 @@ static void install_locked(struct uodp_umem *umem, uint64_t idx, uint64_t n,
 				break;
 			}
 			*slot = w | access;
-			res->done++;
 			continue;
 		}
 		nw = (pfns[i] << W_PFN_SHIFT) | access | (w & W_DIRTY);
-		if (pin) {
-			r = pin_page(umem->ctx,
-				     umem->start + ((idx + i)
-						    << umem->ctx->page_shift));
-			if (r) {
-				res->err = r;
-				break;
-			}
+		if (res->keep) {
 			nw |= W_PINNED;
+			res->keep[i] = true;
 		}
 		filled += !w;
 		*slot = nw;
 		umem->mapped++;
-		res->done++;
 	}
 	if (slot)
 		pgt_leaf_account(&umem->table, leaf, filled);
-	umem->stats.pages_mapped += res->done;
+	res->done = i;
+	umem->stats.pages_mapped += i - start;
+}
+
+/*
+ * Install a populated batch under the region lock, if the retry protocol
+ * allows. Returns 0 (see res for how far it got), -EAGAIN or -ENODEV.
+ */
+static int install_batch(struct uodp_umem *umem, uint64_t idx, uint64_t n,
+			 const uint64_t *pfns, unsigned access, uint64_t seq,
+			 struct install *res)
+{
+	void *dead;
+	int r = 0;
+
+	pthread_mutex_lock(&umem->lock);
+	for (;;) {
+		/* The retry protocol's install-side check: no invalidation
+		 * runs and none ended since seq was read, so the pages we
+		 * populated are still the ones mapped at these addresses
+		 * (invalidate.c bumps seq before lowering count). Made again
+		 * after every refill, which drops the lock. */
+		if (umem_retry_locked(umem, seq)) {
+			r = umem->dying ? -ENODEV : -EAGAIN;
+			break;
+		}
+		install_locked(umem, idx, n, pfns, access, res);
+		if (res->err != -EWOULDBLOCK)
+			break;
+		res->err = table_refill(&umem->table, &umem->lock,
+					idx + res->done);
+		if (res->err)
+			break;
+	}
+	if (r == -EAGAIN || res->changed != ~(uint64_t)0)
+		umem->stats.eagain++;
+	dead = table_trim(&umem->table);
+	pthread_mutex_unlock(&umem->lock);
+	pgt_free_nodes(dead);
+	return r;
+}
+
+/* Pinning mode: take a pin on each page before installing (the pin table
+ * may need memory, which the region lock forbids). Returns the number of
+ * pages pinned; *err says why it stopped early. */
+static uint64_t pin_batch(struct uodp_ctx *ctx, uint64_t va, uint64_t n,
+			  int *err)
+{
+	uint64_t i, page = (uint64_t)1 << ctx->page_shift;
+	int r;
+
+	for (i = 0; i < n; i++) {
+		r = pin_page(ctx, va + i * page);
+		if (r) {
+			*err = r;
+			break;
+		}
+	}
+	return i;
+}
+
+/* Give back the pins that did not go to an entry (page already mapped, or
+ * not installed). */
+static void unpin_rest(struct uodp_ctx *ctx, uint64_t va, uint64_t n,
+		       const bool *keep)
+{
+	uint64_t i, page = (uint64_t)1 << ctx->page_shift;
+
+	for (i = 0; i < n; i++)
+		if (!keep[i])
+			unpin_page(ctx, va + i * page);
 }
 
 /* Checks of uodp_umem_map()'s arguments, in the order the API lists them. */
@@ -213,15 +274,17 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 			       uint64_t bcnt, unsigned access, uint64_t seq)
 {
 	uint64_t pfns[FAULT_BATCH];
+	bool keep[FAULT_BATCH];
 	struct uodp_ctx *ctx;
-	uint64_t page, first, end, idx, n, got, total = 0;
-	bool write = access & UODP_ACCESS_WRITE;
+	uint64_t page, first, end, n, got, total = 0;
+	bool write = access & UODP_ACCESS_WRITE, pin;
 	int err = 0, r;
 
 	r = map_check(umem, va, bcnt, access);
 	if (r)
 		return r;
 	ctx = umem->ctx;
+	pin = !ctx->ops.invalidate_range;
 	page = (uint64_t)1 << ctx->page_shift;
 	first = va & ~(page - 1);
 	end = (va + bcnt + page - 1) & ~(page - 1);
@@ -242,38 +305,32 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 		if (n > FAULT_BATCH)
 			n = FAULT_BATCH;
 		got = populate(ctx, va, n, write, &err);
+		if (got && pin) {
+			got = pin_batch(ctx, va, got, &err);
+			memset(keep, 0, got * sizeof(keep[0]));
+			res.keep = keep;
+		}
 		if (!got)
 			break;
 		read_frames(ctx, va, got, pfns);
 		if (engine_test_hook_before_install)
 			engine_test_hook_before_install(umem);
 
-		idx = umem_page(umem, va);
-		pthread_mutex_lock(&umem->lock);
-		/* The retry protocol's install-side check: no invalidation
-		 * runs and none ended since seq was read, so the pages we
-		 * populated are still the ones mapped at these addresses
-		 * (invalidate.c bumps seq before lowering count). */
-		if (umem_retry_locked(umem, seq)) {
-			r = umem->dying ? -ENODEV : -EAGAIN;
-			if (r == -EAGAIN)
-				umem->stats.eagain++;
-			pthread_mutex_unlock(&umem->lock);
+		r = install_batch(umem, umem_page(umem, va), got, pfns, access,
+				  seq, &res);
+		if (pin)
+			unpin_rest(ctx, va, got, keep);
+		if (r)
 			return r;
-		}
-		install_locked(umem, idx, got, pfns, access, &res);
-		table_trim_locked(&umem->table);
-		pthread_mutex_unlock(&umem->lock);
-
 		total += res.done;
 		if (res.changed != ~(uint64_t)0) {
+			/* Frames changed under live entries: drop them, from
+			 * the first changed page to the end of the batch, in
+			 * one invalidation, and let the driver fault again. */
 			uint64_t cva =
 				umem->start + (res.changed << ctx->page_shift);
 
-			umem_invalidate_one(umem, cva, cva + page);
-			pthread_mutex_lock(&umem->lock);
-			umem->stats.eagain++;
-			pthread_mutex_unlock(&umem->lock);
+			umem_invalidate_one(umem, cva, va + got * page);
 			return -EAGAIN;
 		}
 		if (res.err) {

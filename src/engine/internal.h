@@ -69,8 +69,8 @@ struct uodp_ctx {
 	uint64_t magic;
 	struct uodp_ctx_ops ops;
 	unsigned flags;
-	pid_t pid;	   /* process that created the context */
-	int pagemap_fd;	   /* /proc/self/pagemap, -1 if unusable */
+	unsigned long fork_gen; /* engine_fork_generation at creation */
+	int pagemap_fd;		/* /proc/self/pagemap, -1 if unusable */
 	bool pagemap_pfns; /* pagemap shows frame numbers (CAP_SYS_ADMIN) */
 	unsigned page_shift;
 
@@ -156,7 +156,13 @@ static inline bool umem_valid(const struct uodp_umem *umem)
 {
 	return umem && umem->magic == UODP_UMEM_MAGIC;
 }
-bool ctx_forked(const struct uodp_ctx *ctx);
+/* In a child forked since the context was created? (ctx.c) */
+extern atomic_ulong engine_fork_generation;
+static inline bool ctx_forked(const struct uodp_ctx *ctx)
+{
+	return atomic_load_explicit(&engine_fork_generation,
+				    memory_order_relaxed) != ctx->fork_gen;
+}
 bool umem_retry_locked(const struct uodp_umem *umem, uint64_t seq);
 
 static inline uint64_t umem_page(const struct uodp_umem *umem, uint64_t va)
@@ -165,17 +171,18 @@ static inline uint64_t umem_page(const struct uodp_umem *umem, uint64_t va)
 }
 
 /*
- * Invalidations leave emptied table nodes on the table's graveyard instead
- * of freeing them (they may run on the monitor thread, which must not call
- * free(): see pgtable.h). Threads that may free - the fault path - give
- * the graveyard back once it holds more than the live table plus a little,
- * so it stays bounded yet spares the next fault some allocations.
+ * table.c: no allocation under a lock the monitor may wait for.
+ * table_refill(): called with @lock held after a no_alloc write failed with
+ * EWOULDBLOCK at @idx; drops @lock, allocates the nodes, retakes it and
+ * stocks them. The caller re-checks what the lock protected (the retry
+ * protocol) and tries again. Returns 0 or -ENOMEM.
+ * table_trim(): with the lock held, detach the graveyard when it holds more
+ * than the live table plus TABLE_SPARE_BYTES; free the result with
+ * pgt_free_nodes() after dropping the lock.
  */
-static inline void table_trim_locked(struct pgt *t)
-{
-	if (t->cached_bytes > t->bytes + ((uint64_t)64 << 10))
-		pgt_reap(t);
-}
+#define TABLE_SPARE_BYTES ((uint64_t)256 << 10)
+int table_refill(struct pgt *t, pthread_mutex_t *lock, uint64_t idx);
+void *table_trim(struct pgt *t);
 
 /* ctx.c */
 void ctx_stop_monitor_locked(struct uodp_ctx *ctx); /* mon_lock held */

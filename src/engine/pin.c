@@ -19,20 +19,30 @@ int pin_page(struct uodp_ctx *ctx, uint64_t va)
 {
 	uint64_t pg = va >> ctx->page_shift, refs;
 	size_t page = (size_t)1 << ctx->page_shift;
-	int r = 0;
+	void *dead;
+	int r;
 
 	pthread_mutex_lock(&ctx->pin_lock);
-	table_trim_locked(&ctx->pins); /* the fault path: free() is safe */
-	refs = pgt_get(&ctx->pins, pg);
-	if (!refs && mlock((void *)va, page)) {
-		r = -ENOMEM; /* ENOMEM/EAGAIN/EPERM: over RLIMIT_MEMLOCK */
-		goto out;
+	/* Take the reference first: raising a count may need table nodes,
+	 * allocated with the lock dropped (table.c), so the count is read
+	 * again after each refill. */
+	for (;;) {
+		refs = pgt_get(&ctx->pins, pg);
+		r = pgt_set(&ctx->pins, pg, refs + 1);
+		if (r != -EWOULDBLOCK)
+			break;
+		r = table_refill(&ctx->pins, &ctx->pin_lock, pg);
+		if (r)
+			break;
 	}
-	r = pgt_set(&ctx->pins, pg, refs + 1);
-	if (r && !refs)
-		munlock((void *)va, page);
-out:
+	/* Lowering a count back never allocates nor fails. */
+	if (!r && !refs && mlock((void *)va, page)) {
+		pgt_set(&ctx->pins, pg, refs);
+		r = -ENOMEM; /* ENOMEM/EAGAIN/EPERM: over RLIMIT_MEMLOCK */
+	}
+	dead = table_trim(&ctx->pins);
 	pthread_mutex_unlock(&ctx->pin_lock);
+	pgt_free_nodes(dead);
 	return r;
 }
 

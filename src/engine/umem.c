@@ -164,6 +164,7 @@ UODP_API int uodp_umem_get(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
 	umem->node.start = start;
 	umem->node.last = end - 1;
 	pgt_init(&umem->table, (end - start) >> ctx->page_shift);
+	umem->table.no_alloc = true; /* see table.c */
 	atomic_init(&umem->seq, 0);
 	atomic_init(&umem->priv, NULL);
 	umem->magic = UODP_UMEM_MAGIC;
@@ -427,6 +428,7 @@ UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, uint64_t *vas,
 				      size_t max)
 {
 	struct dirty_arg a = { .umem = umem, .vas = vas, .max = max };
+	void *dead;
 
 	if (!umem_valid(umem) || (!vas && max))
 		return -EINVAL;
@@ -436,7 +438,9 @@ UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, uint64_t *vas,
 		return 0;
 	pthread_mutex_lock(&umem->lock);
 	pgt_for_each(&umem->table, 0, umem->table.nslots, take_dirty, &a);
+	dead = table_trim(&umem->table);
 	pthread_mutex_unlock(&umem->lock);
+	pgt_free_nodes(dead);
 	return (int64_t)a.n;
 }
 

@@ -68,12 +68,27 @@ struct pgt_inner {
 	struct pgt_hdr *child[];
 };
 
-/* Test hook: when nonzero, the fail_countdown-th allocation fails. */
+/* Test hook: when nonzero, the fail_countdown-th call to the allocator
+ * (pgt_node_malloc) fails; reused graveyard nodes do not count. */
 static unsigned fail_countdown;
 
 void pgt_test_fail_alloc(unsigned n)
 {
 	fail_countdown = n;
+}
+
+void *pgt_node_malloc(size_t size)
+{
+	void *n;
+
+	if (fail_countdown && --fail_countdown == 0) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	n = malloc(size);
+	if (!n)
+		errno = ENOMEM;
+	return n;
 }
 
 /* Shift of the digit that selects a child of a node at @level (leaf: 0). */
@@ -134,11 +149,16 @@ static struct pgt_hdr *node_alloc(struct pgt *t, unsigned level)
 	size_t sz = node_size(t, level);
 	struct pgt_hdr *n;
 
-	if (fail_countdown && --fail_countdown == 0)
-		return NULL;
 	n = grave_pop(t, sz);
-	if (!n)
-		n = calloc(1, sz);
+	if (!n && t->no_alloc) {
+		errno = EWOULDBLOCK;
+		return NULL;
+	}
+	if (!n) {
+		n = pgt_node_malloc(sz);
+		if (n)
+			memset(n, 0, sz);
+	}
 	if (n)
 		t->bytes += sz;
 	return n;
@@ -157,15 +177,38 @@ static void node_free(struct pgt *t, struct pgt_hdr *n, unsigned level)
 	t->cached_bytes += sz;
 }
 
-void pgt_reap(struct pgt *t)
+void pgt_free_nodes(void *list)
 {
-	struct pgt_dead *d;
+	struct pgt_dead *d = list, *next;
 
-	while ((d = t->graveyard)) {
-		t->graveyard = d->next;
+	for (; d; d = next) {
+		next = d->next;
 		free(d);
 	}
+}
+
+void *pgt_take_graveyard(struct pgt *t)
+{
+	void *list = t->graveyard;
+
+	t->graveyard = NULL;
 	t->cached_bytes = 0;
+	return list;
+}
+
+void pgt_reap(struct pgt *t)
+{
+	pgt_free_nodes(pgt_take_graveyard(t));
+}
+
+void pgt_stock(struct pgt *t, void *node, size_t size)
+{
+	struct pgt_dead *d = node;
+
+	d->size = size;
+	d->next = t->graveyard;
+	t->graveyard = d;
+	t->cached_bytes += size;
 }
 
 void pgt_init(struct pgt *t, uint64_t nslots)
@@ -183,6 +226,7 @@ void pgt_init(struct pgt *t, uint64_t nslots)
 	t->bytes = 0;
 	t->graveyard = NULL;
 	t->cached_bytes = 0;
+	t->no_alloc = false;
 }
 
 static void free_subtree(struct pgt *t, struct pgt_hdr *n, unsigned level)
@@ -296,6 +340,19 @@ static struct pgt_leaf *path_make(struct pgt *t, uint64_t idx,
 	return (struct pgt_leaf *)*p->slot[0];
 }
 
+unsigned pgt_need(const struct pgt *t, uint64_t idx, size_t sizes[PGT_MAX_PATH])
+{
+	struct pgt_path p;
+	unsigned top, l;
+
+	if (idx >= t->nslots)
+		return 0;
+	top = path_find((struct pgt *)t, idx, &p); /* only reads */
+	for (l = 0; l < top; l++)
+		sizes[l] = node_size(t, l);
+	return top;
+}
+
 int pgt_set(struct pgt *t, uint64_t idx, uint64_t val)
 {
 	struct pgt_path p;
@@ -311,7 +368,7 @@ int pgt_set(struct pgt *t, uint64_t idx, uint64_t val)
 	} else {
 		lf = path_make(t, idx, &p);
 		if (!lf)
-			return -ENOMEM;
+			return -errno;
 	}
 	w = &lf->word[digit(idx, 0)];
 	if (*w && !val) {
@@ -337,10 +394,8 @@ uint64_t *pgt_leaf_slot(struct pgt *t, uint64_t idx, uint64_t *room)
 		return NULL;
 	}
 	lf = path_make(t, idx, &p);
-	if (!lf) {
-		errno = ENOMEM;
-		return NULL;
-	}
+	if (!lf)
+		return NULL; /* errno: ENOMEM or EWOULDBLOCK */
 	r = PGT_FAN - digit(idx, 0);
 	if (r > t->nslots - idx)
 		r = t->nslots - idx;

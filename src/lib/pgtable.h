@@ -14,6 +14,7 @@
 #ifndef UODP_PGTABLE_H
 #define UODP_PGTABLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,7 +26,11 @@ struct pgt {
 	uint64_t bytes;	       /* memory held by live nodes and leaves */
 	void *graveyard;       /* emptied nodes kept for reuse (see below) */
 	uint64_t cached_bytes; /* memory held by the graveyard */
+	bool no_alloc;	       /* never call the allocator (see below) */
 };
+
+/* Most nodes one write can need (a leaf and every inner level). */
+#define PGT_MAX_PATH 8
 
 /* Prepare an empty table of @nslots slots (>= 1). Allocates nothing. */
 void pgt_init(struct pgt *t, uint64_t nslots);
@@ -43,6 +48,29 @@ void pgt_destroy(struct pgt *t);
  * (the fault path, release). pgt_destroy() reaps too.
  */
 void pgt_reap(struct pgt *t);
+
+/*
+ * Tables guarded by a lock that the notifier's monitor thread may wait for
+ * must not call the allocator under it either: malloc() may wait for the
+ * arena lock of a thread whose free() is blocked on a userfaultfd event,
+ * i.e. on the monitor thread. Such tables set no_alloc: node allocations
+ * then only reuse graveyard nodes, and a write that needs more fails with
+ * the table unchanged (pgt_set: -EWOULDBLOCK; pgt_leaf_slot: NULL, errno
+ * EWOULDBLOCK). The caller then learns the sizes of the nodes a write at
+ * @idx needs (pgt_need), allocates them with the lock dropped, and gives
+ * them to the table (pgt_stock) before trying again.
+ */
+unsigned pgt_need(const struct pgt *t, uint64_t idx,
+		  size_t sizes[PGT_MAX_PATH]);
+/* Allocate a node of @size bytes for pgt_stock() (malloc(), honouring
+ * the pgt_test_fail_alloc() hook). */
+void *pgt_node_malloc(size_t size);
+/* Add a node of @size bytes, from pgt_node_malloc(), to the graveyard. */
+void pgt_stock(struct pgt *t, void *node, size_t size);
+/* Detach the graveyard (to free it with pgt_free_nodes() once the lock is
+ * dropped), or NULL. */
+void *pgt_take_graveyard(struct pgt *t);
+void pgt_free_nodes(void *list);
 
 /* The word at @idx (0 if empty or idx >= nslots). */
 uint64_t pgt_get(const struct pgt *t, uint64_t idx);
