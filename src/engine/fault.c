@@ -78,18 +78,27 @@ static uint64_t populate(const struct uodp_ctx *ctx, uint64_t va,
 	size_t page = (size_t)1 << ctx->page_shift;
 	int advice = write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
 	uint64_t i;
-	int e;
+	int e, tries;
 
 	*err = 0;
 	if (!madvise_retry(va, npages * page, advice))
 		return npages;
 	for (i = 0; i < npages; i++) {
-		e = madvise_retry(va + i * page, page, advice);
-		if (e) {
+		/* A page can be unmapped when madvise() looks and mapped
+		 * again when mincore() does: only a page that fails while
+		 * mapped, several times in a row, is out of memory. */
+		for (tries = 0; tries < 3; tries++) {
+			e = madvise_retry(va + i * page, page, advice);
+			if (!e)
+				break;
 			*err = populate_error(e, va + i * page, page);
-			return i;
+			if (*err != -ENOMEM)
+				return i;
 		}
+		if (e)
+			return i;
 	}
+	*err = 0;
 	return npages;
 }
 

@@ -1,0 +1,436 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * suite_notify.c - invalidation latency through the kernel monitor
+ * (issue 5 item 4): munmap() / madvise(MADV_DONTNEED) of 1 page, 2 MiB and
+ * 1 GiB of memory mapped by a region, against a bare userfaultfd monitor
+ * (a thread that only reads the events) on the same memory sizes, with the
+ * monitor on the same CPU as the unmapping thread and on the other one,
+ * with relaxed and strict ordering.
+ *
+ * Two figures per case: the time until munmap()/madvise() returns (the
+ * kernel waits for the monitor to READ the event), and the time until the
+ * invalidation is done (uodp: the driver's invalidate_range callback has
+ * returned; bare: the event has been read).
+ *
+ * Owns a bare monitor (one thread, one userfaultfd) while a case runs and
+ * every mapping it makes. The library's monitor lives as long as a region
+ * of its context does: an anchor region keeps it (and its CPU affinity,
+ * inherited from the thread that registered the anchor) for a whole case.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <linux/userfaultfd.h>
+
+#include <uodp.h>
+
+#include "bench.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+#define RW (UODP_ACCESS_READ | UODP_ACCESS_WRITE)
+
+/* Set by whoever finishes an invalidation (callback or bare monitor). */
+static _Atomic uint64_t done_ns, done_seq;
+
+static void *nfresh(uint64_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static int pin_cpu(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) ? -errno : 0;
+}
+
+static void unpin(void)
+{
+	cpu_set_t set;
+	long n = sysconf(_SC_NPROCESSORS_ONLN), i;
+
+	CPU_ZERO(&set);
+	for (i = 0; i < n && i < CPU_SETSIZE; i++)
+		CPU_SET(i, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+}
+
+/* ---------------------------------------------------------------------- */
+/* The bare monitor                                                       */
+/* ---------------------------------------------------------------------- */
+
+struct bare {
+	int uffd, stopfd;
+	pthread_t thread;
+};
+
+static void *bare_main(void *arg)
+{
+	struct bare *b = arg;
+	struct pollfd pfd[2] = { { .fd = b->uffd, .events = POLLIN },
+				 { .fd = b->stopfd, .events = POLLIN } };
+	struct uffd_msg msg[16];
+
+	for (;;) {
+		ssize_t n;
+
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (pfd[1].revents)
+			break;
+		n = read(b->uffd, msg, sizeof(msg));
+		if (n > 0) {
+			atomic_store(&done_ns, bench_now_ns());
+			atomic_fetch_add(&done_seq, 1);
+		}
+	}
+	return NULL;
+}
+
+static int bare_start(struct bare *b)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+
+	b->uffd = (int)syscall(SYS_userfaultfd,
+			       O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (b->uffd < 0)
+		return -errno;
+	api.features = UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE |
+		       UFFD_FEATURE_EVENT_REMAP;
+	if (ioctl(b->uffd, UFFDIO_API, &api)) {
+		close(b->uffd);
+		return -errno;
+	}
+	b->stopfd = eventfd(0, EFD_CLOEXEC);
+	if (b->stopfd < 0 || pthread_create(&b->thread, NULL, bare_main, b)) {
+		if (b->stopfd >= 0)
+			close(b->stopfd);
+		close(b->uffd);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+static void bare_stop(struct bare *b)
+{
+	uint64_t one = 1;
+
+	if (write(b->stopfd, &one, sizeof(one)) != sizeof(one))
+		return;
+	pthread_join(b->thread, NULL);
+	close(b->stopfd);
+	close(b->uffd);
+}
+
+static int bare_register(struct bare *b, void *p, uint64_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = (uint64_t)(uintptr_t)p, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+
+	return ioctl(b->uffd, UFFDIO_REGISTER, &reg) ? -errno : 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* uodp                                                                   */
+/* ---------------------------------------------------------------------- */
+
+static void n_invalidate(struct uodp_umem *umem, uint64_t start, uint64_t end,
+			 void *priv)
+{
+	(void)umem;
+	(void)start;
+	(void)end;
+	(void)priv;
+	atomic_store(&done_ns, bench_now_ns());
+	atomic_fetch_add(&done_seq, 1);
+}
+
+static void n_fence(struct uodp_ctx *ctx, void *priv)
+{
+	(void)ctx;
+	(void)priv;
+}
+
+static const struct uodp_ctx_ops n_ops = {
+	.invalidate_range = n_invalidate,
+	.fence = n_fence,
+	.unfence = n_fence,
+};
+
+/* Wait for done_seq to pass @seq (1 s at most); the completion time. */
+static uint64_t wait_done(uint64_t seq)
+{
+	uint64_t t0 = bench_now_ns();
+
+	while (atomic_load(&done_seq) == seq)
+		if (bench_now_ns() - t0 > 1000000000ull)
+			return 0;
+	return atomic_load(&done_ns);
+}
+
+enum nvar {
+	NV_PLAIN,
+	NV_BARE,
+	NV_UODP
+};
+
+struct ncase {
+	uint64_t len;
+	bool dontneed; /* madvise(MADV_DONTNEED) instead of munmap */
+};
+
+/*
+ * One repetition: fresh mapped memory (registered and mapped for uodp,
+ * registered for bare), then the timed munmap/madvise. *ret_ns: until the
+ * call returned; *done_ns_out: until the invalidation was done (0: none).
+ */
+static int n_once(enum nvar v, const struct ncase *c, struct bare *b,
+		  struct uodp_ctx *ctx, uint64_t *ret_ns, uint64_t *done_out)
+{
+	char *p = nfresh(c->len);
+	struct uodp_umem *um = NULL;
+	uint64_t seq, t0, t1, td;
+	int r = 0;
+
+	if (!p)
+		return -ENOMEM;
+	if (madvise(p, c->len, MADV_POPULATE_WRITE)) {
+		r = -errno;
+		goto out;
+	}
+	if (v == NV_BARE)
+		r = bare_register(b, p, c->len);
+	if (v == NV_UODP) {
+		int64_t n = -EAGAIN;
+
+		r = uodp_umem_get(ctx, (uint64_t)(uintptr_t)p, c->len, RW, &um);
+		/* The driver's loop: a region registered while the previous
+		 * repetition's invalidation was still ending has no counters
+		 * yet (-EAGAIN until it has). */
+		while (!r && n == -EAGAIN) {
+			r = uodp_umem_wait(um);
+			if (!r)
+				n = uodp_umem_map(um, (uint64_t)(uintptr_t)p,
+						  c->len, RW,
+						  uodp_umem_read_seq(um));
+		}
+		if (!r &&
+		    n != (int64_t)(c->len / (uint64_t)sysconf(_SC_PAGESIZE)))
+			r = n < 0 ? (int)n : -EFAULT;
+	}
+	if (r)
+		goto out;
+	seq = atomic_load(&done_seq);
+	t0 = bench_now_ns();
+	if (c->dontneed)
+		madvise(p, c->len, MADV_DONTNEED);
+	else
+		munmap(p, c->len);
+	t1 = bench_now_ns();
+	td = v == NV_PLAIN ? t1 : wait_done(seq);
+	*ret_ns = t1 - t0;
+	*done_out = td > t0 ? td - t0 : 0;
+	if (!c->dontneed)
+		p = NULL;
+	if (v != NV_PLAIN && !td)
+		r = -ETIMEDOUT;
+out:
+	if (um)
+		uodp_umem_release(um);
+	if (p)
+		munmap(p, c->len);
+	return r;
+}
+
+/* Repeat a variant; fills @ret and @done (us). */
+static int n_series(enum nvar v, const struct ncase *c, struct bare *b,
+		    struct uodp_ctx *ctx, unsigned reps, double *ret,
+		    double *done)
+{
+	unsigned k;
+	int r;
+
+	for (k = 0; k < reps + 2; k++) {
+		uint64_t tr = 0, td = 0;
+
+		r = n_once(v, c, b, ctx, &tr, &td);
+		if (r)
+			return r;
+		if (k >= 2) {
+			ret[k - 2] = (double)tr / 1e3;
+			done[k - 2] = (double)td / 1e3;
+		}
+	}
+	return 0;
+}
+
+struct nsetup {
+	const char *cpu; /* "same CPU" / "cross CPU" */
+	bool cross;
+};
+
+/* Measure one case on one CPU placement, emitting rows for relaxed and
+ * strict. */
+static void n_case(const struct bench_opts *o, const struct ncase *c,
+		   const struct nsetup *s)
+{
+	unsigned reps = c->len >= GiB	  ? (o->quick ? 3 : 7) :
+			c->len >= 2 * MiB ? (o->quick ? 50 : 200) :
+					    (o->quick ? 200 : 1000);
+	double *br = calloc(reps, sizeof(double)),
+	       *bd = calloc(reps, sizeof(double));
+	double *ur = calloc(reps, sizeof(double)),
+	       *ud = calloc(reps, sizeof(double));
+	double *pr = calloc(reps, sizeof(double));
+	struct bare bare;
+	bool bare_on = false;
+	char param[32], sz[16];
+	int mode, r;
+
+	if (!br || !bd || !ur || !ud || !pr)
+		goto out;
+	snprintf(param, sizeof(param), "%s %s",
+		 bench_fmt_bytes(c->len, sz, sizeof(sz)),
+		 s->cross ? "xCPU" : "1CPU");
+
+	/* Monitors are born on CPU 1 (cross) or 0 (same); the measuring
+	 * thread then runs on CPU 0. */
+	if (pin_cpu(s->cross ? 1 : 0) || (r = bare_start(&bare))) {
+		bench_note("%s %s: bare userfaultfd monitor unavailable",
+			   c->dontneed ? "madvise" : "munmap", param);
+		unpin();
+		goto out;
+	}
+	bare_on = true;
+	pin_cpu(0);
+	if (n_series(NV_PLAIN, c, NULL, NULL, reps, pr, bd) ||
+	    n_series(NV_BARE, c, &bare, NULL, reps, br, bd)) {
+		bench_note("bare series failed");
+		goto out;
+	}
+	for (mode = 0; mode < 2; mode++) {
+		struct uodp_ctx *ctx = NULL;
+		struct uodp_umem *anchor = NULL;
+		char *ap = nfresh(4096);
+		struct bench_row rr, rd;
+		const char *name =
+			c->dontneed ?
+				(mode ? "madvise strict" : "madvise relaxed") :
+				(mode ? "munmap strict" : "munmap relaxed");
+
+		pin_cpu(s->cross ? 1 : 0);
+		r = ap ? uodp_ctx_create(&n_ops, mode ? UODP_CTX_STRICT : 0,
+					 &ctx) :
+			 -ENOMEM;
+		if (!r)
+			r = uodp_umem_get(ctx, (uint64_t)(uintptr_t)ap, 4096,
+					  RW, &anchor);
+		pin_cpu(0);
+		if (!r)
+			r = n_series(NV_UODP, c, NULL, ctx, reps, ur, ud);
+		if (r) {
+			bench_note("%s %s: n/a (%s)", name, param,
+				   uodp_strerror(r));
+		} else {
+			rr = bench_row("notify", name, (double)c->len, "us");
+			snprintf(rr.param, sizeof(rr.param), "%s", param);
+			bench_stats(ur, reps, &rr.v);
+			bench_stats(br, reps, &rr.b);
+			rr.base_name = "bare uffd: call returns";
+			rr.rk = BR_TIME;
+			rr.tk = BT_RATIO_MIN;
+			rr.target = 1 / 1.5;
+			rr.note = "until the call returns";
+			bench_emit(&rr);
+			rd = rr;
+			rd.name = mode ? (c->dontneed ? "madvise strict done" :
+							"munmap strict done") :
+					 (c->dontneed ? "madvise relaxed done" :
+							"munmap relaxed done");
+			bench_stats(ud, reps, &rd.v);
+			bench_stats(bd, reps, &rd.b);
+			rd.base_name = "bare uffd: event read";
+			rd.note = "until invalidate_range returned";
+			bench_emit(&rd);
+		}
+		if (anchor)
+			uodp_umem_release(anchor);
+		if (ctx)
+			uodp_ctx_destroy(ctx);
+		if (ap)
+			munmap(ap, 4096);
+	}
+	{
+		struct bench_row p = bench_row("notify",
+					       c->dontneed ?
+						       "madvise unregistered" :
+						       "munmap unregistered",
+					       (double)c->len, "us");
+
+		snprintf(p.param, sizeof(p.param), "%s", param);
+		bench_stats(pr, reps, &p.v);
+		p.note = "no userfaultfd: the kernel's own cost";
+		bench_emit(&p);
+	}
+out:
+	if (bare_on)
+		bare_stop(&bare);
+	unpin();
+	free(br);
+	free(bd);
+	free(ur);
+	free(ud);
+	free(pr);
+}
+
+static void suite_notify(const struct bench_opts *o)
+{
+	static const struct ncase cases[] = {
+		{ 4096, false }, { 2 * MiB, false }, { 1 * GiB, false },
+		{ 4096, true },	 { 2 * MiB, true },
+	};
+	static const struct nsetup setups[] = { { "same CPU", false },
+						{ "cross CPU", true } };
+	size_t i, j;
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		bench_note("one CPU: cross-CPU rows are same-CPU");
+	bench_warmup(256 * MiB);
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		for (j = 0; j < sizeof(setups) / sizeof(setups[0]); j++) {
+			if (o->quick && cases[i].len >= GiB)
+				continue;
+			n_case(o, &cases[i], &setups[j]);
+		}
+}
+
+const struct bench_suite bench_notify_suites[] = {
+	{ "notify",
+	  "invalidation latency through the kernel monitor vs bare userfaultfd",
+	  suite_notify },
+	{ NULL, NULL, NULL },
+};

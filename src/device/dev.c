@@ -1,0 +1,409 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dev.c - the device's life cycle, its engine context and the callbacks
+ * the engine calls into it (invalidate_range, fence, unfence), counters.
+ *
+ * A device creates its own context, or shares the context of another
+ * device (uodp_dev_attr.share: a group, so that two devices can mirror the
+ * same memory under one kernel monitor, which allows one userfaultfd per
+ * mapping). The callbacks get the group; invalidate_range finds the device
+ * through the span (umem->priv). invalidate_range clears the device page
+ * table of the span under its pt_lock taken for writing: the lock waits for
+ * every access window that might use the entries (they hold it for
+ * reading from the check to the end of the copy), so when the callback
+ * returns no device access uses the invalidated pages. Strict ordering
+ * adds a device-wide fence: fence() takes fence_lock for writing (new
+ * access windows wait, running ones drain), unfence() releases it; both
+ * run on the monitor thread and fence every device of the group.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "device/device.h"
+
+atomic_ulong dev_fork_gen;
+static pthread_once_t dev_atfork_once = PTHREAD_ONCE_INIT;
+
+static void dev_atfork_child(void)
+{
+	atomic_fetch_add(&dev_fork_gen, 1);
+}
+
+static void dev_atfork_install(void)
+{
+	pthread_atfork(NULL, NULL, dev_atfork_child);
+}
+
+int dev_check(const struct uodp_dev *dev)
+{
+	if (!dev || dev->magic != DEV_MAGIC)
+		return -EINVAL;
+	if (dev->fork_gen !=
+	    atomic_load_explicit(&dev_fork_gen, memory_order_relaxed))
+		return -ECHILD;
+	return 0;
+}
+
+void dev_count_error(struct uodp_dev *dev, int err)
+{
+	switch (err) {
+	case 0:
+		return;
+	case -EFAULT:
+		dev_count(dev, ST_ERR_FAULT, 1);
+		return;
+	case -EACCES:
+		dev_count(dev, ST_ERR_ACCESS, 1);
+		return;
+	case -EPERM:
+		dev_count(dev, ST_ERR_PERM, 1);
+		return;
+	case -ERANGE:
+		dev_count(dev, ST_ERR_RANGE, 1);
+		return;
+	default:
+		dev_count(dev, ST_ERR_OTHER, 1);
+	}
+}
+
+void dev_invalidate_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
+			  void *priv)
+{
+	struct span *sp = uodp_umem_priv(umem);
+	struct uodp_dev *dev;
+	uint64_t n;
+
+	(void)priv; /* the group: the span knows its device */
+	if (!sp)
+		return; /* registered just now: its table is empty */
+	dev = sp->dev;
+	dev_count(dev, ST_INVALIDATIONS, 1);
+	if (start < sp->start)
+		start = sp->start;
+	if (end > sp->end)
+		end = sp->end;
+	if (start >= end)
+		return;
+	pthread_rwlock_wrlock(&sp->pt_lock);
+	n = dpt_clear(&sp->dpt, (start - sp->start) >> dev->page_shift,
+		      (end - sp->start + dev->page_size - 1) >>
+			      dev->page_shift);
+	pthread_rwlock_unlock(&sp->pt_lock);
+	dev_count(dev, ST_PAGES_INVALIDATED, n);
+}
+
+/* Fence every device of the group: new access windows wait, running ones
+ * drain. The group lock stays held until unfence(). */
+static void dev_fence(struct uodp_ctx *ctx, void *priv)
+{
+	struct devgroup *g = priv;
+	struct uodp_dev *dev;
+
+	(void)ctx;
+	pthread_mutex_lock(&g->lock);
+	for (dev = g->members; dev; dev = dev->gnext) {
+		pthread_rwlock_wrlock(&dev->fence_lock);
+		dev_count(dev, ST_FENCES, 1);
+	}
+}
+
+static void dev_unfence(struct uodp_ctx *ctx, void *priv)
+{
+	struct devgroup *g = priv;
+	struct uodp_dev *dev;
+
+	(void)ctx;
+	for (dev = g->members; dev; dev = dev->gnext)
+		pthread_rwlock_unlock(&dev->fence_lock);
+	pthread_mutex_unlock(&g->lock);
+}
+
+/* A new group with a new context for @dev. */
+static int group_create(struct uodp_dev *dev, unsigned flags)
+{
+	struct uodp_ctx_ops ops;
+	struct devgroup *g;
+	int r;
+
+	g = calloc(1, sizeof(*g));
+	if (!g)
+		return -ENOMEM;
+	if (pthread_mutex_init(&g->lock, NULL)) {
+		free(g);
+		return -ENOMEM;
+	}
+	memset(&ops, 0, sizeof(ops));
+	ops.invalidate_range = dev_invalidate_range;
+	ops.priv = g;
+	if (flags & UODP_DEV_MANUAL)
+		g->ctx_flags |= UODP_CTX_MANUAL;
+	if (flags & UODP_DEV_STRICT) {
+		g->ctx_flags |= UODP_CTX_STRICT;
+		ops.fence = dev_fence;
+		ops.unfence = dev_unfence;
+	}
+	r = uodp_ctx_create(&ops, g->ctx_flags, &g->ctx);
+	if (r) {
+		pthread_mutex_destroy(&g->lock);
+		free(g);
+		return r;
+	}
+	g->members = dev;
+	g->refs = 1;
+	dev->group = g;
+	dev->ctx = g->ctx;
+	return 0;
+}
+
+/* Join the group of @other (its context, flags MANUAL/STRICT equal). */
+static int group_join(struct uodp_dev *dev, struct uodp_dev *other,
+		      unsigned flags)
+{
+	unsigned want = 0;
+	struct devgroup *g;
+	int r = dev_check(other);
+
+	if (r)
+		return r;
+	g = other->group;
+	if (flags & UODP_DEV_MANUAL)
+		want |= UODP_CTX_MANUAL;
+	if (flags & UODP_DEV_STRICT)
+		want |= UODP_CTX_STRICT;
+	if (want != g->ctx_flags)
+		return -EINVAL;
+	pthread_mutex_lock(&g->lock);
+	dev->gnext = g->members;
+	g->members = dev;
+	g->refs++;
+	pthread_mutex_unlock(&g->lock);
+	dev->group = g;
+	dev->ctx = g->ctx;
+	return 0;
+}
+
+/* Leave the group; the last member destroys the context. The device has
+ * no region left, so no callback concerns it any more. */
+static void group_leave(struct uodp_dev *dev)
+{
+	struct devgroup *g = dev->group;
+	struct uodp_dev **pp;
+	bool last;
+
+	pthread_mutex_lock(&g->lock);
+	for (pp = &g->members; *pp; pp = &(*pp)->gnext) {
+		if (*pp == dev) {
+			*pp = dev->gnext;
+			break;
+		}
+	}
+	last = --g->refs == 0;
+	pthread_mutex_unlock(&g->lock);
+	if (!last)
+		return;
+	uodp_ctx_destroy(g->ctx);
+	pthread_mutex_destroy(&g->lock);
+	free(g);
+}
+
+static int attr_check(const struct uodp_dev_attr *a)
+{
+	if (a->flags & ~UODP_DEV_FLAGS_ALL)
+		return -EINVAL;
+	if ((a->flags & UODP_DEV_MANUAL) && (a->flags & UODP_DEV_STRICT))
+		return -EINVAL;
+	if (a->fault_around > UODP_DEV_FAULT_AROUND_MAX ||
+	    a->exec_workers > 64 || a->fault_workers > 64)
+		return -EINVAL;
+	return 0;
+}
+
+static int dev_locks_init(struct uodp_dev *dev)
+{
+	pthread_rwlockattr_t a;
+	int r;
+
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(
+		&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	r = pthread_rwlock_init(&dev->fence_lock, &a);
+	pthread_rwlockattr_destroy(&a);
+	if (r)
+		return -ENOMEM;
+	if (pthread_rwlock_init(&dev->mr_lock, NULL))
+		goto err_fence;
+	if (pthread_mutex_init(&dev->idle_lock, NULL))
+		goto err_mr;
+	if (pthread_cond_init(&dev->idle_cond, NULL))
+		goto err_idle;
+	if (pthread_mutex_init(&dev->pool_lock, NULL))
+		goto err_cond;
+	if (pthread_cond_init(&dev->exec_cond, NULL))
+		goto err_pool;
+	if (pthread_cond_init(&dev->fault_cond, NULL))
+		goto err_exec;
+	return 0;
+err_exec:
+	pthread_cond_destroy(&dev->exec_cond);
+err_pool:
+	pthread_mutex_destroy(&dev->pool_lock);
+err_cond:
+	pthread_cond_destroy(&dev->idle_cond);
+err_idle:
+	pthread_mutex_destroy(&dev->idle_lock);
+err_mr:
+	pthread_rwlock_destroy(&dev->mr_lock);
+err_fence:
+	pthread_rwlock_destroy(&dev->fence_lock);
+	return -ENOMEM;
+}
+
+static void dev_locks_destroy(struct uodp_dev *dev)
+{
+	pthread_cond_destroy(&dev->fault_cond);
+	pthread_cond_destroy(&dev->exec_cond);
+	pthread_mutex_destroy(&dev->pool_lock);
+	pthread_cond_destroy(&dev->idle_cond);
+	pthread_mutex_destroy(&dev->idle_lock);
+	pthread_rwlock_destroy(&dev->mr_lock);
+	pthread_rwlock_destroy(&dev->fence_lock);
+}
+
+UODP_API int uodp_dev_open(const struct uodp_dev_attr *attr,
+			   struct uodp_dev **out)
+{
+	static const struct uodp_dev_attr defaults;
+	struct uodp_dev *dev;
+	int r, i;
+
+	if (!attr)
+		attr = &defaults;
+	if (!out)
+		return -EINVAL;
+	r = attr_check(attr);
+	if (r)
+		return r;
+	pthread_once(&dev_atfork_once, dev_atfork_install);
+	rcv_init(); /* failure only disables the guarded paths */
+
+	dev = calloc(1, sizeof(*dev));
+	if (!dev)
+		return -ENOMEM;
+	dev->flags = attr->flags;
+	dev->fault_around = attr->fault_around ? attr->fault_around :
+						 UODP_DEV_FAULT_AROUND_DEFAULT;
+	dev->nexec = attr->exec_workers ? attr->exec_workers : 2;
+	dev->nfault = attr->fault_workers ? attr->fault_workers : 1;
+	dev->page_size = (uint64_t)sysconf(_SC_PAGESIZE);
+	dev->page_shift = (unsigned)__builtin_ctzll(dev->page_size);
+	dev->pid = getpid();
+	dev->fork_gen = atomic_load(&dev_fork_gen);
+	dev->fast_copy = (attr->flags & UODP_DEV_FAST_COPY) && rcv_available();
+	for (i = 0; i < ST_COUNT; i++)
+		atomic_init(&dev->stats[i], 0);
+	r = dev_locks_init(dev);
+	if (r)
+		goto err_free;
+
+	if (attr->share)
+		r = group_join(dev, attr->share, attr->flags);
+	else
+		r = group_create(dev, attr->flags);
+	if (r)
+		goto err_locks;
+	dev->magic = DEV_MAGIC;
+	*out = dev;
+	return 0;
+err_locks:
+	dev_locks_destroy(dev);
+err_free:
+	free(dev);
+	return r;
+}
+
+UODP_API int uodp_dev_close(struct uodp_dev *dev)
+{
+	int r = dev_check(dev);
+
+	if (r)
+		return r;
+	queues_destroy_all(dev);
+	pool_stop(dev);
+	mr_release_all(dev);
+	group_leave(dev);
+	dev->magic = 0;
+	dev_locks_destroy(dev);
+	free(dev);
+	return 0;
+}
+
+UODP_API struct uodp_ctx *uodp_dev_ctx(const struct uodp_dev *dev)
+{
+	if (!dev || dev->magic != DEV_MAGIC)
+		return NULL;
+	return dev->ctx;
+}
+
+UODP_API int uodp_dev_stats(const struct uodp_dev *dev,
+			    struct uodp_dev_stats *out)
+{
+	uint64_t v[ST_COUNT];
+	int i;
+
+	if (!dev || dev->magic != DEV_MAGIC || !out)
+		return -EINVAL;
+	for (i = 0; i < ST_COUNT; i++)
+		v[i] = atomic_load_explicit(&((struct uodp_dev *)dev)->stats[i],
+					    memory_order_relaxed);
+	memset(out, 0, sizeof(*out));
+	out->ops = v[ST_OPS];
+	out->reads = v[ST_READS];
+	out->writes = v[ST_WRITES];
+	out->copies = v[ST_COPIES];
+	out->atomics = v[ST_ATOMICS];
+	out->prefetches = v[ST_PREFETCHES];
+	out->snapshots = v[ST_SNAPSHOTS];
+	out->bytes_read = v[ST_BYTES_READ];
+	out->bytes_written = v[ST_BYTES_WRITTEN];
+	out->page_faults = v[ST_PAGE_FAULTS];
+	out->pages_faulted = v[ST_PAGES_FAULTED];
+	out->fault_retries = v[ST_FAULT_RETRIES];
+	out->invalidations = v[ST_INVALIDATIONS];
+	out->pages_invalidated = v[ST_PAGES_INVALIDATED];
+	out->fences = v[ST_FENCES];
+	out->races = v[ST_RACES];
+	out->err_fault = v[ST_ERR_FAULT];
+	out->err_access = v[ST_ERR_ACCESS];
+	out->err_perm = v[ST_ERR_PERM];
+	out->err_range = v[ST_ERR_RANGE];
+	out->err_other = v[ST_ERR_OTHER];
+	out->children_created = v[ST_CHILDREN_CREATED];
+	out->children_released = v[ST_CHILDREN_RELEASED];
+	out->async_posted = v[ST_ASYNC_POSTED];
+	out->async_completed = v[ST_ASYNC_COMPLETED];
+	out->async_faults = v[ST_ASYNC_FAULTS];
+	return 0;
+}
+
+UODP_API const char *uodp_dev_opcode_name(enum uodp_dev_opcode op)
+{
+	switch (op) {
+	case UODP_DEV_OP_READ:
+		return "read";
+	case UODP_DEV_OP_WRITE:
+		return "write";
+	case UODP_DEV_OP_COPY:
+		return "copy";
+	case UODP_DEV_OP_FETCH_ADD:
+		return "fetch-add";
+	case UODP_DEV_OP_CMP_SWAP:
+		return "cmp-swap";
+	case UODP_DEV_OP_PREFETCH:
+		return "prefetch";
+	case UODP_DEV_OP_PREFETCH_WRITE:
+		return "prefetch-write";
+	}
+	return "?";
+}

@@ -1,0 +1,322 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * device.h - the software device's objects, locks and invariants (internal;
+ * every src/device file includes it, nothing outside src/ does).
+ *
+ * Objects:
+ *   struct uodp_dev   one engine context, the key table, counters, the
+ *                     worker pool of the queues.
+ *   struct dmr        a memory region by key: explicit (one span) or
+ *                     implicit (a lazily filled array of spans, one per
+ *                     aligned 1 GiB, created by faults, trimmed when idle).
+ *   struct span       one engine region (umem) and the device page table
+ *                     mirroring it. umem->priv points to its span.
+ *
+ * Lock order (outermost first):
+ *   1. dev->mr_lock    (rwlock) the key table. Read: key lookup (takes a
+ *                      reference on the dmr). Write: register/deregister.
+ *   2. mr->kids_lock   (rwlock) implicit: the child array. Read: lookup and
+ *                      reference of a child; write: creation and trim.
+ *   3. dev->fence_lock (rwlock) strict ordering. Read: held by every device
+ *                      access window; write: from fence() to unfence().
+ *   4. umem lock       (engine, uodp_umem_lock) held by a fault while it
+ *                      checks uodp_umem_retry() and installs entries.
+ *   5. span->pt_lock   (rwlock, writer preferring) the device page table.
+ *                      Read: a device access window (check entries + copy
+ *                      the data); write: install (under 4) and invalidate.
+ * The invalidate_range callback takes only 5 (the engine holds its tree
+ * read lock); it never allocates or frees memory (it may run on the
+ * monitor thread). No device lock is held across uodp_umem_map() or
+ * uodp_umem_wait() (an invalidation could be waiting for it).
+ *
+ * Invariant (what the retry protocol buys): a device page-table entry is
+ * nonzero only if the engine mapped the page with at least its access bits
+ * after the last invalidation of that page that ended before the entry was
+ * written; invalidate_range clears it before the engine drops its own
+ * entry, and no access window that saw it is still running when the
+ * callback returns (the write lock waits for readers).
+ */
+#ifndef UODP_DEVICE_INTERNAL_H
+#define UODP_DEVICE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "uodp.h"
+#include "uodp_dev.h"
+
+/* ------------------------------------------------------------------------ */
+/* Device page table (dpt.c)                                                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A word per page: page-aligned virtual address | UODP_ACCESS_* bits;
+ * 0 = not mapped. Two levels: a directory of leaf pointers, reserved with
+ * mmap(MAP_NORESERVE) so it costs nothing until used, and leaves of 512
+ * words allocated on install and only freed with the table (clearing never
+ * frees: the invalidate callback must not call free()).
+ */
+#define DPT_LEAF_SHIFT 9
+#define DPT_LEAF_SLOTS (1u << DPT_LEAF_SHIFT)
+#define DPT_ACCESS ((uint64_t)UODP_ACCESS_ALL)
+
+struct dpt {
+	uint64_t **dir;
+	size_t dir_bytes;
+	uint64_t npages;
+	uint64_t used;	 /* nonzero words */
+	uint64_t leaves; /* allocated leaves */
+	uint64_t lo, hi; /* leaf indexes ever allocated are in [lo, hi) */
+};
+
+int dpt_init(struct dpt *t, uint64_t npages);
+void dpt_destroy(struct dpt *t);
+static inline uint64_t dpt_get(const struct dpt *t, uint64_t idx)
+{
+	const uint64_t *leaf = t->dir[idx >> DPT_LEAF_SHIFT];
+
+	return leaf ? leaf[idx & (DPT_LEAF_SLOTS - 1)] : 0;
+}
+/* Store a nonzero word; -ENOMEM when a leaf could not be allocated. */
+int dpt_set(struct dpt *t, uint64_t idx, uint64_t word);
+/* Clear [from, to); returns the number of words cleared. Never frees. */
+uint64_t dpt_clear(struct dpt *t, uint64_t from, uint64_t to);
+
+/* ------------------------------------------------------------------------ */
+/* Regions                                                                   */
+/* ------------------------------------------------------------------------ */
+
+struct uodp_dev;
+
+struct span {
+	struct uodp_dev *dev;
+	struct uodp_umem *umem;
+	uint64_t start, end;	  /* the umem's page-aligned bounds */
+	unsigned umem_access;	  /* UODP_ACCESS_* of the umem */
+	pthread_rwlock_t pt_lock; /* see lock order */
+	struct dpt dpt;		  /* under pt_lock */
+	atomic_long refs; /* implicit child: users (ops, queued faults) */
+};
+
+#define IMPLICIT_SHIFT 30		   /* one child per aligned 1 GiB */
+#define IMPLICIT_TOP ((UINT64_C(1) << 47)) /* user address space end */
+
+struct dmr {
+	uint32_t key;
+	unsigned access; /* UODP_DEV_ACCESS_* */
+	bool implicit;
+	uint64_t start, end; /* exact bytes operations may touch */
+	atomic_long refs;    /* 1 for the key table + 1 per user */
+	struct span *span;   /* explicit */
+
+	/* implicit */
+	pthread_rwlock_t kids_lock; /* see lock order */
+	struct span **kids;	    /* mmap'd array, by va >> IMPLICIT_SHIFT */
+	size_t kids_bytes;
+	uint64_t nkids;
+};
+
+/* ------------------------------------------------------------------------ */
+/* The device                                                                */
+/* ------------------------------------------------------------------------ */
+
+#define DEV_MAGIC 0x7564657664657631ull /* "udevdev1" */
+
+/* Counters: one atomic word each, indexes into dev->stats. */
+enum {
+	ST_OPS,
+	ST_READS,
+	ST_WRITES,
+	ST_COPIES,
+	ST_ATOMICS,
+	ST_PREFETCHES,
+	ST_SNAPSHOTS,
+	ST_BYTES_READ,
+	ST_BYTES_WRITTEN,
+	ST_PAGE_FAULTS,
+	ST_PAGES_FAULTED,
+	ST_FAULT_RETRIES,
+	ST_INVALIDATIONS,
+	ST_PAGES_INVALIDATED,
+	ST_FENCES,
+	ST_RACES,
+	ST_ERR_FAULT,
+	ST_ERR_ACCESS,
+	ST_ERR_PERM,
+	ST_ERR_RANGE,
+	ST_ERR_OTHER,
+	ST_CHILDREN_CREATED,
+	ST_CHILDREN_RELEASED,
+	ST_ASYNC_POSTED,
+	ST_ASYNC_COMPLETED,
+	ST_ASYNC_FAULTS,
+	ST_COUNT
+};
+
+struct job;
+
+/*
+ * The devices sharing one engine context (uodp_dev_attr.share): the
+ * context's callbacks get the group as priv. lock guards the member list
+ * and refs; fence() takes it and holds it until unfence(), so the members
+ * fenced are exactly the ones unfenced. Never taken by an access.
+ */
+struct devgroup {
+	struct uodp_ctx *ctx;
+	unsigned ctx_flags; /* UODP_CTX_* */
+	pthread_mutex_t lock;
+	struct uodp_dev *members; /* linked by uodp_dev.gnext */
+	unsigned refs;
+};
+
+/* A work list of the worker pool (exec or fault). */
+struct wlist {
+	struct job *head, *tail;
+};
+
+struct uodp_dev {
+	uint64_t magic;
+	struct uodp_ctx *ctx;	/* group->ctx */
+	struct devgroup *group; /* owns the context */
+	struct uodp_dev *gnext; /* under group->lock */
+	unsigned flags;
+	unsigned fault_around; /* pages */
+	unsigned nexec, nfault;
+	uint64_t page_size;
+	unsigned page_shift;
+	pid_t pid;
+	unsigned long fork_gen; /* dev_fork_gen at open */
+	bool fast_copy;		/* memcpy in a guarded window */
+
+	pthread_rwlock_t mr_lock; /* see lock order */
+	struct dmr **keys;	  /* slot -> region */
+	uint8_t *gens;		  /* slot -> generation of its last key */
+	uint32_t nslots, cap;
+	pthread_mutex_t idle_lock; /* with idle_cond: dmr refs drop to 0 */
+	pthread_cond_t idle_cond;
+
+	pthread_rwlock_t fence_lock; /* see lock order */
+
+	/* Worker pool (queue.c), started with the first queue. Lists and
+	 * stop are under pool_lock. */
+	pthread_mutex_t pool_lock;
+	pthread_cond_t exec_cond, fault_cond; /* their list got work / stop */
+	struct wlist exec_list, fault_list;
+	bool pool_started, pool_stop;
+	pthread_t *threads;
+	unsigned nthreads;
+	struct uodp_dev_queue *queues; /* under pool_lock */
+
+	atomic_uint_fast64_t stats[ST_COUNT];
+};
+
+static inline void dev_count(struct uodp_dev *dev, int which, uint64_t n)
+{
+	atomic_fetch_add_explicit(&dev->stats[which], n, memory_order_relaxed);
+}
+
+/* Count an operation's final status as an error kind. */
+void dev_count_error(struct uodp_dev *dev, int err);
+
+/* Argument checks common to every public entry point. */
+int dev_check(const struct uodp_dev *dev);
+
+/* dev.c: the context callbacks. */
+void dev_invalidate_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
+			  void *priv);
+
+/* mr.c */
+/* Look @key up and take a reference; NULL when it is not registered. */
+struct dmr *mr_get(struct uodp_dev *dev, uint32_t key);
+void mr_put(struct uodp_dev *dev, struct dmr *mr);
+/* 0 when [va, va + len) is inside @mr, -ERANGE otherwise. */
+int mr_check_range(const struct dmr *mr, uint64_t va, uint64_t len);
+/*
+ * The span holding @va with a reference taken (implicit: created if
+ * @create and missing). NULL with *@err set when none: -ENOMEM, or 0 when
+ * @create is false and the child does not exist.
+ */
+struct span *mr_span_get(struct uodp_dev *dev, struct dmr *mr, uint64_t va,
+			 bool create, int *err);
+void mr_span_put(struct dmr *mr, struct span *sp);
+/* Deregister every key (dev_close). */
+void mr_release_all(struct uodp_dev *dev);
+
+/* fault.c */
+/*
+ * Resolve a device page-table miss at @va of @sp with @access (UODP_ACCESS
+ * bits): map a window of pages through the engine from va's page on, at
+ * least @len_hint bytes and the fault-around size, and install the
+ * engine's entries under the retry protocol. Returns 0 when at least the
+ * page of @va was installed, or the engine's error.
+ */
+int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
+	      uint64_t len_hint, unsigned access);
+
+/* recover.c: guarded instructions (see docs/DEVICE.md). */
+int rcv_init(void);
+/* memcpy within a guarded window over host range [lo, hi). Returns 0, or
+ * -EFAULT with *@fault_va set to the faulting host address. */
+int rcv_copy(void *dst, const void *src, size_t n, uintptr_t lo, uintptr_t hi,
+	     uint64_t *fault_va);
+int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old);
+int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old);
+bool rcv_available(void);
+
+/* dma.c: operations as resumable state machines, for sync and async. */
+struct fault_req {
+	struct dmr *mr;	 /* the region of the span */
+	struct span *sp; /* referenced; dop_fault() drops it */
+	uint64_t va, len;
+	unsigned access;
+};
+
+#define DOP_BOUNCE (64 * 1024)
+
+struct dop {
+	enum uodp_dev_opcode opcode;
+	uint32_t key, key2; /* target and copy source keys */
+	struct dmr *mr;	    /* target, referenced */
+	struct dmr *mr2;    /* copy source, referenced */
+	uint64_t va, va2, len;
+	char *buf;
+	uint64_t cmp_add, swap;
+	uint64_t done; /* bytes finished */
+	uint64_t old;  /* atomics */
+	/* copy: a chunk is read into bounce, then written out */
+	char *bounce;
+	uint64_t chunk, chunk_done;
+	int phase;
+	unsigned races; /* consecutive failed copies after a good check */
+	int status;
+};
+
+/* Check an operation's arguments and take its references. 0 or error. */
+int dop_prepare(struct uodp_dev *dev, struct dop *op);
+/* Drop references and free the bounce buffer. */
+void dop_finish(struct uodp_dev *dev, struct dop *op);
+/*
+ * Run until the operation is finished (returns 0 with op->status set) or,
+ * when @fr is non-NULL, until it misses the device page table (returns 1
+ * with *@fr filled: the caller resolves the miss with dop_fault() and runs
+ * it again). With @fr NULL misses are resolved inline.
+ */
+int dop_run(struct uodp_dev *dev, struct dop *op, struct fault_req *fr);
+/* Resolve a miss reported by dop_run(); drops fr->sp. 0 or error. */
+int dop_fault(struct uodp_dev *dev, struct fault_req *fr);
+
+/* Test hook: called by a fault between uodp_umem_map() and the install
+ * (set only by tests). */
+extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
+
+/* queue.c */
+void pool_stop(struct uodp_dev *dev);
+void queues_destroy_all(struct uodp_dev *dev);
+
+/* Fork detection: bumped in the child by a pthread_atfork handler. */
+extern atomic_ulong dev_fork_gen;
+
+#endif

@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dpt.c - the device page table: what the device may access, per page.
+ *
+ * Separate from the engine's translation table the way an adapter's MTT is
+ * separate from the umem. It is not the engine's sparse table (lib/
+ * pgtable) because the invalidate callback, which clears it, may run on the
+ * kernel monitor's thread, where free() is forbidden (it could trim a heap
+ * registered with userfaultfd and deadlock). So leaves are allocated by
+ * faults and only freed with the table. The directory is reserved with
+ * mmap(MAP_NORESERVE): O(1) at registration whatever the region's size, and
+ * backed only where leaves exist. [lo, hi) bounds the leaves ever
+ * allocated so that clearing a huge range scans only the used part.
+ * Not thread safe: the span's pt_lock protects it.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "device/device.h"
+
+int dpt_init(struct dpt *t, uint64_t npages)
+{
+	uint64_t nleaves = (npages + DPT_LEAF_SLOTS - 1) >> DPT_LEAF_SHIFT;
+	size_t bytes = (size_t)nleaves * sizeof(uint64_t *);
+	void *dir;
+
+	dir = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (dir == MAP_FAILED)
+		return -ENOMEM;
+	t->dir = dir;
+	t->dir_bytes = bytes;
+	t->npages = npages;
+	t->used = 0;
+	t->leaves = 0;
+	t->lo = nleaves;
+	t->hi = 0;
+	return 0;
+}
+
+void dpt_destroy(struct dpt *t)
+{
+	uint64_t i;
+
+	if (!t->dir)
+		return;
+	for (i = t->lo; i < t->hi; i++)
+		free(t->dir[i]);
+	munmap(t->dir, t->dir_bytes);
+	t->dir = NULL;
+}
+
+int dpt_set(struct dpt *t, uint64_t idx, uint64_t word)
+{
+	uint64_t li = idx >> DPT_LEAF_SHIFT;
+	uint64_t *leaf = t->dir[li];
+	uint64_t *slot;
+
+	if (!leaf) {
+		leaf = calloc(DPT_LEAF_SLOTS, sizeof(*leaf));
+		if (!leaf)
+			return -ENOMEM;
+		t->dir[li] = leaf;
+		t->leaves++;
+		if (li < t->lo)
+			t->lo = li;
+		if (li + 1 > t->hi)
+			t->hi = li + 1;
+	}
+	slot = &leaf[idx & (DPT_LEAF_SLOTS - 1)];
+	t->used += !*slot;
+	*slot = word;
+	return 0;
+}
+
+uint64_t dpt_clear(struct dpt *t, uint64_t from, uint64_t to)
+{
+	uint64_t li, i, first, last, n = 0;
+	uint64_t *leaf;
+
+	if (to > t->npages)
+		to = t->npages;
+	if (from >= to || !t->used)
+		return 0;
+	first = from >> DPT_LEAF_SHIFT;
+	last = (to - 1) >> DPT_LEAF_SHIFT;
+	if (first < t->lo)
+		first = t->lo;
+	if (t->hi && last > t->hi - 1)
+		last = t->hi - 1;
+	for (li = first; li <= last && li < t->hi; li++) {
+		uint64_t base = li << DPT_LEAF_SHIFT, a, b;
+
+		leaf = t->dir[li];
+		if (!leaf)
+			continue;
+		a = from > base ? from - base : 0;
+		b = to - base < DPT_LEAF_SLOTS ? to - base : DPT_LEAF_SLOTS;
+		for (i = a; i < b; i++) {
+			if (leaf[i]) {
+				leaf[i] = 0;
+				n++;
+			}
+		}
+	}
+	t->used -= n;
+	return n;
+}

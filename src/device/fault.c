@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fault.c - device page faults: a miss in the device page table is
+ * resolved through the engine with the retry protocol of uodp.h, then the
+ * engine's entries are copied into the device page table.
+ *
+ * The window starts at the missing page (never before it: a hole or a
+ * PROT_NONE page in front of the miss must not fail an access that does
+ * not touch it) and covers the larger of the operation's remaining bytes
+ * and the fault-around size, capped at FAULT_MAX pages and at the span.
+ * It is mapped with the access the faulting operation needs. Entries are
+ * installed only while the region lock is held and uodp_umem_retry() says
+ * no invalidation ran since the sequence was read, and only for pages the
+ * engine holds with at least that access; pages the engine could not map
+ * (after a hole) stay missing and fault again if an access reaches them.
+ */
+#include <errno.h>
+
+#include "device/device.h"
+
+#define FAULT_MAX 512	/* pages mapped by one fault at most */
+#define NOMEM_RETRIES 4 /* see dev_fault() */
+
+void (*dev_test_hook_before_install)(struct uodp_umem *umem);
+
+struct install_arg {
+	struct span *sp;
+	unsigned access;
+	uint64_t installed;
+	int err;
+};
+
+static int install_one(uint64_t va, uint64_t entry, void *argp)
+{
+	struct install_arg *a = argp;
+	struct span *sp = a->sp;
+	uint64_t idx = (va - sp->start) >> sp->dev->page_shift;
+	uint64_t old;
+	int r;
+
+	if ((entry & a->access) != a->access)
+		return 0;
+	old = dpt_get(&sp->dpt, idx);
+	if (old == ((va & ~(sp->dev->page_size - 1)) | (entry & DPT_ACCESS)))
+		return 0;
+	r = dpt_set(&sp->dpt, idx,
+		    (va & ~(sp->dev->page_size - 1)) | (entry & DPT_ACCESS));
+	if (r) {
+		a->err = r;
+		return 1;
+	}
+	a->installed++;
+	return 0;
+}
+
+/* Install the engine's entries of [start, end); region lock held and the
+ * retry check passed. */
+static int install_locked(struct span *sp, uint64_t start, uint64_t end,
+			  unsigned access, uint64_t *installed)
+{
+	struct install_arg a = { .sp = sp, .access = access };
+
+	pthread_rwlock_wrlock(&sp->pt_lock);
+	uodp_umem_for_each_entry(sp->umem, start, end, install_one, &a);
+	pthread_rwlock_unlock(&sp->pt_lock);
+	*installed = a.installed;
+	return a.err;
+}
+
+int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
+	      uint64_t len_hint, unsigned access)
+{
+	uint64_t ps = dev->page_size, start, end, want, seq, installed;
+	int64_t n;
+	int r, nomem = 0;
+
+	start = va & ~(ps - 1);
+	want = (uint64_t)dev->fault_around * ps;
+	if (len_hint + (va - start) > want)
+		want = len_hint + (va - start);
+	if (want > FAULT_MAX * ps)
+		want = FAULT_MAX * ps;
+	end = sp->end - start < want ? sp->end : start + want;
+	if (start < sp->start || start >= sp->end)
+		return -EFAULT;
+	dev_count(dev, ST_PAGE_FAULTS, 1);
+	for (;;) {
+		r = uodp_umem_wait(sp->umem);
+		if (r)
+			return r;
+		seq = uodp_umem_read_seq(sp->umem);
+		n = uodp_umem_map(sp->umem, start, end - start, access, seq);
+		if (n == -EAGAIN) {
+			dev_count(dev, ST_FAULT_RETRIES, 1);
+			continue;
+		}
+		if (n == -ENOMEM && ++nomem < NOMEM_RETRIES) {
+			/* The engine reports -ENOMEM when populating hit a
+			 * hole that was mapped again before it looked
+			 * (mincore): an address-space race, not a shortage.
+			 * A real shortage persists over the retries. */
+			dev_count(dev, ST_FAULT_RETRIES, 1);
+			continue;
+		}
+		if (n < 0)
+			return (int)n;
+		if (dev_test_hook_before_install)
+			dev_test_hook_before_install(sp->umem);
+		uodp_umem_lock(sp->umem);
+		if (uodp_umem_retry(sp->umem, seq)) {
+			uodp_umem_unlock(sp->umem);
+			dev_count(dev, ST_FAULT_RETRIES, 1);
+			continue;
+		}
+		r = install_locked(sp, start, start + (uint64_t)n * ps, access,
+				   &installed);
+		uodp_umem_unlock(sp->umem);
+		if (r)
+			return r;
+		dev_count(dev, ST_PAGES_FAULTED, installed);
+		return 0;
+	}
+}

@@ -1,0 +1,483 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mr.c - memory regions by key: registration, lookup with references,
+ * deregistration, and the implicit region's lazily created children.
+ *
+ * A key is (slot + 1) << 8 | generation: the slot indexes dev->keys, the
+ * generation (bumped when a slot is reused) makes a stale key fail with
+ * -ENOENT instead of reaching the next region in its slot. A lookup takes
+ * a reference (dmr->refs) under the key table's read lock; deregistration
+ * removes the key under the write lock, so no new reference can be taken,
+ * then waits for the references to drain before releasing engine regions.
+ *
+ * The implicit region covers [0, IMPLICIT_TOP) with one engine region
+ * (span) per aligned 1 GiB, created when a fault first reaches it. The
+ * child array is reserved with mmap(MAP_NORESERVE) (2^17 pointers, backed
+ * only where used). Children are referenced by operations that use them
+ * and by queued faults; uodp_dev_mr_trim() releases those with no
+ * reference and an empty device page table, and so does the creation of a
+ * child once IMPLICIT_AUTO_TRIM exist (the invalidate callback, which
+ * empties them, may not free anything).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "device/device.h"
+
+#define KEY_SLOTS_MAX (1u << 24)
+/* Creating a child when this many exist first releases the idle ones. */
+#define IMPLICIT_AUTO_TRIM 16
+
+static uint32_t key_make(uint32_t slot, uint8_t gen)
+{
+	return ((slot + 1) << 8) | gen;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Spans                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static void span_free(struct span *sp)
+{
+	if (sp->umem)
+		uodp_umem_release(sp->umem);
+	dpt_destroy(&sp->dpt);
+	pthread_rwlock_destroy(&sp->pt_lock);
+	free(sp);
+}
+
+/* Register [start, end) (page aligned) with the engine and attach a device
+ * page table. */
+static int span_create(struct uodp_dev *dev, uint64_t start, uint64_t end,
+		       unsigned umem_access, struct span **out)
+{
+	pthread_rwlockattr_t a;
+	struct span *sp;
+	int r;
+
+	sp = calloc(1, sizeof(*sp));
+	if (!sp)
+		return -ENOMEM;
+	sp->dev = dev;
+	sp->start = start;
+	sp->end = end;
+	sp->umem_access = umem_access;
+	atomic_init(&sp->refs, 0);
+	/* Writer preference: an invalidation waiting for the lock must not
+	 * be starved by a stream of device accesses. Readers never nest. */
+	pthread_rwlockattr_init(&a);
+	pthread_rwlockattr_setkind_np(
+		&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	r = pthread_rwlock_init(&sp->pt_lock, &a);
+	pthread_rwlockattr_destroy(&a);
+	if (r) {
+		free(sp);
+		return -ENOMEM;
+	}
+	r = dpt_init(&sp->dpt, (end - start) >> dev->page_shift);
+	if (r)
+		goto err_lock;
+	r = uodp_umem_get(dev->ctx, start, end - start, umem_access, &sp->umem);
+	if (r)
+		goto err_dpt;
+	/* Before anyone can fault on it: the callback finds its table. */
+	uodp_umem_set_priv(sp->umem, sp);
+	sp->start = uodp_umem_start(sp->umem);
+	sp->end = uodp_umem_end(sp->umem);
+	*out = sp;
+	return 0;
+err_dpt:
+	dpt_destroy(&sp->dpt);
+err_lock:
+	pthread_rwlock_destroy(&sp->pt_lock);
+	free(sp);
+	return r;
+}
+
+static unsigned umem_access_of(unsigned access)
+{
+	unsigned a = UODP_ACCESS_READ;
+
+	if (access & (UODP_DEV_ACCESS_WRITE | UODP_DEV_ACCESS_ATOMIC))
+		a |= UODP_ACCESS_WRITE;
+	return a;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The key table                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void dmr_free(struct uodp_dev *dev, struct dmr *mr)
+{
+	uint64_t i, n;
+
+	if (mr->span)
+		span_free(mr->span);
+	if (mr->kids) {
+		n = mr->kids_bytes / sizeof(*mr->kids);
+		for (i = 0; i < n && mr->nkids; i++) {
+			if (mr->kids[i]) {
+				span_free(mr->kids[i]);
+				mr->nkids--;
+				dev_count(dev, ST_CHILDREN_RELEASED, 1);
+			}
+		}
+		munmap(mr->kids, mr->kids_bytes);
+		pthread_rwlock_destroy(&mr->kids_lock);
+	}
+	free(mr);
+}
+
+/* Find a free slot (growing the table) and publish @mr there. */
+static int key_insert(struct uodp_dev *dev, struct dmr *mr)
+{
+	uint32_t slot, cap;
+	int r = 0;
+
+	pthread_rwlock_wrlock(&dev->mr_lock);
+	for (slot = 0; slot < dev->nslots; slot++)
+		if (!dev->keys[slot])
+			break;
+	if (slot == dev->nslots) {
+		if (slot == KEY_SLOTS_MAX) {
+			r = -ENOSPC;
+			goto out;
+		}
+		if (slot == dev->cap) {
+			struct dmr **k;
+			uint8_t *g;
+
+			cap = dev->cap ? dev->cap * 2 : 16;
+			k = realloc(dev->keys, cap * sizeof(*k));
+			if (!k) {
+				r = -ENOMEM;
+				goto out;
+			}
+			dev->keys = k;
+			g = realloc(dev->gens, cap);
+			if (!g) {
+				r = -ENOMEM;
+				goto out;
+			}
+			dev->gens = g;
+			dev->cap = cap;
+		}
+		dev->keys[slot] = NULL;
+		dev->gens[slot] = 0;
+		dev->nslots++;
+	}
+	dev->gens[slot]++;
+	mr->key = key_make(slot, dev->gens[slot]);
+	dev->keys[slot] = mr;
+out:
+	pthread_rwlock_unlock(&dev->mr_lock);
+	return r;
+}
+
+struct dmr *mr_get(struct uodp_dev *dev, uint32_t key)
+{
+	uint32_t slot = (key >> 8) - 1;
+	struct dmr *mr = NULL;
+
+	if (!(key >> 8))
+		return NULL;
+	pthread_rwlock_rdlock(&dev->mr_lock);
+	if (slot < dev->nslots && dev->keys[slot] &&
+	    dev->keys[slot]->key == key) {
+		mr = dev->keys[slot];
+		atomic_fetch_add(&mr->refs, 1);
+	}
+	pthread_rwlock_unlock(&dev->mr_lock);
+	return mr;
+}
+
+void mr_put(struct uodp_dev *dev, struct dmr *mr)
+{
+	if (atomic_fetch_sub(&mr->refs, 1) == 1) {
+		pthread_mutex_lock(&dev->idle_lock);
+		pthread_cond_broadcast(&dev->idle_cond);
+		pthread_mutex_unlock(&dev->idle_lock);
+	}
+}
+
+int mr_check_range(const struct dmr *mr, uint64_t va, uint64_t len)
+{
+	if (va + len < va || va < mr->start || va + len > mr->end)
+		return -ERANGE;
+	return 0;
+}
+
+static int reg_common(struct uodp_dev *dev, unsigned access, uint32_t *key)
+{
+	int r = dev_check(dev);
+
+	if (r)
+		return r;
+	if (!key || !access || (access & ~UODP_DEV_ACCESS_ALL))
+		return -EINVAL;
+	return 0;
+}
+
+UODP_API int uodp_dev_reg_mr(struct uodp_dev *dev, uint64_t addr, uint64_t len,
+			     unsigned access, uint32_t *key)
+{
+	uint64_t start, end, pmask;
+	struct dmr *mr;
+	int r;
+
+	r = reg_common(dev, access, key);
+	if (r)
+		return r;
+	if (!len || addr + len < addr)
+		return -EINVAL;
+	pmask = dev->page_size - 1;
+	start = addr & ~pmask;
+	end = (addr + len + pmask) & ~pmask;
+	if (end < addr + len)
+		return -EINVAL;
+	mr = calloc(1, sizeof(*mr));
+	if (!mr)
+		return -ENOMEM;
+	mr->access = access;
+	mr->start = addr;
+	mr->end = addr + len;
+	atomic_init(&mr->refs, 1);
+	r = span_create(dev, start, end, umem_access_of(access), &mr->span);
+	if (r)
+		goto err;
+	r = key_insert(dev, mr);
+	if (r)
+		goto err;
+	*key = mr->key;
+	return 0;
+err:
+	dmr_free(dev, mr);
+	return r;
+}
+
+UODP_API int uodp_dev_reg_implicit_mr(struct uodp_dev *dev, unsigned access,
+				      uint32_t *key)
+{
+	struct dmr *mr;
+	void *kids;
+	int r;
+
+	r = reg_common(dev, access, key);
+	if (r)
+		return r;
+	mr = calloc(1, sizeof(*mr));
+	if (!mr)
+		return -ENOMEM;
+	mr->access = access;
+	mr->implicit = true;
+	mr->start = 0;
+	mr->end = IMPLICIT_TOP - dev->page_size;
+	atomic_init(&mr->refs, 1);
+	mr->kids_bytes = (IMPLICIT_TOP >> IMPLICIT_SHIFT) * sizeof(*mr->kids);
+	kids = mmap(NULL, mr->kids_bytes, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (kids == MAP_FAILED) {
+		free(mr);
+		return -ENOMEM;
+	}
+	mr->kids = kids;
+	if (pthread_rwlock_init(&mr->kids_lock, NULL)) {
+		munmap(kids, mr->kids_bytes);
+		free(mr);
+		return -ENOMEM;
+	}
+	r = key_insert(dev, mr);
+	if (r) {
+		dmr_free(dev, mr);
+		return r;
+	}
+	*key = mr->key;
+	return 0;
+}
+
+/* Remove @key from the table; the table's reference goes to the caller. */
+static struct dmr *key_remove(struct uodp_dev *dev, uint32_t key)
+{
+	uint32_t slot = (key >> 8) - 1;
+	struct dmr *mr = NULL;
+
+	if (!(key >> 8))
+		return NULL;
+	pthread_rwlock_wrlock(&dev->mr_lock);
+	if (slot < dev->nslots && dev->keys[slot] &&
+	    dev->keys[slot]->key == key) {
+		mr = dev->keys[slot];
+		dev->keys[slot] = NULL;
+	}
+	pthread_rwlock_unlock(&dev->mr_lock);
+	return mr;
+}
+
+/* Wait until only the caller's reference is left, then free. */
+static void dmr_retire(struct uodp_dev *dev, struct dmr *mr)
+{
+	pthread_mutex_lock(&dev->idle_lock);
+	while (atomic_load(&mr->refs) > 1)
+		pthread_cond_wait(&dev->idle_cond, &dev->idle_lock);
+	pthread_mutex_unlock(&dev->idle_lock);
+	dmr_free(dev, mr);
+}
+
+UODP_API int uodp_dev_dereg_mr(struct uodp_dev *dev, uint32_t key)
+{
+	struct dmr *mr;
+	int r = dev_check(dev);
+
+	if (r)
+		return r;
+	mr = key_remove(dev, key);
+	if (!mr)
+		return -ENOENT;
+	dmr_retire(dev, mr);
+	return 0;
+}
+
+void mr_release_all(struct uodp_dev *dev)
+{
+	uint32_t slot;
+	struct dmr *mr;
+
+	for (slot = 0; slot < dev->nslots; slot++) {
+		pthread_rwlock_wrlock(&dev->mr_lock);
+		mr = dev->keys[slot];
+		dev->keys[slot] = NULL;
+		pthread_rwlock_unlock(&dev->mr_lock);
+		if (mr)
+			dmr_retire(dev, mr);
+	}
+	free(dev->keys);
+	free(dev->gens);
+	dev->keys = NULL;
+	dev->gens = NULL;
+	dev->nslots = dev->cap = 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Spans of a region, implicit children                                      */
+/* ------------------------------------------------------------------------ */
+
+static int kids_trim_locked(struct uodp_dev *dev, struct dmr *mr);
+
+struct span *mr_span_get(struct uodp_dev *dev, struct dmr *mr, uint64_t va,
+			 bool create, int *err)
+{
+	uint64_t idx = va >> IMPLICIT_SHIFT, start, end;
+	struct span *sp;
+	int r;
+
+	*err = 0;
+	if (!mr->implicit)
+		return mr->span; /* lives as long as the dmr reference */
+	pthread_rwlock_rdlock(&mr->kids_lock);
+	sp = mr->kids[idx];
+	if (sp)
+		atomic_fetch_add(&sp->refs, 1);
+	pthread_rwlock_unlock(&mr->kids_lock);
+	if (sp || !create)
+		return sp;
+
+	pthread_rwlock_wrlock(&mr->kids_lock);
+	sp = mr->kids[idx];
+	if (!sp && mr->nkids >= IMPLICIT_AUTO_TRIM)
+		kids_trim_locked(dev, mr); /* creation is rare: tidy up */
+	if (!sp) {
+		start = idx << IMPLICIT_SHIFT;
+		end = start + (UINT64_C(1) << IMPLICIT_SHIFT);
+		if (start < dev->page_size)
+			start = dev->page_size; /* page 0 is never mapped */
+		if (end > mr->end)
+			end = mr->end;
+		r = span_create(dev, start, end, umem_access_of(mr->access),
+				&sp);
+		if (r) {
+			pthread_rwlock_unlock(&mr->kids_lock);
+			*err = r;
+			return NULL;
+		}
+		mr->kids[idx] = sp;
+		mr->nkids++;
+		dev_count(dev, ST_CHILDREN_CREATED, 1);
+	}
+	atomic_fetch_add(&sp->refs, 1);
+	pthread_rwlock_unlock(&mr->kids_lock);
+	return sp;
+}
+
+void mr_span_put(struct dmr *mr, struct span *sp)
+{
+	if (mr->implicit && sp)
+		atomic_fetch_sub(&sp->refs, 1);
+}
+
+/* Release the idle children (no reference, empty device page table);
+ * kids_lock held for writing, so no reference can appear meanwhile. */
+static int kids_trim_locked(struct uodp_dev *dev, struct dmr *mr)
+{
+	uint64_t i, n = mr->kids_bytes / sizeof(*mr->kids), left = mr->nkids;
+	struct span *sp;
+	int freed = 0;
+	bool idle;
+
+	for (i = 0; i < n && left; i++) {
+		sp = mr->kids[i];
+		if (!sp)
+			continue;
+		left--;
+		pthread_rwlock_rdlock(&sp->pt_lock);
+		idle = !sp->dpt.used && !atomic_load(&sp->refs);
+		pthread_rwlock_unlock(&sp->pt_lock);
+		if (!idle)
+			continue;
+		mr->kids[i] = NULL;
+		mr->nkids--;
+		span_free(sp);
+		dev_count(dev, ST_CHILDREN_RELEASED, 1);
+		freed++;
+	}
+	return freed;
+}
+
+UODP_API int uodp_dev_mr_trim(struct uodp_dev *dev, uint32_t key)
+{
+	struct dmr *mr;
+	int r = dev_check(dev), freed = 0;
+
+	if (r)
+		return r;
+	mr = mr_get(dev, key);
+	if (!mr)
+		return -ENOENT;
+	if (mr->implicit) {
+		pthread_rwlock_wrlock(&mr->kids_lock);
+		freed = kids_trim_locked(dev, mr);
+		pthread_rwlock_unlock(&mr->kids_lock);
+	}
+	mr_put(dev, mr);
+	return freed;
+}
+
+UODP_API int64_t uodp_dev_mr_children(struct uodp_dev *dev, uint32_t key)
+{
+	struct dmr *mr;
+	int64_t n = 1;
+	int r = dev_check(dev);
+
+	if (r)
+		return r;
+	mr = mr_get(dev, key);
+	if (!mr)
+		return -ENOENT;
+	if (mr->implicit) {
+		pthread_rwlock_rdlock(&mr->kids_lock);
+		n = (int64_t)mr->nkids;
+		pthread_rwlock_unlock(&mr->kids_lock);
+	}
+	mr_put(dev, mr);
+	return n;
+}

@@ -1,0 +1,299 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * recover.c - guarded instructions: a device access that touches host
+ * memory directly and survives the memory vanishing under it.
+ *
+ * 8-byte atomics have no syscall that fails cleanly on a hole (there is no
+ * process_vm_* for atomics), and the application may munmap or mprotect a
+ * page between the device page-table check and the instruction (munmap's
+ * userfaultfd event arrives only after the pages are gone; mprotect sends
+ * none). So the instruction runs inside a window: a thread-local record
+ * holds a sigsetjmp() point and the host range [lo, hi) the window may
+ * touch. A process-wide SIGSEGV/SIGBUS handler, installed once, checks the
+ * record of the faulting thread: a fault whose address is inside the armed
+ * range of that thread's window jumps back (the access fails with -EFAULT);
+ * any other fault goes to the handler that was installed before ours (or,
+ * if that was the default, is re-delivered with the default action), so
+ * the application's own crash behaviour is unchanged. The handler is
+ * (re)installed by every uodp_dev_open(), in front of whatever handler is
+ * current then.
+ *
+ * Why it is safe: the window holds nothing but one instruction (or, for
+ * the fast copy, one rep movsb) written in assembly, so no lock, allocator
+ * or sanitizer state can be left half updated by the jump, and nothing but
+ * that instruction can fault on the armed range while armed... except an
+ * asynchronous signal handler that runs inside the window and faults on
+ * the very same bytes, which we accept. The instructions are assembly also
+ * so that ThreadSanitizer does not run them inside its own runtime (whose
+ * locks a jump would leave held). Limitations: an application that
+ * replaces our handler after uodp_dev_open() without chaining to it loses
+ * this protection until the next uodp_dev_open() (atomics racing an munmap then crash as a CPU
+ * access would); on architectures other than x86-64 the guarded window is
+ * not available: atomics use the compiler's builtins unguarded, and the
+ * fast copy is off.
+ *
+ * Cost (see docs/DEVICE.md): sigsetjmp without saving the mask plus two
+ * thread-local stores, measured in the tens of nanoseconds.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "device/device.h"
+
+#if defined(__x86_64__)
+#define RCV_GUARDED 1
+#else
+#define RCV_GUARDED 0
+#endif
+
+struct rcv_window {
+	sigjmp_buf jb;
+	uintptr_t lo, hi;
+	volatile sig_atomic_t armed;
+	volatile uintptr_t fault_addr;
+};
+
+static __thread struct rcv_window *volatile rcv_cur;
+static struct sigaction rcv_old_segv, rcv_old_bus;
+static pthread_mutex_t rcv_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int rcv_status = -ENOTSUP;
+
+/* Hand a fault that is not ours to whoever had the signal before us. */
+static void rcv_chain(int sig, siginfo_t *si, void *uc)
+{
+	struct sigaction *old = sig == SIGSEGV ? &rcv_old_segv : &rcv_old_bus;
+	struct sigaction dfl;
+
+	if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
+		old->sa_sigaction(sig, si, uc);
+		return;
+	}
+	if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
+		old->sa_handler(sig);
+		return;
+	}
+	/* Default action: restore it. A hardware fault re-executes the
+	 * instruction and faults again, now fatally; a signal sent with
+	 * kill() must be raised again. */
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	sigaction(sig, &dfl, NULL);
+	if (si->si_code <= 0)
+		raise(sig);
+}
+
+static void rcv_handler(int sig, siginfo_t *si, void *uc)
+{
+	struct rcv_window *w = rcv_cur;
+	uintptr_t a = (uintptr_t)si->si_addr;
+
+	if (w && w->armed && si->si_code > 0 && a >= w->lo && a < w->hi) {
+		w->armed = 0;
+		w->fault_addr = a;
+		/* The window's sigsetjmp() did not save the mask (a syscall
+		 * on every access); rcv_unblock() repairs it after the jump. */
+		siglongjmp(w->jb, 1);
+	}
+	rcv_chain(sig, si, uc);
+}
+
+/*
+ * Put our handler in front for both signals, remembering the one we
+ * replace. Done at every uodp_dev_open(): if the application installed a
+ * handler since (without chaining to ours), we go in front of it again.
+ * Called under rcv_lock; the handler reads rcv_old_* without it (a fault
+ * racing a device open may see a half-updated copy: only then).
+ */
+static int rcv_install_one(int sig, struct sigaction *old)
+{
+	struct sigaction sa, cur;
+
+	if (sigaction(sig, NULL, &cur))
+		return -errno;
+	if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == rcv_handler)
+		return 0;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = rcv_handler;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	*old = cur;
+	if (sigaction(sig, &sa, NULL))
+		return -errno;
+	return 0;
+}
+
+int rcv_init(void)
+{
+	int r;
+
+	if (!RCV_GUARDED)
+		return -ENOTSUP;
+	pthread_mutex_lock(&rcv_lock);
+	r = rcv_install_one(SIGSEGV, &rcv_old_segv);
+	if (!r)
+		r = rcv_install_one(SIGBUS, &rcv_old_bus);
+	atomic_store(&rcv_status, r);
+	pthread_mutex_unlock(&rcv_lock);
+	return r;
+}
+
+bool rcv_available(void)
+{
+	return RCV_GUARDED && atomic_load(&rcv_status) == 0;
+}
+
+/*
+ * After a jump out of the handler: unblock the two signals. Ours asks for
+ * SA_NODEFER, but a wrapper in front of it (ThreadSanitizer's) may run it
+ * with the signal blocked, and a synchronous fault while it is blocked
+ * kills the process. Only the error path pays for this syscall.
+ */
+static __attribute__((unused)) void rcv_unblock(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGSEGV);
+	sigaddset(&set, SIGBUS);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+#if RCV_GUARDED
+/*
+ * The guarded instructions. noinline keeps each window a plain call the
+ * compiler cannot merge with surrounding code; the asm is opaque to
+ * sanitizers.
+ */
+static __attribute__((noinline)) void rcv_movs(void *dst, const void *src,
+					       size_t n)
+{
+	__asm__ volatile("rep movsb"
+			 : "+D"(dst), "+S"(src), "+c"(n)
+			 :
+			 : "memory");
+}
+
+static __attribute__((noinline)) uint64_t rcv_xadd(uint64_t *p, uint64_t v)
+{
+	__asm__ volatile("lock xaddq %0, %1"
+			 : "+r"(v), "+m"(*p)
+			 :
+			 : "memory", "cc");
+	return v;
+}
+
+static __attribute__((noinline)) uint64_t rcv_cmpxchg(uint64_t *p, uint64_t cmp,
+						      uint64_t swap)
+{
+	__asm__ volatile("lock cmpxchgq %2, %1"
+			 : "+a"(cmp), "+m"(*p)
+			 : "r"(swap)
+			 : "memory", "cc");
+	return cmp;
+}
+#endif
+
+/*
+ * Each guarded call: publish the window, take the jump point, arm, run the
+ * instruction, disarm. Results travel through volatile locals (a value
+ * changed between sigsetjmp and siglongjmp is otherwise indeterminate).
+ */
+int rcv_copy(void *dst, const void *src, size_t n, uintptr_t lo, uintptr_t hi,
+	     uint64_t *fault_va)
+{
+#if RCV_GUARDED
+	struct rcv_window w;
+
+	w.lo = lo;
+	w.hi = hi;
+	w.armed = 0;
+	rcv_cur = &w;
+	if (sigsetjmp(w.jb, 0)) {
+		rcv_cur = NULL;
+		rcv_unblock();
+		*fault_va = w.fault_addr;
+		return -EFAULT;
+	}
+	w.armed = 1;
+	atomic_signal_fence(memory_order_seq_cst);
+	rcv_movs(dst, src, n);
+	atomic_signal_fence(memory_order_seq_cst);
+	w.armed = 0;
+	rcv_cur = NULL;
+	return 0;
+#else
+	(void)dst;
+	(void)src;
+	(void)n;
+	*fault_va = lo;
+	(void)hi;
+	return -ENOTSUP;
+#endif
+}
+
+int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old)
+{
+#if RCV_GUARDED
+	struct rcv_window w;
+	volatile uint64_t v = 0;
+
+	w.lo = (uintptr_t)p;
+	w.hi = (uintptr_t)p + sizeof(*p);
+	w.armed = 0;
+	rcv_cur = &w;
+	if (sigsetjmp(w.jb, 0)) {
+		rcv_cur = NULL;
+		rcv_unblock();
+		return -EFAULT;
+	}
+	w.armed = 1;
+	atomic_signal_fence(memory_order_seq_cst);
+	v = rcv_xadd(p, add);
+	atomic_signal_fence(memory_order_seq_cst);
+	w.armed = 0;
+	rcv_cur = NULL;
+	*old = v;
+	return 0;
+#else
+	*old = __atomic_fetch_add(p, add, __ATOMIC_SEQ_CST);
+	return 0;
+#endif
+}
+
+int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old)
+{
+#if RCV_GUARDED
+	struct rcv_window w;
+	volatile uint64_t v = 0;
+
+	w.lo = (uintptr_t)p;
+	w.hi = (uintptr_t)p + sizeof(*p);
+	w.armed = 0;
+	rcv_cur = &w;
+	if (sigsetjmp(w.jb, 0)) {
+		rcv_cur = NULL;
+		rcv_unblock();
+		return -EFAULT;
+	}
+	w.armed = 1;
+	atomic_signal_fence(memory_order_seq_cst);
+	v = rcv_cmpxchg(p, cmp, swap);
+	atomic_signal_fence(memory_order_seq_cst);
+	w.armed = 0;
+	rcv_cur = NULL;
+	*old = v;
+	return 0;
+#else
+	uint64_t e = cmp;
+
+	__atomic_compare_exchange_n(p, &e, swap, false, __ATOMIC_SEQ_CST,
+				    __ATOMIC_SEQ_CST);
+	*old = e;
+	return 0;
+#endif
+}

@@ -1,0 +1,238 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uffd.c - the userfaultfd handshake and the kernel calls of the notifier.
+ *
+ * Owns nothing but the knowledge of what the kernel offers. The fd is
+ * opened with UFFD_USER_MODE_ONLY so that an unprivileged process gets one
+ * (vm.unprivileged_userfaultfd=0 refuses it only kernel-mode faults, which
+ * the monitor never asks for); kernels older than 5.11 do not know the flag
+ * and get a second try without it. Where the syscall is forbidden (seccomp
+ * filters commonly answer ENOSYS or EPERM) /dev/userfaultfd may still be
+ * open to us. UFFDIO_API can be issued only once per fd and rejects unknown
+ * features, so the kernel's feature set is learnt with a zero-feature
+ * handshake on a throw-away fd, once per process, and the fd the monitor
+ * keeps is asked for exactly what it needs: the UNMAP, REMOVE and REMAP
+ * events, plus WP_ASYNC when present (it lets WP-only registration cover
+ * regular file mappings). EVENT_FORK is never asked: without it a child's
+ * mappings simply lose the registration and fork() never waits for us.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "notifier/uffd.h"
+
+/* Kernel features, learnt once: 0 = not yet, else features | KNOWN. */
+#define KNOWN ((uint64_t)1 << 63)
+static _Atomic uint64_t kernel_features;
+
+/* A userfaultfd the cheapest way the system allows, or -errno. */
+static int open_raw(void)
+{
+	const int flags = O_CLOEXEC | O_NONBLOCK;
+	int fd, dev, err;
+
+#ifdef __NR_userfaultfd
+	fd = (int)syscall(__NR_userfaultfd, flags | UFFD_USER_MODE_ONLY);
+	if (fd >= 0)
+		return fd;
+	err = errno;
+	if (err == EINVAL) { /* before 5.11: no UFFD_USER_MODE_ONLY */
+		fd = (int)syscall(__NR_userfaultfd, flags);
+		if (fd >= 0)
+			return fd;
+		err = errno;
+	}
+#else
+	err = ENOSYS;
+#endif
+	if (err != EPERM && err != ENOSYS && err != EACCES)
+		return -err;
+
+	/* The syscall is forbidden; the device node (5.16+) may not be. */
+	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev < 0)
+		return -err;
+	fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags | UFFD_USER_MODE_ONLY);
+	if (fd < 0 && errno == EINVAL)
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+	close(dev);
+	return fd >= 0 ? fd : -err;
+}
+
+/* UFFDIO_API on a fresh fd; returns the fd or -errno. */
+static int open_api(uint64_t want, uint64_t *got)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = want };
+	int fd = open_raw();
+
+	if (fd < 0)
+		return fd;
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		int err = errno;
+
+		close(fd);
+		/* EINVAL: API version or feature refused; EPERM: a feature
+		 * needs a privilege. Neither is something we can use. */
+		return err == EPERM ? -EPERM : -ENOSYS;
+	}
+	*got = api.features;
+	return fd;
+}
+
+static int learn_features(uint64_t *avail)
+{
+	uint64_t f =
+		atomic_load_explicit(&kernel_features, memory_order_relaxed);
+	int fd;
+
+	if (!f) {
+		fd = open_api(0, &f);
+		if (fd < 0)
+			return fd;
+		close(fd);
+		f |= KNOWN;
+		atomic_store_explicit(&kernel_features, f,
+				      memory_order_relaxed);
+	}
+	*avail = f & ~KNOWN;
+	return 0;
+}
+
+int uffd_open(uint64_t *features)
+{
+	uint64_t avail, want, got;
+	int r, fd;
+
+	r = learn_features(&avail);
+	if (r)
+		return r;
+	if ((avail & UFFD_NEEDED) != UFFD_NEEDED)
+		return -ENOSYS; /* before 4.11 */
+	want = UFFD_NEEDED | (avail & UFFD_FEATURE_WP_ASYNC);
+	fd = open_api(want, &got);
+	if (fd < 0)
+		return fd;
+	*features = want;
+	return fd;
+}
+
+int uffd_register(int fd, uint64_t start, uint64_t end)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = end - start },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+
+	return ioctl(fd, UFFDIO_REGISTER, &reg) ? -errno : 0;
+}
+
+int uffd_unregister(int fd, uint64_t start, uint64_t end)
+{
+	struct uffdio_range range = { .start = start, .len = end - start };
+
+	return ioctl(fd, UFFDIO_UNREGISTER, &range) ? -errno : 0;
+}
+
+bool uffd_fully_mapped(uint64_t start, uint64_t end)
+{
+	return msync((void *)(uintptr_t)start, end - start, MS_ASYNC) == 0;
+}
+
+/* Parser state of one /proc/self/maps line: "start-end perms ..." */
+struct maps_line {
+	uint64_t s, e;
+	int field; /* 0: start, 1: end, 2: rest of the line */
+	bool bad;
+};
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Feed one character; returns true at the end of a well-formed line. */
+static bool maps_feed(struct maps_line *l, char c)
+{
+	int v;
+
+	if (c == '\n') {
+		bool ok = !l->bad && l->field == 2;
+
+		if (!ok)
+			l->s = l->e = 0;
+		l->field = 0;
+		l->bad = false;
+		return ok;
+	}
+	if (l->field == 2)
+		return false;
+	if (l->field == 0 && c == '-') {
+		l->field = 1;
+		return false;
+	}
+	if (l->field == 1 && c == ' ') {
+		l->field = 2;
+		return false;
+	}
+	v = hexval(c);
+	if (v < 0) {
+		l->bad = true;
+		l->field = 2;
+		return false;
+	}
+	if (l->field == 0)
+		l->s = (l->s << 4) | (uint64_t)v;
+	else
+		l->e = (l->e << 4) | (uint64_t)v;
+	return false;
+}
+
+int uffd_for_each_vma(uint64_t start, uint64_t end,
+		      int (*fn)(uint64_t s, uint64_t e, void *arg), void *arg)
+{
+	struct maps_line l = { 0 };
+	char buf[2048];
+	ssize_t n, i;
+	int fd, r = 0;
+
+	fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = n < 0 ? -errno : 0;
+			break;
+		}
+		for (i = 0; i < n; i++) {
+			uint64_t s, e;
+
+			if (!maps_feed(&l, buf[i]))
+				continue;
+			if (l.s >= end) /* the file is sorted: done */
+				goto out;
+			s = l.s > start ? l.s : start;
+			e = l.e < end ? l.e : end;
+			l.s = l.e = 0;
+			if (s < e) {
+				r = fn(s, e, arg);
+				if (r)
+					goto out;
+			}
+		}
+	}
+out:
+	close(fd);
+	return r;
+}

@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uffd.h - the kernel side of the notifier: opening a userfaultfd with the
+ * features the monitor needs, registering and unregistering ranges, and the
+ * few address-space queries that tell a hole from a mapping the kernel
+ * refuses (internal interface of src/notifier).
+ *
+ * Constants newer than the oldest headers we build against are defined here
+ * by their kernel values.
+ */
+#ifndef UODP_NOTIFIER_UFFD_H
+#define UODP_NOTIFIER_UFFD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <linux/userfaultfd.h>
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1ull << 15)
+#endif
+
+/* The events the monitor cannot work without. */
+#define UFFD_NEEDED                                                        \
+	((uint64_t)(UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | \
+		    UFFD_FEATURE_EVENT_REMAP))
+
+/*
+ * Open a userfaultfd (close-on-exec, non-blocking, user-mode faults only)
+ * and enable UFFD_NEEDED plus WP_ASYNC where the kernel has it; never
+ * EVENT_FORK. The kernel's feature set is learnt once per process with a
+ * zero-feature handshake on a throw-away fd. Returns the fd, the enabled
+ * features in *@features.
+ * Errors: -ENOSYS (no userfaultfd, or it lacks the UFFD_NEEDED events),
+ * -EPERM / -EACCES (forbidden: sysctl, seccomp, container policy),
+ * -EMFILE / -ENFILE / -ENOMEM.
+ */
+int uffd_open(uint64_t *features);
+
+/* UFFDIO_REGISTER_MODE_WP / UFFDIO_UNREGISTER of [start, end) (page
+ * aligned). Return 0 or the kernel's -errno: -EINVAL also when nothing at
+ * all is mapped in the range. */
+int uffd_register(int fd, uint64_t start, uint64_t end);
+int uffd_unregister(int fd, uint64_t start, uint64_t end);
+
+/* True when every page of [start, end) is mapped (no hole). One vma walk
+ * under the mmap read lock (msync(MS_ASYNC) does no I/O). */
+bool uffd_fully_mapped(uint64_t start, uint64_t end);
+
+/*
+ * Call @fn for each mapping overlapping [start, end), clamped to it, in
+ * address order, as read from /proc/self/maps with a buffer on the stack
+ * (no allocation). Stops when @fn returns nonzero and returns that value;
+ * returns 0 after the last mapping, -errno when the file cannot be read.
+ */
+int uffd_for_each_vma(uint64_t start, uint64_t end,
+		      int (*fn)(uint64_t s, uint64_t e, void *arg), void *arg);
+
+#endif
