@@ -9,11 +9,11 @@
  * it; the exit status is 0 only if all of them behaved as stated.
  *
  * Address-space changes reach the device through notify(): by default the
- * demo uses a manual context and calls uodp_invalidate_range() itself, as
- * the kernel monitor would; with --monitor (or DEMO_USE_MONITOR set to
- * true below: the one-line switch) the kernel monitor delivers munmap/
- * madvise/mremap and notify() only waits for the invalidation to land.
- * mprotect() sends no kernel event, so it is always reported explicitly.
+ * kernel monitor (userfaultfd) delivers munmap/madvise/mremap and notify()
+ * only waits for the invalidation to land; with --manual (or where
+ * userfaultfd is unavailable) the demo uses a manual context and calls
+ * uodp_invalidate_range() itself, as the monitor would. mprotect() sends no
+ * kernel event, so it is always reported explicitly.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -31,8 +31,8 @@
 #include "uodp.h"
 #include "uodp_dev.h"
 
-/* The one-line switch to the kernel monitor (same as --monitor). */
-#define DEMO_USE_MONITOR false
+/* Kernel monitor by default; --manual switches it off. */
+#define DEMO_USE_MONITOR true
 
 #define NPAGES 16
 
@@ -432,10 +432,34 @@ static void show_counters(struct demo *d)
 	       (unsigned long long)s.err_other);
 }
 
+/* Can a non-manual context watch memory here (userfaultfd usable)? */
+static bool monitor_available(size_t ps)
+{
+	struct uodp_ctx *ctx;
+	struct uodp_umem *umem;
+	bool ok = false;
+	void *p;
+
+	p = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	if (p == MAP_FAILED)
+		return false;
+	if (!uodp_ctx_create(NULL, 0, &ctx)) {
+		if (!uodp_umem_get(ctx, (uintptr_t)p, ps, UODP_ACCESS_READ,
+				   &umem)) {
+			ok = true;
+			uodp_umem_release(umem);
+		}
+		uodp_ctx_destroy(ctx);
+	}
+	munmap(p, ps);
+	return ok;
+}
+
 void cmd_demo_usage(FILE *out)
 {
 	fprintf(out,
-		"usage: uodp demo [--quiet] [--monitor] [--fast-copy]\n"
+		"usage: uodp demo [--quiet] [--manual | --monitor] [--fast-copy]\n"
 		"\n"
 		"Run a short narrated scenario of the software device on real\n"
 		"memory: faults, invalidations after munmap / madvise /\n"
@@ -443,8 +467,11 @@ void cmd_demo_usage(FILE *out)
 		"counters. Exits 0 only if every step behaved as stated.\n"
 		"\n"
 		"  -q, --quiet      print only failed steps and the verdict\n"
-		"  -m, --monitor    let the kernel monitor (userfaultfd) deliver\n"
-		"                   invalidations instead of explicit calls\n"
+		"  -m, --monitor    the kernel monitor (userfaultfd) delivers\n"
+		"                   invalidations (the default; falls back to\n"
+		"                   --manual where userfaultfd is unavailable)\n"
+		"  -M, --manual     explicit uodp_invalidate_range() calls\n"
+		"                   instead of the kernel monitor\n"
 		"  -f, --fast-copy  guarded memcpy data path instead of\n"
 		"                   process_vm_readv/writev\n"
 		"  -h, --help       this text\n");
@@ -455,6 +482,7 @@ static int parse(struct demo *d, unsigned *flags, int argc, char **argv)
 	static const struct option opts[] = {
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "monitor", no_argument, NULL, 'm' },
+		{ "manual", no_argument, NULL, 'M' },
 		{ "fast-copy", no_argument, NULL, 'f' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -462,13 +490,16 @@ static int parse(struct demo *d, unsigned *flags, int argc, char **argv)
 	int c;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "qmfh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "qmMfh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'q':
 			d->quiet = true;
 			break;
 		case 'm':
 			d->monitor = true;
+			break;
+		case 'M':
+			d->monitor = false;
 			break;
 		case 'f':
 			*flags |= UODP_DEV_FAST_COPY;
@@ -499,6 +530,11 @@ int cmd_demo(int argc, char **argv)
 	if (r >= 0)
 		return r;
 	d.ps = (size_t)sysconf(_SC_PAGESIZE);
+	if (d.monitor && !monitor_available(d.ps)) {
+		say(&d, "(userfaultfd is unavailable here: explicit "
+			"invalidations instead of the kernel monitor)\n");
+		d.monitor = false;
+	}
 	attr.flags |= d.monitor ? UODP_DEV_STRICT : UODP_DEV_MANUAL;
 
 	say(&d,
