@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -603,12 +604,17 @@ static void test_storm(void **state)
 
 	for (i = 0; i < 3; i++)
 		pthread_create(&t[i], NULL, fault_thread, &s);
-	for (round = 0; round < 2000; round++) {
+	/* Progress-driven, not timed: at least 2000 invalidations, and go on
+	 * until the faulting threads have installed often enough that the
+	 * race was really exercised (they get the CPU between rounds). */
+	for (round = 0; round < 2000 || atomic_load(&s.installs) < 200;
+	     round++) {
 		uint64_t a = (uint64_t)rand_r(&seed) % NPAGES;
 		uint64_t b = a + 1 + (uint64_t)rand_r(&seed) % (NPAGES - a);
 		uint64_t s0 = f->base + a * page, e0 = f->base + b * page;
 		int k;
 
+		assert_true(round < 1000000); /* no install at all: a bug */
 		assert_int_equal(uodp_invalidate_range_start(f->ctx, s0, e0),
 				 0);
 		/* While it runs, nothing may appear in its range. */
@@ -616,12 +622,13 @@ static void test_storm(void **state)
 			if (count_entries(f->umem, s0, e0))
 				atomic_fetch_add(&s.violations, 1);
 		assert_int_equal(uodp_invalidate_range_end(f->ctx, s0, e0), 0);
+		sched_yield();
 	}
 	atomic_store(&s.stop, 1);
 	for (i = 0; i < 3; i++)
 		pthread_join(t[i], NULL);
 	assert_int_equal(atomic_load(&s.violations), 0);
-	assert_true(atomic_load(&s.installs) > 0);
+	assert_true(atomic_load(&s.installs) >= 200);
 	assert_int_equal(atomic_load(&f->ctx->notifier_count), 0);
 }
 
