@@ -304,7 +304,10 @@ UODP_API int uodp_umem_stats(struct uodp_umem *umem,
  * their invalidation counters (faults on them now return -EAGAIN), calls the
  * driver's invalidate_range for the overlap and drops the engine's entries.
  * end() must follow with the same range; it bumps each region's sequence and
- * wakes uodp_umem_wait(). uodp_invalidate_range() does both.
+ * wakes uodp_umem_wait(). uodp_invalidate_range() does both for each
+ * region in a single walk of the tree, for changes already made (as the
+ * kernel monitor reports them); bracket a change you are about to make with
+ * start() and end() instead.
  * A region registered between start() and end() gets its counters only once
  * no invalidation of the context runs; until then its faults return -EAGAIN.
  * Ranges are rounded out to pages.
