@@ -220,35 +220,23 @@ static int install_batch(struct uodp_umem *umem, uint64_t idx, uint64_t n,
 	return r;
 }
 
-/* Pinning mode: take a pin on each page before installing (the pin table
- * may need memory, which the region lock forbids). Returns the number of
- * pages pinned; *err says why it stopped early. */
-static uint64_t pin_batch(struct uodp_ctx *ctx, uint64_t va, uint64_t n,
-			  int *err)
-{
-	uint64_t i, page = (uint64_t)1 << ctx->page_shift;
-	int r;
-
-	for (i = 0; i < n; i++) {
-		r = pin_page(ctx, va + i * page);
-		if (r) {
-			*err = r;
-			break;
-		}
-	}
-	return i;
-}
-
-/* Give back the pins that did not go to an entry (page already mapped, or
- * not installed). */
+/* Pinning mode: give back the pins that did not go to an entry (page
+ * already mapped, or not installed), a run at a time. */
 static void unpin_rest(struct uodp_ctx *ctx, uint64_t va, uint64_t n,
 		       const bool *keep)
 {
-	uint64_t i, page = (uint64_t)1 << ctx->page_shift;
+	uint64_t i = 0, j, page = (uint64_t)1 << ctx->page_shift;
 
-	for (i = 0; i < n; i++)
-		if (!keep[i])
-			unpin_page(ctx, va + i * page);
+	while (i < n) {
+		if (keep[i]) {
+			i++;
+			continue;
+		}
+		for (j = i; j < n && !keep[j]; j++)
+			;
+		unpin_range(ctx, va + i * page, j - i);
+		i = j;
+	}
 }
 
 /* Checks of uodp_umem_map()'s arguments, in the order the API lists them. */
@@ -315,7 +303,9 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 			n = FAULT_BATCH;
 		got = populate(ctx, va, n, write, &err);
 		if (got && pin) {
-			got = pin_batch(ctx, va, got, &err);
+			/* Pins first: the pin table may need memory, which
+			 * the region lock forbids (table.c). */
+			got = pin_range(ctx, va, got, &err);
 			memset(keep, 0, got * sizeof(keep[0]));
 			res.keep = keep;
 		}

@@ -189,9 +189,12 @@ void ctx_stop_monitor_locked(struct uodp_ctx *ctx); /* mon_lock held */
 void ctx_release(struct uodp_ctx *ctx); /* last region of a destroyed ctx */
 void ctx_notifier_end(struct uodp_ctx *ctx);
 
-/* pin.c: mlock reference counts of pinning mode (ctx->pin_lock inside). */
-int pin_page(struct uodp_ctx *ctx, uint64_t va);
-void unpin_page(struct uodp_ctx *ctx, uint64_t va);
+/* pin.c: mlock reference counts of pinning mode (ctx->pin_lock inside).
+ * pin_range() takes a reference on each of @n pages from @va and returns
+ * how many it took (*err: why it stopped early, -ENOMEM); unpin_range()
+ * drops one on each of @n pages (never fails, never allocates). */
+uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err);
+void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
 
 /* invalidate.c */
 /* Drop the entries of [start, end) (page aligned, inside the region), taking

@@ -17,11 +17,12 @@
 struct drop_arg {
 	struct uodp_umem *umem;
 	uint64_t dropped;
+	uint64_t pin_start, pin_len; /* pinned pages to unpin, as a run */
 };
 
 /* Turn a mapped word into its unmapped form: a page mapped writable joins
  * the dirty set (the device may have written it), others keep whatever
- * dirty state they had. */
+ * dirty state they had. Pinned pages are unpinned a run at a time. */
 static int drop_word(uint64_t idx, uint64_t *word, void *argp)
 {
 	struct drop_arg *arg = argp;
@@ -30,9 +31,19 @@ static int drop_word(uint64_t idx, uint64_t *word, void *argp)
 
 	if (!(w & W_ACCESS_MASK))
 		return 0;
-	if (w & W_PINNED)
-		unpin_page(umem->ctx,
-			   umem->start + (idx << umem->ctx->page_shift));
+	if (w & W_PINNED) {
+		uint64_t va = umem->start + (idx << umem->ctx->page_shift);
+
+		if (arg->pin_len &&
+		    arg->pin_start + (arg->pin_len << umem->ctx->page_shift) !=
+			    va) {
+			unpin_range(umem->ctx, arg->pin_start, arg->pin_len);
+			arg->pin_len = 0;
+		}
+		if (!arg->pin_len)
+			arg->pin_start = va;
+		arg->pin_len++;
+	}
 	*word = (w & (UODP_ACCESS_WRITE | W_DIRTY)) ? W_DIRTY : 0;
 	arg->dropped++;
 	return 0;
@@ -46,6 +57,8 @@ uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 	pthread_mutex_lock(&umem->lock);
 	pgt_for_each(&umem->table, umem_page(umem, start), umem_page(umem, end),
 		     drop_word, &arg);
+	if (arg.pin_len)
+		unpin_range(umem->ctx, arg.pin_start, arg.pin_len);
 	umem->mapped -= arg.dropped;
 	if (invalidation)
 		umem->stats.pages_invalidated += arg.dropped;

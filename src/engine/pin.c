@@ -6,7 +6,8 @@
  * device, so the engine mlock()s it while it is mapped. mlock() is not
  * counted by the kernel, and regions may overlap, so the context keeps a
  * reference count per page (a sparse table indexed by page number) and
- * locks a page on its first reference and unlocks it on its last.
+ * locks a page on its first reference and unlocks it on its last, a run of
+ * consecutive pages per system call.
  * Caveat (documented): munlock() also undoes an mlock() the application
  * made itself on the same page.
  */
@@ -15,50 +16,117 @@
 
 #include "engine/internal.h"
 
-int pin_page(struct uodp_ctx *ctx, uint64_t va)
+/* Drop one reference of @n pages from page number @pg; pin_lock held.
+ * Lowering a count never allocates, so this cannot fail and is safe on the
+ * monitor thread. Pages whose last reference goes are unlocked, a run at a
+ * time (munlock fails harmlessly with ENOMEM where a page is unmapped). */
+static void unref_locked(struct uodp_ctx *ctx, uint64_t pg, uint64_t n)
 {
-	uint64_t pg = va >> ctx->page_shift, refs;
-	size_t page = (size_t)1 << ctx->page_shift;
+	uint64_t i, refs, run = 0, len = 0;
+	unsigned shift = ctx->page_shift;
+
+	for (i = 0; i < n; i++) {
+		refs = pgt_get(&ctx->pins, pg + i);
+		if (!refs)
+			continue;
+		pgt_set(&ctx->pins, pg + i, refs - 1);
+		if (refs != 1)
+			continue;
+		if (len && run + len != pg + i) {
+			munlock((void *)(run << shift), len << shift);
+			len = 0;
+		}
+		if (!len)
+			run = pg + i;
+		len++;
+	}
+	if (len)
+		munlock((void *)(run << shift), len << shift);
+}
+
+/* mlock() pages [first, first + len) of page numbers; pin_lock held. On
+ * failure (RLIMIT_MEMLOCK) lock page by page, so that as many pages are
+ * pinned as fit. Returns how many were locked, from @first. */
+static uint64_t lock_run(struct uodp_ctx *ctx, uint64_t first, uint64_t len)
+{
+	unsigned shift = ctx->page_shift;
+	uint64_t k;
+
+	if (!len || !mlock((void *)(first << shift), len << shift))
+		return len;
+	for (k = 0; k < len; k++)
+		if (mlock((void *)((first + k) << shift), (size_t)1 << shift))
+			break;
+	return k;
+}
+
+uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err)
+{
+	uint64_t pg = va >> ctx->page_shift, i = 0, refs, run = 0, len = 0;
+	uint64_t got = 0;
+	bool short_run = false;
 	void *dead;
-	int r;
+	int r = 0;
 
 	pthread_mutex_lock(&ctx->pin_lock);
-	/* Take the reference first: raising a count may need table nodes,
-	 * allocated with the lock dropped (table.c), so the count is read
-	 * again after each refill. */
-	for (;;) {
-		refs = pgt_get(&ctx->pins, pg);
-		r = pgt_set(&ctx->pins, pg, refs + 1);
-		if (r != -EWOULDBLOCK)
-			break;
-		r = table_refill(&ctx->pins, &ctx->pin_lock, pg);
+	/* Pages [run, run + len) went from 0 to 1 references and are not
+	 * locked yet. The run is locked when it ends: at a page that starts
+	 * another run, before a refill drops the lock (no other thread may
+	 * see a counted page that is not locked), and at the end. */
+	while (i < n) {
+		refs = pgt_get(&ctx->pins, pg + i);
+		if (!refs && len && run + len != pg + i) {
+			got = lock_run(ctx, run, len);
+			if (got != len) {
+				short_run = true;
+				break;
+			}
+			len = 0;
+		}
+		r = pgt_set(&ctx->pins, pg + i, refs + 1);
+		if (r == -EWOULDBLOCK) {
+			got = lock_run(ctx, run, len);
+			if (got != len) {
+				short_run = true;
+				break;
+			}
+			len = 0;
+			r = table_refill(&ctx->pins, &ctx->pin_lock, pg + i);
+			if (r)
+				break;
+			continue;
+		}
 		if (r)
 			break;
+		if (!refs) {
+			if (!len)
+				run = pg + i;
+			len++;
+		}
+		i++;
 	}
-	/* Lowering a count back never allocates nor fails. */
-	if (!r && !refs && mlock((void *)va, page)) {
-		pgt_set(&ctx->pins, pg, refs);
-		r = -ENOMEM; /* ENOMEM/EAGAIN/EPERM: over RLIMIT_MEMLOCK */
+	if (!short_run && len) {
+		got = lock_run(ctx, run, len);
+		short_run = got != len;
+	}
+	if (short_run) {
+		/* Pages from run + got on are not locked (RLIMIT_MEMLOCK):
+		 * give back every reference taken from there on (page pg + i
+		 * was not counted), and report the pages before. */
+		unref_locked(ctx, run + got, pg + i - (run + got));
+		i = run + got - pg;
+		r = -ENOMEM;
 	}
 	dead = table_trim(&ctx->pins);
 	pthread_mutex_unlock(&ctx->pin_lock);
 	pgt_free_nodes(dead);
-	return r;
+	*err = r;
+	return i;
 }
 
-void unpin_page(struct uodp_ctx *ctx, uint64_t va)
+void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n)
 {
-	uint64_t pg = va >> ctx->page_shift, refs;
-
 	pthread_mutex_lock(&ctx->pin_lock);
-	refs = pgt_get(&ctx->pins, pg);
-	if (refs == 1)
-		/* Fails harmlessly (ENOMEM) if the page was unmapped. */
-		munlock((void *)va, (size_t)1 << ctx->page_shift);
-	/* Lowering a count neither allocates nor frees (emptied nodes go
-	 * to the graveyard), so it cannot fail and is safe on the monitor
-	 * thread. */
-	if (refs)
-		pgt_set(&ctx->pins, pg, refs - 1);
+	unref_locked(ctx, va >> ctx->page_shift, n);
 	pthread_mutex_unlock(&ctx->pin_lock);
 }
