@@ -97,7 +97,14 @@ struct uodp_ctx_ops {
 /* With the monitor: fence the context before reading a kernel event, so
  * that once munmap() returns no device access uses the old translation. */
 #define UODP_CTX_STRICT (1u << 1)
-#define UODP_CTX_FLAGS_ALL (UODP_CTX_MANUAL | UODP_CTX_STRICT)
+/* Record no page frames: skips one /proc/self/pagemap read per batch of up
+ * to 512 pages (only done where frames are visible, with CAP_SYS_ADMIN).
+ * uodp_umem_pfn() then returns 0 and a frame that changed under a live
+ * entry goes unnoticed - harmless for drivers that, like the software
+ * device, access memory by virtual address. */
+#define UODP_CTX_NO_FRAMES (1u << 2)
+#define UODP_CTX_FLAGS_ALL \
+	(UODP_CTX_MANUAL | UODP_CTX_STRICT | UODP_CTX_NO_FRAMES)
 
 /*
  * Create a context for this process's address space. @ops may be NULL (no

@@ -234,7 +234,7 @@ static void test_ctx_create_bad(void **state)
 	struct uodp_ctx_ops half2 = { .unfence = fence };
 	struct uodp_ctx *const sentinel = (struct uodp_ctx *)(uintptr_t)0x1234;
 	struct uodp_ctx *ctx;
-	static const unsigned bad_flags[] = { 1u << 2, 1u << 31, ~0u,
+	static const unsigned bad_flags[] = { 1u << 3, 1u << 31, ~0u,
 					      UODP_CTX_MANUAL | 1u << 5 };
 
 	(void)state;

@@ -1102,6 +1102,29 @@ static void test_pfn(void **state)
 	munmap(buf, 4 * page);
 }
 
+/* UODP_CTX_NO_FRAMES: no frame recorded even where pagemap shows them. */
+static void test_no_frames(void **state)
+{
+	struct uodp_ctx *ctx = NULL;
+	char *buf = map_anon(4, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	struct uodp_umem *u;
+
+	(void)state;
+	assert_int_equal(uodp_ctx_create(&record_ops,
+					 UODP_CTX_MANUAL | UODP_CTX_NO_FRAMES,
+					 &ctx),
+			 0);
+	u = new_umem(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	assert_int_equal(map1(u, buf, 2 * page, UODP_ACCESS_WRITE), 2);
+	assert_int_equal(uodp_umem_entry(u, va_of(buf)),
+			 entry_of(u, buf, UODP_ACCESS_WRITE));
+	assert_int_equal(uodp_umem_pfn(u, va_of(buf)), 0);
+	assert_int_equal(uodp_umem_pfn(u, va_of(buf + page)), 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	munmap(buf, 4 * page);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Pinning mode                                                              */
 
@@ -1534,6 +1557,7 @@ int main(void)
 		cmocka_unit_test(test_table_bytes),
 		cmocka_unit_test(test_table_enomem),
 		cmocka_unit_test(test_pfn),
+		cmocka_unit_test(test_no_frames),
 		cmocka_unit_test(test_pinning),
 		cmocka_unit_test(test_pinning_overlap),
 		cmocka_unit_test(test_pinning_enomem),
