@@ -9,7 +9,8 @@
  *    reads), with both threads on one CPU and on two CPUs, and with strict
  *    ordering (target <= 1.5 x the bare floor);
  *  - invalidation of 1 GiB of mapped entries, explicit and through munmap.
- * No assertions: figures only. Usage: bench_notifier [pages-for-latency]
+ * No assertions: figures only.
+ * Usage: bench_notifier [pages-for-latency [touch|latency|invalidate]]
  */
 #include <errno.h>
 #include <poll.h>
@@ -274,34 +275,6 @@ static unsigned long mon_unmaps(struct uodp_ctx *ctx)
 	return (unsigned long)st.unmap;
 }
 
-/*
- * munmap() @n pages one at a time; before each, wait until the previous
- * event was handled, so each one meets an idle monitor (the latency of a
- * lone unmapping, not of a queue). @events tells how many were handled.
- */
-static double unmap_pages(char *p, size_t n, unsigned long (*events)(void *),
-			  void *arg)
-{
-	double *lat = malloc(n * sizeof(*lat)), m;
-	unsigned long e0 = events ? events(arg) : 0;
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		double t0;
-
-		while (events && events(arg) < e0 + i)
-			sched_yield();
-		t0 = now();
-		munmap(p + i * page, page);
-		lat[i] = now() - t0;
-	}
-	while (events && events(arg) < e0 + n)
-		sched_yield();
-	m = median(lat, n);
-	free(lat);
-	return m;
-}
-
 static unsigned long bare_events(void *arg)
 {
 	return atomic_load(&((struct bare *)arg)->events);
@@ -312,80 +285,123 @@ static unsigned long ctx_events(void *arg)
 	return mon_unmaps(arg);
 }
 
-static double lat_unregistered(size_t n)
-{
-	char *p = map_anon(n * page);
-	double m;
+/* One way of unmapping a page: a range, and who must see its events. */
+struct lane {
+	const char *name;
+	char *p;
+	unsigned long (*events)(void *); /* NULL: nobody (unregistered) */
+	void *arg;
+	unsigned long e0;
+	double *lat;
+};
 
-	touch(p, n * page);
-	m = unmap_pages(p, n, NULL, NULL);
-	return m;
+/*
+ * munmap() page i of every lane in turn (the order rotates), i = 0..n-1.
+ * Before each call the lane's monitor has handled all earlier events and
+ * the thread has just yielded, so every call meets an idle monitor and a
+ * fresh time slice: the latency of a lone unmapping. Interleaving the
+ * lanes spreads the machine's load drifts over all of them alike.
+ */
+static void run_lanes(struct lane *l, int nl, size_t n)
+{
+	size_t i;
+	int k, j;
+
+	for (k = 0; k < nl; k++)
+		l[k].e0 = l[k].events ? l[k].events(l[k].arg) : 0;
+	for (i = 0; i < n; i++) {
+		for (j = 0; j < nl; j++) {
+			struct lane *x = &l[(i + (size_t)j) % (size_t)nl];
+			double t0;
+
+			while (x->events && x->events(x->arg) < x->e0 + i)
+				sched_yield();
+			sched_yield();
+			t0 = now();
+			munmap(x->p + i * page, page);
+			x->lat[i] = now() - t0;
+		}
+	}
+	for (k = 0; k < nl; k++)
+		while (l[k].events && l[k].events(l[k].arg) < l[k].e0 + n)
+			sched_yield();
 }
 
-static double lat_bare(size_t n, int cpu_mon)
-{
-	struct bare b;
-	char *p = map_anon(n * page);
-	double m;
-
-	touch(p, n * page);
-	bare_start(&b);
-	pin(atomic_load(&b.tid), cpu_mon);
-	uffd_register(b.fd, (uint64_t)(uintptr_t)p,
-		      (uint64_t)(uintptr_t)p + n * page);
-	m = unmap_pages(p, n, bare_events, &b);
-	bare_stop(&b);
-	return m;
-}
-
-static double lat_uodp(size_t n, int cpu_mon, unsigned flags)
+static struct uodp_ctx *lane_ctx(struct lane *l, size_t n, unsigned flags,
+				 int cpu, struct uodp_umem **u)
 {
 	struct uodp_ctx *ctx;
-	struct uodp_umem *u;
-	char *p = map_anon(n * page);
-	double m;
 
 	uodp_ctx_create(flags ? &strict_ops : &plain_ops, flags, &ctx);
-	u = get(ctx, p, n * page);
-	fault_all(u, (uint64_t)(uintptr_t)p, n * page);
+	*u = get(ctx, l->p, n * page);
+	fault_all(*u, (uint64_t)(uintptr_t)l->p, n * page);
 	while (!umon_tid(ctx->mon))
 		sched_yield();
-	pin(umon_tid(ctx->mon), cpu_mon);
-	m = unmap_pages(p, n, ctx_events, ctx);
-	uodp_umem_release(u);
-	uodp_ctx_destroy(ctx);
-	return m;
+	pin(umon_tid(ctx->mon), cpu);
+	l->events = ctx_events;
+	l->arg = ctx;
+	return ctx;
+}
+
+static void bench_latency_on(size_t n, int cpu)
+{
+	struct lane l[4] = { { "unregistered" },
+			     { "bare uffd monitor" },
+			     { "uodp" },
+			     { "uodp strict" } };
+	struct uodp_ctx *c2, *c3;
+	struct uodp_umem *u2, *u3;
+	struct bare b;
+	double med[4];
+	int k;
+
+	for (k = 0; k < 4; k++) {
+		l[k].p = map_anon(n * page);
+		l[k].lat = malloc(n * sizeof(double));
+		touch(l[k].p, n * page);
+	}
+	bare_start(&b);
+	pin(atomic_load(&b.tid), cpu);
+	uffd_register(b.fd, (uint64_t)(uintptr_t)l[1].p,
+		      (uint64_t)(uintptr_t)l[1].p + n * page);
+	l[1].events = bare_events;
+	l[1].arg = &b;
+	c2 = lane_ctx(&l[2], n, 0, cpu, &u2);
+	c3 = lane_ctx(&l[3], n, UODP_CTX_STRICT, cpu, &u3);
+
+	run_lanes(l, 4, n);
+
+	for (k = 0; k < 4; k++) {
+		med[k] = median(l[k].lat, n);
+		free(l[k].lat);
+	}
+	bare_stop(&b);
+	uodp_umem_release(u2);
+	uodp_umem_release(u3);
+	uodp_ctx_destroy(c2);
+	uodp_ctx_destroy(c3);
+	printf("  %s: unregistered %.2f us, bare uffd monitor %.2f us, "
+	       "uodp %.2f us, uodp strict %.2f us\n"
+	       "    ratio uodp/bare = %.2f (target <= 1.5), strict/bare = %.2f, "
+	       "strict/uodp = %.2f, bare/unregistered = %.2f\n",
+	       cpu == 0 ? "same CPU " : "cross CPU", med[0] * 1e6, med[1] * 1e6,
+	       med[2] * 1e6, med[3] * 1e6, med[2] / med[1], med[3] / med[1],
+	       med[3] / med[2], med[1] / med[0]);
 }
 
 static void bench_latency(size_t n)
 {
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	pid_t self = (pid_t)syscall(SYS_gettid);
-	int round, cpu;
 
-	printf("munmap of 1 page, median of %zu, each on an idle monitor:\n",
+	printf("munmap of 1 page, median of %zu per lane, lanes interleaved, "
+	       "each call on an idle monitor:\n",
 	       n);
-	for (round = 0; round < 2; round++) {
-		double un, bare, ours, strict;
-
-		cpu = round == 0 ? 0 : 1;
-		if (round == 1 && ncpu < 2) {
-			printf("  (one CPU only: no cross-CPU figures)\n");
-			break;
-		}
-		pin(self, 0);
-		un = lat_unregistered(n);
-		bare = lat_bare(n, cpu);
-		ours = lat_uodp(n, cpu, 0);
-		strict = lat_uodp(n, cpu, UODP_CTX_STRICT);
-		printf("  %s: unregistered %.2f us, bare uffd monitor %.2f us, "
-		       "uodp %.2f us, uodp strict %.2f us\n"
-		       "    ratio uodp/bare = %.2f (target <= 1.5), "
-		       "strict/bare = %.2f, strict/uodp = %.2f\n",
-		       round == 0 ? "same CPU " : "cross CPU", un * 1e6,
-		       bare * 1e6, ours * 1e6, strict * 1e6, ours / bare,
-		       strict / bare, strict / ours);
-	}
+	pin(self, 0);
+	bench_latency_on(n, 0);
+	if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
+		bench_latency_on(n, 1);
+	else
+		printf("  (one CPU only: no cross-CPU figures)\n");
 	unpin(self);
 }
 
@@ -462,9 +478,19 @@ static void bench_invalidate(void)
 	       t_done * 1e3, t_plain * 1e3, t_done / t_plain);
 }
 
+static void print_load(const char *when)
+{
+	double l[3];
+
+	if (getloadavg(l, 3) == 3)
+		printf("load average at %s: %.2f %.2f %.2f\n", when, l[0], l[1],
+		       l[2]);
+}
+
 int main(int argc, char **argv)
 {
 	size_t n = argc > 1 ? strtoul(argv[1], NULL, 0) : 2000;
+	const char *only = argc > 2 ? argv[2] : NULL;
 	uint64_t f;
 	int fd;
 
@@ -479,8 +505,13 @@ int main(int argc, char **argv)
 	close(fd);
 	printf("bench_notifier: page %zu, %ld CPUs, uffd features %#llx\n",
 	       page, sysconf(_SC_NPROCESSORS_ONLN), (unsigned long long)f);
-	bench_first_touch();
-	bench_latency(n);
-	bench_invalidate();
+	print_load("start");
+	if (!only || !strcmp(only, "touch"))
+		bench_first_touch();
+	if (!only || !strcmp(only, "latency"))
+		bench_latency(n);
+	if (!only || !strcmp(only, "invalidate"))
+		bench_invalidate();
+	print_load("end");
 	return 0;
 }

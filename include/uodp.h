@@ -145,8 +145,9 @@ UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx);
  * Errors: -EINVAL (@ctx or @out NULL, @len 0, @addr + @len overflows or is
  * beyond the user address space, @access 0 or unknown bits), -ENODEV (the
  * context is being destroyed), -ECHILD, -ENOMEM; with the kernel monitor also
- * -ENOSYS/-EPERM (userfaultfd unavailable: use UODP_CTX_MANUAL), -EBUSY
- * (another userfaultfd has the range) and the errors of uodp_ctx_create.
+ * -ENOSYS/-EPERM/-EACCES (userfaultfd unavailable: use UODP_CTX_MANUAL),
+ * -EBUSY (another userfaultfd has the range), -EMFILE/-ENFILE (no file
+ * descriptor for it), -EAGAIN (no thread for the monitor).
  */
 UODP_API int uodp_umem_get(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
 			   unsigned access, struct uodp_umem **out);
@@ -210,6 +211,11 @@ UODP_API uint64_t uodp_umem_read_seq(struct uodp_umem *umem);
  *           (RLIMIT_MEMLOCK), or the kernel kept failing the populate
  *           with a transient error;
  *  -EINTR   the populate was interrupted by signals 100 times in a row;
+ *  -EBUSY   (kernel monitor) another userfaultfd has the memory;
+ *  -EOPNOTSUPP (kernel monitor) the range holds a mapping the monitor
+ *           cannot follow (a read-only MAP_SHARED file, device memory,
+ *           file mappings on kernels without UFFD_FEATURE_WP_ASYNC):
+ *           use a UODP_CTX_MANUAL context for such memory;
  *  -ECHILD.
  */
 UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,

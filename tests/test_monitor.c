@@ -792,6 +792,11 @@ static void wait_until(bool (*cond)(struct umon *), struct umon *m)
 	assert_true(cond(m));
 }
 
+static bool umon_started(struct umon *m)
+{
+	return umon_tid(m) != 0;
+}
+
 struct destroyer {
 	pthread_t t;
 	struct uodp_ctx *ctx;
@@ -978,6 +983,44 @@ static void *churn_run(void *arg)
 	return NULL;
 }
 
+/*
+ * Under AddressSanitizer the allocator tells us about every malloc/free:
+ * one made on the monitor thread is a broken rule of the event path.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+/* declared in the sanitizer headers, not installed everywhere */
+int __sanitizer_install_malloc_and_free_hooks(
+	void (*malloc_hook)(const volatile void *, size_t),
+	void (*free_hook)(const volatile void *));
+void __sanitizer_print_stack_trace(void);
+#define HAVE_ALLOC_HOOKS 1
+static _Atomic pid_t watched_tid;
+static atomic_ulong monitor_allocs;
+
+static void alloc_seen(void)
+{
+	pid_t w = atomic_load(&watched_tid);
+
+	if (w && (pid_t)syscall(SYS_gettid) == w) {
+		if (atomic_fetch_add(&monitor_allocs, 1) < 3)
+			__sanitizer_print_stack_trace();
+	}
+}
+
+static void on_malloc(const volatile void *p, size_t n)
+{
+	(void)p;
+	(void)n;
+	alloc_seen();
+}
+
+static void on_free(const volatile void *p)
+{
+	(void)p;
+	alloc_seen();
+}
+#endif
+
 /* A deadlock here would otherwise hang until ctest's timeout: say what
  * happened and stop the program instead. */
 static atomic_bool churn_done;
@@ -1040,6 +1083,11 @@ static void test_heap_churn(void **state)
 	assert_int_equal(pthread_create(&wd, NULL, churn_watchdog, NULL), 0);
 	ctx = new_ctx(&rec_ops, 0);
 	u = get(ctx, (void *)(uintptr_t)lo, hi - lo);
+#ifdef HAVE_ALLOC_HOOKS
+	wait_until(umon_started, ctx->mon);
+	atomic_store(&watched_tid, umon_tid(ctx->mon));
+	__sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
+#endif
 	for (i = 0; i < CHURNERS; i++) {
 		c[i].u = u;
 		assert_int_equal(
@@ -1051,6 +1099,10 @@ static void test_heap_churn(void **state)
 	pthread_join(wd, NULL);
 	mallopt(M_TRIM_THRESHOLD, 128 * 1024);
 	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+#ifdef HAVE_ALLOC_HOOKS
+	atomic_store(&watched_tid, 0);
+	assert_int_equal(atomic_load(&monitor_allocs), 0);
+#endif
 	stats(ctx, &st);
 	print_message("heap churn: %lu unmap, %lu remove, %lu remap events\n",
 		      (unsigned long)st.unmap, (unsigned long)st.remove,
@@ -1058,11 +1110,6 @@ static void test_heap_churn(void **state)
 	assert_true(st.unmap + st.remove > 0);
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
-}
-
-static bool umon_started(struct umon *m)
-{
-	return umon_tid(m) != 0;
 }
 
 static bool umon_unmaps_done(struct umon *m)

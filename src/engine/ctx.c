@@ -309,6 +309,9 @@ UODP_API const char *uodp_strerror(int err)
 		return "userfaultfd not permitted here: use UODP_CTX_MANUAL";
 	case -EBUSY:
 		return "another userfaultfd already watches that memory";
+	case -EOPNOTSUPP:
+		return "the kernel monitor cannot follow this mapping type: "
+		       "use UODP_CTX_MANUAL";
 	default:
 		/* INT_MIN has no positive counterpart: no errno anyway. */
 		return err == INT_MIN ? "unknown error" : strerror(-err);

@@ -176,8 +176,9 @@ static void mon_invalidate(struct umon *m, uint64_t start, uint64_t end)
 {
 	if (start >= end)
 		return;
-	if (uodp_invalidate_range_start(m->ctx, start, end) == 0)
-		uodp_invalidate_range_end(m->ctx, start, end);
+	/* The kernel reports after the fact: nothing to bracket, so the
+	 * one-walk form (start and end per region under one tree lock). */
+	uodp_invalidate_range(m->ctx, start, end);
 }
 
 /* A write-protect fault can only come from someone else's protection (we
@@ -265,6 +266,13 @@ static unsigned mon_drain(struct umon *m)
 	return total;
 }
 
+static bool fd_readable(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 static void *mon_main(void *arg)
 {
 	struct umon *m = arg;
@@ -282,9 +290,11 @@ static void *mon_main(void *arg)
 		if (pfd[0].revents)
 			mon_drain(m);
 	}
-	/* Stopping: handle what is queued so nobody stays blocked. Events
-	 * queued after this are released when the fd is closed. */
-	mon_drain(m);
+	/* Stopping: handle what is queued so nobody stays blocked (no fence
+	 * call when nothing is). Events queued after this are released when
+	 * the fd is closed. */
+	if (fd_readable(m->uffd))
+		mon_drain(m);
 	return NULL;
 }
 
@@ -645,6 +655,12 @@ static int prepare_part(struct umon *m, uint64_t s, uint64_t e)
 	/* Nothing mapped there: populating will say -EFAULT. */
 	if (uffd_for_each_vma(s, e, any_mapped_fn, NULL) != 1)
 		return 0;
+	/* Something is mapped now; it may have appeared in a hole since the
+	 * attempt above (the kernel refuses a range with no mapping at all).
+	 * Only a second refusal means a mapping type the kernel refuses. */
+	r = uffd_register(m->uffd, s, e);
+	if (r == 0 || r == -EBUSY)
+		return r;
 	return -EOPNOTSUPP;
 }
 
@@ -668,11 +684,13 @@ int umon_prepare_map(struct umon *m, uint64_t start, uint64_t end)
 
 		if (s->verified == e0 + 1)
 			continue;
+		/* A stretch without holes is registered whole and verified
+		 * (checked before: a mapping appearing after the check is
+		 * not counted). One with holes cannot be verified: register
+		 * only the part this call maps. */
 		full = uffd_fully_mapped(s->start, s->end);
-		r = uffd_register(m->uffd, s->start, s->end);
-		if (r == 0) {
-			if (full)
-				s->verified = e0 + 1;
+		if (full && uffd_register(m->uffd, s->start, s->end) == 0) {
+			s->verified = e0 + 1;
 			continue;
 		}
 		r = prepare_part(m, start > s->start ? start : s->start,
@@ -711,9 +729,7 @@ pid_t umon_tid(struct umon *m)
 
 bool umon_pending(struct umon *m)
 {
-	struct pollfd p = { .fd = m->uffd, .events = POLLIN };
-
-	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+	return fd_readable(m->uffd);
 }
 
 bool umon_stopping(struct umon *m)

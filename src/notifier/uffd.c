@@ -111,8 +111,11 @@ int uffd_open(uint64_t *features)
 	r = learn_features(&avail);
 	if (r)
 		return r;
-	if ((avail & UFFD_NEEDED) != UFFD_NEEDED)
-		return -ENOSYS; /* before 4.11 */
+	/* The events came in 4.11, write-protect registration (our only
+	 * mode) in 5.7: it announces itself with PAGEFAULT_FLAG_WP. */
+	if ((avail & UFFD_NEEDED) != UFFD_NEEDED ||
+	    !(avail & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+		return -ENOSYS;
 	want = UFFD_NEEDED | (avail & UFFD_FEATURE_WP_ASYNC);
 	fd = open_api(want, &got);
 	if (fd < 0)

@@ -37,7 +37,8 @@
  * EVENT_FORK. The kernel's feature set is learnt once per process with a
  * zero-feature handshake on a throw-away fd. Returns the fd, the enabled
  * features in *@features.
- * Errors: -ENOSYS (no userfaultfd, or it lacks the UFFD_NEEDED events),
+ * Errors: -ENOSYS (no userfaultfd, or it lacks the UFFD_NEEDED events or
+ * write-protect registration: Linux < 5.7),
  * -EPERM / -EACCES (forbidden: sysctl, seccomp, container policy),
  * -EMFILE / -ENFILE / -ENOMEM.
  */
