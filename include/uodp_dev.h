@@ -39,7 +39,9 @@
  *               unmapped during the operation);
  *      -EACCES  the process may not access the memory that way (a write
  *               to read-only memory, any access to PROT_NONE memory);
- *      -ENOMEM  out of memory; -ENODEV the device is closing; -ECHILD.
+ *      -ENOMEM  out of memory; -ENODEV the device is closing; -ECHILD;
+ *      -EBUSY, -EOPNOTSUPP  (kernel monitor) a fault found memory the
+ *               monitor cannot watch (see uodp_umem_map() in uodp.h).
  */
 #ifndef UODP_DEV_H
 #define UODP_DEV_H

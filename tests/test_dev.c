@@ -1221,7 +1221,16 @@ static void test_kernel_monitor(void **state)
 		usleep(1000);
 	}
 	assert_true(s.invalidations >= 1);
-	assert_int_equal(uodp_dev_read(dev, k, VA(p), b, 4), -EFAULT);
+	r = uodp_dev_read(dev, k, VA(p), b, 4);
+	if (r != -EFAULT) {
+		/* Another thread's mmap(NULL) (a sanitizer runtime's, seen
+		 * under TSan) may have filled the hole: the device then
+		 * rightly reads what is mapped there now. */
+		unsigned char v;
+
+		assert_int_equal(r, 0);
+		assert_int_equal(mincore(p, PS, &v), 0);
+	}
 	assert_int_equal(uodp_dev_close(dev), 0);
 }
 

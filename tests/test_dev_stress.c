@@ -18,9 +18,18 @@
  * Content only changes by whole-page replacement (mremap of a prefilled
  * staging area over the slot) or zeroing (MADV_DONTNEED), never by CPU
  * stores into pages the device may be reading, so words cannot tear.
- * While a slot is unmapped, another mapping (an allocator's) could land in
- * the hole: readers skip the check when the slot's state changed during
- * their read and was "unmapped" (seqlock-style counter).
+ * A slot is "unmapped" by replacing its pages at once with an
+ * inaccessible reservation (mmap MAP_FIXED, PROT_NONE), never by munmap():
+ * a real hole could be filled by another thread's mmap(NULL) (the
+ * library's device page-table directory, a sanitizer's or allocator's
+ * memory), which the mremap that brings the slot back would then destroy
+ * and device writes would scribble on (seen: a clobbered directory under
+ * ASan, a crash inside TSan's symbolizer). For the device and the kernel
+ * monitor it is the same event as an munmap (the old pages go away, an
+ * UNMAP is delivered); accesses fail with -EACCES instead of -EFAULT
+ * (test_dev.c covers true holes deterministically). Readers still skip the
+ * check when the slot's state changed during their read (seqlock-style
+ * counter).
  *
  * Duration: UODP_STRESS_SECONDS (default 30), split between phases: a
  * manual context with explicit invalidations (process_vm data path), the
@@ -345,7 +354,10 @@ static void unmap_and_back(struct mut *m, int s)
 	int i;
 
 	atomic_fetch_add(&rn->slots[s].state, 1); /* odd: a hole */
-	if (munmap(target, rn->slot_len))
+	/* The old pages go away in one step (see the top: no real hole). */
+	if (mmap(target, rn->slot_len, PROT_NONE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1,
+		 0) == MAP_FAILED)
 		atomic_fetch_add(&rn->bad_errors, 1);
 	if (rn->manual) {
 		tell(rn, target, rn->slot_len);

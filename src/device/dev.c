@@ -144,7 +144,9 @@ static int group_create(struct uodp_dev *dev, unsigned flags)
 		ops.fence = dev_fence;
 		ops.unfence = dev_unfence;
 	}
-	r = uodp_ctx_create(&ops, g->ctx_flags, &g->ctx);
+	/* The device reaches memory by virtual address: page frames are of
+	 * no use to it, so the engine need not read them (NO_FRAMES). */
+	r = uodp_ctx_create(&ops, g->ctx_flags | UODP_CTX_NO_FRAMES, &g->ctx);
 	if (r) {
 		pthread_mutex_destroy(&g->lock);
 		free(g);
@@ -303,6 +305,7 @@ UODP_API int uodp_dev_open(const struct uodp_dev_attr *attr,
 	dev->fast_copy = (attr->flags & UODP_DEV_FAST_COPY) && rcv_available();
 	for (i = 0; i < ST_COUNT; i++)
 		atomic_init(&dev->stats[i], 0);
+	atomic_init(&dev->retiring, 0);
 	r = dev_locks_init(dev);
 	if (r)
 		goto err_free;

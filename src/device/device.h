@@ -27,7 +27,14 @@
  * The invalidate_range callback takes only 5 (the engine holds its tree
  * read lock); it never allocates or frees memory (it may run on the
  * monitor thread). No device lock is held across uodp_umem_map() or
- * uodp_umem_wait() (an invalidation could be waiting for it).
+ * uodp_umem_wait() (an invalidation could be waiting for it), and neither
+ * 3, 4 nor 5 (which the monitor thread may wait for) is ever held across
+ * malloc/free, munmap/madvise/mremap or a wait for another thread: a
+ * thread blocked in free() on a userfaultfd event keeps its arena locked
+ * until the monitor reads the event. So a fault allocates its page-table
+ * leaves before it takes any lock (fault.c). 1 and 2 are held across
+ * allocation and engine registration calls; the monitor never waits for
+ * them, nor for a thread that waits for them while holding 3-5.
  *
  * Invariant (what the retry protocol buys): a device page-table entry is
  * nonzero only if the engine mapped the page with at least its access bits
@@ -80,7 +87,18 @@ static inline uint64_t dpt_get(const struct dpt *t, uint64_t idx)
 
 	return leaf ? leaf[idx & (DPT_LEAF_SLOTS - 1)] : 0;
 }
-/* Store a nonzero word; -ENOMEM when a leaf could not be allocated. */
+/*
+ * Leaves are allocated with no lock held (the install runs under locks an
+ * invalidation waits for, where malloc() is forbidden): dpt_need_leaf()
+ * (pt_lock held, any mode) says whether page @idx lacks its leaf;
+ * dpt_add_leaf() (pt_lock held for writing) installs a zeroed leaf of
+ * DPT_LEAF_SLOTS words for it and returns false, leaving it to the caller
+ * to free, when another thread was first. Leaves live as long as the table.
+ */
+bool dpt_need_leaf(const struct dpt *t, uint64_t idx);
+bool dpt_add_leaf(struct dpt *t, uint64_t idx, uint64_t *leaf);
+/* Store a nonzero word; never allocates: -ENOMEM when the leaf of @idx
+ * was not added first. */
 int dpt_set(struct dpt *t, uint64_t idx, uint64_t word);
 /* Clear [from, to); returns the number of words cleared. Never frees. */
 uint64_t dpt_clear(struct dpt *t, uint64_t from, uint64_t to);
@@ -195,8 +213,13 @@ struct uodp_dev {
 	struct dmr **keys;	  /* slot -> region */
 	uint8_t *gens;		  /* slot -> generation of its last key */
 	uint32_t nslots, cap;
-	pthread_mutex_t idle_lock; /* with idle_cond: dmr refs drop to 0 */
+	/* A deregistration waits on idle_cond (under idle_lock) until the
+	 * region's users are gone. `retiring` counts such waiters: mr_put()
+	 * takes idle_lock and wakes them only when it is nonzero, so an
+	 * operation pays for the wakeup only while someone deregisters. */
+	pthread_mutex_t idle_lock;
 	pthread_cond_t idle_cond;
+	atomic_long retiring;
 
 	pthread_rwlock_t fence_lock; /* see lock order */
 
@@ -308,9 +331,11 @@ int dop_run(struct uodp_dev *dev, struct dop *op, struct fault_req *fr);
 /* Resolve a miss reported by dop_run(); drops fr->sp. 0 or error. */
 int dop_fault(struct uodp_dev *dev, struct fault_req *fr);
 
-/* Test hook: called by a fault between uodp_umem_map() and the install
- * (set only by tests). */
+/* Test hooks (set only by tests): called by a fault between
+ * uodp_umem_map() and the install, and right before it allocates memory
+ * (device page-table leaves; no device or engine lock is held there). */
 extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
+extern void (*dev_test_hook_alloc)(struct uodp_umem *umem);
 
 /* queue.c */
 void pool_stop(struct uodp_dev *dev);

@@ -7,7 +7,13 @@
  * pgtable) because the invalidate callback, which clears it, may run on the
  * kernel monitor's thread, where free() is forbidden (it could trim a heap
  * registered with userfaultfd and deadlock). So leaves are allocated by
- * faults and only freed with the table. The directory is reserved with
+ * faults and only freed with the table. A fault allocates them before it
+ * takes any lock (dpt_need_leaf(), then dpt_add_leaf() under the write
+ * lock): the install runs under the engine's region lock and the pt_lock,
+ * both of which an invalidation waits for, so it must not call malloc()
+ * either (an allocator blocked on a userfaultfd event waits for the
+ * monitor; see src/engine/table.c). dpt_set() therefore never allocates.
+ * The directory is reserved with
  * mmap(MAP_NORESERVE): O(1) at registration whatever the region's size, and
  * backed only where leaves exist. [lo, hi) bounds the leaves ever
  * allocated so that clearing a huge range scans only the used part.
@@ -51,23 +57,33 @@ void dpt_destroy(struct dpt *t)
 	t->dir = NULL;
 }
 
-int dpt_set(struct dpt *t, uint64_t idx, uint64_t word)
+bool dpt_need_leaf(const struct dpt *t, uint64_t idx)
+{
+	return !t->dir[idx >> DPT_LEAF_SHIFT];
+}
+
+bool dpt_add_leaf(struct dpt *t, uint64_t idx, uint64_t *leaf)
 {
 	uint64_t li = idx >> DPT_LEAF_SHIFT;
-	uint64_t *leaf = t->dir[li];
+
+	if (t->dir[li])
+		return false;
+	t->dir[li] = leaf;
+	t->leaves++;
+	if (li < t->lo)
+		t->lo = li;
+	if (li + 1 > t->hi)
+		t->hi = li + 1;
+	return true;
+}
+
+int dpt_set(struct dpt *t, uint64_t idx, uint64_t word)
+{
+	uint64_t *leaf = t->dir[idx >> DPT_LEAF_SHIFT];
 	uint64_t *slot;
 
-	if (!leaf) {
-		leaf = calloc(DPT_LEAF_SLOTS, sizeof(*leaf));
-		if (!leaf)
-			return -ENOMEM;
-		t->dir[li] = leaf;
-		t->leaves++;
-		if (li < t->lo)
-			t->lo = li;
-		if (li + 1 > t->hi)
-			t->hi = li + 1;
-	}
+	if (!leaf)
+		return -ENOMEM; /* not reserved: the caller's bug */
 	slot = &leaf[idx & (DPT_LEAF_SLOTS - 1)];
 	t->used += !*slot;
 	*slot = word;

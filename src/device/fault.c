@@ -13,8 +13,14 @@
  * no invalidation ran since the sequence was read, and only for pages the
  * engine holds with at least that access; pages the engine could not map
  * (after a hole) stay missing and fault again if an access reaches them.
+ *
+ * Nothing is allocated under the region lock or the pt_lock (both are
+ * waited for by invalidations, which may run on the kernel monitor's
+ * thread): the device page-table leaves of the window are allocated first,
+ * with no lock held (reserve_leaves()), and the install only writes words.
  */
 #include <errno.h>
+#include <stdlib.h>
 
 #include "device/device.h"
 
@@ -22,6 +28,7 @@
 #define NOMEM_RETRIES 4 /* see dev_fault() */
 
 void (*dev_test_hook_before_install)(struct uodp_umem *umem);
+void (*dev_test_hook_alloc)(struct uodp_umem *umem);
 
 struct install_arg {
 	struct span *sp;
@@ -67,6 +74,48 @@ static int install_locked(struct span *sp, uint64_t start, uint64_t end,
 	return a.err;
 }
 
+/* Make sure the device page table has the leaf of page @idx. Called with
+ * no lock held; the allocation happens with none held either. */
+static int reserve_leaf(struct span *sp, uint64_t idx)
+{
+	uint64_t *leaf;
+	bool need, used;
+
+	pthread_rwlock_rdlock(&sp->pt_lock);
+	need = dpt_need_leaf(&sp->dpt, idx);
+	pthread_rwlock_unlock(&sp->pt_lock);
+	if (!need)
+		return 0; /* leaves are freed only with the table */
+	if (dev_test_hook_alloc)
+		dev_test_hook_alloc(sp->umem);
+	leaf = calloc(DPT_LEAF_SLOTS, sizeof(*leaf));
+	if (!leaf)
+		return -ENOMEM;
+	pthread_rwlock_wrlock(&sp->pt_lock);
+	used = dpt_add_leaf(&sp->dpt, idx, leaf);
+	pthread_rwlock_unlock(&sp->pt_lock);
+	if (!used)
+		free(leaf); /* another fault was first */
+	return 0;
+}
+
+/* The leaves of pages [start, end) of @sp (a fault window). */
+static int reserve_leaves(struct span *sp, uint64_t start, uint64_t end)
+{
+	unsigned shift = sp->dev->page_shift;
+	uint64_t first = (start - sp->start) >> shift;
+	uint64_t last = (end - 1 - sp->start) >> shift, idx;
+	int r;
+
+	for (idx = first; idx <= last;
+	     idx = ((idx >> DPT_LEAF_SHIFT) + 1) << DPT_LEAF_SHIFT) {
+		r = reserve_leaf(sp, idx);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
 	      uint64_t len_hint, unsigned access)
 {
@@ -84,6 +133,9 @@ int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
 	if (start < sp->start || start >= sp->end)
 		return -EFAULT;
 	dev_count(dev, ST_PAGE_FAULTS, 1);
+	r = reserve_leaves(sp, start, end);
+	if (r)
+		return r;
 	for (;;) {
 		r = uodp_umem_wait(sp->umem);
 		if (r)

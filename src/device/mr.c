@@ -81,10 +81,12 @@ static int span_create(struct uodp_dev *dev, uint64_t start, uint64_t end,
 	r = uodp_umem_get(dev->ctx, start, end - start, umem_access, &sp->umem);
 	if (r)
 		goto err_dpt;
-	/* Before anyone can fault on it: the callback finds its table. */
-	uodp_umem_set_priv(sp->umem, sp);
+	/* The bounds first: a callback that finds the span through the
+	 * region's priv reads them (it may run as soon as priv is set).
+	 * priv is set before anyone can fault on the span. */
 	sp->start = uodp_umem_start(sp->umem);
 	sp->end = uodp_umem_end(sp->umem);
+	uodp_umem_set_priv(sp->umem, sp);
 	*out = sp;
 	return 0;
 err_dpt:
@@ -192,9 +194,21 @@ struct dmr *mr_get(struct uodp_dev *dev, uint32_t key)
 	return mr;
 }
 
+/*
+ * A deregistration owns the key table's reference and waits until the
+ * count falls to 1 (dmr_retire()), so the wakeup is due when a put leaves
+ * 1, not 0. @mr may be freed as soon as the count falls: after the
+ * decrement only @dev is touched. The seq_cst pair (decrement, then load
+ * of retiring here; increment of retiring, then load of the count there)
+ * guarantees that one side sees the other: either the retiring thread
+ * sees the new count, or this put sees it retiring and wakes it under
+ * idle_lock (which it holds from its check until it sleeps).
+ */
 void mr_put(struct uodp_dev *dev, struct dmr *mr)
 {
-	if (atomic_fetch_sub(&mr->refs, 1) == 1) {
+	long old = atomic_fetch_sub(&mr->refs, 1);
+
+	if (old <= 2 && atomic_load(&dev->retiring)) {
 		pthread_mutex_lock(&dev->idle_lock);
 		pthread_cond_broadcast(&dev->idle_cond);
 		pthread_mutex_unlock(&dev->idle_lock);
@@ -317,10 +331,12 @@ static struct dmr *key_remove(struct uodp_dev *dev, uint32_t key)
 /* Wait until only the caller's reference is left, then free. */
 static void dmr_retire(struct uodp_dev *dev, struct dmr *mr)
 {
+	atomic_fetch_add(&dev->retiring, 1); /* before the count is read */
 	pthread_mutex_lock(&dev->idle_lock);
 	while (atomic_load(&mr->refs) > 1)
 		pthread_cond_wait(&dev->idle_cond, &dev->idle_lock);
 	pthread_mutex_unlock(&dev->idle_lock);
+	atomic_fetch_sub(&dev->retiring, 1);
 	dmr_free(dev, mr);
 }
 

@@ -18,6 +18,21 @@
  * (re)installed by every uodp_dev_open(), in front of whatever handler is
  * current then.
  *
+ * Chaining: each (re)installation pushes the handler it replaces on a
+ * small stack of predecessors (at most RCV_PREV_MAX; when full, the device
+ * stops going in front again; a handler already on it is not pushed twice,
+ * the stack is cut back to it). A fault that is not ours goes to the top
+ * one. That handler may itself chain to the handler it replaced, which can
+ * be ours (installed before it): we then get the same delivery again,
+ * nested, and pass it one level further down the stack, and below the
+ * bottom to the default action. Without this a chaining handler behind us
+ * and ours would call each other until the stack overflowed. A nested call
+ * is recognised by the same siginfo pointer and a deeper stack frame than
+ * the call in progress (a thread-local record; a handler that jumps out
+ * leaves it stale, but a later delivery at the same depth is not deeper).
+ * Thread-local data is initial-exec, so the handler never makes the
+ * dynamic loader allocate a TLS block (not async-signal-safe).
+ *
  * Why it is safe: the window holds nothing but one instruction (or, for
  * the fast copy, one rep movsb) written in assembly, so no lock, allocator
  * or sanitizer state can be left half updated by the jump, and nothing but
@@ -57,22 +72,45 @@ struct rcv_window {
 	volatile uintptr_t fault_addr;
 };
 
-static __thread struct rcv_window *volatile rcv_cur;
-static struct sigaction rcv_old_segv, rcv_old_bus;
+#define RCV_TLS __thread __attribute__((tls_model("initial-exec")))
+#define RCV_PREV_MAX 8
+
+/* The handlers we went in front of, per signal (0: SIGSEGV, 1: SIGBUS),
+ * oldest first. Written under rcv_lock: an entry is filled before n
+ * publishes it, and never changed after, so the handler reads without the
+ * lock. */
+struct rcv_prev {
+	struct sigaction sa[RCV_PREV_MAX];
+	atomic_int n;
+};
+
+/* The delivery this thread's handler is passing on (see the top). */
+struct rcv_nest {
+	const siginfo_t *si;
+	uintptr_t frame;
+	int level;
+};
+
+static RCV_TLS struct rcv_window *volatile rcv_cur;
+static RCV_TLS struct rcv_nest rcv_nesting[2];
+static struct rcv_prev rcv_prevs[2];
 static pthread_mutex_t rcv_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int rcv_status = -ENOTSUP;
 
-/* Hand a fault that is not ours to whoever had the signal before us. */
-static void rcv_chain(int sig, siginfo_t *si, void *uc)
+/* Hand a fault that is not ours to the handler @level places below the
+ * newest one we replaced, or to the default action. */
+static void rcv_chain(int sig, siginfo_t *si, void *uc, int level)
 {
-	struct sigaction *old = sig == SIGSEGV ? &rcv_old_segv : &rcv_old_bus;
+	struct rcv_prev *p = &rcv_prevs[sig == SIGBUS];
+	int i = atomic_load_explicit(&p->n, memory_order_acquire) - 1 - level;
+	const struct sigaction *old = i >= 0 ? &p->sa[i] : NULL;
 	struct sigaction dfl;
 
-	if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
+	if (old && (old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
 		old->sa_sigaction(sig, si, uc);
 		return;
 	}
-	if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
+	if (old && old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
 		old->sa_handler(sig);
 		return;
 	}
@@ -91,6 +129,10 @@ static void rcv_handler(int sig, siginfo_t *si, void *uc)
 {
 	struct rcv_window *w = rcv_cur;
 	uintptr_t a = (uintptr_t)si->si_addr;
+	struct rcv_nest *nest = &rcv_nesting[sig == SIGBUS], saved;
+	volatile char marker;
+	uintptr_t here = (uintptr_t)&marker;
+	int level = 0;
 
 	if (w && w->armed && si->si_code > 0 && a >= w->lo && a < w->hi) {
 		w->armed = 0;
@@ -99,18 +141,36 @@ static void rcv_handler(int sig, siginfo_t *si, void *uc)
 		 * on every access); rcv_unblock() repairs it after the jump. */
 		siglongjmp(w->jb, 1);
 	}
-	rcv_chain(sig, si, uc);
+	/* Called back, for the same delivery, by a handler we chained to? */
+	if (nest->si == si && here < nest->frame)
+		level = nest->level + 1;
+	saved = *nest;
+	nest->si = si;
+	nest->frame = here;
+	nest->level = level;
+	rcv_chain(sig, si, uc, level);
+	*nest = saved;
 }
 
 /*
  * Put our handler in front for both signals, remembering the one we
  * replace. Done at every uodp_dev_open(): if the application installed a
  * handler since (without chaining to ours), we go in front of it again.
- * Called under rcv_lock; the handler reads rcv_old_* without it (a fault
- * racing a device open may see a half-updated copy: only then).
+ * Called under rcv_lock; the handler reads the predecessors without it.
  */
-static int rcv_install_one(int sig, struct sigaction *old)
+static bool same_handler(const struct sigaction *a, const struct sigaction *b)
 {
+	if ((a->sa_flags & SA_SIGINFO) != (b->sa_flags & SA_SIGINFO))
+		return false;
+	if (a->sa_flags & SA_SIGINFO)
+		return a->sa_sigaction == b->sa_sigaction;
+	return a->sa_handler == b->sa_handler;
+}
+
+static int rcv_install_one(int sig)
+{
+	struct rcv_prev *p = &rcv_prevs[sig == SIGBUS];
+	int n = atomic_load_explicit(&p->n, memory_order_relaxed), i;
 	struct sigaction sa, cur;
 
 	if (sigaction(sig, NULL, &cur))
@@ -121,7 +181,20 @@ static int rcv_install_one(int sig, struct sigaction *old)
 	sa.sa_sigaction = rcv_handler;
 	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
 	sigemptyset(&sa.sa_mask);
-	*old = cur;
+	for (i = n - 1; i >= 0; i--)
+		if (same_handler(&p->sa[i], &cur))
+			break;
+	if (i >= 0) {
+		/* A handler we replaced before is back in front (a test
+		 * framework re-installing its own, say): it is found again
+		 * at its place; those pushed after it left the chain. */
+		atomic_store_explicit(&p->n, i + 1, memory_order_release);
+	} else if (n == RCV_PREV_MAX) {
+		return 0; /* stay behind: the documented limitation */
+	} else {
+		p->sa[n] = cur;
+		atomic_store_explicit(&p->n, n + 1, memory_order_release);
+	}
 	if (sigaction(sig, &sa, NULL))
 		return -errno;
 	return 0;
@@ -134,9 +207,9 @@ int rcv_init(void)
 	if (!RCV_GUARDED)
 		return -ENOTSUP;
 	pthread_mutex_lock(&rcv_lock);
-	r = rcv_install_one(SIGSEGV, &rcv_old_segv);
+	r = rcv_install_one(SIGSEGV);
 	if (!r)
-		r = rcv_install_one(SIGBUS, &rcv_old_bus);
+		r = rcv_install_one(SIGBUS);
 	atomic_store(&rcv_status, r);
 	pthread_mutex_unlock(&rcv_lock);
 	return r;
