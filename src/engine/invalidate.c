@@ -128,20 +128,37 @@ static inline struct uodp_umem *node_umem(struct itree_node *n)
 				    __builtin_offsetof(struct uodp_umem, node));
 }
 
-UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx, uint64_t start,
-					 uint64_t end)
+/* The checks every entry point makes; rounds the range out to pages. */
+static int invalidate_args(struct uodp_ctx *ctx, uint64_t *start, uint64_t *end)
 {
-	struct itree_node *n;
 	int r;
 
 	if (!ctx_valid(ctx))
 		return -EINVAL;
-	r = round_range(ctx, &start, &end);
+	r = round_range(ctx, start, end);
 	if (r)
 		return r;
-	if (ctx_forked(ctx))
-		return -ECHILD;
+	return ctx_forked(ctx) ? -ECHILD : 0;
+}
 
+/*
+ * The start walk: raise each overlapping region's counter, call the driver,
+ * drop the entries. With @one_shot, also end each region right away: the
+ * tree read lock is held from the first region's start to the last one's
+ * end, so no region enters or leaves the tree meanwhile and each gets
+ * exactly the start and end that start() + end() would give it (the
+ * private-counter rule has nothing to catch). The context count is raised
+ * either way, so that activation of regions registered during *other*
+ * invalidations waits for this one too.
+ */
+static int invalidate_walk(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+			   bool one_shot)
+{
+	struct itree_node *n;
+	int r = invalidate_args(ctx, &start, &end);
+
+	if (r)
+		return r;
 	/* Raised before the walk: a region registered from now on, which the
 	 * walk may miss, gets no private counters (see notifier_count). */
 	atomic_fetch_add(&ctx->notifier_count, 1);
@@ -153,26 +170,31 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx, uint64_t start,
 		uint64_t e = end < umem->end ? end : umem->end;
 
 		umem_invalidate_start(umem, s, e);
+		if (one_shot)
+			umem_end_account(umem);
 	}
 	if (engine_test_hook_after_start_walk)
 		engine_test_hook_after_start_walk(ctx);
 	pthread_rwlock_unlock(&ctx->tree_lock);
+	if (one_shot)
+		ctx_notifier_end(ctx);
 	return 0;
+}
+
+UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx, uint64_t start,
+					 uint64_t end)
+{
+	return invalidate_walk(ctx, start, end, false);
 }
 
 UODP_API int uodp_invalidate_range_end(struct uodp_ctx *ctx, uint64_t start,
 				       uint64_t end)
 {
 	struct itree_node *n;
-	int r;
+	int r = invalidate_args(ctx, &start, &end);
 
-	if (!ctx_valid(ctx))
-		return -EINVAL;
-	r = round_range(ctx, &start, &end);
 	if (r)
 		return r;
-	if (ctx_forked(ctx))
-		return -ECHILD;
 	if (atomic_load(&ctx->notifier_count) <= 0)
 		return -EINVAL;
 
@@ -187,45 +209,11 @@ UODP_API int uodp_invalidate_range_end(struct uodp_ctx *ctx, uint64_t start,
 	return 0;
 }
 
-/*
- * start() + end() in one walk. The tree read lock is held from the first
- * region's start accounting to the last one's end accounting, so no region
- * enters or leaves the tree meanwhile: each region found gets exactly the
- * start and end the two-call form would give it, and the private-counter
- * rule (notifier_count) has nothing to catch. The context count is still
- * raised, so that activation of regions registered during *other*
- * invalidations waits for this one too, as it would for start()/end().
- */
+/* start() + end() in one walk, for changes already made. */
 UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, uint64_t start,
 				   uint64_t end)
 {
-	struct itree_node *n;
-	int r;
-
-	if (!ctx_valid(ctx))
-		return -EINVAL;
-	r = round_range(ctx, &start, &end);
-	if (r)
-		return r;
-	if (ctx_forked(ctx))
-		return -ECHILD;
-
-	atomic_fetch_add(&ctx->notifier_count, 1);
-	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end)
-	{
-		struct uodp_umem *umem = node_umem(n);
-		uint64_t s = start > umem->start ? start : umem->start;
-		uint64_t e = end < umem->end ? end : umem->end;
-
-		umem_invalidate_start(umem, s, e);
-		umem_end_account(umem);
-	}
-	if (engine_test_hook_after_start_walk)
-		engine_test_hook_after_start_walk(ctx);
-	pthread_rwlock_unlock(&ctx->tree_lock);
-	ctx_notifier_end(ctx);
-	return 0;
+	return invalidate_walk(ctx, start, end, true);
 }
 
 /*
