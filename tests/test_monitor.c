@@ -942,6 +942,7 @@ static void *churn_warm(void *arg)
 	int i;
 
 	c->lo = UINT64_MAX;
+	c->hi = 0;
 	for (i = 0; i < 8; i++) {
 		size_t n = i & 1 ? 256 * 1024 : 4096;
 
