@@ -7,10 +7,16 @@
  * monitor on the same CPU as the unmapping thread and on the other one,
  * with relaxed and strict ordering.
  *
- * Two figures per case: the time until munmap()/madvise() returns (the
- * kernel waits for the monitor to READ the event), and the time until the
+ * Three figures per case: the time until munmap()/madvise() returns (the
+ * kernel waits for the monitor to READ the event), the time until the
  * invalidation is done (uodp: the driver's invalidate_range callback has
- * returned; bare: the event has been read).
+ * returned; bare: the event has been read), and for uodp the time until
+ * the region's entries are gone (uodp_umem_wait() returned: the engine
+ * dropped them after the callback and ended the invalidation).
+ *
+ * Also (issue 3): first touch of 1 GiB registered on a kernel-monitor
+ * context vs the same memory unregistered (full run only; the touch suite
+ * measures smaller sizes).
  *
  * Owns a bare monitor (one thread, one userfaultfd) while a case runs and
  * every mapping it makes. The library's monitor lives as long as a region
@@ -154,6 +160,14 @@ static int bare_register(struct bare *b, void *p, uint64_t len)
 	return ioctl(b->uffd, UFFDIO_REGISTER, &reg) ? -errno : 0;
 }
 
+static void bare_unregister(struct bare *b, void *p, uint64_t len)
+{
+	struct uffdio_range range = { .start = (uint64_t)(uintptr_t)p,
+				      .len = len };
+
+	ioctl(b->uffd, UFFDIO_UNREGISTER, &range);
+}
+
 /* ---------------------------------------------------------------------- */
 /* uodp                                                                   */
 /* ---------------------------------------------------------------------- */
@@ -206,10 +220,12 @@ struct ncase {
 /*
  * One repetition: fresh mapped memory (registered and mapped for uodp,
  * registered for bare), then the timed munmap/madvise. *ret_ns: until the
- * call returned; *done_ns_out: until the invalidation was done (0: none).
+ * call returned; *done_out: until the invalidation was done (0: none);
+ * *gone_out (uodp): until the region's entries were gone.
  */
 static int n_once(enum nvar v, const struct ncase *c, struct bare *b,
-		  struct uodp_ctx *ctx, uint64_t *ret_ns, uint64_t *done_out)
+		  struct uodp_ctx *ctx, uint64_t *ret_ns, uint64_t *done_out,
+		  uint64_t *gone_out)
 {
 	char *p = nfresh(c->len);
 	struct uodp_umem *um = NULL;
@@ -254,6 +270,19 @@ static int n_once(enum nvar v, const struct ncase *c, struct bare *b,
 	td = v == NV_PLAIN ? t1 : wait_done(seq);
 	*ret_ns = t1 - t0;
 	*done_out = td > t0 ? td - t0 : 0;
+	*gone_out = 0;
+	if (um && td) {
+		struct uodp_umem_stats st;
+
+		/* The callback has run, so the invalidation has started:
+		 * wait returns once it has ended, its entries dropped. */
+		r = uodp_umem_wait(um);
+		*gone_out = bench_now_ns() - t0;
+		if (!r)
+			r = uodp_umem_stats(um, &st);
+		if (!r && st.mapped_now)
+			r = -EBUSY; /* entries left: not an invalidation */
+	}
 	if (!c->dontneed)
 		p = NULL;
 	if (v != NV_PLAIN && !td)
@@ -261,28 +290,35 @@ static int n_once(enum nvar v, const struct ncase *c, struct bare *b,
 out:
 	if (um)
 		uodp_umem_release(um);
+	/* As uodp_umem_release() does for its monitor: unregister before the
+	 * untimed munmap, so that neither monitor sees an event outside the
+	 * timed call (one event per repetition for both). */
+	if (p && v == NV_BARE)
+		bare_unregister(b, p, c->len);
 	if (p)
 		munmap(p, c->len);
 	return r;
 }
 
-/* Repeat a variant; fills @ret and @done (us). */
+/* Repeat a variant; fills @ret, @done and (if not NULL) @gone (us). */
 static int n_series(enum nvar v, const struct ncase *c, struct bare *b,
 		    struct uodp_ctx *ctx, unsigned reps, double *ret,
-		    double *done)
+		    double *done, double *gone)
 {
 	unsigned k;
 	int r;
 
 	for (k = 0; k < reps + 2; k++) {
-		uint64_t tr = 0, td = 0;
+		uint64_t tr = 0, td = 0, tg = 0;
 
-		r = n_once(v, c, b, ctx, &tr, &td);
+		r = n_once(v, c, b, ctx, &tr, &td, &tg);
 		if (r)
 			return r;
 		if (k >= 2) {
 			ret[k - 2] = (double)tr / 1e3;
 			done[k - 2] = (double)td / 1e3;
+			if (gone)
+				gone[k - 2] = (double)tg / 1e3;
 		}
 	}
 	return 0;
@@ -306,12 +342,13 @@ static void n_case(const struct bench_opts *o, const struct ncase *c,
 	double *ur = calloc(reps, sizeof(double)),
 	       *ud = calloc(reps, sizeof(double));
 	double *pr = calloc(reps, sizeof(double));
+	double *ug = calloc(reps, sizeof(double));
 	struct bare bare;
 	bool bare_on = false;
 	char param[32], sz[16];
 	int mode, r;
 
-	if (!br || !bd || !ur || !ud || !pr)
+	if (!br || !bd || !ur || !ud || !pr || !ug)
 		goto out;
 	snprintf(param, sizeof(param), "%s %s",
 		 bench_fmt_bytes(c->len, sz, sizeof(sz)),
@@ -327,8 +364,8 @@ static void n_case(const struct bench_opts *o, const struct ncase *c,
 	}
 	bare_on = true;
 	pin_cpu(0);
-	if (n_series(NV_PLAIN, c, NULL, NULL, reps, pr, bd) ||
-	    n_series(NV_BARE, c, &bare, NULL, reps, br, bd)) {
+	if (n_series(NV_PLAIN, c, NULL, NULL, reps, pr, bd, NULL) ||
+	    n_series(NV_BARE, c, &bare, NULL, reps, br, bd, NULL)) {
 		bench_note("bare series failed");
 		goto out;
 	}
@@ -351,7 +388,7 @@ static void n_case(const struct bench_opts *o, const struct ncase *c,
 					  RW, &anchor);
 		pin_cpu(0);
 		if (!r)
-			r = n_series(NV_UODP, c, NULL, ctx, reps, ur, ud);
+			r = n_series(NV_UODP, c, NULL, ctx, reps, ur, ud, ug);
 		if (r) {
 			bench_note("%s %s: n/a (%s)", name, param,
 				   uodp_strerror(r));
@@ -375,6 +412,16 @@ static void n_case(const struct bench_opts *o, const struct ncase *c,
 			bench_stats(bd, reps, &rd.b);
 			rd.base_name = "bare uffd: event read";
 			rd.note = "until invalidate_range returned";
+			bench_emit(&rd);
+			rd.name = mode ? (c->dontneed ? "madvise strict gone" :
+							"munmap strict gone") :
+					 (c->dontneed ? "madvise relaxed gone" :
+							"munmap relaxed gone");
+			bench_stats(ug, reps, &rd.v);
+			bench_stats(pr, reps, &rd.b);
+			rd.base_name = "unregistered: call returns";
+			rd.tk = BT_NONE;
+			rd.note = "until entries gone (uodp_umem_wait)";
 			bench_emit(&rd);
 		}
 		if (anchor)
@@ -405,6 +452,86 @@ out:
 	free(ur);
 	free(ud);
 	free(pr);
+	free(ug);
+}
+
+/* ---------------------------------------------------------------------- */
+/* First touch of 1 GiB                                                   */
+/* ---------------------------------------------------------------------- */
+
+/* Write one byte per page of @len fresh bytes, registered on @ctx (NULL:
+ * unregistered). Returns ms, or -1 on error (*err set). */
+static double t_once(struct uodp_ctx *ctx, uint64_t len, int *err)
+{
+	char *p = nfresh(len);
+	struct uodp_umem *um = NULL;
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE), off, t0, t;
+
+	*err = p ? 0 : -ENOMEM;
+	if (*err)
+		return -1;
+	if (ctx)
+		*err = uodp_umem_get(ctx, (uint64_t)(uintptr_t)p, len, RW, &um);
+	if (*err) {
+		munmap(p, len);
+		return -1;
+	}
+	t0 = bench_now_ns();
+	for (off = 0; off < len; off += pg)
+		((volatile char *)p)[off] = 1;
+	t = bench_now_ns() - t0;
+	if (um)
+		uodp_umem_release(um);
+	munmap(p, len);
+	return (double)t / 1e6;
+}
+
+/* Issue 3's figure: 1 GiB, registered with the kernel monitor (write-
+ * protect mode, never write-protected) vs unregistered, alternating. */
+static void touch_gib(const struct bench_opts *o)
+{
+	enum {
+		REPS = 5
+	};
+	struct uodp_ctx *ctx = NULL;
+	double u[REPS], b[REPS];
+	struct bench_row r;
+	unsigned k;
+	int err;
+
+	(void)o;
+	err = uodp_ctx_create(&n_ops, 0, &ctx);
+	if (err) {
+		bench_note("touch 1 GiB: n/a (%s)", uodp_strerror(err));
+		return;
+	}
+	bench_warmup(GiB);
+	t_once(NULL, GiB, &err); /* the VM's first large write is slow */
+	for (k = 0; k < REPS && !err; k++) {
+		if (k & 1) {
+			u[k] = t_once(ctx, GiB, &err);
+			b[k] = t_once(NULL, GiB, &err);
+		} else {
+			b[k] = t_once(NULL, GiB, &err);
+			u[k] = t_once(ctx, GiB, &err);
+		}
+	}
+	uodp_ctx_destroy(ctx);
+	if (err) {
+		bench_note("touch 1 GiB: n/a (%s)", uodp_strerror(err));
+		return;
+	}
+	r = bench_row("notify", "first touch kernel monitor", (double)GiB,
+		      "ms");
+	bench_fmt_bytes(GiB, r.param, sizeof(r.param));
+	bench_stats(u, REPS, &r.v);
+	bench_stats(b, REPS, &r.b);
+	r.base_name = "unregistered";
+	r.rk = BR_TIME;
+	r.tk = BT_RATIO_MIN;
+	r.target = 0.95;
+	r.note = "1 byte per page; order alternates";
+	bench_emit(&r);
 }
 
 static void suite_notify(const struct bench_opts *o)
@@ -426,6 +553,8 @@ static void suite_notify(const struct bench_opts *o)
 				continue;
 			n_case(o, &cases[i], &setups[j]);
 		}
+	if (!o->quick)
+		touch_gib(o);
 }
 
 const struct bench_suite bench_notify_suites[] = {
