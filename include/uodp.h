@@ -267,7 +267,8 @@ UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, uint64_t va);
  * unmapped stretches without touching them; @fn gets the page's virtual
  * address and its entry (as uodp_umem_entry()) and returns nonzero to stop.
  * The region lock must be held by the caller, and @fn must not take it.
- * Returns the number of entries visited or -EINVAL (NULL @umem or @fn).
+ * Returns the number of entries visited, -EINVAL (NULL @umem or @fn) or
+ * -ECHILD.
  */
 UODP_API int64_t uodp_umem_for_each_entry(
 	struct uodp_umem *umem, uint64_t start, uint64_t end,
@@ -286,7 +287,8 @@ UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, uint64_t va,
  * Take up to @max addresses of dirty pages (pages that were mapped writable
  * and have been unmapped since the last call) in ascending order, removing
  * them from the set. Returns how many were written to @vas; call again while
- * it returns @max. Errors: -EINVAL (NULL @umem, or NULL @vas with @max > 0).
+ * it returns @max. Errors: -EINVAL (NULL @umem, or NULL @vas with @max > 0),
+ * -ECHILD.
  */
 UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, uint64_t *vas,
 				      size_t max);
@@ -299,10 +301,14 @@ struct uodp_umem_stats {
 	uint64_t pages_invalidated; /* entries dropped by them */
 	uint64_t eagain;      /* uodp_umem_map() calls that ended -EAGAIN */
 	uint64_t mapped_now;  /* entries currently mapped */
-	uint64_t table_bytes; /* memory held by the translation table */
+	uint64_t table_bytes; /* memory of the translation table's live
+			       * nodes; nodes emptied by invalidations are
+			       * kept for reuse (not counted) until a fault
+			       * or release frees them, and a dirty page
+			       * keeps its leaf until uodp_umem_dirty_take() */
 };
 
-/* Errors: -EINVAL (NULL argument). */
+/* Errors: -EINVAL (NULL argument), -ECHILD. */
 UODP_API int uodp_umem_stats(struct uodp_umem *umem,
 			     struct uodp_umem_stats *out);
 
