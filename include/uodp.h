@@ -1,36 +1,53 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * uodp.h - the on-demand paging engine.
+ * uodp.h - the on-demand paging engine (uodp 0.2).
  *
  * A context follows one address space (this process). Memory regions
  * ("umems") are registered in O(1), pages are mapped for a device only when
  * the device faults on them, and invalidations tell the driver to drop its
- * translations when the address space changes. A sequence/count protocol
- * guarantees that a fault racing an invalidation never installs a stale
- * translation:
+ * translations when the address space changes. The shape is that of Linux's
+ * interval notifiers: a fault reads a sequence, makes the pages present
+ * without any lock, then takes the region lock and installs translations
+ * only if no invalidation overlapped it. uodp_umem_map_and_lock() is that
+ * whole loop, bounded in time:
  *
- *     again:
- *         uodp_umem_wait(umem);                  // no invalidation running
- *         seq = uodp_umem_read_seq(umem);
- *         n = uodp_umem_map(umem, va, len, access, seq);
- *         if (n == -EAGAIN) goto again;
- *         uodp_umem_lock(umem);
- *         if (uodp_umem_retry(umem, seq)) { uodp_umem_unlock(umem); goto again; }
- *         ... copy uodp_umem_entry() values into the device page table ...
- *         uodp_umem_unlock(umem);
+ *     n = uodp_umem_map_and_lock(umem, addr, len, UODP_ACCESS_WRITE, 100);
+ *     if (n < 0)
+ *         return n;                 // -EBUSY after 100 ms of collisions,
+ *                                   // -ENODEV after teardown, -EFAULT, ...
+ *     uodp_umem_entries_locked(umem, addr, n, entries);
+ *     ... write entries[] into the device page table ...
+ *     uodp_umem_unlock(umem);
+ *
+ * Drivers that need the steps (their own pacing, several regions under one
+ * lock) use uodp_umem_read_begin(), uodp_umem_map(), uodp_umem_lock() and
+ * uodp_umem_read_retry(), exactly as map_and_lock does.
  *
  * Conventions for every function below:
- *  - errors are returned as negative errno values and leave all state as it
- *    was; nothing is reported through errno;
- *  - addresses are process virtual addresses, pages are the system page size
- *    (sysconf(_SC_PAGESIZE)); ranges are half open [start, end);
- *  - every function may be called from any thread unless it says otherwise;
+ *  - errors are negative errno values and leave all state as it was;
+ *    nothing is reported through errno; one errno means one thing in this
+ *    header (see uodp_strerror());
+ *  - process memory is named by pointers and byte lengths; a region covers
+ *    whole pages (sysconf(_SC_PAGESIZE)); ranges are half open;
+ *  - every function may be called from any thread unless it says otherwise,
+ *    and none is a cancellation point: cancellation is disabled inside the
+ *    library, so a cancelled thread never leaves a uodp lock held;
  *  - functions that change or wait on a context or region (those listing
- *    -ECHILD) fail with -ECHILD when called in a child process forked after
- *    the context was created: the child has another address space, and the
- *    engine refuses it, as Linux refuses ODP regions in child processes.
- *    Accessors and the region lock must not be used in such a child at all
- *    (a lock held by another thread at fork() stays held there).
+ *    -ECHILD) fail with -ECHILD in a child process forked after the context
+ *    was created (the child has another address space). The region lock
+ *    must not be used in such a child at all;
+ *  - "callback" below means the driver's invalidate, fence and unfence.
+ *    Calls that could wait for the invalidation that is calling back fail
+ *    there with -EDEADLK instead of deadlocking (they say so).
+ *
+ * Regions and contexts are handles: a handle that was released or destroyed
+ * must not be passed again. Such a call is undefined (as for free()); a
+ * build with -DUODP_DEBUG=ON aborts on it with a message (the object is
+ * poisoned, not reused, until the process exits).
+ *
+ * ABI: symbols are exported under one version node per release (UODP_0.2);
+ * structures the caller passes in carry a comp_mask and reserved fields
+ * that must be zero, structures the library writes take their size.
  */
 #ifndef UODP_H
 #define UODP_H
@@ -38,7 +55,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,46 +66,101 @@ extern "C" {
 #define UODP_API
 #endif
 
+/* The version of this header. uodp_check_version() compares the library. */
+#define UODP_VERSION_MAJOR 0
+#define UODP_VERSION_MINOR 2
+#define UODP_VERSION_PATCH 0
+
 struct uodp_ctx;
 struct uodp_umem;
+
+/* ------------------------------------------------------------------------ */
+/* Invalidation ranges                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* Why translations must go (struct uodp_range::event). */
+enum uodp_event {
+	UODP_EVENT_MANUAL = 0,	/* uodp_invalidate_range*() by the caller */
+	UODP_EVENT_UNMAP = 1,	/* munmap(), or a mapping replaced over it */
+	UODP_EVENT_REMOVE = 2,	/* madvise(MADV_DONTNEED / _FREE / _REMOVE) */
+	UODP_EVENT_REMAP = 3,	/* mremap() moved the pages elsewhere */
+	UODP_EVENT_FRAME = 4,	/* a fault found a page frame changed under
+				 * a live entry (migration, swap, COW) */
+	UODP_EVENT_TEARDOWN = 5 /* uodp_ctx_destroy() */
+};
+#define UODP_EVENT_MAX UODP_EVENT_TEARDOWN
+
+/*
+ * An invalidation. In a callback it describes one region's part of it:
+ * [start, end) page aligned and clamped to the region, the event, and the
+ * region's priv. For uodp_invalidate_range_start() / _end() it is also the
+ * token that pairs them: the caller owns it (on its stack, typically),
+ * fills it with uodp_range_init(), and passes the same object to both;
+ * the engine keeps its bookkeeping in the reserved fields.
+ */
+struct uodp_range {
+	void *start;		/* first byte */
+	void *end;		/* one past the last byte */
+	enum uodp_event event;	/* why */
+	uint32_t flags;		/* none defined yet: 0 */
+	void *umem_priv;	/* callbacks: uodp_umem_priv() of the region */
+	uint64_t reserved[6];	/* the engine's; zero before start() */
+};
+
+/* Fill a range token for uodp_invalidate_range_start(). */
+static inline void uodp_range_init(struct uodp_range *r, void *addr,
+				   size_t len, enum uodp_event event)
+{
+	unsigned i;
+
+	r->start = addr;
+	r->end = (char *)addr + len;
+	r->event = event;
+	r->flags = 0;
+	r->umem_priv = 0;
+	for (i = 0; i < sizeof(r->reserved) / sizeof(r->reserved[0]); i++)
+		r->reserved[i] = 0;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Contexts                                                                  */
 /* ------------------------------------------------------------------------ */
 
 /*
- * Driver callbacks. All are optional; @priv is passed back to each.
+ * The driver's callbacks; @priv is passed back to each.
  *
- * invalidate_range: the translations of [start, end) (clamped to @umem and
- *   page aligned) must be dropped from the driver's own page table before the
- *   callback returns, and device accesses to those pages that are in flight
- *   must have completed. The engine drops its own entries for the range right
- *   after the callback returns (writable ones go to the dirty set). The
- *   callback runs on the thread that invalidates (the notifier's monitor
- *   thread, or the caller of uodp_invalidate_range*()), with no engine lock
- *   held but the context's region-tree read lock. It may call uodp_umem_lock/
- *   unlock/unmap/entry/retry on @umem. It must not call uodp_umem_get/
- *   release, uodp_ctx_destroy or uodp_umem_wait, nor wait for a thread that
- *   is inside uodp_umem_map/get/release (those may be waiting for this
- *   callback to return: deadlock) - so it waits for device *data* accesses
- *   in flight, never for faults, which the retry protocol already stops.
- *   On no thread may it allocate, free, munmap or madvise memory that may be
- *   registered: the kernel would make it wait for the monitor thread, which
- *   may be waiting for it.
- *   NULL selects on-demand pinning: each page stays mlock()ed from the time
- *   it is mapped until it is unmapped or its region released, so it cannot
- *   be swapped or migrated under the device.
+ * invalidate: the translations of @range (inside @umem) must be dropped
+ *   from the driver's page table before it returns, and device accesses to
+ *   those pages that are in flight must have completed. The engine drops
+ *   its own entries of the range right after (writable ones join the dirty
+ *   set). It runs on the thread that invalidates (the notifier's monitor
+ *   thread, or the caller of uodp_invalidate_range*()), holding no region
+ *   lock. It MAY call uodp_umem_lock/unlock, uodp_umem_unmap,
+ *   uodp_umem_entries_locked and the accessors on @umem. It MUST NOT wait
+ *   for a thread that is faulting (inside map_and_lock, read_begin, get or
+ *   release): those calls fail with -EDEADLK when made from a callback, and
+ *   a thread waiting for them to finish while the callback waits for it is
+ *   a deadlock the engine cannot see. On no thread may it allocate, free,
+ *   munmap or madvise memory that may be registered (the kernel would make
+ *   it wait for the monitor thread, which is waiting for it).
+ *   Required, except with UODP_CTX_PIN, where it is optional.
  *
- * fence / unfence: strict ordering (UODP_CTX_STRICT) only. fence asks the
- *   driver to pause new device accesses and to wait for those in flight;
- *   unfence lets them go on. Same rules as invalidate_range.
+ * fence / unfence: UODP_CTX_STRICT only. fence pauses new device accesses
+ *   and waits for those in flight; unfence lets them go on. Same rules as
+ *   invalidate.
+ *
+ * comp_mask: which optional members are valid (none in 0.2: 0); reserved:
+ * zero. Unknown bits or nonzero reserved words are -EINVAL, so a program
+ * built against a later header fails cleanly on an older library.
  */
 struct uodp_ctx_ops {
-	void (*invalidate_range)(struct uodp_umem *umem, uint64_t start,
-				 uint64_t end, void *priv);
+	uint64_t comp_mask;
+	void (*invalidate)(struct uodp_umem *umem,
+			   const struct uodp_range *range, void *priv);
 	void (*fence)(struct uodp_ctx *ctx, void *priv);
 	void (*unfence)(struct uodp_ctx *ctx, void *priv);
 	void *priv;
+	void *reserved[4];
 };
 
 /* Invalidations come only through uodp_invalidate_range*(); no monitor. */
@@ -98,36 +169,58 @@ struct uodp_ctx_ops {
  * that once munmap() returns no device access uses the old translation. */
 #define UODP_CTX_STRICT (1u << 1)
 /* Record no page frames: skips one /proc/self/pagemap read per batch of up
- * to 512 pages (only done where frames are visible, with CAP_SYS_ADMIN).
- * uodp_umem_pfn() then returns 0 and a frame that changed under a live
- * entry goes unnoticed - harmless for drivers that, like the software
- * device, access memory by virtual address. */
+ * to 512 pages (frames are visible only with CAP_SYS_ADMIN). uodp_umem_pfn()
+ * then returns 0 and a frame that changed under a live entry goes
+ * unnoticed - harmless for drivers that access memory by virtual address. */
 #define UODP_CTX_NO_FRAMES (1u << 2)
-#define UODP_CTX_FLAGS_ALL \
-	(UODP_CTX_MANUAL | UODP_CTX_STRICT | UODP_CTX_NO_FRAMES)
+/* On-demand pinning: each page stays mlock()ed from the time it is mapped
+ * until it is invalidated, unmapped or its region released, so it is not
+ * swapped or migrated under the device. The invalidate callback becomes
+ * optional. Pinned pages are locked memory: the application's own
+ * madvise(MADV_DONTNEED/MADV_FREE) on them fails with EINVAL while they
+ * are pinned (the kernel refuses it on mlocked pages). */
+#define UODP_CTX_PIN (1u << 3)
+/* Deferred delivery: kernel events reach the invalidate callback on a
+ * relay thread that holds no uodp lock, so the callback may take the
+ * driver's own locks even where the driver calls uodp_umem_get() or
+ * uodp_umem_release() under them (a registration cache), and may release
+ * the region it is called for. Faults on the range wait or retry from the
+ * moment the event is read until the callback has returned, and
+ * uodp_ctx_sync() is false meanwhile; with UODP_CTX_STRICT the context
+ * stays fenced until then. The unmapping thread itself does not wait for
+ * the callback. */
+#define UODP_CTX_DEFERRED (1u << 4)
+#define UODP_CTX_FLAGS_ALL                                             \
+	(UODP_CTX_MANUAL | UODP_CTX_STRICT | UODP_CTX_NO_FRAMES | \
+	 UODP_CTX_PIN | UODP_CTX_DEFERRED)
 
 /*
- * Create a context for this process's address space. @ops may be NULL (no
- * callbacks: pinning mode); it is copied.
- * Errors: -EINVAL (@out NULL, unknown flag, STRICT with MANUAL, STRICT without
- * fence and unfence), -ENOSYS (the kernel lacks MADV_POPULATE_READ/WRITE,
- * Linux < 5.14), -ENOMEM.
+ * Create a context for this process's address space. @ops is copied.
+ * Errors: -EINVAL (@ops or @out NULL, unknown flag or comp_mask bit,
+ * nonzero reserved word, no invalidate without UODP_CTX_PIN, STRICT with
+ * MANUAL, STRICT without fence and unfence), -ENOSYS (the kernel lacks
+ * MADV_POPULATE_READ/WRITE, Linux < 5.14), -ENOMEM, -EDEADLK (callback).
  */
 UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 			     struct uodp_ctx **out);
 
 /*
- * Tear a context down. Live regions are invalidated as a whole (the driver's
- * invalidate_range sees each one), their entries dropped, and they are marked
- * dying: from then on uodp_umem_map() fails with -ENODEV and uodp_umem_wait()
- * returns -ENODEV at once. They must still be released with
+ * Tear a context down. Live regions are invalidated as a whole (the
+ * driver's invalidate sees each, with UODP_EVENT_TEARDOWN), their entries
+ * dropped, and they are marked dying: from then on uodp_umem_read_begin(),
+ * uodp_umem_map() and uodp_umem_map_and_lock() fail with -ENODEV at once
+ * and uodp_umem_read_retry() is true. They must still be released with
  * uodp_umem_release(); the context's memory goes with the last of them.
- * The context pointer must not be used after this call (so it must not be
- * destroyed twice, nor from two threads). Must not be called from an
- * invalidate_range callback.
- * Errors: -EINVAL (NULL or not a context), -ECHILD.
+ * Errors: -EINVAL (NULL), -EDEADLK (callback), -ECHILD.
  */
 UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx);
+
+/*
+ * True when no invalidation of the context is in flight (kernel events
+ * read but not yet delivered, or manual start() without end()): one
+ * atomic load, for caches that validate every hit. False for NULL.
+ */
+UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx);
 
 /* ------------------------------------------------------------------------ */
 /* Regions                                                                   */
@@ -136,219 +229,271 @@ UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx);
 #define UODP_ACCESS_READ (1u << 0)
 #define UODP_ACCESS_WRITE (1u << 1)
 #define UODP_ACCESS_ALL (UODP_ACCESS_READ | UODP_ACCESS_WRITE)
+/* uodp_umem_get() @access: a region that only wants invalidations (a
+ * registration cache entry). It keeps no translation table; faulting it is
+ * -EPERM. Give it alone, without READ or WRITE. */
+#define UODP_ACCESS_WATCH (1u << 2)
 
 /*
  * Register [addr, addr + len) with the given access rights. O(1) in @len:
  * nothing is allocated per page and the memory need not be mapped yet. The
- * region covers whole pages: @addr is rounded down and @addr + @len up to
- * page boundaries.
- * Errors: -EINVAL (@ctx or @out NULL, @len 0, @addr + @len overflows or is
- * beyond the user address space, @access 0 or unknown bits), -ENODEV (the
- * context is being destroyed), -ECHILD, -ENOMEM; with the kernel monitor also
- * -ENOSYS/-EPERM/-EACCES (userfaultfd unavailable: use UODP_CTX_MANUAL),
- * -EBUSY (another userfaultfd has the range), -EMFILE/-ENFILE (no file
- * descriptor for it), -EAGAIN (no thread for the monitor).
+ * region covers whole pages: @addr is rounded down and @addr + @len up.
+ * Errors: -EINVAL (@ctx or @out NULL, @len 0, @access 0 or unknown bits,
+ * WATCH with READ or WRITE),
+ * -ERANGE (@addr + @len wraps or leaves the user address space), -ENODEV
+ * (the context is being destroyed), -EDEADLK (callback), -ECHILD, -ENOMEM;
+ * with the kernel monitor also -ENOSYS/-EPERM (userfaultfd unavailable or
+ * forbidden: use UODP_CTX_MANUAL), -EBUSY (another userfaultfd watches the
+ * memory), -EMFILE/-ENFILE (no file descriptor), -EAGAIN (no thread could
+ * be created for the monitor: transient).
  */
-UODP_API int uodp_umem_get(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
+UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 			   unsigned access, struct uodp_umem **out);
 
 /*
  * Release a region: its entries are dropped (writable ones first go to the
  * dirty set, which is freed with the region; pinned pages are unlocked), it
- * leaves the context's region tree and its memory is freed. The driver must
- * have stopped device accesses to it. Must not be called from an
- * invalidate_range callback.
- * Errors: -EINVAL (NULL or not a live region), -ECHILD.
+ * leaves the context and its memory is freed. The driver must have stopped
+ * device accesses to it. From a callback of a UODP_CTX_DEFERRED context it
+ * may release the region being invalidated (the release completes after
+ * the callback returns).
+ * Errors: -EINVAL (NULL), -EDEADLK (a callback of a context without
+ * UODP_CTX_DEFERRED, or the region lock is held by the calling thread),
+ * -ECHILD.
  */
 UODP_API int uodp_umem_release(struct uodp_umem *umem);
 
-/* Page-aligned bounds, access rights, context of a region. */
-UODP_API uint64_t uodp_umem_start(const struct uodp_umem *umem);
-UODP_API uint64_t uodp_umem_end(const struct uodp_umem *umem);
+/* Page-aligned bounds [start, end), access rights, context, or
+ * NULL / 0 for NULL. */
+UODP_API void *uodp_umem_start(const struct uodp_umem *umem);
+UODP_API void *uodp_umem_end(const struct uodp_umem *umem);
 UODP_API unsigned uodp_umem_access(const struct uodp_umem *umem);
 UODP_API struct uodp_ctx *uodp_umem_ctx(const struct uodp_umem *umem);
 
 /*
- * A driver pointer attached to the region (NULL until set). Callbacks may run
- * before it is set: they must accept NULL.
+ * A driver pointer attached to the region (NULL until set), passed to the
+ * callback as range->umem_priv; callbacks may run before it is set.
  */
 UODP_API void uodp_umem_set_priv(struct uodp_umem *umem, void *priv);
 UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
 
 /* ------------------------------------------------------------------------ */
-/* The fault path and the retry protocol                                     */
+/* The fault path                                                            */
 /* ------------------------------------------------------------------------ */
 
-/*
- * The invalidation sequence a fault starts from. Read it before
- * uodp_umem_map() and pass it to uodp_umem_map() and uodp_umem_retry().
- * Returns 0 for NULL.
- */
-UODP_API uint64_t uodp_umem_read_seq(struct uodp_umem *umem);
+/* map_and_lock's @timeout_ms: wait for invalidations without bound. */
+#define UODP_TIMEOUT_INFINITE 0xffffffffu
 
 /*
- * Make the pages of [va, va + bcnt) present with @access (write access uses
- * MADV_POPULATE_WRITE, read MADV_POPULATE_READ) and record for each page its
- * entry: virtual address | access bits, plus its page frame where
- * /proc/self/pagemap reveals it. Pages already mapped get their access bits
- * upgraded. Returns the number of pages mapped starting at va's page.
+ * The whole fault: make the pages of [addr, addr + len) present with
+ * @access (UODP_ACCESS_WRITE uses MADV_POPULATE_WRITE, otherwise
+ * MADV_POPULATE_READ), record an entry for each, and return with the
+ * region lock held and no invalidation of those pages since they were made
+ * present. Invalidations that overlap the pages make it start again; those
+ * elsewhere in the region do not. Returns the number of pages mapped from
+ * @addr's page (at least 1; fewer than asked when a hole or a forbidden
+ * page follows): read them with uodp_umem_entries_locked(), then
+ * uodp_umem_unlock(). On error the lock is not held.
+ *
+ * @timeout_ms bounds the time spent waiting for and colliding with
+ * invalidations (0: one attempt; UODP_TIMEOUT_INFINITE: no bound).
  *
  * Errors:
- *  -EINVAL  @umem NULL or not a region, @bcnt 0, @access 0, unknown bits, or
- *           more access than the region was registered with;
- *  -EFAULT  the range is outside the region, or memory at va's page is not
- *           mapped (pages before a hole are mapped and counted: the call
- *           returns their number if there are any);
- *  -EACCES  the process may not access the first page that way (write to
- *           read-only memory, any access to PROT_NONE); partial as -EFAULT;
- *  -EAGAIN  an invalidation of the region started after @seq was read, or is
- *           running: nothing was installed by the failing batch; wait with
- *           uodp_umem_wait() and start again from uodp_umem_read_seq();
- *           also when a page's frame changed under a live entry (the entry
- *           is invalidated first, as a one-page invalidation);
- *  -ENODEV  the context was destroyed;
- *  -ENOMEM  out of memory, or (pinning mode) mlock() refused
- *           (RLIMIT_MEMLOCK), or the kernel kept failing the populate
- *           with a transient error;
- *  -EINTR   the populate was interrupted by signals 100 times in a row;
- *  -EBUSY   (kernel monitor) another userfaultfd has the memory;
- *  -EOPNOTSUPP (kernel monitor) the range holds a mapping the monitor
+ *  -EINVAL  @umem NULL, @len 0, @access 0, unknown bits;
+ *  -EPERM   more access than the region was registered with (or a
+ *           UODP_ACCESS_WATCH region);
+ *  -ERANGE  [addr, addr + len) is not inside the region;
+ *  -EFAULT  @addr's page is not mapped by the process;
+ *  -EACCES  the process may not access @addr's page that way (write to
+ *           read-only memory, any access to PROT_NONE);
+ *  -EBUSY   @timeout_ms passed with invalidations of these pages running
+ *           or colliding with every attempt;
+ *  -ENODEV  the context was destroyed (at once, whatever @timeout_ms);
+ *  -ENOMEM  out of memory, or (UODP_CTX_PIN) mlock() refused
+ *           (RLIMIT_MEMLOCK);
+ *  -EOPNOTSUPP (kernel monitor) @addr's page is in a mapping the monitor
  *           cannot follow (a read-only MAP_SHARED file, device memory,
- *           file mappings on kernels without UFFD_FEATURE_WP_ASYNC):
- *           use a UODP_CTX_MANUAL context for such memory;
+ *           SysV shared memory, file mappings on kernels without
+ *           UFFD_FEATURE_WP_ASYNC): use a UODP_CTX_MANUAL context;
+ *  -EDEADLK called from a callback, or with the region lock held;
  *  -ECHILD.
  */
-UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
-			       uint64_t bcnt, unsigned access, uint64_t seq);
+UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
+					const void *addr, size_t len,
+					unsigned access, unsigned timeout_ms);
 
 /*
- * The region lock: held while a driver checks uodp_umem_retry() and writes
- * its own page table from the engine's entries. Invalidations take it to
- * bump the sequence, so a driver holding it sees a stable answer. It is
- * recursive (uodp_umem_entry() and friends take it too, so they work with
- * or without it held), but never hold it across uodp_umem_map(),
- * uodp_umem_wait() or any call that invalidates. NULL is ignored.
+ * Copy the entries of @n pages from @addr's page into @out, with the region
+ * lock held by the calling thread (as map_and_lock leaves it). An entry is
+ * the page's address | UODP_ENTRY_* bits, or 0 when not mapped.
+ * Errors: -EINVAL (NULL @umem or @out), -ERANGE (the pages are not inside
+ * the region), -EPERM (the calling thread does not hold the region lock).
  */
-UODP_API void uodp_umem_lock(struct uodp_umem *umem);
-UODP_API void uodp_umem_unlock(struct uodp_umem *umem);
+UODP_API int uodp_umem_entries_locked(struct uodp_umem *umem, const void *addr,
+				      size_t n, uint64_t *out);
+
+/* Entry bits: the access the page is mapped with (nonzero iff mapped). */
+#define UODP_ENTRY_READ UODP_ACCESS_READ
+#define UODP_ENTRY_WRITE UODP_ACCESS_WRITE
+#define UODP_ENTRY_ACCESS_MASK ((uint64_t)UODP_ACCESS_ALL)
+#define UODP_ENTRY_ADDR_MASK (~(uint64_t)0xfff)
+
+/* ---- the steps of map_and_lock, for drivers that need them ---- */
 
 /*
- * True when a fault that started from @seq must not install translations:
- * an invalidation is running, one ran since @seq was read, the region was
- * registered while invalidations were running and has no private counters
- * yet, or the region is dying. Call with the region lock held. True for NULL.
- */
-UODP_API bool uodp_umem_retry(struct uodp_umem *umem, uint64_t seq);
-
-/*
- * Block until no invalidation of the region runs (and the region has its
- * private counters), so a driver retries after -EAGAIN without spinning.
- * Returns 0, or -ENODEV when the region is dying, -EINVAL for NULL,
+ * Begin a fault: wait while an invalidation of the region runs, then
+ * return the sequence to pass to uodp_umem_map() and read_retry().
+ * Returns the sequence (>= 0), or -ENODEV (the region is dying), -EINVAL
+ * (NULL), -EDEADLK (callback, or the region lock is held by this thread),
  * -ECHILD.
- * Must not be called with the region lock held or from a callback.
  */
-UODP_API int uodp_umem_wait(struct uodp_umem *umem);
+UODP_API int64_t uodp_umem_read_begin(struct uodp_umem *umem);
 
 /*
- * The entry of the page holding @va: its page-aligned virtual address | the
- * UODP_ACCESS_* bits it is mapped with, or 0 when not mapped (or @va outside
- * the region, or NULL). Consistent when read with the region lock held.
+ * True when a fault that began with @seq must not use what it mapped: an
+ * invalidation of the region runs or ran since read_begin, or the region is
+ * dying. The region lock must be held by the calling thread (a debug build
+ * aborts otherwise; a release build answers true). True for NULL.
  */
-UODP_API uint64_t uodp_umem_entry(struct uodp_umem *umem, uint64_t va);
+UODP_API bool uodp_umem_read_retry(struct uodp_umem *umem, uint64_t seq);
 
 /*
- * The page frame number recorded for the page holding @va, or 0 when not
- * mapped or not known (pagemap shows frames only with CAP_SYS_ADMIN).
+ * Make the pages of [addr, addr + len) present with @access and install
+ * their entries if no invalidation ran since @seq (see map_and_lock for
+ * the details and errors). Returns the number of pages mapped from @addr's
+ * page. Errors as map_and_lock, except -EBUSY, plus -EAGAIN: an
+ * invalidation ran or runs since @seq (nothing of the failing batch was
+ * installed): begin again.
  */
-UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, uint64_t va);
+UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, const void *addr,
+			       size_t len, unsigned access, uint64_t seq);
 
 /*
- * Visit the mapped entries of [start, end) in address order, skipping
- * unmapped stretches without touching them; @fn gets the page's virtual
- * address and its entry (as uodp_umem_entry()) and returns nonzero to stop.
- * The region lock must be held by the caller, and @fn must not take it.
- * Returns the number of entries visited, -EINVAL (NULL @umem or @fn) or
- * -ECHILD.
+ * The region lock: held while a driver checks read_retry and writes its own
+ * page table from the engine's entries. Invalidations take it to move the
+ * sequence, so a driver holding it sees a stable answer. Not recursive.
+ * Never hold it across map, read_begin, get/release or any call that
+ * invalidates (they fail with -EDEADLK).
+ * Errors: -EINVAL (NULL), -EDEADLK (lock: already held by this thread),
+ * -EPERM (unlock: not held by this thread).
+ */
+UODP_API int uodp_umem_lock(struct uodp_umem *umem);
+UODP_API int uodp_umem_unlock(struct uodp_umem *umem);
+
+/* ---- entries, dirty pages, counters ---- */
+
+/*
+ * The page frame number recorded for the page holding @addr, or 0 when not
+ * mapped, not known (frames are visible with CAP_SYS_ADMIN only) or
+ * @addr outside the region. Consistent with the region lock held.
+ */
+UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, const void *addr);
+
+/*
+ * Visit the mapped entries of [addr, addr + len) in address order, skipping
+ * unmapped stretches without touching them; @fn gets the page's address and
+ * its entry and returns nonzero to stop. The region lock must be held by
+ * the calling thread, and @fn must not take it. Returns the number of
+ * entries visited. Errors: -EINVAL (NULL @umem or @fn), -EPERM (lock not
+ * held by this thread), -ECHILD.
  */
 UODP_API int64_t uodp_umem_for_each_entry(
-	struct uodp_umem *umem, uint64_t start, uint64_t end,
-	int (*fn)(uint64_t va, uint64_t entry, void *arg), void *arg);
+	struct uodp_umem *umem, const void *addr, size_t len,
+	int (*fn)(void *page, uint64_t entry, void *arg), void *arg);
 
 /*
- * Drop the entries of [va, bound) clamped to the region. Pages that were
- * mapped writable are added to the dirty set; in pinning mode pages are
+ * Drop the entries of [addr, addr + len) clamped to the region (the driver
+ * evicting pages). Writable ones join the dirty set; pinned pages are
  * unlocked. Takes the region lock. Returns the number of entries dropped.
- * Errors: -EINVAL (NULL, or @va > @bound), -ECHILD.
- */
-UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, uint64_t va,
-				 uint64_t bound);
-
-/*
- * Take up to @max addresses of dirty pages (pages that were mapped writable
- * and have been unmapped since the last call) in ascending order, removing
- * them from the set. Returns how many were written to @vas; call again while
- * it returns @max. Errors: -EINVAL (NULL @umem, or NULL @vas with @max > 0),
+ * Errors: -EINVAL (NULL), -EDEADLK (the lock is held by this thread),
  * -ECHILD.
  */
-UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, uint64_t *vas,
+UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, const void *addr,
+				 size_t len);
+
+/*
+ * Take up to @max addresses of dirty pages (mapped writable, unmapped since
+ * the last call) in ascending order, removing them from the set. Returns
+ * how many were written to @pages; call again while it returns @max.
+ * Errors: -EINVAL (NULL @umem, or NULL @pages with @max > 0), -EDEADLK
+ * (the lock is held by this thread), -ECHILD.
+ */
+UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, void **pages,
 				      size_t max);
 
 /* Counters of one region, cumulative since uodp_umem_get(). */
 struct uodp_umem_stats {
-	uint64_t map_calls;	    /* uodp_umem_map() calls */
+	uint64_t map_calls;	    /* populate-and-install attempts */
 	uint64_t pages_mapped;	    /* pages newly or re-mapped by them */
 	uint64_t invalidations;	    /* invalidations that touched the region */
 	uint64_t pages_invalidated; /* entries dropped by them */
-	uint64_t eagain;      /* uodp_umem_map() calls that ended -EAGAIN */
+	uint64_t retries;     /* attempts that collided with an invalidation */
 	uint64_t mapped_now;  /* entries currently mapped */
 	uint64_t table_bytes; /* memory of the translation table's live
-			       * nodes; nodes emptied by invalidations are
-			       * kept for reuse (not counted) until a fault
-			       * or release frees them, and a dirty page
-			       * keeps its leaf until uodp_umem_dirty_take() */
+			       * nodes (emptied nodes are kept for reuse and
+			       * not counted until a fault or release frees
+			       * them; a dirty page keeps its leaf until
+			       * uodp_umem_dirty_take()) */
 };
 
-/* Errors: -EINVAL (NULL argument), -ECHILD. */
+/*
+ * Copy the counters into @out: the first @size bytes of the structure as
+ * this library knows it (a caller built against an older, shorter
+ * structure passes its own size). Errors: -EINVAL (NULL, @size 0),
+ * -EDEADLK (the lock is held by this thread), -ECHILD.
+ */
 UODP_API int uodp_umem_stats(struct uodp_umem *umem,
-			     struct uodp_umem_stats *out);
+			     struct uodp_umem_stats *out, size_t size);
 
 /* ------------------------------------------------------------------------ */
-/* Invalidations                                                             */
+/* Invalidations from other event sources                                    */
 /* ------------------------------------------------------------------------ */
 
 /*
- * The notifier entry points, for event sources other than the kernel monitor
- * (and for callers who change protections with mprotect(), which produces no
- * kernel event). start() finds the regions overlapping [start, end), raises
- * their invalidation counters (faults on them now return -EAGAIN), calls the
- * driver's invalidate_range for the overlap and drops the engine's entries.
- * end() must follow with the same range; it bumps each region's sequence and
- * wakes uodp_umem_wait(). uodp_invalidate_range() does both for each
- * region in a single walk of the tree, for changes already made (as the
- * kernel monitor reports them); bracket a change you are about to make with
- * start() and end() instead.
- * A region registered between start() and end() gets its counters only once
- * no invalidation of the context runs; until then its faults return -EAGAIN.
- * Ranges are rounded out to pages.
- * Errors: -EINVAL (NULL, @start >= @end; end() with no start() pending),
- * -ECHILD.
+ * For changes the kernel monitor does not see (mprotect(), a manual
+ * context, the application's own userfaultfd): bracket a change you are
+ * about to make with start() and end(). start() finds the regions that
+ * overlap @range (filled with uodp_range_init()), makes their faults on it
+ * wait or retry, calls the driver's invalidate for each overlap and drops
+ * the engine's entries. end() with the same @range object lets faults on
+ * it go on. A region registered between the two does not fault there until
+ * end(). Ranges are rounded out to pages.
+ * Errors of start: -EINVAL (NULL, empty range, reserved fields not zero:
+ * the token is in use), -ERANGE (the range leaves the address space),
+ * -EDEADLK (callback), -ECHILD.
+ * Errors of end: -EINVAL (NULL, or @range is not a token started and not
+ * yet ended: a wrong, copied or second end() changes nothing), -ECHILD.
  */
-UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx, uint64_t start,
-					 uint64_t end);
-UODP_API int uodp_invalidate_range_end(struct uodp_ctx *ctx, uint64_t start,
-				       uint64_t end);
-UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, uint64_t start,
-				   uint64_t end);
+UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
+					 struct uodp_range *range);
+UODP_API int uodp_invalidate_range_end(struct uodp_range *range);
+
+/*
+ * start() + end() in one walk, for a change already made (as the kernel
+ * monitor reports munmap), with the event to report.
+ * Errors: -EINVAL (NULL, @len 0, event out of range), -ERANGE, -EDEADLK
+ * (callback), -ECHILD.
+ */
+UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr,
+				   size_t len, enum uodp_event event);
 
 /* ------------------------------------------------------------------------ */
 /* Misc                                                                      */
 /* ------------------------------------------------------------------------ */
 
-/* A static description of an error code of this library (never NULL). */
+/* A static description of an error code as this header uses it (never
+ * NULL; the device layer has uodp_dev_strerror()). */
 UODP_API const char *uodp_strerror(int err);
 
 /* The library version as "MAJOR.MINOR.PATCH". */
 UODP_API const char *uodp_version(void);
+
+/*
+ * 0 when the running library implements the API of version @major.@minor
+ * (same major, minor at least @minor), else -ENOTSUP. Programs check with
+ * uodp_check_version(UODP_VERSION_MAJOR, UODP_VERSION_MINOR).
+ */
+UODP_API int uodp_check_version(unsigned major, unsigned minor);
 
 #ifdef __cplusplus
 }

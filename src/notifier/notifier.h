@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * notifier.h - the process-wide memory notifier (internal interface of
+ * src/notifier, used by the engine; it knows no engine type).
+ *
+ * Linux has one MMU notifier per address space with many subscribers; so do
+ * we: one userfaultfd and one monitor thread per process, started by the
+ * first subscriber and stopped with the last. A subscriber (an engine
+ * context) is an event sink: an ops table and an owner pointer, like
+ * mmu_notifier_ops. It asks for address ranges to be watched; the notifier
+ * watches whole mappings (userfaultfd WP mode, never write-protecting a
+ * page, costs nothing until an event) and reference-counts them, so a range
+ * inside an already watched mapping is watched with no system call and no
+ * mapping is split.
+ *
+ * Every event (UNMAP, REMOVE, REMAP's source) goes to every subscriber:
+ * subscribers filter by their own regions, which they find faster than we
+ * could. For each event:
+ *
+ *   1. strict subscribers are fenced (ops->fence) before the event is read
+ *      (reading it lets the unmapping thread return);
+ *   2. ops->begin(owner, start, end, event) on the monitor thread: the
+ *      subscriber makes faults on the range wait or retry. It must not
+ *      block on anything an application thread may hold;
+ *   3. ops->finish(owner, start, end, event): on the monitor thread right
+ *      after begin, or, for subscribers created with UNF_DEFERRED, on the
+ *      notifier's relay thread, in event order, holding no notifier lock;
+ *      the unmapping thread is not waiting for it then;
+ *   4. strict subscribers are unfenced (on the thread that ran finish, after
+ *      it).
+ *
+ * Rules of the monitor thread (the kernel blocks the unmapping thread until
+ * it reads the event): it never allocates, frees, maps, unmaps or madvises;
+ * it never waits for the relay thread (a full relay queue coalesces ranges
+ * instead); every asynchronous signal is blocked in it.
+ *
+ * Locks: the functions below may take notifier locks, but never call a
+ * subscriber's ops while holding one that subscribe/unsubscribe/watch take
+ * for writing... except the subscriber list's read side, which writers hold
+ * only briefly and never across a system call or an allocation.
+ * unf_unsubscribe() waits until no op of that subscriber runs or is queued.
+ * unf_prepare() takes no lock in its common case (one atomic compare).
+ *
+ * Fork: the child inherits no monitor (userfaultfd events are not forked);
+ * a subscriber created in the child starts the child's own notifier, and
+ * calls on a parent's subscriber in the child are no-ops (the engine
+ * refuses them first with -ECHILD).
+ */
+#ifndef UODP_NOTIFIER_H
+#define UODP_NOTIFIER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum unf_event {
+	UNF_UNMAP = 1,	/* munmap, a mapping replaced over the range */
+	UNF_REMOVE = 2, /* madvise DONTNEED / FREE / REMOVE */
+	UNF_REMAP = 3,	/* mremap moved the range away */
+};
+
+struct unf_ops {
+	void (*begin)(void *owner, uint64_t start, uint64_t end,
+		      enum unf_event ev);
+	void (*finish)(void *owner, uint64_t start, uint64_t end,
+		       enum unf_event ev);
+	void (*fence)(void *owner);   /* UNF_STRICT only */
+	void (*unfence)(void *owner); /* UNF_STRICT only */
+};
+
+#define UNF_STRICT (1u << 0)   /* fence before reading events */
+#define UNF_DEFERRED (1u << 1) /* finish on the relay thread */
+
+struct unf_sub;
+
+/*
+ * Subscribe (starting the process's notifier if needed). @ops is not
+ * copied and must outlive the subscription.
+ * Errors: -ENOSYS / -EPERM (userfaultfd unavailable or forbidden), -EMFILE
+ * / -ENFILE, -ENOMEM, -EAGAIN (no thread could be created).
+ */
+int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
+		  struct unf_sub **out);
+
+/* Drop the subscription and its watches; waits until no op of it runs or is
+ * queued. Must not be called from an op. The notifier stops with its last
+ * subscriber. */
+void unf_unsubscribe(struct unf_sub *sub);
+
+/*
+ * Watch [start, end) (page aligned) for @sub: reference-counted per address
+ * for the process. The mappings there (whole mappings) are registered with
+ * the kernel unless already watched. Holes are fine (unf_prepare()
+ * registers what is mapped there later).
+ * Errors: -EBUSY (another userfaultfd watches part of it), -EOPNOTSUPP
+ * (the range holds a mapping whose changes the kernel does not report:
+ * SysV shared memory, whose shmdt() sends no event), -ENOMEM. Nothing is
+ * left watched on error.
+ */
+int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end);
+void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end);
+
+/*
+ * Before the fault path populates [start, end): make sure mappings created
+ * there since the watch began are registered too, so that their unmap is
+ * reported. Lock-free when nothing changed (one atomic compare).
+ * Errors: -EBUSY (another userfaultfd has the memory), -EOPNOTSUPP (a
+ * mapping the kernel refuses to watch, or SysV shared memory), -ENOMEM.
+ * A range with nothing mapped is not an error.
+ */
+int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end);
+
+/* ---- observation (any thread, no lock) ---- */
+struct unf_stats {
+	uint64_t unmap, remove, remap, other;
+	uint64_t wakeups, fences, slow_prepares, relayed, coalesced;
+	uint64_t registrations; /* UFFDIO_REGISTER calls made */
+	uint64_t subscribers;
+};
+void unf_get_stats(struct unf_stats *out);
+pid_t unf_monitor_tid(void); /* 0 when no notifier runs */
+bool unf_pending(void);	     /* events queued in the kernel, unread */
+
+#endif
