@@ -244,7 +244,9 @@ UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx);
  * (the context is being destroyed), -EDEADLK (callback), -ECHILD, -ENOMEM;
  * with the kernel monitor also -ENOSYS/-EPERM (userfaultfd unavailable or
  * forbidden: use UODP_CTX_MANUAL), -EBUSY (another userfaultfd watches the
- * memory), -EMFILE/-ENFILE (no file descriptor), -EAGAIN (no thread could
+ * memory), -EOPNOTSUPP (the range holds SysV shared memory, whose shmdt()
+ * the kernel does not report: use UODP_CTX_MANUAL), -EMFILE/-ENFILE (no
+ * file descriptor), -EAGAIN (no thread could
  * be created for the monitor: transient).
  */
 UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
