@@ -99,17 +99,17 @@ enum uodp_event {
  * the engine keeps its bookkeeping in the reserved fields.
  */
 struct uodp_range {
-	void *start;		/* first byte */
-	void *end;		/* one past the last byte */
-	enum uodp_event event;	/* why */
-	uint32_t flags;		/* none defined yet: 0 */
-	void *umem_priv;	/* callbacks: uodp_umem_priv() of the region */
-	uint64_t reserved[6];	/* the engine's; zero before start() */
+	void *start;	       /* first byte */
+	void *end;	       /* one past the last byte */
+	enum uodp_event event; /* why */
+	uint32_t flags;	       /* none defined yet: 0 */
+	void *umem_priv;       /* callbacks: uodp_umem_priv() of the region */
+	uint64_t reserved[6];  /* the engine's; zero before start() */
 };
 
 /* Fill a range token for uodp_invalidate_range_start(). */
-static inline void uodp_range_init(struct uodp_range *r, void *addr,
-				   size_t len, enum uodp_event event)
+static inline void uodp_range_init(struct uodp_range *r, void *addr, size_t len,
+				   enum uodp_event event)
 {
 	unsigned i;
 
@@ -190,7 +190,7 @@ struct uodp_ctx_ops {
  * stays fenced until then. The unmapping thread itself does not wait for
  * the callback. */
 #define UODP_CTX_DEFERRED (1u << 4)
-#define UODP_CTX_FLAGS_ALL                                             \
+#define UODP_CTX_FLAGS_ALL                                        \
 	(UODP_CTX_MANUAL | UODP_CTX_STRICT | UODP_CTX_NO_FRAMES | \
 	 UODP_CTX_PIN | UODP_CTX_DEFERRED)
 
@@ -476,8 +476,8 @@ UODP_API int uodp_invalidate_range_end(struct uodp_range *range);
  * Errors: -EINVAL (NULL, @len 0, event out of range), -ERANGE, -EDEADLK
  * (callback), -ECHILD.
  */
-UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr,
-				   size_t len, enum uodp_event event);
+UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr, size_t len,
+				   enum uodp_event event);
 
 /* ------------------------------------------------------------------------ */
 /* Misc                                                                      */
@@ -492,7 +492,7 @@ UODP_API const char *uodp_version(void);
 
 /*
  * 0 when the running library implements the API of version @major.@minor
- * (same major, minor at least @minor), else -ENOTSUP. Programs check with
+ * (same major, minor at least @minor), else -EPROTO. Programs check with
  * uodp_check_version(UODP_VERSION_MAJOR, UODP_VERSION_MINOR).
  */
 UODP_API int uodp_check_version(unsigned major, unsigned minor);

@@ -68,13 +68,15 @@ void dev_count_error(struct uodp_dev *dev, int err)
 	}
 }
 
-void dev_invalidate_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
-			  void *priv)
+void dev_invalidate_range(struct uodp_umem *umem,
+			  const struct uodp_range *range, void *priv)
 {
-	struct span *sp = uodp_umem_priv(umem);
+	struct span *sp = range->umem_priv;
+	uint64_t start = (uintptr_t)range->start, end = (uintptr_t)range->end;
 	struct uodp_dev *dev;
 	uint64_t n;
 
+	(void)umem;
 	(void)priv; /* the group: the span knows its device */
 	if (!sp)
 		return; /* registered just now: its table is empty */
@@ -135,7 +137,7 @@ static int group_create(struct uodp_dev *dev, unsigned flags)
 		return -ENOMEM;
 	}
 	memset(&ops, 0, sizeof(ops));
-	ops.invalidate_range = dev_invalidate_range;
+	ops.invalidate = dev_invalidate_range;
 	ops.priv = g;
 	if (flags & UODP_DEV_MANUAL)
 		g->ctx_flags |= UODP_CTX_MANUAL;

@@ -248,8 +248,8 @@ void dev_count_error(struct uodp_dev *dev, int err);
 int dev_check(const struct uodp_dev *dev);
 
 /* dev.c: the context callbacks. */
-void dev_invalidate_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
-			  void *priv);
+void dev_invalidate_range(struct uodp_umem *umem,
+			  const struct uodp_range *range, void *priv);
 
 /* mr.c */
 /* Look @key up and take a reference; NULL when it is not registered. */

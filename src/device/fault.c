@@ -9,8 +9,8 @@
  * not touch it) and covers the larger of the operation's remaining bytes
  * and the fault-around size, capped at FAULT_MAX pages and at the span.
  * It is mapped with the access the faulting operation needs. Entries are
- * installed only while the region lock is held and uodp_umem_retry() says
- * no invalidation ran since the sequence was read, and only for pages the
+ * installed while uodp_umem_map_and_lock() holds the region lock for us
+ * (no invalidation ran since the pages were made present), and only for pages the
  * engine holds with at least that access; pages the engine could not map
  * (after a hole) stay missing and fault again if an access reaches them.
  *
@@ -37,9 +37,10 @@ struct install_arg {
 	int err;
 };
 
-static int install_one(uint64_t va, uint64_t entry, void *argp)
+static int install_one(void *page, uint64_t entry, void *argp)
 {
 	struct install_arg *a = argp;
+	uint64_t va = (uintptr_t)page;
 	struct span *sp = a->sp;
 	uint64_t idx = (va - sp->start) >> sp->dev->page_shift;
 	uint64_t old;
@@ -68,7 +69,8 @@ static int install_locked(struct span *sp, uint64_t start, uint64_t end,
 	struct install_arg a = { .sp = sp, .access = access };
 
 	pthread_rwlock_wrlock(&sp->pt_lock);
-	uodp_umem_for_each_entry(sp->umem, start, end, install_one, &a);
+	uodp_umem_for_each_entry(sp->umem, (void *)(uintptr_t)start,
+				 end - start, install_one, &a);
 	pthread_rwlock_unlock(&sp->pt_lock);
 	*installed = a.installed;
 	return a.err;
@@ -119,7 +121,7 @@ static int reserve_leaves(struct span *sp, uint64_t start, uint64_t end)
 int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
 	      uint64_t len_hint, unsigned access)
 {
-	uint64_t ps = dev->page_size, start, end, want, seq, installed;
+	uint64_t ps = dev->page_size, start, end, want, installed;
 	int64_t n;
 	int r, nomem = 0;
 
@@ -137,15 +139,11 @@ int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
 	if (r)
 		return r;
 	for (;;) {
-		r = uodp_umem_wait(sp->umem);
-		if (r)
-			return r;
-		seq = uodp_umem_read_seq(sp->umem);
-		n = uodp_umem_map(sp->umem, start, end - start, access, seq);
-		if (n == -EAGAIN) {
-			dev_count(dev, ST_FAULT_RETRIES, 1);
-			continue;
-		}
+		/* The engine's one fault loop; it returns with the region
+		 * lock held and the window's entries valid. */
+		n = uodp_umem_map_and_lock(sp->umem, (void *)(uintptr_t)start,
+					   end - start, access,
+					   UODP_TIMEOUT_INFINITE);
 		if (n == -ENOMEM && ++nomem < NOMEM_RETRIES) {
 			/* The engine reports -ENOMEM when populating hit a
 			 * hole that was mapped again before it looked
@@ -158,12 +156,6 @@ int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
 			return (int)n;
 		if (dev_test_hook_before_install)
 			dev_test_hook_before_install(sp->umem);
-		uodp_umem_lock(sp->umem);
-		if (uodp_umem_retry(sp->umem, seq)) {
-			uodp_umem_unlock(sp->umem);
-			dev_count(dev, ST_FAULT_RETRIES, 1);
-			continue;
-		}
 		r = install_locked(sp, start, start + (uint64_t)n * ps, access,
 				   &installed);
 		uodp_umem_unlock(sp->umem);

@@ -78,14 +78,15 @@ static int span_create(struct uodp_dev *dev, uint64_t start, uint64_t end,
 	r = dpt_init(&sp->dpt, (end - start) >> dev->page_shift);
 	if (r)
 		goto err_lock;
-	r = uodp_umem_get(dev->ctx, start, end - start, umem_access, &sp->umem);
+	r = uodp_umem_get(dev->ctx, (void *)(uintptr_t)start, end - start,
+			  umem_access, &sp->umem);
 	if (r)
 		goto err_dpt;
 	/* The bounds first: a callback that finds the span through the
 	 * region's priv reads them (it may run as soon as priv is set).
 	 * priv is set before anyone can fault on the span. */
-	sp->start = uodp_umem_start(sp->umem);
-	sp->end = uodp_umem_end(sp->umem);
+	sp->start = (uintptr_t)uodp_umem_start(sp->umem);
+	sp->end = (uintptr_t)uodp_umem_end(sp->umem);
 	uodp_umem_set_priv(sp->umem, sp);
 	*out = sp;
 	return 0;

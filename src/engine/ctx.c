@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * ctx.c - contexts: creation, teardown (the release notifier), the
- * context-level notifier accounting and the library's small utilities.
+ * subscription to the process-wide notifier and the library's small
+ * utilities (messages, version).
  *
- * A context owns the region tree and the kernel monitor of one address
- * space. Its memory outlives uodp_ctx_destroy() while regions remain: they
+ * A context owns the region index of one address space and subscribes to
+ * the process-wide notifier (src/notifier) while it has watched regions. Its memory outlives uodp_ctx_destroy() while regions remain: they
  * point at it, so the last uodp_umem_release() frees it (see ctx_release()).
  */
 #include <errno.h>
@@ -13,10 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "engine/internal.h"
-#include "notifier/monitor.h"
+#include "notifier/notifier.h"
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -79,29 +81,67 @@ static bool kernel_has_populate(unsigned page_shift)
 		       MADV_POPULATE_READ) == 0;
 }
 
+__thread char ulock_self_tag;
+
 static int init_locks(struct uodp_ctx *ctx)
 {
-	pthread_mutexattr_t ma;
+	pthread_condattr_t ca;
 	int r;
 
-	r = pthread_mutex_init(&ctx->mon_lock, NULL);
+	r = pthread_mutex_init(&ctx->sub_lock, NULL);
 	if (r)
 		return -r;
 	r = pthread_rwlock_init(&ctx->tree_lock, NULL);
 	if (r)
-		goto err_mon;
-	pthread_mutexattr_init(&ma);
-	r = pthread_mutex_init(&ctx->pin_lock, &ma);
-	pthread_mutexattr_destroy(&ma);
+		goto err_sub;
+	r = pthread_mutex_init(&ctx->inv_lock, NULL);
 	if (r)
 		goto err_tree;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	r = pthread_cond_init(&ctx->inv_idle, &ca);
+	pthread_condattr_destroy(&ca);
+	if (r)
+		goto err_inv;
+	r = ulock_init(&ctx->pin_lock);
+	if (r)
+		goto err_cond;
 	return 0;
 
+err_cond:
+	pthread_cond_destroy(&ctx->inv_idle);
+err_inv:
+	pthread_mutex_destroy(&ctx->inv_lock);
 err_tree:
 	pthread_rwlock_destroy(&ctx->tree_lock);
-err_mon:
-	pthread_mutex_destroy(&ctx->mon_lock);
+err_sub:
+	pthread_mutex_destroy(&ctx->sub_lock);
 	return -r;
+}
+
+static bool reserved_zero(const struct uodp_ctx_ops *ops)
+{
+	unsigned i;
+
+	for (i = 0; i < sizeof(ops->reserved) / sizeof(ops->reserved[0]); i++)
+		if (ops->reserved[i])
+			return false;
+	return true;
+}
+
+/* The argument rules of uodp_ctx_create(), in the order the API lists. */
+static int create_check(const struct uodp_ctx_ops *ops, unsigned flags,
+			struct uodp_ctx **out)
+{
+	if (!ops || !out || (flags & ~UODP_CTX_FLAGS_ALL) || ops->comp_mask ||
+	    !reserved_zero(ops))
+		return -EINVAL;
+	if (!ops->invalidate && !(flags & UODP_CTX_PIN))
+		return -EINVAL;
+	if ((flags & UODP_CTX_STRICT) &&
+	    ((flags & UODP_CTX_MANUAL) || !ops->fence || !ops->unfence))
+		return -EINVAL;
+	return callback_check(false);
 }
 
 UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
@@ -111,17 +151,13 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	long page_size = sysconf(_SC_PAGESIZE);
 	int r;
 
-	if (!out || (flags & ~UODP_CTX_FLAGS_ALL))
-		return -EINVAL;
-	if ((flags & UODP_CTX_STRICT) &&
-	    ((flags & UODP_CTX_MANUAL) || !ops || !ops->fence || !ops->unfence))
-		return -EINVAL;
-
+	r = create_check(ops, flags, out);
+	if (r)
+		return r;
 	ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return -ENOMEM;
-	if (ops)
-		ctx->ops = *ops;
+	ctx->ops = *ops;
 	ctx->flags = flags;
 	pthread_once(&fork_once, watch_forks);
 	ctx->fork_gen = atomic_load(&engine_fork_generation);
@@ -134,8 +170,9 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	if (r)
 		goto err_free;
 	itree_init(&ctx->tree);
-	atomic_init(&ctx->notifier_count, 0);
-	atomic_init(&ctx->nc_pending, 0);
+	atomic_init(&ctx->period, 0);
+	atomic_init(&ctx->inflight, 0);
+	atomic_init(&ctx->users, 0);
 	pgt_init(&ctx->pins, UODP_VA_LIMIT >> ctx->page_shift);
 	ctx->pins.no_alloc = true; /* see table.c */
 	if (flags & UODP_CTX_NO_FRAMES)
@@ -153,78 +190,227 @@ err_free:
 
 static void ctx_free(struct uodp_ctx *ctx)
 {
-	ctx->magic = 0;
+	/* A get that raced destroy is on its way out (it saw dying). */
+	while (atomic_load(&ctx->users))
+		sched_yield();
+	ctx->magic = UODP_DEAD_MAGIC;
 	if (ctx->pagemap_fd >= 0)
 		close(ctx->pagemap_fd);
 	pgt_destroy(&ctx->pins);
-	pthread_mutex_destroy(&ctx->pin_lock);
+	ulock_destroy(&ctx->pin_lock);
+	pthread_cond_destroy(&ctx->inv_idle);
+	pthread_mutex_destroy(&ctx->inv_lock);
 	pthread_rwlock_destroy(&ctx->tree_lock);
-	pthread_mutex_destroy(&ctx->mon_lock);
-	free(ctx);
+	pthread_mutex_destroy(&ctx->sub_lock);
+	if (!UODP_DEBUG_ON) /* debug builds keep it poisoned (umem.c) */
+		free(ctx);
 }
 
-/*
- * Stop the kernel monitor, if one runs. Caller holds ctx->mon_lock and no
- * other engine lock: the monitor thread may be waiting for the tree lock
- * inside an invalidation, and joining it must let it finish.
- */
-void ctx_stop_monitor_locked(struct uodp_ctx *ctx)
+/* ---- the notifier's event sink ---- */
+
+void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
+void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+			 enum uodp_event ev);
+
+static enum uodp_event event_of(enum unf_event ev)
 {
-	if (ctx->mon) {
-		umon_destroy(ctx->mon);
-		ctx->mon = NULL;
+	switch (ev) {
+	case UNF_REMOVE:
+		return UODP_EVENT_REMOVE;
+	case UNF_REMAP:
+		return UODP_EVENT_REMAP;
+	case UNF_UNMAP:
+	default:
+		return UODP_EVENT_UNMAP;
+	}
+}
+
+static void sink_begin(void *owner, uint64_t start, uint64_t end,
+		       enum unf_event ev)
+{
+	struct uodp_ctx *ctx = owner;
+
+	(void)ev;
+	if (ctx->flags & UODP_CTX_DEFERRED)
+		ctx_deferred_begin(ctx, start, end);
+}
+
+static void sink_finish(void *owner, uint64_t start, uint64_t end,
+			enum unf_event ev)
+{
+	struct uodp_ctx *ctx = owner;
+
+	if (ctx->flags & UODP_CTX_DEFERRED)
+		ctx_deferred_finish(ctx, start, end, event_of(ev));
+	else
+		ctx_invalidate(ctx, start, end, event_of(ev));
+}
+
+/* Called before events are read, and after they are delivered: the
+ * window in which uodp_ctx_sync() must say "in flight" although no
+ * invalidation has begun yet (the unmapping thread returns on the read). */
+static void sink_fence(void *owner)
+{
+	struct uodp_ctx *ctx = owner;
+	int saved = engine_in_callback;
+
+	atomic_fetch_add(&ctx->inflight, 1);
+	if (ctx->flags & UODP_CTX_STRICT) {
+		engine_in_callback = CB_LOCKED;
+		ctx->ops.fence(ctx, ctx->ops.priv);
+		engine_in_callback = saved;
+	}
+}
+
+static void sink_unfence(void *owner)
+{
+	struct uodp_ctx *ctx = owner;
+	int saved = engine_in_callback;
+
+	if (ctx->flags & UODP_CTX_STRICT) {
+		engine_in_callback = CB_LOCKED;
+		ctx->ops.unfence(ctx, ctx->ops.priv);
+		engine_in_callback = saved;
+	}
+	atomic_fetch_sub(&ctx->inflight, 1);
+}
+
+static const struct unf_ops sink_ops = {
+	.begin = sink_begin,
+	.finish = sink_finish,
+	.fence = sink_fence,
+	.unfence = sink_unfence,
+};
+
+/* Subscription and watches; the first watched region subscribes, the last
+ * unwatched one unsubscribes. sub_lock held across: it orders them. */
+int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
+{
+	unsigned f;
+	int r = 0;
+
+	if (ctx->flags & UODP_CTX_MANUAL)
+		return 0;
+	pthread_mutex_lock(&ctx->sub_lock);
+	if (!ctx->sub) {
+		f = UNF_STRICT; /* fence/unfence bracket every delivery */
+		if (ctx->flags & UODP_CTX_DEFERRED)
+			f |= UNF_DEFERRED;
+		r = unf_subscribe(&sink_ops, ctx, f, &ctx->sub);
+		if (r)
+			goto out;
+	}
+	r = unf_watch(ctx->sub, start, end);
+	if (!r) {
+		ctx->nwatched++;
+	} else if (!ctx->nwatched) {
+		unf_unsubscribe(ctx->sub);
+		ctx->sub = NULL;
+	}
+out:
+	pthread_mutex_unlock(&ctx->sub_lock);
+	return r;
+}
+
+void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
+{
+	if (ctx->flags & UODP_CTX_MANUAL)
+		return;
+	pthread_mutex_lock(&ctx->sub_lock);
+	if (ctx->sub) {
+		unf_unwatch(ctx->sub, start, end);
+		if (--ctx->nwatched == 0 && engine_in_callback == CB_NONE) {
+			unf_unsubscribe(ctx->sub);
+			ctx->sub = NULL;
+		}
+	}
+	pthread_mutex_unlock(&ctx->sub_lock);
+}
+
+/* The fault path's check that mappings made since the watch are watched.
+ * Lock-free in the notifier's common case; sub is stable while a region
+ * of the context lives (it goes with the last unwatch). */
+int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
+{
+	struct unf_sub *sub;
+
+	if (ctx->flags & UODP_CTX_MANUAL)
+		return 0;
+	sub = __atomic_load_n(&ctx->sub, __ATOMIC_ACQUIRE);
+	return sub ? unf_prepare(sub, start, end) : 0;
+}
+
+/* Drop the subscription (no event is delivered after this returns). */
+static void ctx_unsubscribe(struct uodp_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->sub_lock);
+	if (ctx->sub) {
+		unf_unsubscribe(ctx->sub);
+		ctx->sub = NULL;
 		ctx->nwatched = 0;
 	}
+	pthread_mutex_unlock(&ctx->sub_lock);
+}
+
+UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx)
+{
+	return ctx && atomic_load_explicit(&((struct uodp_ctx *)ctx)->inflight,
+					   memory_order_acquire) == 0;
 }
 
 /*
  * The release notifier: every region is invalidated as a whole and marked
- * dying. Its counters are raised and never lowered, so uodp_umem_retry()
- * stays true and no fault installs anything again; waiters are woken and
- * see the dying flag.
+ * dying, so retry stays true and no fault installs anything again. Waiters
+ * on the region and on the context are woken and see the flag.
  */
 static void ctx_kill_regions(struct uodp_ctx *ctx)
 {
 	struct uodp_umem *umem;
+	uint64_t period = ctx_inval_begin(ctx);
 
-	atomic_fetch_add(&ctx->notifier_count, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
 	for (umem = ctx->umems; umem; umem = umem->next) {
-		pthread_mutex_lock(&umem->lock);
-		if (umem->active)
-			umem->count++;
-		umem->dying = true;
-		umem->stats.invalidations++; /* as any invalidation of it */
+		ulock_lock(&umem->lock);
+		atomic_store(&umem->dying, true);
 		pthread_cond_broadcast(&umem->idle);
-		pthread_mutex_unlock(&umem->lock);
-
-		if (ctx->ops.invalidate_range)
-			ctx->ops.invalidate_range(umem, umem->start, umem->end,
-						  ctx->ops.priv);
-		umem_drop_range(umem, umem->start, umem->end, true);
+		ulock_unlock(&umem->lock);
+		inval_start(umem, umem->start, umem->end, period);
+		inval_call(umem, umem->start, umem->end, UODP_EVENT_TEARDOWN,
+			   CB_LOCKED);
+		inval_end(umem, umem->start, umem->end, period);
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
+	ctx_inval_end(ctx);
+	/* Faults waiting for a period to end see dying now. */
+	pthread_mutex_lock(&ctx->inv_lock);
+	pthread_cond_broadcast(&ctx->inv_idle);
+	pthread_mutex_unlock(&ctx->inv_lock);
 }
 
 UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx)
 {
 	bool free_now;
+	int r, cs;
 
-	if (!ctx_valid(ctx) || ctx->dying)
+	if (!ctx_valid(ctx))
 		return -EINVAL;
 	if (ctx_forked(ctx))
 		return -ECHILD;
-
+	r = callback_check(false);
+	if (r)
+		return r;
 	/* No region can be added from here on (uodp_umem_get checks dying
-	 * under the tree lock), so no monitor can be started again. */
+	 * under the tree lock), so no subscription can start again. */
 	pthread_rwlock_wrlock(&ctx->tree_lock);
+	if (ctx->dying) {
+		pthread_rwlock_unlock(&ctx->tree_lock);
+		return -EINVAL; /* a racing second destroy */
+	}
 	ctx->dying = true;
 	pthread_rwlock_unlock(&ctx->tree_lock);
 
-	pthread_mutex_lock(&ctx->mon_lock);
-	ctx_stop_monitor_locked(ctx);
-	pthread_mutex_unlock(&ctx->mon_lock);
-
+	cs = nocancel_begin();
+	ctx_unsubscribe(ctx);
 	ctx_kill_regions(ctx);
 
 	/* Decide who frees the context: us if no region is left, else the
@@ -235,6 +421,7 @@ UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx)
 	ctx->destroyed = true;
 	free_now = ctx->nregions == 0;
 	pthread_rwlock_unlock(&ctx->tree_lock);
+	nocancel_end(cs);
 	if (free_now)
 		ctx_free(ctx);
 	return 0;
@@ -247,40 +434,6 @@ void ctx_release(struct uodp_ctx *ctx)
 	ctx_free(ctx);
 }
 
-/*
- * An invalidation of the context ended. When it was the last one running,
- * regions registered meanwhile get their private counters: with no
- * invalidation running, no start() can have missed them any more.
- */
-void ctx_notifier_end(struct uodp_ctx *ctx)
-{
-	struct uodp_umem *umem, *next;
-
-	if (atomic_fetch_sub(&ctx->notifier_count, 1) != 1)
-		return;
-	if (!atomic_load(&ctx->nc_pending))
-		return;
-
-	pthread_rwlock_wrlock(&ctx->tree_lock);
-	/* Re-check under the write lock: an invalidation that started since
-	 * raised the count before taking the tree lock, and will activate the
-	 * list itself when it ends. */
-	if (atomic_load(&ctx->notifier_count) == 0) {
-		for (umem = ctx->no_counters; umem; umem = next) {
-			next = umem->next_nc;
-			pthread_mutex_lock(&umem->lock);
-			umem->active = true;
-			umem->on_nc = false;
-			umem->next_nc = NULL;
-			pthread_cond_broadcast(&umem->idle);
-			pthread_mutex_unlock(&umem->lock);
-		}
-		ctx->no_counters = NULL;
-		atomic_store(&ctx->nc_pending, 0);
-	}
-	pthread_rwlock_unlock(&ctx->tree_lock);
-}
-
 UODP_API const char *uodp_strerror(int err)
 {
 	if (err > 0)
@@ -290,12 +443,25 @@ UODP_API const char *uodp_strerror(int err)
 		return "success";
 	case -EINVAL:
 		return "invalid argument";
+	case -ERANGE:
+		return "address range outside the region (or the address space)";
 	case -EFAULT:
-		return "memory not mapped at that address, or outside the region";
+		return "memory not mapped at that address";
 	case -EACCES:
 		return "the process may not access that memory with the requested rights";
+	case -EPERM:
+		return "not permitted: more access than the region has, the "
+		       "region lock not held, or userfaultfd forbidden here "
+		       "(use UODP_CTX_MANUAL)";
 	case -EAGAIN:
-		return "an invalidation raced with the fault: wait and retry";
+		return "an invalidation collided with the fault, or no thread "
+		       "could be created: try again";
+	case -EBUSY:
+		return "timed out behind invalidations, or another userfaultfd "
+		       "already watches that memory";
+	case -EDEADLK:
+		return "call not allowed here: from an invalidation callback, "
+		       "or with the region lock held";
 	case -ENODEV:
 		return "the context was destroyed";
 	case -ECHILD:
@@ -305,13 +471,12 @@ UODP_API const char *uodp_strerror(int err)
 	case -ENOSYS:
 		return "kernel feature missing (userfaultfd, or MADV_POPULATE_* "
 		       "of Linux 5.14): use UODP_CTX_MANUAL or a newer kernel";
-	case -EPERM:
-		return "userfaultfd not permitted here: use UODP_CTX_MANUAL";
-	case -EBUSY:
-		return "another userfaultfd already watches that memory";
 	case -EOPNOTSUPP:
 		return "the kernel monitor cannot follow this mapping type: "
 		       "use UODP_CTX_MANUAL";
+	case -EPROTO:
+		return "the library is not of the version asked for "
+		       "(uodp_check_version())";
 	default:
 		/* INT_MIN has no positive counterpart: no errno anyway. */
 		return err == INT_MIN ? "unknown error" : strerror(-err);
@@ -321,4 +486,11 @@ UODP_API const char *uodp_strerror(int err)
 UODP_API const char *uodp_version(void)
 {
 	return UODP_VERSION_STRING;
+}
+
+UODP_API int uodp_check_version(unsigned major, unsigned minor)
+{
+	if (major != UODP_VERSION_MAJOR || minor > UODP_VERSION_MINOR)
+		return -EPROTO;
+	return 0;
 }

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include "engine/internal.h"
-#include "notifier/monitor.h"
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -121,6 +120,12 @@ static void read_frames(const struct uodp_ctx *ctx, uint64_t va, uint64_t n,
 		pfns[i] = (pfns[i] & PM_PRESENT) ? pfns[i] & PM_PFN_MASK : 0;
 }
 
+/* The pages whose stripes a fault checks, and their sequence. */
+struct window {
+	uint64_t a, b; /* page indexes [a, b) of the region */
+	uint64_t seq;
+};
+
 struct install {
 	uint64_t done;	  /* pages of the batch handled so far */
 	uint64_t changed; /* index of a page whose frame changed, or ~0 */
@@ -186,22 +191,22 @@ static void install_locked(struct uodp_umem *umem, uint64_t idx, uint64_t n,
  * Install a populated batch under the region lock, if the retry protocol
  * allows. Returns 0 (see res for how far it got), -EAGAIN or -ENODEV.
  */
-static int install_batch(struct uodp_umem *umem, uint64_t idx, uint64_t n,
-			 const uint64_t *pfns, unsigned access, uint64_t seq,
-			 struct install *res)
+static int install_batch(struct uodp_umem *umem, const struct window *w,
+			 uint64_t idx, uint64_t n, const uint64_t *pfns,
+			 unsigned access, struct install *res)
 {
 	void *dead;
 	int r = 0;
 
-	pthread_mutex_lock(&umem->lock);
+	ulock_lock(&umem->lock);
 	for (;;) {
 		/* The retry protocol's install-side check: no invalidation
-		 * runs and none ended since seq was read, so the pages we
-		 * populated are still the ones mapped at these addresses
-		 * (invalidate.c bumps seq before lowering count). Made again
-		 * after every refill, which drops the lock. */
-		if (umem_retry_locked(umem, seq)) {
-			r = umem->dying ? -ENODEV : -EAGAIN;
+		 * of the window runs and none ended since its sequence was
+		 * read, so the pages we populated are still the ones mapped
+		 * at these addresses. Made again after every refill, which
+		 * drops the lock. */
+		if (fault_retry_locked(umem, w->a, w->b, w->seq)) {
+			r = atomic_load(&umem->dying) ? -ENODEV : -EAGAIN;
 			break;
 		}
 		install_locked(umem, idx, n, pfns, access, res);
@@ -213,9 +218,9 @@ static int install_batch(struct uodp_umem *umem, uint64_t idx, uint64_t n,
 			break;
 	}
 	if (r == -EAGAIN || res->changed != ~(uint64_t)0)
-		umem->stats.eagain++;
+		umem->stats.retries++;
 	dead = table_trim(&umem->table);
-	pthread_mutex_unlock(&umem->lock);
+	ulock_unlock(&umem->lock);
 	pgt_free_nodes(dead);
 	return r;
 }
@@ -239,62 +244,49 @@ static void unpin_rest(struct uodp_ctx *ctx, uint64_t va, uint64_t n,
 	}
 }
 
-/* Checks of uodp_umem_map()'s arguments, in the order the API lists them. */
-static int map_check(struct uodp_umem *umem, uint64_t va, uint64_t bcnt,
-		     unsigned access)
+/* Checks of the fault entry points' arguments, in the order the API lists
+ * them; on success [*first, *end) is the page-rounded range. */
+static int map_check(struct uodp_umem *umem, const void *addr, size_t len,
+		     unsigned access, uint64_t *first, uint64_t *end)
 {
-	if (!umem_valid(umem) || !bcnt || !access ||
-	    (access & ~UODP_ACCESS_ALL) || (access & ~umem->access))
+	uint64_t va = (uintptr_t)addr, mask;
+
+	if (!umem_valid(umem) || !len || !access || (access & ~UODP_ACCESS_ALL))
 		return -EINVAL;
-	if (va < umem->start || va + bcnt < va || va + bcnt > umem->end)
-		return -EFAULT;
+	if ((access & ~umem->access) || umem_watch_only(umem))
+		return -EPERM;
+	if (va < umem->start || va + len < va || va + len > umem->end)
+		return -ERANGE;
 	if (ctx_forked(umem->ctx))
 		return -ECHILD;
-	return 0;
+	if (ulock_held(&umem->lock))
+		return -EDEADLK;
+	mask = page_size_of(umem->ctx) - 1;
+	*first = va & ~mask;
+	*end = (va + len + mask) & ~mask;
+	return callback_check(false);
 }
 
-/* Let the kernel monitor register mappings made after the region was. */
-static int map_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
-{
-	int r = 0;
-
-	if (ctx->flags & UODP_CTX_MANUAL)
-		return 0;
-	pthread_mutex_lock(&ctx->mon_lock);
-	if (ctx->mon)
-		r = umon_prepare_map(ctx->mon, start, end);
-	pthread_mutex_unlock(&ctx->mon_lock);
-	return r;
-}
-
-UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
-			       uint64_t bcnt, unsigned access, uint64_t seq)
+/*
+ * Populate and install [first, end) in batches against window @w. Returns
+ * the pages installed from @first, or an error when none were: -EAGAIN
+ * when an invalidation of the window collided (or a frame changed, after
+ * invalidating it), -ENODEV, or the populate's error.
+ */
+static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
+			  unsigned access, const struct window *w)
 {
 	uint64_t pfns[FAULT_BATCH];
 	bool keep[FAULT_BATCH];
-	struct uodp_ctx *ctx;
-	uint64_t page, first, end, n, got, total = 0;
-	bool write = access & UODP_ACCESS_WRITE, pin;
+	struct uodp_ctx *ctx = umem->ctx;
+	uint64_t page = page_size_of(ctx), n, got, total = 0, va;
+	bool write = access & UODP_ACCESS_WRITE,
+	     pin = ctx->flags & UODP_CTX_PIN;
 	int err = 0, r;
 
-	r = map_check(umem, va, bcnt, access);
+	r = ctx_prepare(ctx, first, end);
 	if (r)
 		return r;
-	ctx = umem->ctx;
-	pin = !ctx->ops.invalidate_range;
-	page = (uint64_t)1 << ctx->page_shift;
-	first = va & ~(page - 1);
-	end = (va + bcnt + page - 1) & ~(page - 1);
-
-	pthread_mutex_lock(&umem->lock);
-	umem->stats.map_calls++;
-	r = umem->dying ? -ENODEV : 0;
-	pthread_mutex_unlock(&umem->lock);
-	if (!r)
-		r = map_prepare(ctx, first, end);
-	if (r)
-		return r;
-
 	for (va = first; va < end && !err; va += got * page) {
 		struct install res = { .changed = ~(uint64_t)0 };
 
@@ -315,8 +307,8 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 		if (engine_test_hook_before_install)
 			engine_test_hook_before_install(umem);
 
-		r = install_batch(umem, umem_page(umem, va), got, pfns, access,
-				  seq, &res);
+		r = install_batch(umem, w, umem_page(umem, va), got, pfns,
+				  access, &res);
 		if (pin)
 			unpin_rest(ctx, va, got, keep);
 		if (r)
@@ -326,10 +318,10 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 			/* Frames changed under live entries: drop them, from
 			 * the first changed page to the end of the batch, in
 			 * one invalidation, and let the driver fault again. */
-			uint64_t cva =
-				umem->start + (res.changed << ctx->page_shift);
+			uint64_t cva = umem->start + res.changed * page;
 
-			umem_invalidate_one(umem, cva, va + got * page);
+			umem_invalidate_one(umem, cva, va + got * page,
+					    UODP_EVENT_FRAME);
 			return -EAGAIN;
 		}
 		if (res.err) {
@@ -338,4 +330,86 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, uint64_t va,
 		}
 	}
 	return total ? (int64_t)total : err;
+}
+
+static void count_call(struct uodp_umem *umem)
+{
+	ulock_lock(&umem->lock);
+	umem->stats.map_calls++;
+	ulock_unlock(&umem->lock);
+}
+
+UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, const void *addr,
+			       size_t len, unsigned access, uint64_t seq)
+{
+	struct window w;
+	uint64_t first, end;
+	int64_t r;
+	int cs;
+
+	r = map_check(umem, addr, len, access, &first, &end);
+	if (r)
+		return r;
+	if (atomic_load(&umem->dying))
+		return -ENODEV;
+	/* The low-level steps work on the whole region's sequence. */
+	w = (struct window){ 0, umem_npages(umem), seq };
+	cs = nocancel_begin();
+	count_call(umem);
+	r = map_window(umem, first, end, access, &w);
+	nocancel_end(cs);
+	return r;
+}
+
+/*
+ * The one fault loop of the library: begin on the window's stripes, map,
+ * then lock and check; start again on a collision until the deadline.
+ * Every error but a collision ends it at once.
+ */
+UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
+					const void *addr, size_t len,
+					unsigned access, unsigned timeout_ms)
+{
+	struct timespec deadline, *dl = NULL;
+	struct window w;
+	uint64_t first, end;
+	int64_t r, seq;
+	int cs;
+
+	r = map_check(umem, addr, len, access, &first, &end);
+	if (r)
+		return r;
+	if (timeout_ms != UODP_TIMEOUT_INFINITE) {
+		deadline_after(&deadline, timeout_ms);
+		dl = &deadline;
+	}
+	w.a = umem_page(umem, first);
+	w.b = umem_page(umem, end);
+	cs = nocancel_begin();
+	for (;;) {
+		seq = fault_begin(umem, w.a, w.b, dl);
+		if (seq < 0) {
+			r = seq;
+			break;
+		}
+		w.seq = (uint64_t)seq;
+		count_call(umem);
+		r = map_window(umem, first, end, access, &w);
+		if (r > 0) {
+			ulock_lock(&umem->lock);
+			if (!fault_retry_locked(umem, w.a, w.b, w.seq))
+				break; /* success: return with the lock */
+			r = atomic_load(&umem->dying) ? -ENODEV : -EAGAIN;
+			umem->stats.retries++;
+			ulock_unlock(&umem->lock);
+		}
+		if (r != -EAGAIN)
+			break;
+		if (dl && deadline_passed(dl)) {
+			r = -EBUSY;
+			break;
+		}
+	}
+	nocancel_end(cs);
+	return r;
 }

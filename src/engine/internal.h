@@ -3,33 +3,66 @@
  * internal.h - the engine's objects, their locks and the invariants of the
  * retry protocol. Every engine file includes it; nothing outside src/ does.
  *
- * Lock order (outermost first); no function takes them in another order:
+ * THE PROTOCOL (0.2: periods and stripes)
  *
- *   1. ctx->mon_lock   (mutex)  the monitor's life cycle, its kernel
- *                               registrations and ctx->nwatched. Never taken
- *                               by the monitor thread, so the thread can be
- *                               joined under it. Never held while waiting
- *                               for the tree lock: a writer of the tree waits
- *                               for running invalidation callbacks, and a
- *                               callback may wait for a device thread that
- *                               is faulting, i.e. waiting for mon_lock in
- *                               uodp_umem_map().
- *   2. ctx->tree_lock  (rwlock) the region tree, the region list, the list of
- *                               regions without private counters,
- *                               ctx->nregions, ctx->dying, ctx->destroyed.
- *                               Read: invalidations walk the tree (and call
- *                               the driver under it). Write: registration,
- *                               release, activation of counters, teardown;
- *                               writers hold it briefly and never call out.
- *   3. umem->lock      (mutex)  the region's translation table, its
- *                               notifier counters (seq, count, active, dying)
- *                               and its condition variable. Also the driver's
- *                               lock around uodp_umem_retry() (uodp_umem_lock).
- *   4. ctx->pin_lock   (mutex)  the per-page mlock reference counts of
- *                               pinning mode.
+ * A fault populates pages without any lock and installs their entries under
+ * the region lock only if no invalidation overlapped it. Two mechanisms
+ * decide that, one per context and one per region:
  *
- * No engine lock is held while the driver's invalidate_range runs except the
- * tree lock for reading; no lock at all is held during madvise/pagemap I/O.
+ *  - Periods (context). ctx->active counts invalidations running (begun,
+ *    not ended); ctx->period is odd while active > 0 and even otherwise
+ *    (bumped on 0 -> 1 and 1 -> 0, under ctx->inv_lock). A region registered
+ *    during an odd period P records birth = P: the running invalidations may
+ *    have walked the tree before it was there, so until the period moves on
+ *    the region is not "ready" (faults wait, retry is true), and those
+ *    invalidations neither raise nor lower its counters (they test
+ *    birth == period, which stays P for their whole life). Periods only
+ *    grow, so once ctx->period != birth the region is ready for good. This
+ *    is the kernel's deferred-insertion rule without the deferred list:
+ *    nothing is kept per invalidation, and activating regions needs no lock.
+ *
+ *  - Stripes (region). A region is cut into at most UMEM_MAX_STRIPES equal
+ *    power-of-two runs of pages, each with `count` (invalidations running
+ *    on it) and `seq` (bumped by each one's end). An invalidation of
+ *    [s, e) raises the count of every stripe it overlaps (start), calls the
+ *    driver, drops the engine's entries, then bumps seq and lowers count
+ *    (end). A fault over window W reads the sum of W's stripe seqs after
+ *    waiting for their counts to be zero (begin), and installs only if,
+ *    under the lock, the counts are still zero and the sum is unchanged
+ *    (retry). Seqs only grow, so an unchanged sum means no stripe of W
+ *    moved. So a fault retries only when an invalidation overlapped its own
+ *    stripes: a storm on one half of a region does not starve faults on
+ *    the other half (0.1 kept one seq per region, as Linux 2014 did).
+ *
+ * Why both are enough: an invalidation that began before the fault read
+ * its sequence is seen by begin (count > 0: wait) or has ended (the address
+ * space change is complete before the populate). One that begins after is
+ * seen at install (count or seq moved), unless it walked the tree before
+ * the region was there, and then birth holds the region back. The Promela
+ * model in model/ checks this, and that each broken variant is caught.
+ *
+ * LOCKS (outermost first; no function takes them in another order)
+ *
+ *   1. ctx->sub_lock   (mutex)  the notifier subscription and the regions'
+ *                               watch/unwatch calls. Never taken by an
+ *                               invalidation.
+ *   2. ctx->tree_lock  (rwlock) the region index and list, ctx->nregions,
+ *                               ctx->dying, ctx->destroyed. Read:
+ *                               invalidation walks (callbacks of contexts
+ *                               without UODP_CTX_DEFERRED run under it).
+ *                               Write: registration, release, teardown;
+ *                               writers hold it briefly, never allocate
+ *                               and never call out.
+ *   3. ctx->inv_lock   (mutex)  ctx->active and ctx->period; leaf lock.
+ *   3. umem->lock      (ulock)  the region's table, stripes, dying flag and
+ *                               stats; the driver's lock (uodp_umem_lock).
+ *                               Never held while calling the driver.
+ *   4. ctx->pin_lock   (mutex)  pinning-mode reference counts; leaf lock.
+ *
+ * inv_lock and umem->lock are never held together. No engine lock is held
+ * across madvise/pagemap I/O. No allocator call is made under a lock an
+ * invalidation may wait for (tree write lock, region lock, pin lock): see
+ * table.c for why.
  */
 #ifndef UODP_ENGINE_INTERNAL_H
 #define UODP_ENGINE_INTERNAL_H
@@ -39,19 +72,23 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "lib/itree.h"
+#include "lib/lock.h"
 #include "lib/pgtable.h"
 #include "uodp.h"
 
-#define UODP_CTX_MAGIC 0x75636f6e74787431ull  /* "uctxt1" */
-#define UODP_UMEM_MAGIC 0x756d656d72656731ull /* "umemreg1" */
+#define UODP_CTX_MAGIC 0x75636f6e74787432ull   /* "uctxt2" */
+#define UODP_UMEM_MAGIC 0x756d656d72656732ull  /* "umemreg2" */
+#define UODP_DEAD_MAGIC 0x646561646465616full  /* released / destroyed */
+#define UODP_RANGE_MAGIC 0x72616e6765746f6bull /* "rangetok" */
 
 /*
  * A translation-table word (struct pgt slot) of one page:
  *   bits 0-1   UODP_ACCESS_* the page is mapped with; nonzero iff mapped
  *   bit  2     DIRTY: was mapped writable since the last dirty_take()
- *   bit  3     PINNED: the engine holds an mlock reference (pinning mode)
+ *   bit  3     PINNED: the engine holds an mlock reference (UODP_CTX_PIN)
  *   bits 12-63 page frame number (0 when pagemap does not reveal it)
  * A word with only DIRTY set is an unmapped page of the dirty set.
  */
@@ -63,7 +100,12 @@
 /* Highest user address the engine accepts (56-bit, five-level paging). */
 #define UODP_VA_LIMIT ((uint64_t)1 << 56)
 
-struct umon;
+/* Why 64 stripes: 16 bytes each, so a large region pays 1 KiB for them,
+ * and a fault of one FAULT_BATCH (512 pages) on a region of up to 32768
+ * pages (128 MiB) checks one or two stripes; one-page regions have one. */
+#define UMEM_MAX_STRIPES 64
+
+struct unf_sub;
 
 struct uodp_ctx {
 	uint64_t magic;
@@ -74,34 +116,41 @@ struct uodp_ctx {
 	bool pagemap_pfns; /* pagemap shows frame numbers (CAP_SYS_ADMIN) */
 	unsigned page_shift;
 
-	pthread_mutex_t mon_lock; /* see lock order above */
-	struct umon *mon;	  /* kernel monitor, NULL when none runs */
-	uint64_t nwatched;	  /* regions registered with it */
+	pthread_mutex_t sub_lock; /* see LOCKS above */
+	struct unf_sub *sub;	  /* notifier subscription, NULL if none */
+	uint64_t nwatched;	  /* regions watched through it */
 
-	pthread_rwlock_t tree_lock;    /* see lock order above */
-	struct itree tree;	       /* regions by [start, end - 1] */
-	struct uodp_umem *umems;       /* all regions (for teardown) */
-	struct uodp_umem *no_counters; /* regions waiting for counters */
+	pthread_rwlock_t tree_lock; /* see LOCKS above */
+	struct itree tree;	    /* regions by [start, end - 1] */
+	struct uodp_umem *umems;    /* all regions (for teardown) */
 	uint64_t nregions;
 	bool dying;	/* uodp_ctx_destroy() started: no new regions */
-	bool destroyed; /* it finished: the last release frees the context;
-			 * set and read under mon_lock + tree_lock */
+	bool destroyed; /* it finished: the last release frees the context */
+	/* uodp_umem_get() calls inside the context right now: the context's
+	 * memory is not freed while one runs (ctx_free waits), so a get that
+	 * races uodp_ctx_destroy() fails with -ENODEV instead of touching
+	 * freed memory. */
+	atomic_long users;
 
-	/*
-	 * Invalidations running now (start() done, end() not yet). Raised
-	 * before an invalidation walks the tree and lowered after its end()
-	 * walked it, without the tree lock. A region registered while it is
-	 * nonzero gets no private counters (it goes on no_counters) because
-	 * the running invalidation's start() may have missed it while its
-	 * end() would not; it is activated when the count drops to zero.
-	 */
-	atomic_long notifier_count;
-	/* Regions on no_counters, readable without the tree lock so that an
-	 * ending invalidation takes the write lock only when needed. */
-	atomic_long nc_pending;
+	pthread_mutex_t inv_lock; /* see LOCKS above */
+	pthread_cond_t inv_idle;  /* broadcast when the period turns even */
+	long active;		  /* invalidations running */
+	_Atomic uint64_t period;  /* odd while active > 0 */
+	/* Invalidations in flight as uodp_ctx_sync() sees them: from the
+	 * moment an event is read (or start() is called) until the driver's
+	 * callback returned and end() ran. */
+	atomic_long inflight;
+	/* Relay walks of deferred invalidations (one relay thread at a
+	 * time per context): the id marks regions already handled. */
+	uint64_t relay_id;
 
-	pthread_mutex_t pin_lock; /* see lock order above */
-	struct pgt pins;	  /* page number -> mlock reference count */
+	struct ulock pin_lock; /* see LOCKS above */
+	struct pgt pins;       /* page number -> mlock reference count */
+};
+
+struct stripe {
+	uint64_t seq;	/* bumped by each invalidation's end */
+	uint64_t count; /* invalidations running on these pages */
 };
 
 struct uodp_umem {
@@ -110,50 +159,46 @@ struct uodp_umem {
 	uint64_t start, end; /* page aligned, start < end */
 	unsigned access;     /* rights the region was registered with */
 	_Atomic(void *) priv;
+	uint64_t birth; /* ctx->period at registration if odd, else 0 */
 
 	struct itree_node node;	       /* in ctx->tree; under ctx->tree_lock */
 	struct uodp_umem *next, *prev; /* ctx->umems; under tree_lock */
-	struct uodp_umem *next_nc;     /* ctx->no_counters; under tree_lock */
-	bool on_nc;		       /* on that list; under tree_lock */
+	bool in_tree;		       /* under tree_lock */
 
-	pthread_mutex_t lock; /* see lock order above; recursive, so that
-			       * entry readers work with or without it */
-	pthread_cond_t idle;  /* broadcast when count drops to 0 or dying */
-	struct pgt table;     /* page index -> word (see W_*) */
+	/* Lifetime: one reference for the caller (dropped by release) and
+	 * one per relay walk holding it outside the tree lock. The last
+	 * reference frees the memory. */
+	atomic_long refs;
+	uint64_t relay_done; /* ctx->relay_id that handled it; relay only */
 
-	/*
-	 * The retry protocol. Under umem->lock:
-	 *  - count: invalidations running on this region (start accounted,
-	 *    end not yet). While nonzero no fault installs an entry.
-	 *  - seq: bumped by every invalidation's end. A fault that read seq
-	 *    before populating and finds it unchanged (and count zero) under
-	 *    the lock knows that no invalidation overlapped its window, so
-	 *    the pages it populated are still the ones mapped.
-	 *  - active: counters are kept (see ctx->notifier_count). While
-	 *    false, retry is always true.
-	 *  - dying: the context is gone; retry is always true, wait fails.
-	 * seq is also read without the lock (uodp_umem_read_seq), so it is
-	 * atomic; it is only written under the lock.
-	 */
-	_Atomic uint64_t seq;
-	long count;
-	bool active;
-	bool dying;
+	struct ulock lock;     /* see LOCKS above */
+	pthread_cond_t idle;   /* broadcast when a stripe count drops to 0 or
+			      * the region dies */
+	struct pgt table;      /* page index -> word (see W_*) */
+	atomic_bool dying;     /* the context is gone: retry always true;
+			      * written under lock, read anywhere */
+	atomic_bool released;  /* uodp_umem_release() ran (memory may live
+			       * on while a relay walk holds it) */
+	unsigned stripe_shift; /* pages per stripe, as a shift */
+	unsigned nstripes;
 
-	uint64_t mapped; /* words with access bits; under lock */
-	struct {
-		uint64_t map_calls, pages_mapped, invalidations,
-			pages_invalidated, eagain;
-	} stats; /* under lock */
+	uint64_t mapped;	      /* words with access bits; under lock */
+	struct uodp_umem_stats stats; /* under lock (mapped_now, table_bytes
+				       * filled on read) */
+	struct stripe stripes[];      /* nstripes; under lock */
 };
 
-/* Common checks of public entry points. */
+/* ---- handles ---- */
 static inline bool ctx_valid(const struct uodp_ctx *ctx)
 {
+	if (ctx && ctx->magic == UODP_DEAD_MAGIC)
+		uodp_misuse("destroyed context used");
 	return ctx && ctx->magic == UODP_CTX_MAGIC;
 }
 static inline bool umem_valid(const struct uodp_umem *umem)
 {
+	if (umem && umem->magic == UODP_DEAD_MAGIC)
+		uodp_misuse("released region used");
 	return umem && umem->magic == UODP_UMEM_MAGIC;
 }
 /* In a child forked since the context was created? (ctx.c) */
@@ -163,12 +208,86 @@ static inline bool ctx_forked(const struct uodp_ctx *ctx)
 	return atomic_load_explicit(&engine_fork_generation,
 				    memory_order_relaxed) != ctx->fork_gen;
 }
-bool umem_retry_locked(const struct uodp_umem *umem, uint64_t seq);
 
+/* ---- callbacks: what the calling thread is inside of ---- */
+enum {
+	CB_NONE = 0,
+	CB_LOCKED = 1,
+	CB_DEFERRED = 2
+};
+extern __thread int engine_in_callback; /* CB_* */
+/* -EDEADLK when a call that may wait for invalidations (or take the tree
+ * write lock) is made from a callback; deferred callbacks hold no lock
+ * and may register and release (@tree_ok). */
+static inline int callback_check(bool tree_ok)
+{
+	if (engine_in_callback == CB_LOCKED ||
+	    (engine_in_callback == CB_DEFERRED && !tree_ok))
+		return -EDEADLK;
+	return 0;
+}
+
+/* ---- page arithmetic: the one place ---- */
+static inline uint64_t page_size_of(const struct uodp_ctx *ctx)
+{
+	return (uint64_t)1 << ctx->page_shift;
+}
+/* Round [addr, addr + len) out to pages. -EINVAL for len 0, -ERANGE when it
+ * wraps or leaves the user address space. */
+int page_round(const struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
+	       uint64_t *start, uint64_t *end);
 static inline uint64_t umem_page(const struct uodp_umem *umem, uint64_t va)
 {
 	return (va - umem->start) >> umem->ctx->page_shift;
 }
+static inline uint64_t umem_npages(const struct uodp_umem *umem)
+{
+	return (umem->end - umem->start) >> umem->ctx->page_shift;
+}
+static inline bool umem_watch_only(const struct uodp_umem *umem)
+{
+	return umem->access & UODP_ACCESS_WATCH;
+}
+
+/* ---- the protocol (protocol.c) ---- */
+/* Stripes of pages [a, b) of the region (b > a), inclusive. */
+static inline void stripe_span(const struct uodp_umem *umem, uint64_t a,
+			       uint64_t b, unsigned *first, unsigned *last)
+{
+	*first = (unsigned)(a >> umem->stripe_shift);
+	*last = (unsigned)((b - 1) >> umem->stripe_shift);
+}
+bool umem_ready(const struct uodp_umem *umem);
+/* Wait (lock dropped, bounded by @deadline when not NULL) until the region
+ * is ready and pages [a, b) have no invalidation running; return the
+ * sequence of their stripes. -ENODEV (dying), -EBUSY (deadline passed). */
+int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
+		    const struct timespec *deadline);
+/* The install-side check; region lock held. */
+bool fault_retry_locked(const struct uodp_umem *umem, uint64_t a, uint64_t b,
+			uint64_t seq);
+
+/* Invalidation of one region's part [s, e) (page aligned, inside it):
+ * inval_start raises the counts (unless the region was born in @period),
+ * inval_call runs the driver's callback and drops the engine's entries,
+ * inval_end bumps seqs and lowers counts. */
+void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
+		 uint64_t period);
+void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
+		enum uodp_event ev, int cb_kind);
+void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period);
+/* Context accounting around a whole invalidation: returns its period. */
+uint64_t ctx_inval_begin(struct uodp_ctx *ctx);
+void ctx_inval_end(struct uodp_ctx *ctx);
+
+/* Drop the entries of [start, end) (page aligned, inside the region),
+ * taking umem->lock. Writable ones join the dirty set, pinned ones are
+ * unpinned. Returns the number of entries dropped. */
+uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
+			 bool invalidation);
+
+/* ---- regions (umem.c) ---- */
+void umem_put(struct uodp_umem *umem); /* drop a reference */
 
 /*
  * table.c: no allocation under a lock the monitor may wait for.
@@ -181,13 +300,14 @@ static inline uint64_t umem_page(const struct uodp_umem *umem, uint64_t va)
  * pgt_free_nodes() after dropping the lock.
  */
 #define TABLE_SPARE_BYTES ((uint64_t)256 << 10)
-int table_refill(struct pgt *t, pthread_mutex_t *lock, uint64_t idx);
+int table_refill(struct pgt *t, struct ulock *lock, uint64_t idx);
 void *table_trim(struct pgt *t);
 
 /* ctx.c */
-void ctx_stop_monitor_locked(struct uodp_ctx *ctx); /* mon_lock held */
 void ctx_release(struct uodp_ctx *ctx); /* last region of a destroyed ctx */
-void ctx_notifier_end(struct uodp_ctx *ctx);
+int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
+void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
+int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
 
 /* pin.c: mlock reference counts of pinning mode (ctx->pin_lock inside).
  * pin_range() takes a reference on each of @n pages from @va and returns
@@ -196,15 +316,17 @@ void ctx_notifier_end(struct uodp_ctx *ctx);
 uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err);
 void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
 
-/* invalidate.c */
-/* Drop the entries of [start, end) (page aligned, inside the region), taking
- * umem->lock. Writable ones join the dirty set, pinned ones are unpinned.
- * With @invalidation the region's invalidation counters are updated.
- * Returns the number of entries dropped. */
-uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
-			 bool invalidation);
-/* One-region invalidation (frame changed under an entry). */
-void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end);
+/* invalidate.c: a one-region invalidation (frame changed under an entry). */
+void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
+			 enum uodp_event ev);
+/* The walk over every region overlapping [start, end): the kernel
+ * notifier's sink and the manual entry points use it. */
+void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+		    enum uodp_event ev);
+
+/* time.c-less helpers: a deadline @ms from now on CLOCK_MONOTONIC. */
+void deadline_after(struct timespec *ts, unsigned ms);
+bool deadline_passed(const struct timespec *ts);
 
 /*
  * Test hooks: called, when set, at the points named. They let tests stop a

@@ -1,14 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * invalidate.c - the notifier side of the retry protocol: invalidate
- * start/end over the region tree, the per-region accounting that makes
- * racing faults retry, and dropping entries (with dirty marking).
+ * invalidate.c - invalidations over the region index: the one-shot walk
+ * (kernel events, uodp_invalidate_range()), the bracketed start/end pair
+ * paired by a caller-owned token, the relay walk of deferred delivery, and
+ * dropping entries (with dirty marking).
  *
- * start() raises the context's and each overlapping region's counters
- * before the driver drops its translations; end() bumps each region's
- * sequence and lowers the counters. A fault installs entries only if, under
- * the region lock, the counter is zero and the sequence is still the one it
- * read before populating (uodp_umem_retry()).
+ * The protocol steps themselves (counters, sequences, periods) are in
+ * protocol.c; this file decides which regions get them, in what order, and
+ * under which lock the driver is called.
  */
 #include <errno.h>
 
@@ -27,16 +26,15 @@ static int drop_word(uint64_t idx, uint64_t *word, void *argp)
 {
 	struct drop_arg *arg = argp;
 	struct uodp_umem *umem = arg->umem;
-	uint64_t w = *word;
+	uint64_t w = *word, page = page_size_of(umem->ctx);
 
 	if (!(w & W_ACCESS_MASK))
 		return 0;
 	if (w & W_PINNED) {
-		uint64_t va = umem->start + (idx << umem->ctx->page_shift);
+		uint64_t va = umem->start + idx * page;
 
 		if (arg->pin_len &&
-		    arg->pin_start + (arg->pin_len << umem->ctx->page_shift) !=
-			    va) {
+		    arg->pin_start + arg->pin_len * page != va) {
 			unpin_range(umem->ctx, arg->pin_start, arg->pin_len);
 			arg->pin_len = 0;
 		}
@@ -54,7 +52,9 @@ uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 {
 	struct drop_arg arg = { .umem = umem };
 
-	pthread_mutex_lock(&umem->lock);
+	if (umem_watch_only(umem))
+		return 0;
+	ulock_lock(&umem->lock);
 	pgt_for_each(&umem->table, umem_page(umem, start), umem_page(umem, end),
 		     drop_word, &arg);
 	if (arg.pin_len)
@@ -62,61 +62,11 @@ uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 	umem->mapped -= arg.dropped;
 	if (invalidation)
 		umem->stats.pages_invalidated += arg.dropped;
-	pthread_mutex_unlock(&umem->lock);
+	ulock_unlock(&umem->lock);
 	return arg.dropped;
 }
 
-/* Raise the region's counter: from now until the matching end, faults on it
- * cannot install entries. Regions without private counters are skipped:
- * their faults retry until they get them. */
-static void umem_start_account(struct uodp_umem *umem)
-{
-	pthread_mutex_lock(&umem->lock);
-	if (umem->active)
-		umem->count++;
-	umem->stats.invalidations++;
-	pthread_mutex_unlock(&umem->lock);
-}
-
-/* Bump the sequence before lowering the counter: a fault that read the
- * sequence while this invalidation ran sees either the counter or the new
- * sequence, never neither. Wake waiters when nothing runs any more. */
-static void umem_end_account(struct uodp_umem *umem)
-{
-	pthread_mutex_lock(&umem->lock);
-	if (umem->active && umem->count > 0) {
-		atomic_fetch_add(&umem->seq, 1);
-		if (--umem->count == 0)
-			pthread_cond_broadcast(&umem->idle);
-	}
-	pthread_mutex_unlock(&umem->lock);
-}
-
-static void umem_invalidate_start(struct uodp_umem *umem, uint64_t start,
-				  uint64_t end)
-{
-	struct uodp_ctx *ctx = umem->ctx;
-
-	umem_start_account(umem);
-	if (ctx->ops.invalidate_range)
-		ctx->ops.invalidate_range(umem, start, end, ctx->ops.priv);
-	umem_drop_range(umem, start, end, true);
-}
-
 void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
-
-static int round_range(const struct uodp_ctx *ctx, uint64_t *start,
-		       uint64_t *end)
-{
-	uint64_t mask = ((uint64_t)1 << ctx->page_shift) - 1;
-
-	if (*start >= *end)
-		return -EINVAL;
-	*start &= ~mask;
-	*end = (*end > UODP_VA_LIMIT - mask) ? UODP_VA_LIMIT :
-					       (*end + mask) & ~mask;
-	return *start < *end ? 0 : -EINVAL;
-}
 
 #define for_each_overlap(ctx, node, s, e)                             \
 	for (node = itree_iter_first(&(ctx)->tree, (s), (e)-1); node; \
@@ -128,124 +78,317 @@ static inline struct uodp_umem *node_umem(struct itree_node *n)
 				    __builtin_offsetof(struct uodp_umem, node));
 }
 
+/* [s, e) clamped to the region. */
+static void clamp(const struct uodp_umem *umem, uint64_t start, uint64_t end,
+		  uint64_t *s, uint64_t *e)
+{
+	*s = start > umem->start ? start : umem->start;
+	*e = end < umem->end ? end : umem->end;
+}
+
+/*
+ * The one-shot walk: for each overlapping region, start, call the driver,
+ * drop, end - all under the tree read lock, so no region enters or leaves
+ * the index meanwhile. The context's period is held odd around it, so that
+ * a region registered during the walk waits for it.
+ */
+void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+		    enum uodp_event ev)
+{
+	struct itree_node *n;
+	uint64_t period = ctx_inval_begin(ctx), s, e;
+
+	pthread_rwlock_rdlock(&ctx->tree_lock);
+	for_each_overlap(ctx, n, start, end)
+	{
+		struct uodp_umem *umem = node_umem(n);
+
+		clamp(umem, start, end, &s, &e);
+		inval_start(umem, s, e, period);
+		inval_call(umem, s, e, ev, CB_LOCKED);
+		inval_end(umem, s, e, period);
+	}
+	if (engine_test_hook_after_start_walk)
+		engine_test_hook_after_start_walk(ctx);
+	pthread_rwlock_unlock(&ctx->tree_lock);
+	ctx_inval_end(ctx);
+}
+
+/*
+ * A one-region invalidation, for a page whose frame changed under a live
+ * entry. Held in a period of its own like any invalidation, and called
+ * under the tree read lock, so the driver's callback runs under the same
+ * rules as for any other invalidation.
+ */
+void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
+			 enum uodp_event ev)
+{
+	struct uodp_ctx *ctx = umem->ctx;
+	uint64_t period = ctx_inval_begin(ctx);
+
+	pthread_rwlock_rdlock(&ctx->tree_lock);
+	inval_start(umem, start, end, period);
+	inval_call(umem, start, end, ev, CB_LOCKED);
+	inval_end(umem, start, end, period);
+	pthread_rwlock_unlock(&ctx->tree_lock);
+	ctx_inval_end(ctx);
+}
+
+/* ---- deferred delivery: the two halves of a kernel event ---- */
+
+/* Monitor thread: account the range on every overlapping region so faults
+ * wait or retry from now on. No driver call, nothing that can block on an
+ * application thread but the tree read lock, whose writers never wait. */
+void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
+{
+	struct itree_node *n;
+	uint64_t period = ctx_inval_begin(ctx), s, e;
+
+	pthread_rwlock_rdlock(&ctx->tree_lock);
+	for_each_overlap(ctx, n, start, end)
+	{
+		struct uodp_umem *umem = node_umem(n);
+
+		clamp(umem, start, end, &s, &e);
+		inval_start(umem, s, e, period);
+	}
+	pthread_rwlock_unlock(&ctx->tree_lock);
+}
+
+/* Why 32: a batch lives on the relay thread's stack (256 bytes); larger
+ * invalidations take one more short read-locked walk per 32 regions. */
+#define RELAY_BATCH 32
+
+/* Collect up to RELAY_BATCH overlapping regions not yet handled by walk
+ * @id, each with a reference, under the read lock. */
+static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t start,
+			      uint64_t end, uint64_t id,
+			      struct uodp_umem **batch)
+{
+	struct itree_node *n;
+	unsigned k = 0;
+
+	pthread_rwlock_rdlock(&ctx->tree_lock);
+	for_each_overlap(ctx, n, start, end)
+	{
+		struct uodp_umem *umem = node_umem(n);
+
+		if (umem->relay_done == id)
+			continue;
+		umem->relay_done = id;
+		atomic_fetch_add(&umem->refs, 1);
+		batch[k++] = umem;
+		if (k == RELAY_BATCH)
+			break;
+	}
+	pthread_rwlock_unlock(&ctx->tree_lock);
+	return k;
+}
+
+/*
+ * Relay thread: call the driver with no uodp lock held, drop, end. The
+ * regions are held by a reference, not by the tree lock, so the callback
+ * may take locks under which other threads register or release regions,
+ * and may release its own region (umem_put() frees it after us).
+ * The period is still the one ctx_deferred_begin() saw: this invalidation
+ * keeps ctx->active above zero until ctx_inval_end().
+ */
+void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+			 enum uodp_event ev)
+{
+	struct uodp_umem *batch[RELAY_BATCH];
+	uint64_t period = atomic_load(&ctx->period), id = ++ctx->relay_id;
+	uint64_t s, e;
+	unsigned k, i;
+
+	uodp_assert(period & 1);
+	while ((k = relay_collect(ctx, start, end, id, batch)) > 0) {
+		for (i = 0; i < k; i++) {
+			struct uodp_umem *umem = batch[i];
+
+			clamp(umem, start, end, &s, &e);
+			if (!atomic_load(&umem->released))
+				inval_call(umem, s, e, ev, CB_DEFERRED);
+			inval_end(umem, s, e, period);
+			umem_put(umem);
+		}
+	}
+	ctx_inval_end(ctx);
+}
+
+/* ---- the public entry points ---- */
+
 /* The checks every entry point makes; rounds the range out to pages. */
-static int invalidate_args(struct uodp_ctx *ctx, uint64_t *start, uint64_t *end)
+static int invalidate_args(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
+			   uint64_t *start, uint64_t *end)
 {
 	int r;
 
 	if (!ctx_valid(ctx))
 		return -EINVAL;
-	r = round_range(ctx, start, end);
+	r = page_round(ctx, addr, len, start, end);
 	if (r)
 		return r;
-	return ctx_forked(ctx) ? -ECHILD : 0;
+	if (ctx_forked(ctx))
+		return -ECHILD;
+	return callback_check(false);
+}
+
+UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr, size_t len,
+				   enum uodp_event event)
+{
+	uint64_t start, end;
+	int r, cs;
+
+	if ((unsigned)event > UODP_EVENT_MAX)
+		return -EINVAL;
+	r = invalidate_args(ctx, (uintptr_t)addr, len, &start, &end);
+	if (r)
+		return r;
+	cs = nocancel_begin();
+	ctx_invalidate(ctx, start, end, event);
+	nocancel_end(cs);
+	return 0;
 }
 
 /*
- * The start walk: raise each overlapping region's counter, call the driver,
- * drop the entries. With @one_shot, also end each region right away: the
- * tree read lock is held from the first region's start to the last one's
- * end, so no region enters or leaves the tree meanwhile and each gets
- * exactly the start and end that start() + end() would give it (the
- * private-counter rule has nothing to catch). The context count is raised
- * either way, so that activation of regions registered during *other*
- * invalidations waits for this one too.
+ * The token: reserved[] of the caller's struct uodp_range. [0] is the state
+ * word (magic while started), [1] the context, [2] the period, [3]/[4] the
+ * rounded range. The state word is claimed with a compare-and-swap, so of
+ * two end() calls racing on one token exactly one succeeds.
  */
-static int invalidate_walk(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
-			   bool one_shot)
+enum {
+	TOK_STATE,
+	TOK_CTX,
+	TOK_PERIOD,
+	TOK_START,
+	TOK_END
+};
+
+static _Atomic uint64_t *tok_state(struct uodp_range *range)
+{
+	return (_Atomic uint64_t *)&range->reserved[TOK_STATE];
+}
+
+UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
+					 struct uodp_range *range)
 {
 	struct itree_node *n;
-	int r = invalidate_args(ctx, &start, &end);
+	uint64_t start, end, period, s, e, zero = 0;
+	unsigned i;
+	int r, cs;
 
+	if (!range)
+		return -EINVAL;
+	for (i = 0; i < sizeof(range->reserved) / sizeof(range->reserved[0]);
+	     i++)
+		if (range->reserved[i])
+			return -EINVAL; /* in use, or not initialised */
+	if ((unsigned)range->event > UODP_EVENT_MAX || range->flags ||
+	    range->end <= range->start)
+		return -EINVAL;
+	r = invalidate_args(ctx, (uintptr_t)range->start,
+			    (uintptr_t)range->end - (uintptr_t)range->start,
+			    &start, &end);
 	if (r)
 		return r;
-	/* Raised before the walk: a region registered from now on, which the
-	 * walk may miss, gets no private counters (see notifier_count). */
-	atomic_fetch_add(&ctx->notifier_count, 1);
+	if (!atomic_compare_exchange_strong(tok_state(range), &zero,
+					    UODP_RANGE_MAGIC - 1))
+		return -EINVAL; /* another start() claimed it just now */
+
+	cs = nocancel_begin();
+	period = ctx_inval_begin(ctx);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
 	for_each_overlap(ctx, n, start, end)
 	{
 		struct uodp_umem *umem = node_umem(n);
-		uint64_t s = start > umem->start ? start : umem->start;
-		uint64_t e = end < umem->end ? end : umem->end;
 
-		umem_invalidate_start(umem, s, e);
-		if (one_shot)
-			umem_end_account(umem);
+		clamp(umem, start, end, &s, &e);
+		inval_start(umem, s, e, period);
+		inval_call(umem, s, e, range->event, CB_LOCKED);
 	}
 	if (engine_test_hook_after_start_walk)
 		engine_test_hook_after_start_walk(ctx);
 	pthread_rwlock_unlock(&ctx->tree_lock);
-	if (one_shot)
-		ctx_notifier_end(ctx);
+	nocancel_end(cs);
+
+	range->reserved[TOK_CTX] = (uint64_t)(uintptr_t)ctx;
+	range->reserved[TOK_PERIOD] = period;
+	range->reserved[TOK_START] = start;
+	range->reserved[TOK_END] = end;
+	atomic_store(tok_state(range), UODP_RANGE_MAGIC);
 	return 0;
-}
-
-UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx, uint64_t start,
-					 uint64_t end)
-{
-	return invalidate_walk(ctx, start, end, false);
-}
-
-UODP_API int uodp_invalidate_range_end(struct uodp_ctx *ctx, uint64_t start,
-				       uint64_t end)
-{
-	struct itree_node *n;
-	int r = invalidate_args(ctx, &start, &end);
-
-	if (r)
-		return r;
-	if (atomic_load(&ctx->notifier_count) <= 0)
-		return -EINVAL;
-
-	/* Every region found here was either in the tree when start() walked
-	 * it (and accounted if active) or registered since, while this
-	 * invalidation ran, hence without counters: end accounting never
-	 * lowers a counter start() did not raise. */
-	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end) umem_end_account(node_umem(n));
-	pthread_rwlock_unlock(&ctx->tree_lock);
-	ctx_notifier_end(ctx);
-	return 0;
-}
-
-/* start() + end() in one walk, for changes already made. */
-UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, uint64_t start,
-				   uint64_t end)
-{
-	return invalidate_walk(ctx, start, end, true);
 }
 
 /*
- * A one-region invalidation, for a page whose frame changed under a live
- * entry: the fault path found the device may hold a translation of a frame
- * that is no longer mapped there. Accounted on the region only, so faults
- * racing it retry; the tree lock is held for reading so the driver's
- * callback runs under the same rules as for any other invalidation.
+ * end() walks the same range again. Every region it finds was either in
+ * the index when start() walked it (and was accounted there, unless born
+ * in this period), or was registered since - while this invalidation held
+ * the period odd, so it was born in it and is skipped here too. So end()
+ * lowers exactly the counts start() raised: a mismatched end() is not
+ * possible, only an invalid token, which changes nothing.
  */
-void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end)
+UODP_API int uodp_invalidate_range_end(struct uodp_range *range)
 {
-	struct uodp_ctx *ctx = umem->ctx;
+	uint64_t expect = UODP_RANGE_MAGIC, start, end, period, s, e;
+	struct itree_node *n;
+	struct uodp_ctx *ctx;
+	int cs;
 
+	if (!range)
+		return -EINVAL;
+	if (!atomic_compare_exchange_strong(tok_state(range), &expect,
+					    UODP_RANGE_MAGIC + 1))
+		return -EINVAL;
+	ctx = (struct uodp_ctx *)(uintptr_t)range->reserved[TOK_CTX];
+	if (!ctx_valid(ctx)) {
+		atomic_store(tok_state(range), UODP_RANGE_MAGIC);
+		return -EINVAL;
+	}
+	if (ctx_forked(ctx)) {
+		atomic_store(tok_state(range), UODP_RANGE_MAGIC);
+		return -ECHILD;
+	}
+	period = range->reserved[TOK_PERIOD];
+	start = range->reserved[TOK_START];
+	end = range->reserved[TOK_END];
+
+	cs = nocancel_begin();
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	umem_invalidate_start(umem, start, end);
-	umem_end_account(umem);
+	for_each_overlap(ctx, n, start, end)
+	{
+		struct uodp_umem *umem = node_umem(n);
+
+		clamp(umem, start, end, &s, &e);
+		inval_end(umem, s, e, period);
+	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
+	ctx_inval_end(ctx);
+	nocancel_end(cs);
+
+	/* The token may be started again. */
+	for (unsigned i = 1;
+	     i < sizeof(range->reserved) / sizeof(range->reserved[0]); i++)
+		range->reserved[i] = 0;
+	atomic_store(tok_state(range), 0);
+	return 0;
 }
 
-UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, uint64_t va,
-				 uint64_t bound)
+UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, const void *addr,
+				 size_t len)
 {
-	uint64_t mask;
+	uint64_t va = (uintptr_t)addr, bound, mask;
 
-	if (!umem_valid(umem) || va > bound)
+	if (!umem_valid(umem))
 		return -EINVAL;
 	if (ctx_forked(umem->ctx))
 		return -ECHILD;
-	mask = ((uint64_t)1 << umem->ctx->page_shift) - 1;
-	/* Clamp first, then round out: an empty [va, bound) drops nothing
-	 * even when va is not page aligned. bound <= end is page aligned
-	 * below UODP_VA_LIMIT, so rounding it up cannot overflow. */
+	if (ulock_held(&umem->lock))
+		return -EDEADLK;
+	mask = page_size_of(umem->ctx) - 1;
+	bound = va + len < va ? UINT64_MAX : va + len;
+	/* Clamp first, then round out: an empty range drops nothing even
+	 * when addr is not page aligned. */
 	if (va < umem->start)
 		va = umem->start;
 	if (bound > umem->end)

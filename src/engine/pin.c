@@ -2,7 +2,7 @@
 /*
  * pin.c - on-demand pinning, for drivers that cannot invalidate.
  *
- * With no invalidate_range callback a mapped page must not move under the
+ * With UODP_CTX_PIN a mapped page must not move under the
  * device, so the engine mlock()s it while it is mapped. mlock() is not
  * counted by the kernel, and regions may overlap, so the context keeps a
  * reference count per page (a sparse table indexed by page number) and
@@ -68,7 +68,7 @@ uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err)
 	void *dead;
 	int r = 0;
 
-	pthread_mutex_lock(&ctx->pin_lock);
+	ulock_lock(&ctx->pin_lock);
 	/* Pages [run, run + len) went from 0 to 1 references and are not
 	 * locked yet. The run is locked when it ends: at a page that starts
 	 * another run, before a refill drops the lock (no other thread may
@@ -118,7 +118,7 @@ uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err)
 		r = -ENOMEM;
 	}
 	dead = table_trim(&ctx->pins);
-	pthread_mutex_unlock(&ctx->pin_lock);
+	ulock_unlock(&ctx->pin_lock);
 	pgt_free_nodes(dead);
 	*err = r;
 	return i;
@@ -126,7 +126,7 @@ uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err)
 
 void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n)
 {
-	pthread_mutex_lock(&ctx->pin_lock);
+	ulock_lock(&ctx->pin_lock);
 	unref_locked(ctx, va >> ctx->page_shift, n);
-	pthread_mutex_unlock(&ctx->pin_lock);
+	ulock_unlock(&ctx->pin_lock);
 }

@@ -18,14 +18,14 @@
 
 #include "engine/internal.h"
 
-int table_refill(struct pgt *t, pthread_mutex_t *lock, uint64_t idx)
+int table_refill(struct pgt *t, struct ulock *lock, uint64_t idx)
 {
 	size_t sizes[PGT_MAX_PATH];
 	void *nodes[PGT_MAX_PATH];
 	unsigned n = pgt_need(t, idx, sizes), i;
 	int r = 0;
 
-	pthread_mutex_unlock(lock);
+	ulock_unlock(lock);
 	for (i = 0; i < n; i++) {
 		nodes[i] = pgt_node_malloc(sizes[i]);
 		if (!nodes[i]) {
@@ -35,7 +35,7 @@ int table_refill(struct pgt *t, pthread_mutex_t *lock, uint64_t idx)
 			break;
 		}
 	}
-	pthread_mutex_lock(lock);
+	ulock_lock(lock);
 	for (i = 0; !r && i < n; i++)
 		pgt_stock(t, nodes[i], sizes[i]);
 	return r;

@@ -1,85 +1,132 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * umem.c - memory regions: registration and release, the region lock and
- * the read side of the retry protocol (seq, retry, wait), entry lookups,
- * the dirty set and counters.
+ * umem.c - memory regions: registration and release, their lifetime, the
+ * region lock and the read side of the retry protocol (read_begin,
+ * read_retry), entry lookups, the dirty set and counters.
  *
- * Registration allocates one fixed-size object whatever the region's size:
- * the translation table is created empty and grows with mapped pages only.
+ * Registration allocates one object whatever the region's size (its
+ * stripes are at most UMEM_MAX_STRIPES): the translation table is created
+ * empty and grows with mapped pages only.
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/internal.h"
-#include "notifier/monitor.h"
 
-static int umem_init_locks(struct uodp_umem *umem)
+int page_round(const struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
+	       uint64_t *start, uint64_t *end)
 {
-	pthread_mutexattr_t ma;
-	int r;
+	uint64_t mask = page_size_of(ctx) - 1;
 
-	pthread_mutexattr_init(&ma);
-	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
-	r = pthread_mutex_init(&umem->lock, &ma);
-	pthread_mutexattr_destroy(&ma);
-	if (r)
-		return -r;
-	r = pthread_cond_init(&umem->idle, NULL);
-	if (r) {
-		pthread_mutex_destroy(&umem->lock);
-		return -r;
-	}
-	return 0;
-}
-
-static void umem_free(struct uodp_umem *umem)
-{
-	umem->magic = 0;
-	pgt_destroy(&umem->table);
-	pthread_cond_destroy(&umem->idle);
-	pthread_mutex_destroy(&umem->lock);
-	free(umem);
-}
-
-/* Round [addr, addr + len) out to pages; -EINVAL if it overflows or leaves
- * the user address space. */
-static int page_range(const struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
-		      uint64_t *start, uint64_t *end)
-{
-	uint64_t mask = ((uint64_t)1 << ctx->page_shift) - 1;
-
-	if (len == 0 || addr + len < addr || addr + len > UODP_VA_LIMIT)
+	if (len == 0)
 		return -EINVAL;
+	if (addr + len < addr || addr + len > UODP_VA_LIMIT)
+		return -ERANGE;
 	*start = addr & ~mask;
 	*end = (addr + len + mask) & ~mask;
 	return 0;
 }
 
-/* Put the region in the tree. Counters are private only if no invalidation
- * runs now (see ctx->notifier_count); otherwise the region waits on
- * no_counters until the last running invalidation ends. */
+/* Stripes: the fewest power-of-two runs of pages, at most
+ * UMEM_MAX_STRIPES of them, that cover the region. */
+static unsigned stripe_shift_for(uint64_t npages)
+{
+	unsigned s = 0;
+
+	while (((npages + ((uint64_t)1 << s) - 1) >> s) > UMEM_MAX_STRIPES)
+		s++;
+	return s;
+}
+
+static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
+				    uint64_t end, unsigned access)
+{
+	uint64_t npages = (end - start) >> ctx->page_shift;
+	unsigned shift = stripe_shift_for(npages);
+	unsigned n = (unsigned)((npages + ((uint64_t)1 << shift) - 1) >> shift);
+	struct uodp_umem *umem;
+	pthread_condattr_t ca;
+
+	umem = calloc(1, sizeof(*umem) + n * sizeof(struct stripe));
+	if (!umem)
+		return NULL;
+	if (ulock_init(&umem->lock))
+		goto err_free;
+	/* Waits are bounded on the monotonic clock (map_and_lock). */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (pthread_cond_init(&umem->idle, &ca)) {
+		pthread_condattr_destroy(&ca);
+		goto err_lock;
+	}
+	pthread_condattr_destroy(&ca);
+	umem->ctx = (struct uodp_ctx *)ctx;
+	umem->start = start;
+	umem->end = end;
+	umem->access = access;
+	umem->stripe_shift = shift;
+	umem->nstripes = n;
+	umem->node.start = start;
+	umem->node.last = end - 1;
+	atomic_init(&umem->refs, 1);
+	atomic_init(&umem->priv, NULL);
+	atomic_init(&umem->dying, false);
+	atomic_init(&umem->released, false);
+	pgt_init(&umem->table, npages);
+	umem->table.no_alloc = true; /* see table.c */
+	umem->magic = UODP_UMEM_MAGIC;
+	return umem;
+
+err_lock:
+	ulock_destroy(&umem->lock);
+err_free:
+	free(umem);
+	return NULL;
+}
+
+/*
+ * Free a region's memory. In debug builds the object itself stays,
+ * poisoned, so that a handle used after release is caught (umem_valid()
+ * aborts on the dead magic) instead of reading reused memory.
+ */
+static void umem_free(struct uodp_umem *umem)
+{
+	umem->magic = UODP_DEAD_MAGIC;
+	pgt_destroy(&umem->table);
+	pthread_cond_destroy(&umem->idle);
+	ulock_destroy(&umem->lock);
+	if (!UODP_DEBUG_ON)
+		free(umem);
+}
+
+void umem_put(struct uodp_umem *umem)
+{
+	if (atomic_fetch_sub(&umem->refs, 1) == 1)
+		umem_free(umem);
+}
+
+/* Put the region in the index, with its birth period (see internal.h);
+ * tree write lock held. */
 static void ctx_add_region(struct uodp_ctx *ctx, struct uodp_umem *umem)
 {
+	uint64_t p;
+
+	pthread_mutex_lock(&ctx->inv_lock);
+	p = atomic_load(&ctx->period);
+	pthread_mutex_unlock(&ctx->inv_lock);
+	umem->birth = (p & 1) ? p : 0;
 	itree_insert(&ctx->tree, &umem->node);
 	umem->next = ctx->umems;
 	if (ctx->umems)
 		ctx->umems->prev = umem;
 	ctx->umems = umem;
+	umem->in_tree = true;
 	ctx->nregions++;
-	if (atomic_load(&ctx->notifier_count) == 0) {
-		umem->active = true;
-	} else {
-		umem->on_nc = true;
-		umem->next_nc = ctx->no_counters;
-		ctx->no_counters = umem;
-		atomic_fetch_add(&ctx->nc_pending, 1);
-	}
 }
 
 static void ctx_remove_region(struct uodp_ctx *ctx, struct uodp_umem *umem)
 {
-	struct uodp_umem **pp;
-
 	itree_remove(&ctx->tree, &umem->node);
 	if (umem->prev)
 		umem->prev->next = umem->next;
@@ -87,93 +134,53 @@ static void ctx_remove_region(struct uodp_ctx *ctx, struct uodp_umem *umem)
 		ctx->umems = umem->next;
 	if (umem->next)
 		umem->next->prev = umem->prev;
+	umem->in_tree = false;
 	ctx->nregions--;
-	if (umem->on_nc) {
-		for (pp = &ctx->no_counters; *pp != umem; pp = &(*pp)->next_nc)
-			;
-		*pp = umem->next_nc;
-		umem->on_nc = false;
-		atomic_fetch_sub(&ctx->nc_pending, 1);
-	}
 }
 
-/* Kernel registration of a new region; ctx->mon_lock held. Starts the
- * monitor with the context's first region. */
-static int umem_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
+static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
+		    unsigned access, struct uodp_umem **out);
+
+UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
+			   unsigned access, struct uodp_umem **out)
 {
 	int r;
 
-	if (ctx->flags & UODP_CTX_MANUAL)
-		return 0;
-	pthread_mutex_lock(&ctx->mon_lock);
-	if (!ctx->mon) {
-		r = umon_create(ctx, &ctx->mon);
-		if (r)
-			goto out;
-	}
-	r = umon_register(ctx->mon, start, end);
-	if (!r)
-		ctx->nwatched++;
-	else if (!ctx->nwatched)
-		ctx_stop_monitor_locked(ctx);
-out:
-	pthread_mutex_unlock(&ctx->mon_lock);
+	if (!ctx_valid(ctx))
+		return -EINVAL;
+	atomic_fetch_add(&ctx->users, 1);
+	r = umem_get(ctx, addr, len, access, out);
+	atomic_fetch_sub(&ctx->users, 1);
 	return r;
 }
 
-/* Undo umem_watch(). The monitor goes with the last watched region (or
- * went already, with uodp_ctx_destroy()). */
-static void umem_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
-{
-	if (ctx->flags & UODP_CTX_MANUAL)
-		return;
-	pthread_mutex_lock(&ctx->mon_lock);
-	if (ctx->mon) {
-		umon_unregister(ctx->mon, start, end);
-		if (--ctx->nwatched == 0)
-			ctx_stop_monitor_locked(ctx);
-	}
-	pthread_mutex_unlock(&ctx->mon_lock);
-}
-
-UODP_API int uodp_umem_get(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
-			   unsigned access, struct uodp_umem **out)
+static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
+		    unsigned access, struct uodp_umem **out)
 {
 	struct uodp_umem *umem;
 	uint64_t start, end;
 	int r;
 
-	if (!ctx_valid(ctx) || !out || !access || (access & ~UODP_ACCESS_ALL))
+	if (!out || !access ||
+	    (access & ~(UODP_ACCESS_ALL | UODP_ACCESS_WATCH)) ||
+	    ((access & UODP_ACCESS_WATCH) && (access & UODP_ACCESS_ALL)))
 		return -EINVAL;
-	r = page_range(ctx, addr, len, &start, &end);
+	r = page_round(ctx, (uintptr_t)addr, len, &start, &end);
 	if (r)
 		return r;
 	if (ctx_forked(ctx))
 		return -ECHILD;
-
-	umem = calloc(1, sizeof(*umem));
+	r = callback_check(true);
+	if (r)
+		return r;
+	umem = umem_alloc(ctx, start, end, access);
 	if (!umem)
 		return -ENOMEM;
-	r = umem_init_locks(umem);
+	/* Watch first, so that no event for the range can be missed once the
+	 * region is in the index. */
+	r = ctx_watch(ctx, start, end);
 	if (r)
 		goto err_free;
-	umem->ctx = ctx;
-	umem->start = start;
-	umem->end = end;
-	umem->access = access;
-	umem->node.start = start;
-	umem->node.last = end - 1;
-	pgt_init(&umem->table, (end - start) >> ctx->page_shift);
-	umem->table.no_alloc = true; /* see table.c */
-	atomic_init(&umem->seq, 0);
-	atomic_init(&umem->priv, NULL);
-	umem->magic = UODP_UMEM_MAGIC;
-
-	/* Kernel registration first, so that no event for the range can be
-	 * missed once the region is in the tree. */
-	r = umem_watch(ctx, start, end);
-	if (r)
-		goto err_locks;
 	pthread_rwlock_wrlock(&ctx->tree_lock);
 	if (ctx->dying) {
 		pthread_rwlock_unlock(&ctx->tree_lock);
@@ -186,13 +193,12 @@ UODP_API int uodp_umem_get(struct uodp_ctx *ctx, uint64_t addr, uint64_t len,
 	return 0;
 
 err_unwatch:
-	umem_unwatch(ctx, start, end);
-err_locks:
+	ctx_unwatch(ctx, start, end);
+err_free:
 	umem->magic = 0;
 	pgt_destroy(&umem->table);
 	pthread_cond_destroy(&umem->idle);
-	pthread_mutex_destroy(&umem->lock);
-err_free:
+	ulock_destroy(&umem->lock);
 	free(umem);
 	return r;
 }
@@ -200,17 +206,24 @@ err_free:
 UODP_API int uodp_umem_release(struct uodp_umem *umem)
 {
 	struct uodp_ctx *ctx;
-	bool free_ctx;
+	bool free_ctx, was;
+	int r;
 
 	if (!umem_valid(umem))
 		return -EINVAL;
 	ctx = umem->ctx;
 	if (ctx_forked(ctx))
 		return -ECHILD;
-
+	r = callback_check(true);
+	if (r)
+		return r;
+	if (ulock_held(&umem->lock))
+		return -EDEADLK;
+	was = atomic_exchange(&umem->released, true);
+	if (was)
+		return -EINVAL; /* a racing second release */
 	umem_drop_range(umem, umem->start, umem->end, false);
-	umem_unwatch(ctx, umem->start, umem->end);
-
+	ctx_unwatch(ctx, umem->start, umem->end);
 	/* Whether we free the context is decided under the write lock, as
 	 * uodp_ctx_destroy() decides it; past this unlock we no longer touch
 	 * the context unless we are the one to free it. */
@@ -218,21 +231,20 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	ctx_remove_region(ctx, umem);
 	free_ctx = ctx->destroyed && ctx->nregions == 0;
 	pthread_rwlock_unlock(&ctx->tree_lock);
-
-	umem_free(umem);
+	umem_put(umem); /* a relay walk may still hold it */
 	if (free_ctx)
 		ctx_release(ctx);
 	return 0;
 }
 
-UODP_API uint64_t uodp_umem_start(const struct uodp_umem *umem)
+UODP_API void *uodp_umem_start(const struct uodp_umem *umem)
 {
-	return umem_valid(umem) ? umem->start : 0;
+	return umem_valid(umem) ? (void *)(uintptr_t)umem->start : NULL;
 }
 
-UODP_API uint64_t uodp_umem_end(const struct uodp_umem *umem)
+UODP_API void *uodp_umem_end(const struct uodp_umem *umem)
 {
-	return umem_valid(umem) ? umem->end : 0;
+	return umem_valid(umem) ? (void *)(uintptr_t)umem->end : NULL;
 }
 
 UODP_API unsigned uodp_umem_access(const struct uodp_umem *umem)
@@ -258,104 +270,113 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem)
 		       NULL;
 }
 
-UODP_API uint64_t uodp_umem_read_seq(struct uodp_umem *umem)
-{
-	return umem_valid(umem) ? atomic_load(&umem->seq) : 0;
-}
+/* ---- the lock and the low-level protocol steps ---- */
 
-UODP_API void uodp_umem_lock(struct uodp_umem *umem)
+UODP_API int uodp_umem_lock(struct uodp_umem *umem)
 {
-	if (umem_valid(umem))
-		pthread_mutex_lock(&umem->lock);
-}
-
-UODP_API void uodp_umem_unlock(struct uodp_umem *umem)
-{
-	if (umem_valid(umem))
-		pthread_mutex_unlock(&umem->lock);
-}
-
-/* The check a fault makes, under the region lock, before it installs
- * anything (see struct uodp_umem for the invariants). */
-bool umem_retry_locked(const struct uodp_umem *umem, uint64_t seq)
-{
-	return !umem->active || umem->dying || umem->count > 0 ||
-	       atomic_load(&umem->seq) != seq;
-}
-
-UODP_API bool uodp_umem_retry(struct uodp_umem *umem, uint64_t seq)
-{
-	bool r;
-
 	if (!umem_valid(umem))
-		return true;
-	pthread_mutex_lock(&umem->lock);
-	r = umem_retry_locked(umem, seq);
-	pthread_mutex_unlock(&umem->lock);
-	return r;
+		return -EINVAL;
+	if (ulock_held(&umem->lock))
+		return -EDEADLK;
+	ulock_lock(&umem->lock);
+	return 0;
 }
 
-UODP_API int uodp_umem_wait(struct uodp_umem *umem)
+UODP_API int uodp_umem_unlock(struct uodp_umem *umem)
 {
-	int r;
+	if (!umem_valid(umem))
+		return -EINVAL;
+	if (!ulock_held(&umem->lock))
+		return -EPERM;
+	ulock_unlock(&umem->lock);
+	return 0;
+}
+
+UODP_API int64_t uodp_umem_read_begin(struct uodp_umem *umem)
+{
+	int64_t r;
+	int cs;
 
 	if (!umem_valid(umem))
 		return -EINVAL;
 	if (ctx_forked(umem->ctx))
 		return -ECHILD;
-	pthread_mutex_lock(&umem->lock);
-	while (!umem->dying && (umem->count > 0 || !umem->active))
-		pthread_cond_wait(&umem->idle, &umem->lock);
-	r = umem->dying ? -ENODEV : 0;
-	pthread_mutex_unlock(&umem->lock);
+	if (ulock_held(&umem->lock))
+		return -EDEADLK;
+	r = callback_check(false);
+	if (r)
+		return r;
+	cs = nocancel_begin();
+	r = fault_begin(umem, 0, umem_npages(umem), NULL);
+	nocancel_end(cs);
 	return r;
 }
 
-static bool umem_holds(const struct uodp_umem *umem, uint64_t va)
+UODP_API bool uodp_umem_read_retry(struct uodp_umem *umem, uint64_t seq)
 {
-	return umem_valid(umem) && va >= umem->start && va < umem->end;
+	if (!umem_valid(umem))
+		return true;
+	if (!ulock_held(&umem->lock)) {
+		uodp_misuse("uodp_umem_read_retry() without the region lock");
+		return true;
+	}
+	return fault_retry_locked(umem, 0, umem_npages(umem), seq);
 }
 
-static uint64_t page_va(const struct uodp_umem *umem, uint64_t idx)
-{
-	return umem->start + (idx << umem->ctx->page_shift);
-}
+/* ---- entries ---- */
 
 static uint64_t word_entry(const struct uodp_umem *umem, uint64_t idx,
 			   uint64_t w)
 {
-	return (w & W_ACCESS_MASK) ? page_va(umem, idx) | (w & W_ACCESS_MASK) :
-				     0;
+	return (w & W_ACCESS_MASK) ?
+		       (umem->start + (idx << umem->ctx->page_shift)) |
+			       (w & W_ACCESS_MASK) :
+		       0;
 }
 
-UODP_API uint64_t uodp_umem_entry(struct uodp_umem *umem, uint64_t va)
+UODP_API int uodp_umem_entries_locked(struct uodp_umem *umem, const void *addr,
+				      size_t n, uint64_t *out)
 {
-	uint64_t idx, w;
+	uint64_t va = (uintptr_t)addr, idx, i, npages;
 
-	if (!umem_holds(umem, va))
-		return 0;
+	if (!umem_valid(umem) || !out)
+		return -EINVAL;
+	npages = umem_npages(umem);
+	if (va < umem->start || va >= umem->end)
+		return -ERANGE;
 	idx = umem_page(umem, va);
-	pthread_mutex_lock(&umem->lock);
-	w = pgt_get(&umem->table, idx);
-	pthread_mutex_unlock(&umem->lock);
-	return word_entry(umem, idx, w);
+	if (n > npages - idx)
+		return -ERANGE;
+	if (!ulock_held(&umem->lock))
+		return -EPERM;
+	for (i = 0; i < n; i++)
+		out[i] = umem_watch_only(umem) ?
+				 0 :
+				 word_entry(umem, idx + i,
+					    pgt_get(&umem->table, idx + i));
+	return 0;
 }
 
-UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, uint64_t va)
+UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, const void *addr)
 {
-	uint64_t w;
+	uint64_t va = (uintptr_t)addr, w;
+	bool mine;
 
-	if (!umem_holds(umem, va))
+	if (!umem_valid(umem) || va < umem->start || va >= umem->end ||
+	    umem_watch_only(umem))
 		return 0;
-	pthread_mutex_lock(&umem->lock);
+	mine = ulock_held(&umem->lock);
+	if (!mine)
+		ulock_lock(&umem->lock);
 	w = pgt_get(&umem->table, umem_page(umem, va));
-	pthread_mutex_unlock(&umem->lock);
+	if (!mine)
+		ulock_unlock(&umem->lock);
 	return (w & W_ACCESS_MASK) ? w >> W_PFN_SHIFT : 0;
 }
 
 struct visit_arg {
 	struct uodp_umem *umem;
-	int (*fn)(uint64_t va, uint64_t entry, void *arg);
+	int (*fn)(void *page, uint64_t entry, void *arg);
 	void *arg;
 	int64_t visited;
 };
@@ -363,51 +384,42 @@ struct visit_arg {
 static int visit_word(uint64_t idx, uint64_t *word, void *argp)
 {
 	struct visit_arg *a = argp;
+	uint64_t e = word_entry(a->umem, idx, *word);
 
-	if (!(*word & W_ACCESS_MASK))
+	if (!e)
 		return 0;
 	a->visited++;
-	return a->fn(page_va(a->umem, idx), word_entry(a->umem, idx, *word),
-		     a->arg);
-}
-
-/* Clamp [start, end) to the region as page indexes; false if empty. */
-static bool index_range(const struct uodp_umem *umem, uint64_t start,
-			uint64_t end, uint64_t *from, uint64_t *to)
-{
-	if (start < umem->start)
-		start = umem->start;
-	if (end > umem->end)
-		end = umem->end;
-	if (start >= end)
-		return false;
-	*from = umem_page(umem, start);
-	*to = umem_page(umem, end - 1) + 1;
-	return true;
+	return a->fn((void *)(uintptr_t)(e & UODP_ENTRY_ADDR_MASK), e, a->arg);
 }
 
 UODP_API int64_t uodp_umem_for_each_entry(
-	struct uodp_umem *umem, uint64_t start, uint64_t end,
-	int (*fn)(uint64_t va, uint64_t entry, void *arg), void *arg)
+	struct uodp_umem *umem, const void *addr, size_t len,
+	int (*fn)(void *page, uint64_t entry, void *arg), void *arg)
 {
 	struct visit_arg a = { .umem = umem, .fn = fn, .arg = arg };
-	uint64_t from, to;
+	uint64_t start = (uintptr_t)addr, end;
 
 	if (!umem_valid(umem) || !fn)
 		return -EINVAL;
 	if (ctx_forked(umem->ctx))
 		return -ECHILD;
-	if (!index_range(umem, start, end, &from, &to))
+	if (!ulock_held(&umem->lock))
+		return -EPERM;
+	end = start + len < start ? UINT64_MAX : start + len;
+	if (start < umem->start)
+		start = umem->start;
+	if (end > umem->end)
+		end = umem->end;
+	if (start >= end || umem_watch_only(umem))
 		return 0;
-	pthread_mutex_lock(&umem->lock);
-	pgt_for_each(&umem->table, from, to, visit_word, &a);
-	pthread_mutex_unlock(&umem->lock);
+	pgt_for_each(&umem->table, umem_page(umem, start),
+		     umem_page(umem, end - 1) + 1, visit_word, &a);
 	return a.visited;
 }
 
 struct dirty_arg {
 	struct uodp_umem *umem;
-	uint64_t *vas;
+	void **pages;
 	size_t max, n;
 };
 
@@ -419,46 +431,51 @@ static int take_dirty(uint64_t idx, uint64_t *word, void *argp)
 		return 0;
 	if (a->n == a->max)
 		return 1;
-	a->vas[a->n++] = page_va(a->umem, idx);
+	a->pages[a->n++] =
+		(void *)(uintptr_t)(a->umem->start +
+				    (idx << a->umem->ctx->page_shift));
 	*word &= ~W_DIRTY;
 	return 0;
 }
 
-UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, uint64_t *vas,
+UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, void **pages,
 				      size_t max)
 {
-	struct dirty_arg a = { .umem = umem, .vas = vas, .max = max };
+	struct dirty_arg a = { .umem = umem, .pages = pages, .max = max };
 	void *dead;
 
-	if (!umem_valid(umem) || (!vas && max))
+	if (!umem_valid(umem) || (!pages && max))
 		return -EINVAL;
 	if (ctx_forked(umem->ctx))
 		return -ECHILD;
-	if (!max)
+	if (ulock_held(&umem->lock))
+		return -EDEADLK;
+	if (!max || umem_watch_only(umem))
 		return 0;
-	pthread_mutex_lock(&umem->lock);
+	ulock_lock(&umem->lock);
 	pgt_for_each(&umem->table, 0, umem->table.nslots, take_dirty, &a);
 	dead = table_trim(&umem->table);
-	pthread_mutex_unlock(&umem->lock);
+	ulock_unlock(&umem->lock);
 	pgt_free_nodes(dead);
 	return (int64_t)a.n;
 }
 
 UODP_API int uodp_umem_stats(struct uodp_umem *umem,
-			     struct uodp_umem_stats *out)
+			     struct uodp_umem_stats *out, size_t size)
 {
-	if (!umem_valid(umem) || !out)
+	struct uodp_umem_stats s;
+
+	if (!umem_valid(umem) || !out || !size)
 		return -EINVAL;
 	if (ctx_forked(umem->ctx))
 		return -ECHILD;
-	pthread_mutex_lock(&umem->lock);
-	out->map_calls = umem->stats.map_calls;
-	out->pages_mapped = umem->stats.pages_mapped;
-	out->invalidations = umem->stats.invalidations;
-	out->pages_invalidated = umem->stats.pages_invalidated;
-	out->eagain = umem->stats.eagain;
-	out->mapped_now = umem->mapped;
-	out->table_bytes = umem->table.bytes;
-	pthread_mutex_unlock(&umem->lock);
+	if (ulock_held(&umem->lock))
+		return -EDEADLK;
+	ulock_lock(&umem->lock);
+	s = umem->stats;
+	s.mapped_now = umem->mapped;
+	s.table_bytes = umem->table.bytes;
+	ulock_unlock(&umem->lock);
+	memcpy(out, &s, size < sizeof(s) ? size : sizeof(s));
 	return 0;
 }

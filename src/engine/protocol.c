@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * protocol.c - the retry protocol: periods (context) and stripes (region),
+ * as described above struct uodp_ctx in internal.h. Everything that reads
+ * or writes ctx->active/period or a region's stripes is here, so the
+ * Promela model (model/uodp.pml) maps onto one file.
+ */
+#include <errno.h>
+
+#include "engine/internal.h"
+
+void deadline_after(struct timespec *ts, unsigned ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+bool deadline_passed(const struct timespec *ts)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > ts->tv_sec ||
+	       (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
+}
+
+/* ---- periods ---- */
+
+uint64_t ctx_inval_begin(struct uodp_ctx *ctx)
+{
+	uint64_t p;
+
+	atomic_fetch_add(&ctx->inflight, 1);
+	pthread_mutex_lock(&ctx->inv_lock);
+	if (ctx->active++ == 0)
+		atomic_fetch_add(&ctx->period, 1); /* now odd */
+	p = atomic_load(&ctx->period);
+	uodp_assert(p & 1);
+	pthread_mutex_unlock(&ctx->inv_lock);
+	return p;
+}
+
+void ctx_inval_end(struct uodp_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->inv_lock);
+	uodp_assert(ctx->active > 0);
+	if (--ctx->active == 0) {
+		atomic_fetch_add(&ctx->period, 1); /* now even */
+		pthread_cond_broadcast(&ctx->inv_idle);
+	}
+	pthread_mutex_unlock(&ctx->inv_lock);
+	atomic_fetch_sub(&ctx->inflight, 1);
+}
+
+/* Born while invalidations ran, and they still run: not ready. */
+bool umem_ready(const struct uodp_umem *umem)
+{
+	return !umem->birth || umem->birth != atomic_load(&umem->ctx->period);
+}
+
+/* Wait on the context until the region is ready (or dying). */
+static int wait_ready(struct uodp_umem *umem, const struct timespec *deadline)
+{
+	struct uodp_ctx *ctx = umem->ctx;
+	int r = 0;
+
+	if (umem_ready(umem))
+		return 0;
+	pthread_mutex_lock(&ctx->inv_lock);
+	while (!umem_ready(umem) && !atomic_load(&umem->dying)) {
+		if (deadline)
+			r = pthread_cond_timedwait(&ctx->inv_idle,
+						   &ctx->inv_lock, deadline);
+		else
+			r = pthread_cond_wait(&ctx->inv_idle, &ctx->inv_lock);
+		if (r == ETIMEDOUT) {
+			r = -EBUSY;
+			break;
+		}
+		r = 0;
+	}
+	pthread_mutex_unlock(&ctx->inv_lock);
+	return r;
+}
+
+/* ---- stripes ---- */
+
+static uint64_t stripes_seq_locked(const struct uodp_umem *umem, uint64_t a,
+				   uint64_t b, bool *busy)
+{
+	unsigned i, first, last;
+	uint64_t sum = 0;
+
+	stripe_span(umem, a, b, &first, &last);
+	*busy = false;
+	for (i = first; i <= last; i++) {
+		sum += umem->stripes[i].seq;
+		*busy |= umem->stripes[i].count != 0;
+	}
+	/* Non-negative as an int64_t: 2^63 invalidations never happen. */
+	return sum & ((uint64_t)INT64_MAX);
+}
+
+int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
+		    const struct timespec *deadline)
+{
+	uint64_t seq;
+	bool busy;
+	int r;
+
+	r = wait_ready(umem, deadline);
+	if (r)
+		return r;
+	ulock_lock(&umem->lock);
+	for (;;) {
+		if (umem->dying) {
+			r = -ENODEV;
+			break;
+		}
+		seq = stripes_seq_locked(umem, a, b, &busy);
+		if (!busy)
+			break;
+		r = ulock_wait(&umem->lock, &umem->idle, deadline);
+		if (r == ETIMEDOUT) {
+			r = -EBUSY;
+			break;
+		}
+		r = 0;
+	}
+	ulock_unlock(&umem->lock);
+	return r ? r : (int64_t)seq;
+}
+
+bool fault_retry_locked(const struct uodp_umem *umem, uint64_t a, uint64_t b,
+			uint64_t seq)
+{
+	bool busy;
+
+	ulock_assert_held((struct ulock *)&umem->lock);
+	if (umem->dying || !umem_ready(umem))
+		return true;
+	return stripes_seq_locked(umem, a, b, &busy) != seq || busy;
+}
+
+/* Region born in this invalidation's period: it was not (or not surely)
+ * in the tree when the invalidation began, so neither its start nor its
+ * end accounts it; its faults wait for the period to end instead. */
+static bool skip_accounting(const struct uodp_umem *umem, uint64_t period)
+{
+	return umem->birth && umem->birth == period;
+}
+
+void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
+		 uint64_t period)
+{
+	unsigned i, first, last;
+
+	ulock_lock(&umem->lock);
+	umem->stats.invalidations++;
+	if (!skip_accounting(umem, period)) {
+		stripe_span(umem, umem_page(umem, s), umem_page(umem, e),
+			    &first, &last);
+		for (i = first; i <= last; i++)
+			umem->stripes[i].count++;
+	}
+	ulock_unlock(&umem->lock);
+}
+
+/* Bump seq before lowering count: a fault that began while this ran sees
+ * either the count or the new seq, never neither. */
+void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period)
+{
+	unsigned i, first, last;
+	bool wake = false;
+
+	if (skip_accounting(umem, period))
+		return;
+	ulock_lock(&umem->lock);
+	stripe_span(umem, umem_page(umem, s), umem_page(umem, e), &first,
+		    &last);
+	for (i = first; i <= last; i++) {
+		uodp_assert(umem->stripes[i].count > 0);
+		umem->stripes[i].seq++;
+		if (--umem->stripes[i].count == 0)
+			wake = true;
+	}
+	if (wake)
+		pthread_cond_broadcast(&umem->idle);
+	ulock_unlock(&umem->lock);
+}
+
+__thread int engine_in_callback;
+
+void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
+		enum uodp_event ev, int cb_kind)
+{
+	struct uodp_ctx *ctx = umem->ctx;
+	struct uodp_range r = {
+		.start = (void *)(uintptr_t)s,
+		.end = (void *)(uintptr_t)e,
+		.event = ev,
+		.umem_priv = atomic_load(&umem->priv),
+	};
+	int saved = engine_in_callback;
+
+	uodp_assert(!ulock_held(&umem->lock));
+	if (ctx->ops.invalidate) {
+		engine_in_callback = cb_kind;
+		ctx->ops.invalidate(umem, &r, ctx->ops.priv);
+		engine_in_callback = saved;
+	}
+	if (!umem_watch_only(umem))
+		umem_drop_range(umem, s, e, true);
+}
