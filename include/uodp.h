@@ -375,7 +375,9 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, const void *addr,
  * page table from the engine's entries. Invalidations take it to move the
  * sequence, so a driver holding it sees a stable answer. Not recursive.
  * Never hold it across map, read_begin, get/release or any call that
- * invalidates (they fail with -EDEADLK).
+ * invalidates (they fail with -EDEADLK), nor across munmap()/madvise() of
+ * registered memory: the kernel monitor must take it to invalidate, and
+ * the kernel makes the unmapping thread wait for the monitor.
  * Errors: -EINVAL (NULL), -EDEADLK (lock: already held by this thread),
  * -EPERM (unlock: not held by this thread).
  */
