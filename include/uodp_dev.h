@@ -29,19 +29,39 @@
  *    uodp_dev_close();
  *  - after fork() the child may not use the parent's devices: every call
  *    fails with -ECHILD (open a new device in the child);
- *  - errors common to all operations on a key:
+ *  - one errno means one thing in this header (uodp_dev_strerror() gives
+ *    the message); engine errors that mean something else here are
+ *    translated before they are returned:
  *      -EINVAL  NULL device or pointer argument, unknown flag or opcode,
- *               misaligned atomic address;
- *      -ENOENT  no region has this key (never registered, or deregistered);
- *      -ERANGE  the range is not inside the region (or wraps around);
- *      -EPERM   the key's rights do not allow the operation;
+ *               misaligned atomic address, a range that wraps or leaves
+ *               the user address space;
+ *      -ENOENT  no region has this key (never registered, or
+ *               deregistered: a dead key stays dead, it is never issued
+ *               again by the device);
+ *      -ERANGE  the range is not inside the key's region;
+ *      -EPERM   the key's rights do not allow the operation (and nothing
+ *               else: a forbidden userfaultfd is -ENOSYS here);
  *      -EFAULT  memory in the range is not mapped by the process (or was
- *               unmapped during the operation);
+ *               unmapped during the operation, or is a file page past
+ *               the end of its file), or the caller's own buffer is not
+ *               valid memory;
  *      -EACCES  the process may not access the memory that way (a write
  *               to read-only memory, any access to PROT_NONE memory);
- *      -ENOMEM  out of memory; -ENODEV the device is closing; -ECHILD;
- *      -EBUSY, -EOPNOTSUPP  (kernel monitor) a fault found memory the
- *               monitor cannot watch (see uodp_umem_map() in uodp.h).
+ *      -ENOMEM  out of memory;
+ *      -ENOSPC  no room: no key value left (reg), the queue is full (post);
+ *      -ENODEV  the device is closing;
+ *      -ECHILD  the device was opened by the parent of this process;
+ *      -ENOSYS  a kernel facility the device needs is missing or forbidden
+ *               (userfaultfd for the kernel monitor; process_vm_readv/
+ *               writev where no guarded copy exists, see uodp_dev_open());
+ *      -EBUSY   (kernel monitor) another userfaultfd watches the memory;
+ *      -EOPNOTSUPP (kernel monitor) the memory is of a kind the monitor
+ *               cannot follow (see uodp_umem_map_and_lock() in uodp.h);
+ *      -EAGAIN  no thread could be created (transient);
+ *      -EMFILE, -ENFILE  no file descriptor for the kernel monitor;
+ *      -EDEADLK called from an invalidation callback of the device's
+ *               context.
+ *    Each function lists the ones it returns.
  */
 #ifndef UODP_DEV_H
 #define UODP_DEV_H
@@ -349,6 +369,10 @@ UODP_API int uodp_dev_poll_wait(struct uodp_dev_queue *q,
 
 /* A short name of an opcode ("read", ...) or "?"; never NULL. */
 UODP_API const char *uodp_dev_opcode_name(enum uodp_dev_opcode op);
+
+/* A static description of an error code as this header uses it (the sign
+ * is ignored; "unknown error" for codes it does not use; never NULL). */
+UODP_API const char *uodp_dev_strerror(int err);
 
 #ifdef __cplusplus
 }

@@ -91,9 +91,8 @@ static struct uodp_dev_stats stats(struct uodp_dev *dev)
 
 static void inval(struct uodp_dev *dev, void *p, size_t len)
 {
-	assert_int_equal(uodp_invalidate_range(uodp_dev_ctx(dev),
-					       (uint64_t)(uintptr_t)p,
-					       (uint64_t)(uintptr_t)p + len),
+	assert_int_equal(uodp_invalidate_range(uodp_dev_ctx(dev), p, len,
+					       UODP_EVENT_MANUAL),
 			 0);
 }
 
@@ -668,8 +667,8 @@ static void test_two_devices(void **state)
 	assert_int_equal(uodp_dev_close(d2), 0);
 }
 
-/* two devices sharing one context: one invalidation reaches both; with
- * the kernel monitor (if available) both can register the same memory. */
+/* two devices sharing one context: one invalidation reaches both (the
+ * kernel-monitor variants are in test_dev_monitor.c). */
 static void shared_case(unsigned flags, bool monitor)
 {
 	struct uodp_dev_attr a = { .flags = flags };
@@ -741,13 +740,6 @@ static void test_shared_context(void **state)
 	a.share = d1;
 	assert_int_equal(uodp_dev_open(&a, &d2), -EINVAL);
 	assert_int_equal(uodp_dev_close(d1), 0);
-}
-
-static void test_shared_context_monitor(void **state)
-{
-	(void)state;
-	shared_case(0, true);
-	shared_case(UODP_DEV_STRICT, true);
 }
 
 /* atomics: semantics, then contention from the CPU and the device. */
@@ -1144,15 +1136,17 @@ static void test_implicit_auto_trim(void **state)
 }
 
 /* A fault racing an invalidation installs nothing stale: the invalidation
- * runs between uodp_umem_map() and the install (test hook). */
-extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
+ * runs between the engine's populate and its install (the engine's test
+ * hook, inside uodp_umem_map_and_lock(), no lock held). */
+extern void (*engine_test_hook_before_install)(struct uodp_umem *umem);
 static struct uodp_dev *hook_dev;
 static char *hook_p;
 static int hook_calls;
+static struct uodp_umem *hook_umem;
 
 static void hook_unmap(struct uodp_umem *umem)
 {
-	(void)umem;
+	hook_umem = umem;
 	if (hook_calls++)
 		return;
 	/* the page the fault just populated goes away */
@@ -1162,6 +1156,7 @@ static void hook_unmap(struct uodp_umem *umem)
 
 static void test_fault_invalidate_race(void **state)
 {
+	struct uodp_umem_stats us;
 	struct uodp_dev_stats s;
 	uint32_t k;
 	uint8_t st;
@@ -1174,64 +1169,19 @@ static void test_fault_invalidate_race(void **state)
 	assert_int_equal(uodp_dev_reg_mr(hook_dev, VA(hook_p), PS,
 					 UODP_DEV_ACCESS_READ, &k),
 			 0);
-	dev_test_hook_before_install = hook_unmap;
+	engine_test_hook_before_install = hook_unmap;
 	assert_int_equal(uodp_dev_read(hook_dev, k, VA(hook_p), b, 8), -EFAULT);
-	dev_test_hook_before_install = NULL;
+	engine_test_hook_before_install = NULL;
+	/* The engine's fault loop collided once and started again (the
+	 * region is still registered: its counters are readable). */
+	assert_non_null(hook_umem);
+	assert_int_equal(uodp_umem_stats(hook_umem, &us, sizeof(us)), 0);
+	assert_true(us.retries >= 1);
 	s = stats(hook_dev);
-	assert_true(s.fault_retries >= 1);
 	assert_int_equal(s.pages_faulted, 0);
 	assert_int_equal(uodp_dev_snapshot(hook_dev, k, VA(hook_p), 1, &st), 1);
 	assert_int_equal(st, UODP_DEV_PAGE_NONE);
 	assert_int_equal(uodp_dev_close(hook_dev), 0);
-}
-
-/* A device using the kernel monitor: munmap invalidates on its own. */
-static void test_kernel_monitor(void **state)
-{
-	struct uodp_dev_attr a = { 0 };
-	struct uodp_dev *dev;
-	struct uodp_dev_stats s;
-	char *p;
-	uint32_t k;
-	char b[8];
-	int r, i;
-
-	(void)state;
-	r = uodp_dev_open(&a, &dev);
-	if (r == -ENOSYS || r == -EPERM || r == -EACCES)
-		skip();
-	assert_int_equal(r, 0);
-	p = map_anon(4 * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE);
-	r = uodp_dev_reg_mr(dev, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL, &k);
-	if (r == -ENOSYS || r == -EPERM) {
-		uodp_dev_close(dev);
-		munmap(p, 4 * PS);
-		skip();
-	}
-	assert_int_equal(r, 0);
-	strcpy(p, "mon");
-	assert_int_equal(uodp_dev_read(dev, k, VA(p), b, 4), 0);
-	assert_string_equal(b, "mon");
-	assert_int_equal(munmap(p, 4 * PS), 0);
-	/* the monitor's invalidation may finish just after munmap returns */
-	for (i = 0; i < 2000; i++) {
-		s = stats(dev);
-		if (s.pages_invalidated)
-			break;
-		usleep(1000);
-	}
-	assert_true(s.invalidations >= 1);
-	r = uodp_dev_read(dev, k, VA(p), b, 4);
-	if (r != -EFAULT) {
-		/* Another thread's mmap(NULL) (a sanitizer runtime's, seen
-		 * under TSan) may have filled the hole: the device then
-		 * rightly reads what is mapped there now. */
-		unsigned char v;
-
-		assert_int_equal(r, 0);
-		assert_int_equal(mincore(p, PS, &v), 0);
-	}
-	assert_int_equal(uodp_dev_close(dev), 0);
 }
 
 int main(void)
@@ -1254,7 +1204,6 @@ int main(void)
 		cmocka_unit_test(test_teardown_race),
 		cmocka_unit_test(test_two_devices),
 		cmocka_unit_test(test_shared_context),
-		cmocka_unit_test(test_shared_context_monitor),
 		cmocka_unit_test_setup_teardown(test_atomics_basic, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_atomics_contention, setup,
@@ -1268,7 +1217,6 @@ int main(void)
 		cmocka_unit_test(test_implicit),
 		cmocka_unit_test(test_implicit_auto_trim),
 		cmocka_unit_test(test_fault_invalidate_race),
-		cmocka_unit_test(test_kernel_monitor),
 	};
 
 	PS = (size_t)sysconf(_SC_PAGESIZE);

@@ -188,8 +188,8 @@ static int al_inval_status;
 static void *al_invalidate(void *arg)
 {
 	(void)arg;
-	al_inval_status = uodp_invalidate_range(
-		uodp_dev_ctx(al_dev), VA(al_mem), VA(al_mem) + al_len);
+	al_inval_status = uodp_invalidate_range(uodp_dev_ctx(al_dev), al_mem,
+						al_len, UODP_EVENT_MANUAL);
 	atomic_store(&al_inval_done, 1);
 	return NULL;
 }
@@ -241,8 +241,8 @@ static void test_fault_allocates_without_locks(void **state)
 	/* The leaf exists now: later faults allocate nothing. */
 	atomic_store(&al_hook_calls, 0);
 	dev_test_hook_alloc = al_hook;
-	assert_int_equal(uodp_invalidate_range(uodp_dev_ctx(al_dev), VA(al_mem),
-					       VA(al_mem) + al_len),
+	assert_int_equal(uodp_invalidate_range(uodp_dev_ctx(al_dev), al_mem,
+					       al_len, UODP_EVENT_MANUAL),
 			 0);
 	assert_int_equal(uodp_dev_read(al_dev, k, VA(al_mem), b, sizeof(b)), 0);
 	dev_test_hook_alloc = NULL;
@@ -391,8 +391,8 @@ static void test_handler_stack_still_recovers(void **state)
 				 0);
 			if (p == MAP_FAILED)
 				_exit(29);
-			uodp_invalidate_range(uodp_dev_ctx(d2), VA(p),
-					      VA(p) + PS);
+			uodp_invalidate_range(uodp_dev_ctx(d2), p, PS,
+					      UODP_EVENT_MANUAL);
 		}
 		_exit(0);
 	}

@@ -304,8 +304,8 @@ struct mut {
 static void tell(struct run *rn, void *p, size_t len)
 {
 	if (rn->manual)
-		uodp_invalidate_range(uodp_dev_ctx(rn->dev), (uintptr_t)p,
-				      (uintptr_t)p + len);
+		uodp_invalidate_range(uodp_dev_ctx(rn->dev), p, len,
+				      UODP_EVENT_MANUAL);
 }
 
 /*
@@ -386,13 +386,13 @@ static void protect(struct mut *m, int s, unsigned *seed)
 
 	if (mprotect(target, rn->slot_len, prot))
 		atomic_fetch_add(&rn->bad_errors, 1);
-	uodp_invalidate_range(uodp_dev_ctx(rn->dev), (uintptr_t)target,
-			      (uintptr_t)target + rn->slot_len);
+	uodp_invalidate_range(uodp_dev_ctx(rn->dev), target, rn->slot_len,
+			      UODP_EVENT_MANUAL);
 	sched_yield();
 	if (mprotect(target, rn->slot_len, PROT_READ | PROT_WRITE))
 		atomic_fetch_add(&rn->bad_errors, 1);
-	uodp_invalidate_range(uodp_dev_ctx(rn->dev), (uintptr_t)target,
-			      (uintptr_t)target + rn->slot_len);
+	uodp_invalidate_range(uodp_dev_ctx(rn->dev), target, rn->slot_len,
+			      UODP_EVENT_MANUAL);
 }
 
 static void *mutator(void *arg)

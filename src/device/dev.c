@@ -68,6 +68,22 @@ void dev_count_error(struct uodp_dev *dev, int err)
 	}
 }
 
+int dev_engine_error(int err)
+{
+	switch (err) {
+	case -EPERM:
+		/* The engine's "userfaultfd forbidden": here -EPERM is only
+		 * about a key's rights. */
+		return -ENOSYS;
+	case -ERANGE:
+		/* The engine's "leaves the address space" at registration:
+		 * here -ERANGE is only "not inside the key's region". */
+		return -EINVAL;
+	default:
+		return err;
+	}
+}
+
 void dev_invalidate_range(struct uodp_umem *umem,
 			  const struct uodp_range *range, void *priv)
 {
@@ -150,6 +166,7 @@ static int group_create(struct uodp_dev *dev, unsigned flags)
 	 * no use to it, so the engine need not read them (NO_FRAMES). */
 	r = uodp_ctx_create(&ops, g->ctx_flags | UODP_CTX_NO_FRAMES, &g->ctx);
 	if (r) {
+		r = dev_engine_error(r);
 		pthread_mutex_destroy(&g->lock);
 		free(g);
 		return r;
@@ -411,4 +428,66 @@ UODP_API const char *uodp_dev_opcode_name(enum uodp_dev_opcode op)
 		return "prefetch-write";
 	}
 	return "?";
+}
+
+/*
+ * One message per errno, as this layer uses it (the engine's own messages
+ * are uodp_strerror()'s; where an engine error has several meanings the
+ * device maps it to one of its own before returning it, see mr.c/dev.c).
+ */
+UODP_API const char *uodp_dev_strerror(int err)
+{
+	if (err > 0)
+		err = -err;
+	switch (err) {
+	case 0:
+		return "success";
+	case -EINVAL:
+		return "invalid argument: NULL pointer, unknown flag or opcode, "
+		       "misaligned atomic address, or a range that wraps or "
+		       "leaves the address space";
+	case -ENOENT:
+		return "no region has this key (never registered, or "
+		       "deregistered)";
+	case -ERANGE:
+		return "the range is not inside the key's region";
+	case -EPERM:
+		return "the key's rights do not allow the operation";
+	case -EFAULT:
+		return "memory in the range, or the caller's buffer, is not "
+		       "mapped by the process";
+	case -EACCES:
+		return "the process may not access that memory that way "
+		       "(write to read-only memory, any access to PROT_NONE)";
+	case -ENOMEM:
+		return "out of memory";
+	case -ENOSPC:
+		return "no room: every key value is in use or retired, or the "
+		       "queue holds as many requests as its depth";
+	case -ENODEV:
+		return "the device is closing";
+	case -ECHILD:
+		return "the device belongs to the parent process (used after "
+		       "fork)";
+	case -ENOSYS:
+		return "a kernel facility the device needs is missing or "
+		       "forbidden: userfaultfd for the kernel monitor (use "
+		       "UODP_DEV_MANUAL), or process_vm_readv/writev where no "
+		       "guarded copy exists";
+	case -EBUSY:
+		return "(kernel monitor) another userfaultfd already watches "
+		       "that memory";
+	case -EOPNOTSUPP:
+		return "(kernel monitor) the memory is of a kind the monitor "
+		       "cannot follow: use UODP_DEV_MANUAL";
+	case -EAGAIN:
+		return "no thread could be created (transient): try again";
+	case -EMFILE:
+	case -ENFILE:
+		return "no file descriptor left for the kernel monitor";
+	case -EDEADLK:
+		return "called from an invalidation callback of the device's "
+		       "context";
+	}
+	return "unknown error";
 }

@@ -244,6 +244,10 @@ static inline void dev_count(struct uodp_dev *dev, int which, uint64_t n)
 /* Count an operation's final status as an error kind. */
 void dev_count_error(struct uodp_dev *dev, int err);
 
+/* An error of uodp_ctx_create() / uodp_umem_get() as this layer names it
+ * (one errno, one meaning: see uodp_dev.h). */
+int dev_engine_error(int err);
+
 /* Argument checks common to every public entry point. */
 int dev_check(const struct uodp_dev *dev);
 

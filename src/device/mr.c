@@ -80,8 +80,10 @@ static int span_create(struct uodp_dev *dev, uint64_t start, uint64_t end,
 		goto err_lock;
 	r = uodp_umem_get(dev->ctx, (void *)(uintptr_t)start, end - start,
 			  umem_access, &sp->umem);
-	if (r)
+	if (r) {
+		r = dev_engine_error(r);
 		goto err_dpt;
+	}
 	/* The bounds first: a callback that finds the span through the
 	 * region's priv reads them (it may run as soon as priv is set).
 	 * priv is set before anyone can fault on the span. */

@@ -1,0 +1,341 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_dev_monitor.c - the software device on the kernel monitor
+ * (userfaultfd): munmap invalidates on its own, devices sharing a context,
+ * strict ordering, and the hostile cases of issue 12 that need the monitor:
+ *   - strict mode: right after munmap returns, a snapshot shows none of
+ *     the pages and a synchronous prefetch fails (finding 8);
+ *   - a daemon closing every descriptor it does not know: closing the
+ *     device never writes into or closes a descriptor that is no longer
+ *     the library's (finding 13);
+ *   - a neighbour in the fault-around window that the monitor refuses does
+ *     not fail an access to a good page (finding 17).
+ *
+ * The whole program is skipped (exit 77) when the kernel monitor is not
+ * available (no userfaultfd, or not permitted; also while the process-wide
+ * notifier is not built in).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "uodp.h"
+#include "uodp_dev.h"
+
+#define SKIP_CODE 77
+#define VA(p) ((uint64_t)(uintptr_t)(p))
+
+static size_t PS;
+
+static char *map_anon(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	assert_true(p != MAP_FAILED);
+	return p;
+}
+
+static struct uodp_dev_stats stats(struct uodp_dev *dev)
+{
+	struct uodp_dev_stats s;
+
+	assert_int_equal(uodp_dev_stats(dev, &s), 0);
+	return s;
+}
+
+static struct uodp_dev *open_mon(unsigned flags, unsigned fault_around)
+{
+	struct uodp_dev_attr a = { .flags = flags,
+				   .fault_around = fault_around };
+	struct uodp_dev *dev = NULL;
+
+	assert_int_equal(uodp_dev_open(&a, &dev), 0);
+	return dev;
+}
+
+/* Wait (bounded) until the monitor's invalidation reached the device. */
+static void wait_invalidated(struct uodp_dev *dev, uint64_t pages)
+{
+	struct uodp_dev_stats s;
+	int i;
+
+	for (i = 0; i < 5000; i++) {
+		s = stats(dev);
+		if (s.pages_invalidated >= pages)
+			return;
+		usleep(1000);
+	}
+	fail_msg("no invalidation after 5 s");
+}
+
+/* A device using the kernel monitor: munmap invalidates on its own. */
+static void test_kernel_monitor(void **state)
+{
+	struct uodp_dev *dev = open_mon(0, 0);
+	char *p = map_anon(4 * PS);
+	unsigned char v;
+	uint32_t k;
+	char b[8];
+	int r;
+
+	(void)state;
+	assert_int_equal(uodp_dev_reg_mr(dev, VA(p), 4 * PS,
+					 UODP_DEV_ACCESS_ALL, &k),
+			 0);
+	strcpy(p, "mon");
+	assert_int_equal(uodp_dev_read(dev, k, VA(p), b, 4), 0);
+	assert_string_equal(b, "mon");
+	assert_int_equal(munmap(p, 4 * PS), 0);
+	wait_invalidated(dev, 1);
+	r = uodp_dev_read(dev, k, VA(p), b, 4);
+	if (r != -EFAULT) {
+		/* Another thread's mmap(NULL) (a sanitizer runtime's) may
+		 * have filled the hole: the device then reads what is
+		 * mapped there now. */
+		assert_int_equal(r, 0);
+		assert_int_equal(mincore(p, PS, &v), 0);
+	}
+	assert_int_equal(uodp_dev_close(dev), 0);
+}
+
+/* Two devices sharing one context register the same memory (the kernel
+ * allows one userfaultfd per mapping); one munmap reaches both. */
+static void shared_case(unsigned flags)
+{
+	struct uodp_dev_attr a = { .flags = flags };
+	struct uodp_dev *d1, *d2;
+	char *p = map_anon(4 * PS);
+	struct uodp_dev_stats s1, s2;
+	uint32_t k1, k2;
+	char b[8];
+	int i;
+
+	assert_int_equal(uodp_dev_open(&a, &d1), 0);
+	a.share = d1;
+	assert_int_equal(uodp_dev_open(&a, &d2), 0);
+	assert_int_equal(uodp_dev_reg_mr(d1, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL,
+					 &k1),
+			 0);
+	assert_int_equal(uodp_dev_reg_mr(d2, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL,
+					 &k2),
+			 0);
+	assert_int_equal(uodp_dev_write(d1, k1, VA(p), "both", 5), 0);
+	assert_int_equal(uodp_dev_read(d2, k2, VA(p), b, 5), 0);
+	assert_string_equal(b, "both");
+	assert_int_equal(uodp_dev_prefetch(d1, k1, VA(p), 4 * PS, 0), 0);
+	assert_int_equal(uodp_dev_prefetch(d2, k2, VA(p), 4 * PS, 0), 0);
+	assert_int_equal(munmap(p + 2 * PS, 2 * PS), 0);
+	for (i = 0; i < 5000; i++) {
+		s1 = stats(d1);
+		s2 = stats(d2);
+		if (s1.pages_invalidated >= 2 && s2.pages_invalidated >= 2)
+			break;
+		usleep(1000);
+	}
+	assert_int_equal(s1.pages_invalidated, 2);
+	assert_int_equal(s2.pages_invalidated, 2);
+	if (flags & UODP_DEV_STRICT) {
+		assert_true(s1.fences >= 1);
+		assert_true(s2.fences >= 1);
+	}
+	assert_int_equal(uodp_dev_close(d1), 0);
+	assert_int_equal(uodp_dev_read(d2, k2, VA(p), b, 5), 0);
+	assert_int_equal(uodp_dev_close(d2), 0);
+	munmap(p, 2 * PS);
+}
+
+static void test_shared_context_monitor(void **state)
+{
+	(void)state;
+	shared_case(0);
+	shared_case(UODP_DEV_STRICT);
+}
+
+/*
+ * Finding 8: strict mode promises that nothing of an unmapped range is
+ * visible once munmap returns. Snapshot and a synchronous prefetch take the
+ * strict fence, so they wait for the invalidation the monitor is running.
+ */
+static void test_strict_snapshot_prefetch(void **state)
+{
+	struct uodp_dev *dev = open_mon(UODP_DEV_STRICT, 0);
+	const size_t n = 64;
+	uint8_t st[64];
+	unsigned char v;
+	uint32_t k;
+	char *p;
+	size_t i;
+	int round, r;
+
+	(void)state;
+	for (round = 0; round < 50; round++) {
+		p = map_anon(n * PS);
+		memset(p, 1, n * PS);
+		assert_int_equal(uodp_dev_reg_mr(dev, VA(p), n * PS,
+						 UODP_DEV_ACCESS_ALL, &k),
+				 0);
+		assert_int_equal(uodp_dev_prefetch(dev, k, VA(p), n * PS,
+						   UODP_DEV_PREFETCH_WRITE),
+				 0);
+		assert_int_equal(uodp_dev_snapshot(dev, k, VA(p), n * PS, st),
+				 (int64_t)n);
+		assert_int_equal(st[0], UODP_DEV_PAGE_WRITE);
+		assert_int_equal(munmap(p, n * PS), 0);
+		/* No waiting: munmap has returned. */
+		assert_int_equal(uodp_dev_snapshot(dev, k, VA(p), n * PS, st),
+				 (int64_t)n);
+		for (i = 0; i < n; i++)
+			assert_int_equal(st[i], UODP_DEV_PAGE_NONE);
+		r = uodp_dev_prefetch(dev, k, VA(p), PS, 0);
+		if (r != -EFAULT) /* the hole was filled by someone else */
+			assert_int_equal(mincore(p, PS, &v), 0);
+		assert_int_equal(uodp_dev_dereg_mr(dev, k), 0);
+	}
+	assert_int_equal(uodp_dev_close(dev), 0);
+}
+
+/*
+ * Finding 13: a daemon that closes every descriptor it does not know,
+ * then opens files of its own (which get the numbers the library had).
+ * Closing the device must neither write into nor close those files. Run
+ * in a child: the monitor is disabled by the closing.
+ */
+static void test_foreign_fds(void **state)
+{
+	int st, status;
+	pid_t pid;
+
+	(void)state;
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct uodp_dev *dev = open_mon(0, 0);
+		char *p = map_anon(4 * PS), name[32];
+		int fds[64], nfd = 0, fd, i;
+		struct stat sb;
+		uint32_t k;
+		char b[8];
+
+		if (uodp_dev_reg_mr(dev, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL,
+				    &k))
+			_exit(2);
+		if (uodp_dev_read(dev, k, VA(p), b, 8))
+			_exit(3);
+		for (fd = 3; fd < 1024; fd++)
+			close(fd);
+		for (i = 0; i < 64; i++) {
+			snprintf(name, sizeof(name), "victim%d", i);
+			fds[nfd] = memfd_create(name, 0);
+			if (fds[nfd] < 0)
+				_exit(4);
+			nfd++;
+		}
+		/* The library may report the loss now or at close; either
+		 * way it must leave our files alone. */
+		(void)uodp_dev_close(dev);
+		for (i = 0; i < nfd; i++) {
+			if (fcntl(fds[i], F_GETFD) < 0)
+				_exit(10); /* closed behind our back */
+			if (fstat(fds[i], &sb) || sb.st_size != 0)
+				_exit(11); /* written into */
+		}
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	status = WEXITSTATUS(st);
+	if (status)
+		fail_msg("child failed with %d", status);
+}
+
+/*
+ * Finding 17: a device read of a good page must not fail because a page
+ * after it in the fault-around window holds a mapping the monitor refuses
+ * (a read-only MAP_SHARED file placed there after registration).
+ */
+static void test_refused_neighbour(void **state)
+{
+	struct uodp_dev *dev = open_mon(0, 16);
+	char *p = map_anon(16 * PS), path[] = "/tmp/uodp-neighbour-XXXXXX";
+	void *q;
+	uint32_t k;
+	char b[8];
+	int fd;
+
+	(void)state;
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	unlink(path);
+	assert_int_equal(ftruncate(fd, (off_t)PS), 0);
+	assert_int_equal(uodp_dev_reg_mr(dev, VA(p), 16 * PS,
+					 UODP_DEV_ACCESS_READ, &k),
+			 0);
+	q = mmap(p + 4 * PS, PS, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+	assert_true(q == p + 4 * PS);
+	strcpy(p, "good");
+	assert_int_equal(uodp_dev_read(dev, k, VA(p), b, 5), 0);
+	assert_string_equal(b, "good");
+	/* a read across into the refused page fails on that page only */
+	assert_int_equal(uodp_dev_read(dev, k, VA(p + 3 * PS), b, 8), 0);
+	assert_int_equal(uodp_dev_read(dev, k, VA(p + 4 * PS) - 4, b, 8),
+			 -EOPNOTSUPP);
+	assert_int_equal(uodp_dev_close(dev), 0);
+	munmap(p, 16 * PS);
+	close(fd);
+}
+
+/* Is the kernel monitor usable here? */
+static bool monitor_available(void)
+{
+	struct uodp_dev *dev;
+	uint32_t k;
+	char *p;
+	int r;
+
+	r = uodp_dev_open(NULL, &dev);
+	if (r) {
+		printf("kernel monitor unavailable: %s\n",
+		       uodp_dev_strerror(r));
+		return false;
+	}
+	p = map_anon(PS);
+	r = uodp_dev_reg_mr(dev, VA(p), PS, UODP_DEV_ACCESS_READ, &k);
+	uodp_dev_close(dev);
+	munmap(p, PS);
+	if (r) {
+		printf("kernel monitor unavailable: %s\n",
+		       uodp_dev_strerror(r));
+		return false;
+	}
+	return true;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_kernel_monitor),
+		cmocka_unit_test(test_shared_context_monitor),
+		cmocka_unit_test(test_strict_snapshot_prefetch),
+		cmocka_unit_test(test_foreign_fds),
+		cmocka_unit_test(test_refused_neighbour),
+	};
+
+	PS = (size_t)sysconf(_SC_PAGESIZE);
+	if (!monitor_available())
+		return SKIP_CODE;
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
