@@ -112,6 +112,12 @@ void bench_warmup(uint64_t bytes);
  * (RLIM_INFINITY as UINT64_MAX). */
 uint64_t bench_raise_memlock(void);
 
+/* 0 when a context with the kernel monitor can watch memory here, else
+ * the negative errno of uodp_umem_get() (probed once per run), and a
+ * message for rows skipped because of it. */
+int bench_monitor_probe(void);
+const char *bench_monitor_why(int err);
+
 /* One suite. */
 struct bench_suite {
 	const char *name;

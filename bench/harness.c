@@ -16,8 +16,10 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bench.h"
+#include "uodp.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -359,6 +361,53 @@ uint64_t bench_raise_memlock(void)
 	getrlimit(RLIMIT_MEMLOCK, &rl);
 	return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX :
 					      (uint64_t)rl.rlim_cur;
+}
+
+/* A callback that does nothing: the probe's region is never mapped. */
+static void probe_invalidate(struct uodp_umem *umem,
+			     const struct uodp_range *range, void *priv)
+{
+	(void)umem;
+	(void)range;
+	(void)priv;
+}
+
+int bench_monitor_probe(void)
+{
+	static int cached = 1; /* 1: not probed yet */
+	const struct uodp_ctx_ops ops = { .invalidate = probe_invalidate };
+	long pg = sysconf(_SC_PAGESIZE);
+	struct uodp_ctx *ctx;
+	struct uodp_umem *um;
+	void *p;
+	int r;
+
+	if (cached <= 0)
+		return cached;
+	p = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	r = uodp_ctx_create(&ops, 0, &ctx);
+	if (!r) {
+		r = uodp_umem_get(ctx, p, (size_t)pg, UODP_ACCESS_READ, &um);
+		if (!r)
+			uodp_umem_release(um);
+		uodp_ctx_destroy(ctx);
+	}
+	munmap(p, (size_t)pg);
+	cached = r;
+	return r;
+}
+
+const char *bench_monitor_why(int err)
+{
+	if (err == -ENOSYS)
+		return "kernel monitor unavailable in this build or kernel "
+		       "(-ENOSYS): skipped";
+	if (err == -EPERM)
+		return "userfaultfd forbidden here (-EPERM): skipped";
+	return "kernel monitor unavailable: skipped";
 }
 
 /* ---------------------------------------------------------------------- */

@@ -11,7 +11,7 @@
  * kernel waits for the monitor to READ the event), the time until the
  * invalidation is done (uodp: the driver's invalidate_range callback has
  * returned; bare: the event has been read), and for uodp the time until
- * the region's entries are gone (uodp_umem_wait() returned: the engine
+ * the region's entries are gone (uodp_umem_read_begin() returned: the engine
  * dropped them after the callback and ended the invalidation).
  *
  * Also (issue 3): first touch of 1 GiB registered on a kernel-monitor
@@ -172,12 +172,11 @@ static void bare_unregister(struct bare *b, void *p, uint64_t len)
 /* uodp                                                                   */
 /* ---------------------------------------------------------------------- */
 
-static void n_invalidate(struct uodp_umem *umem, uint64_t start, uint64_t end,
+static void n_invalidate(struct uodp_umem *umem, const struct uodp_range *range,
 			 void *priv)
 {
 	(void)umem;
-	(void)start;
-	(void)end;
+	(void)range;
 	(void)priv;
 	atomic_store(&done_ns, bench_now_ns());
 	atomic_fetch_add(&done_seq, 1);
@@ -190,7 +189,7 @@ static void n_fence(struct uodp_ctx *ctx, void *priv)
 }
 
 static const struct uodp_ctx_ops n_ops = {
-	.invalidate_range = n_invalidate,
+	.invalidate = n_invalidate,
 	.fence = n_fence,
 	.unfence = n_fence,
 };
@@ -241,18 +240,16 @@ static int n_once(enum nvar v, const struct ncase *c, struct bare *b,
 	if (v == NV_BARE)
 		r = bare_register(b, p, c->len);
 	if (v == NV_UODP) {
-		int64_t n = -EAGAIN;
+		int64_t n = 0;
 
-		r = uodp_umem_get(ctx, (uint64_t)(uintptr_t)p, c->len, RW, &um);
-		/* The driver's loop: a region registered while the previous
-		 * repetition's invalidation was still ending has no counters
-		 * yet (-EAGAIN until it has). */
-		while (!r && n == -EAGAIN) {
-			r = uodp_umem_wait(um);
-			if (!r)
-				n = uodp_umem_map(um, (uint64_t)(uintptr_t)p,
-						  c->len, RW,
-						  uodp_umem_read_seq(um));
+		r = uodp_umem_get(ctx, p, c->len, RW, &um);
+		/* The driver's fault: a region registered while the previous
+		 * repetition's invalidation was still ending waits for it
+		 * inside map_and_lock. */
+		if (!r) {
+			n = uodp_umem_map_and_lock(um, p, c->len, RW, 1000);
+			if (n > 0)
+				uodp_umem_unlock(um);
 		}
 		if (!r &&
 		    n != (int64_t)(c->len / (uint64_t)sysconf(_SC_PAGESIZE)))
@@ -275,11 +272,12 @@ static int n_once(enum nvar v, const struct ncase *c, struct bare *b,
 		struct uodp_umem_stats st;
 
 		/* The callback has run, so the invalidation has started:
-		 * wait returns once it has ended, its entries dropped. */
-		r = uodp_umem_wait(um);
+		 * read_begin returns once it has ended, its entries
+		 * dropped. */
+		int64_t sq = uodp_umem_read_begin(um);
+
 		*gone_out = bench_now_ns() - t0;
-		if (!r)
-			r = uodp_umem_stats(um, &st);
+		r = sq < 0 ? (int)sq : uodp_umem_stats(um, &st, sizeof(st));
 		if (!r && st.mapped_now)
 			r = -EBUSY; /* entries left: not an invalidation */
 	}
@@ -384,8 +382,7 @@ static void n_case(const struct bench_opts *o, const struct ncase *c,
 					 &ctx) :
 			 -ENOMEM;
 		if (!r)
-			r = uodp_umem_get(ctx, (uint64_t)(uintptr_t)ap, 4096,
-					  RW, &anchor);
+			r = uodp_umem_get(ctx, ap, 4096, RW, &anchor);
 		pin_cpu(0);
 		if (!r)
 			r = n_series(NV_UODP, c, NULL, ctx, reps, ur, ud, ug);
@@ -421,7 +418,7 @@ static void n_case(const struct bench_opts *o, const struct ncase *c,
 			bench_stats(pr, reps, &rd.b);
 			rd.base_name = "unregistered: call returns";
 			rd.tk = BT_NONE;
-			rd.note = "until entries gone (uodp_umem_wait)";
+			rd.note = "until entries gone (read_begin)";
 			bench_emit(&rd);
 		}
 		if (anchor)
@@ -471,7 +468,7 @@ static double t_once(struct uodp_ctx *ctx, uint64_t len, int *err)
 	if (*err)
 		return -1;
 	if (ctx)
-		*err = uodp_umem_get(ctx, (uint64_t)(uintptr_t)p, len, RW, &um);
+		*err = uodp_umem_get(ctx, p, len, RW, &um);
 	if (*err) {
 		munmap(p, len);
 		return -1;
@@ -543,7 +540,12 @@ static void suite_notify(const struct bench_opts *o)
 	static const struct nsetup setups[] = { { "same CPU", false },
 						{ "cross CPU", true } };
 	size_t i, j;
+	int r = bench_monitor_probe();
 
+	if (r) {
+		bench_note("notify: %s", bench_monitor_why(r));
+		return;
+	}
 	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
 		bench_note("one CPU: cross-CPU rows are same-CPU");
 	bench_warmup(256 * MiB);

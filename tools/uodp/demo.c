@@ -143,15 +143,15 @@ static void pattern(char *p, size_t len, unsigned seed)
  * (up to 2 s) until the invalidation has been applied. @kernel_event is
  * false for changes the kernel does not report (mprotect).
  */
-static void notify(struct demo *d, void *p, size_t len, bool kernel_event)
+static void notify(struct demo *d, void *p, size_t len, bool kernel_event,
+		   enum uodp_event ev)
 {
 	uint64_t before = d->last.invalidations;
 	struct timespec ts = { 0, 1000000 };
 	int i, r;
 
 	if (!d->monitor || !kernel_event) {
-		r = uodp_invalidate_range(uodp_dev_ctx(d->dev), va(p),
-					  va(p) + len);
+		r = uodp_invalidate_range(uodp_dev_ctx(d->dev), p, len, ev);
 		say(d, "      (uodp_invalidate_range(%p, +%zu KiB) -> %d)\n", p,
 		    len / 1024, r);
 		return;
@@ -224,7 +224,7 @@ static void scene_dontneed(struct demo *d)
 	step(d, "5. The application drops pages 0-1 with "
 		"madvise(MADV_DONTNEED).");
 	r = madvise(d->base, 2 * d->ps, MADV_DONTNEED);
-	notify(d, d->base, 2 * d->ps, true);
+	notify(d, d->base, 2 * d->ps, true, UODP_EVENT_REMOVE);
 	uodp_dev_snapshot(d->dev, d->key, va(d->base), 2 * d->ps, st);
 	check(d,
 	      r == 0 && st[0] == UODP_DEV_PAGE_NONE &&
@@ -250,7 +250,7 @@ static void scene_munmap(struct demo *d)
 
 	step(d, "6. The application unmaps pages 8-11 with munmap().");
 	r = munmap(d->base + 8 * d->ps, 4 * d->ps);
-	notify(d, d->base + 8 * d->ps, 4 * d->ps, true);
+	notify(d, d->base + 8 * d->ps, 4 * d->ps, true, UODP_EVENT_UNMAP);
 	show_delta(d);
 	show_table(d, "after the munmap");
 	memset(buf, 0x55, sizeof(buf));
@@ -273,7 +273,7 @@ static void scene_mprotect(struct demo *d)
 	step(d, "7. The application makes page 12 read-only with mprotect() "
 		"(no kernel event: reported explicitly).");
 	r = mprotect(d->base + 12 * d->ps, d->ps, PROT_READ);
-	notify(d, d->base + 12 * d->ps, d->ps, false);
+	notify(d, d->base + 12 * d->ps, d->ps, false, UODP_EVENT_MANUAL);
 	w = r ? r :
 		uodp_dev_write(d->dev, d->key, va(d->base) + 12 * d->ps, "x",
 			       1);
@@ -307,7 +307,7 @@ static void scene_mremap(struct demo *d)
 	check(d, moved != MAP_FAILED, "mremap moved them to %p", moved);
 	if (moved == MAP_FAILED)
 		return;
-	notify(d, d->base + 13 * d->ps, 3 * d->ps, true);
+	notify(d, d->base + 13 * d->ps, 3 * d->ps, true, UODP_EVENT_REMAP);
 	show_delta(d);
 	show_table(d, "after the mremap");
 	r = uodp_dev_read(d->dev, d->key, va(d->base) + 14 * d->ps, buf,
@@ -432,28 +432,37 @@ static void show_counters(struct demo *d)
 	       (unsigned long long)s.err_other);
 }
 
-/* Can a non-manual context watch memory here (userfaultfd usable)? */
-static bool monitor_available(size_t ps)
+static void probe_invalidate(struct uodp_umem *umem,
+			     const struct uodp_range *range, void *priv)
 {
+	(void)umem;
+	(void)range;
+	(void)priv;
+}
+
+/* Can a context with the kernel monitor watch memory here? 0, or the
+ * error of uodp_umem_get() that says why not. */
+static int monitor_available(size_t ps)
+{
+	const struct uodp_ctx_ops ops = { .invalidate = probe_invalidate };
 	struct uodp_ctx *ctx;
 	struct uodp_umem *umem;
-	bool ok = false;
 	void *p;
+	int r;
 
 	p = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		 -1, 0);
 	if (p == MAP_FAILED)
-		return false;
-	if (!uodp_ctx_create(NULL, 0, &ctx)) {
-		if (!uodp_umem_get(ctx, (uintptr_t)p, ps, UODP_ACCESS_READ,
-				   &umem)) {
-			ok = true;
+		return -ENOMEM;
+	r = uodp_ctx_create(&ops, 0, &ctx);
+	if (!r) {
+		r = uodp_umem_get(ctx, p, ps, UODP_ACCESS_READ, &umem);
+		if (!r)
 			uodp_umem_release(umem);
-		}
 		uodp_ctx_destroy(ctx);
 	}
 	munmap(p, ps);
-	return ok;
+	return r;
 }
 
 void cmd_demo_usage(FILE *out)
@@ -530,10 +539,23 @@ int cmd_demo(int argc, char **argv)
 	if (r >= 0)
 		return r;
 	d.ps = (size_t)sysconf(_SC_PAGESIZE);
-	if (d.monitor && !monitor_available(d.ps)) {
-		say(&d, "(userfaultfd is unavailable here: explicit "
-			"invalidations instead of the kernel monitor)\n");
-		d.monitor = false;
+	if (d.monitor) {
+		r = monitor_available(d.ps);
+		if (r) {
+			/* Said even with --quiet: the run is not the one
+			 * asked for, and the reason must be visible. */
+			fprintf(stderr,
+				"uodp demo: the kernel monitor is unavailable "
+				"here (%d: %s);\n"
+				"uodp demo: falling back to a manual context "
+				"with explicit uodp_invalidate_range() calls\n",
+				r,
+				r == -ENOSYS ?
+					"no userfaultfd notifier in this "
+					"build or kernel" :
+					uodp_strerror(r));
+			d.monitor = false;
+		}
 	}
 	attr.flags |= d.monitor ? UODP_DEV_STRICT : UODP_DEV_MANUAL;
 
