@@ -1,593 +1,586 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_engine_races.c - every race the retry protocol handles, provoked on
- * purpose. The engine's test hooks stop a fault between populate and install
- * (or an invalidation right after its tree walk), and the other side of the
- * race runs exactly there; threads meet at barriers, not sleeps.
+ * purpose. The engine's test hooks stop a fault between populate and
+ * install (or an invalidation right after its tree walk), and the other
+ * side of the race runs exactly there; threads meet at gates, not sleeps.
+ * Covers the 0.1 races on the 0.2 API (low-level read_begin/map/read_retry
+ * and the map_and_lock loop), the stripes of 0.2 (an invalidation of other
+ * pages of the region does not make a fault retry; one that overlaps it
+ * never lets it install), and issue 12's findings 6 (get racing destroy)
+ * and 12 (thread cancellation inside a blocked fault).
  */
-#include <errno.h>
-#include <pthread.h>
-#include <sched.h>
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
+#include "helpers.h"
 
-#include <cmocka.h>
-
-#include "engine/internal.h"
-#include "uodp.h"
-
-#define NPAGES 64
+#define NPAGES 64 /* 64 stripes of one page */
 
 static size_t page;
 
-/* What the driver callback saw. */
-struct seen {
-	pthread_mutex_t lock;
-	int calls;
-	uint64_t start[16], end[16];
-	struct uodp_umem *umem[16];
-};
+/* --- 1. An invalidation between populate and install (one thread) ------- */
 
-static struct seen seen = { .lock = PTHREAD_MUTEX_INITIALIZER };
-
-static void record(struct uodp_umem *umem, uint64_t s, uint64_t e, void *p)
-{
-	(void)p;
-	pthread_mutex_lock(&seen.lock);
-	if (seen.calls < 16) {
-		seen.umem[seen.calls] = umem;
-		seen.start[seen.calls] = s;
-		seen.end[seen.calls] = e;
-	}
-	seen.calls++;
-	pthread_mutex_unlock(&seen.lock);
-}
-
-static const struct uodp_ctx_ops record_ops = { .invalidate_range = record };
-
-struct fixture {
-	struct uodp_ctx *ctx;
-	struct uodp_umem *umem;
-	char *buf;
-	uint64_t base;
-};
-
-static int setup(void **state)
-{
-	struct fixture *f = calloc(1, sizeof(*f));
-
-	page = (size_t)sysconf(_SC_PAGESIZE);
-	f->buf = mmap(NULL, NPAGES * page, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	assert_true(f->buf != MAP_FAILED);
-	f->base = (uint64_t)(uintptr_t)f->buf;
-	assert_int_equal(uodp_ctx_create(&record_ops, UODP_CTX_MANUAL, &f->ctx),
-			 0);
-	assert_int_equal(uodp_umem_get(f->ctx, f->base, NPAGES * page,
-				       UODP_ACCESS_ALL, &f->umem),
-			 0);
-	memset(&seen.calls, 0, sizeof(seen) - offsetof(struct seen, calls));
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fixture *f = *state;
-
-	engine_test_hook_before_install = NULL;
-	engine_test_hook_after_start_walk = NULL;
-	if (f->umem)
-		assert_int_equal(uodp_umem_release(f->umem), 0);
-	assert_int_equal(uodp_ctx_destroy(f->ctx), 0);
-	munmap(f->buf, NPAGES * page);
-	free(f);
-	return 0;
-}
-
-static uint64_t count_entries(struct uodp_umem *umem, uint64_t s, uint64_t e)
-{
-	uint64_t n = 0, va;
-
-	for (va = s; va < e; va += page)
-		n += uodp_umem_entry(umem, va) != 0;
-	return n;
-}
-
-/* --- 1. An invalidation starting between read_seq and install ----------- */
-
-static struct fixture *hook_f;
-static uint64_t hook_s, hook_e;
-static int hook_mode; /* 0: start only, 1: start + end, 2: other region */
+static struct t_fx *hook_f;
+static void *hook_p;
+static size_t hook_n;
+static int hook_mode; /* 0: start only, 1: start + end */
+static struct uodp_range hook_r;
 
 static void invalidate_in_window(struct uodp_umem *umem)
 {
 	(void)umem;
 	engine_test_hook_before_install = NULL; /* once */
-	assert_int_equal(
-		uodp_invalidate_range_start(hook_f->ctx, hook_s, hook_e), 0);
+	t_start(hook_f->ctx, &hook_r, hook_p, hook_n);
 	if (hook_mode >= 1)
-		assert_int_equal(uodp_invalidate_range_end(hook_f->ctx, hook_s,
-							   hook_e),
-				 0);
+		t_end(&hook_r);
 }
 
-static void map_with_window_race(void **state, int mode, uint64_t s, uint64_t e)
+static void arm(struct t_fx *f, int mode, void *p, size_t n)
 {
-	struct fixture *f = *state;
-	struct uodp_umem_stats st;
-	uint64_t seq = uodp_umem_read_seq(f->umem);
-	int64_t n;
-
 	hook_f = f;
 	hook_mode = mode;
-	hook_s = s;
-	hook_e = e;
+	hook_p = p;
+	hook_n = n;
 	engine_test_hook_before_install = invalidate_in_window;
-	n = uodp_umem_map(f->umem, f->base, 8 * page, UODP_ACCESS_WRITE, seq);
-	assert_int_equal(n, -EAGAIN);
-	assert_int_equal(count_entries(f->umem, f->base, f->base + 8 * page),
-			 0);
-	assert_true(uodp_umem_retry(f->umem, seq));
-	assert_int_equal(uodp_umem_stats(f->umem, &st), 0);
-	assert_int_equal(st.eagain, 1);
+}
+
+/* Low level: the whole region's sequence; any invalidation of the region
+ * in the window makes map() fail -EAGAIN with nothing installed. */
+static void map_with_window_race(struct t_fx *f, int mode, void *p, size_t n)
+{
+	int64_t seq = uodp_umem_read_begin(f->umem);
+
+	assert_true(seq >= 0);
+	arm(f, mode, p, n);
+	assert_int_equal(uodp_umem_map(f->umem, f->buf, 8 * page,
+				       UODP_ACCESS_WRITE, (uint64_t)seq),
+			 -EAGAIN);
+	assert_int_equal(t_count(f->umem, f->buf, 8), 0);
+	assert_true(t_retry(f->umem, (uint64_t)seq));
+	assert_int_equal(t_stats(f->umem).retries, 1);
 	if (mode == 0)
-		assert_int_equal(uodp_invalidate_range_end(f->ctx, s, e), 0);
+		t_end(&hook_r);
 	/* A fresh fault succeeds. */
-	seq = uodp_umem_read_seq(f->umem);
-	assert_int_equal(uodp_umem_map(f->umem, f->base, 8 * page,
-				       UODP_ACCESS_WRITE, seq),
-			 8);
-	assert_int_equal(count_entries(f->umem, f->base, f->base + 8 * page),
-			 8);
+	assert_int_equal(
+		t_map_seq(f->umem, f->buf, 8 * page, UODP_ACCESS_WRITE), 8);
+	assert_int_equal(t_count(f->umem, f->buf, 8), 8);
 }
 
 static void test_start_in_window(void **state)
 {
-	struct fixture *f = *state;
+	struct t_fx *f = *state;
 
-	map_with_window_race(state, 0, f->base, f->base + page);
+	map_with_window_race(f, 0, f->buf, 1);
 }
 
 static void test_start_end_in_window(void **state)
 {
-	struct fixture *f = *state;
+	struct t_fx *f = *state;
 
-	/* The invalidation ran entirely inside the window: only the sequence
-	 * tells the fault. Even a range outside the pages being mapped (but
-	 * in the region) forces the retry: counters are per region. */
-	map_with_window_race(state, 1, f->base + 40 * page,
-			     f->base + 41 * page);
+	/* Entirely inside the window and outside the pages being mapped:
+	 * only the region's sequence tells the low-level fault. */
+	map_with_window_race(f, 1, t_pg(f->buf, 40), 1);
+}
+
+/* map_and_lock over pages 0-7; an invalidation of page 40 (another
+ * stripe) runs entirely in the window: installed at the first attempt. */
+static void test_other_stripe_no_retry(void **state)
+{
+	struct t_fx *f = *state;
+	uint64_t e[8];
+
+	arm(f, 1, t_pg(f->buf, 40), 1);
+	assert_int_equal(uodp_umem_map_and_lock(f->umem, f->buf, 8 * page,
+						UODP_ACCESS_WRITE, 0),
+			 8);
+	assert_int_equal(uodp_umem_entries_locked(f->umem, f->buf, 8, e), 0);
+	for (int i = 0; i < 8; i++)
+		assert_int_equal(e[i],
+				 t_want(t_pg(f->buf, i), UODP_ACCESS_WRITE));
+	assert_int_equal(uodp_umem_unlock(f->umem), 0);
+	assert_int_equal(t_stats(f->umem).retries, 0);
+	assert_int_equal(t_rec_count(), 1);
+}
+
+/* The same with an overlapping invalidation (page 3): the first attempt
+ * collides and installs nothing; the loop maps again and succeeds. */
+static void test_overlap_in_window_retries(void **state)
+{
+	struct t_fx *f = *state;
+
+	arm(f, 1, t_pg(f->buf, 3), 1);
+	assert_int_equal(t_fault(f->umem, f->buf, 8 * page, UODP_ACCESS_WRITE),
+			 8);
+	assert_int_equal(t_stats(f->umem).retries, 1);
+	assert_int_equal(t_stats(f->umem).map_calls, 2);
+	assert_int_equal(t_count(f->umem, f->buf, 8), 8);
+}
+
+/* An overlapping invalidation started (not ended) in the window: with a
+ * 50 ms bound map_and_lock gives -EBUSY, nothing installed, lock free. */
+static void test_overlap_running_busy(void **state)
+{
+	struct t_fx *f = *state;
+
+	arm(f, 0, t_pg(f->buf, 7), 2);
+	assert_int_equal(uodp_umem_map_and_lock(f->umem, f->buf, 8 * page,
+						UODP_ACCESS_WRITE, 50),
+			 -EBUSY);
+	assert_int_equal(uodp_umem_unlock(f->umem), -EPERM);
+	assert_int_equal(t_count(f->umem, f->buf, 8), 0);
+	t_end(&hook_r);
+	assert_int_equal(t_fault(f->umem, f->buf, 8 * page, UODP_ACCESS_WRITE),
+			 8);
+}
+
+/* Stripes of several pages (a 1024-page region: 16 pages a stripe). An
+ * invalidation of other pages of the SAME stripe makes the fault retry
+ * (stripes are the unit), one of another stripe does not; both install. */
+static void test_wide_stripes(void **state)
+{
+	struct t_fx g;
+
+	(void)state;
+	t_fx_init(&g, 1024, UODP_CTX_MANUAL);
+	/* Own frames: a write after a read must not change the frame (the
+	 * shared zero page), which is a retry of its own (EVENT_FRAME). */
+	memset(g.buf, 1, 32 * page);
+	arm(&g, 1, t_pg(g.buf, 8), 8); /* pages 8-15: stripe 0 */
+	assert_int_equal(t_fault(g.umem, g.buf, 8 * page, UODP_ACCESS_READ), 8);
+	assert_int_equal(t_stats(g.umem).retries, 1);
+	arm(&g, 1, t_pg(g.buf, 512), 8); /* stripe 32 */
+	assert_int_equal(t_fault(g.umem, g.buf, 8 * page, UODP_ACCESS_WRITE),
+			 8);
+	assert_int_equal(t_stats(g.umem).retries, 1);
+	/* A window across two stripes sees an invalidation of either. */
+	arm(&g, 1, t_pg(g.buf, 31), 1);
+	assert_int_equal(t_fault(g.umem, t_pg(g.buf, 14), 4 * page,
+				 UODP_ACCESS_WRITE),
+			 4);
+	assert_int_equal(t_stats(g.umem).retries, 2);
+	t_fx_fini(&g);
 }
 
 static void test_other_region_no_retry(void **state)
 {
-	struct fixture *f = *state;
-	struct uodp_umem *other;
-	uint64_t seq = uodp_umem_read_seq(f->umem);
-	char *mem = mmap(NULL, page, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct t_fx *f = *state;
+	char *mem = t_buf(1);
+	struct uodp_umem *other = t_get(f->ctx, mem, page, UODP_ACCESS_ALL);
+	int64_t seq = uodp_umem_read_begin(f->umem);
 
-	assert_int_equal(uodp_umem_get(f->ctx, (uintptr_t)mem, page,
-				       UODP_ACCESS_ALL, &other),
-			 0);
-	hook_f = f;
-	hook_mode = 1;
-	hook_s = (uintptr_t)mem;
-	hook_e = hook_s + page;
-	engine_test_hook_before_install = invalidate_in_window;
-	assert_int_equal(uodp_umem_map(f->umem, f->base, 2 * page,
-				       UODP_ACCESS_READ, seq),
+	arm(f, 1, mem, 1);
+	assert_int_equal(uodp_umem_map(f->umem, f->buf, 2 * page,
+				       UODP_ACCESS_READ, (uint64_t)seq),
 			 2);
-	assert_int_equal(seen.calls, 1);
-	assert_ptr_equal(seen.umem[0], other);
+	assert_int_equal(t_rec_count(), 1);
+	assert_ptr_equal(t_rec.c[0].umem, other);
 	assert_int_equal(uodp_umem_release(other), 0);
-	munmap(mem, page);
+	t_unmap(mem, 1);
 }
 
-/* --- 2. An invalidation starting while a map runs (two threads) ---------- */
+/* --- 2. An invalidation starting while a fault runs (two threads) -------- */
 
-static pthread_barrier_t bar;
+struct fault_arg {
+	struct t_fx *f;
+	void *p;
+	size_t n;
+	unsigned timeout_ms;
+	int low_level;
+	uint64_t entries[NPAGES];
+};
 
-static void park_in_window(struct uodp_umem *umem)
+static int64_t fault_thread(void *arg)
 {
-	(void)umem;
-	engine_test_hook_before_install = NULL;
-	pthread_barrier_wait(&bar); /* populated, about to install */
-	pthread_barrier_wait(&bar); /* the invalidation has started */
-}
+	struct fault_arg *a = arg;
+	int64_t r, seq;
 
-static void *mapper(void *arg)
-{
-	struct fixture *f = arg;
-	uint64_t seq = uodp_umem_read_seq(f->umem);
-
-	return (void *)(intptr_t)uodp_umem_map(f->umem, f->base, NPAGES * page,
-					       UODP_ACCESS_WRITE, seq);
+	if (a->low_level) {
+		seq = uodp_umem_read_begin(a->f->umem);
+		if (seq < 0)
+			return seq;
+		return uodp_umem_map(a->f->umem, a->p, a->n * page,
+				     UODP_ACCESS_WRITE, (uint64_t)seq);
+	}
+	r = uodp_umem_map_and_lock(a->f->umem, a->p, a->n * page,
+				   UODP_ACCESS_WRITE, a->timeout_ms);
+	if (r > 0) {
+		/* What the driver would write into its page table. */
+		assert_int_equal(uodp_umem_entries_locked(a->f->umem, a->p,
+							  (size_t)r,
+							  a->entries),
+				 0);
+		assert_int_equal(uodp_umem_unlock(a->f->umem), 0);
+	}
+	return r;
 }
 
 static void test_invalidation_during_map(void **state)
 {
-	struct fixture *f = *state;
-	pthread_t t;
-	void *ret;
+	struct t_fx *f = *state;
+	struct fault_arg a = { f, f->buf, NPAGES, 0, 1, { 0 } };
+	struct t_thread t;
+	struct uodp_range r;
 
-	pthread_barrier_init(&bar, NULL, 2);
-	engine_test_hook_before_install = park_in_window;
-	pthread_create(&t, NULL, mapper, f);
-	pthread_barrier_wait(&bar);
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
-						     f->base + NPAGES * page),
-			 0);
-	pthread_barrier_wait(&bar);
-	pthread_join(t, &ret);
-	assert_int_equal((intptr_t)ret, -EAGAIN);
+	t_park_next_install(f->umem);
+	t_thread_start(&t, fault_thread, &a);
+	t_gate_wait_arrived(&t_install_gate);
+	t_start(f->ctx, &r, f->buf, NPAGES);
+	t_gate_open(&t_install_gate);
+	assert_int_equal(t_thread_join(&t), -EAGAIN);
 	/* Nothing was installed, neither during nor after start(). */
-	assert_int_equal(
-		count_entries(f->umem, f->base, f->base + NPAGES * page), 0);
-	assert_int_equal(uodp_invalidate_range_end(f->ctx, f->base,
-						   f->base + NPAGES * page),
-			 0);
-	pthread_barrier_destroy(&bar);
+	assert_int_equal(t_count(f->umem, f->buf, NPAGES), 0);
+	t_end(&r);
 }
 
-/* A fault that starts while an invalidation is running retries, and the
- * region's wait blocks until the invalidation ends. */
-struct waiter {
-	struct uodp_umem *umem;
-	atomic_int done;
-	int ret;
-};
-
-static void *wait_thread(void *arg)
+/* The same with map_and_lock and a partial overlap: the fault of pages
+ * 0-15 parked, an invalidation of 12-19 starts and stays. The fault waits
+ * for it (it never installs while it runs), then installs after end(). */
+static void test_partial_overlap_waits(void **state)
 {
-	struct waiter *w = arg;
+	struct t_fx *f = *state;
+	struct fault_arg a = { f, f->buf, 16, UODP_TIMEOUT_INFINITE, 0, { 0 } };
+	struct t_thread t;
+	struct uodp_range r;
 
-	w->ret = uodp_umem_wait(w->umem);
-	atomic_store(&w->done, 1);
-	return NULL;
+	t_park_next_install(f->umem);
+	t_thread_start(&t, fault_thread, &a);
+	t_gate_wait_arrived(&t_install_gate);
+	t_start(f->ctx, &r, t_pg(f->buf, 12), 8);
+	t_gate_open(&t_install_gate);
+	t_let_block();
+	assert_int_equal(atomic_load(&t.done), 0);
+	assert_int_equal(t_count(f->umem, f->buf, NPAGES), 0);
+	t_end(&r);
+	assert_int_equal(t_thread_join(&t), 16);
+	for (int i = 0; i < 16; i++)
+		assert_int_equal(a.entries[i],
+				 t_want(t_pg(f->buf, i), UODP_ACCESS_WRITE));
+	assert_true(t_stats(f->umem).retries >= 1);
 }
 
-static void test_map_while_running_and_waiters(void **state)
+/* A fault of pages 0-7 parked; an invalidation of 32-39 (other stripes)
+ * starts and stays: the fault installs at once. */
+static void test_disjoint_running_installs(void **state)
 {
-	struct fixture *f = *state;
-	struct waiter w[3];
-	pthread_t t[3];
-	uint64_t seq;
+	struct t_fx *f = *state;
+	struct fault_arg a = { f, f->buf, 8, 5000, 0, { 0 } };
+	struct t_thread t;
+	struct uodp_range r;
+
+	t_park_next_install(f->umem);
+	t_thread_start(&t, fault_thread, &a);
+	t_gate_wait_arrived(&t_install_gate);
+	t_start(f->ctx, &r, t_pg(f->buf, 32), 8);
+	t_gate_open(&t_install_gate);
+	assert_int_equal(t_thread_join(&t), 8);
+	assert_int_equal(t_stats(f->umem).retries, 0);
+	/* And a new fault there still waits for the invalidation. */
+	assert_int_equal(uodp_umem_map_and_lock(f->umem, t_pg(f->buf, 32), page,
+						UODP_ACCESS_READ, 0),
+			 -EBUSY);
+	t_end(&r);
+}
+
+/* Faults that begin while an invalidation runs wait for it. */
+static int64_t begin_thread(void *arg)
+{
+	return uodp_umem_read_begin(arg);
+}
+
+static void test_waiters(void **state)
+{
+	struct t_fx *f = *state;
+	struct fault_arg a = { f, f->buf, 1, UODP_TIMEOUT_INFINITE, 0, { 0 } };
+	struct t_thread w[3], m;
+	struct uodp_range r;
+	int64_t seq = uodp_umem_read_begin(f->umem);
 	int i;
 
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
-						     f->base + page),
-			 0);
-	seq = uodp_umem_read_seq(f->umem);
-	assert_int_equal(uodp_umem_map(f->umem, f->base + 10 * page, page,
-				       UODP_ACCESS_READ, seq),
+	t_start(f->ctx, &r, f->buf, 1);
+	assert_int_equal(uodp_umem_map(f->umem, t_pg(f->buf, 10), page,
+				       UODP_ACCESS_READ, (uint64_t)seq),
 			 -EAGAIN);
-	for (i = 0; i < 3; i++) {
-		w[i].umem = f->umem;
-		atomic_init(&w[i].done, 0);
-		pthread_create(&t[i], NULL, wait_thread, &w[i]);
-	}
-	usleep(20000); /* give them time to block; the check below is not timed */
+	for (i = 0; i < 3; i++)
+		t_thread_start(&w[i], begin_thread, f->umem);
+	t_thread_start(&m, fault_thread, &a);
+	t_let_block();
 	for (i = 0; i < 3; i++)
 		assert_int_equal(atomic_load(&w[i].done), 0);
-	assert_int_equal(
-		uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
-	for (i = 0; i < 3; i++) {
-		pthread_join(t[i], NULL);
-		assert_int_equal(w[i].ret, 0);
-	}
-	/* The sequence moved: the old seq can never install. */
-	assert_true(uodp_umem_read_seq(f->umem) != seq);
-	uodp_umem_lock(f->umem);
-	assert_true(uodp_umem_retry(f->umem, seq));
-	assert_false(uodp_umem_retry(f->umem, uodp_umem_read_seq(f->umem)));
-	uodp_umem_unlock(f->umem);
+	assert_int_equal(atomic_load(&m.done), 0);
+	t_end(&r);
+	for (i = 0; i < 3; i++)
+		assert_true(t_thread_join(&w[i]) >= 0);
+	assert_int_equal(t_thread_join(&m), 1);
+	/* The sequence moved: the old one can never install. */
+	assert_true(t_retry(f->umem, (uint64_t)seq));
+	assert_false(t_retry(f->umem, (uint64_t)w[0].ret));
 }
 
 /* --- 3. A region registered while an invalidation runs ------------------- */
 
 static void test_register_during_invalidation(void **state)
 {
-	struct fixture *f = *state;
+	struct t_fx *f = *state;
 	struct uodp_umem *late;
-	struct waiter w = { 0 };
-	pthread_t t;
-	uint64_t seq;
+	struct uodp_range r1, r2;
+	struct t_thread w;
+	int64_t seq;
 
-	/* Two invalidations run; the region must stay without counters
-	 * until both have ended. */
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
-						     f->base + page),
-			 0);
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base + 4 * page,
-						     f->base + 5 * page),
-			 0);
-	assert_int_equal(uodp_umem_get(f->ctx, f->base, 8 * page,
-				       UODP_ACCESS_ALL, &late),
-			 0);
-	seq = uodp_umem_read_seq(late);
-	assert_int_equal(uodp_umem_map(late, f->base + 2 * page, page,
-				       UODP_ACCESS_READ, seq),
+	/* Two invalidations run; the late region must not fault until both
+	 * have ended (its birth period). */
+	t_start(f->ctx, &r1, f->buf, 1);
+	t_start(f->ctx, &r2, t_pg(f->buf, 4), 1);
+	late = t_get(f->ctx, f->buf, 8 * page, UODP_ACCESS_ALL);
+	assert_int_equal(uodp_umem_map(late, t_pg(f->buf, 2), page,
+				       UODP_ACCESS_READ, 0),
 			 -EAGAIN);
-	w.umem = late;
-	atomic_init(&w.done, 0);
-	pthread_create(&t, NULL, wait_thread, &w);
+	assert_int_equal(uodp_umem_map_and_lock(late, t_pg(f->buf, 2), page,
+						UODP_ACCESS_READ, 0),
+			 -EBUSY);
+	t_thread_start(&w, begin_thread, late);
 
 	/* end() finds the late region in the tree: it must not lower
-	 * counters that start() never raised. */
-	assert_int_equal(
-		uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
-	seq = uodp_umem_read_seq(late);
-	assert_int_equal(uodp_umem_map(late, f->base + 2 * page, page,
-				       UODP_ACCESS_READ, seq),
-			 -EAGAIN);
-	usleep(20000);
+	 * counts that start() never raised. */
+	t_end(&r1);
+	assert_int_equal(uodp_umem_map_and_lock(late, t_pg(f->buf, 2), page,
+						UODP_ACCESS_READ, 0),
+			 -EBUSY);
+	t_let_block();
 	assert_int_equal(atomic_load(&w.done), 0);
 
-	assert_int_equal(uodp_invalidate_range_end(f->ctx, f->base + 4 * page,
-						   f->base + 5 * page),
-			 0);
-	pthread_join(t, NULL);
-	assert_int_equal(w.ret, 0);
-	seq = uodp_umem_read_seq(late);
-	assert_int_equal(uodp_umem_map(late, f->base + 2 * page, page,
-				       UODP_ACCESS_READ, seq),
+	t_end(&r2);
+	seq = t_thread_join(&w);
+	assert_true(seq >= 0);
+	assert_int_equal(uodp_umem_map(late, t_pg(f->buf, 2), page,
+				       UODP_ACCESS_READ, (uint64_t)seq),
 			 1);
-	/* And its counters now work: an invalidation makes it retry. */
-	assert_int_equal(uodp_invalidate_range(f->ctx, f->base + 2 * page,
-					       f->base + 3 * page),
-			 0);
-	assert_int_equal(uodp_umem_entry(late, f->base + 2 * page), 0);
-	uodp_umem_lock(late);
-	assert_true(uodp_umem_retry(late, seq));
-	uodp_umem_unlock(late);
+	/* And its counts now work: an invalidation makes it retry. */
+	t_inval(f->ctx, t_pg(f->buf, 2), 1);
+	assert_int_equal(t_entry(late, t_pg(f->buf, 2)), 0);
+	assert_true(t_retry(late, (uint64_t)seq));
+	assert_int_equal(t_fault(late, t_pg(f->buf, 2), page, UODP_ACCESS_READ),
+			 1);
 	assert_int_equal(uodp_umem_release(late), 0);
 }
 
-/* Released while still waiting for its counters: leaves the list. */
-static void test_release_without_counters(void **state)
+/* Released while still in its birth period: nothing left behind. */
+static void test_release_born_in_period(void **state)
 {
-	struct fixture *f = *state;
+	struct t_fx *f = *state;
 	struct uodp_umem *late;
+	struct uodp_range r;
 
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
-						     f->base + page),
-			 0);
-	assert_int_equal(uodp_umem_get(f->ctx, f->base, page, UODP_ACCESS_ALL,
-				       &late),
-			 0);
+	t_start(f->ctx, &r, f->buf, 1);
+	late = t_get(f->ctx, f->buf, page, UODP_ACCESS_ALL);
 	assert_int_equal(uodp_umem_release(late), 0);
-	assert_int_equal(
-		uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
-	assert_int_equal(atomic_load(&f->ctx->nc_pending), 0);
+	t_end(&r);
+	assert_true(uodp_ctx_sync(f->ctx));
+	assert_int_equal(t_fault(f->umem, f->buf, page, UODP_ACCESS_READ), 1);
 }
 
 /* --- 4. Overlapping regions ---------------------------------------------- */
 
 static void test_overlapping_regions(void **state)
 {
-	struct fixture *f = *state;
+	struct t_fx *f = *state;
 	struct uodp_umem *a, *b;
-	uint64_t seq;
-	int i, hit_a = 0, hit_b = 0, hit_f = 0;
+	char *p = f->buf;
 
-	assert_int_equal(uodp_umem_get(f->ctx, f->base + 4 * page, 8 * page,
-				       UODP_ACCESS_ALL, &a),
-			 0);
-	assert_int_equal(uodp_umem_get(f->ctx, f->base + 8 * page, 8 * page,
-				       UODP_ACCESS_ALL, &b),
-			 0);
-	seq = uodp_umem_read_seq(a);
-	assert_int_equal(uodp_umem_map(a, f->base + 4 * page, 8 * page,
-				       UODP_ACCESS_WRITE, seq),
+	a = t_get(f->ctx, t_pg(p, 4), 8 * page, UODP_ACCESS_ALL);
+	b = t_get(f->ctx, t_pg(p, 8), 8 * page, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(a, t_pg(p, 4), 8 * page, UODP_ACCESS_WRITE),
 			 8);
-	seq = uodp_umem_read_seq(b);
-	assert_int_equal(uodp_umem_map(b, f->base + 8 * page, 8 * page,
-				       UODP_ACCESS_WRITE, seq),
+	assert_int_equal(t_fault(b, t_pg(p, 8), 8 * page, UODP_ACCESS_WRITE),
 			 8);
-	assert_int_equal(uodp_invalidate_range(f->ctx, f->base + 10 * page,
-					       f->base + 13 * page),
-			 0);
-	assert_int_equal(seen.calls, 3); /* f->umem, a, b */
-	for (i = 0; i < 3; i++) {
-		if (seen.umem[i] == a) {
-			hit_a++;
-			assert_int_equal(seen.start[i], f->base + 10 * page);
-			assert_int_equal(seen.end[i], f->base + 12 * page);
-		} else if (seen.umem[i] == b) {
-			hit_b++;
-			assert_int_equal(seen.start[i], f->base + 10 * page);
-			assert_int_equal(seen.end[i], f->base + 13 * page);
-		} else if (seen.umem[i] == f->umem) {
-			hit_f++;
-		}
-	}
-	assert_int_equal(hit_a + hit_b + hit_f, 3);
-	assert_int_equal(
-		count_entries(a, f->base + 4 * page, f->base + 12 * page), 6);
-	assert_int_equal(
-		count_entries(b, f->base + 8 * page, f->base + 16 * page), 5);
+	t_inval(f->ctx, t_pg(p, 10), 3);
+	assert_int_equal(t_rec_count(), 3); /* f->umem, a, b */
+	assert_true(t_rec_find(0, a, t_pg(p, 10), t_pg(p, 12), -1) >= 0);
+	assert_true(t_rec_find(0, b, t_pg(p, 10), t_pg(p, 13), -1) >= 0);
+	assert_true(t_rec_find(0, f->umem, t_pg(p, 10), t_pg(p, 13), -1) >= 0);
+	assert_int_equal(t_count(a, t_pg(p, 4), 8), 6);
+	assert_int_equal(t_count(b, t_pg(p, 8), 8), 5);
 	assert_int_equal(uodp_umem_release(a), 0);
 	assert_int_equal(uodp_umem_release(b), 0);
 }
 
 /* --- 5. Release during an invalidation ----------------------------------- */
 
-static pthread_barrier_t cb_bar;
-static atomic_int released;
+static struct t_gate cb_gate = T_GATE_INIT;
+static atomic_int released, cb_bad;
 
-static void blocking_cb(struct uodp_umem *umem, uint64_t s, uint64_t e, void *p)
+static void blocking_cb(struct uodp_umem *umem, const struct uodp_range *r,
+			void *p)
 {
-	(void)umem;
-	(void)s;
-	(void)e;
+	(void)r;
 	(void)p;
-	pthread_barrier_wait(&cb_bar); /* the releaser may now try */
-	usleep(20000);
-	/* The region's memory is still valid: release waits for us. */
-	assert_int_equal(atomic_load(&released), 0);
-	assert_int_equal(uodp_umem_start(umem) != 0, 1);
+	t_gate_pass(&cb_gate);
+	/* The region's memory is still valid: release waits for us. (No
+	 * cmocka assert on this thread: it would longjmp across threads.) */
+	if (atomic_load(&released) || !uodp_umem_start(umem))
+		atomic_store(&cb_bad, 1);
 }
 
-static void *invalidator(void *arg)
+static int64_t invalidator(void *arg)
 {
-	struct fixture *f = arg;
+	struct t_fx *g = arg;
 
-	uodp_invalidate_range(f->ctx, f->base, f->base + NPAGES * page);
-	return NULL;
+	return uodp_invalidate_range(g->ctx, g->buf, NPAGES * page,
+				     UODP_EVENT_MANUAL);
+}
+
+static int64_t releaser(void *arg)
+{
+	int r = uodp_umem_release(arg);
+
+	atomic_store(&released, 1);
+	return r;
 }
 
 static void test_release_during_callback(void **state)
 {
-	static const struct uodp_ctx_ops ops = { .invalidate_range =
-							 blocking_cb };
-	struct uodp_ctx *ctx;
-	struct uodp_umem *umem;
-	struct fixture g;
-	pthread_t t;
+	static const struct uodp_ctx_ops ops = { .invalidate = blocking_cb };
+	struct t_fx g = { 0 };
+	struct t_thread inv, rel;
 
 	(void)state;
-	g.buf = mmap(NULL, NPAGES * page, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	g.base = (uintptr_t)g.buf;
-	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_MANUAL, &ctx), 0);
-	g.ctx = ctx;
-	assert_int_equal(uodp_umem_get(ctx, g.base, NPAGES * page,
-				       UODP_ACCESS_ALL, &umem),
-			 0);
+	g.npages = NPAGES;
+	g.buf = t_buf(NPAGES);
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_MANUAL, &g.ctx), 0);
+	g.umem = t_get(g.ctx, g.buf, NPAGES * page, UODP_ACCESS_ALL);
 	atomic_store(&released, 0);
-	pthread_barrier_init(&cb_bar, NULL, 2);
-	pthread_create(&t, NULL, invalidator, &g);
-	pthread_barrier_wait(&cb_bar);
-	assert_int_equal(uodp_umem_release(umem), 0);
-	atomic_store(&released, 1);
-	pthread_join(t, NULL);
-	pthread_barrier_destroy(&cb_bar);
-	assert_int_equal(uodp_ctx_destroy(ctx), 0);
-	munmap(g.buf, NPAGES * page);
+	atomic_store(&cb_bad, 0);
+	t_gate_reset(&cb_gate);
+	t_thread_start(&inv, invalidator, &g);
+	t_gate_wait_arrived(&cb_gate);
+	t_thread_start(&rel, releaser, g.umem);
+	t_let_block();
+	assert_int_equal(atomic_load(&released), 0);
+	t_gate_open(&cb_gate);
+	assert_int_equal(t_thread_join(&inv), 0);
+	assert_int_equal(t_thread_join(&rel), 0);
+	assert_int_equal(atomic_load(&cb_bad), 0);
+	g.umem = NULL;
+	t_fx_fini(&g);
 }
 
 /* Release between start() and end(): end() must not touch it. */
 static void test_release_between_start_end(void **state)
 {
-	struct fixture *f = *state;
+	struct t_fx *f = *state;
+	struct uodp_range r;
 
-	assert_int_equal(uodp_invalidate_range_start(f->ctx, f->base,
-						     f->base + page),
-			 0);
+	t_start(f->ctx, &r, f->buf, 1);
 	assert_int_equal(uodp_umem_release(f->umem), 0);
 	f->umem = NULL;
-	assert_int_equal(
-		uodp_invalidate_range_end(f->ctx, f->base, f->base + page), 0);
+	t_end(&r);
+	assert_true(uodp_ctx_sync(f->ctx));
 }
 
-/* --- 6. Destroy while a fault waits -------------------------------------- */
+/* --- 6. Destroy while faults wait ---------------------------------------- */
 
 static void test_destroy_wakes_waiters(void **state)
 {
-	struct fixture *f = *state;
-	struct waiter w = { .umem = f->umem };
-	struct uodp_ctx *ctx;
-	struct uodp_umem *umem;
-	pthread_t t;
-	char *mem = mmap(NULL, page, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct t_fx g;
+	struct fault_arg a = { &g, NULL, 1, UODP_TIMEOUT_INFINITE, 0, { 0 } };
+	struct t_thread w, m;
+	struct uodp_range r;
 
 	(void)state;
-	assert_int_equal(uodp_ctx_create(&record_ops, UODP_CTX_MANUAL, &ctx),
-			 0);
-	assert_int_equal(uodp_umem_get(ctx, (uintptr_t)mem, page,
-				       UODP_ACCESS_ALL, &umem),
-			 0);
-	assert_int_equal(uodp_invalidate_range_start(ctx, (uintptr_t)mem,
-						     (uintptr_t)mem + page),
-			 0);
-	w.umem = umem;
-	atomic_init(&w.done, 0);
-	pthread_create(&t, NULL, wait_thread, &w);
-	usleep(20000);
+	t_fx_init(&g, 1, UODP_CTX_MANUAL);
+	a.p = g.buf;
+	t_start(g.ctx, &r, g.buf, 1);
+	t_thread_start(&w, begin_thread, g.umem);
+	t_thread_start(&m, fault_thread, &a);
+	t_let_block();
 	assert_int_equal(atomic_load(&w.done), 0);
-	assert_int_equal(uodp_ctx_destroy(ctx), 0);
-	pthread_join(t, NULL);
-	assert_int_equal(w.ret, -ENODEV);
-	assert_int_equal(uodp_umem_map(umem, (uintptr_t)mem, page,
-				       UODP_ACCESS_READ,
-				       uodp_umem_read_seq(umem)),
+	assert_int_equal(atomic_load(&m.done), 0);
+	assert_int_equal(uodp_ctx_destroy(g.ctx), 0);
+	assert_int_equal(t_thread_join(&w), -ENODEV);
+	assert_int_equal(t_thread_join(&m), -ENODEV);
+	assert_int_equal(t_map_seq(g.umem, g.buf, page, UODP_ACCESS_READ),
 			 -ENODEV);
-	assert_int_equal(uodp_umem_release(umem), 0);
-	munmap(mem, page);
+	assert_int_equal(uodp_umem_map(g.umem, g.buf, page, UODP_ACCESS_READ,
+				       0),
+			 -ENODEV);
+	/* The token of the context's last invalidation still ends. */
+	t_end(&r);
+	g.ctx = NULL;
+	t_fx_fini(&g);
 }
 
-/* --- 7. A frame changed under a live entry (root only: needs pfns) ------- */
+/* --- 7. A frame changed under a live entry (needs frames: root) ---------- */
 
 static void test_frame_changed(void **state)
 {
-	struct fixture *f = *state;
-	uint64_t seq, va = f->base + 3 * page;
+	struct t_fx *f = *state;
+	char *va = t_pg(f->buf, 3);
 	void *p, *keep;
 
-	seq = uodp_umem_read_seq(f->umem);
-	assert_int_equal(
-		uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE, seq), 1);
+	assert_int_equal(t_fault(f->umem, va, page, UODP_ACCESS_WRITE), 1);
 	if (!uodp_umem_pfn(f->umem, va))
-		skip(); /* frames hidden from unprivileged users */
+		t_skip("page frames hidden from this process (not root)");
 	/* Replace the page without any notification (a manual context has
 	 * no monitor). The old frame is moved away, not freed, so the kernel
-	 * cannot hand the same frame back: the new page's frame differs. */
+	 * cannot hand the same frame back. */
 	keep = mmap(NULL, page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	assert_true(keep != MAP_FAILED);
-	p = mremap((void *)(uintptr_t)va, page, page,
-		   MREMAP_MAYMOVE | MREMAP_FIXED, keep);
+	p = mremap(va, page, page, MREMAP_MAYMOVE | MREMAP_FIXED, keep);
 	assert_true(p == keep);
-	p = mmap((void *)(uintptr_t)va, page, PROT_READ | PROT_WRITE,
+	p = mmap(va, page, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-	assert_true(p == (void *)(uintptr_t)va);
-	seq = uodp_umem_read_seq(f->umem);
-	assert_int_equal(uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE,
-				       seq),
+	assert_true(p == va);
+	/* The low-level map sees it, invalidates (EVENT_FRAME), -EAGAIN. */
+	assert_int_equal(t_map_seq(f->umem, va, page, UODP_ACCESS_WRITE),
 			 -EAGAIN);
-	assert_int_equal(seen.calls, 1);
-	assert_int_equal(seen.start[0], va);
-	assert_int_equal(seen.end[0], va + page);
-	assert_int_equal(uodp_umem_entry(f->umem, va), 0);
-	seq = uodp_umem_read_seq(f->umem);
-	assert_int_equal(
-		uodp_umem_map(f->umem, va, page, UODP_ACCESS_WRITE, seq), 1);
+	assert_int_equal(t_rec_count(), 1);
+	assert_true(t_rec_find(0, f->umem, va, va + page, UODP_EVENT_FRAME) >=
+		    0);
+	assert_int_equal(t_entry(f->umem, va), 0);
+	assert_int_equal(t_map_seq(f->umem, va, page, UODP_ACCESS_WRITE), 1);
+	/* map_and_lock hides the retry. */
+	p = mremap(va, page, page, MREMAP_MAYMOVE | MREMAP_FIXED, keep);
+	assert_true(p == keep);
+	p = mmap(va, page, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	assert_true(p == va);
+	assert_int_equal(t_fault(f->umem, va, page, UODP_ACCESS_WRITE), 1);
+	assert_int_equal(t_rec_count(), 2);
 	munmap(keep, page);
 }
 
 /* --- 8. Faults and invalidations hammering one region -------------------- */
 
 struct storm {
-	struct fixture *f;
+	struct t_fx *f;
 	atomic_int stop;
 	atomic_long installs, violations;
+	/* Pages being invalidated right now, [lo, hi) as lo << 32 | hi: one
+	 * word, so that a reader never pairs an old bound with a new one. */
+	_Atomic uint64_t running;
 };
 
-static void *fault_thread(void *arg)
+static void *storm_fault(void *arg)
 {
 	struct storm *s = arg;
 	unsigned seed = (unsigned)(uintptr_t)pthread_self();
 
 	while (!atomic_load(&s->stop)) {
-		uint64_t pg = (uint64_t)rand_r(&seed) % NPAGES;
-		uint64_t va = s->f->base + pg * page, seq;
-		int64_t n;
+		size_t pg = (size_t)rand_r(&seed) % NPAGES;
+		size_t n = 1 + (size_t)rand_r(&seed) % 4;
+		int64_t r;
 
-		uodp_umem_wait(s->f->umem);
-		seq = uodp_umem_read_seq(s->f->umem);
-		n = uodp_umem_map(s->f->umem, va, page, UODP_ACCESS_WRITE, seq);
-		if (n == 1) {
-			uodp_umem_lock(s->f->umem);
-			if (!uodp_umem_retry(s->f->umem, seq))
-				atomic_fetch_add(&s->installs, 1);
+		if (pg + n > NPAGES)
+			n = NPAGES - pg;
+		r = uodp_umem_map_and_lock(s->f->umem, t_pg(s->f->buf, pg),
+					   n * page, UODP_ACCESS_WRITE, 100);
+		if (r > 0) {
+			/* With the lock held no invalidation of these pages
+			 * runs: the test's running range must not overlap. */
+			uint64_t run = atomic_load(&s->running);
+			size_t lo = (size_t)(run >> 32),
+			       hi = (size_t)(run & 0xffffffffu);
+
+			if (pg < hi && lo < pg + (size_t)r)
+				atomic_fetch_add(&s->violations, 1);
+			atomic_fetch_add(&s->installs, 1);
 			uodp_umem_unlock(s->f->umem);
 		}
 	}
@@ -596,32 +589,33 @@ static void *fault_thread(void *arg)
 
 static void test_storm(void **state)
 {
-	struct fixture *f = *state;
+	struct t_fx *f = *state;
 	struct storm s = { .f = f };
 	pthread_t t[3];
 	unsigned seed = 1;
-	int i, round;
+	int i;
+	long round;
 
+	atomic_init(&s.running, 0);
 	for (i = 0; i < 3; i++)
-		pthread_create(&t[i], NULL, fault_thread, &s);
-	/* Progress-driven, not timed: at least 2000 invalidations, and go on
+		pthread_create(&t[i], NULL, storm_fault, &s);
+	/* Progress-driven, not timed: at least 2000 invalidations, and on
 	 * until the faulting threads have installed often enough that the
-	 * race was really exercised (they get the CPU between rounds). */
+	 * race was really exercised. */
 	for (round = 0; round < 2000 || atomic_load(&s.installs) < 200;
 	     round++) {
-		uint64_t a = (uint64_t)rand_r(&seed) % NPAGES;
-		uint64_t b = a + 1 + (uint64_t)rand_r(&seed) % (NPAGES - a);
-		uint64_t s0 = f->base + a * page, e0 = f->base + b * page;
-		int k;
+		size_t a = (size_t)rand_r(&seed) % NPAGES;
+		size_t b = a + 1 + (size_t)rand_r(&seed) % (NPAGES - a);
+		struct uodp_range r;
 
 		assert_true(round < 1000000); /* no install at all: a bug */
-		assert_int_equal(uodp_invalidate_range_start(f->ctx, s0, e0),
-				 0);
+		t_start(f->ctx, &r, t_pg(f->buf, a), b - a);
+		atomic_store(&s.running, (uint64_t)a << 32 | b);
 		/* While it runs, nothing may appear in its range. */
-		for (k = 0; k < 3; k++)
-			if (count_entries(f->umem, s0, e0))
-				atomic_fetch_add(&s.violations, 1);
-		assert_int_equal(uodp_invalidate_range_end(f->ctx, s0, e0), 0);
+		if (t_count(f->umem, t_pg(f->buf, a), b - a))
+			atomic_fetch_add(&s.violations, 1);
+		atomic_store(&s.running, 0);
+		t_end(&r);
 		sched_yield();
 	}
 	atomic_store(&s.stop, 1);
@@ -629,38 +623,206 @@ static void test_storm(void **state)
 		pthread_join(t[i], NULL);
 	assert_int_equal(atomic_load(&s.violations), 0);
 	assert_true(atomic_load(&s.installs) >= 200);
-	assert_int_equal(atomic_load(&f->ctx->notifier_count), 0);
+	assert_true(uodp_ctx_sync(f->ctx));
+	assert_int_equal(f->ctx->active, 0);
 }
+
+/* --- 9. Issue 12 finding 6: uodp_umem_get racing uodp_ctx_destroy ------- */
+
+struct getter {
+	struct uodp_ctx *ctx;
+	char *buf;
+	atomic_int *go;
+	atomic_long ok;
+	long nodev, other;
+};
+
+static void *get_loop(void *arg)
+{
+	struct getter *g = arg;
+	struct uodp_umem *u;
+	int r;
+
+	while (!atomic_load(g->go))
+		sched_yield();
+	/* Until the context refuses us for good, and a while beyond. */
+	for (long i = 0; g->nodev < 200; i++) {
+		r = uodp_umem_get(g->ctx, g->buf, page, UODP_ACCESS_ALL, &u);
+		if (r == 0) {
+			atomic_fetch_add(&g->ok, 1);
+			if (uodp_umem_release(u))
+				g->other++;
+		} else if (r == -ENODEV) {
+			g->nodev++;
+		} else {
+			g->other++;
+		}
+		if (i > 50000000)
+			break; /* never refused: a failure below */
+	}
+	return NULL;
+}
+
+static void test_get_races_destroy(void **state)
+{
+	enum {
+		N = 4
+	};
+	struct getter g[N];
+	pthread_t t[N];
+	struct uodp_ctx *ctx = t_ctx(UODP_CTX_MANUAL);
+	char *buf = t_buf(1);
+	/* Kept alive: the context's memory stays until it is released, so
+	 * the getters never pass a freed handle (that is undefined). */
+	struct uodp_umem *keep = t_get(ctx, buf, page, UODP_ACCESS_ALL);
+	atomic_int go;
+	int i;
+
+	(void)state;
+	atomic_init(&go, 0);
+	for (i = 0; i < N; i++) {
+		g[i] = (struct getter){ .ctx = ctx, .buf = buf, .go = &go };
+		atomic_init(&g[i].ok, 0);
+		pthread_create(&t[i], NULL, get_loop, &g[i]);
+	}
+	atomic_store(&go, 1);
+	/* Let them get going (progress, not time), then destroy. */
+	while (!atomic_load(&g[0].ok) && !atomic_load(&g[1].ok))
+		sched_yield();
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	for (i = 0; i < N; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(g[i].other, 0);
+		assert_int_equal(g[i].nodev, 200);
+	}
+	assert_int_equal(uodp_umem_release(keep), 0); /* frees the context */
+	t_unmap(buf, 1);
+}
+
+/* --- 10. Issue 12 finding 12: cancellation inside a blocked fault -------- */
+
+struct cancel_arg {
+	struct uodp_umem *umem;
+	void *p;
+	atomic_int entered;
+	atomic_long result; /* map_and_lock's, before the thread died */
+};
+
+static void *cancel_victim(void *arg)
+{
+	struct cancel_arg *c = arg;
+	int64_t r;
+
+	pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, NULL);
+	atomic_store(&c->entered, 1);
+	r = uodp_umem_map_and_lock(c->umem, c->p, page, UODP_ACCESS_READ,
+				   UODP_TIMEOUT_INFINITE);
+	atomic_store(&c->result, (long)r);
+	if (r > 0)
+		uodp_umem_unlock(c->umem);
+	/* The first cancellation point outside the library. */
+	for (;;)
+		pthread_testcancel();
+	return NULL;
+}
+
+static void test_cancel_blocked_fault(void **state)
+{
+	struct t_fx *f = *state;
+	struct cancel_arg c = { .umem = f->umem, .p = f->buf };
+	struct uodp_range r;
+	pthread_t t;
+	void *ret;
+
+	atomic_init(&c.result, 12345);
+	t_start(f->ctx, &r, f->buf, 1);
+	assert_int_equal(pthread_create(&t, NULL, cancel_victim, &c), 0);
+	while (!atomic_load(&c.entered))
+		sched_yield();
+	t_let_block();
+	assert_int_equal(pthread_cancel(t), 0);
+	t_let_block();
+	/* Still blocked in the library, not cancelled there. */
+	assert_int_equal(atomic_load(&c.result), 12345);
+	t_end(&r);
+	assert_int_equal(pthread_join(t, &ret), 0);
+	assert_ptr_equal(ret, PTHREAD_CANCELED);
+	assert_int_equal(atomic_load(&c.result), 1);
+	/* No lock leaked: invalidations and faults of the region work. */
+	t_inval(f->ctx, f->buf, NPAGES);
+	assert_int_equal(t_fault(f->umem, f->buf, page, UODP_ACCESS_READ), 1);
+	assert_int_equal(uodp_umem_lock(f->umem), 0);
+	assert_int_equal(uodp_umem_unlock(f->umem), 0);
+}
+
+/* The same in read_begin, the low-level wait. */
+static void *cancel_victim_begin(void *arg)
+{
+	struct cancel_arg *c = arg;
+	int64_t r;
+
+	atomic_store(&c->entered, 1);
+	r = uodp_umem_read_begin(c->umem);
+	atomic_store(&c->result, (long)r);
+	for (;;)
+		pthread_testcancel();
+	return NULL;
+}
+
+static void test_cancel_blocked_begin(void **state)
+{
+	struct t_fx *f = *state;
+	struct cancel_arg c = { .umem = f->umem, .p = f->buf };
+	struct uodp_range r;
+	pthread_t t;
+	void *ret;
+
+	atomic_init(&c.result, -12345);
+	t_start(f->ctx, &r, f->buf, NPAGES);
+	assert_int_equal(pthread_create(&t, NULL, cancel_victim_begin, &c), 0);
+	while (!atomic_load(&c.entered))
+		sched_yield();
+	t_let_block();
+	assert_int_equal(pthread_cancel(t), 0);
+	t_let_block();
+	assert_int_equal(atomic_load(&c.result), -12345);
+	t_end(&r);
+	assert_int_equal(pthread_join(t, &ret), 0);
+	assert_ptr_equal(ret, PTHREAD_CANCELED);
+	assert_true(atomic_load(&c.result) >= 0);
+	t_inval(f->ctx, f->buf, NPAGES);
+	assert_int_equal(t_fault(f->umem, f->buf, page, UODP_ACCESS_READ), 1);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, t_fx_setup, t_fx_teardown)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_start_in_window, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_start_end_in_window, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_other_region_no_retry,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_invalidation_during_map,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(
-			test_map_while_running_and_waiters, setup, teardown),
-		cmocka_unit_test_setup_teardown(
-			test_register_during_invalidation, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_release_without_counters,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_overlapping_regions, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_release_during_callback,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_release_between_start_end,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_destroy_wakes_waiters,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_frame_changed, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_storm, setup, teardown),
+		T(test_start_in_window),
+		T(test_start_end_in_window),
+		T(test_other_stripe_no_retry),
+		T(test_overlap_in_window_retries),
+		T(test_overlap_running_busy),
+		cmocka_unit_test(test_wide_stripes),
+		T(test_other_region_no_retry),
+		T(test_invalidation_during_map),
+		T(test_partial_overlap_waits),
+		T(test_disjoint_running_installs),
+		T(test_waiters),
+		T(test_register_during_invalidation),
+		T(test_release_born_in_period),
+		T(test_overlapping_regions),
+		cmocka_unit_test(test_release_during_callback),
+		T(test_release_between_start_end),
+		cmocka_unit_test(test_destroy_wakes_waiters),
+		T(test_frame_changed),
+		T(test_storm),
+		cmocka_unit_test(test_get_races_destroy),
+		T(test_cancel_blocked_fault),
+		T(test_cancel_blocked_begin),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	page = t_page_size();
+	return t_run(tests, NULL, NULL);
 }
