@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/* adp_test.h - small helpers shared by the adapters' tests (not cmocka:
+ * these programs run scenarios against real libfabric / UCX and report
+ * figures; each check prints what failed and the program exits 1). */
+#ifndef ADP_TEST_H
+#define ADP_TEST_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ADP_SKIP 77
+
+#define CHECK(cond)                                                            \
+	do {                                                                   \
+		if (!(cond)) {                                                 \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, \
+				__LINE__, #cond);                              \
+			exit(1);                                               \
+		}                                                              \
+	} while (0)
+
+#define CHECK_EQ(a, b)                                               \
+	do {                                                         \
+		long long a_ = (long long)(a), b_ = (long long)(b);  \
+		if (a_ != b_) {                                      \
+			fprintf(stderr,                              \
+				"%s:%d: %s == %lld, expected %s "    \
+				"== %lld\n",                         \
+				__FILE__, __LINE__, #a, a_, #b, b_); \
+			exit(1);                                     \
+		}                                                    \
+	} while (0)
+
+static inline uint64_t adp_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Poll @cond (an expression) every 50 us for up to @ms milliseconds. Why
+ * poll: the adapters deliver on uodp's relay thread, asynchronously to the
+ * unmapping thread by design; 5 s is far above any delivery we measured
+ * (tens of microseconds) and only bounds a failing run. */
+#define WAIT_FOR(cond, ms)                                               \
+	({                                                               \
+		uint64_t dl_ = adp_now_ns() + (uint64_t)(ms)*1000000ull; \
+		while (!(cond) && adp_now_ns() < dl_)                    \
+			usleep(50);                                      \
+		(cond);                                                  \
+	})
+
+static inline size_t adp_page(void)
+{
+	return (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Exit 77 with a reason when the kernel monitor is not there (before the
+ * notifier lands: -ENOSYS from the stub; userfaultfd forbidden: -EPERM). */
+static inline void adp_skip_if_no_monitor(int r, const char *what)
+{
+	if (r == -ENOSYS || r == -EPERM) {
+		printf("SKIP: %s: %s (uodp's kernel monitor unavailable)\n",
+		       what, strerror(-r));
+		exit(ADP_SKIP);
+	}
+}
+
+#endif
