@@ -1,0 +1,1830 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fuzz_api.c - an interpreter that turns bytes into a sequence of
+ * operations over include/uodp.h and include/uodp_dev.h, and a model
+ * oracle that checks every result.
+ *
+ * THE POOL. POOL_PAGES pages reserved once per process with
+ * mmap(PROT_NONE); every mapping operation is confined to it with
+ * MAP_FIXED, so the fuzzer never touches memory outside. A munmap makes a
+ * real hole; before a hole is mapped again it is re-reserved with
+ * MAP_FIXED_NOREPLACE, so a mapping someone else (the allocator, a worker
+ * thread) placed there meanwhile is never clobbered: that page becomes
+ * "foreign" and is left alone for the rest of the process.
+ *
+ * THE MODEL. For each pool page: hole or mapped, its protection, the
+ * mapping object ("obj", one per mmap call; mremap moves it) and the
+ * object's page index, and a shadow of its bytes. Every byte the fuzzer
+ * writes (by CPU or device) belongs to a tagged 8-byte word:
+ *   bits 40-63 obj, 28-39 object page, 16-27 word index, 0-15 version,
+ * so a word anywhere in memory says which mapping and place it belongs to
+ * (zero: a fresh page). Atomics change words arithmetically; such words
+ * are marked untagged.
+ *
+ * THE ORACLE.
+ *  - A synchronous device read of pages the model knows exactly returns
+ *    exactly the shadow; of pages with an async write in flight (or a
+ *    partial failed write), only plausible words: zero, or tagged with
+ *    the page's current mapping or one that held the page since the last
+ *    check, at the right object page and word.
+ *  - An async read returns the shadow when nothing changed the pages
+ *    between post and completion, else plausible words.
+ *  - Results: success exactly when the model says every page is
+ *    accessible that way; otherwise the errno of the first page that is
+ *    not (-EFAULT for a hole, -EACCES for a protection), or another errno
+ *    the header documents for the call (-ENOMEM only while allocation
+ *    failures are injected).
+ *  - Translations: at every check point (after every change of the
+ *    address space and its invalidation), no device page-table entry
+ *    (uodp_dev_snapshot) and no engine entry (uodp_umem_entries_locked)
+ *    covers a page that is a hole, or is writable where the page is
+ *    read-only, or readable where it is PROT_NONE. The device moves bytes
+ *    by virtual address, so a stale translation cannot return a gone
+ *    mapping's bytes: the translation is what a DMA device would read
+ *    through, and this check is the "never bytes of a mapping already
+ *    gone" oracle. On a manual context it holds right after
+ *    uodp_invalidate_range(); with the kernel monitor once
+ *    uodp_ctx_sync() is true.
+ *  - No wedge: map_and_lock with a timeout never returns -EBUSY while no
+ *    invalidation is open (the interpreter is the only invalidator).
+ *
+ * Kernel-monitor contexts are chosen by the first input byte; while the
+ * notifier is not merged, uodp_umem_get() fails -ENOSYS and the fuzzer
+ * treats that as "monitor unavailable" (no regions on that context).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fuzz_api.h"
+#include "uodp.h"
+#include "uodp_dev.h"
+
+#ifdef UODP_FAULT_INJECT
+#include "lib/finject.h"
+#endif
+
+/* Why 32 pages: enough for several regions, keys and mappings to overlap
+ * in every way, small enough that the libFuzzer corpus explores the
+ * combinations instead of distances. */
+#define POOL_PAGES 32
+#define MAX_RUN 4  /* pages per mapping operation */
+#define MAX_XFER 3 /* pages per device transfer */
+#define MAX_UMEMS 4
+#define MAX_KEYS 4
+#define MAX_ASYNC 8
+#define MAX_TOKENS 2
+#define HIST 8	       /* mappings remembered per page */
+#define WORDS_MAX 1024 /* words per page, 8 KiB pages at most */
+/* Why 200 ms: a fault in this single-threaded interpreter waits only for
+ * the async workers' invalidations, which take microseconds; 200 ms of
+ * -EBUSY means an invalidation that never ended. */
+#define MAP_TIMEOUT_MS 200
+
+enum pstate {
+	P_HOLE = 0,
+	P_MAPPED,
+	P_FOREIGN
+};
+
+struct mpage {
+	uint8_t st;
+	int prot; /* PROT_NONE, PROT_READ, PROT_READ|PROT_WRITE */
+	bool shared;
+	bool uncertain; /* shadow not exact (async write, failed write) */
+	uint32_t obj, objpage;
+	uint64_t mods; /* bumped by every change of content or mapping */
+	uint32_t hist_obj[HIST], hist_pg[HIST];
+	unsigned nhist;
+	uint64_t untagged[WORDS_MAX / 64];
+};
+
+struct fumem {
+	struct uodp_umem *umem;
+	int first, n; /* pool pages */
+	unsigned access;
+	bool on_monitor;
+};
+
+struct fkey {
+	uint32_t key;
+	bool live, implicit;
+	uint64_t start, end; /* exact bytes */
+	unsigned access;
+};
+
+struct fasync {
+	bool busy;
+	struct uodp_dev_wr wr;
+	uint64_t mods[MAX_XFER + 2];
+	bool certain[MAX_XFER + 2];
+	int first, n;
+	bool injected;
+	char *buf;
+};
+
+/* ---- process-wide state ---- */
+static char *pool;
+static size_t ps;
+static unsigned words_per_page;
+static uint8_t *shadow;
+static struct mpage pages[POOL_PAGES];
+static uint32_t next_obj = 1;
+static uint16_t next_ver = 1;
+static enum fuzz_mutation mutation;
+static int abort_on_finding = 1;
+static int verbose;
+static struct fuzz_stats stats;
+
+/* ---- per-input state ---- */
+static const uint8_t *in;
+static size_t in_len, in_pos;
+static bool stop;
+static struct uodp_ctx *ectx; /* the fuzzer's own engine context */
+static bool ectx_manual, ectx_pin, ectx_monitor_ok;
+static struct uodp_dev *dev;
+static bool dev_manual;
+static unsigned dev_flags;
+static struct uodp_dev_queue *queue;
+static struct fumem umems[MAX_UMEMS];
+static struct fkey keys[MAX_KEYS];
+static struct fasync async[MAX_ASYNC];
+static int nasync;
+static struct uodp_range tokens[MAX_TOKENS];
+static bool token_open[MAX_TOKENS];
+static bool inject_ok; /* allocation failures injected in this input */
+static bool injecting; /* ... in the current (or last) call */
+static unsigned long inject_seed;
+static unsigned step;
+
+void fuzz_set_mutation(enum fuzz_mutation m)
+{
+	mutation = m;
+}
+
+enum fuzz_mutation fuzz_mutation_by_name(const char *name)
+{
+	if (!name || !*name || !strcmp(name, "none"))
+		return MUT_NONE;
+	if (!strcmp(name, "skip-inval"))
+		return MUT_SKIP_INVAL;
+	if (!strcmp(name, "double-end"))
+		return MUT_DOUBLE_END;
+	return (enum fuzz_mutation) - 1;
+}
+
+void fuzz_set_abort(int on)
+{
+	abort_on_finding = on;
+}
+
+void fuzz_set_verbose(int on)
+{
+	verbose = on;
+}
+
+const struct fuzz_stats *fuzz_get_stats(void)
+{
+	return &stats;
+}
+
+static void finding(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "FUZZ FINDING (step %u): ", step);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	stats.findings++;
+	if (abort_on_finding)
+		abort();
+	stop = true;
+}
+
+static void trace(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!verbose)
+		return;
+	va_start(ap, fmt);
+	fprintf(stderr, "  %4u ", step);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/* ---- input ---- */
+static unsigned byte(void)
+{
+	if (in_pos >= in_len) {
+		stop = true;
+		return 0;
+	}
+	return in[in_pos++];
+}
+
+static unsigned upto(unsigned n) /* 0 .. n-1 */
+{
+	return n ? byte() % n : 0;
+}
+
+/* ---- allocation-failure injection around one call ---- */
+static void inject_begin(void)
+{
+	injecting = false;
+#ifdef UODP_FAULT_INJECT
+	if (inject_ok && upto(4) == 0) {
+		finject_arm_random(FI_ALLOC, 3 + upto(8), 0,
+				   inject_seed + step);
+		injecting = true;
+	}
+#endif
+}
+
+static void inject_end(void)
+{
+#ifdef UODP_FAULT_INJECT
+	if (injecting) {
+		stats.injected += finject_failures(FI_ALLOC);
+		finject_disarm_all();
+	}
+#endif
+}
+
+/* ---- words ---- */
+static uint64_t tag_of(uint32_t obj, uint32_t objpage, unsigned w)
+{
+	return ((uint64_t)(obj & 0xffffff) << 24) |
+	       ((uint64_t)(objpage & 0xfff) << 12) | (w & 0xfff);
+}
+
+static uint64_t word_for(int p, unsigned w, uint16_t ver)
+{
+	return tag_of(pages[p].obj, pages[p].objpage, w) << 16 | ver;
+}
+
+static uint64_t pool_va(int p)
+{
+	return (uint64_t)(uintptr_t)(pool + (size_t)p * ps);
+}
+
+static int page_of(uint64_t va)
+{
+	if (va < pool_va(0) || va >= pool_va(POOL_PAGES))
+		return -1;
+	return (int)((va - pool_va(0)) / ps);
+}
+
+static void hist_push(int p)
+{
+	struct mpage *m = &pages[p];
+
+	m->hist_obj[m->nhist % HIST] = m->obj;
+	m->hist_pg[m->nhist % HIST] = m->objpage;
+	m->nhist++;
+}
+
+/* Is @v a word that may be at word @w of page @p (current mapping or one
+ * in its history)? */
+static bool plausible(int p, unsigned w, uint64_t v)
+{
+	const struct mpage *m = &pages[p];
+	unsigned i, n;
+
+	if (v == 0 || (m->untagged[w / 64] >> (w % 64) & 1))
+		return true;
+	if (v >> 16 == tag_of(m->obj, m->objpage, w))
+		return true;
+	n = m->nhist < HIST ? m->nhist : HIST;
+	for (i = 0; i < n; i++)
+		if (v >> 16 == tag_of(m->hist_obj[i], m->hist_pg[i], w))
+			return true;
+	return false;
+}
+
+static void set_untagged(int p, unsigned w)
+{
+	pages[p].untagged[w / 64] |= (uint64_t)1 << (w % 64);
+}
+
+/*
+ * Check @len bytes @got that the device returned for [va, va + len):
+ * exact against the shadow where the page is certain and @exact allows,
+ * plausible otherwise.
+ */
+static void check_bytes(uint64_t va, const uint8_t *got, size_t len,
+			bool exact_ok, const char *what)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		uint64_t a = va + off;
+		int p = page_of(a);
+		size_t in_pg = ps - (a - pool_va(p)), n;
+		const uint8_t *sh = shadow + (a - pool_va(0));
+
+		n = len - off < in_pg ? len - off : in_pg;
+		stats.bytes_checked += n;
+		if (exact_ok && !pages[p].uncertain) {
+			if (memcmp(got + off, sh, n)) {
+				size_t i;
+
+				for (i = 0; got[off + i] == sh[i]; i++)
+					;
+				finding("%s: byte at pool page %d +%zu is "
+					"%#x, the mapping holds %#x",
+					what, p, (size_t)(a + i - pool_va(p)),
+					got[off + i], sh[i]);
+				return;
+			}
+		} else {
+			/* Whole words inside the range. */
+			uint64_t w0 = (a + 7) & ~(uint64_t)7;
+
+			for (; w0 + 8 <= a + n; w0 += 8) {
+				uint64_t v;
+				unsigned w = (unsigned)((w0 - pool_va(p)) / 8);
+
+				memcpy(&v, got + off + (w0 - a), 8);
+				stats.words_checked++;
+				if (!plausible(p, w, v)) {
+					finding("%s: word %#" PRIx64
+						" at pool page %d word %u "
+						"belongs to no mapping that "
+						"held the page",
+						what, v, p, w);
+					return;
+				}
+			}
+		}
+		off += n;
+	}
+}
+
+/* Copy the page's real bytes into the shadow after checking they are
+ * plausible; the page is exact again. Only for readable pages with no
+ * async write in flight. */
+static void resync_page(int p)
+{
+	struct mpage *m = &pages[p];
+	uint8_t *sh = shadow + (size_t)p * ps;
+	const uint8_t *real = (const uint8_t *)pool + (size_t)p * ps;
+	unsigned w;
+
+	if (m->st != P_MAPPED || !(m->prot & PROT_READ))
+		return;
+	for (w = 0; w < words_per_page; w++) {
+		uint64_t v;
+
+		memcpy(&v, real + w * 8, 8);
+		if (v != 0 && v >> 16 != tag_of(m->obj, m->objpage, w) &&
+		    !(m->untagged[w / 64] >> (w % 64) & 1)) {
+			if (!plausible(p, w, v)) {
+				finding("memory word %#" PRIx64
+					" at pool page %d word %u belongs to "
+					"no mapping that held the page",
+					v, p, w);
+				return;
+			}
+			set_untagged(p, w); /* a racing write's old tag */
+		}
+	}
+	memcpy(sh, real, ps);
+	m->uncertain = false;
+	m->nhist = 0;
+}
+
+static void resync_all(void)
+{
+	int p;
+
+	if (nasync)
+		return;
+	for (p = 0; p < POOL_PAGES; p++)
+		if (pages[p].uncertain)
+			resync_page(p);
+}
+
+/* ---- the model's prediction for an access ---- */
+
+/* 0 when every page of [va, va + len) is accessible with @prot_need in
+ * the model, else the errno of the first one that is not (1 when a page
+ * is foreign: no prediction). */
+static int predict(uint64_t va, uint64_t len, int prot_need)
+{
+	uint64_t a;
+
+	if (!len)
+		return 0;
+	for (a = va & ~(uint64_t)(ps - 1); a < va + len; a += ps) {
+		int p = page_of(a);
+
+		if (p < 0 || pages[p].st == P_FOREIGN)
+			return 1;
+		if (pages[p].st == P_HOLE)
+			return -EFAULT;
+		if ((pages[p].prot & prot_need) != prot_need)
+			return -EACCES;
+	}
+	return 0;
+}
+
+static bool any_foreign(int first, int n)
+{
+	int p;
+
+	for (p = first; p < first + n; p++)
+		if (pages[p].st == P_FOREIGN)
+			return true;
+	return false;
+}
+
+/* Errors the device conventions document for an operation on a key. */
+static bool dev_documented(int r)
+{
+	switch (-r) {
+	case EINVAL:
+	case ENOENT:
+	case ERANGE:
+	case EPERM:
+	case EFAULT:
+	case EACCES:
+	case ENOMEM:
+	case ENODEV:
+		return true;
+	case EBUSY:
+	case EOPNOTSUPP:
+		return !dev_manual;
+	}
+	return false;
+}
+
+/* Compare a result with the prediction: @pred 0 (must succeed), an errno
+ * (must fail so), 1 (no prediction: any documented result). */
+static void judge(const char *what, int r, int pred, bool injected)
+{
+	if (r < 0)
+		stats.errors_seen++;
+	if (r < 0 && !dev_documented(r)) {
+		finding("%s: undocumented error %d (%s)", what, r,
+			strerror(-r));
+		return;
+	}
+	if (pred == 1 || r == pred)
+		return;
+	/* Which argument check comes first is the library's choice. */
+	if ((pred == -ERANGE || pred == -EPERM || pred == -EINVAL) &&
+	    (r == -ERANGE || r == -EPERM || r == -EINVAL))
+		return;
+	if (r == -ENOMEM && injected)
+		return;
+	if (!dev_manual && (r == -EBUSY || r == -EOPNOTSUPP))
+		return;
+	if (pred == 0)
+		finding("%s: %d (%s) where every page is accessible", what, r,
+			strerror(-r));
+	else if (r == 0)
+		finding("%s: succeeded where the model says %d (%s)", what,
+			pred, strerror(-pred));
+	else
+		finding("%s: %d (%s) where the first bad page says %d (%s)",
+			what, r, strerror(-r), pred, strerror(-pred));
+}
+
+/* ---- waiting for the kernel monitor ---- */
+static void settle(struct uodp_ctx *ctx)
+{
+	int i;
+
+	/* Why 2 s: the monitor thread delivers an event in microseconds;
+	 * seconds mean it is stuck, and the check below then reports. */
+	for (i = 0; ctx && i < 2000 && !uodp_ctx_sync(ctx); i++)
+		usleep(1000);
+}
+
+/* ---- the translation invariant ---- */
+static bool stale_word(int p, unsigned state_or_access, bool is_dev)
+{
+	int prot;
+
+	if (p < 0 || pages[p].st == P_FOREIGN)
+		return false;
+	if (pages[p].st == P_HOLE)
+		return state_or_access != 0;
+	prot = pages[p].prot;
+	if (is_dev) {
+		if (state_or_access == UODP_DEV_PAGE_WRITE)
+			return !(prot & PROT_WRITE);
+		if (state_or_access == UODP_DEV_PAGE_READ)
+			return !(prot & PROT_READ);
+		return false;
+	}
+	if (state_or_access & UODP_ACCESS_WRITE)
+		return !(prot & PROT_WRITE);
+	if (state_or_access & UODP_ACCESS_READ)
+		return !(prot & PROT_READ);
+	return false;
+}
+
+static const char *pstate_name(int p)
+{
+	if (pages[p].st == P_HOLE)
+		return "a hole";
+	if (pages[p].prot == PROT_NONE)
+		return "PROT_NONE";
+	if (pages[p].prot == PROT_READ)
+		return "read-only";
+	return "read-write";
+}
+
+static void check_translations(const char *after)
+{
+	uint8_t st[POOL_PAGES];
+	uint64_t e[POOL_PAGES];
+	int i, p;
+
+	if (stop)
+		return;
+	if (dev && !dev_manual)
+		settle(uodp_dev_ctx(dev));
+	if (ectx && !ectx_manual)
+		settle(ectx);
+	for (i = 0; i < MAX_KEYS; i++) {
+		struct fkey *k = &keys[i];
+		uint64_t lo, hi;
+		int64_t n;
+
+		if (!k->live)
+			continue;
+		lo = k->start > pool_va(0) ? k->start : pool_va(0);
+		hi = k->end < pool_va(POOL_PAGES) ? k->end :
+						    pool_va(POOL_PAGES);
+		if (lo >= hi)
+			continue;
+		n = uodp_dev_snapshot(dev, k->key, lo, hi - lo, st);
+		if (n < 0) {
+			finding("snapshot of key %u: %" PRId64, k->key, n);
+			return;
+		}
+		for (p = page_of(lo); p >= 0 && p < page_of(lo) + n; p++)
+			if (stale_word(p, st[p - page_of(lo)], true)) {
+				finding("stale device translation after %s: "
+					"key %u pool page %d is %s in the "
+					"device page table but %s in the "
+					"process",
+					after, k->key, p,
+					st[p - page_of(lo)] ==
+							UODP_DEV_PAGE_WRITE ?
+						"writable" :
+						"readable",
+					pstate_name(p));
+				return;
+			}
+	}
+	for (i = 0; i < MAX_UMEMS; i++) {
+		struct fumem *u = &umems[i];
+
+		if (!u->umem)
+			continue;
+		if (uodp_umem_lock(u->umem)) {
+			finding("umem lock failed");
+			return;
+		}
+		if (uodp_umem_entries_locked(u->umem, pool + u->first * ps,
+					     (size_t)u->n, e))
+			finding("entries_locked failed");
+		uodp_umem_unlock(u->umem);
+		for (p = 0; p < u->n && !stop; p++) {
+			uint64_t acc = e[p] & UODP_ENTRY_ACCESS_MASK;
+
+			if (acc && (e[p] & UODP_ENTRY_ADDR_MASK) !=
+					   pool_va(u->first + p))
+				finding("engine entry of pool page %d names "
+					"%#" PRIx64,
+					u->first + p, e[p]);
+			else if (stale_word(u->first + p, (unsigned)acc, false))
+				finding("stale engine entry after %s: pool "
+					"page %d mapped %s but %s in the "
+					"process",
+					after, u->first + p,
+					acc & UODP_ACCESS_WRITE ? "writable" :
+								  "readable",
+					pstate_name(u->first + p));
+		}
+	}
+}
+
+/* ---- invalidation of an address-space change ---- */
+static void invalidate_all(int first, int n, enum uodp_event ev)
+{
+	void *a = pool + (size_t)first * ps;
+	int r;
+
+	if (mutation == MUT_SKIP_INVAL)
+		return;
+	if (ectx && ectx_manual) {
+		r = uodp_invalidate_range(ectx, a, (size_t)n * ps, ev);
+		if (r)
+			finding("invalidate_range: %d", r);
+	}
+	if (dev && dev_manual) {
+		r = uodp_invalidate_range(uodp_dev_ctx(dev), a, (size_t)n * ps,
+					  ev);
+		if (r)
+			finding("device invalidate_range: %d", r);
+	}
+}
+
+static void mark_changed(int p)
+{
+	pages[p].mods++;
+}
+
+/* Re-reserve holes of [first, first + n) without clobbering anything that
+ * appeared there; false when a page turned out foreign. */
+static bool reserve_holes(int first, int n)
+{
+	int p;
+
+	for (p = first; p < first + n; p++) {
+		void *a = pool + (size_t)p * ps, *r;
+
+		if (pages[p].st != P_HOLE)
+			continue;
+		r = mmap(a, ps, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+			 0);
+		if (r != a) {
+			if (r != MAP_FAILED)
+				munmap(r, ps); /* an old kernel placed it
+						  elsewhere */
+			pages[p].st = P_FOREIGN;
+			return false;
+		}
+		hist_push(p);
+		pages[p].st = P_MAPPED;
+		pages[p].prot = PROT_NONE;
+		pages[p].obj = next_obj++;
+		pages[p].objpage = 0;
+		pages[p].shared = false;
+		pages[p].uncertain = nasync > 0;
+		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+		memset(shadow + (size_t)p * ps, 0, ps);
+	}
+	return true;
+}
+
+static int prot_of(unsigned b)
+{
+	static const int prots[4] = { PROT_NONE, PROT_READ,
+				      PROT_READ | PROT_WRITE,
+				      PROT_READ | PROT_WRITE };
+
+	return prots[b % 4];
+}
+
+static void new_mapping(int first, int n, int prot, bool shared)
+{
+	uint32_t obj = next_obj++;
+	int p;
+
+	for (p = first; p < first + n; p++) {
+		hist_push(p);
+		pages[p].st = P_MAPPED;
+		pages[p].prot = prot;
+		pages[p].shared = shared;
+		pages[p].obj = obj;
+		pages[p].objpage = (uint32_t)(p - first);
+		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+		memset(shadow + (size_t)p * ps, 0, ps);
+		pages[p].uncertain = nasync > 0;
+		mark_changed(p);
+	}
+}
+
+/* ---- operations: the address space ---- */
+static void op_mmap(void)
+{
+	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN);
+	int prot = prot_of(byte());
+	bool shared = upto(4) == 0;
+	void *a, *r;
+
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	if (stop || !reserve_holes(first, n))
+		return;
+	a = pool + (size_t)first * ps;
+	r = mmap(a, (size_t)n * ps, prot,
+		 (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS |
+			 MAP_FIXED,
+		 -1, 0);
+	if (r != a) {
+		finding("mmap MAP_FIXED inside the pool failed");
+		return;
+	}
+	trace("mmap pages %d+%d prot %d%s", first, n, prot,
+	      shared ? " shared" : "");
+	new_mapping(first, n, prot, shared);
+	invalidate_all(first, n, UODP_EVENT_UNMAP);
+	check_translations("mmap over a mapping");
+}
+
+static void op_munmap(void)
+{
+	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN), p;
+
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	if (stop || any_foreign(first, n))
+		return;
+	if (munmap(pool + (size_t)first * ps, (size_t)n * ps)) {
+		finding("munmap inside the pool failed");
+		return;
+	}
+	trace("munmap pages %d+%d", first, n);
+	for (p = first; p < first + n; p++) {
+		if (pages[p].st == P_MAPPED)
+			hist_push(p);
+		pages[p].st = P_HOLE;
+		pages[p].prot = PROT_NONE;
+		mark_changed(p);
+	}
+	invalidate_all(first, n, UODP_EVENT_UNMAP);
+	check_translations("munmap");
+}
+
+static void op_mprotect(void)
+{
+	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN), p;
+	int prot = prot_of(byte());
+	struct uodp_range r1, r2;
+	bool t1 = false, t2 = false;
+
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	if (stop)
+		return;
+	for (p = first; p < first + n; p++)
+		if (pages[p].st != P_MAPPED)
+			return;
+	/* The monitor does not see mprotect: bracket it, on any context. */
+	uodp_range_init(&r1, pool + (size_t)first * ps, (size_t)n * ps,
+			UODP_EVENT_MANUAL);
+	uodp_range_init(&r2, pool + (size_t)first * ps, (size_t)n * ps,
+			UODP_EVENT_MANUAL);
+	if (mutation != MUT_SKIP_INVAL) {
+		if (ectx && uodp_invalidate_range_start(ectx, &r1) == 0)
+			t1 = true;
+		if (dev &&
+		    uodp_invalidate_range_start(uodp_dev_ctx(dev), &r2) == 0)
+			t2 = true;
+	}
+	if (mprotect(pool + (size_t)first * ps, (size_t)n * ps, prot)) {
+		finding("mprotect inside the pool failed");
+		return;
+	}
+	trace("mprotect pages %d+%d prot %d", first, n, prot);
+	for (p = first; p < first + n; p++) {
+		pages[p].prot = prot;
+		mark_changed(p);
+	}
+	if (t1 && uodp_invalidate_range_end(&r1))
+		finding("invalidate_range_end refused its token");
+	if (t2 && uodp_invalidate_range_end(&r2))
+		finding("device invalidate_range_end refused its token");
+	if (mutation == MUT_DOUBLE_END && t1 &&
+	    uodp_invalidate_range_end(&r1) != -EINVAL)
+		finding("a second invalidate_range_end was not refused");
+	for (p = first; p < first + n; p++)
+		if (pages[p].uncertain && !nasync)
+			resync_page(p);
+	check_translations("mprotect");
+}
+
+static void op_madvise(void)
+{
+	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN), p;
+
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	if (stop)
+		return;
+	for (p = first; p < first + n; p++)
+		if (pages[p].st != P_MAPPED)
+			return;
+	trace("madvise DONTNEED pages %d+%d", first, n);
+	for (p = first; p < first + n; p++) {
+		/* Page by page: a range call that fails on a pinned
+		 * (mlocked) page has already zapped the ones before it. */
+		if (madvise(pool + (size_t)p * ps, ps, MADV_DONTNEED))
+			continue; /* EINVAL when pinned: unchanged */
+		mark_changed(p);
+		/* A private page reads zero again; a shared one keeps its
+		 * bytes (they live in the shmem object). */
+		if (!pages[p].shared) {
+			memset(shadow + (size_t)p * ps, 0, ps);
+			memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+			if (!nasync)
+				pages[p].uncertain = false;
+		}
+	}
+	invalidate_all(first, n, UODP_EVENT_REMOVE);
+	check_translations("madvise");
+}
+
+static void op_mremap(void)
+{
+	int src = (int)upto(POOL_PAGES), dst = (int)upto(POOL_PAGES);
+	int n = 1 + (int)upto(MAX_RUN), p;
+	void *r;
+
+	if (stop || src + n > POOL_PAGES || dst + n > POOL_PAGES ||
+	    (dst < src + n && src < dst + n))
+		return;
+	for (p = src; p < src + n; p++)
+		if (pages[p].st != P_MAPPED || pages[p].obj != pages[src].obj ||
+		    pages[p].prot != pages[src].prot)
+			return;
+	if (any_foreign(dst, n) || !reserve_holes(dst, n))
+		return;
+	r = mremap(pool + (size_t)src * ps, (size_t)n * ps, (size_t)n * ps,
+		   MREMAP_MAYMOVE | MREMAP_FIXED, pool + (size_t)dst * ps);
+	if (r != pool + (size_t)dst * ps)
+		return; /* the range spans two kernel mappings: unchanged */
+	trace("mremap pages %d+%d -> %d", src, n, dst);
+	for (p = 0; p < n; p++) {
+		struct mpage *d = &pages[dst + p], *s = &pages[src + p];
+
+		hist_push(dst + p);
+		d->st = P_MAPPED;
+		d->prot = s->prot;
+		d->shared = s->shared;
+		d->obj = s->obj;
+		d->objpage = s->objpage;
+		d->uncertain = s->uncertain || nasync;
+		memcpy(d->untagged, s->untagged, sizeof(d->untagged));
+		memcpy(shadow + (size_t)(dst + p) * ps,
+		       shadow + (size_t)(src + p) * ps, ps);
+		mark_changed(dst + p);
+		hist_push(src + p);
+		s->st = P_HOLE;
+		s->prot = PROT_NONE;
+		mark_changed(src + p);
+	}
+	invalidate_all(src, n, UODP_EVENT_REMAP);
+	invalidate_all(dst, n, UODP_EVENT_UNMAP);
+	check_translations("mremap");
+}
+
+/* CPU writes through the mapping: new versions of the pages' words. */
+static void op_cpu_write(void)
+{
+	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN), p;
+	unsigned w;
+
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	if (stop)
+		return;
+	for (p = first; p < first + n; p++) {
+		uint64_t *mem = (uint64_t *)(pool + (size_t)p * ps);
+		uint64_t *sh = (uint64_t *)(shadow + (size_t)p * ps);
+		uint16_t ver = next_ver++;
+
+		if (pages[p].st != P_MAPPED ||
+		    pages[p].prot != (PROT_READ | PROT_WRITE))
+			continue;
+		for (w = 0; w < words_per_page; w++) {
+			mem[w] = word_for(p, w, ver);
+			sh[w] = mem[w];
+		}
+		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+		mark_changed(p);
+	}
+}
+
+/* ---- operations: engine regions ---- */
+static void op_umem_get(void)
+{
+	int slot = (int)upto(MAX_UMEMS), first = (int)upto(POOL_PAGES);
+	int n = 1 + (int)upto(8);
+	unsigned access = 1 + upto(3);
+	struct uodp_umem *u = NULL;
+	int r;
+
+	if (stop || !ectx || umems[slot].umem)
+		return;
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	inject_begin();
+	r = uodp_umem_get(ectx, pool + (size_t)first * ps, (size_t)n * ps,
+			  access, &u);
+	inject_end();
+	if (r == -ENOSYS && !ectx_manual) {
+		stats.skipped_monitor++;
+		return; /* monitor unavailable (notifier not merged) */
+	}
+	if (r == -ENOMEM && injecting)
+		return;
+	if (r) {
+		if (!(r == -ENOMEM ||
+		      (!ectx_manual && (r == -EBUSY || r == -EOPNOTSUPP))))
+			finding("umem_get: %d (%s)", r, strerror(-r));
+		return;
+	}
+	trace("umem_get slot %d pages %d+%d access %u", slot, first, n, access);
+	umems[slot] = (struct fumem){ u, first, n, access, !ectx_manual };
+	ectx_monitor_ok = true;
+}
+
+static void op_umem_release(void)
+{
+	int slot = (int)upto(MAX_UMEMS), r;
+
+	if (stop || !umems[slot].umem)
+		return;
+	r = uodp_umem_release(umems[slot].umem);
+	if (r)
+		finding("umem_release: %d", r);
+	trace("umem_release slot %d", slot);
+	umems[slot].umem = NULL;
+}
+
+static void op_map_and_lock(void)
+{
+	int slot = (int)upto(MAX_UMEMS);
+	struct fumem *u = &umems[slot];
+	unsigned access = 1 + upto(3), i;
+	int off, n, pred, j;
+	uint64_t e[POOL_PAGES];
+	int64_t r;
+	bool tok_open = false;
+
+	if (stop || !u->umem)
+		return;
+	off = (int)upto((unsigned)u->n);
+	n = 1 + (int)upto((unsigned)(u->n - off));
+	for (i = 0; i < MAX_TOKENS; i++)
+		tok_open |= token_open[i];
+	inject_begin();
+	r = uodp_umem_map_and_lock(u->umem,
+				   pool + (size_t)(u->first + off) * ps,
+				   (size_t)n * ps, access,
+				   tok_open ? 0 : MAP_TIMEOUT_MS);
+	inject_end();
+	trace("map_and_lock slot %d pages %d+%d access %u: %" PRId64, slot,
+	      u->first + off, n, access, r);
+	if ((access & ~u->access) != 0) {
+		if (r != -EPERM)
+			finding("map_and_lock beyond the region's rights: %" PRId64,
+				r);
+		if (r >= 0)
+			uodp_umem_unlock(u->umem);
+		return;
+	}
+	pred = predict(pool_va(u->first + off), ps,
+		       access & UODP_ACCESS_WRITE ? PROT_READ | PROT_WRITE :
+						    PROT_READ);
+	if (r == -EBUSY) {
+		if (!tok_open)
+			finding("map_and_lock: -EBUSY for %d ms with no "
+				"invalidation open (wedged region)",
+				MAP_TIMEOUT_MS);
+		return;
+	}
+	if (r < 0) {
+		/* Pinning: mlock() may hit RLIMIT_MEMLOCK. */
+		if (r == -ENOMEM && (injecting || ectx_pin))
+			return;
+		if (pred == 1 || r == pred)
+			return;
+		if (!ectx_manual && (r == -EOPNOTSUPP || r == -EBUSY))
+			return;
+		finding("map_and_lock: %" PRId64 " (%s), model says %d", r,
+			strerror((int)-r), pred);
+		return;
+	}
+	if (pred != 0 && pred != 1)
+		finding("map_and_lock mapped %" PRId64
+			" pages where the model says %d",
+			r, pred);
+	if (r > n)
+		finding("map_and_lock: %" PRId64 " pages of %d", r, n);
+	if (!stop && uodp_umem_entries_locked(
+			     u->umem, pool + (size_t)(u->first + off) * ps,
+			     (size_t)r, e))
+		finding("entries_locked after map_and_lock");
+	for (j = 0; j < r && !stop; j++) {
+		int p = u->first + off + j;
+
+		if ((e[j] & UODP_ENTRY_ADDR_MASK) != pool_va(p) ||
+		    (e[j] & access) != access)
+			finding("entry %d after map_and_lock: %#" PRIx64, j,
+				e[j]);
+		else if (stale_word(p, (unsigned)(e[j] & UODP_ACCESS_ALL),
+				    false))
+			finding("map_and_lock installed pool page %d with "
+				"access %u but it is %s",
+				p, access, pstate_name(p));
+	}
+	if (uodp_umem_unlock(u->umem))
+		finding("unlock after map_and_lock");
+}
+
+static void op_umem_unmap(void)
+{
+	int slot = (int)upto(MAX_UMEMS);
+	int64_t r;
+
+	if (stop || !umems[slot].umem)
+		return;
+	r = uodp_umem_unmap(umems[slot].umem, pool, POOL_PAGES * ps);
+	if (r < 0)
+		finding("umem_unmap: %" PRId64, r);
+}
+
+static void op_token(void)
+{
+	int t = (int)upto(MAX_TOKENS), first = (int)upto(POOL_PAGES);
+	int n = 1 + (int)upto(MAX_RUN), r;
+
+	if (stop || !ectx)
+		return;
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	if (!token_open[t]) {
+		uodp_range_init(&tokens[t], pool + (size_t)first * ps,
+				(size_t)n * ps, UODP_EVENT_MANUAL);
+		r = uodp_invalidate_range_start(ectx, &tokens[t]);
+		if (r)
+			finding("invalidate_range_start: %d", r);
+		else
+			token_open[t] = true;
+		if (uodp_ctx_sync(ectx))
+			finding("ctx_sync true with a start() open");
+		trace("token %d start pages %d+%d", t, first, n);
+		check_translations("invalidate_range_start");
+		return;
+	}
+	r = uodp_invalidate_range_end(&tokens[t]);
+	if (r)
+		finding("invalidate_range_end: %d", r);
+	token_open[t] = false;
+	if (mutation == MUT_DOUBLE_END) {
+		r = uodp_invalidate_range_end(&tokens[t]);
+		if (r != -EINVAL)
+			finding("second invalidate_range_end: %d, not -EINVAL",
+				r);
+	}
+	trace("token %d end", t);
+}
+
+/* ---- operations: the device ---- */
+static struct fkey *pick_key(void)
+{
+	struct fkey *k = &keys[upto(MAX_KEYS)];
+
+	return k->live ? k : NULL;
+}
+
+/* An address and length for an access through @k, mostly inside the
+ * pool and the key, sometimes straddling their ends. */
+static void pick_range(const struct fkey *k, uint64_t *va, uint64_t *len)
+{
+	unsigned mode = upto(16);
+	uint64_t lo = k->start > pool_va(0) ? k->start : pool_va(0);
+	uint64_t hi = k->end < pool_va(POOL_PAGES) ? k->end :
+						     pool_va(POOL_PAGES);
+	uint64_t span = hi > lo ? hi - lo : 0;
+
+	*va = lo + (span ? (byte() | byte() << 8) * 8 % span : 0);
+	*len = 1 + (byte() | byte() << 8) % (MAX_XFER * ps);
+	if (mode == 0 && k->start >= pool_va(0))
+		*va = k->start - 8; /* before the key */
+	else if (mode == 1)
+		*len = MAX_XFER * ps;
+	if (*va + *len > hi && mode != 1 && mode != 0)
+		*len = hi > *va ? hi - *va : 8;
+}
+
+static bool in_key(const struct fkey *k, uint64_t va, uint64_t len)
+{
+	return va >= k->start && va + len <= k->end && va + len >= va;
+}
+
+/* Prediction for a device access through @k. */
+static int dev_predict(const struct fkey *k, uint64_t va, uint64_t len,
+		       int prot, unsigned right)
+{
+	if (!in_key(k, va, len))
+		return -ERANGE;
+	if (!(k->access & right))
+		return -EPERM;
+	if (page_of(va) < 0 || page_of(va + len - 1) < 0)
+		return 1;
+	return predict(va, len, prot);
+}
+
+static void fill_buf(uint8_t *buf, uint64_t va, uint64_t len, uint16_t ver)
+{
+	uint64_t a;
+
+	for (a = va; a < va + len; a++) {
+		int p = page_of(a);
+		unsigned w = (unsigned)((a - pool_va(p)) / 8);
+		uint64_t v = p >= 0 ? word_for(p, w, ver) : 0;
+
+		buf[a - va] = (uint8_t)(v >> (8 * (a % 8)));
+	}
+}
+
+static uint8_t xbuf[MAX_XFER * 8192 + 16], ybuf[MAX_XFER * 8192 + 16];
+
+static void op_dev_read(void)
+{
+	struct fkey *k = pick_key();
+	uint64_t va, len;
+	int r, pred;
+	bool inj;
+
+	if (stop || !k)
+		return;
+	pick_range(k, &va, &len);
+	pred = dev_predict(k, va, len, PROT_READ, UODP_DEV_ACCESS_READ);
+	memset(xbuf, 0xee, len);
+	inject_begin();
+	inj = injecting;
+	r = uodp_dev_read(dev, k->key, va, xbuf, len);
+	inject_end();
+	stats.dev_ops++;
+	trace("dev_read key %u va +%#" PRIx64 " len %" PRIu64 ": %d", k->key,
+	      va - pool_va(0), len, r);
+	judge("dev_read", r, pred, inj);
+	if (!r && pred == 0)
+		check_bytes(va, xbuf, len, !nasync, "dev_read");
+}
+
+static void apply_write(uint64_t va, const uint8_t *buf, uint64_t len)
+{
+	memcpy(shadow + (va - pool_va(0)), buf, len);
+	for (int p = page_of(va); p <= page_of(va + len - 1); p++)
+		mark_changed(p);
+}
+
+static void mark_uncertain(uint64_t va, uint64_t len)
+{
+	int p;
+
+	for (p = page_of(va); p >= 0 && p < POOL_PAGES && pool_va(p) < va + len;
+	     p++) {
+		pages[p].uncertain = true;
+		mark_changed(p);
+	}
+}
+
+static void op_dev_write(void)
+{
+	struct fkey *k = pick_key();
+	uint64_t va, len;
+	int r, pred;
+	bool inj;
+
+	if (stop || !k)
+		return;
+	pick_range(k, &va, &len);
+	pred = dev_predict(k, va, len, PROT_READ | PROT_WRITE,
+			   UODP_DEV_ACCESS_WRITE);
+	if (pred == 1)
+		return; /* outside the pool: never write there */
+	fill_buf(xbuf, va, len, next_ver++);
+	inject_begin();
+	inj = injecting;
+	r = uodp_dev_write(dev, k->key, va, xbuf, len);
+	inject_end();
+	stats.dev_ops++;
+	trace("dev_write key %u va +%#" PRIx64 " len %" PRIu64 ": %d", k->key,
+	      va - pool_va(0), len, r);
+	judge("dev_write", r, pred, inj);
+	if (!r)
+		apply_write(va, xbuf, len);
+	else if (r == -EFAULT || r == -EACCES || r == -ENOMEM)
+		mark_uncertain(va, len); /* written up to the failing page */
+	if (!nasync)
+		resync_all();
+}
+
+static void op_dev_atomic(void)
+{
+	struct fkey *k = pick_key();
+	uint64_t va, len, old = 0, arg, sw, before = 0, *sh;
+	bool cas = upto(2), inj;
+	int r, pred, p;
+
+	if (stop || !k)
+		return;
+	pick_range(k, &va, &len);
+	va &= ~(uint64_t)7;
+	if (upto(16) == 0)
+		va |= 4; /* misaligned: -EINVAL */
+	p = page_of(va);
+	pred = va & 7 ? -EINVAL :
+			dev_predict(k, va, 8, PROT_READ | PROT_WRITE,
+				    UODP_DEV_ACCESS_ATOMIC);
+	if (pred == 1 || p < 0)
+		return;
+	sh = (uint64_t *)(shadow + (va & ~(uint64_t)7) - pool_va(0));
+	before = *sh;
+	arg = cas ? (upto(2) ? before : before + 1) : upto(256);
+	sw = word_for(p, (unsigned)((va - pool_va(p)) / 8), next_ver++);
+	inject_begin();
+	inj = injecting;
+	if (cas)
+		r = uodp_dev_cmp_swap(dev, k->key, va, arg, sw, &old);
+	else
+		r = uodp_dev_fetch_add(dev, k->key, va, arg, &old);
+	inject_end();
+	stats.dev_ops++;
+	trace("dev_%s key %u va +%#" PRIx64 ": %d", cas ? "cas" : "fadd",
+	      k->key, va - pool_va(0), r);
+	judge(cas ? "cmp_swap" : "fetch_add", r, pred, inj);
+	if (r)
+		return;
+	if (!pages[p].uncertain && !nasync && old != before)
+		finding("atomic at pool page %d: old value %#" PRIx64
+			", the mapping held %#" PRIx64,
+			p, old, before);
+	if (cas) {
+		if (old == arg)
+			*sh = sw;
+	} else {
+		*sh = old + arg;
+		set_untagged(p, (unsigned)((va - pool_va(p)) / 8));
+	}
+	if (pages[p].uncertain || nasync) {
+		pages[p].uncertain = true;
+		set_untagged(p, (unsigned)((va - pool_va(p)) / 8));
+	}
+	mark_changed(p);
+}
+
+static void op_dev_prefetch(void)
+{
+	struct fkey *k = pick_key();
+	uint64_t va, len;
+	bool w = upto(2), inj;
+	int r, pred;
+
+	if (stop || !k)
+		return;
+	pick_range(k, &va, &len);
+	pred = dev_predict(k, va, len, w ? PROT_READ | PROT_WRITE : PROT_READ,
+			   w ? UODP_DEV_ACCESS_WRITE : UODP_DEV_ACCESS_READ);
+	inject_begin();
+	inj = injecting;
+	r = uodp_dev_prefetch(dev, k->key, va, len,
+			      w ? UODP_DEV_PREFETCH_WRITE : 0);
+	inject_end();
+	stats.dev_ops++;
+	trace("dev_prefetch%s key %u va +%#" PRIx64 " len %" PRIu64 ": %d",
+	      w ? "_write" : "", k->key, va - pool_va(0), len, r);
+	judge("prefetch", r, pred, inj);
+	check_translations("prefetch");
+}
+
+static void op_dev_copy(void)
+{
+	struct fkey *d = pick_key(), *s = pick_key();
+	uint64_t dva, dlen, sva, slen, len;
+	int r, pd, psrc, pred;
+	bool inj;
+
+	if (stop || !d || !s)
+		return;
+	pick_range(d, &dva, &dlen);
+	pick_range(s, &sva, &slen);
+	len = dlen < slen ? dlen : slen;
+	if (sva < dva + len && dva < sva + len)
+		return; /* overlapping copies: not modelled */
+	psrc = dev_predict(s, sva, len, PROT_READ, UODP_DEV_ACCESS_READ);
+	pd = dev_predict(d, dva, len, PROT_READ | PROT_WRITE,
+			 UODP_DEV_ACCESS_WRITE);
+	if (pd == 1 || psrc == 1)
+		return;
+	/* Which error comes first is the device's choice: accept either. */
+	pred = psrc ? psrc : pd;
+	inject_begin();
+	inj = injecting;
+	r = uodp_dev_copy(dev, d->key, dva, s->key, sva, len);
+	inject_end();
+	stats.dev_ops++;
+	trace("dev_copy %u+%#" PRIx64 " <- %u+%#" PRIx64 " len %" PRIu64 ": %d",
+	      d->key, dva - pool_va(0), s->key, sva - pool_va(0), len, r);
+	if (r && psrc && pd && r == pd)
+		pred = pd;
+	judge("copy", r, pred, inj);
+	if (!r && pred == 0) {
+		memcpy(ybuf, shadow + (sva - pool_va(0)), len);
+		apply_write(dva, ybuf, len);
+		/* The source may be uncertain: so is the target. */
+		for (int p = page_of(sva); p <= page_of(sva + len - 1); p++)
+			if (pages[p].uncertain || nasync)
+				mark_uncertain(dva, len);
+		/* Words copied to another place carry the source's tags. */
+		for (int p = page_of(dva); p <= page_of(dva + len - 1); p++)
+			memset(pages[p].untagged, 0xff,
+			       sizeof(pages[p].untagged));
+		if (!nasync)
+			resync_all();
+	} else if (r) {
+		mark_uncertain(dva, len);
+		for (int p = page_of(dva); p <= page_of(dva + len - 1); p++)
+			memset(pages[p].untagged, 0xff,
+			       sizeof(pages[p].untagged));
+		if (!nasync)
+			resync_all();
+	}
+}
+
+static void op_dev_snapshot(void)
+{
+	check_translations("snapshot");
+}
+
+static void op_reg(void)
+{
+	int slot = (int)upto(MAX_KEYS), first = (int)upto(POOL_PAGES);
+	unsigned access = 1 + upto(7), lenb = 1 + upto(12 * 64);
+	bool implicit = upto(8) == 0;
+	struct fkey *k = &keys[slot];
+	uint64_t start = pool_va(first) + upto(64) * 8, len;
+	int r;
+
+	if (stop || !dev || k->live)
+		return;
+	len = (uint64_t)lenb * 64;
+	if (start + len > pool_va(POOL_PAGES))
+		len = pool_va(POOL_PAGES) - start;
+	inject_begin();
+	if (implicit)
+		r = uodp_dev_reg_implicit_mr(dev, access, &k->key);
+	else
+		r = uodp_dev_reg_mr(dev, start, len, access, &k->key);
+	inject_end();
+	if (r == -ENOSYS && !dev_manual) {
+		stats.skipped_monitor++;
+		return;
+	}
+	if (r) {
+		if (!(r == -ENOMEM ||
+		      (!dev_manual && (r == -EBUSY || r == -EOPNOTSUPP))))
+			finding("reg_mr: %d (%s)", r, strerror(-r));
+		return;
+	}
+	k->live = true;
+	k->implicit = implicit;
+	k->access = access;
+	if (implicit) {
+		k->start = 0; /* the implicit region: [0, 2^47 - page) */
+		k->end = ((uint64_t)1 << 47) - ps;
+	} else {
+		k->start = start;
+		k->end = start + len;
+	}
+	trace("reg key %u slot %d %s access %u", k->key, slot,
+	      implicit ? "implicit" : "explicit", access);
+}
+
+static void op_dereg(void)
+{
+	struct fkey *k = &keys[upto(MAX_KEYS)];
+	int r;
+
+	if (stop || !k->live)
+		return;
+	if (nasync)
+		return; /* queued requests hold keys: drained first */
+	if (k->implicit && upto(2)) {
+		r = uodp_dev_mr_trim(dev, k->key);
+		if (r < 0)
+			finding("mr_trim: %d", r);
+		check_translations("trim");
+		return;
+	}
+	r = uodp_dev_dereg_mr(dev, k->key);
+	if (r)
+		finding("dereg_mr: %d", r);
+	/* A dead key stays dead. */
+	if (uodp_dev_read(dev, k->key, pool_va(0), xbuf, 1) != -ENOENT)
+		finding("key %u readable after deregistration", k->key);
+	trace("dereg key %u", k->key);
+	k->live = false;
+}
+
+/* ---- the queue ---- */
+static void complete(const struct uodp_dev_wc *wc)
+{
+	struct fasync *a;
+	int i;
+
+	if (wc->wr_id >= MAX_ASYNC || !async[wc->wr_id].busy) {
+		finding("completion with unknown wr_id %" PRIu64, wc->wr_id);
+		return;
+	}
+	a = &async[wc->wr_id];
+	stats.async_ops++;
+	if (wc->status && !dev_documented(wc->status))
+		finding("async %s: undocumented status %d",
+			uodp_dev_opcode_name(a->wr.opcode), wc->status);
+	if (wc->status == -ENOMEM && !a->injected)
+		finding("async %s: -ENOMEM with no allocation failing",
+			uodp_dev_opcode_name(a->wr.opcode));
+	if (a->wr.opcode == UODP_DEV_OP_READ && wc->status == 0 &&
+	    page_of(a->wr.va) >= 0 && page_of(a->wr.va + a->wr.len - 1) >= 0) {
+		bool exact = true;
+
+		for (i = 0; i < a->n; i++)
+			exact &= a->certain[i] &&
+				 pages[a->first + i].mods == a->mods[i] &&
+				 !pages[a->first + i].uncertain;
+		check_bytes(a->wr.va, (const uint8_t *)a->buf, a->wr.len, exact,
+			    "async read");
+	}
+	a->busy = false;
+	nasync--;
+}
+
+static void op_post(void)
+{
+	struct fkey *k = pick_key();
+	struct fasync *a = NULL;
+	uint64_t va, len;
+	unsigned kind = upto(4);
+	int i, r;
+
+	if (stop || !k || !dev)
+		return;
+	if (!queue) {
+		inject_begin();
+		r = uodp_dev_queue_create(dev, MAX_ASYNC, &queue);
+		inject_end();
+		if (r) {
+			if (r != -ENOMEM && r != -EAGAIN)
+				finding("queue_create: %d", r);
+			queue = NULL;
+			return;
+		}
+	}
+	for (i = 0; i < MAX_ASYNC; i++)
+		if (!async[i].busy) {
+			a = &async[i];
+			break;
+		}
+	if (!a)
+		return;
+	pick_range(k, &va, &len);
+	if (page_of(va) < 0 || page_of(va + len - 1) < 0)
+		return;
+	memset(&a->wr, 0, sizeof(a->wr));
+	a->wr.wr_id = (uint64_t)(a - async);
+	a->wr.key = k->key;
+	a->wr.va = va;
+	a->wr.len = len;
+	a->wr.buf = a->buf;
+	switch (kind) {
+	case 0:
+		a->wr.opcode = UODP_DEV_OP_READ;
+		memset(a->buf, 0xee, len);
+		break;
+	case 1:
+		a->wr.opcode = UODP_DEV_OP_WRITE;
+		fill_buf((uint8_t *)a->buf, va, len, next_ver++);
+		break;
+	case 2:
+		a->wr.opcode = UODP_DEV_OP_FETCH_ADD;
+		a->wr.va = va & ~(uint64_t)7;
+		a->wr.compare_add = 1;
+		break;
+	default:
+		a->wr.opcode = upto(2) ? UODP_DEV_OP_PREFETCH :
+					 UODP_DEV_OP_PREFETCH_WRITE;
+		break;
+	}
+	a->first = page_of(a->wr.va);
+	a->n = page_of(a->wr.va + (a->wr.len ? a->wr.len : 8) - 1) - a->first +
+	       1;
+	for (i = 0; i < a->n; i++) {
+		a->mods[i] = pages[a->first + i].mods;
+		a->certain[i] = !pages[a->first + i].uncertain;
+	}
+	inject_begin();
+	a->injected = injecting;
+	r = uodp_dev_post(queue, &a->wr);
+	inject_end();
+	if (r) {
+		/* Refused requests: key checks the model can predict. */
+		if (r != -ERANGE && r != -EPERM && r != -EINVAL && r != -ENOSPC)
+			finding("post: %d (%s)", r, strerror(-r));
+		return;
+	}
+	/* Workers allocate while the request runs; injection is over by
+	 * then, except that the window is racy: keep -ENOMEM legal. */
+	a->injected = inject_ok;
+	a->busy = true;
+	nasync++;
+	trace("post %s key %u va +%#" PRIx64 " len %" PRIu64 " id %d",
+	      uodp_dev_opcode_name(a->wr.opcode), k->key, a->wr.va - pool_va(0),
+	      a->wr.len, (int)a->wr.wr_id);
+	if (a->wr.opcode == UODP_DEV_OP_WRITE)
+		mark_uncertain(a->wr.va, a->wr.len);
+	else if (a->wr.opcode == UODP_DEV_OP_FETCH_ADD) {
+		int p = page_of(a->wr.va);
+
+		mark_uncertain(a->wr.va, 8);
+		set_untagged(p, (unsigned)((a->wr.va - pool_va(p)) / 8));
+	}
+}
+
+static void op_poll(bool drain)
+{
+	struct uodp_dev_wc wc[MAX_ASYNC];
+	int n, i, rounds = 0;
+
+	if (stop || !queue)
+		return;
+	do {
+		n = drain ? uodp_dev_poll_wait(queue, wc, MAX_ASYNC, 5000) :
+			    uodp_dev_poll(queue, wc, MAX_ASYNC);
+		if (n < 0) {
+			finding("poll: %d", n);
+			return;
+		}
+		for (i = 0; i < n && !stop; i++)
+			complete(&wc[i]);
+		if (drain && n == 0 && nasync) {
+			finding("%d queued requests not completed after 5 s",
+				nasync);
+			return;
+		}
+	} while (drain && nasync && ++rounds < 100);
+	if (!nasync)
+		resync_all();
+}
+
+/* ---- setup and teardown of one input ---- */
+static void on_invalidate(struct uodp_umem *umem, const struct uodp_range *r,
+			  void *priv)
+{
+	(void)umem;
+	(void)r;
+	(void)priv;
+}
+
+static void on_fence(struct uodp_ctx *ctx, void *priv)
+{
+	(void)ctx;
+	(void)priv;
+}
+
+static int process_init(void)
+{
+	int p;
+
+	if (pool)
+		return 0;
+	ps = (size_t)sysconf(_SC_PAGESIZE);
+	if (ps > 8192)
+		return -1;
+	words_per_page = (unsigned)(ps / 8);
+	pool = mmap(NULL, POOL_PAGES * ps, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	shadow = calloc(POOL_PAGES, ps);
+	if (pool == MAP_FAILED || !shadow)
+		abort();
+	for (p = 0; p < POOL_PAGES; p++) {
+		pages[p].st = P_MAPPED;
+		pages[p].prot = PROT_NONE;
+		pages[p].obj = next_obj++;
+	}
+	for (p = 0; p < MAX_ASYNC; p++)
+		async[p].buf = malloc(MAX_XFER * 8192 + 16);
+	return 0;
+}
+
+/* Back to an all-PROT_NONE pool, outside any region. */
+static void reset_pool(void)
+{
+	int p;
+
+	for (p = 0; p < POOL_PAGES; p++) {
+		if (pages[p].st == P_FOREIGN)
+			continue;
+		if (pages[p].st == P_HOLE && !reserve_holes(p, 1))
+			continue;
+		if (mmap(pool + (size_t)p * ps, ps, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+			 0) == MAP_FAILED)
+			abort();
+		hist_push(p);
+		pages[p].st = P_MAPPED;
+		pages[p].prot = PROT_NONE;
+		pages[p].shared = false;
+		pages[p].uncertain = false;
+		pages[p].obj = next_obj++;
+		pages[p].objpage = 0;
+		pages[p].nhist = 0;
+		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+		mark_changed(p);
+	}
+	memset(shadow, 0, POOL_PAGES * ps);
+}
+
+static void teardown(void)
+{
+	int i, r;
+
+	stop = false; /* the teardown itself is checked too */
+	if (queue) {
+		if (nasync)
+			op_poll(true);
+		r = uodp_dev_queue_destroy(queue);
+		if (r)
+			finding("queue_destroy: %d", r);
+		queue = NULL;
+	}
+	for (i = 0; i < MAX_ASYNC; i++)
+		async[i].busy = false;
+	nasync = 0;
+	for (i = 0; i < MAX_TOKENS; i++)
+		if (token_open[i]) {
+			if (uodp_invalidate_range_end(&tokens[i]))
+				finding("invalidate_range_end at teardown");
+			token_open[i] = false;
+		}
+	for (i = 0; i < MAX_UMEMS; i++)
+		if (umems[i].umem) {
+			if (uodp_umem_release(umems[i].umem))
+				finding("umem_release at teardown");
+			umems[i].umem = NULL;
+		}
+	if (ectx && uodp_ctx_destroy(ectx))
+		finding("ctx_destroy");
+	ectx = NULL;
+	if (dev && uodp_dev_close(dev))
+		finding("dev_close");
+	dev = NULL;
+	memset(keys, 0, sizeof(keys));
+	reset_pool();
+}
+
+int fuzz_one(const uint8_t *data, size_t size)
+{
+	struct uodp_ctx_ops ops = { .invalidate = on_invalidate,
+				    .fence = on_fence,
+				    .unfence = on_fence };
+	struct uodp_dev_attr attr = { 0 };
+	unsigned cfg, cfg2, ctx_flags;
+	int r;
+
+	if (process_init())
+		return 0;
+	in = data;
+	in_len = size;
+	in_pos = 0;
+	stop = false;
+	step = 0;
+	stats.inputs++;
+	cfg = byte();
+	cfg2 = byte();
+	if (stop)
+		return 0;
+
+	/* cfg bit 0: the engine context follows the kernel monitor; bit 1:
+	 * the device does; bit 2: fast copy; bit 3: strict (monitor only);
+	 * bits 4-5: fault-around; bit 6: allocation failures; bit 7:
+	 * pinning. cfg2: the generator seed of injected failures. */
+	ectx_manual = !(cfg & 1);
+	ctx_flags = ectx_manual ? UODP_CTX_MANUAL : 0;
+	ectx_pin = cfg & 0x80;
+	if (ectx_pin)
+		ctx_flags |= UODP_CTX_PIN;
+	if (!ectx_manual && (cfg & 8))
+		ctx_flags |= UODP_CTX_STRICT;
+	r = uodp_ctx_create(&ops, ctx_flags, &ectx);
+	if (r) {
+		if (r != -ENOSYS)
+			finding("ctx_create(%#x): %d", ctx_flags, r);
+		ectx = NULL;
+	}
+	dev_manual = !(cfg & 2);
+	dev_flags = dev_manual ? UODP_DEV_MANUAL : 0;
+	if (cfg & 4)
+		dev_flags |= UODP_DEV_FAST_COPY;
+	if (!dev_manual && (cfg & 8))
+		dev_flags |= UODP_DEV_STRICT;
+	attr.flags = dev_flags;
+	attr.fault_around = (unsigned[]){ 1, 2, 16, 64 }[(cfg >> 4) & 3];
+	attr.exec_workers = 1 + (cfg2 & 1);
+	r = uodp_dev_open(&attr, &dev);
+	if (r) {
+		if (r != -ENOSYS)
+			finding("dev_open(%#x): %d", dev_flags, r);
+		dev = NULL;
+	}
+#ifdef UODP_FAULT_INJECT
+	inject_ok = cfg & 0x40;
+#else
+	inject_ok = false;
+#endif
+	inject_seed = cfg2 * 2654435761u;
+
+	while (!stop) {
+		unsigned op = byte();
+
+		if (stop)
+			break;
+		step++;
+		stats.ops++;
+		switch (op % 24) {
+		case 0:
+		case 1:
+			op_mmap();
+			break;
+		case 2:
+			op_munmap();
+			break;
+		case 3:
+			op_mprotect();
+			break;
+		case 4:
+			op_madvise();
+			break;
+		case 5:
+			op_mremap();
+			break;
+		case 6:
+		case 7:
+			op_cpu_write();
+			break;
+		case 8:
+			op_umem_get();
+			break;
+		case 9:
+			op_umem_release();
+			break;
+		case 10:
+		case 11:
+			op_map_and_lock();
+			break;
+		case 12:
+			op_umem_unmap();
+			break;
+		case 13:
+			op_token();
+			break;
+		case 14:
+			op_reg();
+			break;
+		case 15:
+			op_dereg();
+			break;
+		case 16:
+			op_dev_read();
+			break;
+		case 17:
+			op_dev_write();
+			break;
+		case 18:
+			op_dev_atomic();
+			break;
+		case 19:
+			op_dev_prefetch();
+			break;
+		case 20:
+			op_dev_copy();
+			break;
+		case 21:
+			op_post();
+			break;
+		case 22:
+			op_poll(op & 0x80);
+			break;
+		default:
+			op_dev_snapshot();
+			break;
+		}
+	}
+	teardown();
+	return 0;
+}

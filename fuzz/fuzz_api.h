@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fuzz_api.h - the API fuzzer's interpreter (fuzz_api.c), shared by the
+ * libFuzzer target (fuzz_libfuzzer.c) and the seeded driver
+ * (fuzz_driver.c). See fuzz/README.md.
+ */
+#ifndef UODP_FUZZ_API_H
+#define UODP_FUZZ_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* User errors the interpreter commits on purpose, to show that the oracle
+ * catches what they break (FUZZ_MUTATE=<name> or the driver's --mutate). */
+enum fuzz_mutation {
+	MUT_NONE = 0,
+	/* After munmap/mmap/madvise on a manual context, do not call
+	 * uodp_invalidate_range(): the device and engine keep translations
+	 * of a mapping that is gone. The oracle must report it. */
+	MUT_SKIP_INVAL,
+	/* Call uodp_invalidate_range_end() twice on a token: the library
+	 * must refuse the second (-EINVAL) and no region may stay wedged. */
+	MUT_DOUBLE_END,
+};
+
+struct fuzz_stats {
+	uint64_t inputs, ops, dev_ops, async_ops, bytes_checked, words_checked,
+		errors_seen, injected, findings, skipped_monitor;
+};
+
+/* Run one input. Returns 0; a finding aborts (libFuzzer saves the input)
+ * unless fuzz_set_abort(0), in which case it is counted and the input
+ * stops. */
+int fuzz_one(const uint8_t *data, size_t size);
+void fuzz_set_mutation(enum fuzz_mutation m);
+enum fuzz_mutation fuzz_mutation_by_name(const char *name);
+void fuzz_set_abort(int on);
+void fuzz_set_verbose(int on);
+const struct fuzz_stats *fuzz_get_stats(void);
+
+#endif
