@@ -24,8 +24,11 @@
  *      block on anything an application thread may hold;
  *   3. ops->finish(owner, start, end, event): on the monitor thread right
  *      after begin, or, for subscribers created with UNF_DEFERRED, on the
- *      notifier's relay thread, in event order, holding no notifier lock;
- *      the unmapping thread is not waiting for it then;
+ *      notifier's relay thread, in event order (per subscriber), holding
+ *      no notifier lock; the unmapping thread is not waiting for it then.
+ *      The relay queue has a fixed size; when it is full, an event is
+ *      merged into the subscriber's last queued finish (the hull of the
+ *      ranges, as UNF_UNMAP if the kinds differ): over-invalidation;
  *   4. strict subscribers are unfenced (on the thread that ran finish, after
  *      it).
  *
@@ -75,27 +78,38 @@ struct unf_sub;
 
 /*
  * Subscribe (starting the process's notifier if needed). @ops is not
- * copied and must outlive the subscription.
- * Errors: -ENOSYS / -EPERM (userfaultfd unavailable or forbidden), -EMFILE
- * / -ENFILE, -ENOMEM, -EAGAIN (no thread could be created).
+ * copied and must outlive the subscription. UNF_STRICT needs fence and
+ * unfence; they nest per subscriber (a deferred strict subscriber may be
+ * fenced again before its unfence is due): the notifier counts, so the
+ * subscriber sees fence / unfence strictly alternate.
+ * Errors: -ENOSYS / -EPERM / -EACCES (userfaultfd unavailable or forbidden;
+ * -EPERM also when a filter forbids UFFDIO_REGISTER: probed at start),
+ * -EMFILE / -ENFILE, -ENOMEM, -EAGAIN (no thread could be created),
+ * -EBADF (the running notifier lost its descriptors, see below), -EINVAL.
  */
 int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
 		  struct unf_sub **out);
 
 /* Drop the subscription and its watches; waits until no op of it runs or is
- * queued. Must not be called from an op. The notifier stops with its last
- * subscriber. */
+ * queued (holding no notifier lock while it waits). Must not be called from
+ * an op. The notifier stops with its last subscriber. In a forked child, a
+ * parent's subscription is only freed. */
 void unf_unsubscribe(struct unf_sub *sub);
 
 /*
- * Watch [start, end) (page aligned) for @sub: reference-counted per address
- * for the process. The mappings there (whole mappings) are registered with
- * the kernel unless already watched. Holes are fine (unf_prepare()
- * registers what is mapped there later).
+ * Watch [start, end) (page aligned) for @sub: reference-counted for the
+ * process (per watched stretch of whole mappings: unwatch with the same
+ * range). The mappings there (whole mappings) are registered with the
+ * kernel unless already watched: then no system call at all. Holes are
+ * fine (unf_prepare() registers what is mapped there later); so is a
+ * mapping the kernel refuses to register (unf_prepare() over it fails).
  * Errors: -EBUSY (another userfaultfd watches part of it), -EOPNOTSUPP
  * (the range holds a mapping whose changes the kernel does not report:
- * SysV shared memory, whose shmdt() sends no event), -ENOMEM. Nothing is
- * left watched on error.
+ * SysV shared memory, whose shmdt() sends no event; detected by its
+ * /proc/self/maps path "/SYSV..."), -EPERM (registration forbidden, e.g.
+ * by seccomp), -ENOMEM, -EBADF (notifier broken), -ECHILD (a parent's
+ * subscription in a forked child), -EINVAL (empty range). Nothing is left
+ * watched on error.
  */
 int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end);
 void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end);
@@ -103,10 +117,21 @@ void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end);
 /*
  * Before the fault path populates [start, end): make sure mappings created
  * there since the watch began are registered too, so that their unmap is
- * reported. Lock-free when nothing changed (one atomic compare).
+ * reported. Lock-free when nothing changed (one atomic compare); after an
+ * event, one lock and a lookup, and system calls only where a watched
+ * mapping went away.
  * Errors: -EBUSY (another userfaultfd has the memory), -EOPNOTSUPP (a
- * mapping the kernel refuses to watch, or SysV shared memory), -ENOMEM.
+ * mapping the kernel refuses to watch, or SysV shared memory), -ENOMEM,
+ * -EPERM (registration forbidden), -EBADF (notifier broken), -ECHILD.
  * A range with nothing mapped is not an error.
+ *
+ * Broken: if the application closes or replaces our userfaultfd or pipe
+ * (a daemon closing "all unknown fds"), the monitor notices (POLLNVAL,
+ * POLLHUP, or an identity check by st_dev / st_ino / access mode before
+ * each read and every idle second), stops delivering events, and
+ * subscribe / watch / prepare fail with -EBADF until the last subscriber
+ * leaves. A descriptor number that is no longer ours is never read,
+ * written or closed.
  */
 int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end);
 
@@ -115,10 +140,20 @@ struct unf_stats {
 	uint64_t unmap, remove, remap, other;
 	uint64_t wakeups, fences, slow_prepares, relayed, coalesced;
 	uint64_t registrations; /* UFFDIO_REGISTER calls made */
+	/* relayed: finishes queued to the relay; coalesced: events merged
+	 * into a queued finish because the ring was full */
 	uint64_t subscribers;
 };
 void unf_get_stats(struct unf_stats *out);
 pid_t unf_monitor_tid(void); /* 0 when no notifier runs */
 bool unf_pending(void);	     /* events queued in the kernel, unread */
+
+/* ---- test hooks (set or called only by tests) ---- */
+/* Relay ring capacity (0: the default, 1024): tests make it small to see
+ * coalescing. Read by the monitor thread at each event. */
+extern unsigned unf_test_ring_cap;
+/* The notifier's descriptor numbers (-1 when it does not run), for tests
+ * that close them behind its back. */
+void unf_test_fds(int *uffd, int *pipe_rd, int *pipe_wr);
 
 #endif

@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -77,8 +78,12 @@ static int open_api(uint64_t want, uint64_t *got)
 
 		close(fd);
 		/* EINVAL: API version or feature refused; EPERM: a feature
-		 * needs a privilege. Neither is something we can use. */
-		return err == EPERM ? -EPERM : -ENOSYS;
+		 * needs a privilege. Neither is something we can use.
+		 * ENOMEM is the kernel being short of memory, not of
+		 * features: it stays -ENOMEM. */
+		if (err == EPERM || err == ENOMEM)
+			return -err;
+		return -ENOSYS;
 	}
 	*got = api.features;
 	return fd;
@@ -237,5 +242,173 @@ int uffd_for_each_vma(uint64_t start, uint64_t end,
 	}
 out:
 	close(fd);
+	return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Whole mappings, with what their path says                                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Parser state of one /proc/self/maps line, all fields:
+ * "start-end perms offset dev inode   path". Only the first characters of
+ * the path are looked at: SysV shared memory shows as "/SYSV%08x
+ * (deleted)" (measured on 6.18: "/SYSV00000000 (deleted)", dev 00:01).
+ */
+struct maps_full {
+	struct uffd_map m;
+	int field;   /* 0: start, 1: end, 2: the rest */
+	int tokens;  /* tokens seen in the rest: perms offset dev inode path */
+	int pathlen; /* characters of the path seen */
+	bool intok, bad, sysv_prefix;
+};
+
+static const char sysv_path[] = "/SYSV";
+
+/* Feed one character; true at the end of a well-formed line (in l->m). */
+static bool maps_full_feed(struct maps_full *l, char c)
+{
+	int v;
+
+	if (c == '\n') {
+		bool ok = !l->bad && l->field == 2 && l->tokens >= 4;
+
+		l->m.sysv = l->sysv_prefix &&
+			    l->pathlen >= (int)sizeof(sysv_path) - 1;
+		if (!ok)
+			l->m.start = l->m.end = 0;
+		l->field = l->tokens = l->pathlen = 0;
+		l->intok = l->bad = l->sysv_prefix = false;
+		return ok;
+	}
+	if (l->field == 2) {
+		if (c == ' ' && l->tokens < 5) {
+			l->intok = false;
+			return false;
+		}
+		if (!l->intok) {
+			l->intok = true;
+			l->tokens++;
+			if (l->tokens == 5)
+				l->sysv_prefix = true;
+		}
+		if (l->tokens == 5 && l->pathlen < (int)sizeof(sysv_path) - 1) {
+			if (c != sysv_path[l->pathlen])
+				l->sysv_prefix = false;
+			l->pathlen++;
+		}
+		return false;
+	}
+	if (l->field == 0 && c == '-') {
+		l->field = 1;
+		return false;
+	}
+	if (l->field == 1 && c == ' ') {
+		l->field = 2;
+		return false;
+	}
+	v = hexval(c);
+	if (v < 0) {
+		l->bad = true;
+		l->field = 2;
+		l->tokens = 5; /* ignore the rest of the line */
+		return false;
+	}
+	if (l->field == 0)
+		l->m.start = (l->m.start << 4) | (uint64_t)v;
+	else
+		l->m.end = (l->m.end << 4) | (uint64_t)v;
+	return false;
+}
+
+int uffd_for_each_map(uint64_t start, uint64_t end,
+		      int (*fn)(const struct uffd_map *m, void *arg), void *arg)
+{
+	struct maps_full l = { 0 };
+	char buf[2048];
+	ssize_t n, i;
+	int fd, r = 0;
+
+	fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = n < 0 ? -errno : 0;
+			break;
+		}
+		for (i = 0; i < n; i++) {
+			struct uffd_map m;
+
+			if (!maps_full_feed(&l, buf[i]))
+				continue;
+			m = l.m;
+			l.m.start = l.m.end = 0;
+			if (m.start >= end) /* the file is sorted: done */
+				goto out;
+			if (m.end <= start || m.start >= m.end)
+				continue;
+			r = fn(&m, arg);
+			if (r)
+				goto out;
+		}
+	}
+out:
+	close(fd);
+	return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Descriptor identity                                                       */
+/* ------------------------------------------------------------------------ */
+
+int uffd_fd_id(int fd, struct uffd_fdid *id)
+{
+	struct stat st;
+	int fl;
+
+	if (fstat(fd, &st))
+		return -errno;
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	id->dev = (uint64_t)st.st_dev;
+	id->ino = (uint64_t)st.st_ino;
+	id->acc = fl & O_ACCMODE;
+	return 0;
+}
+
+bool uffd_fd_is(int fd, const struct uffd_fdid *id)
+{
+	struct uffd_fdid now;
+
+	if (fd < 0 || uffd_fd_id(fd, &now))
+		return false;
+	return now.dev == id->dev && now.ino == id->ino && now.acc == id->acc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Is registration itself forbidden?                                         */
+/* ------------------------------------------------------------------------ */
+
+int uffd_register_probe(int fd)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	void *p = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int r;
+
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	r = uffd_register(fd, (uint64_t)(uintptr_t)p,
+			  (uint64_t)(uintptr_t)p + (uint64_t)pg);
+	if (r == 0)
+		uffd_unregister(fd, (uint64_t)(uintptr_t)p,
+				(uint64_t)(uintptr_t)p + (uint64_t)pg);
+	/* Not registered any more: unmapping it sends no event. */
+	munmap(p, (size_t)pg);
 	return r;
 }

@@ -63,4 +63,41 @@ bool uffd_fully_mapped(uint64_t start, uint64_t end);
 int uffd_for_each_vma(uint64_t start, uint64_t end,
 		      int (*fn)(uint64_t s, uint64_t e, void *arg), void *arg);
 
+/*
+ * Like uffd_for_each_vma() but with each mapping whole (not clamped to the
+ * range) and what its path tells: @sysv when it is SysV shared memory (the
+ * path in /proc/self/maps starts with "/SYSV": "/SYSV%08x (deleted)",
+ * checked on Linux 6.18; shmat() mappings always show it). No allocation.
+ */
+struct uffd_map {
+	uint64_t start, end;
+	bool sysv;
+};
+int uffd_for_each_map(uint64_t start, uint64_t end,
+		      int (*fn)(const struct uffd_map *m, void *arg),
+		      void *arg);
+
+/*
+ * Identity of an open descriptor, to tell whether a descriptor number still
+ * refers to the file we opened (an application may close "unknown" fds and
+ * the number be reused). Each userfaultfd and each pipe has its own inode
+ * (measured on 6.18; eventfds share one inode, so the notifier uses a pipe
+ * to wake its thread). uffd_fd_is() is false when @fd is closed or is
+ * another file.
+ */
+struct uffd_fdid {
+	uint64_t dev, ino;
+	int acc; /* O_ACCMODE of the open file: tells a pipe's two ends apart */
+};
+int uffd_fd_id(int fd, struct uffd_fdid *id);
+bool uffd_fd_is(int fd, const struct uffd_fdid *id);
+
+/*
+ * Register and unregister a page of our own, to tell a registration
+ * forbidden by a seccomp filter (-EPERM here too) from a mapping the kernel
+ * refuses (a MAP_SHARED file opened read-only also answers EPERM).
+ * Returns 0 (registration works), -EPERM or another -errno.
+ */
+int uffd_register_probe(int fd);
+
 #endif

@@ -1,0 +1,833 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * notifier.c - the process-wide memory notifier: one userfaultfd, one
+ * monitor thread and one relay thread per process, and the subscribers.
+ * Watched mappings are in watch.c; the kernel calls in uffd.c.
+ *
+ * The monitor thread (uodp-monitor) polls the userfaultfd and a pipe (its
+ * stop signal). When events are pending it drains them: strict subscribers
+ * are fenced first, then events are read in batches of 32 on its stack,
+ * and each goes to every subscriber: begin, then finish right away or, for
+ * a deferred subscriber, a finish queued to the relay thread
+ * (uodp-relay). It never allocates, frees, maps or unmaps, never waits for
+ * the relay (a full queue coalesces), and has every asynchronous signal
+ * blocked. Before each read it makes nf.epoch odd and after it even, having
+ * logged the UNMAP / REMAP ranges for watch.c (see there).
+ *
+ * Our descriptors may be closed behind our back (a daemon closing "all
+ * unknown fds"). The monitor sees POLLNVAL, POLLHUP on the pipe, or a
+ * descriptor whose identity (st_dev, st_ino, access mode, recorded at
+ * open) changed, checked before every read and every second; then the
+ * notifier is "broken": no more events, subscribe / watch / prepare fail
+ * with -EBADF until the last subscriber leaves, and a descriptor number
+ * that is no longer ours is never read, written or closed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "notifier/nf.h"
+
+#define MON_BATCH 32	  /* messages read at once (32 bytes each, on stack) */
+#define MON_CHECK_MS 1000 /* idle self-check of our descriptors */
+
+struct nf_state nf = {
+	.life_lock = NF_LOCK_INIT,
+	.subs_lock = NF_LOCK_INIT,
+	.watch_lock = NF_LOCK_INIT,
+	.ring_lock = NF_LOCK_INIT,
+	.ring_cv = PTHREAD_COND_INITIALIZER,
+	.drained_cv = PTHREAD_COND_INITIALIZER,
+	.uffd = -1,
+	.pipe = { -1, -1 },
+	.epoch = 2,
+};
+
+/* Test hook: a smaller relay ring (0 = NF_RING). */
+unsigned unf_test_ring_cap;
+
+/* ------------------------------------------------------------------------ */
+/* Locks                                                                     */
+/* ------------------------------------------------------------------------ */
+
+void nf_lock(struct nf_lock *l)
+{
+	pthread_mutex_lock(&l->m);
+	atomic_store_explicit(&l->owner, (unsigned long)pthread_self(),
+			      memory_order_relaxed);
+}
+
+void nf_unlock(struct nf_lock *l)
+{
+	atomic_store_explicit(&l->owner, 0, memory_order_relaxed);
+	pthread_mutex_unlock(&l->m);
+}
+
+bool nf_held(struct nf_lock *l)
+{
+	return atomic_load_explicit(&l->owner, memory_order_relaxed) ==
+	       (unsigned long)pthread_self();
+}
+
+void nf_cond_wait(pthread_cond_t *c, struct nf_lock *l)
+{
+	atomic_store_explicit(&l->owner, 0, memory_order_relaxed);
+	pthread_cond_wait(c, &l->m);
+	atomic_store_explicit(&l->owner, (unsigned long)pthread_self(),
+			      memory_order_relaxed);
+}
+
+void nf_assert_fail(const char *what, const char *file, int line)
+{
+	fprintf(stderr, "uodp notifier: %s at %s:%d\n", what, file, line);
+	abort();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Descriptors                                                               */
+/* ------------------------------------------------------------------------ */
+
+static void mark_broken(void)
+{
+	int zero = 0;
+
+	if (atomic_compare_exchange_strong(&nf.broken, &zero, -EBADF))
+		atomic_store(&nf.all_ok, 0);
+}
+
+bool nf_uffd_ok(void)
+{
+	if (nf.uffd >= 0 && uffd_fd_is(nf.uffd, &nf.uffd_id))
+		return true;
+	mark_broken();
+	return false;
+}
+
+static bool fds_ok(void)
+{
+	return nf_uffd_ok() && uffd_fd_is(nf.pipe[0], &nf.pipe_id[0]) &&
+	       uffd_fd_is(nf.pipe[1], &nf.pipe_id[1]);
+}
+
+/* Close @fd only if it is still the file we opened. */
+static void close_ours(int *fd, const struct uffd_fdid *id)
+{
+	if (*fd >= 0 && uffd_fd_is(*fd, id))
+		close(*fd);
+	*fd = -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fences (strict subscribers)                                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Fence references: one per drain that fenced @sub, released after the
+ * finish of the last event that drain gave it. ops->fence runs when the
+ * depth leaves 0, ops->unfence when it returns to 0, both under
+ * fence_lock, so the subscriber sees them strictly alternate. Depth 0
+ * means none of its finishes is pending, so a fence never waits for one.
+ */
+static void fence_get(struct unf_sub *sub)
+{
+	pthread_mutex_lock(&sub->fence_lock);
+	if (sub->fence_depth++ == 0 && sub->ops->fence)
+		sub->ops->fence(sub->owner);
+	pthread_mutex_unlock(&sub->fence_lock);
+}
+
+static void fence_put(struct unf_sub *sub)
+{
+	pthread_mutex_lock(&sub->fence_lock);
+	if (--sub->fence_depth == 0) {
+		if (sub->ops->unfence)
+			sub->ops->unfence(sub->owner);
+		nf_stat_inc(&nf.st.fences);
+	}
+	pthread_mutex_unlock(&sub->fence_lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Relay ring (monitor side: never waits, never allocates)                   */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t ring_cap(void)
+{
+	unsigned c = unf_test_ring_cap;
+
+	return c && c < NF_RING ? c : NF_RING;
+}
+
+static void hull(struct nf_entry *x, uint64_t s, uint64_t e, enum unf_event ev)
+{
+	if (s < x->start)
+		x->start = s;
+	if (e > x->end)
+		x->end = e;
+	if (x->ev != ev) /* mixed: the strongest (over-invalidation is safe) */
+		x->ev = UNF_UNMAP;
+}
+
+/* The last queued (not yet running) entry of @sub, or NULL. ring_lock. */
+static struct nf_entry *last_queued(struct unf_sub *sub)
+{
+	if (sub->ovf_set)
+		return &sub->ovf;
+	if (sub->has_last && sub->last_seq >= nf.ring_head)
+		return &nf.ring[sub->last_seq % NF_RING];
+	return NULL;
+}
+
+static void relay_queue(struct unf_sub *sub, uint64_t s, uint64_t e,
+			enum unf_event ev)
+{
+	struct nf_entry *x;
+
+	nf_lock(&nf.ring_lock);
+	if (sub->ovf_set) { /* its later events follow it there */
+		hull(&sub->ovf, s, e, ev);
+		nf_stat_inc(&nf.st.coalesced);
+	} else if (nf.ring_tail - nf.ring_head < ring_cap()) {
+		x = &nf.ring[nf.ring_tail % NF_RING];
+		*x = (struct nf_entry){ sub, s, e, ev, 0 };
+		sub->last_seq = nf.ring_tail++;
+		sub->has_last = true;
+		sub->inflight++;
+		nf_stat_inc(&nf.st.relayed);
+	} else if ((x = last_queued(sub))) {
+		hull(x, s, e, ev);
+		nf_stat_inc(&nf.st.coalesced);
+	} else {
+		/* Full of others' entries: the subscriber's own slot. */
+		sub->ovf = (struct nf_entry){ sub, s, e, ev, 0 };
+		sub->ovf_set = true;
+		sub->ovf_next = NULL;
+		if (nf.ovf_last)
+			nf.ovf_last->ovf_next = sub;
+		else
+			nf.ovf_list = sub;
+		nf.ovf_last = sub;
+		sub->inflight++;
+		nf_stat_inc(&nf.st.coalesced);
+	}
+	nf_unlock(&nf.ring_lock);
+}
+
+/* The drain that fenced a deferred @sub is over: release its reference
+ * after the last finish it queued, or now if all of them ran. */
+static void relay_unfence(struct unf_sub *sub)
+{
+	struct nf_entry *x;
+	bool now = false;
+
+	nf_lock(&nf.ring_lock);
+	if ((x = last_queued(sub)))
+		x->unfences++;
+	else if (sub->running)
+		sub->run_unfences++;
+	else
+		now = true;
+	nf_unlock(&nf.ring_lock);
+	if (now)
+		fence_put(sub);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Relay thread                                                              */
+/* ------------------------------------------------------------------------ */
+
+static void *relay_main(void *arg)
+{
+	(void)arg;
+	nf_lock(&nf.ring_lock);
+	for (;;) {
+		struct nf_entry x;
+		struct unf_sub *sub;
+		unsigned u;
+
+		if (nf.ovf_list) {
+			sub = nf.ovf_list;
+			nf.ovf_list = sub->ovf_next;
+			if (!nf.ovf_list)
+				nf.ovf_last = NULL;
+			x = sub->ovf;
+			sub->ovf_set = false;
+		} else if (nf.ring_head != nf.ring_tail) {
+			x = nf.ring[nf.ring_head % NF_RING];
+			nf.ring_head++;
+			sub = x.sub;
+		} else if (nf.relay_stop) {
+			break;
+		} else {
+			nf_cond_wait(&nf.ring_cv, &nf.ring_lock);
+			continue;
+		}
+		sub->running = true;
+		nf_unlock(&nf.ring_lock);
+
+		sub->ops->finish(sub->owner, x.start, x.end, x.ev);
+
+		/* Fence references released after this finish, including
+		 * ones the monitor handed over while it ran. */
+		u = x.unfences;
+		for (;;) {
+			nf_lock(&nf.ring_lock);
+			u += sub->run_unfences;
+			sub->run_unfences = 0;
+			if (!u)
+				break;
+			nf_unlock(&nf.ring_lock);
+			for (; u; u--)
+				fence_put(sub);
+		}
+		sub->running = false;
+		if (--sub->inflight == 0)
+			pthread_cond_broadcast(&nf.drained_cv);
+	}
+	nf_unlock(&nf.ring_lock);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Monitor thread                                                            */
+/* ------------------------------------------------------------------------ */
+
+static void log_range(uint64_t s, uint64_t e)
+{
+	uint64_t i = atomic_fetch_add(&nf.log_claim, 1);
+	struct nf_logent *l = &nf.log[i % NF_LOG];
+
+	atomic_store(&l->start, s);
+	atomic_store(&l->end, e);
+	atomic_store(&nf.log_head, i + 1);
+}
+
+static void deliver(uint64_t s, uint64_t e, enum unf_event ev)
+{
+	struct unf_sub *sub;
+
+	if (s >= e)
+		return;
+	NF_ASSERT_HELD(&nf.subs_lock);
+	for (sub = nf.subs; sub; sub = sub->next) {
+		if (sub->ops->begin)
+			sub->ops->begin(sub->owner, s, e, ev);
+		if (sub->flags & UNF_DEFERRED)
+			relay_queue(sub, s, e, ev);
+		else if (sub->ops->finish)
+			sub->ops->finish(sub->owner, s, e, ev);
+	}
+}
+
+/* A write-protect fault can only come from someone else's protection (we
+ * never set one); lift it so the faulting thread is not stuck. */
+static void unblock_fault(uint64_t addr)
+{
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	struct uffdio_writeprotect wp = {
+		.range = { .start = addr & ~(pg - 1), .len = pg },
+		.mode = 0,
+	};
+	struct uffdio_range wake = wp.range;
+
+	if (ioctl(nf.uffd, UFFDIO_WRITEPROTECT, &wp))
+		ioctl(nf.uffd, UFFDIO_WAKE, &wake);
+}
+
+static void handle(const struct uffd_msg *m)
+{
+	switch (m->event) {
+	case UFFD_EVENT_UNMAP:
+		nf_stat_inc(&nf.st.unmap);
+		deliver(m->arg.remove.start, m->arg.remove.end, UNF_UNMAP);
+		break;
+	case UFFD_EVENT_REMOVE:
+		nf_stat_inc(&nf.st.remove);
+		deliver(m->arg.remove.start, m->arg.remove.end, UNF_REMOVE);
+		break;
+	case UFFD_EVENT_REMAP:
+		nf_stat_inc(&nf.st.remap);
+		deliver(m->arg.remap.from, m->arg.remap.from + m->arg.remap.len,
+			UNF_REMAP);
+		break;
+	case UFFD_EVENT_PAGEFAULT:
+		nf_stat_inc(&nf.st.other);
+		unblock_fault(m->arg.pagefault.address);
+		break;
+	default:
+		nf_stat_inc(&nf.st.other);
+		break;
+	}
+}
+
+/* One read of events: epoch odd around it, ranges logged before it turns
+ * even. Returns the number of messages, 0 when none, -1 when broken. */
+static ssize_t read_events(struct uffd_msg *msgs)
+{
+	ssize_t n;
+	int err;
+	size_t i;
+
+	for (;;) {
+		atomic_fetch_add(&nf.epoch, 1); /* odd */
+		n = read(nf.uffd, msgs, MON_BATCH * sizeof(msgs[0]));
+		err = errno;
+		if (n > 0) {
+			for (i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+				const struct uffd_msg *m = &msgs[i];
+
+				if (m->event == UFFD_EVENT_UNMAP)
+					log_range(m->arg.remove.start,
+						  m->arg.remove.end);
+				else if (m->event == UFFD_EVENT_REMAP)
+					log_range(m->arg.remap.from,
+						  m->arg.remap.from +
+							  m->arg.remap.len);
+			}
+		}
+		atomic_fetch_add(&nf.epoch, 1); /* even */
+		if (n > 0)
+			return n / (ssize_t)sizeof(msgs[0]);
+		if (n < 0 && err == EINTR)
+			continue;
+		if (n < 0 && err == EAGAIN)
+			return 0;
+		return -1;
+	}
+}
+
+/* Read and deliver what is queued until a read comes back short. Returns
+ * false when our descriptor turned out not to be ours. */
+static bool drain(void)
+{
+	struct uffd_msg msgs[MON_BATCH];
+	struct unf_sub *sub;
+	bool ok = true, any = false;
+	ssize_t n, i;
+
+	nf_lock(&nf.subs_lock);
+	for (sub = nf.subs; sub; sub = sub->next)
+		if (sub->flags & UNF_STRICT)
+			fence_get(sub);
+	/* Never read a descriptor number that is no longer ours. */
+	if (!nf_uffd_ok()) {
+		ok = false;
+	} else {
+		for (;;) {
+			n = read_events(msgs);
+			if (n < 0) {
+				mark_broken();
+				ok = false;
+			}
+			if (n <= 0)
+				break;
+			any = true;
+			for (i = 0; i < n; i++)
+				handle(&msgs[i]);
+			if (n < MON_BATCH)
+				break;
+		}
+	}
+	for (sub = nf.subs; sub; sub = sub->next) {
+		if (!(sub->flags & UNF_STRICT))
+			continue;
+		if (sub->flags & UNF_DEFERRED)
+			relay_unfence(sub);
+		else
+			fence_put(sub);
+	}
+	nf_unlock(&nf.subs_lock);
+	if (any) {
+		nf_stat_inc(&nf.st.wakeups);
+		nf_lock(&nf.ring_lock);
+		pthread_cond_signal(&nf.ring_cv);
+		nf_unlock(&nf.ring_lock);
+	}
+	return ok;
+}
+
+static bool fd_readable(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+static void *mon_main(void *arg)
+{
+	struct pollfd pfd[2] = {
+		{ .fd = nf.uffd, .events = POLLIN },
+		{ .fd = nf.pipe[0], .events = POLLIN },
+	};
+	int r;
+
+	(void)arg;
+	atomic_store(&nf.mon_tid, (pid_t)syscall(SYS_gettid));
+	while (!atomic_load(&nf.stop)) {
+		r = poll(pfd, 2, MON_CHECK_MS);
+		if (r < 0)
+			continue; /* EINTR, or ENOMEM: try again */
+		if (atomic_load(&nf.stop))
+			break;
+		if (r == 0) { /* idle: are our descriptors still ours? */
+			if (!fds_ok())
+				goto broken;
+			continue;
+		}
+		/* closed (POLLNVAL), or the pipe's write end gone (POLLHUP)
+		 * without a stop: not ours any more */
+		if ((pfd[0].revents | pfd[1].revents) & (POLLNVAL | POLLERR) ||
+		    (pfd[1].revents & POLLHUP))
+			goto broken;
+		if (pfd[1].revents & POLLIN) {
+			if (!fds_ok())
+				goto broken;
+			continue; /* a stray wake-up: only stop writes here */
+		}
+		if (pfd[0].revents && !drain())
+			goto broken;
+	}
+	/* Stopping: handle what is queued so nobody stays blocked. Events
+	 * queued after this are released when the fd is closed. */
+	if (nf_uffd_ok() && fd_readable(nf.uffd))
+		drain();
+	return NULL;
+broken:
+	mark_broken();
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Life cycle (life_lock held)                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Start @fn with every asynchronous signal blocked; synchronous ones (a
+ * crash in an op) keep their default handling. */
+static int start_thread(pthread_t *t, void *(*fn)(void *), const char *name)
+{
+	static const int sync_sigs[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+					 SIGTRAP, SIGSYS, SIGABRT };
+	sigset_t all, old;
+	size_t i;
+	int r;
+
+	sigfillset(&all);
+	for (i = 0; i < sizeof(sync_sigs) / sizeof(sync_sigs[0]); i++)
+		sigdelset(&all, sync_sigs[i]);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = pthread_create(t, NULL, fn, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r)
+		return -EAGAIN; /* no thread, whatever the reason */
+	pthread_setname_np(*t, name);
+	return 0;
+}
+
+static void stop_relay(void)
+{
+	nf_lock(&nf.ring_lock);
+	nf.relay_stop = true;
+	pthread_cond_broadcast(&nf.ring_cv);
+	nf_unlock(&nf.ring_lock);
+	pthread_join(nf.relay, NULL);
+	nf.relay_stop = false;
+}
+
+static void close_all(void)
+{
+	close_ours(&nf.uffd, &nf.uffd_id);
+	close_ours(&nf.pipe[0], &nf.pipe_id[0]);
+	close_ours(&nf.pipe[1], &nf.pipe_id[1]);
+}
+
+static int nf_start(void)
+{
+	int r;
+
+	NF_ASSERT_HELD(&nf.life_lock);
+	r = uffd_open(&nf.features);
+	if (r < 0)
+		return r;
+	nf.uffd = r;
+	if (pipe2(nf.pipe, O_CLOEXEC | O_NONBLOCK)) {
+		r = -errno;
+		nf.pipe[0] = nf.pipe[1] = -1;
+		close(nf.uffd);
+		nf.uffd = -1;
+		return r;
+	}
+	if ((r = uffd_fd_id(nf.uffd, &nf.uffd_id)) ||
+	    (r = uffd_fd_id(nf.pipe[0], &nf.pipe_id[0])) ||
+	    (r = uffd_fd_id(nf.pipe[1], &nf.pipe_id[1])))
+		goto err_fds;
+	/* Registration forbidden (seccomp): say so now, not at a watch. */
+	r = uffd_register_probe(nf.uffd);
+	if (r == -EPERM)
+		goto err_fds;
+	atomic_store(&nf.broken, 0);
+	atomic_store(&nf.stop, false);
+	nf.ring_head = nf.ring_tail = 0;
+	r = start_thread(&nf.relay, relay_main, "uodp-relay");
+	if (r)
+		goto err_fds;
+	r = start_thread(&nf.mon, mon_main, "uodp-monitor");
+	if (r)
+		goto err_relay;
+	atomic_store(&nf.running, true);
+	return 0;
+
+err_relay:
+	stop_relay();
+err_fds:
+	close(nf.uffd);
+	close(nf.pipe[0]);
+	close(nf.pipe[1]);
+	nf.uffd = nf.pipe[0] = nf.pipe[1] = -1;
+	return r;
+}
+
+static void nf_stop(void)
+{
+	char one = 1;
+
+	NF_ASSERT_HELD(&nf.life_lock);
+	/* No new event for watched memory from here on. */
+	nf_drop_all();
+	atomic_store(&nf.stop, true);
+	if (uffd_fd_is(nf.pipe[1], &nf.pipe_id[1]))
+		while (write(nf.pipe[1], &one, 1) < 0 && errno == EINTR)
+			;
+	/* Not ours any more: the thread sees the flag within a second. */
+	pthread_join(nf.mon, NULL);
+	atomic_store(&nf.mon_tid, 0);
+	stop_relay();
+	/* Releases the kernel context: whatever is still registered to it
+	 * is dropped and any thread waiting on a late event goes on. */
+	close_all();
+	atomic_store(&nf.running, false);
+	atomic_store(&nf.broken, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fork                                                                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The child has no monitor (threads are not forked) and must not keep our
+ * descriptors: a kept userfaultfd would keep the kernel context alive after
+ * the parent closes it, and a parent thread unmapping memory still
+ * registered there would wait for a reader that is gone.
+ */
+static void atfork_prepare(void)
+{
+	nf_lock(&nf.life_lock);
+}
+
+static void atfork_parent(void)
+{
+	nf_unlock(&nf.life_lock);
+}
+
+static void atfork_child(void)
+{
+	static const struct nf_lock init = NF_LOCK_INIT;
+	uint64_t e;
+
+	if (atomic_load(&nf.running))
+		close_all();
+	atomic_fetch_add(&nf.gen, 1);
+	atomic_store(&nf.running, false);
+	atomic_store(&nf.broken, 0);
+	atomic_store(&nf.mon_tid, 0);
+	nf.nsubs = 0;
+	nf.subs = NULL;
+	nf.relay_stop = false;
+	nf.ring_head = nf.ring_tail = 0;
+	nf.ovf_list = nf.ovf_last = NULL;
+	memset(&nf.st, 0, sizeof(nf.st));
+	/* The parent's monitor may have been between its two epoch bumps. */
+	e = atomic_load(&nf.epoch);
+	atomic_store(&nf.epoch, (e | 1) + 1);
+	nf_forget_all();
+	/* Other threads of the parent may have held these. */
+	nf.subs_lock = init;
+	nf.watch_lock = init;
+	nf.ring_lock = init;
+	pthread_cond_init(&nf.ring_cv, NULL);
+	pthread_cond_init(&nf.drained_cv, NULL);
+	nf.life_lock = init; /* held by this thread in prepare */
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_install(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+static bool ours(const struct unf_sub *sub)
+{
+	return sub &&
+	       sub->gen == atomic_load_explicit(&nf.gen, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------ */
+/* API                                                                       */
+/* ------------------------------------------------------------------------ */
+
+int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
+		  struct unf_sub **out)
+{
+	struct unf_sub *sub;
+	int r;
+
+	if (!ops || !out || (flags & ~(UNF_STRICT | UNF_DEFERRED)) ||
+	    ((flags & UNF_STRICT) && (!ops->fence || !ops->unfence)))
+		return -EINVAL;
+	pthread_once(&atfork_once, atfork_install);
+	sub = calloc(1, sizeof(*sub));
+	if (!sub)
+		return -ENOMEM;
+	sub->ops = ops;
+	sub->owner = owner;
+	sub->flags = flags;
+	pthread_mutex_init(&sub->fence_lock, NULL);
+
+	nf_lock(&nf.life_lock);
+	sub->gen = atomic_load(&nf.gen);
+	if (!atomic_load(&nf.running)) {
+		r = nf_start();
+		if (r)
+			goto err;
+	} else if (atomic_load(&nf.broken)) {
+		r = atomic_load(&nf.broken);
+		goto err;
+	}
+	nf.nsubs++;
+	nf_lock(&nf.subs_lock);
+	sub->next = nf.subs;
+	nf.subs = sub;
+	nf_unlock(&nf.subs_lock);
+	nf_unlock(&nf.life_lock);
+	*out = sub;
+	return 0;
+err:
+	nf_unlock(&nf.life_lock);
+	pthread_mutex_destroy(&sub->fence_lock);
+	free(sub);
+	return r;
+}
+
+void unf_unsubscribe(struct unf_sub *sub)
+{
+	struct unf_sub **pp;
+
+	if (!sub)
+		return;
+	if (!ours(sub)) { /* a parent's, in a forked child: only memory */
+		free(sub);
+		return;
+	}
+	/* No event reaches it after this (the monitor holds subs_lock for
+	 * a whole drain). */
+	nf_lock(&nf.subs_lock);
+	for (pp = &nf.subs; *pp; pp = &(*pp)->next) {
+		if (*pp == sub) {
+			*pp = sub->next;
+			break;
+		}
+	}
+	nf_unlock(&nf.subs_lock);
+
+	/* Its queued finishes run (and unfences), then it is ours alone. No
+	 * notifier lock is held while waiting. */
+	nf_lock(&nf.ring_lock);
+	while (sub->inflight)
+		nf_cond_wait(&nf.drained_cv, &nf.ring_lock);
+	nf_unlock(&nf.ring_lock);
+
+	nf_drop_sub(sub);
+
+	nf_lock(&nf.life_lock);
+	if (--nf.nsubs == 0 && atomic_load(&nf.running))
+		nf_stop();
+	nf_unlock(&nf.life_lock);
+	pthread_mutex_destroy(&sub->fence_lock);
+	free(sub);
+}
+
+int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
+{
+	if (!ours(sub))
+		return -ECHILD;
+	if (start >= end)
+		return -EINVAL;
+	return nf_watch(sub, start, end);
+}
+
+void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end)
+{
+	if (!ours(sub) || start >= end)
+		return;
+	nf_unwatch(sub, start, end);
+}
+
+int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end)
+{
+	uint64_t e = atomic_load(&nf.epoch);
+
+	if (!ours(sub))
+		return -ECHILD;
+	if (e == atomic_load(&nf.all_ok))
+		return 0;
+	if (start >= end)
+		return 0;
+	return nf_prepare_slow(start, end);
+}
+
+void unf_get_stats(struct unf_stats *out)
+{
+	out->unmap = atomic_load(&nf.st.unmap);
+	out->remove = atomic_load(&nf.st.remove);
+	out->remap = atomic_load(&nf.st.remap);
+	out->other = atomic_load(&nf.st.other);
+	out->wakeups = atomic_load(&nf.st.wakeups);
+	out->fences = atomic_load(&nf.st.fences);
+	out->slow_prepares = atomic_load(&nf.st.slow_prepares);
+	out->relayed = atomic_load(&nf.st.relayed);
+	out->coalesced = atomic_load(&nf.st.coalesced);
+	out->registrations = atomic_load(&nf.st.registrations);
+	out->subscribers = atomic_load(&nf.nsubs);
+}
+
+pid_t unf_monitor_tid(void)
+{
+	return atomic_load(&nf.mon_tid);
+}
+
+bool unf_pending(void)
+{
+	int fd = nf.uffd;
+
+	/* No lock: at worst a racing stop makes this poll a closed or
+	 * reused number, which reads nothing. */
+	return atomic_load(&nf.running) && !atomic_load(&nf.broken) &&
+	       fd >= 0 && fd_readable(fd);
+}
+
+/* Test hook: our descriptor numbers (-1 when not running). */
+void unf_test_fds(int *uffd, int *rd, int *wr)
+{
+	nf_lock(&nf.life_lock);
+	*uffd = nf.uffd;
+	*rd = nf.pipe[0];
+	*wr = nf.pipe[1];
+	nf_unlock(&nf.life_lock);
+}

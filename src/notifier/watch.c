@@ -1,0 +1,661 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * watch.c - the process's watched mappings: which address stretches our
+ * userfaultfd has registered, who asked for them, and which parts are known
+ * to be still mapped and registered.
+ *
+ * A record ("dom") is a stretch [start, end) made of WHOLE mappings (as
+ * they were when registered) plus the ranges watched inside it. Records
+ * are disjoint and kept in an interval tree under nf.watch_lock. A watch()
+ * range always lies inside one record: a range over several mappings, or
+ * a mapping overlapping an existing record, makes the records merge. So a
+ * record holds a count of the watch() calls inside it (and, per
+ * subscriber, how many are whose, to drop a subscriber's watches), never a
+ * count per address: 10^6 disjoint regions inside one mapping are one
+ * record with refs = 10^6, registered once, and no mapping is ever split
+ * by registration (we register whole mappings only).
+ *
+ * Pieces: the parts of a record known to be mapped, without a hole, and
+ * registered. A watch() of a range inside a piece is a counter increment
+ * (no system call). Mappings change behind our back; the kernel tells us
+ * (UNMAP, REMAP) and the monitor thread logs those ranges (nf.log, fixed
+ * size, no allocation). Before using pieces, the log is applied: every
+ * piece loses what was unmapped. Whatever is mapped there later (a hole
+ * filled, MAP_FIXED over) is registered by the next watch() or prepare()
+ * that finds its range outside the pieces.
+ *
+ * The protocol with the monitor thread (it never takes watch_lock): it
+ * makes nf.epoch odd before each read() of events and even after having
+ * logged the ranges that read returned. The read is what lets the
+ * unmapping thread return, so once munmap() has returned, either the epoch
+ * is odd (we wait for the read to end: it never blocks) or its range is in
+ * the log below log_head. unf_prepare()'s fast path is one compare: while
+ * every record is whole (its single piece covers it) and no event was read
+ * since (all_ok == epoch), nothing can be unregistered.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "notifier/nf.h"
+
+struct nf_pair {
+	struct unf_sub *sub;
+	uint64_t n;
+	struct nf_pair *next;
+};
+
+struct nf_dom {
+	struct itree_node node;	 /* [start, last] */
+	uint64_t refs;		 /* watch() calls inside */
+	struct nf_pair *pairs;	 /* the same, per subscriber */
+	struct nf_piece *pieces; /* sorted, disjoint, not adjacent */
+	size_t npieces, cap;
+	bool whole; /* one piece covering the record */
+};
+
+#define DOM(n) ((struct nf_dom *)(n))
+
+static uint64_t dom_start(const struct nf_dom *d)
+{
+	return d->node.start;
+}
+
+static uint64_t dom_end(const struct nf_dom *d)
+{
+	return d->node.last + 1;
+}
+
+static struct nf_dom *dom_first(uint64_t s, uint64_t e)
+{
+	return DOM(itree_iter_first(&nf.doms, s, e - 1));
+}
+
+static struct nf_dom *dom_next(struct nf_dom *d, uint64_t s, uint64_t e)
+{
+	return DOM(itree_iter_next(&d->node, s, e - 1));
+}
+
+/* Keep nf.unverified (records not whole) right after a pieces change. */
+static void dom_recheck(struct nf_dom *d)
+{
+	bool whole = d->npieces == 1 && d->pieces[0].start == dom_start(d) &&
+		     d->pieces[0].end == dom_end(d);
+
+	if (whole && !d->whole)
+		nf.unverified--;
+	else if (!whole && d->whole)
+		nf.unverified++;
+	d->whole = whole;
+}
+
+static bool pieces_cover(const struct nf_dom *d, uint64_t s, uint64_t e)
+{
+	size_t lo = 0, hi = d->npieces;
+
+	/* the last piece starting at or before s */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (d->pieces[mid].start <= s)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo > 0 && d->pieces[lo - 1].end >= e;
+}
+
+/* Remove [s, e) from the pieces of @d (a log entry: that was unmapped). */
+static void pieces_cut(struct nf_dom *d, uint64_t s, uint64_t e)
+{
+	size_t i;
+
+	for (i = 0; i < d->npieces; i++) {
+		struct nf_piece *p = &d->pieces[i];
+
+		if (p->end <= s || p->start >= e)
+			continue;
+		if (p->start < s && p->end > e) { /* split in two */
+			if (d->npieces == d->cap) {
+				size_t cap = d->cap * 2 + 2;
+				struct nf_piece *np =
+					realloc(d->pieces, cap * sizeof(*np));
+
+				if (!np) { /* forget it: re-registered later */
+					memmove(p, p + 1,
+						(d->npieces - i - 1) *
+							sizeof(*p));
+					d->npieces--;
+					return;
+				}
+				d->pieces = np;
+				d->cap = cap;
+				p = &d->pieces[i];
+			}
+			memmove(p + 1, p, (d->npieces - i) * sizeof(*p));
+			d->npieces++;
+			p[0].end = s;
+			p[1].start = e;
+			return;
+		}
+		if (p->start < s) {
+			p->end = s;
+		} else if (p->end > e) {
+			p->start = e;
+		} else {
+			memmove(p, p + 1, (d->npieces - i - 1) * sizeof(*p));
+			d->npieces--;
+			i--;
+		}
+	}
+}
+
+static void unverify_range(uint64_t s, uint64_t e)
+{
+	struct nf_dom *d;
+
+	if (s >= e)
+		return;
+	for (d = dom_first(s, e); d; d = dom_next(d, s, e)) {
+		pieces_cut(d, s, e);
+		dom_recheck(d);
+	}
+}
+
+static void unverify_all(void)
+{
+	unverify_range(0, UINT64_MAX);
+}
+
+/*
+ * Apply the monitor's log up to an even epoch and return that epoch. Every
+ * event read before that epoch is in the log: pieces are right after this.
+ */
+static uint64_t sync_log(void)
+{
+	uint64_t e, h, i;
+
+	NF_ASSERT_HELD(&nf.watch_lock);
+	/* Odd: a read is in progress (non-blocking, short). */
+	while ((e = atomic_load(&nf.epoch)) & 1)
+		sched_yield();
+	if (e == nf.synced_epoch)
+		return e;
+	h = atomic_load(&nf.log_head);
+	if (h - nf.synced_head > NF_LOG) {
+		unverify_all();
+	} else {
+		for (i = nf.synced_head; i < h; i++) {
+			struct nf_logent *l = &nf.log[i % NF_LOG];
+			uint64_t s = atomic_load(&l->start);
+			uint64_t en = atomic_load(&l->end);
+
+			/* Overwritten while we read it? (The monitor claims a
+			 * slot before writing it.) Then forget everything. */
+			if (atomic_load(&nf.log_claim) - i > NF_LOG) {
+				unverify_all();
+				break;
+			}
+			unverify_range(s, en);
+		}
+	}
+	nf.synced_head = h;
+	nf.synced_epoch = e;
+	return e;
+}
+
+static void update_all_ok(uint64_t e)
+{
+	NF_ASSERT_HELD(&nf.watch_lock);
+	atomic_store(&nf.all_ok,
+		     nf.unverified == 0 && !atomic_load(&nf.broken) ? e : 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Kernel calls                                                              */
+/* ------------------------------------------------------------------------ */
+
+static int reg(uint64_t s, uint64_t e)
+{
+	nf_stat_inc(&nf.st.registrations);
+	return uffd_register(nf.uffd, s, e);
+}
+
+static int unregister_one(uint64_t s, uint64_t e, void *arg)
+{
+	(void)arg;
+	uffd_unregister(nf.uffd, s, e);
+	return 0;
+}
+
+/* The kernel forgets [s, e); errors (memory gone meanwhile) are silent. A
+ * range the kernel refuses as a whole is done mapping by mapping. */
+static void unreg(uint64_t s, uint64_t e)
+{
+	if (!nf_uffd_ok())
+		return; /* not our descriptor any more: never touch it */
+	if (uffd_unregister(nf.uffd, s, e) == -EINVAL)
+		uffd_for_each_vma(s, e, unregister_one, NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Registering what is mapped over a range                                   */
+/* ------------------------------------------------------------------------ */
+
+enum mstate {
+	M_OK,
+	M_GONE,
+	M_REFUSED,
+	M_BUSY,
+	M_SYSV
+};
+
+struct mvec {
+	struct uffd_map *m;
+	unsigned char *st;
+	size_t n, cap;
+	int err;
+};
+
+static int collect(const struct uffd_map *m, void *arg)
+{
+	struct mvec *v = arg;
+
+	if (v->n == v->cap) {
+		size_t cap = v->cap * 2 + 8;
+		struct uffd_map *nm = realloc(v->m, cap * sizeof(*nm));
+
+		if (!nm)
+			return -ENOMEM;
+		v->m = nm;
+		v->cap = cap;
+	}
+	v->m[v->n++] = *m;
+	return 0;
+}
+
+/* Register one whole mapping; returns its state or a fatal -errno. */
+static int reg_map(const struct uffd_map *m)
+{
+	int r;
+
+	if (m->sysv)
+		return M_SYSV;
+	r = reg(m->start, m->end);
+	if (r == -EINVAL) {
+		/* Gone since we read the maps, or refused. If it is still
+		 * all mapped, a second refusal means refused. */
+		if (!uffd_fully_mapped(m->start, m->end))
+			return M_GONE;
+		r = reg(m->start, m->end);
+		if (r == -EINVAL)
+			return M_REFUSED;
+	}
+	if (r == -EPERM) {
+		/* A MAP_SHARED file opened read-only, or a filter denying
+		 * registration altogether (seccomp): tell them apart. */
+		if (uffd_register_probe(nf.uffd) == -EPERM)
+			return -EPERM;
+		return M_REFUSED;
+	}
+	if (r == -EBUSY)
+		return M_BUSY;
+	if (r)
+		return -ENOMEM;
+	return M_OK;
+}
+
+/* Is [s, e) inside one of the records overlapping it? */
+static bool in_old_dom(uint64_t s, uint64_t e)
+{
+	struct nf_dom *d = dom_first(s, e);
+
+	return d && dom_start(d) <= s && dom_end(d) >= e;
+}
+
+/* Undo the registrations of a failed call: mappings that no record held. */
+static void rollback(const struct mvec *v)
+{
+	size_t i;
+
+	for (i = 0; i < v->n; i++)
+		if (v->st[i] == M_OK && !in_old_dom(v->m[i].start, v->m[i].end))
+			unreg(v->m[i].start, v->m[i].end);
+}
+
+static int piece_cmp(const void *a, const void *b)
+{
+	const struct nf_piece *x = a, *y = b;
+
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sort and merge overlapping or adjacent pieces in place. */
+static size_t pieces_norm(struct nf_piece *p, size_t n)
+{
+	size_t i, j = 0;
+
+	if (!n)
+		return 0;
+	qsort(p, n, sizeof(*p), piece_cmp);
+	for (i = 1; i < n; i++) {
+		if (p[i].start <= p[j].end) {
+			if (p[i].end > p[j].end)
+				p[j].end = p[i].end;
+		} else {
+			p[++j] = p[i];
+		}
+	}
+	return j + 1;
+}
+
+/*
+ * Make sure the mappings overlapping [s, e) are registered (whole), and
+ * make [s, e) part of one record: merged with the records it or its
+ * mappings overlap, pieces updated. @refused_err: what a mapping the kernel
+ * refuses means (0 for watch, -EOPNOTSUPP for prepare). On success *@out is
+ * the record. On error nothing new stays registered and the records are
+ * unchanged.
+ */
+static int settle(uint64_t s, uint64_t e, int refused_err, struct nf_dom **out)
+{
+	struct mvec v = { 0 };
+	struct nf_dom *d, *nd;
+	struct nf_piece *pc = NULL;
+	uint64_t lo = s, hi = e;
+	size_t i, npc = 0, cap;
+	bool sysv = false;
+	int r;
+
+	NF_ASSERT_HELD(&nf.watch_lock);
+	if (!nf_uffd_ok())
+		return -EBADF;
+	r = uffd_for_each_map(s, e, collect, &v);
+	if (r) {
+		r = r == -ENOMEM ? r : -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < v.n; i++)
+		sysv |= v.m[i].sysv;
+	if (sysv) {
+		/* shmdt() sends no event: refused, nothing registered */
+		r = -EOPNOTSUPP;
+		goto out;
+	}
+	v.st = calloc(v.n + 1, 1);
+	if (!v.st) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (v.n) {
+		if (v.m[0].start < lo)
+			lo = v.m[0].start;
+		if (v.m[v.n - 1].end > hi)
+			hi = v.m[v.n - 1].end;
+		/* One call for all when nothing is refused. */
+		r = reg(v.m[0].start, v.m[v.n - 1].end);
+		if (r == 0) {
+			memset(v.st, M_OK, v.n);
+		} else if (r == -EINVAL || r == -EPERM || r == -EBUSY) {
+			for (i = 0; i < v.n; i++) {
+				r = reg_map(&v.m[i]);
+				if (r < 0) {
+					rollback(&v);
+					goto out;
+				}
+				v.st[i] = (unsigned char)r;
+				if (r == M_BUSY ||
+				    (r == M_REFUSED && refused_err)) {
+					rollback(&v);
+					r = r == M_BUSY ? -EBUSY : refused_err;
+					goto out;
+				}
+			}
+		} else {
+			for (i = 0; i < v.n; i++) /* partly done: undo all */
+				v.st[i] = M_OK;
+			rollback(&v);
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+
+	/* The record: [lo, hi) merged with every record it overlaps. */
+	cap = v.n;
+	for (d = dom_first(lo, hi); d; d = dom_next(d, lo, hi))
+		cap += d->npieces;
+	for (d = dom_first(lo, hi); d; d = dom_next(d, lo, hi)) {
+		if (dom_start(d) < lo)
+			lo = dom_start(d);
+		if (dom_end(d) > hi)
+			hi = dom_end(d);
+	}
+	pc = malloc((cap + 1) * sizeof(*pc));
+	nd = calloc(1, sizeof(*nd));
+	if (!pc || !nd) {
+		free(nd);
+		rollback(&v);
+		r = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < v.n; i++)
+		if (v.st[i] == M_OK)
+			pc[npc++] =
+				(struct nf_piece){ v.m[i].start, v.m[i].end };
+	/* Take over the records merged: their counts and pieces. */
+	while ((d = dom_first(lo, hi))) {
+		struct nf_pair *p, *q;
+
+		memcpy(pc + npc, d->pieces, d->npieces * sizeof(*pc));
+		npc += d->npieces;
+		nd->refs += d->refs;
+		for (p = d->pairs; p; p = q) {
+			struct nf_pair *x;
+
+			q = p->next;
+			for (x = nd->pairs; x && x->sub != p->sub; x = x->next)
+				;
+			if (x) {
+				x->n += p->n;
+				free(p);
+			} else {
+				p->next = nd->pairs;
+				nd->pairs = p;
+			}
+		}
+		itree_remove(&nf.doms, &d->node);
+		nf.ndoms--;
+		if (!d->whole)
+			nf.unverified--;
+		free(d->pieces);
+		free(d);
+	}
+	nd->node.start = lo;
+	nd->node.last = hi - 1;
+	nd->pieces = pc;
+	nd->cap = cap + 1;
+	nd->npieces = pieces_norm(pc, npc);
+	pc = NULL;
+	itree_insert(&nf.doms, &nd->node);
+	nf.ndoms++;
+	nd->whole = false;
+	nf.unverified++;
+	dom_recheck(nd);
+	*out = nd;
+	r = 0;
+out:
+	free(pc);
+	free(v.m);
+	free(v.st);
+	return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry points (from notifier.c, with the notifier running)                 */
+/* ------------------------------------------------------------------------ */
+
+static struct nf_pair **pair_of(struct nf_dom *d, struct unf_sub *sub)
+{
+	struct nf_pair **pp;
+
+	for (pp = &d->pairs; *pp && (*pp)->sub != sub; pp = &(*pp)->next)
+		;
+	return pp;
+}
+
+static void dom_free(struct nf_dom *d, bool unregister)
+{
+	struct nf_pair *p, *q;
+
+	itree_remove(&nf.doms, &d->node);
+	nf.ndoms--;
+	if (!d->whole)
+		nf.unverified--;
+	if (unregister)
+		unreg(dom_start(d), dom_end(d));
+	for (p = d->pairs; p; p = q) {
+		q = p->next;
+		free(p);
+	}
+	free(d->pieces);
+	free(d);
+}
+
+int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
+{
+	struct nf_pair **pp, *np = NULL;
+	struct nf_dom *d;
+	uint64_t e;
+	int r = 0;
+
+	nf_lock(&nf.watch_lock);
+	if (atomic_load(&nf.broken)) {
+		r = atomic_load(&nf.broken);
+		goto out;
+	}
+	e = sync_log();
+	d = dom_first(start, end);
+	if (!d || dom_start(d) > start || dom_end(d) < end ||
+	    !pieces_cover(d, start, end)) {
+		r = settle(start, end, 0, &d);
+		if (r)
+			goto out;
+	}
+	pp = pair_of(d, sub);
+	if (!*pp) {
+		np = calloc(1, sizeof(*np));
+		if (!np) {
+			/* A record made for this call alone goes again. */
+			if (!d->refs)
+				dom_free(d, true);
+			r = -ENOMEM;
+			goto out;
+		}
+		np->sub = sub;
+		*pp = np;
+	}
+	(*pp)->n++;
+	d->refs++;
+	update_all_ok(e);
+out:
+	nf_unlock(&nf.watch_lock);
+	return r;
+}
+
+void nf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end)
+{
+	struct nf_pair **pp, *p;
+	struct nf_dom *d;
+
+	nf_lock(&nf.watch_lock);
+	d = dom_first(start, end);
+	if (!d || dom_start(d) > start || dom_end(d) < end)
+		goto out; /* never watched: nothing to do */
+	pp = pair_of(d, sub);
+	if (!*pp)
+		goto out;
+	p = *pp;
+	if (--p->n == 0) {
+		*pp = p->next;
+		free(p);
+	}
+	if (--d->refs == 0)
+		dom_free(d, true);
+out:
+	nf_unlock(&nf.watch_lock);
+}
+
+int nf_prepare_slow(uint64_t start, uint64_t end)
+{
+	struct nf_dom *d, *last;
+	uint64_t e, s, en;
+	int r = 0;
+
+	nf_lock(&nf.watch_lock);
+	if (atomic_load(&nf.broken)) {
+		r = atomic_load(&nf.broken);
+		goto out;
+	}
+	e = sync_log();
+	d = dom_first(start, end);
+	if (!d)
+		goto done; /* not watched */
+	if (dom_start(d) <= start && dom_end(d) >= end &&
+	    pieces_cover(d, start, end))
+		goto done; /* nothing changed here */
+	for (last = d; dom_next(last, start, end);)
+		last = dom_next(last, start, end);
+	s = start > dom_start(d) ? start : dom_start(d);
+	en = end < dom_end(last) ? end : dom_end(last);
+	nf_stat_inc(&nf.st.slow_prepares);
+	r = settle(s, en, -EOPNOTSUPP, &d);
+	if (r)
+		goto out;
+done:
+	update_all_ok(e);
+out:
+	nf_unlock(&nf.watch_lock);
+	return r;
+}
+
+void nf_drop_sub(struct unf_sub *sub)
+{
+	struct nf_dom *d, *next;
+
+	nf_lock(&nf.watch_lock);
+	for (d = dom_first(0, UINT64_MAX); d; d = next) {
+		struct nf_pair **pp = pair_of(d, sub), *p = *pp;
+
+		next = dom_next(d, 0, UINT64_MAX);
+		if (!p)
+			continue;
+		*pp = p->next;
+		d->refs -= p->n;
+		free(p);
+		if (d->refs == 0)
+			dom_free(d, true);
+	}
+	nf_unlock(&nf.watch_lock);
+}
+
+void nf_drop_all(void)
+{
+	struct nf_dom *d;
+
+	nf_lock(&nf.watch_lock);
+	while ((d = dom_first(0, UINT64_MAX)))
+		dom_free(d, true);
+	atomic_store(&nf.all_ok, 0);
+	nf_unlock(&nf.watch_lock);
+}
+
+void nf_forget_all(void)
+{
+	/* A forked child: the records are the parent's; forget them (the
+	 * memory stays allocated: another thread may have been changing it
+	 * when the parent forked). */
+	itree_init(&nf.doms);
+	nf.ndoms = nf.unverified = 0;
+	atomic_store(&nf.all_ok, 0);
+}
