@@ -321,10 +321,23 @@ UODP_API int uodp_dev_open(const struct uodp_dev_attr *attr,
 	dev->page_shift = (unsigned)__builtin_ctzll(dev->page_size);
 	dev->pid = getpid();
 	dev->fork_gen = atomic_load(&dev_fork_gen);
-	dev->fast_copy = (attr->flags & UODP_DEV_FAST_COPY) && rcv_available();
+	atomic_init(&dev->fast_copy,
+		    (attr->flags & UODP_DEV_FAST_COPY) && rcv_available());
+	if (!atomic_load(&dev->fast_copy) && !dev_pvm_works()) {
+		/* A sandbox forbids process_vm_readv/writev (seccomp):
+		 * probed once here rather than failing every operation
+		 * with the sandbox's EPERM. The guarded copy does the same
+		 * job where it exists. */
+		if (!rcv_available()) {
+			free(dev);
+			return -ENOSYS;
+		}
+		atomic_store(&dev->fast_copy, true);
+	}
 	for (i = 0; i < ST_COUNT; i++)
 		atomic_init(&dev->stats[i], 0);
 	atomic_init(&dev->retiring, 0);
+	dev->free_top = UINT32_MAX; /* no free slot yet */
 	r = dev_locks_init(dev);
 	if (r)
 		goto err_free;

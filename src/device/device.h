@@ -61,8 +61,9 @@
 
 /*
  * A word per page: page-aligned virtual address | UODP_ACCESS_* bits;
- * 0 = not mapped. Two levels: a directory of leaf pointers, reserved with
- * mmap(MAP_NORESERVE) so it costs nothing until used, and leaves of 512
+ * 0 = not mapped. Two levels: a directory of leaf pointers (from the heap
+ * up to 1 GiB of region, else reserved with mmap(MAP_NORESERVE) so it
+ * costs nothing until used), and leaves of 512
  * words allocated on install and only freed with the table (clearing never
  * frees: the invalidate callback must not call free()).
  */
@@ -73,6 +74,7 @@
 struct dpt {
 	uint64_t **dir;
 	size_t dir_bytes;
+	bool dir_mapped; /* mmap()ed (large), else calloc()ed */
 	uint64_t npages;
 	uint64_t used;	 /* nonzero words */
 	uint64_t leaves; /* allocated leaves */
@@ -207,11 +209,16 @@ struct uodp_dev {
 	unsigned page_shift;
 	pid_t pid;
 	unsigned long fork_gen; /* dev_fork_gen at open */
-	bool fast_copy;		/* memcpy in a guarded window */
+	/* Copies use a guarded memcpy instead of process_vm_*: asked for
+	 * (UODP_DEV_FAST_COPY), or set when a sandbox forbids process_vm_*
+	 * (at open, or when an operation first meets the refusal). */
+	atomic_bool fast_copy;
 
 	pthread_rwlock_t mr_lock; /* see lock order */
 	struct dmr **keys;	  /* slot -> region */
 	uint8_t *gens;		  /* slot -> generation of its last key */
+	uint32_t *free_next;	  /* free slot -> the next free slot */
+	uint32_t free_top;	  /* first free slot, or UINT32_MAX */
 	uint32_t nslots, cap;
 	/* A deregistration waits on idle_cond (under idle_lock) until the
 	 * region's users are gone. `retiring` counts such waiters: mr_put()
@@ -285,13 +292,18 @@ int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
 
 /* recover.c: guarded instructions (see docs/DEVICE.md). */
 int rcv_init(void);
-/* memcpy within a guarded window over host range [lo, hi). Returns 0, or
- * -EFAULT with *@fault_va set to the faulting host address. */
+/* memcpy within a guarded window over host range [lo, hi) and the caller's
+ * buffer [lo2, hi2). Returns 0, or -EFAULT with *@fault_va set to the
+ * faulting address (in either range). Whatever the thread's signal mask
+ * (the window unblocks SIGSEGV/SIGBUS while it runs). */
 int rcv_copy(void *dst, const void *src, size_t n, uintptr_t lo, uintptr_t hi,
-	     uint64_t *fault_va);
+	     uintptr_t lo2, uintptr_t hi2, uint64_t *fault_va);
 int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old);
 int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old);
 bool rcv_available(void);
+
+/* dma.c: true unless a sandbox (seccomp) refuses process_vm_readv. */
+bool dev_pvm_works(void);
 
 /* dma.c: operations as resumable state machines, for sync and async. */
 struct fault_req {
@@ -335,8 +347,10 @@ int dop_run(struct uodp_dev *dev, struct dop *op, struct fault_req *fr);
 /* Resolve a miss reported by dop_run(); drops fr->sp. 0 or error. */
 int dop_fault(struct uodp_dev *dev, struct fault_req *fr);
 
-/* Test hooks (set only by tests): called by a fault between
- * uodp_umem_map() and the install, and right before it allocates memory
+/* Test hooks (set only by tests): called by a fault after
+ * uodp_umem_map_and_lock() returned (the region lock is held: the hook
+ * must not invalidate the region; the engine's own hook runs before its
+ * install with no lock held), and right before it allocates memory
  * (device page-table leaves; no device or engine lock is held there). */
 extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
 extern void (*dev_test_hook_alloc)(struct uodp_umem *umem);

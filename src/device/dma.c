@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "device/device.h"
 
@@ -37,24 +38,57 @@
 /* Moving bytes                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* process_vm_readv/writev refused by a sandbox (seccomp returns EPERM or
+ * ENOSYS for them; on our own pid nothing else can refuse them). */
+static bool pvm_forbidden(int err)
+{
+	return err == EPERM || err == ENOSYS;
+}
+
+bool dev_pvm_works(void)
+{
+	char a = 1, b = 0;
+	struct iovec local = { &b, 1 }, remote = { &a, 1 };
+
+	if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == 1)
+		return true;
+	return !pvm_forbidden(errno);
+}
+
 /*
  * Move @n bytes between host @va and local @buf. Returns 0, or an error
  * with *@moved the bytes known to be moved and *@fail_va the host address
- * that failed.
+ * that failed; *@local_bad when the caller's buffer is known to be the
+ * culprit (the guarded copy tells which side faulted; process_vm_* does
+ * not, race_verdict() finds out).
  */
 static int host_copy(struct uodp_dev *dev, bool to_host, uint64_t va, char *buf,
-		     uint64_t n, uint64_t *moved, uint64_t *fail_va)
+		     uint64_t n, uint64_t *moved, uint64_t *fail_va,
+		     bool *local_bad)
 {
 	struct iovec local = { buf, n }, remote = { (void *)va, n };
+	uintptr_t lb = (uintptr_t)buf;
+	uint64_t fa;
 	ssize_t r;
 
 	*moved = 0;
-	if (dev->fast_copy) {
+	*local_bad = false;
+	if (atomic_load_explicit(&dev->fast_copy, memory_order_relaxed)) {
 		if (to_host)
-			r = rcv_copy((void *)va, buf, n, va, va + n, fail_va);
+			r = rcv_copy((void *)va, buf, n, va, va + n, lb, lb + n,
+				     &fa);
 		else
-			r = rcv_copy(buf, (void *)va, n, va, va + n, fail_va);
-		return (int)r;
+			r = rcv_copy(buf, (void *)va, n, va, va + n, lb, lb + n,
+				     &fa);
+		if (!r)
+			return 0;
+		if (fa >= va && fa < va + n) {
+			*fail_va = fa;
+		} else {
+			*local_bad = true;
+			*fail_va = va + (fa - lb);
+		}
+		return -EFAULT;
 	}
 	if (to_host)
 		r = process_vm_writev(dev->pid, &local, 1, &remote, 1, 0);
@@ -68,41 +102,112 @@ static int host_copy(struct uodp_dev *dev, bool to_host, uint64_t va, char *buf,
 		return -EFAULT;
 	}
 	*fail_va = va;
-	return errno == EFAULT ? -EFAULT : -errno;
-}
-
-/* Why host memory at @va failed: -EFAULT when it is not mapped (or cannot
- * even be read), -EACCES when it is mapped but not accessible, 0 when a
- * read works now (so a write failed for want of write permission, or the
- * memory came back). */
-static int probe(struct uodp_dev *dev, uint64_t va)
-{
-	unsigned char vec;
-	char c;
-	struct iovec local = { &c, 1 }, remote = { (void *)va, 1 };
-	uint64_t page = va & ~(dev->page_size - 1);
-
-	if (process_vm_readv(dev->pid, &local, 1, &remote, 1, 0) == 1)
-		return 0;
-	if (mincore((void *)page, dev->page_size, &vec) && errno == ENOMEM)
+	if (errno == EFAULT)
 		return -EFAULT;
-	return -EACCES;
+	if (pvm_forbidden(errno)) {
+		/* A sandbox installed after uodp_dev_open() (it probed):
+		 * go on with the guarded copy where there is one. */
+		if (!rcv_available())
+			return -ENOSYS;
+		atomic_store(&dev->fast_copy, true);
+		return host_copy(dev, to_host, va, buf, n, moved, fail_va,
+				 local_bad);
+	}
+	return errno == ENOMEM ? -ENOMEM : -EFAULT;
 }
 
-/* After a failed copy at @fail_va: the error to complete with, or 0 to
- * try again. */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/*
+ * Why host memory at @va failed: fault its page in the way the device
+ * wanted to use it (what a fresh device fault does through the engine),
+ * so a stale entry fails with the error a fresh fault gives:
+ * -EFAULT when it is not mapped or a file page past the end of its file
+ * (SIGBUS), -EACCES when the process may not access it that way, 0 when
+ * it works now (the memory came back: try again).
+ */
+static int probe(struct uodp_dev *dev, uint64_t va, bool write)
+{
+	void *page = (void *)(uintptr_t)(va & ~(dev->page_size - 1));
+	unsigned char vec;
+	int tries = 0;
+
+	while (madvise(page, dev->page_size,
+		       write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ)) {
+		switch (errno) {
+		case EINTR:
+		case EAGAIN:
+			if (++tries < 100)
+				continue;
+			return -EFAULT;
+		case ENOMEM:
+			/* a hole, or mapped again since (then retry) */
+			if (mincore(page, dev->page_size, &vec) &&
+			    errno == ENOMEM)
+				return -EFAULT;
+			return 0;
+		case EINVAL: /* PROT_NONE, write to read-only, VM_IO */
+		case EPERM:
+			return -EACCES;
+		default: /* EFAULT (SIGBUS: past the end), EHWPOISON */
+			return -EFAULT;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Is the caller's buffer byte @b good for the copy (read from for a write
+ * to the host, written to for a read, with the host byte @h it should
+ * receive)? Asked only after the host byte was found accessible.
+ */
+static bool local_ok(struct uodp_dev *dev, bool to_host, char *b, char *h)
+{
+	struct iovec local = { b, 1 }, remote = { h, 1 };
+	uintptr_t lb = (uintptr_t)b;
+	uint64_t fa;
+	char c;
+
+	if (rcv_available()) {
+		if (to_host)
+			return !rcv_copy(&c, b, 1, 0, 0, lb, lb + 1, &fa);
+		return !rcv_copy(b, h, 1, (uintptr_t)h, (uintptr_t)h + 1, lb,
+				 lb + 1, &fa) ||
+		       fa != lb;
+	}
+	if (to_host) {
+		local.iov_base = &c;
+		remote.iov_base = b;
+	}
+	(void)dev;
+	return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == 1;
+}
+
+/*
+ * After a failed copy at host @fail_va (and caller's byte @lbuf, NULL for
+ * atomics): the error to complete with, or 0 to try again.
+ */
 static int race_verdict(struct uodp_dev *dev, struct dop *op, bool to_host,
-			uint64_t fail_va)
+			uint64_t fail_va, char *lbuf, bool local_bad)
 {
 	int r;
 
+	if (local_bad)
+		return -EFAULT; /* the caller's buffer */
 	dev_count(dev, ST_RACES, 1);
-	r = probe(dev, fail_va);
+	r = probe(dev, fail_va, to_host);
 	if (r)
 		return r;
+	if (lbuf && !local_ok(dev, to_host, lbuf, (char *)(uintptr_t)fail_va))
+		return -EFAULT; /* the caller's buffer */
 	if (++op->races < RACE_RETRIES)
 		return 0;
-	return to_host ? -EACCES : -EFAULT;
+	return -EFAULT;
 }
 
 static void window_lock(struct uodp_dev *dev, struct span *sp)
@@ -164,6 +269,7 @@ static int xfer(struct uodp_dev *dev, struct dop *op, struct dmr *mr,
 	uint64_t need = to_host ? UODP_ACCESS_WRITE : UODP_ACCESS_READ;
 	uint64_t cur, rem, lim, n, moved, fail_va;
 	struct span *sp;
+	bool local_bad;
 	int r;
 
 	while (*done < len) {
@@ -190,7 +296,7 @@ static int xfer(struct uodp_dev *dev, struct dop *op, struct dmr *mr,
 			return 1;
 		}
 		r = host_copy(dev, to_host, cur, buf + *done, n, &moved,
-			      &fail_va);
+			      &fail_va, &local_bad);
 		window_unlock(dev, sp);
 		mr_span_put(mr, sp);
 		*done += moved;
@@ -203,7 +309,8 @@ static int xfer(struct uodp_dev *dev, struct dop *op, struct dmr *mr,
 		}
 		if (r != -EFAULT)
 			return r;
-		r = race_verdict(dev, op, to_host, fail_va);
+		r = race_verdict(dev, op, to_host, fail_va,
+				 buf + (fail_va - va), local_bad);
 		if (r)
 			return r;
 	}
@@ -251,7 +358,7 @@ static int atomic_step(struct uodp_dev *dev, struct dop *op,
 			dev_count(dev, ST_BYTES_WRITTEN, sizeof(uint64_t));
 			return 0;
 		}
-		r = race_verdict(dev, op, true, op->va);
+		r = race_verdict(dev, op, true, op->va, NULL, false);
 		if (r)
 			return r;
 	}
@@ -273,9 +380,11 @@ static int prefetch_step(struct uodp_dev *dev, struct dop *op,
 		if (!sp)
 			return r;
 		lim = rem < sp->end - cur ? rem : sp->end - cur;
-		pthread_rwlock_rdlock(&sp->pt_lock);
+		/* The strict fence too: once munmap returned, a prefetch
+		 * must not report pages the monitor is invalidating. */
+		window_lock(dev, sp);
 		n = window_avail(dev, sp, cur, lim, need);
-		pthread_rwlock_unlock(&sp->pt_lock);
+		window_unlock(dev, sp);
 		if (!n) {
 			fr->mr = op->mr;
 			fr->sp = sp;

@@ -13,9 +13,10 @@
  * both of which an invalidation waits for, so it must not call malloc()
  * either (an allocator blocked on a userfaultfd event waits for the
  * monitor; see src/engine/table.c). dpt_set() therefore never allocates.
- * The directory is reserved with
- * mmap(MAP_NORESERVE): O(1) at registration whatever the region's size, and
- * backed only where leaves exist. [lo, hi) bounds the leaves ever
+ * The directory of a region up to 1 GiB (512 leaves, one 4 KiB page of
+ * pointers) comes from the heap, zeroed: no system call per registration.
+ * A larger one is reserved with mmap(MAP_NORESERVE): O(1) at registration
+ * whatever the region's size, and backed only where leaves exist. [lo, hi) bounds the leaves ever
  * allocated so that clearing a huge range scans only the used part.
  * Not thread safe: the span's pt_lock protects it.
  */
@@ -25,16 +26,31 @@
 
 #include "device/device.h"
 
+/* Directories up to this size come from calloc(): one page of pointers,
+ * which the allocator serves from its arenas (larger calloc()s are mmap()s
+ * anyway, and zeroing a large directory would cost O(size)). */
+#define DPT_DIR_HEAP_MAX 4096u
+
 int dpt_init(struct dpt *t, uint64_t npages)
 {
 	uint64_t nleaves = (npages + DPT_LEAF_SLOTS - 1) >> DPT_LEAF_SHIFT;
 	size_t bytes = (size_t)nleaves * sizeof(uint64_t *);
 	void *dir;
 
-	dir = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (dir == MAP_FAILED)
-		return -ENOMEM;
+	if (bytes <= DPT_DIR_HEAP_MAX) {
+		/* Most regions: the directory from the heap (no system
+		 * call per registration, issue 11). */
+		dir = calloc(1, bytes ? bytes : sizeof(uint64_t *));
+		if (!dir)
+			return -ENOMEM;
+		t->dir_mapped = false;
+	} else {
+		dir = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (dir == MAP_FAILED)
+			return -ENOMEM;
+		t->dir_mapped = true;
+	}
 	t->dir = dir;
 	t->dir_bytes = bytes;
 	t->npages = npages;
@@ -53,7 +69,10 @@ void dpt_destroy(struct dpt *t)
 		return;
 	for (i = t->lo; i < t->hi; i++)
 		free(t->dir[i]);
-	munmap(t->dir, t->dir_bytes);
+	if (t->dir_mapped)
+		munmap(t->dir, t->dir_bytes);
+	else
+		free(t->dir);
 	t->dir = NULL;
 }
 

@@ -8,7 +8,10 @@
  * PROT_NONE page in front of the miss must not fail an access that does
  * not touch it) and covers the larger of the operation's remaining bytes
  * and the fault-around size, capped at FAULT_MAX pages and at the span.
- * It is mapped with the access the faulting operation needs. Entries are
+ * It is mapped with the access the faulting operation needs; when the
+ * engine fails the window as a whole (a neighbour the kernel monitor
+ * refuses), the missing page is mapped alone, so that only the pages an
+ * access touches decide its result. Entries are
  * installed while uodp_umem_map_and_lock() holds the region lock for us
  * (no invalidation ran since the pages were made present), and only for pages the
  * engine holds with at least that access; pages the engine could not map
@@ -149,6 +152,17 @@ int dev_fault(struct uodp_dev *dev, struct span *sp, uint64_t va,
 			 * hole that was mapped again before it looked
 			 * (mincore): an address-space race, not a shortage.
 			 * A real shortage persists over the retries. */
+			dev_count(dev, ST_FAULT_RETRIES, 1);
+			continue;
+		}
+		if (n < 0 && n != -ENODEV && end - start > ps) {
+			/* The window is a guess; only the page the access
+			 * touches decides its result. A neighbour the
+			 * monitor refuses (-EOPNOTSUPP, -EBUSY) or that
+			 * changes under us must not fail it: map that page
+			 * alone (issue 12, finding 17). The access faults
+			 * again, page by page, if it reaches further. */
+			end = start + ps;
 			dev_count(dev, ST_FAULT_RETRIES, 1);
 			continue;
 		}

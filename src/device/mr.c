@@ -5,7 +5,17 @@
  *
  * A key is (slot + 1) << 8 | generation: the slot indexes dev->keys, the
  * generation (bumped when a slot is reused) makes a stale key fail with
- * -ENOENT instead of reaching the next region in its slot. A lookup takes
+ * -ENOENT instead of reaching the next region in its slot. A generation
+ * never wraps: a slot that issued its 255th key is retired when that key
+ * is deregistered (never reused), so no key value is ever issued twice by
+ * a device and a dead key stays dead (issue 12, finding 3). The price is
+ * a finite supply, (2^24 - 1) slots x 255 keys = ~4.3e9 registrations per
+ * device, after which registration fails with -ENOSPC; the table grows
+ * by one 13-byte slot per 255 registrations at worst.
+ *
+ * Registration and deregistration are O(1) in the number of keys (issue
+ * 11): free slots form a stack (dev->free_next), the most recently freed
+ * on top (its table line is likely cached); the table grows by doubling. A lookup takes
  * a reference (dmr->refs) under the key table's read lock; deregistration
  * removes the key under the write lock, so no new reference can be taken,
  * then waits for the references to drain before releasing engine regions.
@@ -25,7 +35,10 @@
 
 #include "device/device.h"
 
-#define KEY_SLOTS_MAX (1u << 24)
+/* Slot + 1 must fit the 24 bits above the generation: 2^24 - 1 slots. */
+#define KEY_SLOTS_MAX ((1u << 24) - 1)
+#define KEY_GEN_MAX 255u /* a slot retires after issuing this generation */
+#define SLOT_NONE UINT32_MAX
 /* Creating a child when this many exist first releases the idle ones. */
 #define IMPLICIT_AUTO_TRIM 16
 
@@ -134,39 +147,55 @@ static void dmr_free(struct uodp_dev *dev, struct dmr *mr)
 	free(mr);
 }
 
-/* Find a free slot (growing the table) and publish @mr there. */
+/* Grow the table to hold @cap slots; mr_lock held for writing. */
+static int key_grow(struct uodp_dev *dev, uint32_t cap)
+{
+	struct dmr **k;
+	uint32_t *f;
+	uint8_t *g;
+
+	/* Each array is replaced only once all three are allocated, so a
+	 * failure leaves the table as it was. */
+	k = realloc(dev->keys, (size_t)cap * sizeof(*k));
+	if (!k)
+		return -ENOMEM;
+	dev->keys = k;
+	g = realloc(dev->gens, cap);
+	if (!g)
+		return -ENOMEM;
+	dev->gens = g;
+	f = realloc(dev->free_next, (size_t)cap * sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	dev->free_next = f;
+	dev->cap = cap;
+	return 0;
+}
+
+/* Take a free slot (or a new one) and publish @mr there. O(1) amortised:
+ * the table doubles when full. */
 static int key_insert(struct uodp_dev *dev, struct dmr *mr)
 {
 	uint32_t slot, cap;
 	int r = 0;
 
 	pthread_rwlock_wrlock(&dev->mr_lock);
-	for (slot = 0; slot < dev->nslots; slot++)
-		if (!dev->keys[slot])
-			break;
-	if (slot == dev->nslots) {
+	if (dev->free_top != SLOT_NONE) {
+		slot = dev->free_top;
+		dev->free_top = dev->free_next[slot];
+	} else {
+		slot = dev->nslots;
 		if (slot == KEY_SLOTS_MAX) {
 			r = -ENOSPC;
 			goto out;
 		}
 		if (slot == dev->cap) {
-			struct dmr **k;
-			uint8_t *g;
-
 			cap = dev->cap ? dev->cap * 2 : 16;
-			k = realloc(dev->keys, cap * sizeof(*k));
-			if (!k) {
-				r = -ENOMEM;
+			if (cap > KEY_SLOTS_MAX)
+				cap = KEY_SLOTS_MAX;
+			r = key_grow(dev, cap);
+			if (r)
 				goto out;
-			}
-			dev->keys = k;
-			g = realloc(dev->gens, cap);
-			if (!g) {
-				r = -ENOMEM;
-				goto out;
-			}
-			dev->gens = g;
-			dev->cap = cap;
 		}
 		dev->keys[slot] = NULL;
 		dev->gens[slot] = 0;
@@ -178,6 +207,17 @@ static int key_insert(struct uodp_dev *dev, struct dmr *mr)
 out:
 	pthread_rwlock_unlock(&dev->mr_lock);
 	return r;
+}
+
+/* Give @slot back (mr_lock held for writing), unless it issued its last
+ * generation: then it is retired for good. */
+static void slot_free_locked(struct uodp_dev *dev, uint32_t slot)
+{
+	dev->keys[slot] = NULL;
+	if (dev->gens[slot] >= KEY_GEN_MAX)
+		return;
+	dev->free_next[slot] = dev->free_top;
+	dev->free_top = slot;
 }
 
 struct dmr *mr_get(struct uodp_dev *dev, uint32_t key)
@@ -325,7 +365,7 @@ static struct dmr *key_remove(struct uodp_dev *dev, uint32_t key)
 	if (slot < dev->nslots && dev->keys[slot] &&
 	    dev->keys[slot]->key == key) {
 		mr = dev->keys[slot];
-		dev->keys[slot] = NULL;
+		slot_free_locked(dev, slot);
 	}
 	pthread_rwlock_unlock(&dev->mr_lock);
 	return mr;
@@ -372,8 +412,11 @@ void mr_release_all(struct uodp_dev *dev)
 	}
 	free(dev->keys);
 	free(dev->gens);
+	free(dev->free_next);
 	dev->keys = NULL;
 	dev->gens = NULL;
+	dev->free_next = NULL;
+	dev->free_top = SLOT_NONE;
 	dev->nslots = dev->cap = 0;
 }
 

@@ -134,11 +134,18 @@ static uint64_t snapshot_span(struct uodp_dev *dev, struct dmr *mr,
 		return stop;
 	}
 	stop = end < sp->end ? end : sp->end;
+	/* Strict ordering: the fence, as an access takes it. Once munmap
+	 * has returned the monitor holds it until the invalidation is done,
+	 * so nothing of the unmapped range is visible (issue 12, 8). */
+	if (dev->flags & UODP_DEV_STRICT)
+		pthread_rwlock_rdlock(&dev->fence_lock);
 	pthread_rwlock_rdlock(&sp->pt_lock);
 	for (p = first, i = 0; p < stop; p += ps, i++)
 		states[i] = page_state(
 			dpt_get(&sp->dpt, (p - sp->start) >> dev->page_shift));
 	pthread_rwlock_unlock(&sp->pt_lock);
+	if (dev->flags & UODP_DEV_STRICT)
+		pthread_rwlock_unlock(&dev->fence_lock);
 	mr_span_put(mr, sp);
 	return stop;
 }

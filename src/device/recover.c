@@ -8,8 +8,9 @@
  * page between the device page-table check and the instruction (munmap's
  * userfaultfd event arrives only after the pages are gone; mprotect sends
  * none). So the instruction runs inside a window: a thread-local record
- * holds a sigsetjmp() point and the host range [lo, hi) the window may
- * touch. A process-wide SIGSEGV/SIGBUS handler, installed once, checks the
+ * holds a sigsetjmp() point and the ranges the window may touch: the
+ * host range [lo, hi) and, for a copy, the caller's buffer (a bad buffer
+ * is the caller's -EFAULT, not a crash: issue 12, finding 1). A process-wide SIGSEGV/SIGBUS handler, installed once, checks the
  * record of the faulting thread: a fault whose address is inside the armed
  * range of that thread's window jumps back (the access fails with -EFAULT);
  * any other fault goes to the handler that was installed before ours (or,
@@ -47,8 +48,13 @@
  * not available: atomics use the compiler's builtins unguarded, and the
  * fast copy is off.
  *
- * Cost (see docs/DEVICE.md): sigsetjmp without saving the mask plus two
- * thread-local stores, measured in the tens of nanoseconds.
+ * The window works whatever the thread's signal mask: it unblocks SIGSEGV
+ * and SIGBUS while it runs (see rcv_mask_enter()). A fault sent with
+ * kill() to a thread that ignores the signal (SIG_IGN) stays ignored.
+ *
+ * Cost (see docs/DEVICE.md): sigsetjmp without saving the mask, two
+ * thread-local stores and one rt_sigprocmask() (two when the caller had
+ * one of the signals blocked).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -67,7 +73,8 @@
 
 struct rcv_window {
 	sigjmp_buf jb;
-	uintptr_t lo, hi;
+	uintptr_t lo, hi;   /* host range */
+	uintptr_t lo2, hi2; /* copies: the caller's buffer (or empty) */
 	volatile sig_atomic_t armed;
 	volatile uintptr_t fault_addr;
 };
@@ -96,6 +103,7 @@ static RCV_TLS struct rcv_nest rcv_nesting[2];
 static struct rcv_prev rcv_prevs[2];
 static pthread_mutex_t rcv_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int rcv_status = -ENOTSUP;
+static void rcv_segvbus_init(void);
 
 /* Hand a fault that is not ours to the handler @level places below the
  * newest one we replaced, or to the default action. */
@@ -106,12 +114,21 @@ static void rcv_chain(int sig, siginfo_t *si, void *uc, int level)
 	const struct sigaction *old = i >= 0 ? &p->sa[i] : NULL;
 	struct sigaction dfl;
 
-	if (old && (old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
-		old->sa_sigaction(sig, si, uc);
-		return;
-	}
-	if (old && old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
-		old->sa_handler(sig);
+	/* sa_handler and sa_sigaction share storage: SIG_DFL and SIG_IGN
+	 * are recognised whatever SA_SIGINFO says, never called. */
+	if (old && old->sa_handler == SIG_IGN) {
+		/* The application ignores the signal. One sent with kill()
+		 * or raise() is dropped, as the kernel would drop it. A
+		 * fault the hardware raised cannot be ignored: the kernel
+		 * kills the process whatever the disposition, so it takes
+		 * the default action below, as it would without us. */
+		if (si->si_code <= 0)
+			return;
+	} else if (old && old->sa_handler != SIG_DFL) {
+		if (old->sa_flags & SA_SIGINFO)
+			old->sa_sigaction(sig, si, uc);
+		else
+			old->sa_handler(sig);
 		return;
 	}
 	/* Default action: restore it. A hardware fault re-executes the
@@ -134,11 +151,12 @@ static void rcv_handler(int sig, siginfo_t *si, void *uc)
 	uintptr_t here = (uintptr_t)&marker;
 	int level = 0;
 
-	if (w && w->armed && si->si_code > 0 && a >= w->lo && a < w->hi) {
+	if (w && w->armed && si->si_code > 0 &&
+	    ((a >= w->lo && a < w->hi) || (a >= w->lo2 && a < w->hi2))) {
 		w->armed = 0;
 		w->fault_addr = a;
-		/* The window's sigsetjmp() did not save the mask (a syscall
-		 * on every access); rcv_unblock() repairs it after the jump. */
+		/* The window's sigsetjmp() did not save the mask: the
+		 * window puts back the one it saved on entry. */
 		siglongjmp(w->jb, 1);
 	}
 	/* Called back, for the same delivery, by a handler we chained to? */
@@ -207,6 +225,7 @@ int rcv_init(void)
 	if (!RCV_GUARDED)
 		return -ENOTSUP;
 	pthread_mutex_lock(&rcv_lock);
+	rcv_segvbus_init();
 	r = rcv_install_one(SIGSEGV);
 	if (!r)
 		r = rcv_install_one(SIGBUS);
@@ -221,19 +240,40 @@ bool rcv_available(void)
 }
 
 /*
- * After a jump out of the handler: unblock the two signals. Ours asks for
- * SA_NODEFER, but a wrapper in front of it (ThreadSanitizer's) may run it
- * with the signal blocked, and a synchronous fault while it is blocked
- * kills the process. Only the error path pays for this syscall.
+ * The signal mask around a window. A synchronous fault on a thread that
+ * blocks SIGSEGV/SIGBUS is not delivered to any handler: the kernel resets
+ * the disposition to the default and kills the process. Threads often
+ * block every signal (the "block all in main, sigwait in one thread"
+ * design, inherited by every thread created later, the device's workers
+ * included), so each window unblocks the two signals for its duration and
+ * puts the caller's mask back after it. One rt_sigprocmask() per window
+ * when neither was blocked (the mask comes back with the unblock), two
+ * when one was. After a jump out of the handler the mask is whatever the
+ * delivery left (ours asks for SA_NODEFER, but a wrapper in front of it,
+ * ThreadSanitizer's, may run it with the signal blocked): the saved mask
+ * is set again in every case.
  */
-static __attribute__((unused)) void rcv_unblock(void)
-{
-	sigset_t set;
+static sigset_t rcv_segvbus;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGSEGV);
-	sigaddset(&set, SIGBUS);
-	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+static void rcv_segvbus_init(void)
+{
+	sigemptyset(&rcv_segvbus);
+	sigaddset(&rcv_segvbus, SIGSEGV);
+	sigaddset(&rcv_segvbus, SIGBUS);
+}
+
+/* Unblock; true when the caller's mask must be put back after. */
+static inline bool rcv_mask_enter(sigset_t *saved)
+{
+	if (pthread_sigmask(SIG_UNBLOCK, &rcv_segvbus, saved))
+		return false;
+	return sigismember(saved, SIGSEGV) || sigismember(saved, SIGBUS);
+}
+
+static inline void rcv_mask_leave(const sigset_t *saved, bool restore)
+{
+	if (restore)
+		pthread_sigmask(SIG_SETMASK, saved, NULL);
 }
 
 #if RCV_GUARDED
@@ -272,23 +312,36 @@ static __attribute__((noinline)) uint64_t rcv_cmpxchg(uint64_t *p, uint64_t cmp,
 #endif
 
 /*
- * Each guarded call: publish the window, take the jump point, arm, run the
- * instruction, disarm. Results travel through volatile locals (a value
- * changed between sigsetjmp and siglongjmp is otherwise indeterminate).
+ * Each guarded call: unblock the two signals, publish the window, take
+ * the jump point, arm, run the instruction, disarm, put the mask back.
+ * Results travel through volatile locals (a value changed between
+ * sigsetjmp and siglongjmp is otherwise indeterminate).
  */
+#if RCV_GUARDED
+#define RCV_ENTER(w, l1, h1, l2, h2, saved, restore)  \
+	do {                                          \
+		(w).lo = (l1);                        \
+		(w).hi = (h1);                        \
+		(w).lo2 = (l2);                       \
+		(w).hi2 = (h2);                       \
+		(w).armed = 0;                        \
+		(restore) = rcv_mask_enter(&(saved)); \
+		rcv_cur = &(w);                       \
+	} while (0)
+#endif
+
 int rcv_copy(void *dst, const void *src, size_t n, uintptr_t lo, uintptr_t hi,
-	     uint64_t *fault_va)
+	     uintptr_t lo2, uintptr_t hi2, uint64_t *fault_va)
 {
 #if RCV_GUARDED
 	struct rcv_window w;
+	sigset_t saved;
+	volatile bool restore;
 
-	w.lo = lo;
-	w.hi = hi;
-	w.armed = 0;
-	rcv_cur = &w;
+	RCV_ENTER(w, lo, hi, lo2, hi2, saved, restore);
 	if (sigsetjmp(w.jb, 0)) {
 		rcv_cur = NULL;
-		rcv_unblock();
+		pthread_sigmask(SIG_SETMASK, &saved, NULL);
 		*fault_va = w.fault_addr;
 		return -EFAULT;
 	}
@@ -298,13 +351,16 @@ int rcv_copy(void *dst, const void *src, size_t n, uintptr_t lo, uintptr_t hi,
 	atomic_signal_fence(memory_order_seq_cst);
 	w.armed = 0;
 	rcv_cur = NULL;
+	rcv_mask_leave(&saved, restore);
 	return 0;
 #else
 	(void)dst;
 	(void)src;
 	(void)n;
-	*fault_va = lo;
 	(void)hi;
+	(void)lo2;
+	(void)hi2;
+	*fault_va = lo;
 	return -ENOTSUP;
 #endif
 }
@@ -314,14 +370,14 @@ int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old)
 #if RCV_GUARDED
 	struct rcv_window w;
 	volatile uint64_t v = 0;
+	sigset_t saved;
+	volatile bool restore;
 
-	w.lo = (uintptr_t)p;
-	w.hi = (uintptr_t)p + sizeof(*p);
-	w.armed = 0;
-	rcv_cur = &w;
+	RCV_ENTER(w, (uintptr_t)p, (uintptr_t)p + sizeof(*p), 0, 0, saved,
+		  restore);
 	if (sigsetjmp(w.jb, 0)) {
 		rcv_cur = NULL;
-		rcv_unblock();
+		pthread_sigmask(SIG_SETMASK, &saved, NULL);
 		return -EFAULT;
 	}
 	w.armed = 1;
@@ -330,6 +386,7 @@ int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old)
 	atomic_signal_fence(memory_order_seq_cst);
 	w.armed = 0;
 	rcv_cur = NULL;
+	rcv_mask_leave(&saved, restore);
 	*old = v;
 	return 0;
 #else
@@ -343,14 +400,14 @@ int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old)
 #if RCV_GUARDED
 	struct rcv_window w;
 	volatile uint64_t v = 0;
+	sigset_t saved;
+	volatile bool restore;
 
-	w.lo = (uintptr_t)p;
-	w.hi = (uintptr_t)p + sizeof(*p);
-	w.armed = 0;
-	rcv_cur = &w;
+	RCV_ENTER(w, (uintptr_t)p, (uintptr_t)p + sizeof(*p), 0, 0, saved,
+		  restore);
 	if (sigsetjmp(w.jb, 0)) {
 		rcv_cur = NULL;
-		rcv_unblock();
+		pthread_sigmask(SIG_SETMASK, &saved, NULL);
 		return -EFAULT;
 	}
 	w.armed = 1;
@@ -359,6 +416,7 @@ int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old)
 	atomic_signal_fence(memory_order_seq_cst);
 	w.armed = 0;
 	rcv_cur = NULL;
+	rcv_mask_leave(&saved, restore);
 	*old = v;
 	return 0;
 #else
