@@ -181,6 +181,15 @@ static bool map_batched(struct uodp_umem *umem, void *va, uint64_t len,
 	return true;
 }
 
+/* Empty the region's dirty set (its leaves are freed with it). */
+static void drain_dirty(struct uodp_umem *um)
+{
+	void *pages[512];
+
+	while (uodp_umem_dirty_take(um, pages, 512) == 512)
+		;
+}
+
 static bool populate_batched(void *p, uint64_t len, uint64_t batch, int advice)
 {
 	uint64_t off, step;
@@ -392,7 +401,7 @@ static void suite_reg(const struct bench_opts *o)
 				"cap of this run";
 		} else {
 			/* Fewer repetitions for big sizes: they zero memory. */
-			uint64_t budget = o->quick ? 2 * GiB : 16 * GiB;
+			uint64_t budget = o->quick ? 1 * GiB : 16 * GiB;
 
 			breps = budget / sizes[i];
 			if (breps < 3)
@@ -517,13 +526,13 @@ static void map_throughput(const struct bench_opts *o)
 		return;
 	if (uodp_ctx_create(NULL, UODP_CTX_MANUAL, &pctx))
 		pctx = NULL;
-	bench_warmup(1 * GiB);
+	bench_warmup(o->quick ? 256 * MiB : 1 * GiB);
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		const struct map_case *c = &cases[i];
 		struct bench_row r =
 			bench_row("map", c->name, (double)c->batch, "ms");
 		struct uodp_ctx *use = c->pin ? pctx : ctx;
-		uint64_t len = c->len ? c->len : o->quick ? 512 * MiB : 1 * GiB;
+		uint64_t len = c->len ? c->len : o->quick ? 256 * MiB : 1 * GiB;
 		bool ok = true;
 
 		if (o->quick && !c->quick)
@@ -750,7 +759,7 @@ static void mem_pattern(struct uodp_ctx *ctx, char *p, uint64_t len,
 	uodp_umem_unmap(um, uodp_umem_start(um),
 			(size_t)((char *)uodp_umem_end(um) -
 				 (char *)uodp_umem_start(um)));
-	uodp_umem_dirty_take(um, NULL, 0);
+	drain_dirty(um);
 	uodp_umem_stats(um, &st, sizeof(st));
 	if (target) {
 		struct bench_row z = bench_row("mem", "table after unmap",
@@ -845,9 +854,9 @@ static void inval_size(const struct bench_opts *o, struct uodp_ctx *ctx,
 		       char *p, struct uodp_umem *um, uint64_t len,
 		       unsigned access, const char *name, bool target)
 {
-	unsigned reps = len >= GiB     ? (o->quick ? 5 : 15) :
-			len > 64 * KiB ? (o->quick ? 50 : 300) :
-					 (o->quick ? 1000 : 10000);
+	unsigned reps = len >= 256 * MiB ? (o->quick ? 5 : 15) :
+			len > 64 * KiB	 ? (o->quick ? 50 : 300) :
+					   (o->quick ? 1000 : 10000);
 	char *va = p;
 	uint64_t t0;
 	double *s = calloc(reps, sizeof(double));
@@ -906,7 +915,7 @@ static void inval_munmap(const struct bench_opts *o, uint64_t len,
 
 static void suite_inval(const struct bench_opts *o)
 {
-	uint64_t len = 1 * GiB, pg = page_size(), plen;
+	uint64_t len = o->quick ? 256 * MiB : 1 * GiB, pg = page_size(), plen;
 	struct uodp_ctx *ctx = manual_ctx(), *pctx = NULL;
 	struct uodp_umem *um = NULL;
 	char *p = fresh(len);
@@ -922,7 +931,7 @@ static void suite_inval(const struct bench_opts *o)
 	inval_size(o, ctx, p, um, 2 * MiB, RW, "invalidate write-mapped",
 		   false);
 	inval_size(o, ctx, p, um, len, RW, "invalidate write-mapped", true);
-	uodp_umem_dirty_take(um, NULL, 0);
+	drain_dirty(um);
 	inval_size(o, ctx, p, um, len, UODP_ACCESS_READ,
 		   "invalidate read-mapped", true);
 	uodp_umem_release(um);
