@@ -1,0 +1,697 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_engine_misuse.c - issue 8's misuse list, each shown to give its
+ * clear error instead of a hang, a crash or silent corruption:
+ *
+ *  - a destroyed context: faults fail -ENODEV at once, whatever the
+ *    timeout, and faults already waiting wake with it;
+ *  - an invalidation storm: map_and_lock gives -EBUSY after its timeout;
+ *    faults on the other half of the region go on (stripes, issue 11);
+ *  - mismatched end(): a token never started, a copied token, a second
+ *    end() are -EINVAL and leave another running invalidation's counts
+ *    alone (issue 12 finding 4's regression test);
+ *  - calls forbidden in a callback: -EDEADLK, state intact;
+ *  - the region lock's misuse: NULL, relock, unlock not held, retry and
+ *    entries without the lock;
+ *  - handles used after release/destroy: undefined, and a -DUODP_DEBUG=ON
+ *    build aborts with a message (death tests, skipped in other builds);
+ *    issue 12 finding 5.
+ *
+ * Time is measured only as a bound against hangs: nothing here asserts a
+ * duration tighter than 5 s, except that -EBUSY does not come before the
+ * timeout it reports.
+ */
+#include "helpers.h"
+
+#define NPAGES 64 /* one page per stripe */
+
+static size_t page;
+
+/* Why 5 s: "promptly" for a call that must not wait at all; any machine
+ * returns in microseconds, a hang never does. */
+#define PROMPT_MS 5000.0
+
+/* ------------------------------------------------------------------------ */
+/* Destroyed context                                                         */
+
+struct fault_arg {
+	struct uodp_umem *umem;
+	void *p;
+	size_t n;
+	unsigned timeout_ms;
+	double returned_ms; /* t_now_ms() when the call returned */
+};
+
+static int64_t fault_thread(void *arg)
+{
+	struct fault_arg *a = arg;
+	int64_t r = uodp_umem_map_and_lock(a->umem, a->p, a->n * page,
+					   UODP_ACCESS_READ, a->timeout_ms);
+
+	a->returned_ms = t_now_ms();
+	if (r > 0)
+		uodp_umem_unlock(a->umem);
+	return r;
+}
+
+static void test_destroyed_enodev(void **state)
+{
+	struct t_fx g;
+	struct fault_arg a;
+	struct t_thread t;
+	struct uodp_range r;
+	double t0;
+	int64_t seq;
+
+	(void)state;
+	t_fx_init(&g, 4, UODP_CTX_MANUAL);
+	assert_int_equal(t_fault(g.umem, g.buf, 4 * page, UODP_ACCESS_WRITE),
+			 4);
+	seq = uodp_umem_read_begin(g.umem);
+	/* A fault waiting without bound behind a running invalidation. */
+	a = (struct fault_arg){ g.umem, g.buf, 1, UODP_TIMEOUT_INFINITE, 0 };
+	t_start(g.ctx, &r, g.buf, 1);
+	t_thread_start(&t, fault_thread, &a);
+	t_let_block();
+	assert_int_equal(atomic_load(&t.done), 0);
+
+	t0 = t_now_ms();
+	assert_int_equal(uodp_ctx_destroy(g.ctx), 0);
+	assert_int_equal(t_thread_join(&t), -ENODEV);
+	assert_true(a.returned_ms - t0 < PROMPT_MS);
+
+	/* New calls: at once, whatever the timeout. */
+	t0 = t_now_ms();
+	assert_int_equal(uodp_umem_map_and_lock(g.umem, g.buf, page,
+						UODP_ACCESS_READ,
+						UODP_TIMEOUT_INFINITE),
+			 -ENODEV);
+	assert_int_equal(uodp_umem_map_and_lock(g.umem, g.buf, page,
+						UODP_ACCESS_READ, 0),
+			 -ENODEV);
+	assert_int_equal(uodp_umem_read_begin(g.umem), -ENODEV);
+	assert_int_equal(uodp_umem_map(g.umem, g.buf, page, UODP_ACCESS_READ,
+				       (uint64_t)seq),
+			 -ENODEV);
+	assert_true(t_now_ms() - t0 < PROMPT_MS);
+	assert_true(t_retry(g.umem, (uint64_t)seq));
+	/* The lock is not left held by a failed fault. */
+	assert_int_equal(uodp_umem_unlock(g.umem), -EPERM);
+	/* Everything was dropped (writable pages are dirty). */
+	assert_int_equal(t_count(g.umem, g.buf, 4), 0);
+	assert_int_equal(t_stats(g.umem).mapped_now, 0);
+	/* No new region on a dying context. */
+	{
+		struct uodp_umem *u = (struct uodp_umem *)(uintptr_t)8;
+
+		assert_int_equal(uodp_umem_get(g.ctx, g.buf, page,
+					       UODP_ACCESS_ALL, &u),
+				 -ENODEV);
+		assert_ptr_equal(u, (struct uodp_umem *)(uintptr_t)8);
+	}
+	/* A second destroy is refused. */
+	assert_int_equal(uodp_ctx_destroy(g.ctx), -EINVAL);
+	t_end(&r);
+	g.ctx = NULL; /* freed with its last region */
+	t_fx_fini(&g);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Invalidation storms                                                       */
+
+/*
+ * The storm thread keeps the pages under invalidation without a gap: two
+ * tokens overlap (start B, end A, start A, end B, ...), so some
+ * invalidation of [s, s + n) runs at every instant. A fault there can
+ * never complete: the deterministic form of a storm.
+ */
+struct storm {
+	struct uodp_ctx *ctx;
+	void *p;
+	size_t n;
+	atomic_int stop, started;
+	atomic_long rounds;
+};
+
+static void *storm_thread(void *arg)
+{
+	struct storm *s = arg;
+	struct uodp_range r[2];
+	int cur = 0;
+
+	uodp_range_init(&r[0], s->p, s->n * page, UODP_EVENT_MANUAL);
+	if (uodp_invalidate_range_start(s->ctx, &r[0]))
+		abort();
+	atomic_store(&s->started, 1);
+	while (!atomic_load(&s->stop)) {
+		int next = !cur;
+
+		uodp_range_init(&r[next], s->p, s->n * page, UODP_EVENT_MANUAL);
+		if (uodp_invalidate_range_start(s->ctx, &r[next]) ||
+		    uodp_invalidate_range_end(&r[cur]))
+			abort();
+		cur = next;
+		atomic_fetch_add(&s->rounds, 1);
+	}
+	if (uodp_invalidate_range_end(&r[cur]))
+		abort();
+	return NULL;
+}
+
+static void storm_begin(struct storm *s, pthread_t *t, struct uodp_ctx *ctx,
+			void *p, size_t n)
+{
+	s->ctx = ctx;
+	s->p = p;
+	s->n = n;
+	atomic_init(&s->stop, 0);
+	atomic_init(&s->started, 0);
+	atomic_init(&s->rounds, 0);
+	assert_int_equal(pthread_create(t, NULL, storm_thread, s), 0);
+	while (!atomic_load(&s->started))
+		sched_yield();
+}
+
+static void storm_stop(struct storm *s, pthread_t t)
+{
+	atomic_store(&s->stop, 1);
+	assert_int_equal(pthread_join(t, NULL), 0);
+}
+
+static void test_storm_ebusy(void **state)
+{
+	struct t_fx *f = *state;
+	struct storm s;
+	pthread_t t;
+	double t0, dt;
+
+	storm_begin(&s, &t, f->ctx, f->buf, 8);
+	for (int i = 0; i < 3; i++) {
+		t0 = t_now_ms();
+		assert_int_equal(uodp_umem_map_and_lock(f->umem, f->buf,
+							8 * page,
+							UODP_ACCESS_READ, 50),
+				 -EBUSY);
+		dt = t_now_ms() - t0;
+		/* Not before the timeout it reports, and not a hang. */
+		assert_true(dt >= 49.0);
+		assert_true(dt < PROMPT_MS);
+		/* timeout 0: one attempt, at once. */
+		assert_int_equal(uodp_umem_map_and_lock(f->umem,
+							t_pg(f->buf, 3), page,
+							UODP_ACCESS_READ, 0),
+				 -EBUSY);
+		assert_int_equal(uodp_umem_unlock(f->umem), -EPERM);
+	}
+	/* Faults on the other half of the region during the storm succeed
+	 * (issue 11: no starvation across stripes). Counted, not timed. */
+	long ok = 0;
+
+	for (int i = 0; i < 200; i++) {
+		int64_t r = t_fault(f->umem, t_pg(f->buf, 8 + (size_t)i % 56),
+				    page, UODP_ACCESS_READ);
+
+		if (r == 1)
+			ok++;
+		else
+			assert_int_equal(r, -EBUSY); /* (never expected) */
+	}
+	assert_true(ok > 0);
+	storm_stop(&s, t);
+	assert_true(atomic_load(&s.rounds) > 0);
+	assert_int_equal(t_count(f->umem, f->buf, 8), 0);
+	/* After the storm the pages fault again. */
+	assert_int_equal(t_fault(f->umem, f->buf, 8 * page, UODP_ACCESS_READ),
+			 8);
+	assert_true(uodp_ctx_sync(f->ctx));
+}
+
+/* A storm of one-shot invalidations (uodp_invalidate_range in a loop over
+ * the same pages) that collides with every attempt: the test hook runs
+ * one between every populate and install. -EBUSY after the timeout. */
+static struct uodp_ctx *collide_ctx;
+static void *collide_p;
+static atomic_long collisions;
+
+static void collide_hook(struct uodp_umem *umem)
+{
+	(void)umem;
+	uodp_invalidate_range(collide_ctx, collide_p, page, UODP_EVENT_MANUAL);
+	atomic_fetch_add(&collisions, 1);
+}
+
+static void test_collision_ebusy(void **state)
+{
+	struct t_fx *f = *state;
+	double t0, dt;
+
+	collide_ctx = f->ctx;
+	collide_p = t_pg(f->buf, 2);
+	atomic_store(&collisions, 0);
+	engine_test_hook_before_install = collide_hook;
+	t0 = t_now_ms();
+	assert_int_equal(uodp_umem_map_and_lock(f->umem, f->buf, 4 * page,
+						UODP_ACCESS_READ, 50),
+			 -EBUSY);
+	dt = t_now_ms() - t0;
+	engine_test_hook_before_install = NULL;
+	assert_true(dt >= 49.0 && dt < PROMPT_MS);
+	assert_true(atomic_load(&collisions) >= 1);
+	assert_int_equal(t_stats(f->umem).retries,
+			 (uint64_t)atomic_load(&collisions));
+	assert_int_equal(t_count(f->umem, f->buf, 4), 0);
+	assert_int_equal(uodp_umem_unlock(f->umem), -EPERM);
+	/* timeout 0 is one attempt: -EBUSY after exactly one collision. */
+	atomic_store(&collisions, 0);
+	engine_test_hook_before_install = collide_hook;
+	assert_int_equal(uodp_umem_map_and_lock(f->umem, f->buf, 4 * page,
+						UODP_ACCESS_READ, 0),
+			 -EBUSY);
+	engine_test_hook_before_install = NULL;
+	assert_int_equal(atomic_load(&collisions), 1);
+	/* The storm elsewhere in the region collides with nothing. */
+	collide_p = t_pg(f->buf, 40);
+	engine_test_hook_before_install = collide_hook;
+	assert_int_equal(uodp_umem_map_and_lock(f->umem, f->buf, 4 * page,
+						UODP_ACCESS_READ, 0),
+			 4);
+	engine_test_hook_before_install = NULL;
+	assert_int_equal(uodp_umem_unlock(f->umem), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Mismatched end()                                                          */
+
+/*
+ * Invalidation B runs over pages 0-3; a fault of page 1 waits for it. Each
+ * bad end() below must fail -EINVAL and leave B's counts alone: the fault
+ * still waits until B's own end(), then succeeds.
+ */
+static void check_b_unharmed(struct t_fx *f, struct uodp_range *b,
+			     struct t_thread *t)
+{
+	t_let_block();
+	assert_int_equal(atomic_load(&t->done), 0);
+	assert_int_equal(uodp_umem_map_and_lock(f->umem, t_pg(f->buf, 1), page,
+						UODP_ACCESS_READ, 0),
+			 -EBUSY);
+	assert_false(uodp_ctx_sync(f->ctx));
+	t_end(b);
+	assert_int_equal(t_thread_join(t), 1);
+	assert_true(uodp_ctx_sync(f->ctx));
+}
+
+static void test_end_never_started(void **state)
+{
+	struct t_fx *f = *state;
+	struct fault_arg a = { f->umem, t_pg(f->buf, 1), 1,
+			       UODP_TIMEOUT_INFINITE, 0 };
+	struct uodp_range b, bad;
+	struct t_thread t;
+
+	t_start(f->ctx, &b, f->buf, 4);
+	t_thread_start(&t, fault_thread, &a);
+	/* Same range as B, never started. */
+	uodp_range_init(&bad, f->buf, 4 * page, UODP_EVENT_MANUAL);
+	assert_int_equal(uodp_invalidate_range_end(&bad), -EINVAL);
+	/* Garbage in the reserved words. */
+	memset(bad.reserved, 0x5a, sizeof(bad.reserved));
+	assert_int_equal(uodp_invalidate_range_end(&bad), -EINVAL);
+	check_b_unharmed(f, &b, &t);
+}
+
+static void test_end_twice(void **state)
+{
+	struct t_fx *f = *state;
+	struct fault_arg a = { f->umem, t_pg(f->buf, 1), 1,
+			       UODP_TIMEOUT_INFINITE, 0 };
+	struct uodp_range b, x;
+	struct t_thread t;
+
+	t_start(f->ctx, &x, f->buf, 4); /* X: same pages, ended twice */
+	t_start(f->ctx, &b, f->buf, 4);
+	t_end(&x);
+	t_thread_start(&t, fault_thread, &a);
+	assert_int_equal(uodp_invalidate_range_end(&x), -EINVAL);
+	assert_int_equal(uodp_invalidate_range_end(&x), -EINVAL);
+	check_b_unharmed(f, &b, &t);
+}
+
+/* Copied tokens, run in a child: with the engine's token state only in
+ * the caller's struct a copy's end() would succeed, and in a debug build
+ * the count underflow aborts; either way the child reports it. The child
+ * makes its own context (the parent's answers -ECHILD there). */
+#define CHILD_CHECK(cond)                                                  \
+	do {                                                               \
+		if (!(cond)) {                                             \
+			fprintf(stderr, "line %d: %s\n", __LINE__, #cond); \
+			_exit(1);                                          \
+		}                                                          \
+	} while (0)
+
+/* A manual context and a 4-page region in a child, without cmocka. */
+static void child_fx(struct t_fx *f)
+{
+	f->npages = 4;
+	f->buf = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHILD_CHECK(f->buf != MAP_FAILED);
+	CHILD_CHECK(uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &f->ctx) ==
+		    0);
+	CHILD_CHECK(uodp_umem_get(f->ctx, f->buf, 4 * page, UODP_ACCESS_ALL,
+				  &f->umem) == 0);
+}
+
+static void copied_child(void *arg)
+{
+	struct t_fx fx, *f = &fx;
+	struct fault_arg a;
+	struct uodp_range b, x, copy_x, copy_b;
+	struct t_thread t;
+	int64_t r;
+
+	(void)arg;
+	child_fx(f);
+	a = (struct fault_arg){ f->umem, t_pg(f->buf, 1), 1,
+				UODP_TIMEOUT_INFINITE, 0 };
+	/* X over the same pages, copied, ended: the copy's end is -EINVAL. */
+	uodp_range_init(&x, f->buf, 4 * page, UODP_EVENT_MANUAL);
+	CHILD_CHECK(uodp_invalidate_range_start(f->ctx, &x) == 0);
+	uodp_range_init(&b, f->buf, 4 * page, UODP_EVENT_MANUAL);
+	CHILD_CHECK(uodp_invalidate_range_start(f->ctx, &b) == 0);
+	copy_x = x;
+	CHILD_CHECK(uodp_invalidate_range_end(&x) == 0);
+	t.fn = fault_thread;
+	t.arg = &a;
+	atomic_init(&t.done, 0);
+	CHILD_CHECK(pthread_create(&t.t, NULL, t_thread_main, &t) == 0);
+	CHILD_CHECK(uodp_invalidate_range_end(&copy_x) == -EINVAL);
+	/* A copy of the running B, ended: -EINVAL, B still runs. */
+	copy_b = b;
+	CHILD_CHECK(uodp_invalidate_range_end(&copy_b) == -EINVAL);
+	t_let_block();
+	CHILD_CHECK(atomic_load(&t.done) == 0);
+	r = uodp_umem_map_and_lock(f->umem, t_pg(f->buf, 1), page,
+				   UODP_ACCESS_READ, 0);
+	CHILD_CHECK(r == -EBUSY);
+	CHILD_CHECK(uodp_invalidate_range_end(&b) == 0);
+	CHILD_CHECK(pthread_join(t.t, NULL) == 0);
+	CHILD_CHECK(t.ret == 1);
+	CHILD_CHECK(uodp_ctx_sync(f->ctx));
+	/* And the region is not wedged. */
+	r = uodp_umem_map_and_lock(f->umem, f->buf, 4 * page, UODP_ACCESS_READ,
+				   1000);
+	CHILD_CHECK(r == 4);
+	CHILD_CHECK(uodp_umem_unlock(f->umem) == 0);
+	CHILD_CHECK(uodp_umem_release(f->umem) == 0);
+	CHILD_CHECK(uodp_ctx_destroy(f->ctx) == 0);
+}
+
+static void test_end_copied_token(void **state)
+{
+	char err[1024];
+	int st;
+
+	(void)state;
+	st = t_in_child(copied_child, NULL, err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail_msg("copied token (status %#x): %s", st, err);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Calls from a callback                                                     */
+
+static struct {
+	struct t_fx *f;
+	int get, release, destroy, create, begin, map, map_lock, inval, start,
+		lock, unlock, entries, unmap, stats, dirty;
+	uint64_t entry0;
+	int calls;
+} cb;
+
+static void forbidden_hook(struct uodp_umem *umem, const struct uodp_range *r)
+{
+	struct t_fx *f = cb.f;
+	struct uodp_umem *u = NULL;
+	struct uodp_ctx *c = NULL;
+	struct uodp_range tok;
+	struct uodp_umem_stats st;
+	void *pages[4];
+
+	(void)r;
+	if (umem != f->umem)
+		return;
+	cb.calls++;
+	/* Forbidden: could wait for this very invalidation. */
+	cb.get = uodp_umem_get(f->ctx, f->buf, page, UODP_ACCESS_ALL, &u);
+	cb.release = uodp_umem_release(umem);
+	cb.destroy = uodp_ctx_destroy(f->ctx);
+	cb.create = uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &c);
+	cb.begin = (int)uodp_umem_read_begin(umem);
+	cb.map = (int)uodp_umem_map(umem, f->buf, page, UODP_ACCESS_READ, 0);
+	cb.map_lock = (int)uodp_umem_map_and_lock(umem, f->buf, page,
+						  UODP_ACCESS_READ, 0);
+	cb.inval =
+		uodp_invalidate_range(f->ctx, f->buf, page, UODP_EVENT_MANUAL);
+	uodp_range_init(&tok, f->buf, page, UODP_EVENT_MANUAL);
+	cb.start = uodp_invalidate_range_start(f->ctx, &tok);
+	/* Allowed: the lock, entries, unmap, stats, dirty set. */
+	cb.lock = uodp_umem_lock(umem);
+	cb.entries = uodp_umem_entries_locked(umem, f->buf, 1, &cb.entry0);
+	cb.unlock = uodp_umem_unlock(umem);
+	cb.unmap = (int)uodp_umem_unmap(umem, t_pg(f->buf, 5), page);
+	cb.stats = uodp_umem_stats(umem, &st, sizeof(st));
+	cb.dirty = (int)uodp_umem_dirty_take(umem, pages, 4);
+	if (u || c)
+		abort(); /* nothing was created */
+}
+
+static void test_callback_forbidden(void **state)
+{
+	struct t_fx *f = *state;
+	struct uodp_umem_stats st;
+
+	memset(&cb, 0, sizeof(cb));
+	cb.f = f;
+	assert_int_equal(t_fault(f->umem, f->buf, 8 * page, UODP_ACCESS_READ),
+			 8);
+	t_rec.hook = forbidden_hook;
+	t_inval(f->ctx, f->buf, 2);
+	t_rec.hook = NULL;
+	assert_int_equal(cb.calls, 1);
+	assert_int_equal(cb.get, -EDEADLK);
+	assert_int_equal(cb.release, -EDEADLK);
+	assert_int_equal(cb.destroy, -EDEADLK);
+	assert_int_equal(cb.create, -EDEADLK);
+	assert_int_equal(cb.begin, -EDEADLK);
+	assert_int_equal(cb.map, -EDEADLK);
+	assert_int_equal(cb.map_lock, -EDEADLK);
+	assert_int_equal(cb.inval, -EDEADLK);
+	assert_int_equal(cb.start, -EDEADLK);
+	assert_int_equal(cb.lock, 0);
+	assert_int_equal(cb.entries, 0);
+	/* Entries are dropped after the callback: still there inside it. */
+	assert_int_equal(cb.entry0, t_want(f->buf, UODP_ACCESS_READ));
+	assert_int_equal(cb.unlock, 0);
+	assert_int_equal(cb.unmap, 1);
+	assert_int_equal(cb.stats, 0);
+	assert_int_equal(cb.dirty, 0);
+
+	/* State intact: the region, the context and the invalidation. */
+	assert_int_equal(t_rec_count(), 1);
+	st = t_stats(f->umem);
+	assert_int_equal(st.invalidations, 1);
+	assert_int_equal(st.pages_invalidated, 2);
+	assert_int_equal(st.mapped_now, 5);
+	assert_true(uodp_ctx_sync(f->ctx));
+	assert_int_equal(f->ctx->active, 0);
+	assert_int_equal(t_fault(f->umem, f->buf, 8 * page, UODP_ACCESS_READ),
+			 8);
+	t_inval(f->ctx, f->buf, 1); /* a callback without the hook */
+	assert_int_equal(t_rec_count(), 2);
+	/* Outside any callback these calls work again. */
+	assert_int_equal(t_fault(f->umem, f->buf, page, UODP_ACCESS_READ), 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The region lock                                                           */
+
+static int64_t unlock_other_thread(void *arg)
+{
+	return uodp_umem_unlock(arg);
+}
+
+static int64_t retry_other_thread(void *arg)
+{
+	struct uodp_umem *u = arg;
+	uint64_t e;
+
+	return uodp_umem_entries_locked(u, uodp_umem_start(u), 1, &e);
+}
+
+static void test_lock_misuse(void **state)
+{
+	struct t_fx *f = *state;
+	struct t_thread t;
+	uint64_t e;
+	int64_t seq = uodp_umem_read_begin(f->umem);
+
+	assert_int_equal(uodp_umem_lock(NULL), -EINVAL);
+	assert_int_equal(uodp_umem_unlock(NULL), -EINVAL);
+	assert_int_equal(uodp_umem_unlock(f->umem), -EPERM);
+	assert_int_equal(uodp_umem_entries_locked(f->umem, f->buf, 1, &e),
+			 -EPERM);
+	assert_int_equal(uodp_umem_lock(f->umem), 0);
+	assert_int_equal(uodp_umem_lock(f->umem), -EDEADLK);
+	/* Held by us: another thread may neither unlock nor read entries. */
+	t_thread_start(&t, unlock_other_thread, f->umem);
+	assert_int_equal(t_thread_join(&t), -EPERM);
+	t_thread_start(&t, retry_other_thread, f->umem);
+	assert_int_equal(t_thread_join(&t), -EPERM);
+	assert_false(uodp_umem_read_retry(f->umem, (uint64_t)seq));
+	assert_int_equal(uodp_umem_unlock(f->umem), 0);
+	assert_int_equal(uodp_umem_unlock(f->umem), -EPERM);
+#ifndef UODP_DEBUG
+	/* Release build: retry without the lock answers "retry". */
+	assert_true(uodp_umem_read_retry(f->umem, (uint64_t)seq));
+#endif
+	/* Still a working lock. */
+	assert_int_equal(t_fault(f->umem, f->buf, page, UODP_ACCESS_READ), 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The kernel monitor refused: documented errors, nothing changed            */
+
+static void test_monitor_refused(void **state)
+{
+	struct uodp_ctx *ctx = t_ctx(0);
+	struct uodp_umem *const sentinel = (struct uodp_umem *)(uintptr_t)8;
+	struct uodp_umem *u = sentinel;
+	char *buf = t_buf(2);
+	int r;
+
+	(void)state;
+	r = uodp_umem_get(ctx, buf, 2 * page, UODP_ACCESS_ALL, &u);
+	if (r == 0) {
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		t_unmap(buf, 2);
+		t_skip("the kernel monitor works here: nothing refused");
+	}
+	assert_true(r == -ENOSYS || r == -EPERM);
+	assert_ptr_equal(u, sentinel);
+	/* The context is unchanged: a second try says the same, and the
+	 * context is destroyed cleanly. */
+	assert_int_equal(uodp_umem_get(ctx, buf, page, UODP_ACCESS_READ, &u),
+			 r);
+	assert_true(uodp_ctx_sync(ctx));
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(buf, 2);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Death tests: handles used after release (debug builds)                    */
+
+#ifdef UODP_DEBUG
+static void expect_abort(void (*fn)(void *), void *arg, const char *what)
+{
+	char err[1024];
+	int st = t_in_child(fn, arg, err, sizeof(err));
+
+	(void)arg;
+	if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT)
+		fail_msg("%s: status %#x, want SIGABRT; stderr: %s", what, st,
+			 err);
+	if (!strstr(err, "uodp:"))
+		fail_msg("%s: no uodp message on stderr: %s", what, err);
+}
+
+static void retry_unlocked_child(void *arg)
+{
+	struct t_fx f;
+
+	(void)arg;
+	child_fx(&f);
+	uodp_umem_read_retry(f.umem, 0);
+	_exit(0); /* not reached in a debug build */
+}
+
+static void double_release_child(void *arg)
+{
+	struct t_fx f;
+
+	(void)arg;
+	child_fx(&f);
+	CHILD_CHECK(uodp_umem_release(f.umem) == 0);
+	uodp_umem_release(f.umem);
+	_exit(0);
+}
+
+static void released_fault_child(void *arg)
+{
+	struct t_fx f;
+
+	(void)arg;
+	child_fx(&f);
+	CHILD_CHECK(uodp_umem_release(f.umem) == 0);
+	uodp_umem_map_and_lock(f.umem, f.buf, page, UODP_ACCESS_READ, 0);
+	_exit(0);
+}
+
+static void destroyed_ctx_child(void *arg)
+{
+	struct t_fx f;
+	struct uodp_umem *u = NULL;
+
+	(void)arg;
+	child_fx(&f);
+	CHILD_CHECK(uodp_umem_release(f.umem) == 0);
+	CHILD_CHECK(uodp_ctx_destroy(f.ctx) == 0); /* freed (poisoned) */
+	uodp_umem_get(f.ctx, f.buf, page, UODP_ACCESS_ALL, &u);
+	_exit(0);
+}
+#endif
+
+static void test_death_read_retry_unlocked(void **state)
+{
+#ifdef UODP_DEBUG
+	expect_abort(retry_unlocked_child, *state, "read_retry without lock");
+#else
+	(void)state;
+	t_skip("death test: needs -DUODP_DEBUG=ON");
+#endif
+}
+
+static void test_death_double_release(void **state)
+{
+#ifdef UODP_DEBUG
+	expect_abort(double_release_child, *state, "double release");
+	expect_abort(released_fault_child, *state, "fault on released region");
+	expect_abort(destroyed_ctx_child, *state, "destroyed context used");
+#else
+	(void)state;
+	t_skip("death test: needs -DUODP_DEBUG=ON");
+#endif
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, t_fx_setup, t_fx_teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_destroyed_enodev),
+		T(test_storm_ebusy),
+		T(test_collision_ebusy),
+		T(test_end_never_started),
+		T(test_end_twice),
+		T(test_end_copied_token),
+		T(test_callback_forbidden),
+		T(test_lock_misuse),
+		cmocka_unit_test(test_monitor_refused),
+		T(test_death_read_retry_unlocked),
+		T(test_death_double_release),
+	};
+
+	page = t_page_size();
+	return t_run(tests, NULL, NULL);
+}

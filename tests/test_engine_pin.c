@@ -1,0 +1,316 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_engine_pin.c - pinning mode (UODP_CTX_PIN) as the kernel sees it:
+ * VmLck in /proc/self/status moves with mapped pages, overlapping regions
+ * share a page's lock, unmap / invalidation / release / destroy unlock,
+ * RLIMIT_MEMLOCK stops a fault with -ENOMEM after the pages it could pin,
+ * and an allocation failure leaves nothing locked.
+ *
+ * The sanitizers' runtimes turn mlock() into a no-op: there VmLck is not
+ * checked (everything else is), and the RLIMIT_MEMLOCK test skips.
+ */
+#include <linux/capability.h>
+#include <sys/resource.h>
+
+#include "helpers.h"
+#include "lib/pgtable.h" /* pgt_test_fail_alloc() */
+
+static size_t page;
+
+/* VmLck of this process, in kB (-1 if not found). */
+static long vmlck_kb(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmLck: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* Whether mlock() reaches the kernel here (not under the sanitizers). */
+static bool mlock_works(void)
+{
+	static int works = -1;
+	char *p;
+	long before;
+
+	if (works >= 0)
+		return works;
+	p = mmap(NULL, page, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(p != MAP_FAILED);
+	before = vmlck_kb();
+	works = mlock(p, page) == 0 && vmlck_kb() > before;
+	munlock(p, page);
+	munmap(p, page);
+	return works;
+}
+
+/* VmLck is @kb, where it can be observed. */
+#define assert_locked(kb)                                   \
+	do {                                                \
+		if (mlock_works())                          \
+			assert_int_equal(vmlck_kb(), (kb)); \
+	} while (0)
+
+/* A pinning context with no callback (optional with PIN). */
+static struct uodp_ctx *pin_ctx(void)
+{
+	static const struct uodp_ctx_ops ops = { .priv = (void *)1 };
+	struct uodp_ctx *ctx = NULL;
+
+	assert_int_equal(
+		uodp_ctx_create(&ops, UODP_CTX_MANUAL | UODP_CTX_PIN, &ctx), 0);
+	return ctx;
+}
+
+static void test_pinning(void **state)
+{
+	struct uodp_ctx *ctx = pin_ctx();
+	char *buf = t_buf(16);
+	struct uodp_umem *u = t_get(ctx, buf, 16 * page, UODP_ACCESS_ALL);
+	long kb = (long)(page / 1024), base = vmlck_kb();
+
+	(void)state;
+	assert_int_equal(t_fault(u, buf, 8 * page, UODP_ACCESS_WRITE), 8);
+	assert_locked(base + 8 * kb);
+	/* Mapping again locks nothing more. */
+	assert_int_equal(t_fault(u, buf, 8 * page, UODP_ACCESS_ALL), 8);
+	assert_locked(base + 8 * kb);
+	assert_int_equal(t_fault(u, t_pg(buf, 8), 4 * page, UODP_ACCESS_READ),
+			 4);
+	assert_locked(base + 12 * kb);
+	/* Unmap unlocks. */
+	assert_int_equal(uodp_umem_unmap(u, buf, 4 * page), 4);
+	assert_locked(base + 8 * kb);
+	/* So does a (manual) invalidation, with no callback to call. */
+	t_inval(ctx, t_pg(buf, 4), 2);
+	assert_locked(base + 6 * kb);
+	assert_int_equal(t_stats(u).pages_invalidated, 2);
+	/* A read entry upgraded to write stays locked once (if its frame
+	 * changes the engine drops and re-maps it). */
+	assert_int_equal(t_fault(u, t_pg(buf, 8), page, UODP_ACCESS_WRITE), 1);
+	assert_locked(base + 6 * kb);
+	/* Release unlocks the rest. */
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_locked(base);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(buf, 16);
+}
+
+/* With a callback: it is called as in any mode. */
+static void test_pinning_with_callback(void **state)
+{
+	struct uodp_ctx *ctx = t_ctx(UODP_CTX_MANUAL | UODP_CTX_PIN);
+	char *buf = t_buf(4);
+	struct uodp_umem *u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	long base = vmlck_kb();
+
+	(void)state;
+	t_rec_reset();
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
+	t_inval(ctx, buf, 4);
+	assert_int_equal(t_rec_count(), 1);
+	assert_locked(base);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(buf, 4);
+}
+
+/* Overlapping regions share the lock of a page: it goes with the last. */
+static void test_pinning_overlap(void **state)
+{
+	struct uodp_ctx *ctx = pin_ctx();
+	char *buf = t_buf(12);
+	struct uodp_umem *a = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
+	struct uodp_umem *c =
+		t_get(ctx, t_pg(buf, 4), 8 * page, UODP_ACCESS_ALL);
+	long kb = (long)(page / 1024), base = vmlck_kb();
+
+	(void)state;
+	assert_int_equal(t_fault(a, buf, 8 * page, UODP_ACCESS_WRITE), 8);
+	assert_int_equal(t_fault(c, t_pg(buf, 4), 8 * page, UODP_ACCESS_WRITE),
+			 8);
+	assert_locked(base + 12 * kb);
+	assert_int_equal(uodp_umem_unmap(a, NULL, SIZE_MAX), 8);
+	assert_locked(base + 8 * kb);
+	assert_int_equal(t_fault(a, t_pg(buf, 6), page, UODP_ACCESS_READ), 1);
+	assert_int_equal(uodp_umem_unmap(c, buf, 8 * page), 4);
+	assert_locked(base + 5 * kb); /* 6 (a), 8-11 (c) */
+	assert_int_equal(uodp_umem_release(c), 0);
+	assert_locked(base + kb);
+	assert_int_equal(uodp_umem_release(a), 0);
+	assert_locked(base);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(buf, 12);
+}
+
+/* Out of memory for the pin counts: the page is not left locked. */
+static void test_pinning_enomem(void **state)
+{
+	struct uodp_ctx *ctx = pin_ctx();
+	char *buf = t_buf(4);
+	struct uodp_umem *u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	long base = vmlck_kb();
+
+	(void)state;
+	/* The first node of the pin counts (pins are taken before the
+	 * region's table is touched). */
+	pgt_test_fail_alloc(1);
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), -ENOMEM);
+	pgt_test_fail_alloc(0);
+	assert_locked(base);
+	assert_int_equal(t_entry(u, buf), 0);
+	assert_int_equal(t_stats(u).mapped_now, 0);
+	assert_int_equal(t_stats(u).table_bytes, 0);
+	/* The region's table fails after the pins were taken: given back. */
+	pgt_test_fail_alloc(2);
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), -ENOMEM);
+	pgt_test_fail_alloc(0);
+	assert_locked(base);
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_locked(base);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(buf, 4);
+}
+
+/* Destroy unlocks everything at once. */
+static void test_destroy_pinned(void **state)
+{
+	struct uodp_ctx *ctx = pin_ctx();
+	char *buf = t_buf(8);
+	struct uodp_umem *a = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
+	struct uodp_umem *c = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	long kb = (long)(page / 1024), base = vmlck_kb();
+
+	(void)state;
+	assert_int_equal(t_fault(a, buf, 8 * page, UODP_ACCESS_WRITE), 8);
+	assert_int_equal(t_fault(c, buf, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_locked(base + 8 * kb);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_locked(base);
+	assert_int_equal(t_fault(c, buf, page, UODP_ACCESS_WRITE), -ENODEV);
+	assert_locked(base);
+	assert_int_equal(uodp_umem_release(c), 0);
+	assert_int_equal(uodp_umem_release(a), 0);
+	t_unmap(buf, 8);
+}
+
+/* ---- RLIMIT_MEMLOCK, in a child (it drops a capability) ---- */
+
+#define CHILD_CHECK(cond)                                                  \
+	do {                                                               \
+		if (!(cond)) {                                             \
+			fprintf(stderr, "line %d: %s\n", __LINE__, #cond); \
+			_exit(1);                                          \
+		}                                                          \
+	} while (0)
+
+/* Drop CAP_IPC_LOCK (root ignores RLIMIT_MEMLOCK otherwise). */
+static bool drop_ipc_lock(void)
+{
+	struct __user_cap_header_struct h = {
+		.version = _LINUX_CAPABILITY_VERSION_3
+	};
+	struct __user_cap_data_struct d[2];
+
+	if (syscall(SYS_capget, &h, d))
+		return false;
+	d[CAP_IPC_LOCK / 32].effective &= ~(1u << (CAP_IPC_LOCK % 32));
+	d[CAP_IPC_LOCK / 32].permitted &= ~(1u << (CAP_IPC_LOCK % 32));
+	return syscall(SYS_capset, &h, d) == 0;
+}
+
+static int64_t fault_child(struct uodp_umem *u, void *p, size_t len,
+			   unsigned access)
+{
+	int64_t r = uodp_umem_map_and_lock(u, p, len, access, 1000);
+
+	if (r > 0 && uodp_umem_unlock(u))
+		_exit(4);
+	return r;
+}
+
+static void memlock_child(void *arg)
+{
+	const size_t limit_pages = 16;
+	static const struct uodp_ctx_ops ops = { 0 };
+	struct rlimit rl;
+	struct uodp_ctx *ctx = NULL;
+	struct uodp_umem *u = NULL;
+	long kb = (long)(page / 1024);
+	uint64_t e = 0;
+	char *buf;
+
+	(void)arg;
+	CHILD_CHECK(drop_ipc_lock());
+	/* Locks are not inherited: the child starts with none. */
+	CHILD_CHECK(vmlck_kb() == 0);
+	CHILD_CHECK(getrlimit(RLIMIT_MEMLOCK, &rl) == 0);
+	rl.rlim_cur = limit_pages * page;
+	CHILD_CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0);
+	buf = mmap(NULL, 32 * page, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHILD_CHECK(buf != MAP_FAILED);
+	CHILD_CHECK(uodp_ctx_create(&ops, UODP_CTX_MANUAL | UODP_CTX_PIN,
+				    &ctx) == 0);
+	CHILD_CHECK(uodp_umem_get(ctx, buf, 32 * page, UODP_ACCESS_ALL, &u) ==
+		    0);
+	/* The pages up to the limit, then -ENOMEM. */
+	CHILD_CHECK(fault_child(u, buf, 32 * page, UODP_ACCESS_WRITE) ==
+		    (int64_t)limit_pages);
+	CHILD_CHECK(vmlck_kb() == (long)limit_pages * kb);
+	CHILD_CHECK(fault_child(u, t_pg(buf, limit_pages), page,
+				UODP_ACCESS_WRITE) == -ENOMEM);
+	CHILD_CHECK(uodp_umem_lock(u) == 0);
+	CHILD_CHECK(uodp_umem_entries_locked(u, t_pg(buf, limit_pages), 1,
+					     &e) == 0 &&
+		    e == 0);
+	CHILD_CHECK(uodp_umem_entries_locked(u, t_pg(buf, limit_pages - 1), 1,
+					     &e) == 0 &&
+		    e == t_want(t_pg(buf, limit_pages - 1), UODP_ACCESS_WRITE));
+	CHILD_CHECK(uodp_umem_unlock(u) == 0);
+	/* Unmapping makes room again. */
+	CHILD_CHECK(uodp_umem_unmap(u, buf, 4 * page) == 4);
+	CHILD_CHECK(vmlck_kb() == (long)(limit_pages - 4) * kb);
+	CHILD_CHECK(fault_child(u, t_pg(buf, limit_pages), 8 * page,
+				UODP_ACCESS_READ) == 4);
+	CHILD_CHECK(uodp_umem_release(u) == 0);
+	CHILD_CHECK(vmlck_kb() == 0);
+	CHILD_CHECK(uodp_ctx_destroy(ctx) == 0);
+}
+
+static void test_pinning_memlock_limit(void **state)
+{
+	char err[512];
+	int st;
+
+	(void)state;
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	st = t_in_child(memlock_child, NULL, err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail_msg("child failed (status %#x): %s", st, err);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pinning),
+		cmocka_unit_test(test_pinning_with_callback),
+		cmocka_unit_test(test_pinning_overlap),
+		cmocka_unit_test(test_pinning_enomem),
+		cmocka_unit_test(test_destroy_pinned),
+		cmocka_unit_test(test_pinning_memlock_limit),
+	};
+
+	page = t_page_size();
+	return t_run(tests, NULL, NULL);
+}
