@@ -334,9 +334,15 @@ UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
 UODP_API int uodp_umem_entries_locked(struct uodp_umem *umem, const void *addr,
 				      size_t n, uint64_t *out);
 
-/* Entry bits: the access the page is mapped with (nonzero iff mapped). */
+/* Entry bits: the access the page is mapped with (nonzero iff mapped),
+ * and HUGE when the page is part of a 2 MiB huge page that the engine
+ * holds as one entry (THP or hugetlb memory, where the kernel reports it
+ * through PAGEMAP_SCAN, Linux 6.7+). An invalidation of any page of a huge
+ * entry drops the whole entry from the engine (the driver is told only of
+ * the pages that changed; the rest faults again on demand). */
 #define UODP_ENTRY_READ UODP_ACCESS_READ
 #define UODP_ENTRY_WRITE UODP_ACCESS_WRITE
+#define UODP_ENTRY_HUGE ((uint64_t)1 << 2)
 #define UODP_ENTRY_ACCESS_MASK ((uint64_t)UODP_ACCESS_ALL)
 #define UODP_ENTRY_ADDR_MASK (~(uint64_t)0xfff)
 
@@ -432,12 +438,14 @@ struct uodp_umem_stats {
 	uint64_t invalidations;	    /* invalidations that touched the region */
 	uint64_t pages_invalidated; /* entries dropped by them */
 	uint64_t retries;     /* attempts that collided with an invalidation */
-	uint64_t mapped_now;  /* entries currently mapped */
+	uint64_t mapped_now;  /* pages currently mapped (huge entries count
+			       * for all their pages) */
 	uint64_t table_bytes; /* memory of the translation table's live
 			       * nodes (emptied nodes are kept for reuse and
 			       * not counted until a fault or release frees
 			       * them; a dirty page keeps its leaf until
 			       * uodp_umem_dirty_take()) */
+	uint64_t huge_now;    /* huge entries currently mapped */
 };
 
 /*

@@ -175,10 +175,10 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	atomic_init(&ctx->users, 0);
 	pgt_init(&ctx->pins, UODP_VA_LIMIT >> ctx->page_shift);
 	ctx->pins.no_alloc = true; /* see table.c */
+	ctx_probe_pagemap(ctx);
 	if (flags & UODP_CTX_NO_FRAMES)
-		ctx->pagemap_fd = -1;
-	else
-		ctx_probe_pagemap(ctx);
+		ctx->pagemap_pfns = false;
+	ctx->scan_huge = huge_probe(ctx);
 	ctx->magic = UODP_CTX_MAGIC;
 	*out = ctx;
 	return 0;

@@ -193,10 +193,13 @@ static void install_locked(struct uodp_umem *umem, uint64_t idx, uint64_t n,
  */
 static int install_batch(struct uodp_umem *umem, const struct window *w,
 			 uint64_t idx, uint64_t n, const uint64_t *pfns,
-			 unsigned access, struct install *res)
+			 unsigned access, bool huge, struct install *res)
 {
 	void *dead;
 	int r = 0;
+
+	uint64_t va = umem->start + (idx << umem->ctx->page_shift);
+	int h;
 
 	ulock_lock(&umem->lock);
 	for (;;) {
@@ -208,6 +211,33 @@ static int install_batch(struct uodp_umem *umem, const struct window *w,
 		if (fault_retry_locked(umem, w->a, w->b, w->seq)) {
 			r = atomic_load(&umem->dying) ? -ENODEV : -EAGAIN;
 			break;
+		}
+		/* Batches never cross a 2 MiB boundary (map_window), so a
+		 * batch is covered by at most one huge entry. */
+		if (huge_covers_locked(umem, va, access)) {
+			res->done = n;
+			break;
+		}
+		if (huge) {
+			h = huge_install_locked(umem, va, pfns[0], access);
+			if (h == 1) {
+				res->done = n;
+				break;
+			}
+			if (h == HUGE_CHANGED) {
+				res->changed = idx;
+				break;
+			}
+			if (h == -EWOULDBLOCK) {
+				res->err = table_refill(
+					&umem->htable, &umem->lock,
+					(va >> HUGE_SHIFT) -
+						(umem->start >> HUGE_SHIFT));
+				if (res->err)
+					break;
+				continue;
+			}
+			huge = false; /* base pages there: use them */
 		}
 		install_locked(umem, idx, n, pfns, access, res);
 		if (res->err != -EWOULDBLOCK)
@@ -290,9 +320,13 @@ static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
 	for (va = first; va < end && !err; va += got * page) {
 		struct install res = { .changed = ~(uint64_t)0 };
 
+		/* Up to the next 2 MiB boundary: a batch is one huge page
+		 * at most (FAULT_BATCH pages of 4 KiB is 2 MiB). */
 		n = (end - va) / page;
 		if (n > FAULT_BATCH)
 			n = FAULT_BATCH;
+		if (n > (HUGE_SIZE - (va & (HUGE_SIZE - 1))) / page)
+			n = (HUGE_SIZE - (va & (HUGE_SIZE - 1))) / page;
 		got = populate(ctx, va, n, write, &err);
 		if (got && pin) {
 			/* Pins first: the pin table may need memory, which
@@ -308,7 +342,8 @@ static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
 			engine_test_hook_before_install(umem);
 
 		r = install_batch(umem, w, umem_page(umem, va), got, pfns,
-				  access, &res);
+				  access, !pin && huge_candidate(umem, va, got),
+				  &res);
 		if (pin)
 			unpin_rest(ctx, va, got, keep);
 		if (r)

@@ -105,6 +105,13 @@
  * pages (128 MiB) checks one or two stripes; one-page regions have one. */
 #define UMEM_MAX_STRIPES 64
 
+/* Huge entries (huge.c) cover one 2 MiB block: the PMD size of x86-64 and
+ * of arm64 with 4 KiB pages, the size THP and default hugetlb use. Larger
+ * hugetlb pages (1 GiB) are covered by several huge entries. */
+#define HUGE_SHIFT 21
+#define HUGE_SIZE ((uint64_t)1 << HUGE_SHIFT)
+#define HUGE_PAGES(ctx) (HUGE_SIZE >> (ctx)->page_shift)
+
 struct unf_sub;
 
 struct uodp_ctx {
@@ -113,7 +120,9 @@ struct uodp_ctx {
 	unsigned flags;
 	unsigned long fork_gen; /* engine_fork_generation at creation */
 	int pagemap_fd;		/* /proc/self/pagemap, -1 if unusable */
-	bool pagemap_pfns; /* pagemap shows frame numbers (CAP_SYS_ADMIN) */
+	bool pagemap_pfns;	/* pagemap shows frame numbers (CAP_SYS_ADMIN)
+			    * and UODP_CTX_NO_FRAMES is not set */
+	bool scan_huge;		/* PAGEMAP_SCAN reports huge pages (huge.c) */
 	unsigned page_shift;
 
 	pthread_mutex_t sub_lock; /* see LOCKS above */
@@ -175,6 +184,9 @@ struct uodp_umem {
 	pthread_cond_t idle;   /* broadcast when a stripe count drops to 0 or
 			      * the region dies */
 	struct pgt table;      /* page index -> word (see W_*) */
+	struct pgt htable;     /* 2 MiB block index -> huge word (huge.c) */
+	uint64_t hmapped;      /* mapped huge words; under lock */
+	uint64_t hdirty;       /* dirty unmapped huge words; under lock */
 	atomic_bool dying;     /* the context is gone: retry always true;
 			      * written under lock, read anywhere */
 	atomic_bool released;  /* uodp_umem_release() ran (memory may live
@@ -315,6 +327,17 @@ int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
  * drops one on each of @n pages (never fails, never allocates). */
 uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err);
 void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
+
+/* huge.c: see the comment at its top. */
+bool huge_probe(const struct uodp_ctx *ctx);
+bool huge_candidate(const struct uodp_umem *umem, uint64_t va, uint64_t n);
+uint64_t huge_word_locked(const struct uodp_umem *umem, uint64_t va);
+#define HUGE_CHANGED 2
+int huge_install_locked(struct uodp_umem *umem, uint64_t va, uint64_t pfn,
+			unsigned access);
+bool huge_covers_locked(struct uodp_umem *umem, uint64_t va, unsigned access);
+uint64_t huge_drop_locked(struct uodp_umem *umem, uint64_t s, uint64_t e);
+size_t huge_dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max);
 
 /* invalidate.c: a one-region invalidation (frame changed under an entry). */
 void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,

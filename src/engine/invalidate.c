@@ -60,6 +60,7 @@ uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 	if (arg.pin_len)
 		unpin_range(umem->ctx, arg.pin_start, arg.pin_len);
 	umem->mapped -= arg.dropped;
+	arg.dropped += huge_drop_locked(umem, start, end);
 	if (invalidation)
 		umem->stats.pages_invalidated += arg.dropped;
 	ulock_unlock(&umem->lock);

@@ -75,6 +75,9 @@ static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
 	atomic_init(&umem->released, false);
 	pgt_init(&umem->table, npages);
 	umem->table.no_alloc = true; /* see table.c */
+	pgt_init(&umem->htable,
+		 ((end - 1) >> HUGE_SHIFT) - (start >> HUGE_SHIFT) + 1);
+	umem->htable.no_alloc = true;
 	umem->magic = UODP_UMEM_MAGIC;
 	return umem;
 
@@ -94,6 +97,7 @@ static void umem_free(struct uodp_umem *umem)
 {
 	umem->magic = UODP_DEAD_MAGIC;
 	pgt_destroy(&umem->table);
+	pgt_destroy(&umem->htable);
 	pthread_cond_destroy(&umem->idle);
 	ulock_destroy(&umem->lock);
 	if (!UODP_DEBUG_ON)
@@ -197,6 +201,7 @@ err_unwatch:
 err_free:
 	umem->magic = 0;
 	pgt_destroy(&umem->table);
+	pgt_destroy(&umem->htable);
 	pthread_cond_destroy(&umem->idle);
 	ulock_destroy(&umem->lock);
 	free(umem);
@@ -334,6 +339,34 @@ static uint64_t word_entry(const struct uodp_umem *umem, uint64_t idx,
 		       0;
 }
 
+/* The word of page @idx: its base-page word, or for a page under a huge
+ * entry the huge word (*@huge set). Region lock held. */
+static uint64_t page_word(const struct uodp_umem *umem, uint64_t idx,
+			  bool *huge)
+{
+	uint64_t w = pgt_get(&umem->table, idx);
+
+	*huge = false;
+	if (!(w & W_ACCESS_MASK) && umem->hmapped) {
+		uint64_t hw = huge_word_locked(
+			umem, umem->start + (idx << umem->ctx->page_shift));
+
+		if (hw & W_ACCESS_MASK) {
+			*huge = true;
+			return hw;
+		}
+	}
+	return w;
+}
+
+static uint64_t page_entry(const struct uodp_umem *umem, uint64_t idx)
+{
+	bool huge;
+	uint64_t w = page_word(umem, idx, &huge), e = word_entry(umem, idx, w);
+
+	return e && huge ? e | UODP_ENTRY_HUGE : e;
+}
+
 UODP_API int uodp_umem_entries_locked(struct uodp_umem *umem, const void *addr,
 				      size_t n, uint64_t *out)
 {
@@ -350,17 +383,14 @@ UODP_API int uodp_umem_entries_locked(struct uodp_umem *umem, const void *addr,
 	if (!ulock_held(&umem->lock))
 		return -EPERM;
 	for (i = 0; i < n; i++)
-		out[i] = umem_watch_only(umem) ?
-				 0 :
-				 word_entry(umem, idx + i,
-					    pgt_get(&umem->table, idx + i));
+		out[i] = umem_watch_only(umem) ? 0 : page_entry(umem, idx + i);
 	return 0;
 }
 
 UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, const void *addr)
 {
-	uint64_t va = (uintptr_t)addr, w;
-	bool mine;
+	uint64_t va = (uintptr_t)addr, w, idx;
+	bool mine, huge;
 
 	if (!umem_valid(umem) || va < umem->start || va >= umem->end ||
 	    umem_watch_only(umem))
@@ -368,10 +398,15 @@ UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, const void *addr)
 	mine = ulock_held(&umem->lock);
 	if (!mine)
 		ulock_lock(&umem->lock);
-	w = pgt_get(&umem->table, umem_page(umem, va));
+	idx = umem_page(umem, va);
+	w = page_word(umem, idx, &huge);
 	if (!mine)
 		ulock_unlock(&umem->lock);
-	return (w & W_ACCESS_MASK) ? w >> W_PFN_SHIFT : 0;
+	if (!(w & W_ACCESS_MASK) || !(w >> W_PFN_SHIFT))
+		return 0;
+	/* Under a huge entry: the head frame plus the page's offset. */
+	return (w >> W_PFN_SHIFT) +
+	       (huge ? (va & (HUGE_SIZE - 1)) >> umem->ctx->page_shift : 0);
 }
 
 struct visit_arg {
@@ -412,8 +447,23 @@ UODP_API int64_t uodp_umem_for_each_entry(
 		end = umem->end;
 	if (start >= end || umem_watch_only(umem))
 		return 0;
-	pgt_for_each(&umem->table, umem_page(umem, start),
-		     umem_page(umem, end - 1) + 1, visit_word, &a);
+	if (!umem->hmapped) {
+		pgt_for_each(&umem->table, umem_page(umem, start),
+			     umem_page(umem, end - 1) + 1, visit_word, &a);
+		return a.visited;
+	}
+	/* Huge entries present: page by page in address order (a base-page
+	 * word and a live huge entry never cover the same page). */
+	for (uint64_t idx = umem_page(umem, start);
+	     idx <= umem_page(umem, end - 1); idx++) {
+		uint64_t e = page_entry(umem, idx);
+
+		if (!e)
+			continue;
+		a.visited++;
+		if (fn((void *)(uintptr_t)(e & UODP_ENTRY_ADDR_MASK), e, arg))
+			break;
+	}
 	return a.visited;
 }
 
@@ -453,7 +503,11 @@ UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, void **pages,
 	if (!max || umem_watch_only(umem))
 		return 0;
 	ulock_lock(&umem->lock);
-	pgt_for_each(&umem->table, 0, umem->table.nslots, take_dirty, &a);
+	if (umem->hdirty)
+		a.n = huge_dirty_take_locked(umem, pages, max);
+	else
+		pgt_for_each(&umem->table, 0, umem->table.nslots, take_dirty,
+			     &a);
 	dead = table_trim(&umem->table);
 	ulock_unlock(&umem->lock);
 	pgt_free_nodes(dead);
@@ -473,8 +527,9 @@ UODP_API int uodp_umem_stats(struct uodp_umem *umem,
 		return -EDEADLK;
 	ulock_lock(&umem->lock);
 	s = umem->stats;
-	s.mapped_now = umem->mapped;
-	s.table_bytes = umem->table.bytes;
+	s.mapped_now = umem->mapped + umem->hmapped * HUGE_PAGES(umem->ctx);
+	s.huge_now = umem->hmapped;
+	s.table_bytes = umem->table.bytes + umem->htable.bytes;
 	ulock_unlock(&umem->lock);
 	memcpy(out, &s, size < sizeof(s) ? size : sizeof(s));
 	return 0;
