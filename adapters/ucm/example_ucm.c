@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * example_ucm - UCX with UCM's hooks off and uodp feeding its memory
+ * events. Start the adapter before any UCX call that installs an event
+ * handler, watch the buffers you register, and UCX's caches see their
+ * unmapping - also by a raw system call, which UCM's hooks miss.
+ * Exit 77 when uodp's kernel monitor is unavailable.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <ucm/api/ucm.h>
+
+#include "uodp.h"
+#include "uodp_ucm.h"
+
+static volatile unsigned long events;
+
+static void on_unmapped(ucm_event_type_t type, ucm_event_t *ev, void *arg)
+{
+	(void)type;
+	(void)arg;
+	printf("UCX saw VM_UNMAPPED %p + %zu\n", ev->vm_unmapped.address,
+	       ev->vm_unmapped.size);
+	events++;
+}
+
+int main(void)
+{
+	size_t len = 1 << 20;
+	void *buf;
+	int r, i;
+
+	/* hooks off without touching the environment */
+	r = uodp_ucm_start(UODP_UCM_HOOKS_OFF);
+	if (r == -ENOSYS || r == -EPERM) {
+		printf("SKIP: uodp_ucm_start: %s\n", uodp_strerror(r));
+		return 77;
+	}
+	if (r) {
+		fprintf(stderr, "uodp_ucm_start: %s\n", uodp_strerror(r));
+		return 1;
+	}
+	/* what ucs_rcache_create() does inside UCX */
+	if (ucm_set_event_handler(UCM_EVENT_VM_UNMAPPED, 0, on_unmapped,
+				  NULL) != UCS_OK)
+		return 1;
+
+	buf = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED)
+		return 1;
+	memset(buf, 1, len);
+	uodp_ucm_watch(buf, len);      /* e.g. in your cache's mem_reg */
+	syscall(SYS_munmap, buf, len); /* no hook sees this one */
+	for (i = 0; i < 5000 && !events; i++)
+		usleep(1000);	    /* delivered on uodp's relay thread */
+	uodp_ucm_unwatch(buf, len); /* e.g. in mem_dereg */
+
+	ucm_unset_event_handler(UCM_EVENT_VM_UNMAPPED, on_unmapped, NULL);
+	uodp_ucm_stop();
+	return events ? 0 : 1;
+}
