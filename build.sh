@@ -5,6 +5,8 @@
 #   ./build.sh test     build into build/ and run the whole ctest suite
 #   ./build.sh asan     suite under ASan+UBSan      (build-asan/, Debug)
 #   ./build.sh tsan     suite under ThreadSanitizer (build-tsan/, Debug)
+#   ./build.sh debug    suite with -DUODP_DEBUG=ON: lock assertions and
+#                       handle checks (build-debug/, Debug)
 #   ./build.sh unpriv   suite as user nobody (root only; else as `test`)
 #   ./build.sh format   clang-format check of every *.c/*.h (no edits)
 #   ./build.sh format-fix  reformat those files in place (the lead's call)
@@ -48,6 +50,13 @@ DEPS=(
 	clang-format:clang-format
 	binutils:nm
 	util-linux:setpriv
+	# adapters/: libfabric's and UCX's memory-monitor hooks
+	libfabric-dev:/usr/include/rdma/fi_ext.h
+	libucx-dev:/usr/include/ucm/api/ucm.h
+	# model/: the Promela model of the retry protocol
+	spin:spin
+	# fuzz/: libFuzzer comes with clang
+	clang:clang
 )
 
 missing_deps() {
@@ -245,6 +254,17 @@ mode_asan() {
 	run_ctest "$dir" "$@"
 }
 
+# The suite with the debug invariants compiled in (uodp_assert, lock
+# owner checks, poisoned handles): a broken lock precondition aborts the
+# test that reached it instead of passing by luck.
+mode_debug() {
+	setup
+	local dir=${BUILD_DIR:-build-debug}
+	configure_build "$dir" -DCMAKE_BUILD_TYPE=Debug -DUODP_DEBUG=ON \
+		-DUODP_SANITIZE= -DUODP_BUILD_BENCH=OFF
+	run_ctest "$dir" "$@"
+}
+
 mode_tsan() {
 	setup
 	local dir=${BUILD_DIR:-build-tsan}
@@ -370,6 +390,7 @@ run) mode_run "$@" ;;
 test) mode_test "$@" ;;
 asan) mode_asan "$@" ;;
 tsan) mode_tsan "$@" ;;
+debug) mode_debug "$@" ;;
 unpriv) mode_unpriv "$@" ;;
 format) mode_format ;;
 format-fix) mode_format_fix ;;
