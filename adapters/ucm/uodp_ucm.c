@@ -231,14 +231,14 @@ UODP_UCM_API int uodp_ucm_start(unsigned flags)
 	pthread_rwlockattr_t ra;
 	int r;
 
-	if (flags & ~(UODP_UCM_HOOKS_OFF | UODP_UCM_WATCH_ALL))
+	if (flags & ~UODP_UCM_WATCH_ALL)
 		return -EINVAL;
 	pthread_mutex_lock(&g.lock);
 	if (atomic_load(&g.started)) {
 		r = -EALREADY;
 		goto out;
 	}
-	if (hooks_on() && !(flags & UODP_UCM_HOOKS_OFF)) {
+	if (hooks_on()) {
 		r = -EBUSY;
 		goto out;
 	}
@@ -271,11 +271,6 @@ UODP_UCM_API int uodp_ucm_start(unsigned flags)
 		&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 	pthread_rwlock_init(&g.lookup, &ra);
 	pthread_rwlockattr_destroy(&ra);
-	if (flags & UODP_UCM_HOOKS_OFF) {
-		ucm_global_opts.mmap_hook_mode = UCM_MMAP_HOOK_NONE;
-		ucm_global_opts.enable_malloc_hooks = 0;
-		ucm_global_opts.enable_malloc_reloc = 0;
-	}
 	ucm_set_external_event(UCM_EVENT_VM_UNMAPPED);
 	atomic_store(&g.started, true);
 	goto out;

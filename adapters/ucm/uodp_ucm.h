@@ -12,10 +12,9 @@
  * ucm_vm_munmap(). uodp_ucm_start() does that, with uodp's kernel monitor
  * as the source: every munmap, raw or not, of a watched range reaches UCX.
  *
- *     // before ucp_init() / ucs_rcache_create(), with UCM's hooks off:
- *     //   UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_MALLOC_HOOKS=no
- *     // (or pass UODP_UCM_HOOKS_OFF)
- *     uodp_ucm_start(0);
+ *     // UCM's hooks off in the environment of the process (UCX reads it
+ *     // when it loads): UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_MALLOC_HOOKS=no
+ *     uodp_ucm_start(0);            // before ucp_init() / ucs_rcache_create()
  *     ... the buffers you register: ...
  *     uodp_ucm_watch(buf, len);     // e.g. in your rcache's mem_reg
  *     uodp_ucm_unwatch(buf, len);   // in mem_dereg
@@ -56,12 +55,11 @@ extern "C" {
 
 struct uodp_ctx;
 
-/* uodp_ucm_start() flags */
-/* Turn UCM's mmap and malloc hooks off in ucm_global_opts instead of
- * requiring the environment to (effective only before UCM installs them:
- * call before ucp_init() and ucs_rcache_create()). */
-#define UODP_UCM_HOOKS_OFF (1u << 0)
-/* Watch every mapping of the address space that exists now. */
+/* uodp_ucm_start() flags. Watch every mapping of the address space that
+ * exists now (see "What to watch"). There is no flag to turn UCM's hooks
+ * off: UCX reads that setting from the environment when it loads, and
+ * changing ucm_global_opts afterwards makes UCM 1.13 recurse into its own
+ * mmap hook (measured: a stack overflow at the first mmap). */
 #define UODP_UCM_WATCH_ALL (1u << 1)
 
 /*
@@ -71,8 +69,9 @@ struct uodp_ctx;
  * Returns 0, or:
  *  -EINVAL   unknown @flags bits;
  *  -EALREADY started already;
- *  -EBUSY    UCM's hooks are enabled and UODP_UCM_HOOKS_OFF was not given
- *            (set UCX_MEM_MMAP_HOOK_MODE=none and UCX_MEM_MALLOC_HOOKS=no);
+ *  -EBUSY    UCM's hooks are enabled: set UCX_MEM_MMAP_HOOK_MODE=none and
+ *            UCX_MEM_MALLOC_HOOKS=no in the environment before UCX loads
+ *            (example_ucm re-executes itself with them);
  *  -ENOSYS / -EPERM  uodp's kernel monitor is unavailable / forbidden;
  *  -EOPNOTSUPP (UODP_UCM_WATCH_ALL) a mapping the kernel cannot report
  *            (SysV shared memory) is in the address space;

@@ -5,8 +5,7 @@
  * region, as a user who owns the cache would.
  *
  *   test_ucm_rcache [events|stale|all]   uodp feeds the cache (needs
- *       UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_MALLOC_HOOKS=no, or "--off"
- *       as the last argument to switch them off through the adapter)
+ *       UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_MALLOC_HOOKS=no)
  *   test_ucm_rcache hooks                no uodp: UCM's own hooks, to show
  *       what they miss (printed, not asserted)
  *
@@ -245,8 +244,16 @@ static bool one_event(ucs_rcache_t *rc, enum kind k, unsigned wait_ms,
 		d = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
 			 0);
 		CHECK(d != MAP_FAILED);
-		CHECK(mremap(a, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, d) ==
-		      d);
+		if (mremap(a, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, d) !=
+		    d) {
+			/* UCM 1.13 declares ucm_mremap() with four arguments and
+			 * drops MREMAP_FIXED's new address (measured) */
+			CHECK(!use_uodp);
+			munmap(a, len);
+			munmap(d, len);
+			*us = -1;
+			return true;
+		}
 		break;
 	case K_FIXED:
 		CHECK(mmap(a, len, PROT_READ | PROT_WRITE,
@@ -286,6 +293,12 @@ static void test_events(ucs_rcache_t *rc)
 		bool ok =
 			one_event(rc, (enum kind)k, use_uodp ? 5000 : 200, &us);
 
+		if (us < 0) {
+			printf("  %-26s n/a: mremap(MREMAP_FIXED) fails under "
+			       "UCM's hook\n",
+			       kind_name[k]);
+			continue;
+		}
 		printf("  %-26s %s", kind_name[k],
 		       ok ? "cache invalidated" : "MISSED: stale region");
 		if (ok)
@@ -362,7 +375,6 @@ static void test_stale(void)
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "all";
-	bool off = argc > 2 && !strcmp(argv[argc - 1], "--off");
 	struct uodp_ucm_stats st;
 	ucs_rcache_t *rc;
 	int r;
@@ -377,11 +389,11 @@ int main(int argc, char **argv)
 		ucs_rcache_destroy(rc);
 		return 0;
 	}
-	r = uodp_ucm_start(off ? UODP_UCM_HOOKS_OFF : 0);
+	r = uodp_ucm_start(0);
 	adp_skip_if_no_monitor(r, "uodp_ucm_start");
 	if (r == -EBUSY) {
 		fprintf(stderr, "UCM hooks are on: set UCX_MEM_MMAP_HOOK_MODE="
-				"none UCX_MEM_MALLOC_HOOKS=no or pass --off\n");
+				"none UCX_MEM_MALLOC_HOOKS=no\n");
 		return 1;
 	}
 	CHECK_EQ(r, 0);
