@@ -4,6 +4,14 @@
 # Fails unless every uodp_* function the shared library exports has a man
 # page SRCDIR/man/<name>.3. A page may be a .so link to another page; the
 # page it names must exist too. Prints what is missing.
+#
+# For the functions of the headers in CHECKED_HEADERS (include/uodp.h) it
+# also checks that the page (after .so links) has an ERRORS and a THREADS
+# AND CALLBACKS section, and that its ERRORS name exactly the errnos the
+# header's comment names for the functions the page documents: the
+# comment above a declaration (or a group of declarations), from its first
+# "Errors" on when it has one; "Errors as map_and_lock" brings in that
+# function's errnos.
 set -u
 
 if [ $# -ne 2 ]; then
@@ -48,4 +56,83 @@ for f in $funcs; do
 done
 
 echo "exported uodp_* functions: $checked, without a man page: $missing"
-[ "$missing" -eq 0 ]
+
+CHECKED_HEADERS=${CHECKED_HEADERS:-$srcdir/include/uodp.h}
+bad=0
+for h in $CHECKED_HEADERS; do
+	# "name errno errno ..." per declared function.
+	awk '
+	function toks(t,   out, rest) {
+		out = ""
+		rest = t
+		while (match(rest, /-E[A-Z0-9]+/)) {
+			out = out " " substr(rest, RSTART + 1, RLENGTH - 1)
+			rest = substr(rest, RSTART + RLENGTH)
+		}
+		return out
+	}
+	/\/\*/ { incom = 1; com = "" }
+	incom { com = com " " $0 }
+	incom && /\*\// { incom = 0; cur = com; next }
+	!incom && /UODP_API/ && /\(/ && !/^#/ {
+		line = $0
+		sub(/\(.*/, "", line)
+		n = split(line, w, /[^A-Za-z0-9_]+/)
+		name = w[n]
+		t = cur
+		if (match(t, /Errors/))
+			t = substr(t, RSTART)
+		ref = ""
+		if (t ~ /Errors as map_and_lock/)
+			ref = "uodp_umem_map_and_lock"
+		print name, ref "|" toks(t)
+	}' "$h"
+done >"${TMPDIR:-/tmp}/uodp-man-errs.$$"
+errs="${TMPDIR:-/tmp}/uodp-man-errs.$$"
+trap 'rm -f "$errs"' EXIT
+
+# page file of a function, after .so links
+page_of() {
+	p=$mandir/$1.3
+	t=$(sed -n '1s/^\.so[ 	]\{1,\}//p' "$p" 2>/dev/null)
+	[ -n "$t" ] && p=$mandir/${t##*/}
+	echo "$p"
+}
+# errnos of one function from the header (with its reference)
+header_errs() {
+	line=$(awk -v f="$1" '$1 == f' "$errs")
+	ref=${line#* }
+	ref=${ref%%|*}
+	list=${line#*|}
+	if [ -n "$ref" ]; then
+		r=$(awk -v f="$ref" '$1 == f' "$errs")
+		list="$list ${r#*|}"
+	fi
+	echo $list
+}
+
+pages=$(while read -r f rest; do page_of "$f"; done <"$errs" | sort -u)
+for p in $pages; do
+	name=${p##*/}
+	if [ ! -f "$p" ]; then
+		continue # reported above
+	fi
+	for sec in "ERRORS" "THREADS AND CALLBACKS"; do
+		if ! grep -q "^\.SH $sec\$" "$p"; then
+			echo "man/$name: no $sec section"
+			bad=$((bad + 1))
+		fi
+	done
+	want=$(while read -r f rest; do
+		[ "$(page_of "$f")" = "$p" ] && header_errs "$f"
+	done <"$errs" | tr ' ' '\n' | sed '/^$/d' | sort -u | tr '\n' ' ')
+	have=$(sed -n '/^\.SH ERRORS/,/^\.SH /p' "$p" | sed 's/\\-/-/g' |
+		grep -o -- '-E[A-Z0-9]*' | sed 's/^-//' | sort -u | tr '\n' ' ')
+	if [ "$want" != "$have" ]; then
+		echo "man/$name: ERRORS name [ $have] but the header says [ $want]"
+		bad=$((bad + 1))
+	fi
+done
+echo "pages checked against $CHECKED_HEADERS: $(echo "$pages" | wc -w)," \
+	"problems: $bad"
+[ "$missing" -eq 0 ] && [ "$bad" -eq 0 ]
