@@ -12,7 +12,8 @@
  * every access window that might use the entries (they hold it for
  * reading from the check to the end of the copy), so when the callback
  * returns no device access uses the invalidated pages. Strict ordering
- * adds a device-wide fence: fence() takes fence_lock for writing (new
+ * adds a device-wide fence: fence() raises a flag and waits for the access
+ * windows in progress to drain (new
  * access windows wait, running ones drain), unfence() releases it; both
  * run on the monitor thread and fence every device of the group.
  */
@@ -112,8 +113,66 @@ void dev_invalidate_range(struct uodp_umem *umem,
 	dev_count(dev, ST_PAGES_INVALIDATED, n);
 }
 
-/* Fence every device of the group: new access windows wait, running ones
- * drain. The group lock stays held until unfence(). */
+/*
+ * The strict fence of one device: a count of access windows in progress
+ * and a flag, not a lock held from fence() to unfence(). (A pthread lock
+ * held across the two callbacks is taken on the monitor thread under the
+ * notifier's own lock and released under it again: ThreadSanitizer calls
+ * that a lock-order inversion, and a driver's lock must not depend on how
+ * the notifier orders its own.) Dekker-style: a window counts itself in,
+ * then checks the flag; fence() sets the flag, then waits for the count to
+ * drain; sequentially consistent atomics make at least one of them see the
+ * other. The mutex and condition variable only carry the wakeups.
+ */
+void dev_window_fence_enter(struct uodp_dev *dev)
+{
+	for (;;) {
+		atomic_fetch_add(&dev->fence_active, 1);
+		if (!atomic_load(&dev->fenced))
+			return;
+		dev_window_fence_leave(dev); /* back out, then wait */
+		pthread_mutex_lock(&dev->fence_mu);
+		while (atomic_load(&dev->fenced))
+			pthread_cond_wait(&dev->fence_cv, &dev->fence_mu);
+		pthread_mutex_unlock(&dev->fence_mu);
+	}
+}
+
+void dev_window_fence_leave(struct uodp_dev *dev)
+{
+	if (atomic_fetch_sub(&dev->fence_active, 1) == 1 &&
+	    atomic_load(&dev->fenced)) {
+		pthread_mutex_lock(&dev->fence_mu);
+		pthread_cond_broadcast(&dev->fence_cv);
+		pthread_mutex_unlock(&dev->fence_mu);
+	}
+}
+
+/* Fence one device: new windows wait, running ones drain. */
+static void fence_one(struct uodp_dev *dev)
+{
+	pthread_mutex_lock(&dev->fence_mu);
+	atomic_fetch_add(&dev->fenced, 1);
+	while (atomic_load(&dev->fence_active))
+		pthread_cond_wait(&dev->fence_cv, &dev->fence_mu);
+	pthread_mutex_unlock(&dev->fence_mu);
+	dev_count(dev, ST_FENCES, 1);
+}
+
+static void unfence_one(struct uodp_dev *dev)
+{
+	pthread_mutex_lock(&dev->fence_mu);
+	atomic_fetch_sub(&dev->fenced, 1);
+	pthread_cond_broadcast(&dev->fence_cv);
+	pthread_mutex_unlock(&dev->fence_mu);
+}
+
+/*
+ * Fence every device of the group. The members fenced are marked, so that
+ * unfence() lifts exactly those (a device that joins in between was not
+ * fenced; one that leaves is closing and has no region left). No lock is
+ * held from fence() to unfence().
+ */
 static void dev_fence(struct uodp_ctx *ctx, void *priv)
 {
 	struct devgroup *g = priv;
@@ -122,9 +181,10 @@ static void dev_fence(struct uodp_ctx *ctx, void *priv)
 	(void)ctx;
 	pthread_mutex_lock(&g->lock);
 	for (dev = g->members; dev; dev = dev->gnext) {
-		pthread_rwlock_wrlock(&dev->fence_lock);
-		dev_count(dev, ST_FENCES, 1);
+		fence_one(dev);
+		dev->group_fenced++;
 	}
+	pthread_mutex_unlock(&g->lock);
 }
 
 static void dev_unfence(struct uodp_ctx *ctx, void *priv)
@@ -133,8 +193,13 @@ static void dev_unfence(struct uodp_ctx *ctx, void *priv)
 	struct uodp_dev *dev;
 
 	(void)ctx;
-	for (dev = g->members; dev; dev = dev->gnext)
-		pthread_rwlock_unlock(&dev->fence_lock);
+	pthread_mutex_lock(&g->lock);
+	for (dev = g->members; dev; dev = dev->gnext) {
+		if (dev->group_fenced) {
+			dev->group_fenced--;
+			unfence_one(dev);
+		}
+	}
 	pthread_mutex_unlock(&g->lock);
 }
 
@@ -243,16 +308,10 @@ static int attr_check(const struct uodp_dev_attr *a)
 
 static int dev_locks_init(struct uodp_dev *dev)
 {
-	pthread_rwlockattr_t a;
-	int r;
-
-	pthread_rwlockattr_init(&a);
-	pthread_rwlockattr_setkind_np(
-		&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	r = pthread_rwlock_init(&dev->fence_lock, &a);
-	pthread_rwlockattr_destroy(&a);
-	if (r)
+	if (pthread_mutex_init(&dev->fence_mu, NULL))
 		return -ENOMEM;
+	if (pthread_cond_init(&dev->fence_cv, NULL))
+		goto err_fence_mu;
 	if (pthread_rwlock_init(&dev->mr_lock, NULL))
 		goto err_fence;
 	if (pthread_mutex_init(&dev->idle_lock, NULL))
@@ -277,7 +336,9 @@ err_idle:
 err_mr:
 	pthread_rwlock_destroy(&dev->mr_lock);
 err_fence:
-	pthread_rwlock_destroy(&dev->fence_lock);
+	pthread_cond_destroy(&dev->fence_cv);
+err_fence_mu:
+	pthread_mutex_destroy(&dev->fence_mu);
 	return -ENOMEM;
 }
 
@@ -289,7 +350,8 @@ static void dev_locks_destroy(struct uodp_dev *dev)
 	pthread_cond_destroy(&dev->idle_cond);
 	pthread_mutex_destroy(&dev->idle_lock);
 	pthread_rwlock_destroy(&dev->mr_lock);
-	pthread_rwlock_destroy(&dev->fence_lock);
+	pthread_cond_destroy(&dev->fence_cv);
+	pthread_mutex_destroy(&dev->fence_mu);
 }
 
 UODP_API int uodp_dev_open(const struct uodp_dev_attr *attr,

@@ -17,8 +17,10 @@
  *                      reference on the dmr). Write: register/deregister.
  *   2. mr->kids_lock   (rwlock) implicit: the child array. Read: lookup and
  *                      reference of a child; write: creation and trim.
- *   3. dev->fence_lock (rwlock) strict ordering. Read: held by every device
- *                      access window; write: from fence() to unfence().
+ *   3. the strict fence (dev->fence_active/fenced, not a lock held across
+ *                      calls: dev.c) Every device access window counts
+ *                      itself in; fence() waits for the count to drain
+ *                      and makes new windows wait until unfence().
  *   4. umem lock       (engine, uodp_umem_lock) held by a fault while it
  *                      checks uodp_umem_retry() and installs entries.
  *   5. span->pt_lock   (rwlock, writer preferring) the device page table.
@@ -26,8 +28,8 @@
  *                      the data); write: install (under 4) and invalidate.
  * The invalidate_range callback takes only 5 (the engine holds its tree
  * read lock); it never allocates or frees memory (it may run on the
- * monitor thread). No device lock is held across uodp_umem_map() or
- * uodp_umem_wait() (an invalidation could be waiting for it), and neither
+ * monitor thread). No device lock is held across
+ * uodp_umem_map_and_lock() (an invalidation could be waiting for it), and neither
  * 3, 4 nor 5 (which the monitor thread may wait for) is ever held across
  * malloc/free, munmap/madvise/mremap or a wait for another thread: a
  * thread blocked in free() on a userfaultfd event keeps its arena locked
@@ -228,7 +230,14 @@ struct uodp_dev {
 	pthread_cond_t idle_cond;
 	atomic_long retiring;
 
-	pthread_rwlock_t fence_lock; /* see lock order */
+	/* Strict fence (see lock order, 3): windows in progress, fence
+	 * depth (fence() calls not yet undone), wakeups; group_fenced under
+	 * group->lock: how many of those came from the group's fence(). */
+	atomic_long fence_active;
+	atomic_int fenced;
+	pthread_mutex_t fence_mu;
+	pthread_cond_t fence_cv;
+	unsigned group_fenced;
 
 	/* Worker pool (queue.c), started with the first queue. Lists and
 	 * stop are under pool_lock. */
@@ -257,6 +266,10 @@ int dev_engine_error(int err);
 
 /* Argument checks common to every public entry point. */
 int dev_check(const struct uodp_dev *dev);
+
+/* dev.c: an access window's part of the strict fence (STRICT only). */
+void dev_window_fence_enter(struct uodp_dev *dev);
+void dev_window_fence_leave(struct uodp_dev *dev);
 
 /* dev.c: the context callbacks. */
 void dev_invalidate_range(struct uodp_umem *umem,

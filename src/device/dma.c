@@ -213,7 +213,7 @@ static int race_verdict(struct uodp_dev *dev, struct dop *op, bool to_host,
 static void window_lock(struct uodp_dev *dev, struct span *sp)
 {
 	if (dev->flags & UODP_DEV_STRICT)
-		pthread_rwlock_rdlock(&dev->fence_lock);
+		dev_window_fence_enter(dev);
 	pthread_rwlock_rdlock(&sp->pt_lock);
 }
 
@@ -221,7 +221,7 @@ static void window_unlock(struct uodp_dev *dev, struct span *sp)
 {
 	pthread_rwlock_unlock(&sp->pt_lock);
 	if (dev->flags & UODP_DEV_STRICT)
-		pthread_rwlock_unlock(&dev->fence_lock);
+		dev_window_fence_leave(dev);
 }
 
 /* Bytes from @va (inside @sp, at most @lim) whose pages the device page

@@ -138,14 +138,14 @@ static uint64_t snapshot_span(struct uodp_dev *dev, struct dmr *mr,
 	 * has returned the monitor holds it until the invalidation is done,
 	 * so nothing of the unmapped range is visible (issue 12, 8). */
 	if (dev->flags & UODP_DEV_STRICT)
-		pthread_rwlock_rdlock(&dev->fence_lock);
+		dev_window_fence_enter(dev);
 	pthread_rwlock_rdlock(&sp->pt_lock);
 	for (p = first, i = 0; p < stop; p += ps, i++)
 		states[i] = page_state(
 			dpt_get(&sp->dpt, (p - sp->start) >> dev->page_shift));
 	pthread_rwlock_unlock(&sp->pt_lock);
 	if (dev->flags & UODP_DEV_STRICT)
-		pthread_rwlock_unlock(&dev->fence_lock);
+		dev_window_fence_leave(dev);
 	mr_span_put(mr, sp);
 	return stop;
 }
