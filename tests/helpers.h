@@ -77,7 +77,13 @@ static inline int t_run_group_n(const char *name,
 				CMFixtureFunction setup,
 				CMFixtureFunction teardown)
 {
-	int failed = _cmocka_run_group_tests(name, tests, n, setup, teardown);
+	/* T_FILTER=pattern runs only the matching tests (debugging). */
+	const char *filter = getenv("T_FILTER");
+	int failed;
+
+	if (filter)
+		cmocka_set_test_filter(filter);
+	failed = _cmocka_run_group_tests(name, tests, n, setup, teardown);
 
 	if (failed)
 		return 1;
