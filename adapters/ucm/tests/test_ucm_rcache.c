@@ -6,6 +6,8 @@
  *
  *   test_ucm_rcache [events|stale|all]   uodp feeds the cache (needs
  *       UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_MALLOC_HOOKS=no)
+ *   test_ucm_rcache watchall             UODP_UCM_WATCH_ALL measured:
+ *       which unmaps reach UCX (printed)
  *   test_ucm_rcache hooks                no uodp: UCM's own hooks, to show
  *       what they miss (printed, not asserted)
  *
@@ -372,6 +374,63 @@ static void test_stale(void)
 	stale_loop(false, iters, &stuck); /* measured, not asserted */
 }
 
+/* UODP_UCM_WATCH_ALL, measured: which unmaps reach UCX when the whole
+ * address space is watched instead of the cache's ranges. Printed. */
+static bool reached(void *a, size_t len, unsigned ms)
+{
+	return WAIT_FOR(atomic_load(&seen_lo) <= (uintptr_t)a &&
+				atomic_load(&seen_hi) >= (uintptr_t)a + len,
+			ms);
+}
+
+static int test_watch_all(void *early)
+{
+	size_t len = 16 * adp_page();
+	uint64_t t0;
+	void *late, *later;
+	volatile uintptr_t mu; /* not a pointer to the freed block for gcc */
+	char *m;
+	int r;
+
+	t0 = adp_now_ns();
+	r = uodp_ucm_start(UODP_UCM_WATCH_ALL);
+	adp_skip_if_no_monitor(r, "uodp_ucm_start");
+	if (r) {
+		printf("watch-all: uodp_ucm_start(UODP_UCM_WATCH_ALL): %s\n",
+		       strerror(-r));
+		return 0;
+	}
+	printf("watch-all: start %.1f us\n", (double)(adp_now_ns() - t0) / 1e3);
+	CHECK_EQ(ucm_set_event_handler(UCM_EVENT_VM_UNMAPPED, 0, count_event,
+				       NULL),
+		 UCS_OK);
+	late = map_at(NULL, len);
+	m = malloc(1 << 20); /* glibc: a mapping of its own */
+	CHECK(m);
+	memset(m, 1, 1 << 20);
+	CHECK(munmap(early, len) == 0);
+	printf("  mapping made before start, munmap:  %s\n",
+	       reached(early, len, 2000) ? "reached UCX" : "MISSED");
+	CHECK(munmap(late, len) == 0);
+	printf("  mapping made after start, munmap:   %s\n",
+	       reached(late, len, 2000) ? "reached UCX" : "MISSED");
+	mu = (uintptr_t)m;
+	free(m);
+	printf("  malloc(1 MiB) after start, free:    %s\n",
+	       reached((void *)mu, 1 << 20, 2000) ? "reached UCX" : "MISSED");
+	later = map_at(NULL, len);
+	t0 = adp_now_ns();
+	CHECK_EQ(uodp_ucm_refresh(), 0);
+	printf("  uodp_ucm_refresh(): %.1f us\n",
+	       (double)(adp_now_ns() - t0) / 1e3);
+	CHECK(munmap(later, len) == 0);
+	printf("  mapping made before refresh, munmap: %s\n",
+	       reached(later, len, 2000) ? "reached UCX" : "MISSED");
+	ucm_unset_event_handler(UCM_EVENT_VM_UNMAPPED, count_event, NULL);
+	CHECK_EQ(uodp_ucm_stop(), 0);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "all";
@@ -389,6 +448,8 @@ int main(int argc, char **argv)
 		ucs_rcache_destroy(rc);
 		return 0;
 	}
+	if (!strcmp(what, "watchall"))
+		return test_watch_all(map_at(NULL, 16 * adp_page()));
 	r = uodp_ucm_start(0);
 	adp_skip_if_no_monitor(r, "uodp_ucm_start");
 	if (r == -EBUSY) {
