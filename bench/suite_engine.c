@@ -333,7 +333,7 @@ static void suite_reg(const struct bench_opts *o)
 					  64 * GiB, 256 * GiB, 1 * TiB };
 	size_t nsizes = o->quick ? 7 : 9, i, k;
 	uint64_t maxsz = sizes[nsizes - 1];
-	unsigned reps = o->quick ? 300 : 2000;
+	unsigned reps = o->quick ? 150 : 2000;
 	/* Biggest pinned baseline: it really allocates and zeroes memory. */
 	uint64_t pin_cap = o->quick ? 1 * GiB : 8 * GiB;
 	uint64_t memlock = bench_raise_memlock();
@@ -670,7 +670,7 @@ static void lat_rows(const char *what, unsigned n, double *v[LAT_N],
 
 static void map_latency(const struct bench_opts *o)
 {
-	unsigned n = o->quick ? 8192 : 32768, j;
+	unsigned n = o->quick ? 4096 : 32768, j;
 	uint64_t pg = page_size(), len = (uint64_t)n * pg;
 	double *v[LAT_N] = { NULL };
 	char *pu = fresh(len), *pb = fresh(len), *pd = fresh(len);
