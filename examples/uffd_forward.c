@@ -225,6 +225,23 @@ int main(void)
 	       "userfaultfd\n",
 	       NPAGES, buf);
 
+	/* Why a manual context: one with the kernel monitor cannot watch
+	 * memory another userfaultfd already watches. */
+	if (!uodp_ctx_create(&ops, 0, &f.ctx)) {
+		r = uodp_umem_get(f.ctx, buf, NPAGES * page, UODP_ACCESS_ALL,
+				  &umem);
+		printf("a context with the kernel monitor: uodp_umem_get -> "
+		       "%d (%s)\n",
+		       r, r ? uodp_strerror(r) : "registered");
+		/* -ENOSYS / -EPERM: no kernel monitor here at all. */
+		ok &= check(r == -EBUSY || r == -ENOSYS || r == -EPERM,
+			    "it is refused (-EBUSY where the monitor works)");
+		if (!r)
+			uodp_umem_release(umem);
+		umem = NULL;
+		uodp_ctx_destroy(f.ctx);
+		f.ctx = NULL;
+	}
 	r = uodp_ctx_create(&ops, UODP_CTX_MANUAL, &f.ctx);
 	if (r) {
 		fprintf(stderr, "uodp_ctx_create: %s\n", uodp_strerror(r));
