@@ -479,9 +479,9 @@ static void test_deferred_driver_lock(void **state)
 		events++;
 	}
 	assert_int_equal(pthread_join(t, NULL), 0);
-	wait_sync(ctx);
 	alarm(0);
 	t_rec.hook = NULL;
+	wait_sync(ctx);
 	assert_int_equal(a.errors, 0);
 	assert_true(atomic_load(&drv_calls) >= 1);
 	assert_int_equal(uodp_umem_release(u), 0);
@@ -532,13 +532,19 @@ static void test_deferred_coalesced(void **state)
 		if (st.relayed + st.coalesced - st0.relayed - st0.coalesced >=
 		    3)
 			break;
-		if (t_now_ms() - t0 > EVENT_SEC * 1000.0)
+		if (t_now_ms() - t0 > EVENT_SEC * 1000.0) {
+			unf_test_ring_cap = 0;
+			t_gate_open(&relay_gate);
 			fail_msg("events not delivered to the relay");
+		}
 		sched_yield();
 	}
 	unf_test_ring_cap = 0;
-	assert_int_equal(st.coalesced - st0.coalesced, 1);
+	/* Let the relay go before any check can fail (a held relay would
+	 * stall every later test of the program). Others' entries (contexts
+	 * of earlier failed tests) may be merged too: at least ours. */
 	t_gate_open(&relay_gate);
+	assert_true(st.coalesced - st0.coalesced >= 1);
 	wait_sync(ctx);
 	assert_int_equal(t_entry(u, buf), 0);
 	assert_int_equal(t_entry(u, t_pg(buf, 2)), 0);
