@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +60,25 @@ static inline uint64_t adp_now_ns(void)
 static inline size_t adp_page(void)
 {
 	return (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* New anonymous memory at @a, which the caller just unmapped; NULL when
+ * another thread mapped something there in between (ASan's allocator
+ * does, from the threads of uodp, libfabric and UCX): the caller moves on
+ * to another address. */
+static inline void *adp_remap_at(void *a, size_t len)
+{
+	void *p = mmap(a, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+		       0);
+
+	if (p == MAP_FAILED) {
+		CHECK(errno == EEXIST);
+		return NULL;
+	}
+	CHECK(p == a); /* old kernels ignore the flag: then it is a hint */
+	memset(p, 0x33, len);
+	return p;
 }
 
 /* Exit 77 with a reason when the kernel monitor is not there (before the
