@@ -6,21 +6,24 @@
  * A device owns one engine context (struct uodp_ctx) and mirrors the memory
  * of registered regions in its own device page table. Regions are named by
  * 32-bit keys. Every device access looks its pages up in that table; a miss
- * is a page fault, resolved through the engine (uodp_umem_map() and the
- * retry protocol), which maps a window of pages around the miss. The
- * engine's invalidate_range callback clears the device page table and waits
- * for device accesses in flight before it returns.
+ * is a page fault, resolved through the engine (uodp_umem_map_and_lock()),
+ * which maps a window of pages from the miss on. The engine's invalidate
+ * callback clears the device page table and waits for device accesses in
+ * flight before it returns.
  *
  * The device moves data with process_vm_readv()/process_vm_writev() on its
  * own process, so an application that unmaps or mprotects memory while the
- * device uses it gets error completions, never a crash. 8-byte atomics use a
- * guarded instruction: a fault inside it is caught by the device's
- * SIGSEGV/SIGBUS handler and turned into an error (docs/DEVICE.md).
+ * device uses it gets error completions, never a crash. 8-byte atomics (and
+ * copies with UODP_DEV_FAST_COPY) use a guarded instruction: a fault inside
+ * it, on the host memory or on the caller's buffer, is caught by the
+ * device's SIGSEGV/SIGBUS handler and turned into an error, whatever the
+ * calling thread's signal mask; other faults go to the application's own
+ * handler or disposition, SIG_IGN included (docs/DEVICE.md).
  *
  * Conventions for every function below:
  *  - errors are negative errno values (errno itself is not used); a call
  *    that fails because of a bad argument changes nothing;
- *  - operations that fail part way (-EFAULT, -EACCES, -ENODEV) may have
+ *  - operations that fail part way (-EFAULT, -EACCES) may have
  *    transferred some bytes before the failing page: a read's buffer and a
  *    write's target are then unspecified from that page on, never beyond
  *    the range of the operation;
@@ -49,7 +52,8 @@
  *               to read-only memory, any access to PROT_NONE memory);
  *      -ENOMEM  out of memory;
  *      -ENOSPC  no room: no key value left (reg), the queue is full (post);
- *      -ENODEV  the device is closing;
+ *      -ENODEV  the device's context is being torn down (only a call that
+ *               races uodp_dev_close(), which is not allowed, sees it);
  *      -ECHILD  the device was opened by the parent of this process;
  *      -ENOSYS  a kernel facility the device needs is missing or forbidden
  *               (userfaultfd for the kernel monitor; process_vm_readv/
@@ -114,12 +118,17 @@ struct uodp_dev_attr {
  * Open a device with its own engine context. @attr may be NULL (defaults:
  * kernel monitor, fault-around 16 pages, 2 + 1 workers). Worker threads
  * start with the first queue.
+ * A sandbox that forbids process_vm_readv/writev (seccomp) is detected
+ * here, once: the device then copies with the guarded copy, as with
+ * UODP_DEV_FAST_COPY (x86-64), or, where there is none, fails to open.
  * Errors: -EINVAL (@out NULL, unknown flag, STRICT with MANUAL,
  * fault_around > UODP_DEV_FAULT_AROUND_MAX, more than 64 workers of a
  * kind, @share not an open device or with other MANUAL/STRICT flags),
- * -ENOMEM, -ECHILD (@share opened by the parent), and the errors of
- * uodp_ctx_create() (without MANUAL: -ENOSYS / -EPERM when the kernel
- * monitor cannot run).
+ * -ENOMEM, -ECHILD (@share opened by the parent), -ENOSYS (the kernel
+ * lacks MADV_POPULATE_READ/WRITE, Linux < 5.14; or process_vm_readv/writev
+ * are forbidden and there is no guarded copy), -EDEADLK (called from an
+ * invalidation callback). Without UODP_DEV_MANUAL a missing or forbidden
+ * userfaultfd shows at the first registration (-ENOSYS).
  */
 UODP_API int uodp_dev_open(const struct uodp_dev_attr *attr,
 			   struct uodp_dev **out);
@@ -128,8 +137,10 @@ UODP_API int uodp_dev_open(const struct uodp_dev_attr *attr,
  * Close a device: destroy its queues (waiting for the requests they hold),
  * deregister its regions, destroy its context (the last device sharing it
  * does). No other call on the device
- * may run concurrently or follow. Errors: -EINVAL (NULL), -ECHILD (in a
- * forked child: nothing is freed).
+ * may run concurrently or follow. It never closes or writes a descriptor
+ * it does not own (the context's descriptors are checked by the engine
+ * before use). Errors: -EINVAL (NULL), -ECHILD (in a forked child:
+ * nothing is freed).
  */
 UODP_API int uodp_dev_close(struct uodp_dev *dev);
 
@@ -152,9 +163,16 @@ UODP_API struct uodp_ctx *uodp_dev_ctx(const struct uodp_dev *dev);
  * Register [addr, addr + len) under a new key, O(1) in @len (nothing is
  * mapped or allocated per page). Operations must stay inside these exact
  * bytes. The memory need not be mapped yet.
- * Errors: -EINVAL (@key NULL, @len 0, wrap-around, @access 0 or unknown
- * bits, or a range the engine refuses), -ENOMEM, -ENOSPC (2^24 keys in
- * use), -ECHILD, and the errors of uodp_umem_get().
+ * O(1) in the number of keys too (a free list of slots). A key value is
+ * never issued twice by a device: a slot retires after its 255th key, so
+ * a device issues at most (2^24 - 1) x 255 keys (about 4.3e9) in its life.
+ * Errors: -EINVAL (@key NULL, @len 0, @addr + @len wraps or leaves the
+ * user address space, @access 0 or unknown bits), -ENOMEM, -ENOSPC (no
+ * key value left), -ECHILD, -EDEADLK (called from an invalidation
+ * callback); with the kernel monitor also -ENOSYS (userfaultfd missing or
+ * forbidden: use UODP_DEV_MANUAL), -EBUSY (another userfaultfd watches the
+ * memory), -EOPNOTSUPP (the range holds SysV shared memory), -EMFILE /
+ * -ENFILE, -EAGAIN (no monitor thread could be created).
  */
 UODP_API int uodp_dev_reg_mr(struct uodp_dev *dev, uint64_t addr, uint64_t len,
 			     unsigned access, uint32_t *key);
@@ -164,7 +182,9 @@ UODP_API int uodp_dev_reg_mr(struct uodp_dev *dev, uint64_t addr, uint64_t len,
  * space [0, 2^47 - page size). Engine regions ("children") are created
  * lazily, one per aligned 1 GiB, when a fault first reaches them, and
  * released by uodp_dev_mr_trim() (and on deregistration) once idle.
- * Errors: as uodp_dev_reg_mr().
+ * Errors: -EINVAL (@key NULL, @access 0 or unknown bits), -ENOMEM,
+ * -ENOSPC, -ECHILD. (The children's registration errors come with the
+ * operations that create them.)
  */
 UODP_API int uodp_dev_reg_implicit_mr(struct uodp_dev *dev, unsigned access,
 				      uint32_t *key);
@@ -199,12 +219,21 @@ UODP_API int64_t uodp_dev_mr_children(struct uodp_dev *dev, uint32_t key);
  * UODP_DEV_ACCESS_READ) into @buf. @len 0 succeeds at once. Pages missing
  * from the device page table are faulted in on the caller's thread.
  * Returns 0 or an error (see the conventions above). @buf must be valid
- * memory of the caller (a bad @buf also yields -EFAULT).
+ * memory of the caller (a bad @buf yields -EFAULT, without a crash, on
+ * every data path).
+ * Errors of read, write, copy: -EINVAL, -ENOENT, -EPERM, -ERANGE, -EFAULT,
+ * -EACCES, -ENOMEM, -ECHILD, -ENOSYS (process_vm_* forbidden after the
+ * device was opened and no guarded copy exists), -EDEADLK; with the kernel
+ * monitor -EBUSY and -EOPNOTSUPP (a page of the range is in memory the
+ * monitor cannot follow; only the pages the operation touches count, not
+ * the rest of the fault-around window); an implicit key's first access to
+ * a 1 GiB child may also fail as uodp_dev_reg_mr() does.
  */
 UODP_API int uodp_dev_read(struct uodp_dev *dev, uint32_t key, uint64_t va,
 			   void *buf, size_t len);
 
-/* Device write: copy @len bytes of @buf to @va (needs ACCESS_WRITE). */
+/* Device write: copy @len bytes of @buf to @va (needs ACCESS_WRITE). A
+ * bad @buf is -EFAULT (never -EACCES, which is about the target). */
 UODP_API int uodp_dev_write(struct uodp_dev *dev, uint32_t key, uint64_t va,
 			    const void *buf, size_t len);
 
@@ -222,7 +251,11 @@ UODP_API int uodp_dev_copy(struct uodp_dev *dev, uint32_t dst_key,
  * 8-byte atomics on @va (8-byte aligned, needs ACCESS_ATOMIC), atomic with
  * respect to the CPU's atomics and other device atomics. @old (may be
  * NULL) receives the value before the operation. compare-swap stores
- * @swap only when the value equals @compare.
+ * @swap only when the value equals @compare. The guarded instruction works
+ * whatever the calling thread's signal mask (SIGSEGV/SIGBUS are unblocked
+ * while it runs).
+ * Errors: as a write, without -ENOSYS (-EACCES for memory the process may
+ * not write, -EFAULT for a hole or a file page past its end).
  */
 UODP_API int uodp_dev_fetch_add(struct uodp_dev *dev, uint32_t key, uint64_t va,
 				uint64_t add, uint64_t *old);
@@ -236,6 +269,9 @@ UODP_API int uodp_dev_cmp_swap(struct uodp_dev *dev, uint32_t key, uint64_t va,
  * with PREFETCH / PREFETCH_WRITE), without moving data. Pages already
  * present with the access asked for are skipped. Errors as a read (write
  * with UODP_DEV_PREFETCH_WRITE); pages before a failing one stay mapped.
+ * With UODP_DEV_STRICT it waits for an invalidation the monitor is running
+ * (the strict fence), so it never reports pages of a range whose munmap()
+ * has returned.
  */
 UODP_API int uodp_dev_prefetch(struct uodp_dev *dev, uint32_t key, uint64_t va,
 			       size_t len, unsigned flags);
@@ -249,8 +285,11 @@ UODP_API int uodp_dev_prefetch(struct uodp_dev *dev, uint32_t key, uint64_t va,
  * The device page table's state of each page of [va, va + len) (rounded
  * out to pages) into @states (one byte per page), without faulting and
  * without touching the memory (like test_hmm's SNAPSHOT). No rights are
- * needed. Returns the number of pages written.
- * Errors: -EINVAL, -ENOENT, -ERANGE, -ECHILD.
+ * needed. Returns the number of pages written. With UODP_DEV_STRICT it
+ * takes the strict fence: once munmap() has returned, none of the
+ * unmapped pages shows as mapped.
+ * Errors: -EINVAL (NULL device, NULL @states with @len > 0), -ENOENT,
+ * -ERANGE, -ECHILD.
  */
 UODP_API int64_t uodp_dev_snapshot(struct uodp_dev *dev, uint32_t key,
 				   uint64_t va, size_t len, uint8_t *states);
@@ -346,7 +385,9 @@ UODP_API int uodp_dev_queue_destroy(struct uodp_dev_queue *q);
  * Post one request. Its key(s) and arguments are checked here: a request
  * that could not run (-EINVAL, -ENOENT, -ERANGE, -EPERM) is refused by
  * this call, not completed. Memory errors come as completions.
- * Errors: those, -ENOSPC (@depth requests not yet polled), -ECHILD.
+ * Errors: those, -ENOSPC (@depth requests not yet polled), -ENOMEM (a
+ * copy's bounce buffer), -ECHILD. Completions carry the errors of the
+ * synchronous calls.
  */
 UODP_API int uodp_dev_post(struct uodp_dev_queue *q,
 			   const struct uodp_dev_wr *wr);

@@ -540,7 +540,8 @@ UODP_API const char *uodp_dev_strerror(int err)
 		return "no room: every key value is in use or retired, or the "
 		       "queue holds as many requests as its depth";
 	case -ENODEV:
-		return "the device is closing";
+		return "the device's context is being torn down (a call raced "
+		       "uodp_dev_close())";
 	case -ECHILD:
 		return "the device belongs to the parent process (used after "
 		       "fork)";

@@ -21,8 +21,8 @@
  *                      calls: dev.c) Every device access window counts
  *                      itself in; fence() waits for the count to drain
  *                      and makes new windows wait until unfence().
- *   4. umem lock       (engine, uodp_umem_lock) held by a fault while it
- *                      checks uodp_umem_retry() and installs entries.
+ *   4. umem lock       (engine) held by a fault from the return of
+ *                      uodp_umem_map_and_lock() to the end of its install.
  *   5. span->pt_lock   (rwlock, writer preferring) the device page table.
  *                      Read: a device access window (check entries + copy
  *                      the data); write: install (under 4) and invalidate.

@@ -7,7 +7,7 @@
  * state machines) until they finish or miss the device page table; a
  * request that misses goes to the fault list, and the exec worker takes
  * the next request at once. Fault workers resolve misses through the
- * engine (which may sleep in uodp_umem_wait() or populate many pages) and
+ * engine (which may wait for invalidations or populate many pages) and
  * put the request back on the exec list, where it resumes where it
  * stopped. So a request faulting on slow memory never stalls requests
  * whose pages are present.
