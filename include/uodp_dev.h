@@ -30,6 +30,10 @@
  *  - every function may be called from any thread, concurrently, unless it
  *    says otherwise; a device and its objects must not be used after
  *    uodp_dev_close();
+ *  - no function is a cancellation point: those that wait (for
+ *    operations in flight, queued requests, completions, the strict fence)
+ *    run with cancellation disabled, so a cancelled thread never leaves a
+ *    device lock or reference held (a cancel acts after the call returns);
  *  - after fork() the child may not use the parent's devices: every call
  *    fails with -ECHILD (open a new device in the child);
  *  - one errno means one thing in this header (uodp_dev_strerror() gives

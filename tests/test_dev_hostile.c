@@ -18,6 +18,8 @@
  *      the guarded copy instead of failing every operation with -EPERM;
  *  17  a neighbour in the fault-around window that cannot be mapped (hole,
  *      PROT_NONE) does not fail an access to a good page;
+ *  12  a thread cancelled while it waits in the device (poll_wait) leaves
+ *      no lock held;
  *  18  errors name the right cause: a write from a bad source buffer is
  *      -EFAULT (not -EACCES); a file truncated under a stale entry gives
  *      -EFAULT, as a fresh fault does.
@@ -32,7 +34,9 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <setjmp.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -497,6 +501,76 @@ static void test_truncated_file(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* 12: cancellation                                                          */
+
+extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
+static atomic_int cancel_hold, cancel_in_hook;
+
+static void cancel_hook(struct uodp_umem *umem)
+{
+	(void)umem;
+	atomic_store(&cancel_in_hook, 1);
+	while (atomic_load(&cancel_hold))
+		usleep(1000);
+}
+
+static void *cancel_poller(void *arg)
+{
+	struct uodp_dev_wc wc;
+
+	uodp_dev_poll_wait(arg, &wc, 1, -1);
+	return NULL;
+}
+
+/* A thread cancelled while it waits in uodp_dev_poll_wait() must not exit
+ * holding the queue's lock: the next poll would hang. */
+static void cancel_child(unsigned flags)
+{
+	struct uodp_dev *dev = open_dev(flags);
+	char *p = map_anon(4 * PS, PROT_READ | PROT_WRITE), b[8];
+	struct uodp_dev_wr wr = { 0 };
+	struct uodp_dev_queue *q;
+	struct uodp_dev_wc wc;
+	pthread_t t;
+	void *ret;
+	uint32_t k;
+
+	alarm(20); /* a hang is the failure */
+	CHECK(dev && p, 2);
+	CHECK(!uodp_dev_reg_mr(dev, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL, &k), 3);
+	CHECK(!uodp_dev_queue_create(dev, 4, &q), 4);
+	atomic_store(&cancel_hold, 1);
+	dev_test_hook_before_install = cancel_hook;
+	wr.opcode = UODP_DEV_OP_READ;
+	wr.key = k;
+	wr.va = VA(p);
+	wr.len = 8;
+	wr.buf = b;
+	CHECK(!uodp_dev_post(q, &wr), 5);
+	while (!atomic_load(&cancel_in_hook))
+		usleep(1000);
+	CHECK(!pthread_create(&t, NULL, cancel_poller, q), 6);
+	usleep(50000); /* let it block in the wait */
+	CHECK(!pthread_cancel(t), 7);
+	usleep(50000);
+	atomic_store(&cancel_hold, 0); /* the request completes */
+	CHECK(!pthread_join(t, &ret), 8);
+	dev_test_hook_before_install = NULL;
+	/* the queue still works: its lock was not left held */
+	wr.wr_id = 2;
+	CHECK(!uodp_dev_post(q, &wr), 9);
+	CHECK(uodp_dev_poll_wait(q, &wc, 1, 5000) == 1, 10);
+	CHECK(!uodp_dev_queue_destroy(q), 11);
+	CHECK(!uodp_dev_close(dev), 12);
+}
+
+static void test_cancel_poll_wait(void **state)
+{
+	(void)state;
+	in_child(cancel_child, 0);
+}
+
+/* ------------------------------------------------------------------------ */
 
 static void test_strerror(void **state)
 {
@@ -536,6 +610,7 @@ int main(void)
 		cmocka_unit_test(test_seccomp_process_vm),
 		cmocka_unit_test(test_window_neighbours),
 		cmocka_unit_test(test_truncated_file),
+		cmocka_unit_test(test_cancel_poll_wait),
 		cmocka_unit_test(test_strerror),
 	};
 

@@ -422,10 +422,11 @@ err_free:
 
 UODP_API int uodp_dev_close(struct uodp_dev *dev)
 {
-	int r = dev_check(dev);
+	int r = dev_check(dev), cs;
 
 	if (r)
 		return r;
+	cs = dev_nocancel_begin(); /* waits for requests, workers, users */
 	queues_destroy_all(dev);
 	pool_stop(dev);
 	mr_release_all(dev);
@@ -433,6 +434,7 @@ UODP_API int uodp_dev_close(struct uodp_dev *dev)
 	dev->magic = 0;
 	dev_locks_destroy(dev);
 	free(dev);
+	dev_nocancel_end(cs);
 	return 0;
 }
 

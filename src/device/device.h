@@ -252,6 +252,27 @@ struct uodp_dev {
 	atomic_uint_fast64_t stats[ST_COUNT];
 };
 
+/*
+ * No device call is a cancellation point (as no engine call is): a call
+ * that may wait (for operations in flight, queued requests, completions,
+ * the strict fence) runs with cancellation disabled, so a cancelled thread
+ * never exits holding a device lock or a reference (issue 12, finding 12).
+ * A cancel that arrives meanwhile acts at the caller's next cancellation
+ * point. pthread_setcancelstate() is not a system call.
+ */
+static inline int dev_nocancel_begin(void)
+{
+	int old;
+
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+	return old;
+}
+
+static inline void dev_nocancel_end(int old)
+{
+	pthread_setcancelstate(old, NULL);
+}
+
 static inline void dev_count(struct uodp_dev *dev, int which, uint64_t n)
 {
 	atomic_fetch_add_explicit(&dev->stats[which], n, memory_order_relaxed);

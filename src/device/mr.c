@@ -393,7 +393,9 @@ UODP_API int uodp_dev_dereg_mr(struct uodp_dev *dev, uint32_t key)
 	mr = key_remove(dev, key);
 	if (!mr)
 		return -ENOENT;
+	r = dev_nocancel_begin(); /* waits for the key's users */
 	dmr_retire(dev, mr);
+	dev_nocancel_end(r);
 	return 0;
 }
 

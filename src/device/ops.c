@@ -11,7 +11,7 @@
 
 static int run_sync(struct uodp_dev *dev, struct dop *op, uint64_t *old)
 {
-	int r = dev_check(dev);
+	int r = dev_check(dev), cs;
 
 	if (r)
 		return r;
@@ -20,7 +20,9 @@ static int run_sync(struct uodp_dev *dev, struct dop *op, uint64_t *old)
 		dev_count_error(dev, r);
 		return r;
 	}
+	cs = dev_nocancel_begin(); /* faults and fences wait */
 	dop_run(dev, op, NULL);
+	dev_nocancel_end(cs);
 	r = op->status;
 	if (old && !r)
 		*old = op->old;
@@ -155,7 +157,7 @@ UODP_API int64_t uodp_dev_snapshot(struct uodp_dev *dev, uint32_t key,
 {
 	uint64_t ps, first, end, p;
 	struct dmr *mr;
-	int r = dev_check(dev);
+	int r = dev_check(dev), cs;
 
 	if (r)
 		return r;
@@ -171,8 +173,10 @@ UODP_API int64_t uodp_dev_snapshot(struct uodp_dev *dev, uint32_t key,
 	ps = dev->page_size;
 	first = va & ~(ps - 1);
 	end = (va + len + ps - 1) & ~(ps - 1);
+	cs = dev_nocancel_begin(); /* the strict fence may wait */
 	for (p = first; p < end;)
 		p = snapshot_span(dev, mr, p, end, states + (p - first) / ps);
+	dev_nocancel_end(cs);
 	mr_put(dev, mr);
 	return (int64_t)((end - first) / ps);
 out:

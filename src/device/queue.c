@@ -299,7 +299,9 @@ UODP_API int uodp_dev_queue_destroy(struct uodp_dev_queue *q)
 	r = dev_check(q->dev);
 	if (r)
 		return r;
+	r = dev_nocancel_begin(); /* waits for the queue's requests */
 	queue_free(q);
+	dev_nocancel_end(r);
 	return 0;
 }
 
@@ -388,7 +390,7 @@ static int poll_common(struct uodp_dev_queue *q, struct uodp_dev_wc *wc,
 		       int max, int timeout_ms, bool wait)
 {
 	struct timespec ts;
-	int r, n;
+	int r, n, cs;
 
 	if (!q || max < 0 || (!wc && max > 0))
 		return -EINVAL;
@@ -404,6 +406,7 @@ static int poll_common(struct uodp_dev_queue *q, struct uodp_dev_wc *wc,
 			ts.tv_nsec -= 1000000000L;
 		}
 	}
+	cs = dev_nocancel_begin(); /* the wait holds q->lock */
 	pthread_mutex_lock(&q->lock);
 	while (wait && max > 0 && !q->count && q->outstanding) {
 		if (timeout_ms < 0)
@@ -413,6 +416,7 @@ static int poll_common(struct uodp_dev_queue *q, struct uodp_dev_wc *wc,
 	}
 	n = take_locked(q, wc, max);
 	pthread_mutex_unlock(&q->lock);
+	dev_nocancel_end(cs);
 	return n;
 }
 
