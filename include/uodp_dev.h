@@ -65,6 +65,11 @@
  *      -EBUSY   (kernel monitor) another userfaultfd watches the memory;
  *      -EOPNOTSUPP (kernel monitor) the memory is of a kind the monitor
  *               cannot follow (see uodp_umem_map_and_lock() in uodp.h);
+ *      -EBADF   (kernel monitor) the monitor's descriptors were closed or
+ *               replaced by someone else (a daemon closing every
+ *               descriptor it does not know): the monitor is gone, faults
+ *               and registrations are refused rather than served without
+ *               invalidations;
  *      -EAGAIN  no thread could be created (transient);
  *      -EMFILE, -ENFILE  no file descriptor for the kernel monitor;
  *      -EDEADLK called from an invalidation callback of the device's
@@ -173,7 +178,7 @@ UODP_API struct uodp_ctx *uodp_dev_ctx(const struct uodp_dev *dev);
  * Errors: -EINVAL (@key NULL, @len 0, @addr + @len wraps or leaves the
  * user address space, @access 0 or unknown bits), -ENOMEM, -ENOSPC (no
  * key value left), -ECHILD, -EDEADLK (called from an invalidation
- * callback); with the kernel monitor also -ENOSYS (userfaultfd missing or
+ * callback); with the kernel monitor also -EBADF, -ENOSYS (userfaultfd missing or
  * forbidden: use UODP_DEV_MANUAL), -EBUSY (another userfaultfd watches the
  * memory), -EOPNOTSUPP (the range holds SysV shared memory), -EMFILE /
  * -ENFILE, -EAGAIN (no monitor thread could be created).
@@ -228,7 +233,7 @@ UODP_API int64_t uodp_dev_mr_children(struct uodp_dev *dev, uint32_t key);
  * Errors of read, write, copy: -EINVAL, -ENOENT, -EPERM, -ERANGE, -EFAULT,
  * -EACCES, -ENOMEM, -ECHILD, -ENOSYS (process_vm_* forbidden after the
  * device was opened and no guarded copy exists), -EDEADLK; with the kernel
- * monitor -EBUSY and -EOPNOTSUPP (a page of the range is in memory the
+ * monitor -EBADF, -EBUSY and -EOPNOTSUPP (a page of the range is in memory the
  * monitor cannot follow; only the pages the operation touches count, not
  * the rest of the fault-around window); an implicit key's first access to
  * a 1 GiB child may also fail as uodp_dev_reg_mr() does.

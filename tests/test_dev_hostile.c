@@ -574,10 +574,11 @@ static void test_cancel_poll_wait(void **state)
 
 static void test_strerror(void **state)
 {
-	static const int codes[] = { EINVAL, ENOENT, ERANGE,	 EPERM,	 EFAULT,
-				     EACCES, ENOMEM, ENOSPC,	 ENODEV, ECHILD,
-				     ENOSYS, EBUSY,  EOPNOTSUPP, EAGAIN, EMFILE,
-				     ENFILE, EDEADLK };
+	static const int codes[] = { EINVAL,	 ENOENT, ERANGE, EPERM,
+				     EFAULT,	 EACCES, ENOMEM, ENOSPC,
+				     ENODEV,	 ECHILD, ENOSYS, EBUSY,
+				     EOPNOTSUPP, EAGAIN, EMFILE, ENFILE,
+				     EDEADLK,	 EBADF };
 	size_t i, j;
 
 	(void)state;

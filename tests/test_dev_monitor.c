@@ -228,13 +228,13 @@ static void test_foreign_fds(void **state)
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		struct uodp_dev *dev = open_mon(0, 0);
-		char *p = map_anon(4 * PS), name[32];
-		int fds[64], nfd = 0, fd, i;
+		char *p = map_anon(64 * PS), name[32];
+		int fds[64], nfd = 0, fd, i, r;
 		struct stat sb;
-		uint32_t k;
+		uint32_t k, k2;
 		char b[8];
 
-		if (uodp_dev_reg_mr(dev, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL,
+		if (uodp_dev_reg_mr(dev, VA(p), 64 * PS, UODP_DEV_ACCESS_ALL,
 				    &k))
 			_exit(2);
 		if (uodp_dev_read(dev, k, VA(p), b, 8))
@@ -247,6 +247,19 @@ static void test_foreign_fds(void **state)
 			if (fds[nfd] < 0)
 				_exit(4);
 			nfd++;
+		}
+		/* The monitor is gone: new faults and registrations are
+		 * refused with -EBADF (never served without invalidations). */
+		usleep(20000);
+		r = uodp_dev_read(dev, k, VA(p) + 40 * PS, b, 8);
+		if (r != -EBADF) {
+			fprintf(stderr, "read after the fds went: %d\n", r);
+			_exit(5);
+		}
+		r = uodp_dev_reg_mr(dev, VA(p), PS, UODP_DEV_ACCESS_READ, &k2);
+		if (r != -EBADF) {
+			fprintf(stderr, "reg after the fds went: %d\n", r);
+			_exit(6);
 		}
 		/* The library may report the loss now or at close; either
 		 * way it must leave our files alone. */

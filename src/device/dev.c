@@ -558,6 +558,9 @@ UODP_API const char *uodp_dev_strerror(int err)
 	case -EOPNOTSUPP:
 		return "(kernel monitor) the memory is of a kind the monitor "
 		       "cannot follow: use UODP_DEV_MANUAL";
+	case -EBADF:
+		return "(kernel monitor) the monitor's descriptors were closed "
+		       "or replaced by someone else: the monitor is gone";
 	case -EAGAIN:
 		return "no thread could be created (transient): try again";
 	case -EMFILE:
