@@ -16,11 +16,15 @@
  * walks the page tables at that instant and returns a short count or
  * EFAULT on a hole or a page the process may not access, so a racing
  * munmap/mprotect can never crash us. (UODP_DEV_FAST_COPY uses a guarded
- * memcpy instead, recover.c.) A failure after the device page table said
- * the page was there is a race with the application (or an mprotect that
- * nobody reported): the page is probed, and the operation completes with
- * -EFAULT (not mapped) or -EACCES (mapped but not accessible that way),
- * after at most RACE_RETRIES attempts when the probe finds it accessible.
+ * memcpy instead, recover.c; so does a device whose process_vm_* a
+ * sandbox forbids.) A failure after the device page table said the page
+ * was there is a race with the application, a change nobody reported (an
+ * mprotect, a truncated file), or the caller's own bad buffer: the host
+ * page is probed the way a fresh fault maps it (so a stale entry fails
+ * with the error a fresh fault gives), then the caller's byte; the
+ * operation completes with -EFAULT (not mapped, past the end of a file, or
+ * the caller's buffer) or -EACCES (not accessible that way), or tries
+ * again, at most RACE_RETRIES times, when both are fine now.
  */
 #include <errno.h>
 #include <stdlib.h>
