@@ -184,13 +184,19 @@ static T_UNUSED struct t_rec {
 	unsigned n;
 	uint64_t pages;
 	struct t_call c[T_REC_MAX];
-	void (*hook)(struct uodp_umem *umem, const struct uodp_range *r);
+	/* Atomic: set by the test, read on the monitor thread with no other
+	 * happens-before edge (the kernel's event is one, but not one the
+	 * thread sanitizer can see). */
+	void (*_Atomic hook)(struct uodp_umem *umem,
+			     const struct uodp_range *r);
 } t_rec = { .lock = PTHREAD_MUTEX_INITIALIZER,
 	    .cond = PTHREAD_COND_INITIALIZER };
 
 static inline void t_record(struct uodp_umem *umem, const struct uodp_range *r,
 			    void *priv)
 {
+	void (*hook)(struct uodp_umem *, const struct uodp_range *);
+
 	(void)priv;
 	pthread_mutex_lock(&t_rec.lock);
 	if (t_rec.n < T_REC_MAX)
@@ -203,8 +209,9 @@ static inline void t_record(struct uodp_umem *umem, const struct uodp_range *r,
 		(uint64_t)((char *)r->end - (char *)r->start) / t_page_size();
 	pthread_cond_broadcast(&t_rec.cond);
 	pthread_mutex_unlock(&t_rec.lock);
-	if (t_rec.hook)
-		t_rec.hook(umem, r);
+	hook = atomic_load(&t_rec.hook);
+	if (hook)
+		hook(umem, r);
 }
 
 static const struct uodp_ctx_ops t_record_ops T_UNUSED = { .invalidate =
