@@ -18,7 +18,10 @@
  * Without userfaultfd (or where it is forbidden) the program skips (77).
  * Huge pages: test_monitor_hugetlb.c.
  */
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/ipc.h>
+#include <sys/resource.h>
 #include <sys/shm.h>
 
 #include "helpers.h"
@@ -359,6 +362,100 @@ static void test_sysv_shm_refused(void **state)
 	}
 	assert_int_equal(shmdt(p), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+}
+
+/* Another userfaultfd already watches the memory: -EBUSY, nothing kept. */
+static void test_foreign_uffd_ebusy(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(0);
+	struct uodp_umem *const sentinel = (struct uodp_umem *)(uintptr_t)8;
+	struct uodp_umem *u = sentinel;
+	char *buf = t_buf(4), *other = t_buf(4);
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg = {
+		.range = { .start = (uintptr_t)buf, .len = 4 * page },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+	int fd;
+
+	(void)state;
+	memset(buf, 1, 4 * page); /* present: no missing fault will block */
+	fd = (int)syscall(__NR_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+	if (fd < 0)
+		fd = (int)syscall(__NR_userfaultfd, O_CLOEXEC);
+	if (fd < 0 || ioctl(fd, UFFDIO_API, &api) ||
+	    ioctl(fd, UFFDIO_REGISTER, &reg)) {
+		if (fd >= 0)
+			close(fd);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		t_unmap(buf, 4);
+		t_unmap(other, 4);
+		t_skip("cannot register a userfaultfd of our own");
+	}
+	assert_int_equal(uodp_umem_get(ctx, t_pg(buf, 1), page, UODP_ACCESS_ALL,
+				       &u),
+			 -EBUSY);
+	assert_ptr_equal(u, sentinel);
+	/* Other memory is fine on the same context. */
+	u = t_get(ctx, other, 4 * page, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(u, other, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_int_equal(uodp_umem_release(u), 0);
+	/* Once the other descriptor lets go, ours can watch it. */
+	close(fd);
+	u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_int_equal(munmap(t_pg(buf, 3), page), 0);
+	t_rec_wait(0, u, t_pg(buf, 3), t_pg(buf, 4), UODP_EVENT_UNMAP,
+		   EVENT_SEC);
+	wait_sync(ctx);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(buf, 3);
+	t_unmap(other, 4);
+}
+
+/* No descriptor left for the notifier: -EMFILE (in a child: its own
+ * notifier starts there, under its own limit). */
+static void emfile_child(void *arg)
+{
+	struct uodp_ctx *ctx = NULL;
+	struct uodp_umem *u = NULL;
+	struct rlimit rl;
+	char *buf = mmap(NULL, page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int next, r;
+
+	(void)arg;
+	if (buf == MAP_FAILED || uodp_ctx_create(&t_record_ops, 0, &ctx) != 0)
+		_exit(2);
+	next = open("/dev/null", O_RDONLY);
+	if (next < 0)
+		_exit(3);
+	close(next);
+	getrlimit(RLIMIT_NOFILE, &rl);
+	rl.rlim_cur = (rlim_t)next;
+	if (setrlimit(RLIMIT_NOFILE, &rl))
+		_exit(4);
+	r = uodp_umem_get(ctx, buf, page, UODP_ACCESS_ALL, &u);
+	if (r != -EMFILE) {
+		fprintf(stderr, "get: %d (%s), want -EMFILE\n", r,
+			uodp_strerror(r));
+		_exit(1);
+	}
+	if (u || uodp_ctx_destroy(ctx))
+		_exit(5);
+	_exit(0);
+}
+
+static void test_emfile(void **state)
+{
+	char err[256];
+	int st;
+
+	(void)state;
+	st = t_in_child(emfile_child, NULL, err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail_msg("child failed (status %#x): %s", st, err);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -905,6 +1002,8 @@ int main(void)
 		cmocka_unit_test(test_file_shared),
 		cmocka_unit_test(test_two_contexts),
 		cmocka_unit_test(test_sysv_shm_refused),
+		cmocka_unit_test(test_foreign_uffd_ebusy),
+		cmocka_unit_test(test_emfile),
 		cmocka_unit_test(test_deferred_thread_and_release),
 		cmocka_unit_test(test_reuse_loop_deferred),
 		cmocka_unit_test(test_reuse_loop),
