@@ -262,6 +262,45 @@ static void test_file_shared(void **state)
 	close(fd);
 }
 
+/* Issue 12 finding 17's shape in the engine: a mapping the monitor
+ * refuses (a read-only MAP_SHARED file) placed in a region's hole after
+ * registration. A fault of it: -EOPNOTSUPP (or success where the kernel
+ * can watch it); a fault of good pages before it: those pages, never the
+ * neighbour's error. */
+static void test_refused_in_hole(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(0);
+	char *buf = t_buf(4), *p;
+	int fd = t_tmpfile(2), rofd;
+	char path[64];
+	struct uodp_umem *u;
+	int64_t r;
+
+	(void)state;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	rofd = open(path, O_RDONLY);
+	assert_true(rofd >= 0);
+	assert_int_equal(munmap(t_pg(buf, 2), 2 * page), 0);
+	u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	p = mmap(t_pg(buf, 2), 2 * page, PROT_READ, MAP_SHARED | MAP_FIXED,
+		 rofd, 0);
+	assert_ptr_equal(p, t_pg(buf, 2));
+	r = t_fault(u, t_pg(buf, 2), page, UODP_ACCESS_READ);
+	assert_true(r == 1 || r == -EOPNOTSUPP);
+	/* The good pages: 2 (stops before the refused page), or 4. */
+	r = t_fault(u, buf, 4 * page, UODP_ACCESS_READ);
+	if (r != 2 && r != 4)
+		fail_msg("fault of good pages before a refused mapping: %ld "
+			 "(%s), want 2 or 4",
+			 (long)r, uodp_strerror((int)r));
+	assert_int_equal(t_fault(u, buf, page, UODP_ACCESS_WRITE), 1);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(buf, 4);
+	close(rofd);
+	close(fd);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Two contexts over one buffer                                              */
 
@@ -1000,6 +1039,7 @@ int main(void)
 		cmocka_unit_test(test_map_fixed_over),
 		cmocka_unit_test(test_hole_filled),
 		cmocka_unit_test(test_file_shared),
+		cmocka_unit_test(test_refused_in_hole),
 		cmocka_unit_test(test_two_contexts),
 		cmocka_unit_test(test_sysv_shm_refused),
 		cmocka_unit_test(test_foreign_uffd_ebusy),
