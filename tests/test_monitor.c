@@ -301,6 +301,95 @@ static void test_refused_in_hole(void **state)
 	close(fd);
 }
 
+/*
+ * Issue 12 findings 7 and 11: another thread maps and unmaps a page in a
+ * region's hole while faults run there. Each fault gives the page or
+ * -EFAULT (a transient race is no "use a manual context" nor "out of
+ * memory"), and once the page is gone for good no entry of it survives:
+ * every mapping a fault installed from was watched.
+ */
+struct churn {
+	char *p;
+	atomic_int stop;
+	atomic_long cycles;
+};
+
+static void *churn_thread(void *arg)
+{
+	struct churn *c = arg;
+
+	while (!atomic_load(&c->stop)) {
+		char *q = mmap(c->p, page, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+
+		if (q != c->p)
+			abort();
+		q[0] = 1;
+		munmap(q, page);
+		atomic_fetch_add(&c->cycles, 1);
+	}
+	return NULL;
+}
+
+static void test_hole_churn(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(0);
+	char *buf = t_buf(3);
+	struct uodp_umem *u;
+	struct churn c = { .p = t_pg(buf, 1) };
+	long ok = 0, efault = 0, other = 0;
+	int64_t last_bad = 0;
+	pthread_t t;
+
+	(void)state;
+	assert_int_equal(munmap(t_pg(buf, 1), page), 0);
+	u = t_get(ctx, buf, 3 * page, UODP_ACCESS_ALL);
+	atomic_init(&c.stop, 0);
+	atomic_init(&c.cycles, 0);
+	assert_int_equal(pthread_create(&t, NULL, churn_thread, &c), 0);
+	/* Progress-driven: enough faults, and enough churn under them. */
+	for (long i = 0; i < 2000 || atomic_load(&c.cycles) < 200; i++) {
+		int64_t r;
+
+		if (i > 2000000)
+			fail_msg("the churn thread made no progress");
+		r = uodp_umem_map_and_lock(u, t_pg(buf, 1), page,
+					   UODP_ACCESS_READ, 5000);
+		if (r == 1) {
+			uint64_t e = 0;
+
+			assert_int_equal(uodp_umem_entries_locked(
+						 u, t_pg(buf, 1), 1, &e),
+					 0);
+			assert_int_equal(uodp_umem_unlock(u), 0);
+			assert_int_equal(e & UODP_ENTRY_ADDR_MASK,
+					 (uintptr_t)t_pg(buf, 1));
+			ok++;
+		} else if (r == -EFAULT) {
+			efault++;
+		} else {
+			other++;
+			last_bad = r;
+		}
+	}
+	atomic_store(&c.stop, 1);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	print_message("hole churn: %ld mapped, %ld -EFAULT, %ld other "
+		      "(last %ld), %ld churn cycles\n",
+		      ok, efault, other, (long)last_bad,
+		      atomic_load(&c.cycles));
+	assert_int_equal(other, 0);
+	/* The page is unmapped now (the churn's last step): after the
+	 * monitor caught up, no entry of it is left. */
+	wait_sync(ctx);
+	assert_int_equal(t_entry(u, t_pg(buf, 1)), 0);
+	assert_int_equal(t_fault(u, t_pg(buf, 1), page, UODP_ACCESS_READ),
+			 -EFAULT);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	munmap(buf, 3 * page);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Two contexts over one buffer                                              */
 
@@ -1040,6 +1129,7 @@ int main(void)
 		cmocka_unit_test(test_hole_filled),
 		cmocka_unit_test(test_file_shared),
 		cmocka_unit_test(test_refused_in_hole),
+		cmocka_unit_test(test_hole_churn),
 		cmocka_unit_test(test_two_contexts),
 		cmocka_unit_test(test_sysv_shm_refused),
 		cmocka_unit_test(test_foreign_uffd_ebusy),
