@@ -231,6 +231,59 @@ static void test_storm_ebusy(void **state)
 	assert_true(uodp_ctx_sync(f->ctx));
 }
 
+/* The literal storm: a thread calling uodp_invalidate_range() in a loop
+ * over the same pages. Between two of its invalidations a fault may slip
+ * through, so each call gives the pages or -EBUSY - never later than its
+ * bound, never anything else. (The two tests above make -EBUSY certain.) */
+static void *oneshot_storm(void *arg)
+{
+	struct storm *s = arg;
+
+	atomic_store(&s->started, 1);
+	while (!atomic_load(&s->stop)) {
+		if (uodp_invalidate_range(s->ctx, s->p, s->n * page,
+					  UODP_EVENT_MANUAL))
+			abort();
+		atomic_fetch_add(&s->rounds, 1);
+	}
+	return NULL;
+}
+
+static void test_oneshot_storm_bounded(void **state)
+{
+	struct t_fx *f = *state;
+	struct storm s = { .ctx = f->ctx, .p = f->buf, .n = 8 };
+	long busy = 0, ok = 0;
+	pthread_t t;
+
+	atomic_init(&s.stop, 0);
+	atomic_init(&s.started, 0);
+	atomic_init(&s.rounds, 0);
+	assert_int_equal(pthread_create(&t, NULL, oneshot_storm, &s), 0);
+	while (!atomic_load(&s.started))
+		sched_yield();
+	for (int i = 0; i < 20; i++) {
+		double t0 = t_now_ms(), dt;
+		int64_t r = uodp_umem_map_and_lock(f->umem, f->buf, 8 * page,
+						   UODP_ACCESS_READ, 50);
+
+		dt = t_now_ms() - t0;
+		if (r == 8) {
+			ok++;
+			assert_int_equal(uodp_umem_unlock(f->umem), 0);
+		} else {
+			assert_int_equal(r, -EBUSY);
+			assert_true(dt >= 49.0);
+			busy++;
+		}
+		assert_true(dt < PROMPT_MS);
+	}
+	storm_stop(&s, t);
+	print_message("one-shot storm: %ld mapped, %ld -EBUSY, %ld "
+		      "invalidations\n",
+		      ok, busy, atomic_load(&s.rounds));
+}
+
 /* A storm of one-shot invalidations (uodp_invalidate_range in a loop over
  * the same pages) that collides with every attempt: the test hook runs
  * one between every populate and install. -EBUSY after the timeout. */
@@ -340,6 +393,64 @@ static void test_end_twice(void **state)
 	assert_int_equal(uodp_invalidate_range_end(&x), -EINVAL);
 	assert_int_equal(uodp_invalidate_range_end(&x), -EINVAL);
 	check_b_unharmed(f, &b, &t);
+}
+
+/* Two threads end() the same token at once, 1000 times: exactly one
+ * succeeds each time, and nothing is left running. */
+struct end_race {
+	pthread_barrier_t bar;
+	struct uodp_range *r;
+	atomic_int ok, einval, rounds_left;
+};
+
+static void *end_racer(void *arg)
+{
+	struct end_race *e = arg;
+
+	for (;;) {
+		pthread_barrier_wait(&e->bar);
+		if (atomic_load(&e->rounds_left) <= 0)
+			break;
+		int r = uodp_invalidate_range_end(e->r);
+
+		if (r == 0)
+			atomic_fetch_add(&e->ok, 1);
+		else if (r == -EINVAL)
+			atomic_fetch_add(&e->einval, 1);
+		pthread_barrier_wait(&e->bar);
+	}
+	return NULL;
+}
+
+static void test_end_racing(void **state)
+{
+	struct t_fx *f = *state;
+	struct uodp_range r;
+	struct end_race e = { .r = &r };
+	pthread_t t[2];
+
+	atomic_init(&e.ok, 0);
+	atomic_init(&e.einval, 0);
+	atomic_init(&e.rounds_left, 1000);
+	pthread_barrier_init(&e.bar, NULL, 3);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, end_racer, &e), 0);
+	for (int round = 0; round < 1000; round++) {
+		t_start(f->ctx, &r, f->buf, 4);
+		pthread_barrier_wait(&e.bar); /* go */
+		pthread_barrier_wait(&e.bar); /* both returned */
+		atomic_fetch_sub(&e.rounds_left, 1);
+	}
+	pthread_barrier_wait(&e.bar); /* rounds_left 0: they leave */
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&e.bar);
+	assert_int_equal(atomic_load(&e.ok), 1000);
+	assert_int_equal(atomic_load(&e.einval), 1000);
+	assert_true(uodp_ctx_sync(f->ctx));
+	assert_int_equal(f->ctx->active, 0);
+	assert_int_equal(t_fault(f->umem, f->buf, 4 * page, UODP_ACCESS_READ),
+			 4);
 }
 
 /* Copied tokens, run in a child: with the engine's token state only in
@@ -733,8 +844,10 @@ int main(void)
 		cmocka_unit_test(test_destroyed_enodev),
 		T(test_storm_ebusy),
 		T(test_collision_ebusy),
+		T(test_oneshot_storm_bounded),
 		T(test_end_never_started),
 		T(test_end_twice),
+		T(test_end_racing),
 		T(test_end_copied_token),
 		T(test_callback_forbidden),
 		T(test_lock_misuse),
