@@ -981,6 +981,114 @@ static void test_strict_fence(void **state)
 	munmap(buf, 3 * page);
 }
 
+/* STRICT with DEFERRED: fenced from before the event is read until the
+ * callback (on the relay) has returned. */
+static struct t_gate strict_gate = T_GATE_INIT;
+
+static void strict_hold_hook(struct uodp_umem *umem, const struct uodp_range *r)
+{
+	(void)umem;
+	(void)r;
+	t_gate_pass(&strict_gate);
+}
+
+static void test_strict_deferred_fenced_until_callback(void **state)
+{
+	static const struct uodp_ctx_ops ops = { .invalidate = t_record,
+						 .fence = on_fence,
+						 .unfence = on_unfence };
+	struct uodp_ctx *ctx = NULL;
+	char *buf = t_buf(4);
+	struct uodp_umem *u;
+
+	(void)state;
+	t_rec_reset();
+	atomic_store(&fences, 0);
+	atomic_store(&unfences, 0);
+	assert_int_equal(uodp_ctx_create(&ops,
+					 UODP_CTX_STRICT | UODP_CTX_DEFERRED,
+					 &ctx),
+			 0);
+	u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_READ), 4);
+	t_gate_reset(&strict_gate);
+	t_rec.hook = strict_hold_hook;
+	assert_int_equal(munmap(t_pg(buf, 3), page), 0);
+	t_gate_wait_arrived(&strict_gate);
+	/* In the callback: still fenced, the event still in flight. */
+	assert_int_equal(atomic_load(&fenced), 1);
+	assert_false(uodp_ctx_sync(ctx));
+	t_rec.hook = NULL;
+	t_gate_open(&strict_gate);
+	wait_sync(ctx);
+	assert_int_equal(atomic_load(&fenced), 0);
+	assert_int_equal(atomic_load(&fences), atomic_load(&unfences));
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	munmap(buf, 3 * page);
+}
+
+/* Release and destroy from other threads while a deferred callback for
+ * the region runs: the callback's region stays valid until it returns
+ * (ASan watches), destroy waits for it, and nothing hangs. */
+static struct t_gate relay2_gate = T_GATE_INIT;
+static atomic_int cb_saw_bad;
+
+static void relay2_hook(struct uodp_umem *umem, const struct uodp_range *r)
+{
+	(void)r;
+	t_gate_pass(&relay2_gate);
+	/* Released meanwhile by another thread: still ours to read. */
+	if (uodp_umem_start(umem) == NULL)
+		atomic_store(&cb_saw_bad, 1);
+}
+
+static int64_t release_thread(void *u)
+{
+	return uodp_umem_release(u);
+}
+
+static int64_t destroy_thread(void *ctx)
+{
+	return uodp_ctx_destroy(ctx);
+}
+
+static void test_deferred_release_destroy_during_callback(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(UODP_CTX_DEFERRED);
+	char *buf = t_buf(4);
+	struct uodp_umem *u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	struct uodp_umem *keep =
+		t_get(ctx, t_pg(buf, 3), page, UODP_ACCESS_ALL);
+	struct t_thread rel, des;
+
+	(void)state;
+	atomic_store(&cb_saw_bad, 0);
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_READ), 4);
+	t_gate_reset(&relay2_gate);
+	t_rec.hook = relay2_hook;
+	assert_int_equal(madvise(buf, page, MADV_DONTNEED), 0);
+	t_gate_wait_arrived(&relay2_gate);
+	t_rec.hook = NULL;
+	/* Release completes without waiting for the callback. */
+	t_thread_start(&rel, release_thread, u);
+	assert_int_equal(t_thread_join(&rel), 0);
+	/* Destroy must wait for the running callback. */
+	t_thread_start(&des, destroy_thread, ctx);
+	t_let_block();
+	assert_int_equal(atomic_load(&des.done), 0);
+	t_gate_open(&relay2_gate);
+	assert_int_equal(t_thread_join(&des), 0);
+	assert_int_equal(atomic_load(&cb_saw_bad), 0);
+	/* The remaining region was torn down. */
+	assert_true(t_rec_find(0, keep, t_pg(buf, 3), t_pg(buf, 4),
+			       UODP_EVENT_TEARDOWN) >= 0);
+	assert_int_equal(t_fault(keep, t_pg(buf, 3), page, UODP_ACCESS_READ),
+			 -ENODEV);
+	assert_int_equal(uodp_umem_release(keep), 0); /* frees the context */
+	t_unmap(buf, 4);
+}
+
 /* ------------------------------------------------------------------------ */
 /* fork: the child's address space is its own                                */
 
@@ -1109,6 +1217,8 @@ static int cleanup(void **state)
 	t_rec.hook = NULL;
 	t_gate_open(&hold_gate);
 	t_gate_open(&relay_gate);
+	t_gate_open(&strict_gate);
+	t_gate_open(&relay2_gate);
 	alarm(0);
 	return 0;
 }
@@ -1140,6 +1250,8 @@ int main(void)
 		cmocka_unit_test(test_held_callback),
 		cmocka_unit_test(test_held_callback_deferred),
 		cmocka_unit_test(test_strict_fence),
+		cmocka_unit_test(test_strict_deferred_fenced_until_callback),
+		cmocka_unit_test(test_deferred_release_destroy_during_callback),
 		cmocka_unit_test(test_fork),
 		cmocka_unit_test(test_many_regions_no_leak),
 		/* Last: a failure of these leaves its context behind. */
