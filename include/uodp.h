@@ -246,8 +246,9 @@ UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx);
  * forbidden: use UODP_CTX_MANUAL), -EBUSY (another userfaultfd watches the
  * memory), -EOPNOTSUPP (the range holds SysV shared memory, whose shmdt()
  * the kernel does not report: use UODP_CTX_MANUAL), -EMFILE/-ENFILE (no
- * file descriptor), -EAGAIN (no thread could
- * be created for the monitor: transient).
+ * file descriptor), -EAGAIN (no thread could be created for the monitor:
+ * transient), -EBADF (the monitor's descriptors were closed or replaced by
+ * someone else: it can no longer report changes, so it refuses).
  */
 UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 			   unsigned access, struct uodp_umem **out);
@@ -317,6 +318,9 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  *           cannot follow (a read-only MAP_SHARED file, device memory,
  *           SysV shared memory, file mappings on kernels without
  *           UFFD_FEATURE_WP_ASYNC): use a UODP_CTX_MANUAL context;
+ *  -EBADF   (kernel monitor) its descriptors were closed or replaced by
+ *           someone else (a daemon closing every descriptor it does not
+ *           know): it can no longer report changes, so faults are refused;
  *  -EDEADLK called from a callback, or with the region lock held;
  *  -ECHILD.
  */

@@ -91,9 +91,12 @@ static void op_begin(void *o, uint64_t s, uint64_t e, enum unf_event ev)
 	rec_add(o, 'b', s, e, (int)ev);
 }
 
-static void op_finish(void *o, uint64_t s, uint64_t e, enum unf_event ev)
+static void op_finish(void *o, uint64_t s, uint64_t e, enum unf_event ev,
+		      unsigned merged)
 {
 	struct recsub *rs = o;
+
+	(void)merged;
 	pthread_mutex_t *take;
 	unsigned slow;
 
@@ -368,8 +371,9 @@ static void test_events_two_subs(void **state)
 	rs_expect(b, mb, s, s + page, UNF_UNMAP);
 
 	/* the new mapping put over is watched after prepare */
-	assert_int_equal(
-		unf_prepare(a->sub, A(p + 20 * page), A(p + 21 * page)), 0);
+	assert_int_equal(unf_prepare(a->sub, A(p + 20 * page), A(p + 21 * page),
+				     NULL),
+			 0);
 	ma = rs_mark(a);
 	assert_int_equal(munmap(p + 20 * page, page), 0);
 	s = A(p + 20 * page);
@@ -401,7 +405,7 @@ static void test_watch_no_syscall(void **state)
 	assert_int_equal(
 		unf_watch(b->sub, A(p + 100 * page), A(p + 200 * page)), 0);
 	assert_int_equal(unf_watch(a->sub, A(p), A(p + len)), 0);
-	assert_int_equal(unf_prepare(b->sub, A(p), A(p + len)), 0);
+	assert_int_equal(unf_prepare(b->sub, A(p), A(p + len), NULL), 0);
 	assert_int_equal(regs(), r0);
 
 	t = malloc(n * sizeof(*t));
@@ -486,10 +490,11 @@ static void test_sysv_refused(void **state)
 	assert_int_equal(munmap(p + 4 * page, 4 * page), 0);
 	shm = shmat(id, p + 4 * page, 0);
 	assert_true(shm == p + 4 * page);
-	assert_int_equal(unf_prepare(a->sub, A(p + 4 * page), A(p + 5 * page)),
+	assert_int_equal(unf_prepare(a->sub, A(p + 4 * page), A(p + 5 * page),
+				     NULL),
 			 -EOPNOTSUPP);
 	/* elsewhere in the range still fine */
-	assert_int_equal(unf_prepare(a->sub, A(p), A(p + page)), 0);
+	assert_int_equal(unf_prepare(a->sub, A(p), A(p + page), NULL), 0);
 	shmdt(shm);
 	shmctl(id, IPC_RMID, NULL);
 	unf_unwatch(a->sub, A(p), A(p + 16 * page));
@@ -545,7 +550,8 @@ static void test_hugetlb(void **state)
 	a = rs_new(0);
 	r = unf_watch(a->sub, A(p + page), A(p + 2 * page));
 	assert_int_equal(r, 0);
-	assert_int_equal(unf_prepare(a->sub, A(p + page), A(p + 2 * page)), 0);
+	assert_int_equal(
+		unf_prepare(a->sub, A(p + page), A(p + 2 * page), NULL), 0);
 	m = rs_mark(a);
 	assert_int_equal(munmap(p + huge, huge), 0);
 	rs_expect(a, m, A(p + huge), A(p + 2 * huge), UNF_UNMAP);
@@ -742,7 +748,7 @@ static void test_fd_closed(void **state)
 	}
 	assert_int_equal(unf_watch(a->sub, A(p + 4 * page), A(p + 9 * page)),
 			 -EBADF);
-	assert_int_equal(unf_prepare(a->sub, A(p), A(p + page)), -EBADF);
+	assert_int_equal(unf_prepare(a->sub, A(p), A(p + page), NULL), -EBADF);
 	assert_int_equal(unf_subscribe(&rec_ops, a, 0, &x), -EBADF);
 	unf_unwatch(a->sub, A(p), A(p + 16 * page));
 	rs_free(a);
@@ -835,17 +841,19 @@ static void test_prepare(void **state)
 	q = mmap(p + 8 * page, 8 * page, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 	assert_true(q == p + 8 * page);
-	assert_int_equal(unf_prepare(a->sub, A(p + 8 * page), A(p + 9 * page)),
-			 0);
+	assert_int_equal(
+		unf_prepare(a->sub, A(p + 8 * page), A(p + 9 * page), NULL), 0);
 	m = rs_mark(a);
 	assert_int_equal(munmap(p + 8 * page, page), 0);
 	rs_expect(a, m, A(p + 8 * page), A(p + 9 * page), UNF_UNMAP);
 	/* nothing changed: the fast path, no slow prepare */
-	assert_int_equal(
-		unf_prepare(a->sub, A(p + 20 * page), A(p + 21 * page)), 0);
+	assert_int_equal(unf_prepare(a->sub, A(p + 20 * page), A(p + 21 * page),
+				     NULL),
+			 0);
 	unf_get_stats(&s0);
-	assert_int_equal(
-		unf_prepare(a->sub, A(p + 20 * page), A(p + 21 * page)), 0);
+	assert_int_equal(unf_prepare(a->sub, A(p + 20 * page), A(p + 21 * page),
+				     NULL),
+			 0);
 	unf_get_stats(&s1);
 	assert_int_equal(s1.slow_prepares, s0.slow_prepares);
 	assert_int_equal(s1.registrations, s0.registrations);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sched.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/internal.h"
@@ -56,17 +57,39 @@ static void ctx_probe_pagemap(struct uodp_ctx *ctx)
 {
 	static volatile uint64_t probe = 1;
 	uint64_t pm = 0;
+	struct stat st;
 	off_t off;
 
 	ctx->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	ctx->pagemap_pfns = false;
 	if (ctx->pagemap_fd < 0)
 		return;
+	if (fstat(ctx->pagemap_fd, &st)) {
+		close(ctx->pagemap_fd);
+		ctx->pagemap_fd = -1;
+		return;
+	}
+	ctx->pagemap_dev = st.st_dev;
+	ctx->pagemap_ino = st.st_ino;
 	(void)probe; /* fault its page in: pagemap shows absent pages as 0 */
 	off = (off_t)(((uintptr_t)&probe >> ctx->page_shift) * sizeof(pm));
 	if (pread(ctx->pagemap_fd, &pm, sizeof(pm), off) == sizeof(pm) &&
 	    (pm & PM_PRESENT) && (pm & PM_PFN_MASK))
 		ctx->pagemap_pfns = true;
+}
+
+bool ctx_pagemap_ours(struct uodp_ctx *ctx)
+{
+	struct stat st;
+
+	if (ctx->pagemap_fd < 0 || atomic_load(&ctx->pagemap_lost))
+		return false;
+	if (fstat(ctx->pagemap_fd, &st) || st.st_dev != ctx->pagemap_dev ||
+	    st.st_ino != ctx->pagemap_ino) {
+		atomic_store(&ctx->pagemap_lost, true); /* for good */
+		return false;
+	}
+	return true;
 }
 
 /* MADV_POPULATE_* arrived in Linux 5.14; without them there is no fault
@@ -194,7 +217,7 @@ static void ctx_free(struct uodp_ctx *ctx)
 	while (atomic_load(&ctx->users))
 		sched_yield();
 	ctx->magic = UODP_DEAD_MAGIC;
-	if (ctx->pagemap_fd >= 0)
+	if (ctx_pagemap_ours(ctx))
 		close(ctx->pagemap_fd);
 	pgt_destroy(&ctx->pins);
 	ulock_destroy(&ctx->pin_lock);
@@ -210,7 +233,7 @@ static void ctx_free(struct uodp_ctx *ctx)
 
 void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
 void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
-			 enum uodp_event ev);
+			 enum uodp_event ev, unsigned merged);
 
 static enum uodp_event event_of(enum unf_event ev)
 {
@@ -236,12 +259,12 @@ static void sink_begin(void *owner, uint64_t start, uint64_t end,
 }
 
 static void sink_finish(void *owner, uint64_t start, uint64_t end,
-			enum unf_event ev)
+			enum unf_event ev, unsigned merged)
 {
 	struct uodp_ctx *ctx = owner;
 
 	if (ctx->flags & UODP_CTX_DEFERRED)
-		ctx_deferred_finish(ctx, start, end, event_of(ev));
+		ctx_deferred_finish(ctx, start, end, event_of(ev), merged);
 	else
 		ctx_invalidate(ctx, start, end, event_of(ev));
 }
@@ -330,14 +353,16 @@ void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 /* The fault path's check that mappings made since the watch are watched.
  * Lock-free in the notifier's common case; sub is stable while a region
  * of the context lives (it goes with the last unwatch). */
-int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
+int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+		bool *settled)
 {
 	struct unf_sub *sub;
 
+	*settled = false;
 	if (ctx->flags & UODP_CTX_MANUAL)
 		return 0;
 	sub = __atomic_load_n(&ctx->sub, __ATOMIC_ACQUIRE);
-	return sub ? unf_prepare(sub, start, end) : 0;
+	return sub ? unf_prepare(sub, start, end, settled) : 0;
 }
 
 /* Drop the subscription (no event is delivered after this returns). */
@@ -474,6 +499,9 @@ UODP_API const char *uodp_strerror(int err)
 	case -EOPNOTSUPP:
 		return "the kernel monitor cannot follow this mapping type: "
 		       "use UODP_CTX_MANUAL";
+	case -EBADF:
+		return "the kernel monitor lost its descriptors (closed or "
+		       "replaced by the application): no invalidations";
 	case -EPROTO:
 		return "the library is not of the version asked for "
 		       "(uodp_check_version())";

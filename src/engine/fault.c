@@ -109,7 +109,7 @@ static void read_frames(const struct uodp_ctx *ctx, uint64_t va, uint64_t n,
 	ssize_t got = -1;
 	uint64_t i;
 
-	if (ctx->pagemap_pfns)
+	if (ctx->pagemap_pfns && ctx_pagemap_ours((struct uodp_ctx *)ctx))
 		got = pread(ctx->pagemap_fd, pfns, n * sizeof(uint64_t), off);
 	if (got != (ssize_t)(n * sizeof(uint64_t))) {
 		for (i = 0; i < n; i++)
@@ -311,10 +311,12 @@ static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
 	struct uodp_ctx *ctx = umem->ctx;
 	uint64_t page = page_size_of(ctx), n, got, total = 0, va;
 	bool write = access & UODP_ACCESS_WRITE,
-	     pin = ctx->flags & UODP_CTX_PIN;
+	     pin = ctx->flags & UODP_CTX_PIN, unsure, again;
 	int err = 0, r;
 
-	r = ctx_prepare(ctx, first, end);
+	/* Mappings made in the range since it was watched get watched now,
+	 * before we populate them. */
+	r = ctx_prepare(ctx, first, end, &unsure);
 	if (r)
 		return r;
 	for (va = first; va < end && !err; va += got * page) {
@@ -337,6 +339,20 @@ static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
 		}
 		if (!got)
 			break;
+		if (unsure) {
+			/* The range was not known whole and watched: a mapping
+			 * may have appeared in a hole while we populated, with
+			 * no event, and be gone or replaced by now. Its pages
+			 * must not be installed unless it is watched: check
+			 * again, and start over if anything had to be
+			 * registered (the next attempt populates it watched). */
+			r = ctx_prepare(ctx, va, va + got * page, &again);
+			if (r || again) {
+				if (pin)
+					unpin_range(ctx, va, got);
+				return r ? r : -EAGAIN;
+			}
+		}
 		read_frames(ctx, va, got, pfns);
 		if (engine_test_hook_before_install)
 			engine_test_hook_before_install(umem);

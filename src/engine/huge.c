@@ -101,7 +101,7 @@ bool huge_candidate(const struct uodp_umem *umem, uint64_t va, uint64_t n)
 	return ctx->scan_huge && !(ctx->flags & UODP_CTX_PIN) &&
 	       !umem_watch_only(umem) && !(va & (HUGE_SIZE - 1)) &&
 	       n == HUGE_PAGES(ctx) && block_inside(umem, va) &&
-	       block_is_huge(ctx, va);
+	       ctx_pagemap_ours(umem->ctx) && block_is_huge(ctx, va);
 }
 
 uint64_t huge_word_locked(const struct uodp_umem *umem, uint64_t va)

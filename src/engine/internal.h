@@ -120,9 +120,15 @@ struct uodp_ctx {
 	unsigned flags;
 	unsigned long fork_gen; /* engine_fork_generation at creation */
 	int pagemap_fd;		/* /proc/self/pagemap, -1 if unusable */
-	bool pagemap_pfns;	/* pagemap shows frame numbers (CAP_SYS_ADMIN)
+	/* Its identity: an application that closes "all unknown
+	 * descriptors" may leave the number to another file, which we must
+	 * then never read, ioctl or close (ctx_pagemap_ours()). */
+	dev_t pagemap_dev;
+	ino_t pagemap_ino;
+	atomic_bool pagemap_lost;
+	bool pagemap_pfns; /* pagemap shows frame numbers (CAP_SYS_ADMIN)
 			    * and UODP_CTX_NO_FRAMES is not set */
-	bool scan_huge;		/* PAGEMAP_SCAN reports huge pages (huge.c) */
+	bool scan_huge;	   /* PAGEMAP_SCAN reports huge pages (huge.c) */
 	unsigned page_shift;
 
 	pthread_mutex_t sub_lock; /* see LOCKS above */
@@ -179,6 +185,13 @@ struct uodp_umem {
 	 * reference frees the memory. */
 	atomic_long refs;
 	uint64_t relay_done; /* ctx->relay_id that handled it; relay only */
+	/* Deferred invalidations begun on the region and not yet finished
+	 * (under lock): the stripes they raised, once each, and the hull of
+	 * their ranges. The notifier may merge several finishes into one
+	 * (a full relay queue), so a finish settles whatever is pending on
+	 * the region instead of undoing one begin. */
+	uint64_t dmask;
+	uint64_t dlo, dhi;
 
 	struct ulock lock;     /* see LOCKS above */
 	pthread_cond_t idle;   /* broadcast when a stripe count drops to 0 or
@@ -288,6 +301,14 @@ void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
 void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		enum uodp_event ev, int cb_kind);
 void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period);
+/* Deferred halves (protocol.c): begin raises the stripes of [s, e) not
+ * already pending; take removes what is pending on the region (false if
+ * nothing), end_mask lowers those stripes. */
+void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e,
+			  uint64_t period);
+bool inval_deferred_take(struct uodp_umem *umem, uint64_t *s, uint64_t *e,
+			 uint64_t *mask);
+void inval_end_mask(struct uodp_umem *umem, uint64_t mask);
 /* Context accounting around a whole invalidation: returns its period. */
 uint64_t ctx_inval_begin(struct uodp_ctx *ctx);
 void ctx_inval_end(struct uodp_ctx *ctx);
@@ -316,10 +337,13 @@ int table_refill(struct pgt *t, struct ulock *lock, uint64_t idx);
 void *table_trim(struct pgt *t);
 
 /* ctx.c */
+/* True when ctx->pagemap_fd is still the file we opened (one fstat). */
+bool ctx_pagemap_ours(struct uodp_ctx *ctx);
 void ctx_release(struct uodp_ctx *ctx); /* last region of a destroyed ctx */
 int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
 void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
-int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
+int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+		bool *settled);
 
 /* pin.c: mlock reference counts of pinning mode (ctx->pin_lock inside).
  * pin_range() takes a reference on each of @n pages from @va and returns

@@ -137,9 +137,10 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
 
 /* ---- deferred delivery: the two halves of a kernel event ---- */
 
-/* Monitor thread: account the range on every overlapping region so faults
- * wait or retry from now on. No driver call, nothing that can block on an
- * application thread but the tree read lock, whose writers never wait. */
+/* Monitor thread: raise the stripes of the range on every overlapping
+ * region so faults wait or retry from now on. No driver call, nothing that
+ * can block on an application thread but the tree read lock, whose
+ * writers never wait. */
 void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 {
 	struct itree_node *n;
@@ -151,7 +152,7 @@ void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 		struct uodp_umem *umem = node_umem(n);
 
 		clamp(umem, start, end, &s, &e);
-		inval_start(umem, s, e, period);
+		inval_deferred_begin(umem, s, e, period);
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
 }
@@ -191,30 +192,32 @@ static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t start,
  * regions are held by a reference, not by the tree lock, so the callback
  * may take locks under which other threads register or release regions,
  * and may release its own region (umem_put() frees it after us).
- * The period is still the one ctx_deferred_begin() saw: this invalidation
- * keeps ctx->active above zero until ctx_inval_end().
+ * A finish may stand for @merged begins (the notifier merges them when its
+ * queue is full, [start, end) being the hull): each region settles what is
+ * pending on it (its own hull and stripes), whichever finish gets there
+ * first, and the context ends all @merged invalidations.
  */
 void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
-			 enum uodp_event ev)
+			 enum uodp_event ev, unsigned merged)
 {
 	struct uodp_umem *batch[RELAY_BATCH];
-	uint64_t period = atomic_load(&ctx->period), id = ++ctx->relay_id;
-	uint64_t s, e;
+	uint64_t id = ++ctx->relay_id, s, e, mask;
 	unsigned k, i;
 
-	uodp_assert(period & 1);
 	while ((k = relay_collect(ctx, start, end, id, batch)) > 0) {
 		for (i = 0; i < k; i++) {
 			struct uodp_umem *umem = batch[i];
 
-			clamp(umem, start, end, &s, &e);
-			if (!atomic_load(&umem->released))
-				inval_call(umem, s, e, ev, CB_DEFERRED);
-			inval_end(umem, s, e, period);
+			if (inval_deferred_take(umem, &s, &e, &mask)) {
+				if (!atomic_load(&umem->released))
+					inval_call(umem, s, e, ev, CB_DEFERRED);
+				inval_end_mask(umem, mask);
+			}
 			umem_put(umem);
 		}
 	}
-	ctx_inval_end(ctx);
+	while (merged--)
+		ctx_inval_end(ctx);
 }
 
 /* ---- the public entry points ---- */
@@ -255,15 +258,18 @@ UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr, size_t len,
 /*
  * The token: reserved[] of the caller's struct uodp_range. [0] is the state
  * word (magic while started), [1] the context, [2] the period, [3]/[4] the
- * rounded range. The state word is claimed with a compare-and-swap, so of
- * two end() calls racing on one token exactly one succeeds.
+ * rounded range, [5] the token's own address: a copy of a started token
+ * lives elsewhere, so it is no token (ending it changes nothing). The state
+ * word is claimed with a compare-and-swap, so of two end() calls racing on
+ * one token exactly one succeeds.
  */
 enum {
 	TOK_STATE,
 	TOK_CTX,
 	TOK_PERIOD,
 	TOK_START,
-	TOK_END
+	TOK_END,
+	TOK_SELF
 };
 
 static _Atomic uint64_t *tok_state(struct uodp_range *range)
@@ -317,6 +323,7 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
 	range->reserved[TOK_PERIOD] = period;
 	range->reserved[TOK_START] = start;
 	range->reserved[TOK_END] = end;
+	range->reserved[TOK_SELF] = (uint64_t)(uintptr_t)range;
 	atomic_store(tok_state(range), UODP_RANGE_MAGIC);
 	return 0;
 }
@@ -340,9 +347,11 @@ UODP_API int uodp_invalidate_range_end(struct uodp_range *range)
 		return -EINVAL;
 	if (!atomic_compare_exchange_strong(tok_state(range), &expect,
 					    UODP_RANGE_MAGIC + 1))
-		return -EINVAL;
+		return -EINVAL; /* never started, ended, or being ended */
 	ctx = (struct uodp_ctx *)(uintptr_t)range->reserved[TOK_CTX];
-	if (!ctx_valid(ctx)) {
+	if (range->reserved[TOK_SELF] != (uint64_t)(uintptr_t)range ||
+	    !ctx_valid(ctx)) {
+		/* A copy of a started token: not ours to end. */
 		atomic_store(tok_state(range), UODP_RANGE_MAGIC);
 		return -EINVAL;
 	}

@@ -194,6 +194,76 @@ void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period)
 	ulock_unlock(&umem->lock);
 }
 
+static uint64_t stripe_mask(const struct uodp_umem *umem, uint64_t s,
+			    uint64_t e)
+{
+	unsigned first, last;
+
+	stripe_span(umem, umem_page(umem, s), umem_page(umem, e), &first,
+		    &last);
+	/* nstripes <= 64 (UMEM_MAX_STRIPES): one bit per stripe. */
+	return (last - first == 63 ? ~(uint64_t)0 :
+				     (((uint64_t)1 << (last - first + 1)) - 1))
+	       << first;
+}
+
+void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e,
+			  uint64_t period)
+{
+	uint64_t m, fresh;
+	unsigned i;
+
+	ulock_lock(&umem->lock);
+	umem->stats.invalidations++;
+	if (!skip_accounting(umem, period)) {
+		m = stripe_mask(umem, s, e);
+		fresh = m & ~umem->dmask;
+		for (i = 0; i < umem->nstripes; i++)
+			if (fresh & ((uint64_t)1 << i))
+				umem->stripes[i].count++;
+		if (!umem->dmask) {
+			umem->dlo = s;
+			umem->dhi = e;
+		} else {
+			umem->dlo = s < umem->dlo ? s : umem->dlo;
+			umem->dhi = e > umem->dhi ? e : umem->dhi;
+		}
+		umem->dmask |= m;
+	}
+	ulock_unlock(&umem->lock);
+}
+
+bool inval_deferred_take(struct uodp_umem *umem, uint64_t *s, uint64_t *e,
+			 uint64_t *mask)
+{
+	ulock_lock(&umem->lock);
+	*mask = umem->dmask;
+	*s = umem->dlo;
+	*e = umem->dhi;
+	umem->dmask = 0;
+	ulock_unlock(&umem->lock);
+	return *mask != 0;
+}
+
+void inval_end_mask(struct uodp_umem *umem, uint64_t mask)
+{
+	bool wake = false;
+	unsigned i;
+
+	ulock_lock(&umem->lock);
+	for (i = 0; i < umem->nstripes; i++) {
+		if (!(mask & ((uint64_t)1 << i)))
+			continue;
+		uodp_assert(umem->stripes[i].count > 0);
+		umem->stripes[i].seq++;
+		if (--umem->stripes[i].count == 0)
+			wake = true;
+	}
+	if (wake)
+		pthread_cond_broadcast(&umem->idle);
+	ulock_unlock(&umem->lock);
+}
+
 __thread int engine_in_callback;
 
 void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,

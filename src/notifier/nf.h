@@ -64,6 +64,7 @@ struct nf_entry {
 	uint64_t start, end;
 	enum unf_event ev;
 	unsigned unfences; /* fence references released after finish */
+	unsigned merged;   /* begins this finish stands for (>= 1) */
 };
 
 struct unf_sub {
@@ -177,7 +178,7 @@ static inline void nf_stat_inc(_Atomic uint64_t *c)
 /* watch.c */
 int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end);
 void nf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end);
-int nf_prepare_slow(uint64_t start, uint64_t end);
+int nf_prepare_slow(uint64_t start, uint64_t end, bool *settled);
 void nf_drop_sub(struct unf_sub *sub); /* all watches of @sub */
 void nf_drop_all(void);		       /* stop: unregister and free all */
 void nf_forget_all(void);	       /* forked child: forget, no syscall */

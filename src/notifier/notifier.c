@@ -173,6 +173,7 @@ static void hull(struct nf_entry *x, uint64_t s, uint64_t e, enum unf_event ev)
 		x->end = e;
 	if (x->ev != ev) /* mixed: the strongest (over-invalidation is safe) */
 		x->ev = UNF_UNMAP;
+	x->merged++;
 }
 
 /* The last queued (not yet running) entry of @sub, or NULL. ring_lock. */
@@ -196,7 +197,7 @@ static void relay_queue(struct unf_sub *sub, uint64_t s, uint64_t e,
 		nf_stat_inc(&nf.st.coalesced);
 	} else if (nf.ring_tail - nf.ring_head < ring_cap()) {
 		x = &nf.ring[nf.ring_tail % NF_RING];
-		*x = (struct nf_entry){ sub, s, e, ev, 0 };
+		*x = (struct nf_entry){ sub, s, e, ev, 0, 1 };
 		sub->last_seq = nf.ring_tail++;
 		sub->has_last = true;
 		sub->inflight++;
@@ -206,7 +207,7 @@ static void relay_queue(struct unf_sub *sub, uint64_t s, uint64_t e,
 		nf_stat_inc(&nf.st.coalesced);
 	} else {
 		/* Full of others' entries: the subscriber's own slot. */
-		sub->ovf = (struct nf_entry){ sub, s, e, ev, 0 };
+		sub->ovf = (struct nf_entry){ sub, s, e, ev, 0, 1 };
 		sub->ovf_set = true;
 		sub->ovf_next = NULL;
 		if (nf.ovf_last)
@@ -272,7 +273,7 @@ static void *relay_main(void *arg)
 		sub->running = true;
 		nf_unlock(&nf.ring_lock);
 
-		sub->ops->finish(sub->owner, x.start, x.end, x.ev);
+		sub->ops->finish(sub->owner, x.start, x.end, x.ev, x.merged);
 
 		/* Fence references released after this finish, including
 		 * ones the monitor handed over while it ran. */
@@ -322,7 +323,7 @@ static void deliver(uint64_t s, uint64_t e, enum unf_event ev)
 		if (sub->flags & UNF_DEFERRED)
 			relay_queue(sub, s, e, ev);
 		else if (sub->ops->finish)
-			sub->ops->finish(sub->owner, s, e, ev);
+			sub->ops->finish(sub->owner, s, e, ev, 1);
 	}
 }
 
@@ -779,17 +780,20 @@ void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end)
 	nf_unwatch(sub, start, end);
 }
 
-int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end)
+int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end,
+		bool *settled)
 {
 	uint64_t e = atomic_load(&nf.epoch);
 
+	if (settled)
+		*settled = false;
 	if (!ours(sub))
 		return -ECHILD;
 	if (e == atomic_load(&nf.all_ok))
 		return 0;
 	if (start >= end)
 		return 0;
-	return nf_prepare_slow(start, end);
+	return nf_prepare_slow(start, end, settled);
 }
 
 void unf_get_stats(struct unf_stats *out)

@@ -65,8 +65,11 @@ enum unf_event {
 struct unf_ops {
 	void (*begin)(void *owner, uint64_t start, uint64_t end,
 		      enum unf_event ev);
+	/* @merged: how many begins this finish stands for (more than 1
+	 * when the relay queue was full and events were merged: [start,
+	 * end) is then the hull of their ranges). */
 	void (*finish)(void *owner, uint64_t start, uint64_t end,
-		       enum unf_event ev);
+		       enum unf_event ev, unsigned merged);
 	void (*fence)(void *owner);   /* UNF_STRICT only */
 	void (*unfence)(void *owner); /* UNF_STRICT only */
 };
@@ -124,6 +127,10 @@ void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end);
  * mapping the kernel refuses to watch, or SysV shared memory), -ENOMEM,
  * -EPERM (registration forbidden), -EBADF (notifier broken), -ECHILD.
  * A range with nothing mapped is not an error.
+ * *@settled (if not NULL) tells whether the range was NOT already known
+ * whole, mapped and registered, so that the call had to read the mappings
+ * and (re)register: the fault path then checks again after populating,
+ * and starts over if a mapping appeared meanwhile (see fault.c).
  *
  * Broken: if the application closes or replaces our userfaultfd or pipe
  * (a daemon closing "all unknown fds"), the monitor notices (POLLNVAL,
@@ -133,7 +140,8 @@ void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end);
  * leaves. A descriptor number that is no longer ours is never read,
  * written or closed.
  */
-int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end);
+int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end,
+		bool *settled);
 
 /* ---- observation (any thread, no lock) ---- */
 struct unf_stats {

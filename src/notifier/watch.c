@@ -586,7 +586,7 @@ out:
 	nf_unlock(&nf.watch_lock);
 }
 
-int nf_prepare_slow(uint64_t start, uint64_t end)
+int nf_prepare_slow(uint64_t start, uint64_t end, bool *settled)
 {
 	struct nf_dom *d, *last;
 	uint64_t e, s, en;
@@ -612,6 +612,8 @@ int nf_prepare_slow(uint64_t start, uint64_t end)
 	r = settle(s, en, -EOPNOTSUPP, &d);
 	if (r)
 		goto out;
+	if (settled)
+		*settled = true;
 done:
 	update_all_ok(e);
 out:
