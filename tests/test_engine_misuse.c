@@ -231,6 +231,32 @@ static void test_storm_ebusy(void **state)
 	assert_true(uodp_ctx_sync(f->ctx));
 }
 
+/* A region registered during the storm, over pages the storm never
+ * touches: uodp.h says a region registered between start() and end()
+ * "does not fault THERE until end()" - elsewhere it must. */
+static void test_storm_new_region_elsewhere(void **state)
+{
+	struct t_fx *f = *state;
+	struct uodp_umem *late;
+	struct storm s;
+	pthread_t t;
+	int64_t r;
+
+	storm_begin(&s, &t, f->ctx, f->buf, 8);
+	late = t_get(f->ctx, t_pg(f->buf, 32), 32 * page, UODP_ACCESS_ALL);
+	r = uodp_umem_map_and_lock(late, t_pg(f->buf, 40), page,
+				   UODP_ACCESS_READ, 1000);
+	if (r > 0)
+		assert_int_equal(uodp_umem_unlock(late), 0);
+	storm_stop(&s, t);
+	assert_int_equal(uodp_umem_release(late), 0);
+	if (r != 1)
+		fail_msg("a region registered during an invalidation of other "
+			 "pages cannot fault while any invalidation runs: %ld "
+			 "(%s)",
+			 (long)r, uodp_strerror((int)r));
+}
+
 /* The literal storm: a thread calling uodp_invalidate_range() in a loop
  * over the same pages. Between two of its invalidations a fault may slip
  * through, so each call gives the pages or -EBUSY - never later than its
@@ -845,6 +871,7 @@ int main(void)
 		T(test_storm_ebusy),
 		T(test_collision_ebusy),
 		T(test_oneshot_storm_bounded),
+		T(test_storm_new_region_elsewhere),
 		T(test_end_never_started),
 		T(test_end_twice),
 		T(test_end_racing),
