@@ -274,6 +274,41 @@ static void unpin_rest(struct uodp_ctx *ctx, uint64_t va, uint64_t n,
 	}
 }
 
+/*
+ * ctx_prepare() over [first, *end), or over its longest prefix that can be
+ * watched: a neighbour that the monitor refuses (finding 17) only shortens
+ * the fault, as a hole does. The error is returned only when @first's own
+ * page cannot be watched. Bisection: a few more prepares, on errors only.
+ */
+static int prepare_prefix(struct uodp_ctx *ctx, uint64_t first, uint64_t *end,
+			  bool *unsure)
+{
+	uint64_t page = page_size_of(ctx), lo, hi, mid;
+	bool u;
+	int r;
+
+	r = ctx_prepare(ctx, first, *end, unsure);
+	if (!r || *end - first == page)
+		return r;
+	r = ctx_prepare(ctx, first, first + page, unsure);
+	if (r)
+		return r;
+	lo = first + page; /* [first, lo) can be watched */
+	hi = *end;	   /* [first, hi) cannot */
+	while (hi - lo > page) {
+		mid = lo + (((hi - lo) / 2) & ~(page - 1));
+		if (ctx_prepare(ctx, first, mid, &u) == 0) {
+			lo = mid;
+			*unsure |= u;
+		} else {
+			hi = mid;
+		}
+	}
+	*unsure = true; /* the range changed under us: check after populate */
+	*end = lo;
+	return 0;
+}
+
 /* Checks of the fault entry points' arguments, in the order the API lists
  * them; on success [*first, *end) is the page-rounded range. */
 static int map_check(struct uodp_umem *umem, const void *addr, size_t len,
@@ -316,7 +351,7 @@ static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
 
 	/* Mappings made in the range since it was watched get watched now,
 	 * before we populate them. */
-	r = ctx_prepare(ctx, first, end, &unsure);
+	r = prepare_prefix(ctx, first, &end, &unsure);
 	if (r)
 		return r;
 	for (va = first; va < end && !err; va += got * page) {

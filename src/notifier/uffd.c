@@ -260,7 +260,7 @@ struct maps_full {
 	int field;   /* 0: start, 1: end, 2: the rest */
 	int tokens;  /* tokens seen in the rest: perms offset dev inode path */
 	int pathlen; /* characters of the path seen */
-	bool intok, bad, sysv_prefix;
+	bool intok, bad, sysv_prefix, inode_zero;
 };
 
 static const char sysv_path[] = "/SYSV";
@@ -275,10 +275,11 @@ static bool maps_full_feed(struct maps_full *l, char c)
 
 		l->m.sysv = l->sysv_prefix &&
 			    l->pathlen >= (int)sizeof(sysv_path) - 1;
+		l->m.anon = l->inode_zero;
 		if (!ok)
 			l->m.start = l->m.end = 0;
 		l->field = l->tokens = l->pathlen = 0;
-		l->intok = l->bad = l->sysv_prefix = false;
+		l->intok = l->bad = l->sysv_prefix = l->inode_zero = false;
 		return ok;
 	}
 	if (l->field == 2) {
@@ -291,7 +292,11 @@ static bool maps_full_feed(struct maps_full *l, char c)
 			l->tokens++;
 			if (l->tokens == 5)
 				l->sysv_prefix = true;
+			if (l->tokens == 4)
+				l->inode_zero = true;
 		}
+		if (l->tokens == 4 && c != '0')
+			l->inode_zero = false;
 		if (l->tokens == 5 && l->pathlen < (int)sizeof(sysv_path) - 1) {
 			if (c != sysv_path[l->pathlen])
 				l->sysv_prefix = false;

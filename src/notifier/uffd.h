@@ -72,6 +72,8 @@ int uffd_for_each_vma(uint64_t start, uint64_t end,
 struct uffd_map {
 	uint64_t start, end;
 	bool sysv;
+	bool anon; /* inode 0: anonymous memory, which userfaultfd never
+		    * refuses (a failed registration means it went away) */
 };
 int uffd_for_each_map(uint64_t start, uint64_t end,
 		      int (*fn)(const struct uffd_map *m, void *arg),

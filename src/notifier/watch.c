@@ -284,9 +284,11 @@ static int reg_map(const struct uffd_map *m)
 		return M_SYSV;
 	r = reg(m->start, m->end);
 	if (r == -EINVAL) {
-		/* Gone since we read the maps, or refused. If it is still
-		 * all mapped, a second refusal means refused. */
-		if (!uffd_fully_mapped(m->start, m->end))
+		/* Gone since we read the maps, or refused. Anonymous memory
+		 * is never refused: it changed under us (finding 7: never
+		 * report a churning page as a refused type). Otherwise, if
+		 * it is still all mapped, a second refusal means refused. */
+		if (m->anon || !uffd_fully_mapped(m->start, m->end))
 			return M_GONE;
 		r = reg(m->start, m->end);
 		if (r == -EINVAL)
