@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_engine_huge.c - huge entries (UODP_ENTRY_HUGE): a 2 MiB block the
+ * kernel maps with one transparent huge page is one engine entry. Checked
+ * through the public API: every page of the block reads as a HUGE entry of
+ * its own address; an invalidation of a few pages tells the driver exactly
+ * those pages and drops the whole entry; a writable one puts the whole
+ * block in the dirty set, each page once; access upgrades apply to the
+ * block; ragged region ends keep base-page entries; pinning keeps base
+ * pages.
+ *
+ * Skips (77) where no huge entry appears: no THP for this mapping, or no
+ * PAGEMAP_SCAN (Linux < 6.7).
+ */
+#include "helpers.h"
+
+#ifndef MADV_HUGEPAGE
+#define MADV_HUGEPAGE 14
+#endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+#define HUGE ((size_t)2 << 20)
+
+static size_t page, hp; /* base page size, base pages per huge page */
+
+struct thp {
+	char *raw, *p; /* p: 2 MiB aligned, NBLK blocks */
+	size_t nblk;
+};
+
+/* @nblk huge-page-backed, written blocks, or NULL if THP will not. */
+static bool thp_map(struct thp *t, size_t nblk)
+{
+	t->nblk = nblk;
+	t->raw = mmap(NULL, (nblk + 1) * HUGE, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(t->raw != MAP_FAILED);
+	t->p = (char *)(((uintptr_t)t->raw + HUGE - 1) &
+			~(uintptr_t)(HUGE - 1));
+	if (madvise(t->p, nblk * HUGE, MADV_HUGEPAGE))
+		return false;
+	memset(t->p, 0x5a, nblk * HUGE);
+	/* Where THP is "madvise"/"always" but the fault got small pages
+	 * (fragmentation), ask for a collapse (Linux 6.1+); failure is
+	 * fine, the probe below decides. */
+	madvise(t->p, nblk * HUGE, MADV_COLLAPSE);
+	return true;
+}
+
+static void thp_unmap(struct thp *t)
+{
+	munmap(t->raw, (t->nblk + 1) * HUGE);
+}
+
+/* Fault the blocks writable on a fresh manual context; skip the test if
+ * the engine made no huge entry of them. */
+static struct uodp_umem *huge_region(struct uodp_ctx **ctx, struct thp *t,
+				     size_t nblk, unsigned flags)
+{
+	struct uodp_umem *u;
+
+	if (page != 4096)
+		t_skip("written for 4 KiB base pages");
+	if (!thp_map(t, nblk)) {
+		thp_unmap(t);
+		t_skip("madvise(MADV_HUGEPAGE) refused");
+	}
+	*ctx = t_ctx(UODP_CTX_MANUAL | flags);
+	u = t_get(*ctx, t->p, nblk * HUGE, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(u, t->p, nblk * HUGE, UODP_ACCESS_WRITE),
+			 (int64_t)(nblk * hp));
+	if (t_stats(u).huge_now == 0 && !(flags & UODP_CTX_PIN)) {
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(*ctx), 0);
+		thp_unmap(t);
+		t_skip("no huge entry (no THP here, or no PAGEMAP_SCAN)");
+	}
+	return u;
+}
+
+static void test_huge_entries(void **state)
+{
+	struct uodp_ctx *ctx;
+	struct thp t;
+	struct uodp_umem *u = huge_region(&ctx, &t, 2, 0);
+	struct uodp_umem_stats st = t_stats(u);
+	uint64_t e[64];
+
+	(void)state;
+	t_rec_reset();
+	assert_int_equal(st.huge_now, 2);
+	assert_int_equal(st.mapped_now, 2 * hp);
+	/* Every page reads as its own address, HUGE, with the access. */
+	assert_int_equal(uodp_umem_lock(u), 0);
+	for (size_t i = 0; i < 2 * hp; i += 64) {
+		assert_int_equal(
+			uodp_umem_entries_locked(u, t_pg(t.p, i), 64, e), 0);
+		for (size_t j = 0; j < 64; j++)
+			assert_int_equal(e[j], t_want(t_pg(t.p, i + j),
+						      UODP_ACCESS_WRITE) |
+						       UODP_ENTRY_HUGE);
+	}
+	assert_int_equal(uodp_umem_unlock(u), 0);
+
+	/* Invalidate pages 1-2 of block 0: the driver hears of exactly
+	 * them, the engine drops the whole block. */
+	t_inval(ctx, t_pg(t.p, 1), 2);
+	assert_int_equal(t_rec_count(), 1);
+	assert_true(t_rec_find(0, u, t_pg(t.p, 1), t_pg(t.p, 3),
+			       UODP_EVENT_MANUAL) >= 0);
+	st = t_stats(u);
+	assert_int_equal(st.huge_now, 1);
+	assert_int_equal(st.mapped_now, hp);
+	assert_int_equal(t_count(u, t.p, hp), 0);
+	assert_int_equal(t_count(u, t_pg(t.p, hp), hp), hp);
+	/* The data was never touched. */
+	assert_int_equal(t.p[page], 0x5a);
+
+	/* The whole block joined the dirty set: each page once, ascending,
+	 * across calls of any size. */
+	{
+		void *d[100];
+		size_t got = 0;
+		int64_t n;
+
+		while ((n = uodp_umem_dirty_take(u, d, 100)) > 0) {
+			for (int64_t i = 0; i < n; i++, got++)
+				assert_ptr_equal(d[i], t_pg(t.p, got));
+			if (n < 100)
+				break;
+		}
+		assert_int_equal(got, hp);
+		assert_int_equal(uodp_umem_dirty_take(u, d, 100), 0);
+	}
+
+	/* A fault of one page of the dropped block maps it again. */
+	assert_int_equal(t_fault(u, t_pg(t.p, 7), page, UODP_ACCESS_READ), 1);
+	assert_true(t_entry(u, t_pg(t.p, 7)) != 0);
+	/* unmap of one page of block 1 drops that whole entry too. */
+	assert_true(uodp_umem_unmap(u, t_pg(t.p, hp + 3), page) >= 1);
+	assert_int_equal(t_count(u, t_pg(t.p, hp), hp), 0);
+	/* Left: block 0 again, as one huge entry or the one page. */
+	assert_int_equal(t_stats(u).mapped_now, t_stats(u).huge_now ? hp : 1);
+
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	thp_unmap(&t);
+}
+
+static int count_huge(void *va, uint64_t e, void *arg)
+{
+	(void)va;
+	if (e & UODP_ENTRY_HUGE)
+		++*(size_t *)arg;
+	return 0;
+}
+
+/* READ for the block, then WRITE for one page: the huge entry's access
+ * is upgraded as a whole; for_each_entry visits every page. */
+static void test_huge_upgrade_and_iterate(void **state)
+{
+	struct uodp_ctx *ctx;
+	struct thp t;
+	struct uodp_umem *u = huge_region(&ctx, &t, 1, 0);
+	size_t nh = 0;
+
+	(void)state;
+	assert_int_equal(uodp_umem_unmap(u, t.p, HUGE), (int64_t)hp);
+	/* Taken: a block with an untaken dirty huge word is refaulted with
+	 * base-page entries (huge.c), which is not what this test is about. */
+	{
+		void *d[512];
+
+		assert_int_equal(uodp_umem_dirty_take(u, d, 512), (int64_t)hp);
+	}
+	assert_int_equal(t_fault(u, t.p, HUGE, UODP_ACCESS_READ), (int64_t)hp);
+	if (!(t_entry(u, t.p) & UODP_ENTRY_HUGE))
+		t_skip("the block came back as small pages");
+	assert_int_equal(t_fault(u, t_pg(t.p, 9), page, UODP_ACCESS_WRITE), 1);
+	assert_int_equal(t_entry(u, t_pg(t.p, 9)),
+			 t_want(t_pg(t.p, 9), UODP_ACCESS_ALL) |
+				 UODP_ENTRY_HUGE);
+	assert_int_equal(t_entry(u, t_pg(t.p, 300)),
+			 t_want(t_pg(t.p, 300), UODP_ACCESS_ALL) |
+				 UODP_ENTRY_HUGE);
+	assert_int_equal(t_stats(u).huge_now, 1);
+	assert_int_equal(uodp_umem_lock(u), 0);
+	assert_int_equal(uodp_umem_for_each_entry(u, t.p, HUGE, count_huge,
+						  &nh),
+			 (int64_t)hp);
+	assert_int_equal(uodp_umem_unlock(u), 0);
+	assert_int_equal(nh, hp);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	thp_unmap(&t);
+}
+
+/* A region that covers a block only partly keeps base-page entries; so
+ * does a pinning context. */
+static void test_huge_ragged_and_pinned(void **state)
+{
+	struct uodp_ctx *ctx;
+	struct thp t;
+	struct uodp_umem *u = huge_region(&ctx, &t, 2, 0), *r, *pu;
+	struct uodp_ctx *pctx = t_ctx(UODP_CTX_MANUAL | UODP_CTX_PIN);
+
+	(void)state;
+	/* [block 0 + 1 page, block 1 + 1 page): no block whole inside. */
+	r = t_get(ctx, t_pg(t.p, 1), HUGE, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(r, t_pg(t.p, 1), HUGE, UODP_ACCESS_READ),
+			 (int64_t)hp);
+	assert_int_equal(t_stats(r).huge_now, 0);
+	assert_int_equal(t_entry(r, t_pg(t.p, 1)) & UODP_ENTRY_HUGE, 0);
+	assert_int_equal(t_entry(r, t_pg(t.p, hp)) & UODP_ENTRY_HUGE, 0);
+	/* An invalidation in block 1 drops u's huge entry and r's pages. */
+	t_inval(ctx, t_pg(t.p, hp), 1);
+	assert_int_equal(t_entry(r, t_pg(t.p, hp)), 0);
+	assert_int_equal(t_entry(r, t_pg(t.p, hp - 1)),
+			 t_want(t_pg(t.p, hp - 1), UODP_ACCESS_READ));
+	assert_int_equal(t_count(u, t_pg(t.p, hp), hp), 0);
+	assert_int_equal(uodp_umem_release(r), 0);
+
+	pu = t_get(pctx, t.p, HUGE, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(pu, t.p, HUGE, UODP_ACCESS_READ), (int64_t)hp);
+	assert_int_equal(t_stats(pu).huge_now, 0);
+	assert_int_equal(t_entry(pu, t.p) & UODP_ENTRY_HUGE, 0);
+	assert_int_equal(uodp_umem_release(pu), 0);
+	assert_int_equal(uodp_ctx_destroy(pctx), 0);
+
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	thp_unmap(&t);
+}
+
+/* Races on a huge block: a whole-block fault parked before install while
+ * an invalidation of one page of the block (another stripe) starts must
+ * not install; a one-page fault elsewhere in the block during it installs
+ * that page only, never a translation of the invalidated page. */
+struct hfault {
+	struct uodp_umem *u;
+	void *p;
+	size_t n;
+	unsigned timeout;
+};
+
+static int64_t hfault_thread(void *arg)
+{
+	struct hfault *h = arg;
+	int64_t r = uodp_umem_map_and_lock(h->u, h->p, h->n * page,
+					   UODP_ACCESS_READ, h->timeout);
+
+	if (r > 0)
+		uodp_umem_unlock(h->u);
+	return r;
+}
+
+static void test_huge_races(void **state)
+{
+	struct uodp_ctx *ctx;
+	struct thp t;
+	struct uodp_umem *u = huge_region(&ctx, &t, 1, 0);
+	struct hfault h = { u, t.p, hp, 0 };
+	struct t_thread th;
+	struct uodp_range r;
+	void *d[512];
+
+	(void)state;
+	assert_int_equal(uodp_umem_unmap(u, t.p, HUGE), (int64_t)hp);
+	assert_int_equal(uodp_umem_dirty_take(u, d, 512), (int64_t)hp);
+	t_park_next_install(u);
+	t_thread_start(&th, hfault_thread, &h);
+	t_gate_wait_arrived(&t_install_gate);
+	t_start(ctx, &r, t_pg(t.p, 300), 1);
+	t_gate_open(&t_install_gate);
+	assert_int_equal(t_thread_join(&th), -EBUSY);
+	assert_int_equal(t_count(u, t.p, hp), 0);
+	/* During it: one page elsewhere in the block maps, 300 does not. */
+	assert_int_equal(t_fault(u, t_pg(t.p, 5), page, UODP_ACCESS_READ), 1);
+	assert_int_equal(t_entry(u, t_pg(t.p, 300)), 0);
+	assert_int_equal(uodp_umem_map_and_lock(u, t_pg(t.p, 300), page,
+						UODP_ACCESS_READ, 0),
+			 -EBUSY);
+	t_end(&r);
+	assert_int_equal(t_fault(u, t.p, HUGE, UODP_ACCESS_READ), (int64_t)hp);
+	assert_true(t_entry(u, t_pg(t.p, 300)) != 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	thp_unmap(&t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_huge_entries),
+		cmocka_unit_test(test_huge_upgrade_and_iterate),
+		cmocka_unit_test(test_huge_ragged_and_pinned),
+		cmocka_unit_test(test_huge_races),
+	};
+
+	page = t_page_size();
+	hp = HUGE / page;
+	return t_run(tests, NULL, NULL);
+}
