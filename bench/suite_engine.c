@@ -105,6 +105,38 @@ static struct uodp_ctx *manual_ctx(void)
 	return ctx;
 }
 
+/* A pinning-mode context (UODP_CTX_PIN: no callback needed), manual. */
+static struct uodp_ctx *pin_ctx(void)
+{
+	const struct uodp_ctx_ops ops = { .invalidate = NULL };
+	struct uodp_ctx *ctx;
+	int r = uodp_ctx_create(&ops, UODP_CTX_MANUAL | UODP_CTX_PIN, &ctx);
+
+	if (r) {
+		bench_note("pinning context: %s", uodp_strerror(r));
+		return NULL;
+	}
+	return ctx;
+}
+
+/* A context with the kernel monitor, or NULL (with a note saying why)
+ * where it is unavailable. */
+static struct uodp_ctx *monitor_ctx(const char *what)
+{
+	struct uodp_ctx *ctx;
+	int r = bench_monitor_probe();
+
+	if (!r)
+		r = uodp_ctx_create(&noop_ops, 0, &ctx);
+	if (r) {
+		bench_note("%s: %s", what,
+			   r == -ENOSYS || r == -EPERM ? bench_monitor_why(r) :
+							 uodp_strerror(r));
+		return NULL;
+	}
+	return ctx;
+}
+
 /* Bound of the benchmarks' map_and_lock calls: long enough that only a
  * storm can hit it, short enough that a wedged region cannot hang a run. */
 #define FAULT_TIMEOUT_MS 1000
@@ -461,6 +493,7 @@ struct map_case {
 	unsigned access;
 	bool pin; /* pinning-mode context (no invalidate callback) */
 	bool quick;
+	bool mon; /* a context with the kernel monitor */
 };
 
 /* One timed uodp run over fresh memory; returns ns or 0. */
@@ -515,36 +548,45 @@ static void map_throughput(const struct bench_opts *o)
 		{ "map read 2 MiB calls", 2 * MiB, 0, UODP_ACCESS_READ, false,
 		  false },
 		{ "map write pinning 2 MiB", 2 * MiB, 0, RW, true, true },
+		/* The default context kind: no headline figure comes only
+		 * from a manual context. */
+		{ "map write 2 MiB monitor", 2 * MiB, 0, RW, false, true,
+		  true },
+		{ "map read 1 call monitor", 1 * GiB, 0, UODP_ACCESS_READ,
+		  false, false, true },
 	};
 	uint64_t memlock = bench_raise_memlock();
 	unsigned reps = o->quick ? 5 : 11, k;
 	double u[16], b[16];
-	struct uodp_ctx *ctx = manual_ctx(), *pctx = NULL;
+	struct uodp_ctx *ctx = manual_ctx(), *pctx = NULL, *mctx;
 	size_t i;
 
 	if (!ctx)
 		return;
-	if (uodp_ctx_create(NULL, UODP_CTX_MANUAL, &pctx))
-		pctx = NULL;
+	pctx = pin_ctx();
+	mctx = monitor_ctx("map rows on a monitored context");
 	bench_warmup(o->quick ? 256 * MiB : 1 * GiB);
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		const struct map_case *c = &cases[i];
 		struct bench_row r =
 			bench_row("map", c->name, (double)c->batch, "ms");
-		struct uodp_ctx *use = c->pin ? pctx : ctx;
+		struct uodp_ctx *use = c->pin ? pctx : c->mon ? mctx : ctx;
 		uint64_t len = c->len ? c->len : o->quick ? 256 * MiB : 1 * GiB;
 		bool ok = true;
 
 		if (o->quick && !c->quick)
 			continue;
+		if (c->mon && !mctx)
+			continue; /* said once, by monitor_ctx() */
 		if (c->pin) {
 			/* Pinning mode mlocks every page: stay within
 			 * RLIMIT_MEMLOCK (8 MiB unless raised). */
 			while (len > memlock / 2 && len > 2 * MiB)
 				len /= 2;
 			if (!pctx || len > memlock) {
-				bench_note("%s: skipped (RLIMIT_MEMLOCK)",
-					   c->name);
+				bench_note("%s: skipped (%s)", c->name,
+					   pctx ? "RLIMIT_MEMLOCK" :
+						  "no pinning context");
 				continue;
 			}
 		}
@@ -573,11 +615,15 @@ static void map_throughput(const struct bench_opts *o)
 		r.rk = BR_TIME;
 		r.tk = c->pin ? BT_NONE : BT_RATIO_MIN;
 		r.target = 0.80;
-		r.note = c->pin ? "mlock per page (pinning mode)" : NULL;
+		r.note = c->pin ? "mlock per page (pinning mode)" :
+			 c->mon ? "kernel monitor: the default context" :
+				  "manual context";
 		bench_emit(&r);
 	}
 	if (pctx)
 		uodp_ctx_destroy(pctx);
+	if (mctx)
+		uodp_ctx_destroy(mctx);
 	uodp_ctx_destroy(ctx);
 }
 
@@ -942,8 +988,7 @@ static void suite_inval(const struct bench_opts *o)
 	plen = len;
 	while (plen > bench_raise_memlock() / 2 && plen > 2 * MiB)
 		plen /= 2;
-	if (bench_raise_memlock() >= plen &&
-	    !uodp_ctx_create(NULL, UODP_CTX_MANUAL, &pctx) &&
+	if (bench_raise_memlock() >= plen && (pctx = pin_ctx()) &&
 	    !uodp_umem_get(pctx, p, plen, RW, &um)) {
 		inval_size(o, pctx, p, um, plen, RW, "invalidate pinning",
 			   false);
