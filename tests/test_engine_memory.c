@@ -283,7 +283,10 @@ static void test_map_hole(void **state)
 
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
-	t_unmap(buf, n);
+	t_unmap_pages(buf, 0, 512);
+	t_unmap_pages(buf, 513, 700);
+	t_unmap_pages(buf, 701, 1000);
+	t_unmap_pages(buf, 1001, n);
 }
 
 /* mprotect() produces no kernel event: the caller invalidates; afterwards

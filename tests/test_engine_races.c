@@ -512,21 +512,21 @@ static void test_frame_changed(void **state)
 {
 	struct t_fx *f = *state;
 	char *va = t_pg(f->buf, 3);
-	void *p, *keep;
+	char *keep;
 
 	assert_int_equal(t_fault(f->umem, va, page, UODP_ACCESS_WRITE), 1);
 	if (!uodp_umem_pfn(f->umem, va))
 		t_skip("page frames hidden from this process (not root)");
 	/* Replace the page without any notification (a manual context has
-	 * no monitor). The old frame is moved away, not freed, so the kernel
+	 * no monitor): its frame moves to keep[k] and va stays mapped, empty
+	 * (MREMAP_DONTUNMAP: no moment where va is a hole someone else's
+	 * mmap could take). The old frames stay alive in keep, so the kernel
 	 * cannot hand the same frame back. */
-	keep = mmap(NULL, page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	assert_true(keep != MAP_FAILED);
-	p = mremap(va, page, page, MREMAP_MAYMOVE | MREMAP_FIXED, keep);
-	assert_true(p == keep);
-	p = mmap(va, page, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-	assert_true(p == va);
+	keep = t_map(2, PROT_NONE, MAP_PRIVATE);
+	assert_ptr_equal(
+		mremap(va, page, page,
+		       MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, keep),
+		keep);
 	/* The low-level map sees it, invalidates (EVENT_FRAME), -EAGAIN. */
 	assert_int_equal(t_map_seq(f->umem, va, page, UODP_ACCESS_WRITE),
 			 -EAGAIN);
@@ -536,14 +536,14 @@ static void test_frame_changed(void **state)
 	assert_int_equal(t_entry(f->umem, va), 0);
 	assert_int_equal(t_map_seq(f->umem, va, page, UODP_ACCESS_WRITE), 1);
 	/* map_and_lock hides the retry. */
-	p = mremap(va, page, page, MREMAP_MAYMOVE | MREMAP_FIXED, keep);
-	assert_true(p == keep);
-	p = mmap(va, page, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-	assert_true(p == va);
+	assert_ptr_equal(mremap(va, page, page,
+				MREMAP_MAYMOVE | MREMAP_FIXED |
+					MREMAP_DONTUNMAP,
+				keep + page),
+			 keep + page);
 	assert_int_equal(t_fault(f->umem, va, page, UODP_ACCESS_WRITE), 1);
 	assert_int_equal(t_rec_count(), 2);
-	munmap(keep, page);
+	t_unmap(keep, 2);
 }
 
 /* --- 8. Faults and invalidations hammering one region -------------------- */
