@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "notifier/nf.h"
+#include "notifier/nf_icpt.h"
 
 #define MON_BATCH 32	  /* messages read at once (32 bytes each, on stack) */
 #define MON_CHECK_MS 1000 /* idle self-check of our descriptors */
@@ -693,6 +694,8 @@ int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
 	    ((flags & UNF_STRICT) && (!ops->fence || !ops->unfence)))
 		return -EINVAL;
 	pthread_once(&atfork_once, atfork_install);
+	if (nf_icpt_attach) /* weak: intercept.c may not be linked */
+		nf_icpt_attach();
 	sub = calloc(1, sizeof(*sub));
 	if (!sub)
 		return -ENOMEM;
@@ -834,4 +837,58 @@ void unf_test_fds(int *uffd, int *rd, int *wr)
 	*rd = nf.pipe[0];
 	*wr = nf.pipe[1];
 	nf_unlock(&nf.life_lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* In-thread delivery (intercept.c, nf_icpt.h)                               */
+/* ------------------------------------------------------------------------ */
+
+bool nf_trylock(struct nf_lock *l)
+{
+	if (pthread_mutex_trylock(&l->m))
+		return false;
+	atomic_store_explicit(&l->owner, (unsigned long)pthread_self(),
+			      memory_order_relaxed);
+	return true;
+}
+
+/*
+ * The same steps as drain() for a kernel event, on the calling thread:
+ * strict subscribers fenced, each event to every subscriber (begin, then
+ * finish or a finish queued to the relay), unfence after the last finish.
+ * No event is read, so the epoch and the unmap log are not touched: the
+ * caller (intercept.c) has already cut the pieces it took out.
+ */
+void nf_deliver_local(const uint64_t *start, const uint64_t *end,
+		      const enum unf_event *ev, unsigned n)
+{
+	struct unf_sub *sub;
+	bool relay = false;
+	unsigned i;
+
+	nf_lock(&nf.subs_lock);
+	for (sub = nf.subs; sub; sub = sub->next) {
+		if (sub->flags & UNF_STRICT)
+			fence_get(sub);
+		if (sub->flags & UNF_DEFERRED)
+			relay = true;
+	}
+	for (i = 0; i < n; i++)
+		deliver(start[i], end[i], ev[i]);
+	for (sub = nf.subs; sub; sub = sub->next) {
+		if (!(sub->flags & UNF_STRICT))
+			continue;
+		if (sub->flags & UNF_DEFERRED)
+			relay_unfence(sub);
+		else
+			fence_put(sub);
+	}
+	nf_unlock(&nf.subs_lock);
+	/* Only a deferred subscriber has work queued (a wake-up of an idle
+	 * relay is a system call, and on one CPU a context switch). */
+	if (relay) {
+		nf_lock(&nf.ring_lock);
+		pthread_cond_signal(&nf.ring_cv);
+		nf_unlock(&nf.ring_lock);
+	}
 }

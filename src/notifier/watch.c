@@ -39,6 +39,15 @@
 #include <string.h>
 
 #include "notifier/nf.h"
+#include "notifier/nf_icpt.h"
+
+/* Set on a thread in the intercept fast path (intercept.c): a piece that
+ * would need a larger array is dropped instead (re-registered on demand),
+ * because that thread may be inside an allocator. */
+static _Thread_local bool cut_noalloc;
+/* Pieces may claim registrations the kernel no longer has: see
+ * nf_icpt_mark_dirty(). */
+static _Atomic bool pieces_dirty;
 
 struct nf_pair {
 	struct unf_sub *sub;
@@ -120,7 +129,10 @@ static void pieces_cut(struct nf_dom *d, uint64_t s, uint64_t e)
 			if (d->npieces == d->cap) {
 				size_t cap = d->cap * 2 + 2;
 				struct nf_piece *np =
-					realloc(d->pieces, cap * sizeof(*np));
+					cut_noalloc ?
+						NULL :
+						realloc(d->pieces,
+							cap * sizeof(*np));
 
 				if (!np) { /* forget it: re-registered later */
 					memmove(p, p + 1,
@@ -180,7 +192,9 @@ static uint64_t sync_log(void)
 	/* Odd: a read is in progress (non-blocking, short). */
 	while ((e = atomic_load(&nf.epoch)) & 1)
 		sched_yield();
-	if (e == nf.synced_epoch)
+	if (atomic_load(&pieces_dirty) && atomic_exchange(&pieces_dirty, false))
+		unverify_all();
+	else if (e == nf.synced_epoch)
 		return e;
 	h = atomic_load(&nf.log_head);
 	if (h - nf.synced_head > NF_LOG) {
@@ -662,4 +676,64 @@ void nf_forget_all(void)
 	itree_init(&nf.doms);
 	nf.ndoms = nf.unverified = 0;
 	atomic_store(&nf.all_ok, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The in-thread fast path (intercept.c)                                     */
+/* ------------------------------------------------------------------------ */
+
+int nf_icpt_claim(uint64_t s, uint64_t e, struct nf_piece *out, size_t max,
+		  bool cut)
+{
+	struct nf_dom *d;
+	uint64_t ep;
+	size_t n = 0, i;
+
+	NF_ASSERT_HELD(&nf.watch_lock);
+	cut_noalloc = true;
+	ep = sync_log();
+	for (d = dom_first(s, e); d; d = dom_next(d, s, e)) {
+		for (i = 0; i < d->npieces; i++) {
+			const struct nf_piece *p = &d->pieces[i];
+
+			if (p->end <= s || p->start >= e)
+				continue;
+			if (n == max) {
+				cut_noalloc = false;
+				return -1;
+			}
+			out[n].start = p->start > s ? p->start : s;
+			out[n].end = p->end < e ? p->end : e;
+			n++;
+		}
+	}
+	if (cut && n) {
+		for (d = dom_first(s, e); d; d = dom_next(d, s, e)) {
+			pieces_cut(d, s, e);
+			dom_recheck(d);
+		}
+	}
+	cut_noalloc = false;
+	update_all_ok(ep);
+	return (int)n;
+}
+
+bool nf_icpt_covered(uint64_t s, uint64_t e)
+{
+	struct nf_dom *d;
+
+	NF_ASSERT_HELD(&nf.watch_lock);
+	d = dom_first(s, e);
+	return d && dom_start(d) <= s && dom_end(d) >= e &&
+	       pieces_cover(d, s, e);
+}
+
+void nf_icpt_mark_dirty(void)
+{
+	atomic_store(&pieces_dirty, true);
+	atomic_store(&nf.all_ok, 0);
+	/* Why +2: the epoch's parity belongs to the monitor (odd while it
+	 * reads); a change makes unf_prepare()'s one-compare fast path fail,
+	 * and a sync that raced this store sees another epoch next time. */
+	atomic_fetch_add(&nf.epoch, 2);
 }

@@ -1,0 +1,286 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * intercept.c - the notifier's side of the in-thread fast path for
+ * munmap / mremap / madvise / mmap(MAP_FIXED) / shmdt (the contract and
+ * why: intercept.h; the wrappers: hooks/uodp_hooks.c).
+ *
+ * before(): with the watch lock (tried, never waited for: the calling
+ * thread may be inside an allocator whose lock a thread in unf_watch()
+ * waits for while holding the watch lock), the registered pieces of the
+ * range are found; for an unmap they leave the pieces (so a mapping made
+ * there later is registered again by watch / prepare), and they are
+ * unregistered, so the kernel sends no event for them and does not make
+ * the thread wait. after(): madvise's pieces are registered again (the
+ * mapping stays), then the event is delivered to every subscriber from
+ * this thread (nf_deliver_local: the monitor's steps).
+ *
+ * Why no event is lost:
+ *  - a part of the range still registered (not in the pieces, a piece
+ *    re-registered by a concurrent watch / prepare) sends its kernel event
+ *    as before; the monitor delivers it;
+ *  - what was unregistered is covered by the delivery, which comes after
+ *    the real call (after the pages are gone, as the kernel's UNMAP) and
+ *    whatever the call returned; a fault in between installs an entry the
+ *    delivery drops (the engine's periods make a fault that overlaps it
+ *    retry);
+ *  - the pieces are cut before the real call, under the watch lock, so
+ *    unf_prepare() no longer takes its one-compare fast path over the
+ *    range: a fault there re-registers first. madvise keeps its pieces and
+ *    registers them again; if that fails the pieces are marked dirty
+ *    (forgotten at the next sync, re-registered on demand).
+ * What is weaker than the kernel path: another thread that unmaps the same
+ * range with a raw system call while this one is between before() and
+ * after() is not made to wait (its event is the delivery of this thread,
+ * which comes a little later). Two threads unmapping the same memory at
+ * once is itself a use-after-free race of the application.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+
+#include "notifier/intercept.h"
+#include "notifier/nf_icpt.h"
+
+enum {
+	ST_NONE,
+	ST_FAST,
+	ST_SHM
+};
+
+static struct {
+	_Atomic uint64_t fast, passed, busy, toomany, rereg, dirty, shm, events;
+} ist;
+
+static void inc(_Atomic uint64_t *c)
+{
+	atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
+/* Why 4 tries with a yield between: the watch lock is held for short
+ * lookups by other fast paths (a few microseconds); a holder that reads
+ * /proc/self/maps or allocates takes longer, and then the kernel path is
+ * cheaper than waiting (and waiting could deadlock, see above). */
+static bool watch_trylock(void)
+{
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		if (nf_trylock(&nf.watch_lock))
+			return true;
+		sched_yield();
+	}
+	return false;
+}
+
+/* The calling thread is inside the notifier (an op running on the monitor
+ * or in a delivery of ours calls munmap): never re-enter. */
+static bool inside(void)
+{
+	return nf_held(&nf.subs_lock) || nf_held(&nf.watch_lock) ||
+	       nf_held(&nf.ring_lock);
+}
+
+struct shm_ext {
+	uint64_t at, end;
+};
+
+static int shm_walk(const struct uffd_map *m, void *arg)
+{
+	struct shm_ext *x = arg;
+
+	if (!m->sysv || m->start != (x->end ? x->end : x->at))
+		return 1;
+	x->end = m->end;
+	return 0;
+}
+
+/* The end of the SysV attachment at @at (its mappings are contiguous,
+ * several when mprotect split them), 0 when none is there. */
+static uint64_t shm_extent(uint64_t at)
+{
+	struct shm_ext x = { at, 0 };
+
+	uffd_for_each_map(at, UINT64_MAX, shm_walk, &x);
+	return x.end;
+}
+
+static int icpt_before(struct uodp_icpt *ic)
+{
+	struct nf_piece tmp[UODP_ICPT_MAXP];
+	bool cut = !(ic->flags & UODP_ICPT_KEEP);
+	size_t n = 0, i;
+	int k;
+
+	ic->np = 0;
+	ic->state = ST_NONE;
+	if (!atomic_load(&nf.running) || atomic_load(&nf.broken) || !ic->nr ||
+	    ic->nr > UODP_ICPT_MAXR || inside())
+		return 0;
+	if (ic->flags & UODP_ICPT_SHM) {
+		/* shmdt sends no kernel event: deliver one if anyone listens */
+		uint64_t end;
+
+		if (!atomic_load(&nf.nsubs))
+			return 0;
+		end = shm_extent(ic->r[0].start);
+		if (!end)
+			return 0;
+		ic->r[0].end = end;
+		ic->r[0].ev = UNF_UNMAP;
+		ic->nr = 1;
+		ic->state = ST_SHM;
+		return 1;
+	}
+	if (!watch_trylock()) {
+		inc(&ist.busy);
+		return 0;
+	}
+	if (!atomic_load(&nf.running) || atomic_load(&nf.broken))
+		goto pass;
+	for (i = 0; i < ic->nr; i++) {
+		k = nf_icpt_claim(ic->r[i].start, ic->r[i].end, tmp + n,
+				  UODP_ICPT_MAXP - n, cut);
+		if (k < 0) {
+			/* Ranges already cut stay registered: their kernel
+			 * events come; the pieces are re-made on demand. */
+			inc(&ist.toomany);
+			nf_unlock(&nf.watch_lock);
+			return 0;
+		}
+		n += (size_t)k;
+	}
+	if (!n || !nf_uffd_ok()) /* nothing of ours, or not our fd */
+		goto pass;
+	for (i = 0; i < n; i++) {
+		/* A failure leaves the range registered: its event comes. */
+		uffd_unregister(nf.uffd, tmp[i].start, tmp[i].end);
+		ic->p[i].start = tmp[i].start;
+		ic->p[i].end = tmp[i].end;
+	}
+	ic->np = (unsigned)n;
+	ic->state = ST_FAST;
+	nf_unlock(&nf.watch_lock);
+	return 1;
+pass:
+	nf_unlock(&nf.watch_lock);
+	inc(&ist.passed);
+	return 0;
+}
+
+/* madvise: the mapping stays; register again what we took out, where it
+ * is still a piece of a record (a record dropped meanwhile is not
+ * revived). */
+static void restore(struct uodp_icpt *ic)
+{
+	bool bad = false;
+	unsigned i;
+
+	if (!watch_trylock()) {
+		nf_icpt_mark_dirty();
+		inc(&ist.dirty);
+		return;
+	}
+	if (atomic_load(&nf.running) && !atomic_load(&nf.broken) &&
+	    nf_uffd_ok()) {
+		for (i = 0; i < ic->np; i++) {
+			if (!nf_icpt_covered(ic->p[i].start, ic->p[i].end))
+				continue;
+			nf_stat_inc(&nf.st.registrations);
+			if (uffd_register(nf.uffd, ic->p[i].start,
+					  ic->p[i].end))
+				bad = true;
+			else
+				inc(&ist.rereg);
+		}
+	}
+	nf_unlock(&nf.watch_lock);
+	if (bad) { /* changed under us: forget the pieces, re-made later */
+		nf_icpt_mark_dirty();
+		inc(&ist.dirty);
+	}
+}
+
+static void icpt_after(struct uodp_icpt *ic, int ok)
+{
+	uint64_t s[UODP_ICPT_MAXR], e[UODP_ICPT_MAXR];
+	enum unf_event ev[UODP_ICPT_MAXR];
+	unsigned i;
+
+	if (ic->state == ST_NONE)
+		return;
+	if (ic->state == ST_SHM) {
+		if (!ok) /* nothing was detached */
+			return;
+		inc(&ist.shm);
+	} else {
+		if (ic->flags & UODP_ICPT_KEEP)
+			restore(ic);
+		inc(&ist.fast);
+	}
+	for (i = 0; i < ic->nr; i++) {
+		s[i] = ic->r[i].start;
+		e[i] = ic->r[i].end;
+		ev[i] = (enum unf_event)ic->r[i].ev;
+		inc(&ist.events);
+	}
+	/* Whatever the call returned: a failed one may have changed part of
+	 * the range (madvise over a hole, an mmap that failed after the old
+	 * mapping went), and invalidating memory still there is harmless. */
+	nf_deliver_local(s, e, ev, ic->nr);
+	ic->state = ST_NONE;
+}
+
+static void icpt_stats(struct uodp_icpt_stats *out)
+{
+	out->fast = atomic_load(&ist.fast);
+	out->passed = atomic_load(&ist.passed);
+	out->busy = atomic_load(&ist.busy);
+	out->toomany = atomic_load(&ist.toomany);
+	out->rereg = atomic_load(&ist.rereg);
+	out->dirty = atomic_load(&ist.dirty);
+	out->shm = atomic_load(&ist.shm);
+	out->events = atomic_load(&ist.events);
+}
+
+static const struct uodp_icpt_ops icpt_ops = {
+	.abi = UODP_ICPT_ABI,
+	.size = sizeof(struct uodp_icpt_ops),
+	.before = icpt_before,
+	.after = icpt_after,
+	.stats = icpt_stats,
+};
+
+static pthread_once_t attach_once = PTHREAD_ONCE_INIT;
+static _Atomic bool attached;
+
+static void attach(void)
+{
+	void *p = dlsym(RTLD_DEFAULT, UODP_HOOKS_ATTACH);
+	uodp_hooks_attach_fn *fn;
+
+	if (!p)
+		return;
+	memcpy(&fn, &p, sizeof(fn)); /* object to function pointer */
+	fn(&icpt_ops);
+	atomic_store(&attached, true);
+}
+
+void nf_icpt_attach(void)
+{
+	pthread_once(&attach_once, attach);
+}
+
+/* For tests and tools (not exported from the shared library). */
+void unf_intercept_stats(struct uodp_icpt_stats *out);
+bool unf_intercept_attached(void);
+
+void unf_intercept_stats(struct uodp_icpt_stats *out)
+{
+	icpt_stats(out);
+}
+
+bool unf_intercept_attached(void)
+{
+	return atomic_load(&attached);
+}

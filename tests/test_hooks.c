@@ -1,0 +1,738 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_hooks.c - the in-thread fast path of libuodp-hooks.so
+ * (src/notifier/intercept.h): for each event kind, the event reaches every
+ * subscriber from the calling thread, the kernel sent none (the fast path
+ * really ran), and nothing is lost afterwards (what stays mapped is still
+ * registered: a raw system call on it is reported by the kernel).
+ *
+ * Runs with the hooks preloaded: when they are not, the program re-executes
+ * itself with LD_PRELOAD set to the library (UODP_HOOKS_LIB, or
+ * ../hooks/libuodp-hooks.so next to this program); skipped (77) when the
+ * library is not built or userfaultfd is unavailable.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/mman.h>
+#include <sys/shm.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "notifier/intercept.h"
+#include "notifier/notifier.h"
+#include "uodp.h"
+
+void unf_intercept_stats(struct uodp_icpt_stats *out);
+bool unf_intercept_attached(void);
+
+#define SKIP 77
+#define MAXREC 4096
+
+static uint64_t pg;
+
+/* ---- a recording subscriber ---- */
+
+struct rec {
+	uint64_t s, e;
+	enum unf_event ev;
+	pid_t tid;
+};
+
+struct sink {
+	pthread_mutex_t m;
+	struct rec r[MAXREC];
+	unsigned n;
+	int fence_depth, fences, bad_fence;
+	struct unf_sub *sub;
+};
+
+static void s_begin(void *o, uint64_t s, uint64_t e, enum unf_event ev)
+{
+	(void)o;
+	(void)s;
+	(void)e;
+	(void)ev;
+}
+
+static void s_finish(void *o, uint64_t s, uint64_t e, enum unf_event ev,
+		     unsigned merged)
+{
+	struct sink *k = o;
+
+	(void)merged;
+	pthread_mutex_lock(&k->m);
+	if (k->n < MAXREC)
+		k->r[k->n++] =
+			(struct rec){ s, e, ev, (pid_t)syscall(SYS_gettid) };
+	pthread_mutex_unlock(&k->m);
+}
+
+static void s_fence(void *o)
+{
+	struct sink *k = o;
+
+	pthread_mutex_lock(&k->m);
+	if (k->fence_depth++ != 0)
+		k->bad_fence = 1;
+	k->fences++;
+	pthread_mutex_unlock(&k->m);
+}
+
+static void s_unfence(void *o)
+{
+	struct sink *k = o;
+
+	pthread_mutex_lock(&k->m);
+	if (--k->fence_depth != 0)
+		k->bad_fence = 1;
+	pthread_mutex_unlock(&k->m);
+}
+
+static const struct unf_ops sink_ops = {
+	.begin = s_begin,
+	.finish = s_finish,
+	.fence = s_fence,
+	.unfence = s_unfence,
+};
+
+static struct sink *sink_new(unsigned flags)
+{
+	struct sink *k = calloc(1, sizeof(*k));
+
+	assert_non_null(k);
+	pthread_mutex_init(&k->m, NULL);
+	assert_int_equal(unf_subscribe(&sink_ops, k, flags, &k->sub), 0);
+	return k;
+}
+
+static void sink_free(struct sink *k)
+{
+	unf_unsubscribe(k->sub);
+	pthread_mutex_destroy(&k->m);
+	free(k);
+}
+
+static void sink_clear(struct sink *k)
+{
+	pthread_mutex_lock(&k->m);
+	k->n = 0;
+	pthread_mutex_unlock(&k->m);
+}
+
+/* Do the finishes recorded so far cover [s, e) with kind @ev? Waits up to
+ * 2 s (deferred subscribers get theirs on the relay thread). */
+static bool covered(struct sink *k, uint64_t s, uint64_t e, enum unf_event ev)
+{
+	int tries;
+
+	for (tries = 0; tries < 2000; tries++) {
+		uint64_t at = s;
+		bool progress = true;
+		unsigned i;
+
+		pthread_mutex_lock(&k->m);
+		while (at < e && progress) {
+			progress = false;
+			for (i = 0; i < k->n; i++) {
+				if (k->r[i].ev == ev && k->r[i].s <= at &&
+				    k->r[i].e > at) {
+					at = k->r[i].e;
+					progress = true;
+				}
+			}
+		}
+		pthread_mutex_unlock(&k->m);
+		if (at >= e)
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+static unsigned nrec(struct sink *k)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&k->m);
+	n = k->n;
+	pthread_mutex_unlock(&k->m);
+	return n;
+}
+
+/* ---- helpers ---- */
+
+static char *map_pages(size_t n)
+{
+	char *p = mmap(NULL, n * pg, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	assert_true(p != MAP_FAILED);
+	memset(p, 1, n * pg);
+	return p;
+}
+
+static uint64_t A(const void *p)
+{
+	return (uint64_t)(uintptr_t)p;
+}
+
+struct snap {
+	struct unf_stats k;
+	struct uodp_icpt_stats h;
+};
+
+static void snap(struct snap *s)
+{
+	unf_get_stats(&s->k);
+	unf_intercept_stats(&s->h);
+}
+
+/* The kernel sent no UNMAP/REMOVE/REMAP since @a, and the fast path ran
+ * @fast times. */
+static void expect_fast(const struct snap *a, uint64_t fast)
+{
+	struct snap b;
+
+	snap(&b);
+	assert_int_equal(b.k.unmap, a->k.unmap);
+	assert_int_equal(b.k.remove, a->k.remove);
+	assert_int_equal(b.k.remap, a->k.remap);
+	assert_int_equal(b.h.fast - a->h.fast, fast);
+}
+
+/* The kernel reported an event since @a (the safety net). */
+static void expect_kernel(const struct snap *a)
+{
+	struct snap b;
+	int i;
+
+	for (i = 0; i < 2000; i++) {
+		snap(&b);
+		if (b.k.unmap + b.k.remove + b.k.remap >
+		    a->k.unmap + a->k.remove + a->k.remap)
+			return;
+		usleep(1000);
+	}
+	fail_msg("no kernel event");
+}
+
+/* [s, e) mapped again (not by MAP_FIXED: that is intercepted) and watched
+ * again through prepare: then a raw munmap must be reported. */
+static void raw_munmap_reported(struct sink *k, uint64_t s, uint64_t e)
+{
+	struct snap a;
+
+	assert_int_equal(unf_prepare(k->sub, s, e, NULL), 0);
+	sink_clear(k);
+	snap(&a);
+	assert_int_equal(syscall(SYS_munmap, (void *)(uintptr_t)s, e - s), 0);
+	expect_kernel(&a);
+	assert_true(covered(k, s, e, UNF_UNMAP));
+}
+
+static void refill(uint64_t s, uint64_t e)
+{
+	void *p = mmap((void *)(uintptr_t)s, e - s, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+		       0);
+
+	assert_true(p == (void *)(uintptr_t)s);
+	memset(p, 2, e - s);
+}
+
+/* ---- tests, each with a plain and a deferred strict subscriber ---- */
+
+static struct sink *plain, *deferred;
+
+static int setup(void **st)
+{
+	(void)st;
+	plain = sink_new(UNF_STRICT);
+	deferred = sink_new(UNF_STRICT | UNF_DEFERRED);
+	return 0;
+}
+
+static int teardown(void **st)
+{
+	(void)st;
+	assert_false(plain->bad_fence);
+	assert_false(deferred->bad_fence);
+	sink_free(deferred);
+	sink_free(plain);
+	return 0;
+}
+
+static void watch_both(uint64_t s, uint64_t e)
+{
+	assert_int_equal(unf_watch(plain->sub, s, e), 0);
+	assert_int_equal(unf_watch(deferred->sub, s, e), 0);
+	sink_clear(plain);
+	sink_clear(deferred);
+}
+
+static void unwatch_both(uint64_t s, uint64_t e)
+{
+	unf_unwatch(plain->sub, s, e);
+	unf_unwatch(deferred->sub, s, e);
+}
+
+static void both_covered(uint64_t s, uint64_t e, enum unf_event ev)
+{
+	assert_true(covered(plain, s, e, ev));
+	assert_true(covered(deferred, s, e, ev));
+}
+
+static void test_attached(void **st)
+{
+	(void)st;
+	assert_true(unf_intercept_attached());
+}
+
+static void test_munmap(void **st)
+{
+	char *p = map_pages(16);
+	uint64_t s = A(p), e = s + 16 * pg;
+	struct snap a;
+	pid_t me = (pid_t)syscall(SYS_gettid);
+
+	(void)st;
+	watch_both(s, e);
+	snap(&a);
+	assert_int_equal(munmap(p + 4 * pg, 3 * pg), 0);
+	expect_fast(&a, 1);
+	both_covered(s + 4 * pg, s + 7 * pg, UNF_UNMAP);
+	/* the plain subscriber's finish ran in this thread, before return */
+	assert_int_equal(plain->r[0].tid, me);
+	/* the rest stays registered: a raw munmap is reported */
+	sink_clear(plain);
+	snap(&a);
+	assert_int_equal(syscall(SYS_munmap, p + 8 * pg, pg), 0);
+	expect_kernel(&a);
+	assert_true(covered(plain, s + 8 * pg, s + 9 * pg, UNF_UNMAP));
+	/* memory mapped again in the hole is registered again on prepare */
+	refill(s + 4 * pg, s + 7 * pg);
+	raw_munmap_reported(plain, s + 4 * pg, s + 7 * pg);
+	unwatch_both(s, e);
+	munmap(p, 16 * pg);
+}
+
+static void test_munmap_whole_2m(void **st)
+{
+	size_t n = (2u << 20) / pg;
+	char *p = map_pages(n);
+	uint64_t s = A(p), e = s + n * pg;
+	struct snap a;
+
+	(void)st;
+	watch_both(s, e);
+	snap(&a);
+	assert_int_equal(munmap(p, n * pg), 0);
+	expect_fast(&a, 1);
+	both_covered(s, e, UNF_UNMAP);
+	refill(s, e);
+	raw_munmap_reported(plain, s, e);
+	unwatch_both(s, e);
+}
+
+static void test_mremap_shrink(void **st)
+{
+	char *p = map_pages(16), *q;
+	uint64_t s = A(p), e = s + 16 * pg;
+	struct snap a;
+
+	(void)st;
+	watch_both(s, e);
+	snap(&a);
+	q = mremap(p, 16 * pg, 10 * pg, 0);
+	assert_true(q == p);
+	expect_fast(&a, 1);
+	both_covered(s + 10 * pg, e, UNF_UNMAP);
+	/* what stays is still reported */
+	raw_munmap_reported(plain, s + 2 * pg, s + 3 * pg);
+	unwatch_both(s, e);
+	munmap(p, 10 * pg);
+}
+
+static void test_mremap_move(void **st)
+{
+	char *p = map_pages(8), *dst = map_pages(8), *q;
+	uint64_t s = A(p), e = s + 8 * pg, ds = A(dst), de = ds + 8 * pg;
+	struct snap a;
+
+	(void)st;
+	watch_both(s, e);
+	assert_int_equal(unf_watch(plain->sub, ds, de), 0);
+	sink_clear(plain);
+	snap(&a);
+	q = mremap(p, 8 * pg, 8 * pg, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	assert_true(q == dst);
+	expect_fast(&a, 1);
+	both_covered(s, e, UNF_REMAP);
+	assert_true(covered(plain, ds, de, UNF_UNMAP)); /* target replaced */
+	assert_int_equal(q[0], 1);
+	/* the moved mapping at the target is registered again on prepare */
+	raw_munmap_reported(plain, ds, de);
+	unf_unwatch(plain->sub, ds, de);
+	unwatch_both(s, e);
+}
+
+/* A growth that may move is left to the kernel: still reported. */
+static void test_mremap_grow(void **st)
+{
+	char *p = map_pages(4), *q, *block;
+	uint64_t s = A(p), e = s + 4 * pg;
+	struct snap a;
+
+	(void)st;
+	/* something right after it, so the growth must move */
+	block = mmap(p + 4 * pg, pg, PROT_NONE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	watch_both(s, e);
+	snap(&a);
+	q = mremap(p, 4 * pg, 64 * pg, MREMAP_MAYMOVE);
+	assert_true(q != MAP_FAILED);
+	if (q != p) {
+		expect_kernel(&a);
+		both_covered(s, e, UNF_REMAP);
+	}
+	unwatch_both(s, e);
+	munmap(q, 64 * pg);
+	if (block != MAP_FAILED)
+		munmap(block, pg);
+}
+
+static void madvise_case(int advice)
+{
+	char *p = map_pages(16);
+	uint64_t s = A(p), e = s + 16 * pg;
+	struct snap a, b;
+
+	watch_both(s, e);
+	snap(&a);
+	assert_int_equal(madvise(p + 2 * pg, 4 * pg, advice), 0);
+	expect_fast(&a, 1);
+	both_covered(s + 2 * pg, s + 6 * pg, UNF_REMOVE);
+	snap(&b);
+	assert_true(b.h.rereg > a.h.rereg);
+	/* registered again: the kernel reports a raw madvise there */
+	sink_clear(plain);
+	snap(&a);
+	memset(p + 2 * pg, 3, 4 * pg);
+	assert_int_equal(syscall(SYS_madvise, p + 2 * pg, 4 * pg, advice), 0);
+	expect_kernel(&a);
+	assert_true(covered(plain, s + 2 * pg, s + 6 * pg, UNF_REMOVE));
+	/* the pieces were kept: prepare needs no re-registration */
+	snap(&a);
+	assert_int_equal(unf_prepare(plain->sub, s, e, NULL), 0);
+	snap(&b);
+	assert_int_equal(b.k.registrations, a.k.registrations);
+	unwatch_both(s, e);
+	munmap(p, 16 * pg);
+}
+
+static void test_madvise_dontneed(void **st)
+{
+	(void)st;
+	madvise_case(MADV_DONTNEED);
+}
+
+static void test_madvise_free(void **st)
+{
+	(void)st;
+	madvise_case(MADV_FREE);
+}
+
+static void test_mmap_fixed(void **st)
+{
+	char *p = map_pages(8), *q;
+	uint64_t s = A(p), e = s + 8 * pg;
+	struct snap a;
+
+	(void)st;
+	watch_both(s, e);
+	snap(&a);
+	q = mmap(p + 2 * pg, 2 * pg, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	assert_true(q == p + 2 * pg);
+	expect_fast(&a, 1);
+	both_covered(s + 2 * pg, s + 4 * pg, UNF_UNMAP);
+	assert_int_equal(q[0], 0);
+	/* the new mapping is registered on prepare and reported */
+	raw_munmap_reported(plain, s + 2 * pg, s + 4 * pg);
+	unwatch_both(s, e);
+	munmap(p, 8 * pg);
+}
+
+static void test_shmdt(void **st)
+{
+	int id = shmget(IPC_PRIVATE, 4 * pg, IPC_CREAT | 0600);
+	struct uodp_icpt_stats a, b;
+	char *p;
+
+	(void)st;
+	if (id < 0) {
+		skip();
+		return;
+	}
+	p = shmat(id, NULL, 0);
+	shmctl(id, IPC_RMID, NULL);
+	assert_true(p != (void *)-1);
+	/* watch refuses SysV memory: shmdt alone sends no kernel event */
+	assert_int_equal(unf_watch(plain->sub, A(p), A(p) + 4 * pg),
+			 -EOPNOTSUPP);
+	sink_clear(plain);
+	sink_clear(deferred);
+	unf_intercept_stats(&a);
+	assert_int_equal(shmdt(p), 0);
+	unf_intercept_stats(&b);
+	assert_int_equal(b.shm - a.shm, 1);
+	both_covered(A(p), A(p) + 4 * pg, UNF_UNMAP);
+}
+
+static void test_unwatched(void **st)
+{
+	char *p = map_pages(4);
+	struct snap a, b;
+
+	(void)st;
+	sink_clear(plain);
+	snap(&a);
+	assert_int_equal(munmap(p, 4 * pg), 0);
+	snap(&b);
+	assert_int_equal(b.h.fast, a.h.fast);
+	assert_int_equal(nrec(plain), 0);
+}
+
+static void test_raw_syscall(void **st)
+{
+	char *p = map_pages(4);
+	uint64_t s = A(p), e = s + 4 * pg;
+	struct snap a;
+
+	(void)st;
+	watch_both(s, e);
+	snap(&a);
+	assert_int_equal(syscall(SYS_munmap, p, 4 * pg), 0);
+	expect_kernel(&a);
+	both_covered(s, e, UNF_UNMAP);
+	unwatch_both(s, e);
+}
+
+/* With the fast path off the wrappers only forward: the kernel reports. */
+static void test_disabled(void **st)
+{
+	int (*en)(int) = (int (*)(int))dlsym(RTLD_DEFAULT, "uodp_hooks_enable");
+	char *p = map_pages(4);
+	uint64_t s = A(p), e = s + 4 * pg;
+	struct snap a;
+
+	(void)st;
+	assert_non_null(en);
+	watch_both(s, e);
+	en(0);
+	snap(&a);
+	assert_int_equal(munmap(p, 4 * pg), 0);
+	en(1);
+	expect_kernel(&a);
+	both_covered(s, e, UNF_UNMAP);
+	unwatch_both(s, e);
+}
+
+/* Threads unmapping and mapping their own pieces of one watched mapping
+ * while another faults (prepare) over all of it: every munmap is
+ * delivered, whichever path it took. */
+#define NT 2
+#define ITERS 1500
+static char *race_base;
+static _Atomic int race_stop;
+
+static void *race_unmapper(void *arg)
+{
+	uintptr_t t = (uintptr_t)arg;
+	char *at = race_base + (1 + 2 * t) * pg;
+	int i;
+
+	for (i = 0; i < ITERS; i++) {
+		void *q;
+
+		sink_clear(plain); /* only this thread checks its own */
+		assert_int_equal(munmap(at, pg), 0);
+		if (!covered(plain, A(at), A(at) + pg, UNF_UNMAP))
+			fail_msg("munmap %d of thread %lu not delivered", i,
+				 (unsigned long)t);
+		q = mmap(at, pg, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+			 0);
+		assert_true(q == at);
+		assert_int_equal(
+			unf_prepare(plain->sub, A(at), A(at) + pg, NULL), 0);
+	}
+	return NULL;
+}
+
+static void *race_preparer(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&race_stop))
+		unf_prepare(plain->sub, A(race_base), A(race_base) + 8 * pg,
+			    NULL);
+	return NULL;
+}
+
+static void test_race(void **st)
+{
+	pthread_t u, f;
+	uint64_t s, e;
+
+	(void)st;
+	race_base = map_pages(8);
+	s = A(race_base);
+	e = s + 8 * pg;
+	watch_both(s, e);
+	atomic_store(&race_stop, 0);
+	assert_int_equal(pthread_create(&f, NULL, race_preparer, NULL), 0);
+	/* one unmapper: sink_clear() is shared */
+	assert_int_equal(pthread_create(&u, NULL, race_unmapper, (void *)0), 0);
+	pthread_join(u, NULL);
+	atomic_store(&race_stop, 1);
+	pthread_join(f, NULL);
+	/* and the mapping is still fully reported */
+	raw_munmap_reported(plain, s, e);
+	unwatch_both(s, e);
+}
+
+/* ---- the engine on top: the driver's entries are gone on return ---- */
+
+static _Atomic int inv_calls;
+
+static void eng_inval(struct uodp_umem *u, const struct uodp_range *r,
+		      void *priv)
+{
+	(void)u;
+	(void)r;
+	(void)priv;
+	atomic_fetch_add(&inv_calls, 1);
+}
+
+static void test_engine(void **st)
+{
+	struct uodp_ctx_ops ops = { .invalidate = eng_inval };
+	struct uodp_ctx *ctx;
+	struct uodp_umem *um;
+	char *p = map_pages(8);
+	struct snap a;
+	int64_t r;
+
+	(void)st;
+	assert_int_equal(uodp_ctx_create(&ops, 0, &ctx), 0);
+	assert_int_equal(uodp_umem_get(ctx, p, 8 * pg, UODP_ACCESS_ALL, &um),
+			 0);
+	r = uodp_umem_map(um, p, 8 * pg, UODP_ACCESS_READ, 0);
+	assert_true(r >= 0);
+	atomic_store(&inv_calls, 0);
+	snap(&a);
+	assert_int_equal(munmap(p + 2 * pg, 2 * pg), 0);
+	/* delivered in this thread: the driver has dropped them already */
+	assert_true(atomic_load(&inv_calls) >= 1);
+	expect_fast(&a, 1);
+	uodp_umem_release(um);
+	uodp_ctx_destroy(ctx);
+	munmap(p, 8 * pg);
+}
+
+/* ---- main: make sure the hooks are preloaded ---- */
+
+static void reexec(char **argv)
+{
+	char lib[PATH_MAX + 64], exe[PATH_MAX], *slash, *pre;
+	const char *env = getenv("UODP_HOOKS_LIB");
+	ssize_t n;
+	size_t len;
+
+	if (getenv("UODP_TEST_HOOKS_REEXEC")) {
+		fprintf(stderr, "SKIP: libuodp-hooks.so preloaded but not "
+				"active\n");
+		exit(SKIP);
+	}
+	if (env) {
+		snprintf(lib, sizeof(lib), "%s", env);
+	} else {
+		n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+		if (n < 0)
+			exit(SKIP);
+		exe[n] = 0;
+		slash = strrchr(exe, '/');
+		if (slash)
+			*slash = 0;
+		snprintf(lib, sizeof(lib), "%s/../hooks/libuodp-hooks.so", exe);
+	}
+	if (access(lib, R_OK)) {
+		fprintf(stderr, "SKIP: %s not built (set UODP_HOOKS_LIB)\n",
+			lib);
+		exit(SKIP);
+	}
+	env = getenv("LD_PRELOAD");
+	len = strlen(lib) + (env ? strlen(env) : 0) + 2;
+	pre = malloc(len);
+	if (!pre)
+		exit(1);
+	snprintf(pre, len, "%s%s%s", lib, env ? ":" : "", env ? env : "");
+	setenv("LD_PRELOAD", pre, 1);
+	setenv("UODP_TEST_HOOKS_REEXEC", "1", 1);
+	/* a sanitizer runtime must otherwise come first */
+	setenv("ASAN_OPTIONS", "verify_asan_link_order=0", 0);
+	execv("/proc/self/exe", argv);
+	perror("execv");
+	exit(1);
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_attached),
+		cmocka_unit_test(test_munmap),
+		cmocka_unit_test(test_munmap_whole_2m),
+		cmocka_unit_test(test_mremap_shrink),
+		cmocka_unit_test(test_mremap_move),
+		cmocka_unit_test(test_mremap_grow),
+		cmocka_unit_test(test_madvise_dontneed),
+		cmocka_unit_test(test_madvise_free),
+		cmocka_unit_test(test_mmap_fixed),
+		cmocka_unit_test(test_shmdt),
+		cmocka_unit_test(test_unwatched),
+		cmocka_unit_test(test_raw_syscall),
+		cmocka_unit_test(test_disabled),
+		cmocka_unit_test(test_race),
+		cmocka_unit_test(test_engine),
+	};
+	struct unf_sub *probe;
+	static const struct unf_ops none = { 0 };
+	int r;
+
+	(void)argc;
+	pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	if (!dlsym(RTLD_DEFAULT, UODP_HOOKS_ATTACH))
+		reexec(argv);
+	r = unf_subscribe(&none, NULL, 0, &probe);
+	if (r) {
+		fprintf(stderr, "SKIP: no kernel monitor here (%s)\n",
+			strerror(-r));
+		return SKIP;
+	}
+	unf_unsubscribe(probe);
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
