@@ -180,7 +180,7 @@ static void test_strerror(void **state)
 	/* Every errno the header uses, one meaning each. */
 	static const int codes[] = { EINVAL, ERANGE, EFAULT,	 EACCES, EPERM,
 				     EAGAIN, EBUSY,  EDEADLK,	 ENODEV, ECHILD,
-				     ENOMEM, ENOSYS, EOPNOTSUPP, EPROTO };
+				     ENOMEM, ENOSYS, EOPNOTSUPP, EPROTO, EBADF };
 	static const int odd[] = { 0,	     1,	      -1,	  4095,
 				   -4095,    12345,   -12345,	  INT_MAX,
 				   -INT_MAX, INT_MIN, INT_MIN + 1 };

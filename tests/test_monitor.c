@@ -646,6 +646,73 @@ static void test_emfile(void **state)
 		fail_msg("child failed (status %#x): %s", st, err);
 }
 
+/*
+ * A daemon closes "every unknown descriptor" (issue 12 finding 13): the
+ * notifier sees its descriptors replaced and refuses to go on without
+ * events: registrations and faults fail -EBADF, release and destroy still
+ * work, and once the last context is gone a new one works again. In a
+ * child: the notifier there is its own.
+ */
+static void badf_child(void *arg)
+{
+	struct uodp_ctx *ctx = NULL, *c2 = NULL;
+	struct uodp_umem *u = NULL, *v = NULL;
+	char *buf = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int uffd = -1, prd = -1, pwr = -1, null, r = 0;
+	double t0;
+
+	(void)arg;
+	if (buf == MAP_FAILED || uodp_ctx_create(&t_record_ops, 0, &ctx) ||
+	    uodp_umem_get(ctx, buf, 2 * page, UODP_ACCESS_ALL, &u))
+		_exit(2);
+	unf_test_fds(&uffd, &prd, &pwr);
+	null = open("/dev/null", O_RDWR);
+	if (uffd < 0 || null < 0 || dup2(null, uffd) != uffd)
+		_exit(3);
+	/* The monitor checks its descriptors before each read and every
+	 * second; bounded wait for it to notice. */
+	for (t0 = t_now_ms(); t_now_ms() - t0 < 10000.0; usleep(10000)) {
+		r = uodp_umem_get(ctx, t_pg(buf, 2), page, UODP_ACCESS_ALL, &v);
+		if (r == -EBADF)
+			break;
+		if (r == 0)
+			uodp_umem_release(v);
+	}
+	if (r != -EBADF) {
+		fprintf(stderr, "get: %d, want -EBADF\n", r);
+		_exit(1);
+	}
+	r = (int)uodp_umem_map_and_lock(u, buf, page, UODP_ACCESS_READ, 0);
+	if (r != -EBADF) {
+		fprintf(stderr, "map_and_lock: %d, want -EBADF\n", r);
+		_exit(1);
+	}
+	if (uodp_umem_release(u) || uodp_ctx_destroy(ctx))
+		_exit(4);
+	/* The descriptor number is the application's now: untouched. */
+	if (fcntl(uffd, F_GETFD) < 0)
+		_exit(5);
+	/* A fresh start works. */
+	if (uodp_ctx_create(&t_record_ops, 0, &c2) ||
+	    uodp_umem_get(c2, buf, 4 * page, UODP_ACCESS_ALL, &v) ||
+	    uodp_umem_map_and_lock(v, buf, page, UODP_ACCESS_READ, 1000) != 1 ||
+	    uodp_umem_unlock(v) || uodp_umem_release(v) || uodp_ctx_destroy(c2))
+		_exit(6);
+	_exit(0);
+}
+
+static void test_descriptors_replaced(void **state)
+{
+	char err[256];
+	int st;
+
+	(void)state;
+	st = t_in_child(badf_child, NULL, err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail_msg("child failed (status %#x): %s", st, err);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Deferred delivery                                                         */
 
@@ -1306,6 +1373,7 @@ int main(void)
 		cmocka_unit_test(test_sysv_shm_refused),
 		cmocka_unit_test(test_foreign_uffd_ebusy),
 		cmocka_unit_test(test_emfile),
+		cmocka_unit_test(test_descriptors_replaced),
 		cmocka_unit_test(test_deferred_thread_and_release),
 		cmocka_unit_test(test_reuse_loop_deferred),
 		cmocka_unit_test(test_reuse_loop),
