@@ -14,7 +14,7 @@
  *   UFFD_EVENT_REMAP   mremap()           -> UODP_EVENT_REMAP (old range)
  *
  * each with one uodp_invalidate_range() call on the thread that reads the
- * events. The kernel makes munmap()/madvise() wait until the event has been
+ * events (the example does all three). The kernel makes munmap()/madvise() wait until the event has been
  * READ, not until it has been handled: an application that needs the
  * device to have let go before munmap() returns must make its munmap()
  * wait for the forwarding (here: the "forwarded" counter), as uodp's own
@@ -201,6 +201,7 @@ int main(void)
 	const struct uodp_ctx_ops ops = { .invalidate = on_invalidate };
 	struct forwarder f = { .uffd = -1, .stopfd = -1 };
 	struct uodp_umem *umem = NULL;
+	char *moved = MAP_FAILED;
 	pthread_t th;
 	bool thread = false;
 	int64_t n;
@@ -280,6 +281,20 @@ int main(void)
 		    "4-5 dropped");
 	n = fault(umem, buf + 4 * page, 1, UODP_ACCESS_READ);
 	ok &= check(n == -EFAULT, "a fault on page 4 fails with -EFAULT");
+
+	printf("mremap() of pages 6-7 elsewhere:\n");
+	moved = mmap(NULL, 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		     0);
+	if (moved != MAP_FAILED)
+		moved = mremap(buf + 6 * page, 2 * page, 2 * page,
+			       MREMAP_MAYMOVE | MREMAP_FIXED, moved);
+	ok &= check(moved != MAP_FAILED && wait_forwarded(3) &&
+			    !atomic_load(&dev_pt[6]) &&
+			    !atomic_load(&dev_pt[7]),
+		    "UFFD_EVENT_REMAP forwarded: device entries of pages "
+		    "6-7 dropped");
+	n = fault(umem, buf + 6 * page, 1, UODP_ACCESS_READ);
+	ok &= check(n == -EFAULT, "a fault on old page 6 fails with -EFAULT");
 	ok &= check(f.err == 0, "every forwarding call succeeded");
 out:
 	if (thread) {
@@ -294,7 +309,9 @@ out:
 		uodp_ctx_destroy(f.ctx);
 	close(f.uffd);
 	munmap(buf, 4 * page);
-	munmap(buf + 6 * page, 2 * page);
+	munmap(buf + 6 * page, 2 * page); /* already moved: harmless */
+	if (moved != MAP_FAILED)
+		munmap(moved, 2 * page);
 	if (r) {
 		printf("uffd_forward: setup failed\n");
 		return 1;
