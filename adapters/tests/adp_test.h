@@ -81,6 +81,31 @@ static inline void *adp_remap_at(void *a, size_t len)
 	return p;
 }
 
+/* Anonymous memory at a low address (from 1 GiB up), where the kernel's
+ * top-down placement does not put other threads' mappings: a test that
+ * unmaps it and maps new memory at the same address then finds it free.
+ * Why 1 GiB: below every sanitizer's shadow and allocator ranges, above
+ * the traditional low mappings of non-PIE programs. */
+static inline void *adp_map_low(size_t len)
+{
+	uintptr_t hint;
+	void *p;
+
+	for (hint = 1ul << 30; hint < (1ul << 36); hint += 1ul << 28) {
+		p = mmap((void *)hint, len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+			 0);
+		if (p == (void *)hint)
+			return p;
+		if (p != MAP_FAILED)
+			munmap(p, len); /* flag ignored: a hint elsewhere */
+	}
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	CHECK(p != MAP_FAILED);
+	return p;
+}
+
 /* Exit 77 with a reason when the kernel monitor is not there (before the
  * notifier lands: -ENOSYS from the stub; userfaultfd forbidden: -EPERM). */
 static inline void adp_skip_if_no_monitor(int r, const char *what)

@@ -7,6 +7,7 @@
  * Exit 77 when uodp's kernel monitor is unavailable.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,7 @@
 #include "uodp.h"
 #include "uodp_ucm.h"
 
-static volatile unsigned long events;
+static atomic_ulong events;
 
 static void on_unmapped(ucm_event_type_t type, ucm_event_t *ev, void *arg)
 {
@@ -27,7 +28,7 @@ static void on_unmapped(ucm_event_type_t type, ucm_event_t *ev, void *arg)
 	(void)arg;
 	printf("UCX saw VM_UNMAPPED %p + %zu\n", ev->vm_unmapped.address,
 	       ev->vm_unmapped.size);
-	events++;
+	atomic_fetch_add(&events, 1);
 }
 
 int main(int argc, char **argv)
@@ -69,11 +70,11 @@ int main(int argc, char **argv)
 	memset(buf, 1, len);
 	uodp_ucm_watch(buf, len);      /* e.g. in your cache's mem_reg */
 	syscall(SYS_munmap, buf, len); /* no hook sees this one */
-	for (i = 0; i < 5000 && !events; i++)
+	for (i = 0; i < 5000 && !atomic_load(&events); i++)
 		usleep(1000);	    /* delivered on uodp's relay thread */
 	uodp_ucm_unwatch(buf, len); /* e.g. in mem_dereg */
 
 	ucm_unset_event_handler(UCM_EVENT_VM_UNMAPPED, on_unmapped, NULL);
 	uodp_ucm_stop();
-	return events ? 0 : 1;
+	return atomic_load(&events) ? 0 : 1;
 }

@@ -184,9 +184,7 @@ static size_t scenario(enum mode m)
 	CHECK(fi_getname(&tgt.ep->fid, name, &nlen) == 0);
 	CHECK(fi_av_insert(ini.av, name, 1, &dest, 0, NULL) == 1);
 
-	a = mmap(NULL, BUFLEN, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	CHECK(a != MAP_FAILED);
+	a = adp_map_low(BUFLEN);
 	memset(a, 0xaa, BUFLEN);
 	src = malloc(BUFLEN);
 	CHECK(src);
