@@ -472,8 +472,11 @@ UODP_API int uodp_umem_stats(struct uodp_umem *umem,
  * overlap @range (filled with uodp_range_init()), makes their faults on it
  * wait or retry, calls the driver's invalidate for each overlap and drops
  * the engine's entries. end() with the same @range object lets faults on
- * it go on. A region registered between the two does not fault there until
- * end(). Ranges are rounded out to pages.
+ * it go on. A region registered between the two does not fault anywhere
+ * until end() (as with Linux's deferred insertion: keep brackets short);
+ * likewise, on a UODP_CTX_DEFERRED context, a region registered while
+ * kernel events are being relayed waits until the relay caught up. Ranges
+ * are rounded out to pages.
  * Errors of start: -EINVAL (NULL, empty range, reserved fields not zero:
  * the token is in use), -ERANGE (the range leaves the address space),
  * -EDEADLK (callback), -ECHILD.

@@ -391,8 +391,9 @@ UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx)
 static void ctx_kill_regions(struct uodp_ctx *ctx)
 {
 	struct uodp_umem *umem;
-	uint64_t period = ctx_inval_begin(ctx);
+	uint64_t period = ONE_SHOT; /* one walk under the read lock */
 
+	atomic_fetch_add(&ctx->inflight, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
 	for (umem = ctx->umems; umem; umem = umem->next) {
 		ulock_lock(&umem->lock);
@@ -405,7 +406,7 @@ static void ctx_kill_regions(struct uodp_ctx *ctx)
 		inval_end(umem, umem->start, umem->end, period);
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
-	ctx_inval_end(ctx);
+	atomic_fetch_sub(&ctx->inflight, 1);
 	/* Faults waiting for a period to end see dying now. */
 	pthread_mutex_lock(&ctx->inv_lock);
 	pthread_cond_broadcast(&ctx->inv_idle);

@@ -9,8 +9,12 @@
  * the region lock only if no invalidation overlapped it. Two mechanisms
  * decide that, one per context and one per region:
  *
- *  - Periods (context). ctx->active counts invalidations running (begun,
- *    not ended); ctx->period is odd while active > 0 and even otherwise
+ *  - Periods (context). ctx->active counts the split invalidations running
+ *    (a token's start() without its end(), a deferred begin without its
+ *    finish: those drop the tree lock in the middle); one-shot walks hold
+ *    the read lock throughout, so registration cannot interleave with them
+ *    and they need no period. ctx->period is odd while active > 0 and even
+ *    otherwise
  *    (bumped on 0 -> 1 and 1 -> 0, under ctx->inv_lock). A region registered
  *    during an odd period P records birth = P: the running invalidations may
  *    have walked the tree before it was there, so until the period moves on
@@ -309,7 +313,12 @@ void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e,
 bool inval_deferred_take(struct uodp_umem *umem, uint64_t *s, uint64_t *e,
 			 uint64_t *mask);
 void inval_end_mask(struct uodp_umem *umem, uint64_t mask);
-/* Context accounting around a whole invalidation: returns its period. */
+/* The period of a one-shot walk (start, call, end of every region under
+ * one tree read lock): no birth equals it, so every region found is
+ * accounted. */
+#define ONE_SHOT 0
+/* Context accounting around a split invalidation (a token's start..end,
+ * a deferred begin..finish): returns its period. */
 uint64_t ctx_inval_begin(struct uodp_ctx *ctx);
 void ctx_inval_end(struct uodp_ctx *ctx);
 

@@ -90,15 +90,19 @@ static void clamp(const struct uodp_umem *umem, uint64_t start, uint64_t end,
 /*
  * The one-shot walk: for each overlapping region, start, call the driver,
  * drop, end - all under the tree read lock, so no region enters or leaves
- * the index meanwhile. The context's period is held odd around it, so that
- * a region registered during the walk waits for it.
+ * the index meanwhile: a region registered concurrently is either found by
+ * the walk or registered after it, when the change is complete. So a
+ * one-shot walk needs no period (ONE_SHOT accounts every region it finds)
+ * and does not hold back regions registered meanwhile elsewhere: a process
+ * that unmaps all the time does not keep new regions from faulting.
  */
 void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 		    enum uodp_event ev)
 {
 	struct itree_node *n;
-	uint64_t period = ctx_inval_begin(ctx), s, e;
+	uint64_t period = ONE_SHOT, s, e;
 
+	atomic_fetch_add(&ctx->inflight, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
 	for_each_overlap(ctx, n, start, end)
 	{
@@ -112,7 +116,7 @@ void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 	if (engine_test_hook_after_start_walk)
 		engine_test_hook_after_start_walk(ctx);
 	pthread_rwlock_unlock(&ctx->tree_lock);
-	ctx_inval_end(ctx);
+	atomic_fetch_sub(&ctx->inflight, 1);
 }
 
 /*
@@ -125,14 +129,15 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
 			 enum uodp_event ev)
 {
 	struct uodp_ctx *ctx = umem->ctx;
-	uint64_t period = ctx_inval_begin(ctx);
+	uint64_t period = ONE_SHOT;
 
+	atomic_fetch_add(&ctx->inflight, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
 	inval_start(umem, start, end, period);
 	inval_call(umem, start, end, ev, CB_LOCKED);
 	inval_end(umem, start, end, period);
 	pthread_rwlock_unlock(&ctx->tree_lock);
-	ctx_inval_end(ctx);
+	atomic_fetch_sub(&ctx->inflight, 1);
 }
 
 /* ---- deferred delivery: the two halves of a kernel event ---- */
