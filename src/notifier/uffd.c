@@ -410,9 +410,15 @@ int uffd_register_probe(int fd)
 		return -ENOMEM;
 	r = uffd_register(fd, (uint64_t)(uintptr_t)p,
 			  (uint64_t)(uintptr_t)p + (uint64_t)pg);
-	if (r == 0)
-		uffd_unregister(fd, (uint64_t)(uintptr_t)p,
-				(uint64_t)(uintptr_t)p + (uint64_t)pg);
+	if (r == 0 && uffd_unregister(fd, (uint64_t)(uintptr_t)p,
+				      (uint64_t)(uintptr_t)p + (uint64_t)pg)) {
+		/* Still registered: unmapping it would raise an event that
+		 * this thread then waits for, and the monitor may not run
+		 * yet (nf_start() probes before starting it). One page is
+		 * left behind instead, once, on a failure that should not
+		 * happen. */
+		return r;
+	}
 	/* Not registered any more: unmapping it sends no event. */
 	munmap(p, (size_t)pg);
 	return r;
