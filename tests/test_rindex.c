@@ -1,0 +1,509 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_rindex.c - the B+-tree interval index (src/lib/rindex.c) against a
+ * brute-force oracle.
+ *
+ * Every query's answer is compared, in order, with a scan of the intervals
+ * known to be in the index sorted by (start, owner), the order the iterator
+ * promises. Mixes of inserts, removes and queries run from fixed seeds over
+ * sparse, clustered (heavily overlapping) and duplicate intervals;
+ * rindex_check runs along the way and after each phase. Node accounting
+ * (reserve, garbage, stash) is checked by the byte counters, and leaks by
+ * ASan in the sanitizer build.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "lib/rindex.h"
+
+struct item {
+	uint64_t start, last;
+	int in; /* currently in the index under test */
+};
+
+/* splitmix64: small, deterministic, good enough for test data. */
+static uint64_t rng_next(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static int cmp_items(const void *a, const void *b)
+{
+	const struct item *x = *(const struct item *const *)a;
+	const struct item *y = *(const struct item *const *)b;
+
+	if (x->start != y->start)
+		return x->start < y->start ? -1 : 1;
+	if (x == y)
+		return 0;
+	return (uintptr_t)x < (uintptr_t)y ? -1 : 1;
+}
+
+/* Insert with a fresh reserve, as a writer would. */
+static int ins(struct rindex *idx, struct item *it)
+{
+	struct rindex_reserve r;
+	int err;
+
+	assert_int_equal(rindex_reserve(&r, idx), 0);
+	err = rindex_insert(idx, &r, it->start, it->last, it);
+	rindex_reserve_release(&r);
+	if (!err)
+		it->in = 1;
+	return err;
+}
+
+static int del(struct rindex *idx, struct item *it, int collect)
+{
+	struct rindex_garbage g;
+	int err = rindex_remove(idx, it->start, it->last, it);
+
+	if (!err)
+		it->in = 0;
+	if (collect) {
+		rindex_take_garbage(idx, &g);
+		rindex_free_garbage(idx, &g);
+	}
+	return err;
+}
+
+/* Compare the iterator with a scan of @items; @scratch holds 2n. */
+static void check_query(const struct rindex *idx, struct item *items, size_t n,
+			struct item **scratch, uint64_t qs, uint64_t ql)
+{
+	struct item **exp = scratch, **got = scratch + n, *o;
+	struct rindex_iter it;
+	size_t ne = 0, ng = 0, i;
+
+	for (i = 0; i < n; i++)
+		if (items[i].in && items[i].start <= ql && items[i].last >= qs)
+			exp[ne++] = &items[i];
+	qsort(exp, ne, sizeof(*exp), cmp_items);
+	for (o = rindex_iter_first(idx, qs, ql, &it); o;
+	     o = rindex_iter_next(&it)) {
+		assert_true(ng < ne); /* also stops a runaway iteration */
+		got[ng++] = o;
+	}
+	assert_int_equal(ng, ne);
+	for (i = 0; i < ne; i++)
+		assert_ptr_equal(got[i], exp[i]);
+	/* Once done, the iterator stays done. */
+	assert_null(rindex_iter_next(&it));
+}
+
+static void test_empty(void **state)
+{
+	struct rindex idx;
+	struct rindex_iter it;
+	struct item a = { 1, 2, 0 };
+
+	(void)state;
+	assert_int_equal(rindex_init(&idx), 0);
+	assert_int_equal(rindex_check(&idx), 0);
+	assert_int_equal(rindex_count(&idx), 0);
+	assert_null(rindex_iter_first(&idx, 0, UINT64_MAX, &it));
+	assert_null(rindex_iter_next(&it));
+	assert_null(rindex_iter_first(&idx, 0, 0, &it));
+	assert_int_equal(rindex_remove(&idx, 1, 2, &a), -ENOENT);
+	assert_int_equal(rindex_bytes(&idx), 0);
+	rindex_destroy(&idx);
+}
+
+static void test_edges(void **state)
+{
+	struct item v[6] = {
+		{ 0, 0, 0 },
+		{ UINT64_MAX, UINT64_MAX, 0 },
+		{ 0, UINT64_MAX, 0 },
+		{ 0, UINT64_MAX, 0 }, /* duplicate bounds, other owner */
+		{ 5, 10, 0 },
+		{ 10, 20, 0 },
+	};
+	struct item *scratch[12];
+	struct rindex_reserve r;
+	struct rindex idx;
+	struct rindex_iter it;
+	size_t i;
+
+	(void)state;
+	assert_int_equal(rindex_init(&idx), 0);
+	for (i = 0; i < 6; i++)
+		assert_int_equal(ins(&idx, &v[i]), 0);
+	assert_int_equal(rindex_count(&idx), 6);
+	assert_int_equal(rindex_check(&idx), 0);
+
+	/* Invalid and duplicate inserts change nothing. */
+	assert_int_equal(rindex_reserve(&r, &idx), 0);
+	assert_int_equal(rindex_insert(&idx, &r, 3, 2, &v[0]), -EINVAL);
+	assert_int_equal(rindex_insert(&idx, &r, 1, 2, NULL), -EINVAL);
+	assert_int_equal(rindex_insert(&idx, &r, 0, 0, &v[0]), -EEXIST);
+	/* Same start and owner, other last: still the same key. */
+	assert_int_equal(rindex_insert(&idx, &r, 0, 7, &v[0]), -EEXIST);
+	rindex_reserve_release(&r);
+	rindex_reserve_release(&r); /* harmless twice */
+	assert_int_equal(rindex_count(&idx), 6);
+	assert_int_equal(rindex_check(&idx), 0);
+
+	check_query(&idx, v, 6, scratch, 0, 0);
+	check_query(&idx, v, 6, scratch, UINT64_MAX, UINT64_MAX);
+	check_query(&idx, v, 6, scratch, 0, UINT64_MAX);
+	check_query(&idx, v, 6, scratch, 10, 10);
+	check_query(&idx, v, 6, scratch, 11, 11);
+	check_query(&idx, v, 6, scratch, 21, UINT64_MAX - 1);
+	/* qs > ql: nothing. */
+	assert_null(rindex_iter_first(&idx, 10, 5, &it));
+
+	/* Absent: wrong owner, wrong last, wrong start. */
+	assert_int_equal(rindex_remove(&idx, 0, 0, &v[1]), -ENOENT);
+	assert_int_equal(rindex_remove(&idx, 5, 11, &v[4]), -ENOENT);
+	assert_int_equal(rindex_remove(&idx, 6, 10, &v[4]), -ENOENT);
+	assert_int_equal(del(&idx, &v[2], 1), 0);
+	assert_int_equal(del(&idx, &v[2], 1), -ENOENT);
+	check_query(&idx, v, 6, scratch, 0, UINT64_MAX);
+	for (i = 0; i < 6; i++)
+		if (v[i].in)
+			assert_int_equal(del(&idx, &v[i], 0), 0);
+	assert_int_equal(rindex_count(&idx), 0);
+	assert_int_equal(rindex_check(&idx), 0);
+	assert_int_equal(rindex_tree_bytes(&idx), 0);
+	rindex_destroy(&idx); /* frees the uncollected garbage too */
+}
+
+enum shape {
+	SH_SPARSE,    /* short intervals spread over 2^40: few overlaps */
+	SH_CLUSTERED, /* intervals of all lengths in a small range */
+	SH_DUPS,      /* a handful of bounds shared by many owners */
+	SH_FULL,      /* anywhere in the 64-bit range, edges included */
+};
+
+static void gen(struct item *it, enum shape sh, uint64_t *seed)
+{
+	uint64_t a, b;
+
+	switch (sh) {
+	case SH_SPARSE:
+		a = rng_next(seed) >> 24;
+		b = a + (rng_next(seed) & 0xfff);
+		break;
+	case SH_CLUSTERED:
+		a = rng_next(seed) % 100000;
+		b = a + (rng_next(seed) % 3 ? rng_next(seed) % 500 :
+					      rng_next(seed) % 50000);
+		break;
+	case SH_DUPS:
+		a = (rng_next(seed) % 8) * 100;
+		b = a + (rng_next(seed) % 4) * 60;
+		break;
+	default:
+		a = rng_next(seed);
+		b = rng_next(seed);
+		if (rng_next(seed) % 8 == 0)
+			a = rng_next(seed) & 1 ? 0 : UINT64_MAX;
+		if (a > b) {
+			uint64_t t = a;
+
+			a = b;
+			b = t;
+		}
+		break;
+	}
+	it->start = a;
+	it->last = b;
+}
+
+/* A query of the shape's scale. */
+static void gen_query(enum shape sh, uint64_t *seed, uint64_t *qs, uint64_t *ql)
+{
+	struct item q;
+
+	gen(&q, sh, seed);
+	if (rng_next(seed) % 4 == 0) /* points */
+		q.last = q.start;
+	*qs = q.start;
+	*ql = q.last;
+}
+
+/* @nops random operations on a pool of @n items of shape @sh. */
+static void run_mix(enum shape sh, uint64_t seed, size_t n, size_t nops)
+{
+	struct item *items = calloc(n, sizeof(*items));
+	struct item **scratch = calloc(2 * n, sizeof(*scratch));
+	struct rindex idx;
+	size_t op, i, in = 0;
+	uint64_t qs, ql;
+
+	assert_non_null(items);
+	assert_non_null(scratch);
+	assert_int_equal(rindex_init(&idx), 0);
+	for (i = 0; i < n; i++)
+		gen(&items[i], sh, &seed);
+	for (op = 0; op < nops; op++) {
+		uint64_t r = rng_next(&seed) % 100;
+		/* Phases: grow to most of the pool, then churn, then drain. */
+		size_t phase = op * 3 / nops;
+		uint64_t p_ins = phase == 0 ? 60 : phase == 1 ? 35 : 10;
+
+		i = rng_next(&seed) % n;
+		if (r < p_ins) {
+			int was = items[i].in, err = ins(&idx, &items[i]);
+
+			assert_int_equal(err, was ? -EEXIST : 0);
+			if (!was)
+				in++;
+		} else if (r < 70) {
+			int was = items[i].in,
+			    err = del(&idx, &items[i], rng_next(&seed) & 1);
+
+			assert_int_equal(err, was ? 0 : -ENOENT);
+			if (was)
+				in--;
+		} else {
+			gen_query(sh, &seed, &qs, &ql);
+			check_query(&idx, items, n, scratch, qs, ql);
+		}
+		assert_int_equal(rindex_count(&idx), in);
+		if (op % 997 == 0)
+			assert_int_equal(rindex_check(&idx), 0);
+	}
+	assert_int_equal(rindex_check(&idx), 0);
+	/* Every item, then everything, once more. */
+	for (i = 0; i < n; i++)
+		check_query(&idx, items, n, scratch, items[i].start,
+			    items[i].start);
+	check_query(&idx, items, n, scratch, 0, UINT64_MAX);
+	for (i = 0; i < n; i++)
+		if (items[i].in)
+			assert_int_equal(del(&idx, &items[i], i & 1), 0);
+	assert_int_equal(rindex_count(&idx), 0);
+	assert_int_equal(rindex_check(&idx), 0);
+	rindex_destroy(&idx);
+	free(items);
+	free(scratch);
+}
+
+static void test_mix_sparse(void **state)
+{
+	(void)state;
+	run_mix(SH_SPARSE, 1, 3000, 100000);
+}
+
+static void test_mix_clustered(void **state)
+{
+	(void)state;
+	run_mix(SH_CLUSTERED, 2, 2000, 100000);
+}
+
+static void test_mix_dups(void **state)
+{
+	(void)state;
+	run_mix(SH_DUPS, 3, 1500, 100000);
+}
+
+static void test_mix_full(void **state)
+{
+	(void)state;
+	run_mix(SH_FULL, 4, 2000, 100000);
+}
+
+/* Small pools keep the tree at 1-2 levels, where root changes happen. */
+static void test_mix_small(void **state)
+{
+	uint64_t seed;
+
+	(void)state;
+	for (seed = 10; seed < 20; seed++)
+		run_mix(seed & 1 ? SH_CLUSTERED : SH_DUPS, seed, 40, 5000);
+}
+
+/*
+ * Ascending, descending and shuffled fills of 10^5 intervals, then removal
+ * in random order: deep trees, lopsided splits, every kind of rebalance.
+ */
+static void test_orders(void **state)
+{
+	const size_t n = 100000;
+	struct item *items = calloc(n, sizeof(*items));
+	size_t *perm = calloc(n, sizeof(*perm));
+	struct item *scratch[64];
+	struct rindex idx;
+	struct rindex_iter it;
+	uint64_t seed = 77, bytes;
+	size_t i, j, k, t, mode;
+
+	(void)state;
+	assert_non_null(items);
+	assert_non_null(perm);
+	for (mode = 0; mode < 3; mode++) {
+		assert_int_equal(rindex_init(&idx), 0);
+		for (i = 0; i < n; i++) {
+			items[i].start = 8192 * i;
+			items[i].last = 8192 * i + 4095;
+			items[i].in = 0;
+			perm[i] = mode == 1 ? n - 1 - i : i;
+		}
+		for (i = n; mode == 2 && i > 1; i--) {
+			j = rng_next(&seed) % i;
+			t = perm[i - 1];
+			perm[i - 1] = perm[j];
+			perm[j] = t;
+		}
+		for (i = 0; i < n; i++)
+			assert_int_equal(ins(&idx, &items[perm[i]]), 0);
+		assert_int_equal(rindex_check(&idx), 0);
+		bytes = rindex_tree_bytes(&idx);
+		/* Memory per interval: <= 384 B / 7 slots per leaf (the
+		 * minimum fill) plus inner nodes. */
+		assert_true(bytes / n < 70);
+		for (k = 0; k < 1000; k++) {
+			i = rng_next(&seed) % n;
+			assert_ptr_equal(
+				rindex_iter_first(&idx, items[i].start + 5,
+						  items[i].start + 5, &it),
+				&items[i]);
+			assert_null(rindex_iter_next(&it));
+			/* The gap after it. */
+			assert_null(rindex_iter_first(&idx, items[i].last + 1,
+						      items[i].last + 4096,
+						      &it));
+		}
+		/* A window of 10 items. */
+		check_query(&idx, items + 500, 10, scratch, items[500].start,
+			    items[509].last);
+		for (i = n; i > 1; i--) {
+			j = rng_next(&seed) % i;
+			t = perm[i - 1];
+			perm[i - 1] = perm[j];
+			perm[j] = t;
+		}
+		for (i = 0; i < n; i++) {
+			assert_int_equal(
+				del(&idx, &items[perm[i]], i % 64 == 0), 0);
+			if (i % 20000 == 0)
+				assert_int_equal(rindex_check(&idx), 0);
+		}
+		assert_int_equal(rindex_count(&idx), 0);
+		assert_int_equal(rindex_check(&idx), 0);
+		rindex_destroy(&idx);
+	}
+	free(items);
+	free(perm);
+}
+
+/*
+ * Where the nodes go: a reserve's unused nodes return to the stash, remove
+ * feeds the garbage (never free), inserts reuse garbage before the
+ * reserve, and the byte counters add up at every step.
+ */
+static void test_reserve_garbage(void **state)
+{
+	const size_t n = 2000;
+	struct item *items = calloc(n, sizeof(*items));
+	struct rindex_reserve r, r2;
+	struct rindex_garbage g;
+	struct rindex idx;
+	uint64_t tree, all;
+	size_t i;
+
+	(void)state;
+	assert_non_null(items);
+	assert_int_equal(rindex_init(&idx), 0);
+	/* A reserve holds the worst case; released, it fills the stash. */
+	assert_int_equal(rindex_reserve(&r, &idx), 0);
+	assert_int_equal(r.nleaf, 1);
+	assert_int_equal(r.ninner, RINDEX_MAX_HEIGHT);
+	assert_int_equal(rindex_bytes(&idx), 0); /* the reserve's, not ours */
+	/* A second concurrent reserve finds the stash empty and mallocs. */
+	assert_int_equal(rindex_reserve(&r2, &idx), 0);
+	rindex_reserve_release(&r);
+	rindex_reserve_release(&r2);
+	all = rindex_bytes(&idx);
+	assert_true(all > 0);
+	assert_int_equal(rindex_tree_bytes(&idx), 0);
+
+	for (i = 0; i < n; i++) {
+		items[i].start = 100 * i;
+		items[i].last = 100 * i + 50;
+		assert_int_equal(ins(&idx, &items[i]), 0);
+	}
+	tree = rindex_tree_bytes(&idx);
+	assert_true(tree > 0);
+	/* Removing everything frees nothing: the nodes are garbage. */
+	for (i = 0; i < n; i++)
+		assert_int_equal(del(&idx, &items[i], 0), 0);
+	assert_int_equal(rindex_tree_bytes(&idx), 0);
+	assert_true(rindex_bytes(&idx) >= tree);
+	all = rindex_bytes(&idx);
+	/* Inserting again reuses garbage: the held total does not grow
+	 * while the garbage lasts. */
+	for (i = 0; i < n; i++)
+		assert_int_equal(ins(&idx, &items[i]), 0);
+	assert_true(rindex_bytes(&idx) <= all + 2 * 512 * RINDEX_MAX_HEIGHT);
+	assert_int_equal(rindex_check(&idx), 0);
+	for (i = 0; i < n; i++)
+		assert_int_equal(del(&idx, &items[i], 0), 0);
+	/* Detached garbage no longer counts; freeing it keeps only what
+	 * fits the stash. */
+	rindex_take_garbage(&idx, &g);
+	assert_true(rindex_bytes(&idx) < all);
+	rindex_free_garbage(&idx, &g);
+	assert_null(g.leaf);
+	assert_null(g.inner);
+	assert_true(rindex_bytes(&idx) <=
+		    4 * 384 + 2 * 512 * RINDEX_MAX_HEIGHT);
+	rindex_destroy(&idx);
+	free(items);
+}
+
+/* rindex_check must notice broken bookkeeping. */
+static void test_check_detects(void **state)
+{
+	struct item v[100];
+	struct rindex idx;
+	size_t i;
+
+	(void)state;
+	assert_int_equal(rindex_init(&idx), 0);
+	for (i = 0; i < 100; i++) {
+		v[i].start = 10 * i;
+		v[i].last = 10 * i + 5;
+		v[i].in = 0;
+		assert_int_equal(ins(&idx, &v[i]), 0);
+	}
+	assert_int_equal(rindex_check(&idx), 0);
+	idx.count++;
+	assert_int_equal(rindex_check(&idx), -1);
+	idx.count--;
+	idx.nleaf++;
+	assert_int_equal(rindex_check(&idx), -1);
+	idx.nleaf--;
+	assert_int_equal(rindex_check(&idx), 0);
+	rindex_destroy(&idx);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_empty),
+		cmocka_unit_test(test_edges),
+		cmocka_unit_test(test_mix_sparse),
+		cmocka_unit_test(test_mix_clustered),
+		cmocka_unit_test(test_mix_dups),
+		cmocka_unit_test(test_mix_full),
+		cmocka_unit_test(test_mix_small),
+		cmocka_unit_test(test_orders),
+		cmocka_unit_test(test_reserve_garbage),
+		cmocka_unit_test(test_check_detects),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
