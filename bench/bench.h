@@ -119,11 +119,12 @@ struct bench_suite {
 	void (*run)(const struct bench_opts *o);
 };
 
-/* Suites of suite_engine.c, suite_notify.c and suite_device.c
- * (NULL-terminated by name). */
+/* Suites of suite_engine.c, suite_notify.c, suite_device.c and
+ * suite_index.c (NULL-terminated by name). */
 extern const struct bench_suite bench_engine_suites[];
 extern const struct bench_suite bench_notify_suites[];
 extern const struct bench_suite bench_device_suites[];
+extern const struct bench_suite bench_index_suites[];
 
 /* Parse argv (after the subcommand name: argv[0] is the command name), run
  * the selected suites, print the table, write CSVs. Returns an exit code:

@@ -384,6 +384,7 @@ static const struct bench_suite *const suite_lists[] = {
 	bench_engine_suites,
 	bench_notify_suites,
 	bench_device_suites,
+	bench_index_suites,
 };
 
 static void usage(FILE *f, const char *cmd)
