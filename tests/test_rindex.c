@@ -179,12 +179,87 @@ static void test_edges(void **state)
 	rindex_destroy(&idx); /* frees the uncollected garbage too */
 }
 
+/*
+ * Where intervals go (buckets or B+-tree) at the routing boundaries, and
+ * queries that must look into the previous bucket, across a radix leaf,
+ * and merge the two structures in (start, owner) order.
+ */
+static void test_buckets(void **state)
+{
+	const uint64_t B = 1ULL << RINDEX_BUCKET_SHIFT, TOP = 1ULL << 48;
+	struct item v[200], *scratch[400];
+	struct rindex idx;
+	size_t i, nv = 0;
+
+	(void)state;
+	assert_int_equal(rindex_init(&idx), 0);
+	v[nv++] = (struct item){ B, 2 * B - 1, 0 };	   /* small: B - 1 */
+	v[nv++] = (struct item){ B, 2 * B, 0 };		   /* big: B */
+	v[nv++] = (struct item){ TOP - 1, TOP - 1, 0 };	   /* small */
+	v[nv++] = (struct item){ TOP - 1, TOP + 5, 0 };	   /* small */
+	v[nv++] = (struct item){ TOP, TOP, 0 };		   /* big: >= 2^48 */
+	v[nv++] = (struct item){ 2 * B - 4096, 2 * B + 4095, 0 }; /* crosses */
+	v[nv++] = (struct item){ 256 * B - 4096, 256 * B + 4095, 0 }; /* leaf */
+	for (i = 0; i < nv; i++)
+		assert_int_equal(ins(&idx, &v[i]), 0);
+	assert_int_equal(idx.nsmall, 5);
+	assert_int_equal(idx.big.count, 2);
+	assert_int_equal(rindex_check(&idx), 0);
+	check_query(&idx, v, nv, scratch, 2 * B + 10, 2 * B + 10);
+	check_query(&idx, v, nv, scratch, 256 * B, 256 * B);
+	check_query(&idx, v, nv, scratch, 256 * B + 4096, 257 * B);
+	check_query(&idx, v, nv, scratch, TOP, TOP);
+	check_query(&idx, v, nv, scratch, TOP + 5, UINT64_MAX);
+	check_query(&idx, v, nv, scratch, TOP + 6, UINT64_MAX);
+	check_query(&idx, v, nv, scratch, 0, UINT64_MAX);
+	/* One start, many owners: the bucket fills its largest class and
+	 * the rest overflows to the B+-tree; order is still by owner. */
+	for (i = nv; i < 200; i++) {
+		v[i] = (struct item){ 5 * B + 8192, 5 * B + 12287, 0 };
+		assert_int_equal(ins(&idx, &v[i]), 0);
+	}
+	nv = 200;
+	assert_true(idx.big.count > 2);
+	assert_int_equal(rindex_check(&idx), 0);
+	check_query(&idx, v, nv, scratch, 5 * B, 6 * B);
+	check_query(&idx, v, nv, scratch, 0, UINT64_MAX);
+	/* Same key in the other structure: -EEXIST either way. */
+	assert_int_equal(ins(&idx, &(struct item){ B, 3 * B, 0 }), 0);
+	{
+		struct rindex_reserve r;
+
+		assert_int_equal(rindex_reserve(&r, &idx), 0);
+		assert_int_equal(rindex_insert(&idx, &r, B, B + 10, &v[1]),
+				 -EEXIST);
+		assert_int_equal(rindex_insert(&idx, &r, B, 9 * B, &v[0]),
+				 -EEXIST);
+		assert_int_equal(rindex_insert(&idx, &r, 5 * B + 8192,
+					       5 * B + 8192, &v[199]),
+				 -EEXIST);
+		rindex_reserve_release(&r);
+	}
+	for (i = 0; i < nv; i++)
+		assert_int_equal(del(&idx, &v[i], i & 1), 0);
+	assert_int_equal(rindex_count(&idx), 1);
+	assert_int_equal(rindex_check(&idx), 0);
+	rindex_destroy(&idx);
+}
+
 enum shape {
 	SH_SPARSE,    /* short intervals spread over 2^40: few overlaps */
 	SH_CLUSTERED, /* intervals of all lengths in a small range */
 	SH_DUPS,      /* a handful of bounds shared by many owners */
 	SH_FULL,      /* anywhere in the 64-bit range, edges included */
+	SH_PAGES,     /* page regions of 1..20 pages in 16 MiB: bucket
+		       * crossings, small and big (> 64 KiB) intervals */
+	SH_EDGE,      /* at bucket, radix-leaf and 2^48 boundaries, lengths
+		       * around the bucket size */
+	SH_WIDE,      /* small intervals over the whole radix (2^48) */
 };
+
+/* Lengths (last - start) around the 64-KiB bucket size. */
+static const uint64_t edge_len[] = { 0,	    1,	   4095,  65534,
+				     65535, 65536, 65537, 131071 };
 
 static void gen(struct item *it, enum shape sh, uint64_t *seed)
 {
@@ -203,6 +278,29 @@ static void gen(struct item *it, enum shape sh, uint64_t *seed)
 	case SH_DUPS:
 		a = (rng_next(seed) % 8) * 100;
 		b = a + (rng_next(seed) % 4) * 60;
+		break;
+	case SH_PAGES:
+		a = (UINT64_C(0x7f0000000000) >> 12) + rng_next(seed) % 4096;
+		a <<= 12;
+		b = a + ((rng_next(seed) % 20) + 1) * 4096 - 1;
+		break;
+	case SH_EDGE: {
+		/* Near one of a few bucket boundaries, some at a radix leaf
+		 * boundary (256 buckets) and at the top of the radix. */
+		static const uint64_t bnd[] = {
+			0, 1ULL << 16, 3ULL << 16, 256ULL << 16,
+			(1ULL << 48) - (1ULL << 16), 1ULL << 48,
+			(1ULL << 48) + (1ULL << 16),
+		};
+		a = bnd[rng_next(seed) % 7] + rng_next(seed) % 9 - 4;
+		if (a > UINT64_MAX - 200000)
+			a = 0; /* wrapped below 0 */
+		b = a + edge_len[rng_next(seed) % 8];
+		break;
+	}
+	case SH_WIDE:
+		a = rng_next(seed) >> 16;
+		b = a + (rng_next(seed) & 0x3ffff);
 		break;
 	default:
 		a = rng_next(seed);
@@ -229,6 +327,11 @@ static void gen_query(enum shape sh, uint64_t *seed, uint64_t *qs, uint64_t *ql)
 	gen(&q, sh, seed);
 	if (rng_next(seed) % 4 == 0) /* points */
 		q.last = q.start;
+	/* Wide queries: many buckets and radix leaves, gaps skipped. */
+	if (sh == SH_WIDE && rng_next(seed) % 4 == 0)
+		q.last = q.start + (rng_next(seed) >> (16 + rng_next(seed) % 48));
+	if (q.last < q.start)
+		q.last = UINT64_MAX;
 	*qs = q.start;
 	*ql = q.last;
 }
@@ -315,6 +418,24 @@ static void test_mix_full(void **state)
 	run_mix(SH_FULL, 4, 2000, 100000);
 }
 
+static void test_mix_pages(void **state)
+{
+	(void)state;
+	run_mix(SH_PAGES, 5, 3000, 100000);
+}
+
+static void test_mix_edge(void **state)
+{
+	(void)state;
+	run_mix(SH_EDGE, 6, 1500, 100000);
+}
+
+static void test_mix_wide(void **state)
+{
+	(void)state;
+	run_mix(SH_WIDE, 7, 3000, 60000);
+}
+
 /* Small pools keep the tree at 1-2 levels, where root changes happen. */
 static void test_mix_small(void **state)
 {
@@ -322,7 +443,11 @@ static void test_mix_small(void **state)
 
 	(void)state;
 	for (seed = 10; seed < 20; seed++)
-		run_mix(seed & 1 ? SH_CLUSTERED : SH_DUPS, seed, 40, 5000);
+		run_mix(seed % 4 == 0	? SH_CLUSTERED :
+			seed % 4 == 1	? SH_DUPS :
+			seed % 4 == 2	? SH_EDGE :
+					  SH_PAGES,
+			seed, 40, 5000);
 }
 
 /*
@@ -400,66 +525,77 @@ static void test_orders(void **state)
 }
 
 /*
- * Where the nodes go: a reserve's unused nodes return to the stash, remove
- * feeds the garbage (never free), inserts reuse garbage before the
- * reserve, and the byte counters add up at every step.
+ * Where the blocks go: a reserve holds one insert's worst case and gives
+ * it back on release, remove feeds the garbage (never frees), inserts
+ * reuse garbage before the reserve, and the byte counters add up at every
+ * step. Both structures are exercised: page regions (buckets and radix
+ * nodes) and 1-MiB regions (B+-tree nodes). Leaks show under ASan.
  */
 static void test_reserve_garbage(void **state)
 {
-	const size_t n = 2000;
+	const size_t n = 3000;
 	struct item *items = calloc(n, sizeof(*items));
 	struct rindex_reserve r, r2;
 	struct rindex_garbage g;
 	struct rindex idx;
 	uint64_t tree, all;
-	size_t i;
+	size_t i, k;
 
 	(void)state;
 	assert_non_null(items);
 	assert_int_equal(rindex_init(&idx), 0);
-	/* A reserve holds the worst case; released, it fills the stash. */
+	/* A reserve holds the worst case; it is not the index's memory. */
 	assert_int_equal(rindex_reserve(&r, &idx), 0);
-	assert_int_equal(r.nleaf, 1);
-	assert_int_equal(r.ninner, RINDEX_MAX_HEIGHT);
-	assert_int_equal(rindex_bytes(&idx), 0); /* the reserve's, not ours */
-	/* A second concurrent reserve finds the stash empty and mallocs. */
+	assert_non_null(r.pool);
+	assert_true(r.pool->n[RINDEX_NKINDS - 1] >= RINDEX_MAX_HEIGHT);
+	assert_true(r.pool->total >= RINDEX_MAX_HEIGHT + 8);
+	assert_int_equal(rindex_bytes(&idx), 0);
+	/* A second reserve while the first is out gets its own blocks. */
 	assert_int_equal(rindex_reserve(&r2, &idx), 0);
+	assert_non_null(r2.pool);
+	assert_true(r2.pool != r.pool);
 	rindex_reserve_release(&r);
-	rindex_reserve_release(&r2);
-	all = rindex_bytes(&idx);
-	assert_true(all > 0);
-	assert_int_equal(rindex_tree_bytes(&idx), 0);
+	rindex_reserve_release(&r2); /* the thread keeps one pool only */
+	assert_null(r.pool);
+	rindex_reserve_release(&r); /* harmless twice */
+	assert_int_equal(rindex_bytes(&idx), 0);
 
-	for (i = 0; i < n; i++) {
-		items[i].start = 100 * i;
-		items[i].last = 100 * i + 50;
-		assert_int_equal(ins(&idx, &items[i]), 0);
+	for (k = 0; k < 2; k++) {
+		for (i = 0; i < n; i++) {
+			/* k = 0: pages, 5 per bucket; k = 1: 1 MiB each. */
+			items[i].start = k ? (i << 21) : 12288 * i;
+			items[i].last = items[i].start +
+					(k ? (1u << 20) : 4096) - 1;
+			assert_int_equal(ins(&idx, &items[i]), 0);
+		}
+		tree = rindex_tree_bytes(&idx);
+		assert_true(tree > 0);
+		assert_int_equal(rindex_bytes(&idx), tree);
+		/* Removing everything frees nothing: the blocks are
+		 * garbage. */
+		for (i = 0; i < n; i++)
+			assert_int_equal(del(&idx, &items[i], 0), 0);
+		assert_int_equal(rindex_tree_bytes(&idx), 0);
+		assert_int_equal(rindex_bytes(&idx), tree);
+		all = rindex_bytes(&idx);
+		/* Inserting again reuses garbage: the held total does not
+		 * grow. */
+		for (i = 0; i < n; i++)
+			assert_int_equal(ins(&idx, &items[i]), 0);
+		assert_true(rindex_bytes(&idx) <= all);
+		assert_int_equal(rindex_check(&idx), 0);
+		for (i = 0; i < n; i++)
+			assert_int_equal(del(&idx, &items[i], 0), 0);
+		/* Detached garbage no longer counts; freeing it refills
+		 * the thread's pool and frees the rest. */
+		rindex_take_garbage(&idx, &g);
+		assert_int_equal(rindex_bytes(&idx), 0);
+		assert_true(g.pool.total > 0);
+		rindex_free_garbage(&idx, &g);
+		assert_int_equal(g.pool.total, 0);
+		rindex_free_garbage(&idx, &g); /* harmless twice */
+		assert_int_equal(rindex_check(&idx), 0);
 	}
-	tree = rindex_tree_bytes(&idx);
-	assert_true(tree > 0);
-	/* Removing everything frees nothing: the nodes are garbage. */
-	for (i = 0; i < n; i++)
-		assert_int_equal(del(&idx, &items[i], 0), 0);
-	assert_int_equal(rindex_tree_bytes(&idx), 0);
-	assert_true(rindex_bytes(&idx) >= tree);
-	all = rindex_bytes(&idx);
-	/* Inserting again reuses garbage: the held total does not grow
-	 * while the garbage lasts. */
-	for (i = 0; i < n; i++)
-		assert_int_equal(ins(&idx, &items[i]), 0);
-	assert_true(rindex_bytes(&idx) <= all + 2 * 512 * RINDEX_MAX_HEIGHT);
-	assert_int_equal(rindex_check(&idx), 0);
-	for (i = 0; i < n; i++)
-		assert_int_equal(del(&idx, &items[i], 0), 0);
-	/* Detached garbage no longer counts; freeing it keeps only what
-	 * fits the stash. */
-	rindex_take_garbage(&idx, &g);
-	assert_true(rindex_bytes(&idx) < all);
-	rindex_free_garbage(&idx, &g);
-	assert_null(g.leaf);
-	assert_null(g.inner);
-	assert_true(rindex_bytes(&idx) <=
-		    4 * 384 + 2 * 512 * RINDEX_MAX_HEIGHT);
 	rindex_destroy(&idx);
 	free(items);
 }
@@ -483,9 +619,12 @@ static void test_check_detects(void **state)
 	idx.count++;
 	assert_int_equal(rindex_check(&idx), -1);
 	idx.count--;
-	idx.nleaf++;
+	idx.nsmall++;
 	assert_int_equal(rindex_check(&idx), -1);
-	idx.nleaf--;
+	idx.nsmall--;
+	idx.nblk[0]++;
+	assert_int_equal(rindex_check(&idx), -1);
+	idx.nblk[0]--;
 	assert_int_equal(rindex_check(&idx), 0);
 	rindex_destroy(&idx);
 }
@@ -495,10 +634,14 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_empty),
 		cmocka_unit_test(test_edges),
+		cmocka_unit_test(test_buckets),
 		cmocka_unit_test(test_mix_sparse),
 		cmocka_unit_test(test_mix_clustered),
 		cmocka_unit_test(test_mix_dups),
 		cmocka_unit_test(test_mix_full),
+		cmocka_unit_test(test_mix_pages),
+		cmocka_unit_test(test_mix_edge),
+		cmocka_unit_test(test_mix_wide),
 		cmocka_unit_test(test_mix_small),
 		cmocka_unit_test(test_orders),
 		cmocka_unit_test(test_reserve_garbage),

@@ -1,16 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * rindex.c - the B+-tree interval index (see rindex.h for the design and
- * the allocation rule).
+ * rindex.c - the interval index: a radix front of small buckets for short
+ * intervals, a B+-tree for the rest (see rindex.h for the design and the
+ * allocation rule).
  *
- * Owns its nodes only; owners are opaque. Invariants (checked by
+ * Owns its blocks only; owners are opaque. Invariants (checked by
  * rindex_check, asserted on the way with -DUODP_DEBUG):
- *   - every leaf is at depth height - 1; keys (start, owner) strictly
- *     increase along the leaves;
- *   - an inner slot's key is exactly its child's smallest key, and its
- *     maxlast exactly the largest `last` below it;
- *   - every node but the root has >= RINDEX_MIN slots; an inner root has
- *     >= 2 (a root with one child is replaced by the child).
+ *   radix: every radix node present has at least one child; a bucket holds
+ *     1..cap entries sorted by strictly increasing (start, owner), each of
+ *     length <= bucket size and starting inside the bucket; the leaf slot's
+ *     maxlast is exactly the largest `last` of its bucket;
+ *   B+-tree: every leaf is at depth height - 1; keys (start, owner)
+ *     strictly increase along the leaves; an inner slot's key is exactly
+ *     its child's smallest key, and its maxlast exactly the largest `last`
+ *     below it; every node but the root has >= RINDEX_MIN slots; an inner
+ *     root has >= 2 (a root with one child is replaced by the child);
+ *   a key (start, owner) is in at most one place.
  * Functions that may run under the caller's lock (insert, remove, take
  * garbage, queries) never call malloc or free.
  */
@@ -28,6 +33,66 @@
 #define rindex_assert(x) ((void)0)
 #endif
 
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+/* ------------------------------------------------------------------ */
+/* geometry                                                           */
+/* ------------------------------------------------------------------ */
+
+#define BB RINDEX_BUCKET_SHIFT
+#define BSIZE (UINT64_C(1) << BB)
+/* Starts below this may live in buckets. */
+#define RLIMIT (UINT64_C(1) << RINDEX_RADIX_BITS)
+/* Bucket numbers: 0 .. NBUCKETS - 1. */
+#define KBITS (RINDEX_RADIX_BITS - BB)
+#define NBUCKETS (UINT64_C(1) << KBITS)
+/* Three inner levels of IB bits over a leaf level of LB bits. */
+#define IB 8
+#define NIL 3
+#define LB (KBITS - NIL * IB)
+#define IFAN (1u << IB)
+#define LFAN (1u << LB)
+#define SH0 (LB + 2 * IB) /* root digit */
+#define SH1 (LB + IB)
+#define SH2 LB
+
+_Static_assert(BB >= 12 && BB <= 31, "bucket offsets and lengths are u32");
+_Static_assert(LB >= 4 && LB <= 12, "radix leaf between 256 B and 64 KiB");
+
+/* Offsets and lengths inside a bucket: < 2^BB. */
+#if BB <= 16
+typedef uint16_t boff_t;
+#else
+typedef uint32_t boff_t;
+#endif
+
+struct rinner {
+	void *c[IFAN];
+};
+
+struct rslot {
+	struct rindex_bucket *b;
+	uint64_t maxlast; /* largest last in b; 0 when b is NULL */
+};
+
+struct rleaf {
+	struct rslot s[LFAN];
+};
+
+/*
+ * A bucket: n entries sorted by (start, owner), held as three arrays of
+ * cap (its size class): off[] (start - bucket base), len[] (last - start),
+ * owner[]. With 64-KiB buckets, 12 B per entry; the header, off[] and
+ * len[] of an 8-entry bucket take 40 B (one line, usually).
+ */
+struct rindex_bucket {
+	uint16_t n;
+	uint16_t kind;
+	uint32_t pad;
+	boff_t e[]; /* off[cap] ; len[cap] ; owner (void *)[cap] */
+};
+
 #define F RINDEX_FANOUT
 /* Fewest slots of a non-root node: half, rounded down, so that a split of
  * F + 1 slots (>= 8 each side, or 9/7 for runs at an end) and a merge of
@@ -35,10 +100,10 @@
 #define RINDEX_MIN (F / 2)
 
 /*
- * One node. The header and each array take two cache lines (a 4-byte
- * count padded to 8, then 15 8-byte slots = 128 B; the later arrays are
- * padded to 128 B likewise). Leaves are allocated without the last array
- * (kowner), which only inner nodes need.
+ * One B+-tree node. The header and each array take two cache lines (a
+ * 4-byte count padded to 8, then 15 8-byte slots = 128 B; the later arrays
+ * are padded to 128 B likewise). Leaves are allocated without the last
+ * array (kowner), which only inner nodes need.
  */
 struct rindex_node {
 	uint32_t n;   /* slots in use */
@@ -55,12 +120,265 @@ struct rindex_node {
 #define LEAF_BYTES offsetof(struct rindex_node, kowner)
 #define INNER_BYTES sizeof(struct rindex_node)
 
-/* 64: a node starts on a cache line, so each array is exactly 2 lines. */
-#define NODE_ALIGN 64
-
 _Static_assert(LEAF_BYTES == 384, "leaf is 6 cache lines");
 _Static_assert(INNER_BYTES == 512, "inner node is 8 cache lines");
 _Static_assert(F < 32, "slot masks are 32-bit");
+
+/* Block kinds. Buckets come in size classes of 4 << i entries. */
+enum {
+	K_RINNER,
+	K_RLEAF,
+	K_B0, /* bucket of 4 entries */
+	K_B1,
+	K_B2,
+	K_B3,
+	K_B4, /* bucket of 64 entries: the largest */
+	K_BTLEAF,
+	K_BTINNER,
+	K_N
+};
+_Static_assert(K_N == RINDEX_NKINDS, "kinds");
+
+#define BUCKET_BYTES(cap) \
+	(sizeof(struct rindex_bucket) + (2 * sizeof(boff_t) + 8) * (size_t)(cap))
+#define BCAP(kind) (4u << ((kind) - K_B0))
+#define BCAP_MAX BCAP(K_B4)
+
+static const size_t kind_bytes[K_N] = {
+	sizeof(struct rinner), sizeof(struct rleaf), BUCKET_BYTES(4),
+	BUCKET_BYTES(8),       BUCKET_BYTES(16),     BUCKET_BYTES(32),
+	BUCKET_BYTES(64),      LEAF_BYTES,	     INNER_BYTES,
+};
+
+/*
+ * Worst case of one insert, per kind: a radix path (NIL inner nodes and a
+ * leaf), one bucket (new or grown, of any class), and the B+-tree's (one
+ * leaf, a split at every level plus a new root).
+ */
+static const uint32_t kind_need[K_N] = {
+	NIL, 1, 1, 1, 1, 1, 1, 1, RINDEX_MAX_HEIGHT,
+};
+
+/* What a thread keeps between inserts: two inserts' worth, so the
+ * garbage of removes can be recycled without free/malloc round trips. */
+#define POOL_CAP(k) (2 * kind_need[k])
+
+/* cap is a multiple of 4: owner[] stays 8-aligned. */
+static inline boff_t *b_off(const struct rindex_bucket *b)
+{
+	return (boff_t *)b->e;
+}
+static inline boff_t *b_len(const struct rindex_bucket *b, unsigned cap)
+{
+	return (boff_t *)b->e + cap;
+}
+static inline void **b_own(const struct rindex_bucket *b, unsigned cap)
+{
+	return (void **)((boff_t *)b->e + 2 * cap);
+}
+
+/* ------------------------------------------------------------------ */
+/* block supply (see ALLOCATION RULE in rindex.h)                     */
+/* ------------------------------------------------------------------ */
+
+static void *blk_alloc(unsigned k)
+{
+	size_t sz = kind_bytes[k];
+	void *p;
+
+	if (k >= K_B0 && k <= K_B4)
+		p = malloc(sz); /* 16-aligned is enough; saves memalign slack */
+	else
+		p = aligned_alloc(64, (sz + 63) & ~(size_t)63);
+	/* Zeroed once: radix nodes start empty, B+-tree masks read all F
+	 * slots, never uninitialised ones. */
+	if (p)
+		memset(p, 0, sz);
+	return p;
+}
+
+static inline void pool_push(struct rindex_pool *p, unsigned k, void *blk)
+{
+	*(void **)blk = p->head[k];
+	p->head[k] = blk;
+	p->n[k]++;
+	p->total++;
+}
+
+static inline void *pool_pop(struct rindex_pool *p, unsigned k)
+{
+	void *blk = p->head[k];
+
+	if (blk) {
+		p->head[k] = *(void **)blk;
+		p->n[k]--;
+		p->total--;
+		*(void **)blk = NULL; /* radix nodes must come back all-NULL */
+	}
+	return blk;
+}
+
+static void pool_free_all(struct rindex_pool *p)
+{
+	unsigned k;
+	void *blk;
+
+	for (k = 0; k < K_N; k++)
+		while ((blk = pool_pop(p, k)))
+			free(blk);
+}
+
+/*
+ * The calling thread's spare pool: a heap object holding at least one
+ * insert's worst case (after a top-up). A reserve takes the whole pool
+ * (one pointer move) and hands it back on release; freed garbage refills
+ * it. Per thread, not per index (a block is only memory), and reachable
+ * from one place at a time (this thread's slot or one reserve): no lock,
+ * no atomic. Freed when the thread exits.
+ */
+static __thread struct rindex_pool *tls_pool
+	__attribute__((tls_model("initial-exec")));
+static __thread bool tls_registered __attribute__((tls_model("initial-exec")));
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+static int tls_key_err;
+
+static void tls_dtor(void *arg)
+{
+	struct rindex_pool *p = tls_pool;
+
+	(void)arg;
+	tls_pool = NULL;
+	if (p) {
+		pool_free_all(p);
+		free(p);
+	}
+}
+
+static void tls_key_init(void)
+{
+	tls_key_err = pthread_key_create(&tls_key, tls_dtor);
+}
+
+static void tls_register(void)
+{
+	pthread_once(&tls_once, tls_key_init);
+	/* The value only makes the destructor run; without a key the pool
+	 * is simply not freed at thread exit. */
+	if (!tls_key_err)
+		pthread_setspecific(tls_key, &tls_registered);
+	tls_registered = true;
+}
+
+/* Hand the pool @p to the thread's slot, or free it if the slot is full
+ * (a second reserve was taken while the first was out). */
+static void pool_park(struct rindex_pool *p)
+{
+	if (!tls_pool) {
+		tls_pool = p;
+		return;
+	}
+	pool_free_all(p);
+	free(p);
+}
+
+/* Make @p hold one insert's worst case. Returns 0 or -ENOMEM. */
+static int pool_top_up(struct rindex_pool *p)
+{
+	unsigned k;
+	void *blk;
+
+	for (k = 0; k < K_N; k++)
+		while (p->n[k] < kind_need[k]) {
+			if (!(blk = blk_alloc(k)))
+				return -ENOMEM;
+			pool_push(p, k, blk);
+		}
+	p->dirty = 0;
+	return 0;
+}
+
+int rindex_reserve(struct rindex_reserve *r, struct rindex *idx)
+{
+	struct rindex_pool *p = tls_pool;
+
+	r->idx = idx;
+	r->pool = NULL;
+	if (likely(p != NULL)) {
+		tls_pool = NULL;
+	} else {
+		if (!tls_registered)
+			tls_register();
+		if (!(p = calloc(1, sizeof(*p))))
+			return -ENOMEM;
+		p->dirty = 1;
+	}
+	if (unlikely(p->dirty) && pool_top_up(p)) {
+		pool_park(p); /* what was made stays for the next try */
+		return -ENOMEM;
+	}
+	r->pool = p;
+	return 0;
+}
+
+void rindex_reserve_release(struct rindex_reserve *r)
+{
+	struct rindex_pool *p = r->pool;
+
+	r->pool = NULL;
+	if (p)
+		pool_park(p);
+}
+
+void rindex_take_garbage(struct rindex *idx, struct rindex_garbage *g)
+{
+	g->pool.total = idx->garbage.total;
+	if (likely(!g->pool.total))
+		return;
+	g->pool = idx->garbage;
+	memset(&idx->garbage, 0, sizeof(idx->garbage));
+}
+
+void rindex_free_garbage(struct rindex *idx, struct rindex_garbage *g)
+{
+	struct rindex_pool *tp = tls_pool;
+	unsigned k;
+	void *blk;
+
+	(void)idx;
+	if (likely(!g->pool.total))
+		return;
+	/* Into the thread's pool up to its caps (not counted as a top-up:
+	 * kinds taken by inserts may still be short), the rest freed. */
+	for (k = 0; k < K_N; k++)
+		while ((blk = pool_pop(&g->pool, k))) {
+			if (tp && tp->n[k] < POOL_CAP(k))
+				pool_push(tp, k, blk);
+			else
+				free(blk);
+		}
+}
+
+/* A block for an insert: garbage first (memory already ours), then the
+ * reserve. Under the caller's lock: never allocates. */
+static void *take_blk(struct rindex *idx, struct rindex_reserve *r, unsigned k)
+{
+	void *blk = pool_pop(&idx->garbage, k);
+
+	if (!blk) {
+		rindex_assert(r && r->pool && r->pool->n[k]);
+		blk = pool_pop(r->pool, k);
+		r->pool->dirty = 1;
+	}
+	idx->nblk[k]++;
+	return blk;
+}
+
+static void put_garbage(struct rindex *idx, unsigned k, void *blk)
+{
+	idx->nblk[k]--;
+	pool_push(&idx->garbage, k, blk);
+}
 
 /* ------------------------------------------------------------------ */
 /* keys                                                               */
@@ -155,228 +473,6 @@ static void delete_slot(struct rindex_node *nd, unsigned p, bool leaf)
 	nd->n--;
 }
 
-/* ------------------------------------------------------------------ */
-/* node supply (see ALLOCATION RULE in rindex.h)                      */
-/* ------------------------------------------------------------------ */
-
-static struct rindex_node *node_alloc(bool leaf)
-{
-	size_t sz = leaf ? LEAF_BYTES : INNER_BYTES;
-	struct rindex_node *nd = aligned_alloc(NODE_ALIGN, sz);
-
-	/* Zeroed once: masks read all F slots, never uninitialised ones. */
-	if (nd)
-		memset(nd, 0, sz);
-	return nd;
-}
-
-/* Garbage lists link through ptr[0]. */
-static void push_garbage(struct rindex *idx, struct rindex_node *nd, bool leaf)
-{
-	if (leaf) {
-		nd->ptr[0] = idx->garbage_leaf;
-		idx->garbage_leaf = nd;
-		idx->ngarbage_leaf++;
-		idx->nleaf--;
-	} else {
-		nd->ptr[0] = idx->garbage_inner;
-		idx->garbage_inner = nd;
-		idx->ngarbage_inner++;
-		idx->ninner--;
-	}
-}
-
-/* A node for an insert: garbage first (memory already ours), then the
- * reserve. Under the caller's lock: never allocates. */
-static struct rindex_node *take_node(struct rindex *idx,
-				     struct rindex_reserve *r, bool leaf)
-{
-	struct rindex_node *nd;
-
-	if (leaf && idx->garbage_leaf) {
-		nd = idx->garbage_leaf;
-		idx->garbage_leaf = nd->ptr[0];
-		idx->ngarbage_leaf--;
-	} else if (!leaf && idx->garbage_inner) {
-		nd = idx->garbage_inner;
-		idx->garbage_inner = nd->ptr[0];
-		idx->ngarbage_inner--;
-	} else if (leaf) {
-		rindex_assert(r && r->nleaf);
-		nd = r->leaf[--r->nleaf];
-	} else {
-		rindex_assert(r && r->ninner);
-		nd = r->inner[--r->ninner];
-	}
-	if (leaf)
-		idx->nleaf++;
-	else
-		idx->ninner++;
-	nd->n = 0;
-	return nd;
-}
-
-/*
- * Put nodes into the stash up to its capacity; the rest are collected in
- * @spill (capacity: as many as offered) for the caller to free after the
- * stash lock is dropped.
- */
-static unsigned stash_put(struct rindex_stash *st, struct rindex_node **v,
-			  unsigned n, bool leaf, struct rindex_node **spill)
-{
-	unsigned cap = leaf ? sizeof(st->leaf) / sizeof(st->leaf[0]) :
-			      sizeof(st->inner) / sizeof(st->inner[0]);
-	unsigned *cnt = leaf ? &st->nleaf : &st->ninner;
-	struct rindex_node **arr = leaf ? st->leaf : st->inner;
-	unsigned i, ns = 0;
-
-	for (i = 0; i < n; i++) {
-		if (*cnt < cap)
-			arr[(*cnt)++] = v[i];
-		else
-			spill[ns++] = v[i];
-	}
-	return ns;
-}
-
-int rindex_reserve(struct rindex_reserve *r, struct rindex *idx)
-{
-	struct rindex_stash *st = &idx->stash;
-	struct rindex_node *nd;
-
-	r->idx = idx;
-	r->nleaf = 0;
-	r->ninner = 0;
-	pthread_mutex_lock(&st->lock);
-	while (r->nleaf < 1 && st->nleaf)
-		r->leaf[r->nleaf++] = st->leaf[--st->nleaf];
-	while (r->ninner < RINDEX_MAX_HEIGHT && st->ninner)
-		r->inner[r->ninner++] = st->inner[--st->ninner];
-	pthread_mutex_unlock(&st->lock);
-	/* The stash ran short (first use, or concurrent writers): malloc
-	 * the difference, still outside any caller lock. */
-	while (r->nleaf < 1) {
-		if (!(nd = node_alloc(true)))
-			goto fail;
-		r->leaf[r->nleaf++] = nd;
-	}
-	while (r->ninner < RINDEX_MAX_HEIGHT) {
-		if (!(nd = node_alloc(false)))
-			goto fail;
-		r->inner[r->ninner++] = nd;
-	}
-	return 0;
-fail:
-	rindex_reserve_release(r);
-	return -ENOMEM;
-}
-
-void rindex_reserve_release(struct rindex_reserve *r)
-{
-	struct rindex_node *spill[1 + RINDEX_MAX_HEIGHT];
-	unsigned ns = 0, i;
-	struct rindex_stash *st;
-
-	if (!r->idx || (!r->nleaf && !r->ninner))
-		return;
-	st = &r->idx->stash;
-	pthread_mutex_lock(&st->lock);
-	ns += stash_put(st, r->leaf, r->nleaf, true, spill + ns);
-	ns += stash_put(st, r->inner, r->ninner, false, spill + ns);
-	pthread_mutex_unlock(&st->lock);
-	r->nleaf = 0;
-	r->ninner = 0;
-	for (i = 0; i < ns; i++)
-		free(spill[i]);
-}
-
-void rindex_take_garbage(struct rindex *idx, struct rindex_garbage *g)
-{
-	g->leaf = idx->garbage_leaf;
-	g->inner = idx->garbage_inner;
-	idx->garbage_leaf = NULL;
-	idx->garbage_inner = NULL;
-	idx->ngarbage_leaf = 0;
-	idx->ngarbage_inner = 0;
-}
-
-/* Batch size for moving garbage into the stash: bounds the stack array. */
-#define GARBAGE_BATCH 16
-
-void rindex_free_garbage(struct rindex *idx, struct rindex_garbage *g)
-{
-	struct rindex_node *batch[GARBAGE_BATCH], *spill[GARBAGE_BATCH];
-	struct rindex_node **list;
-	unsigned n, ns, i, k;
-
-	for (k = 0; k < 2; k++) {
-		list = k ? &g->inner : &g->leaf;
-		while (*list) {
-			for (n = 0; n < GARBAGE_BATCH && *list; n++) {
-				batch[n] = *list;
-				*list = (*list)->ptr[0];
-			}
-			pthread_mutex_lock(&idx->stash.lock);
-			ns = stash_put(&idx->stash, batch, n, !k, spill);
-			pthread_mutex_unlock(&idx->stash.lock);
-			for (i = 0; i < ns; i++)
-				free(spill[i]);
-		}
-	}
-}
-
-/* ------------------------------------------------------------------ */
-/* init / destroy                                                     */
-/* ------------------------------------------------------------------ */
-
-int rindex_init(struct rindex *idx)
-{
-	int err;
-
-	memset(idx, 0, sizeof(*idx));
-	err = pthread_mutex_init(&idx->stash.lock, NULL);
-	return err ? -err : 0;
-}
-
-static void free_subtree(struct rindex_node *nd, unsigned levels)
-{
-	unsigned i;
-
-	if (levels > 1)
-		for (i = 0; i < nd->n; i++)
-			free_subtree(nd->ptr[i], levels - 1);
-	free(nd);
-}
-
-void rindex_destroy(struct rindex *idx)
-{
-	struct rindex_garbage g;
-	struct rindex_node *nd;
-	unsigned i;
-
-	if (idx->root)
-		free_subtree(idx->root, idx->height);
-	rindex_take_garbage(idx, &g);
-	while ((nd = g.leaf)) {
-		g.leaf = nd->ptr[0];
-		free(nd);
-	}
-	while ((nd = g.inner)) {
-		g.inner = nd->ptr[0];
-		free(nd);
-	}
-	for (i = 0; i < idx->stash.nleaf; i++)
-		free(idx->stash.leaf[i]);
-	for (i = 0; i < idx->stash.ninner; i++)
-		free(idx->stash.inner[i]);
-	pthread_mutex_destroy(&idx->stash.lock);
-	memset(idx, 0, sizeof(*idx));
-}
-
-/* ------------------------------------------------------------------ */
-/* insert                                                             */
-/* ------------------------------------------------------------------ */
-
 /*
  * Insert a slot at @p of full node @nd, moving the upper part into a new
  * node @nn. F + 1 slots are split evenly, except that an insert at either
@@ -411,30 +507,124 @@ static void split_insert(struct rindex_node *nd, struct rindex_node *nn,
 	rindex_assert(nd->n == nl && nn->n == total - nl);
 }
 
-int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
-		  uint64_t last, void *owner)
+/*
+ * Child @i of @p (at the level above @leaf children) has fewer than
+ * RINDEX_MIN slots: merge it with a neighbour if both fit in one node,
+ * else share the neighbours' slots evenly. Refreshes the parent's slots.
+ */
+static void rebalance(struct rindex *idx, struct rindex_node *p, unsigned i,
+		      bool leaf)
 {
+	unsigned j = i > 0 ? i - 1 : i; /* pair (j, j + 1) */
+	struct rindex_node *a = p->ptr[j], *b = p->ptr[j + 1];
+	unsigned total = a->n + b->n, nl;
+
+	rindex_assert(p->n >= 2);
+	if (total <= F) {
+		move_slots(a, a->n, b, 0, b->n, leaf);
+		a->n = total;
+		b->n = 0;
+		put_garbage(idx, leaf ? K_BTLEAF : K_BTINNER, b);
+		delete_slot(p, j + 1, false);
+		refresh_slot(p, j, a, leaf);
+		return;
+	}
+	nl = total / 2;
+	if (a->n > nl) { /* a gives its top to b's front */
+		unsigned m = a->n - nl;
+
+		move_slots(b, m, b, 0, b->n, leaf);
+		move_slots(b, 0, a, nl, m, leaf);
+		b->n += m;
+		a->n = nl;
+	} else { /* b gives its front to a's top */
+		unsigned m = nl - a->n;
+
+		move_slots(a, a->n, b, 0, m, leaf);
+		move_slots(b, 0, b, m, b->n - m, leaf);
+		a->n = nl;
+		b->n -= m;
+	}
+	refresh_slot(p, j, a, leaf);
+	refresh_slot(p, j + 1, b, leaf);
+}
+
+/*
+ * Slots of @nd that may hold an overlap of [qs, ql]: start <= ql and
+ * last (maxlast) >= qs. Runs over all F slots without branches (no
+ * mispredictions on the data); slots past n are masked off. gcc -O2 does
+ * not vectorise it; explicit AVX-512 compares are a possible next step.
+ */
+static inline uint32_t node_mask(const struct rindex_node *nd, uint64_t qs,
+				 uint64_t ql)
+{
+	uint32_t m = 0;
+	unsigned i;
+
+	for (i = 0; i < F; i++)
+		m |= (uint32_t)((nd->start[i] <= ql) & (nd->last[i] >= qs))
+		     << i;
+	return m & ((UINT32_C(1) << nd->n) - 1);
+}
+
+
+/* ------------------------------------------------------------------ */
+/* B+-tree: insert, remove, lookup                                    */
+/* ------------------------------------------------------------------ */
+
+static struct rindex_node *take_node(struct rindex *idx,
+				     struct rindex_reserve *r, bool leaf)
+{
+	struct rindex_node *nd = take_blk(idx, r, leaf ? K_BTLEAF : K_BTINNER);
+
+	nd->n = 0;
+	return nd;
+}
+
+/* Is (start, owner) in the B+-tree? */
+__attribute__((noinline)) static bool bt_contains(const struct rindex_bt *t, uint64_t start,
+			const void *owner)
+{
+	const struct rindex_node *nd = t->root;
+	unsigned lv, p;
+	int i;
+
+	if (!nd)
+		return false;
+	for (lv = 0; lv + 1 < t->height; lv++) {
+		i = route(nd, start, owner);
+		if (i < 0)
+			return false;
+		nd = nd->ptr[i];
+	}
+	for (p = 0; p < nd->n; p++)
+		if (nd->start[p] == start && nd->ptr[p] == owner)
+			return true;
+	return false;
+}
+
+__attribute__((noinline)) static int bt_insert(struct rindex *idx, struct rindex_reserve *r,
+		     uint64_t start, uint64_t last, void *owner)
+{
+	struct rindex_bt *t = &idx->big;
 	struct rindex_node *path[RINDEX_MAX_HEIGHT], *nd, *nn, *root;
-	unsigned slot[RINDEX_MAX_HEIGHT], p, lv, h = idx->height;
+	unsigned slot[RINDEX_MAX_HEIGHT], p, lv, h = t->height;
 	uint64_t s;
 	void *kown, *ptr;
 	int i;
 	bool leaf;
 
-	if (start > last || !owner)
-		return -EINVAL;
-	rindex_assert(!r || r->idx == idx);
-	if (!idx->root) {
+	if (!t->root) {
 		nd = take_node(idx, r, true);
 		set_slot(nd, 0, start, NULL, last, owner, true);
 		nd->n = 1;
-		idx->root = nd;
-		idx->height = 1;
-		idx->count = 1;
+		t->root = nd;
+		t->height = 1;
+		t->count = 1;
 		return 0;
 	}
 	/* Read-only descent first: an -EEXIST must leave nothing changed. */
-	nd = idx->root;
+	nd = t->root;
 	for (lv = 0; lv + 1 < h; lv++) {
 		i = route(nd, start, owner);
 		path[lv] = nd;
@@ -459,7 +649,7 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 			if (slot[lv])
 				break;
 		}
-	idx->count++;
+	t->count++;
 
 	/* Insert into the leaf; a full node splits and passes its new
 	 * right half up as one more slot of the parent. */
@@ -485,9 +675,9 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 			refresh_slot(root, 0, nd, leaf);
 			set_slot(root, 1, s, kown, last, ptr, false);
 			root->n = 2;
-			idx->root = root;
-			idx->height++;
-			rindex_assert(idx->height <= RINDEX_MAX_HEIGHT);
+			t->root = root;
+			t->height++;
+			rindex_assert(t->height <= RINDEX_MAX_HEIGHT);
 			return 0;
 		}
 		/* nd lost its upper half: its maxlast may have dropped. */
@@ -498,62 +688,17 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 	}
 }
 
-/* ------------------------------------------------------------------ */
-/* remove                                                             */
-/* ------------------------------------------------------------------ */
-
-/*
- * Child @i of @p (at the level above @leaf children) has fewer than
- * RINDEX_MIN slots: merge it with a neighbour if both fit in one node,
- * else share the neighbours' slots evenly. Refreshes the parent's slots.
- */
-static void rebalance(struct rindex *idx, struct rindex_node *p, unsigned i,
-		      bool leaf)
+__attribute__((noinline)) static int bt_remove(struct rindex *idx, uint64_t start, uint64_t last,
+		     void *owner)
 {
-	unsigned j = i > 0 ? i - 1 : i; /* pair (j, j + 1) */
-	struct rindex_node *a = p->ptr[j], *b = p->ptr[j + 1];
-	unsigned total = a->n + b->n, nl;
-
-	rindex_assert(p->n >= 2);
-	if (total <= F) {
-		move_slots(a, a->n, b, 0, b->n, leaf);
-		a->n = total;
-		b->n = 0;
-		push_garbage(idx, b, leaf);
-		delete_slot(p, j + 1, false);
-		refresh_slot(p, j, a, leaf);
-		return;
-	}
-	nl = total / 2;
-	if (a->n > nl) { /* a gives its top to b's front */
-		unsigned m = a->n - nl;
-
-		move_slots(b, m, b, 0, b->n, leaf);
-		move_slots(b, 0, a, nl, m, leaf);
-		b->n += m;
-		a->n = nl;
-	} else { /* b gives its front to a's top */
-		unsigned m = nl - a->n;
-
-		move_slots(a, a->n, b, 0, m, leaf);
-		move_slots(b, 0, b, m, b->n - m, leaf);
-		a->n = nl;
-		b->n -= m;
-	}
-	refresh_slot(p, j, a, leaf);
-	refresh_slot(p, j + 1, b, leaf);
-}
-
-int rindex_remove(struct rindex *idx, uint64_t start, uint64_t last,
-		  void *owner)
-{
+	struct rindex_bt *t = &idx->big;
 	struct rindex_node *path[RINDEX_MAX_HEIGHT], *nd, *root;
-	unsigned slot[RINDEX_MAX_HEIGHT], p, lv, h = idx->height;
+	unsigned slot[RINDEX_MAX_HEIGHT], p, lv, h = t->height;
 	int i;
 
-	if (!idx->root)
+	if (!t->root)
 		return -ENOENT;
-	nd = idx->root;
+	nd = t->root;
 	for (lv = 0; lv + 1 < h; lv++) {
 		i = route(nd, start, owner);
 		if (i < 0)
@@ -568,7 +713,7 @@ int rindex_remove(struct rindex *idx, uint64_t start, uint64_t last,
 	if (p == nd->n || nd->last[p] != last)
 		return -ENOENT;
 	delete_slot(nd, p, true);
-	idx->count--;
+	t->count--;
 
 	/* Bottom-up: refresh each parent slot (key and maxlast may have
 	 * changed), rebalancing a child that fell below the minimum. */
@@ -581,17 +726,373 @@ int rindex_remove(struct rindex *idx, uint64_t start, uint64_t last,
 			refresh_slot(path[lv], slot[lv], nd, cleaf);
 		nd = path[lv];
 	}
-	root = idx->root;
+	root = t->root;
 	if (h == 1 && !root->n) {
-		push_garbage(idx, root, true);
-		idx->root = NULL;
-		idx->height = 0;
+		put_garbage(idx, K_BTLEAF, root);
+		t->root = NULL;
+		t->height = 0;
 	} else if (h > 1 && root->n == 1) {
-		idx->root = root->ptr[0];
-		push_garbage(idx, root, false);
-		idx->height--;
+		t->root = root->ptr[0];
+		put_garbage(idx, K_BTINNER, root);
+		t->height--;
 	}
 	return 0;
+}
+
+static void bt_free(struct rindex_node *nd, unsigned levels)
+{
+	unsigned i;
+
+	if (levels > 1)
+		for (i = 0; i < nd->n; i++)
+			bt_free(nd->ptr[i], levels - 1);
+	free(nd);
+}
+
+
+/* ------------------------------------------------------------------ */
+/* radix front                                                        */
+/* ------------------------------------------------------------------ */
+
+static inline bool is_small(uint64_t start, uint64_t last)
+{
+	return start < RLIMIT && last - start < BSIZE;
+}
+
+/* The slot of bucket number @bk, or NULL if its radix path is missing. */
+static inline struct rslot *radix_slot(const struct rindex *idx, uint64_t bk)
+{
+	const struct rinner *n0 = idx->radix, *n1, *n2;
+	struct rleaf *lf;
+
+	if (!n0 || !(n1 = n0->c[bk >> SH0]) ||
+	    !(n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) ||
+	    !(lf = n2->c[(bk >> SH2) & (IFAN - 1)]))
+		return NULL;
+	return &lf->s[bk & (LFAN - 1)];
+}
+
+/* The slot of @bk, creating the missing radix nodes from garbage/@r. */
+static struct rslot *radix_make_slot(struct rindex *idx,
+				     struct rindex_reserve *r, uint64_t bk)
+{
+	struct rinner *n0, *n1, *n2;
+	struct rleaf *lf;
+	void **pp;
+
+	if (!idx->radix)
+		idx->radix = take_blk(idx, r, K_RINNER);
+	n0 = idx->radix;
+	pp = &n0->c[bk >> SH0];
+	if (!*pp)
+		*pp = take_blk(idx, r, K_RINNER);
+	n1 = *pp;
+	pp = &n1->c[(bk >> SH1) & (IFAN - 1)];
+	if (!*pp)
+		*pp = take_blk(idx, r, K_RINNER);
+	n2 = *pp;
+	pp = &n2->c[(bk >> SH2) & (IFAN - 1)];
+	if (!*pp)
+		*pp = take_blk(idx, r, K_RLEAF);
+	lf = *pp;
+	return &lf->s[bk & (LFAN - 1)];
+}
+
+/*
+ * Where (off, o) goes in @b: the index of the first entry whose key is not
+ * below it; *found tells whether that entry is (off, o) itself.
+ */
+static inline unsigned bucket_pos(const struct rindex_bucket *b, boff_t off,
+				  const void *o, bool *found)
+{
+	unsigned cap = BCAP(b->kind), i, n = b->n, p = 0;
+	const boff_t *offs = b_off(b);
+	void *const *own = b_own(b, cap);
+
+	/* Sorted: the position is the number of smaller starts, counted
+	 * without data-dependent branches (it is random); the owner array
+	 * is only read on equal starts. */
+	for (i = 0; i < n; i++)
+		p += offs[i] < off;
+	while (p < n && offs[p] == off && (uintptr_t)own[p] < (uintptr_t)o)
+		p++;
+	*found = p < n && offs[p] == off && own[p] == o;
+	return p;
+}
+
+/* Open entry @p of a bucket with room and fill it. */
+static inline void bucket_put(struct rindex_bucket *b, unsigned p,
+			      boff_t off, boff_t len, void *o)
+{
+	unsigned cap = BCAP(b->kind), m = b->n - p;
+	boff_t *offs = b_off(b), *lens = b_len(b, cap);
+	void **own = b_own(b, cap);
+
+	unsigned i;
+
+	rindex_assert(b->n < cap && p <= b->n);
+	/* Short moves (a bucket holds a few entries): plain loops beat
+	 * three memmove calls. */
+	for (i = p + m; i > p; i--) {
+		offs[i] = offs[i - 1];
+		lens[i] = lens[i - 1];
+		own[i] = own[i - 1];
+	}
+	offs[p] = off;
+	lens[p] = len;
+	own[p] = o;
+	b->n++;
+}
+
+/* Copy @b's entries into the larger @nb (a fresh block of kind k + 1). */
+static void bucket_copy(struct rindex_bucket *nb, const struct rindex_bucket *b)
+{
+	unsigned cap = BCAP(b->kind), ncap = BCAP(nb->kind), n = b->n;
+
+	memcpy(b_off(nb), b_off(b), n * sizeof(boff_t));
+	memcpy(b_len(nb, ncap), b_len(b, cap), n * sizeof(boff_t));
+	memcpy(b_own(nb, ncap), b_own(b, cap), n * sizeof(void *));
+	nb->n = (uint16_t)n;
+}
+
+static uint64_t bucket_max(const struct rindex_bucket *b, uint64_t base)
+{
+	unsigned cap = BCAP(b->kind), i;
+	const boff_t *offs = b_off(b), *lens = b_len(b, cap);
+	uint64_t m = 0, l;
+
+	for (i = 0; i < b->n; i++) {
+		l = base + offs[i] + lens[i];
+		if (l > m)
+			m = l;
+	}
+	return m;
+}
+
+static bool inner_empty(const struct rinner *n)
+{
+	unsigned i;
+
+	for (i = 0; i < IFAN; i++)
+		if (n->c[i])
+			return false;
+	return true;
+}
+
+static bool leaf_empty(const struct rleaf *lf)
+{
+	unsigned i;
+
+	for (i = 0; i < LFAN; i++)
+		if (lf->s[i].b)
+			return false;
+	return true;
+}
+
+static int small_insert(struct rindex *idx, struct rindex_reserve *r,
+			struct rslot *sl, unsigned p, uint64_t start,
+			uint64_t last, void *owner)
+{
+	struct rindex_bucket *b = sl ? sl->b : NULL, *nb;
+
+	if (!b) {
+		if (!sl)
+			sl = radix_make_slot(idx, r, start >> BB);
+		b = take_blk(idx, r, K_B0);
+		b->kind = K_B0;
+		b->n = 0;
+		sl->b = b;
+		sl->maxlast = 0;
+		p = 0;
+	} else if (b->n == BCAP(b->kind)) {
+		rindex_assert(b->kind < K_B4);
+		nb = take_blk(idx, r, b->kind + 1u);
+		nb->kind = (uint16_t)(b->kind + 1u);
+		bucket_copy(nb, b);
+		put_garbage(idx, b->kind, b);
+		sl->b = b = nb;
+	}
+	bucket_put(b, p, (boff_t)(start & (BSIZE - 1)), (boff_t)(last - start),
+		   owner);
+	if (sl->maxlast < last)
+		sl->maxlast = last;
+	idx->nsmall++;
+	return 0;
+}
+
+/* Remove (start, last, owner) from its bucket: 0, -ENOENT, or 1 when the
+ * key is not in the bucket (it may be in the B+-tree). */
+static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
+			void *owner)
+{
+	uint64_t bk = start >> BB;
+	struct rinner *n0 = idx->radix, *n1, *n2;
+	struct rleaf *lf;
+	struct rslot *sl;
+	struct rindex_bucket *b;
+	unsigned p, cap, m;
+	boff_t *offs, *lens;
+	void **own;
+	bool found;
+
+	if (!n0 || !(n1 = n0->c[bk >> SH0]) ||
+	    !(n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) ||
+	    !(lf = n2->c[(bk >> SH2) & (IFAN - 1)]))
+		return 1;
+	sl = &lf->s[bk & (LFAN - 1)];
+	if (!(b = sl->b))
+		return 1;
+	p = bucket_pos(b, (boff_t)(start & (BSIZE - 1)), owner, &found);
+	if (!found)
+		return 1;
+	cap = BCAP(b->kind);
+	offs = b_off(b);
+	lens = b_len(b, cap);
+	own = b_own(b, cap);
+	/* The key is here and nowhere else: a wrong last is a miss. */
+	if (lens[p] != last - start)
+		return -ENOENT;
+	m = b->n - 1u;
+	for (; p < m; p++) {
+		offs[p] = offs[p + 1];
+		lens[p] = lens[p + 1];
+		own[p] = own[p + 1];
+	}
+	b->n--;
+	idx->nsmall--;
+	if (b->n) {
+		if (last == sl->maxlast)
+			sl->maxlast = bucket_max(b, bk << BB);
+		return 0;
+	}
+	/* Empty: the bucket, then every radix node left empty, become
+	 * garbage (not freed: we may be under the caller's lock). */
+	sl->b = NULL;
+	sl->maxlast = 0;
+	put_garbage(idx, b->kind, b);
+	if (!leaf_empty(lf))
+		return 0;
+	n2->c[(bk >> SH2) & (IFAN - 1)] = NULL;
+	put_garbage(idx, K_RLEAF, lf);
+	if (!inner_empty(n2))
+		return 0;
+	n1->c[(bk >> SH1) & (IFAN - 1)] = NULL;
+	put_garbage(idx, K_RINNER, n2);
+	if (!inner_empty(n1))
+		return 0;
+	n0->c[bk >> SH0] = NULL;
+	put_garbage(idx, K_RINNER, n1);
+	if (!inner_empty(n0))
+		return 0;
+	idx->radix = NULL;
+	put_garbage(idx, K_RINNER, n0);
+	return 0;
+}
+
+static void radix_free(struct rinner *n0)
+{
+	unsigned i, j, k, s;
+
+	if (!n0)
+		return;
+	for (i = 0; i < IFAN; i++) {
+		struct rinner *n1 = n0->c[i];
+
+		if (!n1)
+			continue;
+		for (j = 0; j < IFAN; j++) {
+			struct rinner *n2 = n1->c[j];
+
+			if (!n2)
+				continue;
+			for (k = 0; k < IFAN; k++) {
+				struct rleaf *lf = n2->c[k];
+
+				if (!lf)
+					continue;
+				for (s = 0; s < LFAN; s++)
+					free(lf->s[s].b);
+				free(lf);
+			}
+			free(n2);
+		}
+		free(n1);
+	}
+	free(n0);
+}
+
+/* ------------------------------------------------------------------ */
+/* public: init, destroy, insert, remove                              */
+/* ------------------------------------------------------------------ */
+
+int rindex_init(struct rindex *idx)
+{
+	memset(idx, 0, sizeof(*idx));
+	return 0;
+}
+
+void rindex_destroy(struct rindex *idx)
+{
+	radix_free(idx->radix);
+	if (idx->big.root)
+		bt_free(idx->big.root, idx->big.height);
+	pool_free_all(&idx->garbage);
+	memset(idx, 0, sizeof(*idx));
+}
+
+int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
+		  uint64_t last, void *owner)
+{
+	struct rslot *sl = NULL;
+	struct rindex_bucket *b = NULL;
+	unsigned p = 0;
+	bool found;
+	int err;
+
+	if (start > last || !owner)
+		return -EINVAL;
+	rindex_assert(!r || r->idx == idx);
+	/* Read-only checks first: an -EEXIST must leave nothing changed.
+	 * The key (start, owner) may sit in the bucket of start whatever
+	 * the interval's length. */
+	if (likely(start < RLIMIT)) {
+		sl = radix_slot(idx, start >> BB);
+		if (sl && (b = sl->b)) {
+			p = bucket_pos(b, (boff_t)(start & (BSIZE - 1)),
+				       owner, &found);
+			if (found)
+				return -EEXIST;
+		}
+	}
+	if (unlikely(!is_small(start, last) || (b && b->n == BCAP_MAX))) {
+		/* Big, or its bucket is at the largest class: B+-tree
+		 * (which checks its own duplicates). */
+		err = bt_insert(idx, r, start, last, owner);
+	} else {
+		if (unlikely(idx->big.root != NULL) &&
+		    bt_contains(&idx->big, start, owner))
+			return -EEXIST;
+		err = small_insert(idx, r, sl, p, start, last, owner);
+	}
+	if (!err)
+		idx->count++;
+	return err;
+}
+
+int rindex_remove(struct rindex *idx, uint64_t start, uint64_t last,
+		  void *owner)
+{
+	int err = 1;
+
+	if (start > last)
+		return -ENOENT;
+	if (likely(is_small(start, last)))
+		err = small_remove(idx, start, last, owner);
+	if (err > 0)
+		err = bt_remove(idx, start, last, owner);
+	if (!err)
+		idx->count--;
+	return err;
 }
 
 /* ------------------------------------------------------------------ */
@@ -599,38 +1100,91 @@ int rindex_remove(struct rindex *idx, uint64_t start, uint64_t last,
 /* ------------------------------------------------------------------ */
 
 /*
- * Slots of @nd that may hold an overlap of [qs, ql]: start <= ql and
- * last (maxlast) >= qs. Runs over all F slots without branches (no
- * mispredictions on the data); slots past n are masked off. gcc -O2 does
- * not vectorise it; explicit AVX-512 compares are a possible next step.
+ * The first radix leaf holding a key in [*bcp, bend]'s leaves; *bcp moves
+ * up to where that leaf's search starts. NULL when none. Skips a missing
+ * subtree at a time.
  */
-static inline uint32_t node_mask(const struct rindex_node *nd, uint64_t qs,
-				 uint64_t ql)
+static const struct rleaf *find_leaf(const struct rinner *root, uint64_t *bcp,
+				     uint64_t bend)
 {
-	uint32_t m = 0;
-	unsigned i;
+	uint64_t bc = *bcp;
+	const struct rinner *n1, *n2;
+	const struct rleaf *lf;
 
-	for (i = 0; i < F; i++)
-		m |= (uint32_t)((nd->start[i] <= ql) & (nd->last[i] >= qs))
-		     << i;
-	return m & ((UINT32_C(1) << nd->n) - 1);
+	while (bc <= bend) {
+		if (!(n1 = root->c[bc >> SH0])) {
+			bc = ((bc >> SH0) + 1) << SH0;
+			continue;
+		}
+		if (!(n2 = n1->c[(bc >> SH1) & (IFAN - 1)])) {
+			bc = ((bc >> SH1) + 1) << SH1;
+			continue;
+		}
+		if (!(lf = n2->c[(bc >> SH2) & (IFAN - 1)])) {
+			bc = ((bc >> SH2) + 1) << SH2;
+			continue;
+		}
+		*bcp = bc;
+		return lf;
+	}
+	return NULL;
 }
 
-/*
- * The query functions are also compiled for AVX-512 and AVX2 (picked at
- * load time by an ifunc): measured 10-30% faster queries at 10^3-10^5
- * regions on the project machine (BMI, wider issue), with no change to
- * the code path.
- */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RINDEX_QUERY_CLONES \
-	__attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RINDEX_QUERY_CLONES
-#endif
+/* The next small interval overlapping the query (owner, *sp its start),
+ * or NULL. Buckets in address order, each in (start, owner) order. */
+static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
+{
+	const struct rindex_bucket *b;
+	const struct rleaf *lf;
+	const struct rslot *sl;
+	uint64_t bc;
 
-RINDEX_QUERY_CLONES
-void *rindex_iter_next(struct rindex_iter *it)
+	for (;;) {
+		if ((b = it->bk)) {
+			unsigned cap = BCAP(b->kind), i, n = b->n;
+			const boff_t *off = b_off(b), *len = b_len(b, cap);
+
+			for (i = it->bi; i < n; i++) {
+				uint64_t s = it->bbase + off[i];
+
+				if (s > it->ql)
+					break;
+				if (s + len[i] >= it->qs) {
+					it->bi = i + 1;
+					*sp = s;
+					return b_own(b, cap)[i];
+				}
+			}
+			it->bk = NULL;
+		}
+		for (;;) {
+			bc = it->bcur;
+			if (bc > it->bend)
+				return NULL;
+			if (!(lf = it->rleaf)) {
+				lf = find_leaf(it->root, &bc, it->bend);
+				if (!lf) {
+					it->bcur = it->bend + 1;
+					return NULL;
+				}
+				it->rleaf = lf;
+			}
+			sl = &lf->s[bc & (LFAN - 1)];
+			it->bcur = bc + 1;
+			if (!((bc + 1) & (LFAN - 1)))
+				it->rleaf = NULL; /* next bucket: next leaf */
+			if (sl->b && sl->maxlast >= it->qs) {
+				it->bk = sl->b;
+				it->bi = 0;
+				it->bbase = bc << BB;
+				break;
+			}
+		}
+	}
+}
+
+/* The next B+-tree interval overlapping the query, or NULL. */
+static void *bt_next(struct rindex_iter *it, uint64_t *sp)
 {
 	while (it->top >= 0) {
 		unsigned t = (unsigned)it->top, i;
@@ -642,8 +1196,10 @@ void *rindex_iter_next(struct rindex_iter *it)
 		}
 		i = (unsigned)__builtin_ctz(it->lvl[t].mask);
 		it->lvl[t].mask &= it->lvl[t].mask - 1;
-		if (t == it->leaf)
+		if (t == it->leaf) {
+			*sp = nd->start[i];
 			return nd->ptr[i];
+		}
 		c = nd->ptr[i];
 		it->lvl[t + 1].node = c;
 		it->lvl[t + 1].mask = node_mask(c, it->qs, it->ql);
@@ -652,19 +1208,57 @@ void *rindex_iter_next(struct rindex_iter *it)
 	return NULL;
 }
 
-RINDEX_QUERY_CLONES
+void *rindex_iter_next(struct rindex_iter *it)
+{
+	uint64_t s;
+	void *o;
+
+	if (likely(!it->merge))
+		return small_next(it, &s);
+	/* Both streams are in (start, owner) order: merge them. */
+	if (it->sm_owner &&
+	    (!it->bg_owner || key_less(it->sm_start, it->sm_owner,
+				       it->bg_start, it->bg_owner))) {
+		o = it->sm_owner;
+		it->sm_owner = small_next(it, &it->sm_start);
+	} else if ((o = it->bg_owner)) {
+		it->bg_owner = bt_next(it, &it->bg_start);
+	}
+	return o;
+}
+
 void *rindex_iter_first(const struct rindex *idx, uint64_t qs, uint64_t ql,
 			struct rindex_iter *it)
 {
+	uint64_t b0;
+
 	it->qs = qs;
 	it->ql = ql;
+	it->root = idx->radix;
+	it->rleaf = NULL;
+	it->bk = NULL;
+	it->merge = 0;
 	it->top = -1;
-	if (!idx->root || qs > ql)
+	it->bcur = 1;
+	it->bend = 0;
+	if (unlikely(qs > ql))
 		return NULL;
-	it->leaf = idx->height - 1;
-	it->top = 0;
-	it->lvl[0].node = idx->root;
-	it->lvl[0].mask = node_mask(idx->root, qs, ql);
+	if (likely(idx->radix != NULL)) {
+		/* An interval of the bucket before qs's may reach into it
+		 * (lengths are at most one bucket); none from further. */
+		b0 = qs >> BB;
+		it->bcur = b0 ? b0 - 1 : 0;
+		it->bend = (ql >> BB) < NBUCKETS ? ql >> BB : NBUCKETS - 1;
+	}
+	if (unlikely(idx->big.root != NULL)) {
+		it->merge = 1;
+		it->leaf = idx->big.height - 1;
+		it->top = 0;
+		it->lvl[0].node = idx->big.root;
+		it->lvl[0].mask = node_mask(idx->big.root, qs, ql);
+		it->bg_owner = bt_next(it, &it->bg_start);
+		it->sm_owner = small_next(it, &it->sm_start);
+	}
 	return rindex_iter_next(it);
 }
 
@@ -674,27 +1268,44 @@ void *rindex_iter_first(const struct rindex *idx, uint64_t qs, uint64_t ql,
 
 uint64_t rindex_tree_bytes(const struct rindex *idx)
 {
-	return idx->nleaf * LEAF_BYTES + idx->ninner * INNER_BYTES;
+	uint64_t b = 0;
+	unsigned k;
+
+	for (k = 0; k < K_N; k++)
+		b += idx->nblk[k] * kind_bytes[k];
+	return b;
 }
 
 uint64_t rindex_bytes(const struct rindex *idx)
 {
-	struct rindex_stash *st = (struct rindex_stash *)&idx->stash;
-	uint64_t b = rindex_tree_bytes(idx) + idx->ngarbage_leaf * LEAF_BYTES +
-		     idx->ngarbage_inner * INNER_BYTES;
+	uint64_t b = rindex_tree_bytes(idx);
+	unsigned k;
 
-	pthread_mutex_lock(&st->lock);
-	b += st->nleaf * LEAF_BYTES + st->ninner * INNER_BYTES;
-	pthread_mutex_unlock(&st->lock);
+	for (k = 0; k < K_N; k++)
+		b += (uint64_t)idx->garbage.n[k] * kind_bytes[k];
 	return b;
 }
 
 struct check_state {
+	const struct rindex *idx;
 	bool have_prev;
 	uint64_t prev_start;
 	const void *prev_owner;
 	uint64_t entries, leaves, inners;
 };
+
+/* Is (start, owner) in a bucket? */
+static bool in_bucket(const struct rindex *idx, uint64_t start,
+		      const void *owner)
+{
+	const struct rslot *sl;
+	bool found = false;
+
+	if (start >= RLIMIT || !(sl = radix_slot(idx, start >> BB)) || !sl->b)
+		return false;
+	bucket_pos(sl->b, (boff_t)(start & (BSIZE - 1)), owner, &found);
+	return found;
+}
 
 /* Validate the subtree at @nd (@levels levels, leaves included); report
  * its smallest key and largest last. Returns 0 or -1. */
@@ -719,6 +1330,9 @@ static int check_node(const struct rindex_node *nd, unsigned levels,
 			if (cs->have_prev &&
 			    !key_less(cs->prev_start, cs->prev_owner,
 				      nd->start[i], nd->ptr[i]))
+				return -1;
+			/* The key is in one place only. */
+			if (in_bucket(cs->idx, nd->start[i], nd->ptr[i]))
 				return -1;
 			cs->have_prev = true;
 			cs->prev_start = nd->start[i];
@@ -746,22 +1360,113 @@ static int check_node(const struct rindex_node *nd, unsigned levels,
 	return 0;
 }
 
-int rindex_check(const struct rindex *idx)
+static int check_bt(const struct rindex *idx)
 {
-	struct check_state cs = { 0 };
+	const struct rindex_bt *t = &idx->big;
+	struct check_state cs = { .idx = idx };
 	uint64_t ms, ml;
 	const void *mo;
 
-	if (!idx->root)
-		return idx->height || idx->count || idx->nleaf || idx->ninner ?
+	if (!t->root)
+		return t->height || t->count || idx->nblk[K_BTLEAF] ||
+				       idx->nblk[K_BTINNER] ?
 			       -1 :
 			       0;
-	if (!idx->height || idx->height > RINDEX_MAX_HEIGHT)
+	if (!t->height || t->height > RINDEX_MAX_HEIGHT)
 		return -1;
-	if (check_node(idx->root, idx->height, true, &cs, &ms, &mo, &ml))
+	if (check_node(t->root, t->height, true, &cs, &ms, &mo, &ml))
 		return -1;
-	if (cs.entries != idx->count || cs.leaves != idx->nleaf ||
-	    cs.inners != idx->ninner)
+	if (cs.entries != t->count || cs.leaves != idx->nblk[K_BTLEAF] ||
+	    cs.inners != idx->nblk[K_BTINNER])
 		return -1;
 	return 0;
+}
+
+static int check_bucket(const struct rindex_bucket *b, const struct rslot *sl,
+			uint64_t base, uint64_t *nb, uint64_t *ne)
+{
+	unsigned cap, i;
+	const boff_t *offs, *lens;
+	void *const *own;
+
+	if (b->kind < K_B0 || b->kind > K_B4)
+		return -1;
+	cap = BCAP(b->kind);
+	offs = b_off(b);
+	lens = b_len(b, cap);
+	own = b_own(b, cap);
+	if (!b->n || b->n > cap)
+		return -1;
+	for (i = 0; i < b->n; i++) {
+		if ((uint64_t)offs[i] + 1 > BSIZE ||
+		    (uint64_t)lens[i] + 1 > BSIZE || !own[i])
+			return -1;
+		if (i && !key_less(base + offs[i - 1], own[i - 1],
+				   base + offs[i], own[i]))
+			return -1;
+	}
+	if (sl->maxlast != bucket_max(b, base))
+		return -1;
+	nb[b->kind]++;
+	*ne += b->n;
+	return 0;
+}
+
+static int check_radix(const struct rindex *idx)
+{
+	const struct rinner *n0 = idx->radix, *n1, *n2;
+	const struct rleaf *lf;
+	uint64_t nb[K_N] = { 0 }, ne = 0, bk;
+	unsigned i, j, k, s, kk;
+
+	if (n0) {
+		nb[K_RINNER]++;
+		if (inner_empty(n0))
+			return -1;
+	}
+	for (i = 0; n0 && i < IFAN; i++) {
+		if (!(n1 = n0->c[i]))
+			continue;
+		nb[K_RINNER]++;
+		if (inner_empty(n1))
+			return -1;
+		for (j = 0; j < IFAN; j++) {
+			if (!(n2 = n1->c[j]))
+				continue;
+			nb[K_RINNER]++;
+			if (inner_empty(n2))
+				return -1;
+			for (k = 0; k < IFAN; k++) {
+				if (!(lf = n2->c[k]))
+					continue;
+				nb[K_RLEAF]++;
+				if (leaf_empty(lf))
+					return -1;
+				for (s = 0; s < LFAN; s++) {
+					bk = ((uint64_t)i << SH0) |
+					     ((uint64_t)j << SH1) |
+					     ((uint64_t)k << SH2) | s;
+					if (!lf->s[s].b) {
+						if (lf->s[s].maxlast)
+							return -1;
+						continue;
+					}
+					if (check_bucket(lf->s[s].b, &lf->s[s],
+							 bk << BB, nb, &ne))
+						return -1;
+				}
+			}
+		}
+	}
+	for (kk = K_RINNER; kk <= K_B4; kk++)
+		if (nb[kk] != idx->nblk[kk])
+			return -1;
+	return ne == idx->nsmall ? 0 : -1;
+}
+
+int rindex_check(const struct rindex *idx)
+{
+	if (check_radix(idx) || check_bt(idx))
+		return -1;
+	return idx->count == idx->nsmall + idx->big.count ? 0 : -1;
 }

@@ -99,50 +99,75 @@
  */
 #define RINDEX_MAX_HEIGHT 16
 
-struct rindex_node; /* private to rindex.c */
+/*
+ * Radix front (see RADIX FRONT above). Addresses below 2^RINDEX_RADIX_BITS
+ * are split into buckets of 2^RINDEX_BUCKET_SHIFT bytes; an interval whose
+ * start lies there and whose length is at most one bucket lives in the
+ * bucket of its start. Everything else lives in the B+-tree.
+ */
+#define RINDEX_BUCKET_SHIFT 16
+#define RINDEX_RADIX_BITS 48
 
-/* Spare nodes, shared by the reserves of one index (see ALLOCATION RULE). */
-struct rindex_stash {
-	pthread_mutex_t lock; /* guards the arrays; never held over malloc */
-	unsigned nleaf, ninner;
-	/*
-	 * Capacity: two inserts' worth of worst case, so that two writers
-	 * reserving concurrently (and the garbage of a remove) find their
-	 * nodes without malloc in steady state; more would only hoard.
-	 */
-	struct rindex_node *leaf[4];
-	struct rindex_node *inner[2 * RINDEX_MAX_HEIGHT];
+/* Kinds of blocks an index allocates (radix nodes, bucket size classes,
+ * B+-tree nodes); private to rindex.c, sized here for the structs. */
+#define RINDEX_NKINDS 9
+
+struct rindex_node;   /* private to rindex.c: B+-tree node */
+struct rindex_bucket; /* private to rindex.c: radix bucket */
+
+/* Lists of free blocks, one per kind, linked through each block's first
+ * word. */
+struct rindex_pool {
+	void *head[RINDEX_NKINDS];
+	uint32_t n[RINDEX_NKINDS];
+	uint32_t total; /* blocks, all kinds */
+	uint32_t dirty; /* a block was taken since the last top-up */
+};
+
+/* The B+-tree holding big intervals (and overflow of full buckets). */
+struct rindex_bt {
+	struct rindex_node *root; /* NULL when empty */
+	unsigned height;	  /* levels, leaves included; 0 when empty */
+	uint64_t count;		  /* intervals in the B+-tree */
 };
 
 struct rindex {
-	struct rindex_node *root; /* NULL when empty */
-	unsigned height;	  /* levels, leaves included; 0 when empty */
-	uint64_t count;		  /* intervals */
-	uint64_t nleaf, ninner;	  /* nodes in the tree */
-	/* Nodes removed from the tree, one list per kind, linked through
-	 * their first child/owner slot: under the caller's lock, reused by
-	 * inserts, detached by rindex_take_garbage(). */
-	struct rindex_node *garbage_leaf, *garbage_inner;
-	uint64_t ngarbage_leaf, ngarbage_inner;
-	struct rindex_stash stash;
+	void *radix;	/* radix root (private type); NULL when no bucket */
+	uint64_t count; /* intervals */
+	uint64_t nsmall; /* intervals in buckets */
+	struct rindex_bt big;
+	uint64_t nblk[RINDEX_NKINDS]; /* blocks in the structure, per kind */
+	/* Blocks removed from the structure: under the caller's lock,
+	 * reused by inserts, detached by rindex_take_garbage(). */
+	struct rindex_pool garbage;
 };
 
-/* Nodes set aside for one insert; lives on the writer's stack. */
+/* Blocks set aside for one insert; lives on the writer's stack. */
 struct rindex_reserve {
 	struct rindex *idx;
-	unsigned nleaf, ninner;
-	struct rindex_node *leaf[1];
-	struct rindex_node *inner[RINDEX_MAX_HEIGHT];
+	struct rindex_pool *pool; /* a spare pool, owned by the reserve */
 };
 
-/* Nodes detached from an index's garbage, to be freed outside the lock. */
+/* Blocks detached from an index's garbage, to be freed outside the lock. */
 struct rindex_garbage {
-	struct rindex_node *leaf, *inner;
+	struct rindex_pool pool;
 };
 
 /* Overlap iterator; lives on the caller's stack, allocates nothing. */
 struct rindex_iter {
 	uint64_t qs, ql;
+	/* Bucket stream: buckets bcur..bend still to visit, the radix leaf
+	 * covering bcur (NULL: look it up), the bucket being scanned. */
+	const void *root, *rleaf;
+	const struct rindex_bucket *bk;
+	uint64_t bcur, bend, bbase;
+	unsigned bi;
+	/* Merge of the two streams (only when the B+-tree is not empty):
+	 * the next candidate of each, NULL when that stream is done. */
+	int merge;
+	void *sm_owner, *bg_owner;
+	uint64_t sm_start, bg_start;
+	/* B+-tree stream. */
 	int top;       /* index of the deepest level in lvl[], -1: done */
 	unsigned leaf; /* level index of the leaves (height - 1) */
 	struct {
