@@ -47,44 +47,62 @@
 /* Bucket numbers: 0 .. NBUCKETS - 1. */
 #define KBITS (RINDEX_RADIX_BITS - BB)
 #define NBUCKETS (UINT64_C(1) << KBITS)
-/* Three inner levels of IB bits over a leaf level of LB bits. */
+/* A root of RB bits, two inner levels of IB bits, a leaf level of LB. */
+#define LB 8
+#if BB <= 13
+#define IB 9
+#else
 #define IB 8
-#define NIL 3
-#define LB (KBITS - NIL * IB)
+#endif
+#define RB (KBITS - LB - 2 * IB)
+#define RFAN (1u << RB)
 #define IFAN (1u << IB)
 #define LFAN (1u << LB)
 #define SH0 (LB + 2 * IB) /* root digit */
 #define SH1 (LB + IB)
 #define SH2 LB
 
-_Static_assert(BB >= 12 && BB <= 31, "bucket offsets and lengths are u32");
-_Static_assert(LB >= 4 && LB <= 12, "radix leaf between 256 B and 64 KiB");
+_Static_assert(BB >= 12 && BB <= 16, "bucket offsets and lengths are u16");
+_Static_assert(RB >= 4 && RB <= 12, "radix root between 128 B and 32 KiB");
 
 /* Offsets and lengths inside a bucket: < 2^BB. */
-#if BB <= 16
 typedef uint16_t boff_t;
-#else
-typedef uint32_t boff_t;
-#endif
+
+struct rroot {
+	void *c[RFAN];
+};
 
 struct rinner {
 	void *c[IFAN];
 };
 
+/*
+ * One bucket's slot in a radix leaf. A bucket of one interval holds it
+ * inline (no further memory, no further cache miss); of two or more, a
+ * pointer to a bucket block. w's low 32 bits are always the bucket's
+ * largest last, as an offset from the bucket base (< 2 * BSIZE), so a
+ * query can skip a slot without looking further.
+ *   empty:  p NULL, w 0
+ *   inline: p owner, w = W_INL | start offset << 32 | last offset
+ *   block:  p bucket, w = W_EXT | largest last offset
+ */
 struct rslot {
-	struct rindex_bucket *b;
-	uint64_t maxlast; /* largest last in b; 0 when b is NULL */
+	void *p;
+	uint64_t w;
 };
+#define W_INL (UINT64_C(1) << 62)
+#define W_EXT (UINT64_C(1) << 63)
+#define W_OFF(w) ((uint32_t)((w) >> 32) & 0x3fffffffu)
+#define W_MAX(w) ((uint32_t)(w))
 
 struct rleaf {
 	struct rslot s[LFAN];
 };
 
 /*
- * A bucket: n entries sorted by (start, owner), held as three arrays of
- * cap (its size class): off[] (start - bucket base), len[] (last - start),
- * owner[]. With 64-KiB buckets, 12 B per entry; the header, off[] and
- * len[] of an 8-entry bucket take 40 B (one line, usually).
+ * A bucket block: n >= 2 entries sorted by (start, owner), held as three
+ * arrays of cap (its size class): off[] (start - bucket base), len[]
+ * (last - start), owner[]. 12 B per entry.
  */
 struct rindex_bucket {
 	uint16_t n;
@@ -126,6 +144,7 @@ _Static_assert(F < 32, "slot masks are 32-bit");
 
 /* Block kinds. Buckets come in size classes of 4 << i entries. */
 enum {
+	K_RROOT,
 	K_RINNER,
 	K_RLEAF,
 	K_B0, /* bucket of 4 entries */
@@ -145,18 +164,19 @@ _Static_assert(K_N == RINDEX_NKINDS, "kinds");
 #define BCAP_MAX BCAP(K_B4)
 
 static const size_t kind_bytes[K_N] = {
-	sizeof(struct rinner), sizeof(struct rleaf), BUCKET_BYTES(4),
+	sizeof(struct rroot),  sizeof(struct rinner), sizeof(struct rleaf),
+	BUCKET_BYTES(4),
 	BUCKET_BYTES(8),       BUCKET_BYTES(16),     BUCKET_BYTES(32),
 	BUCKET_BYTES(64),      LEAF_BYTES,	     INNER_BYTES,
 };
 
 /*
- * Worst case of one insert, per kind: a radix path (NIL inner nodes and a
- * leaf), one bucket (new or grown, of any class), and the B+-tree's (one
- * leaf, a split at every level plus a new root).
+ * Worst case of one insert, per kind: a radix path (root, two inner
+ * nodes, a leaf), one bucket block (new or grown, of any class), and the
+ * B+-tree's (one leaf, a split at every level plus a new root).
  */
 static const uint32_t kind_need[K_N] = {
-	NIL, 1, 1, 1, 1, 1, 1, 1, RINDEX_MAX_HEIGHT,
+	1, 2, 1, 1, 1, 1, 1, 1, 1, RINDEX_MAX_HEIGHT,
 };
 
 /* What a thread keeps between inserts: two inserts' worth, so the
@@ -762,7 +782,8 @@ static inline bool is_small(uint64_t start, uint64_t last)
 /* The slot of bucket number @bk, or NULL if its radix path is missing. */
 static inline struct rslot *radix_slot(const struct rindex *idx, uint64_t bk)
 {
-	const struct rinner *n0 = idx->radix, *n1, *n2;
+	const struct rroot *n0 = idx->radix;
+	const struct rinner *n1, *n2;
 	struct rleaf *lf;
 
 	if (!n0 || !(n1 = n0->c[bk >> SH0]) ||
@@ -776,12 +797,13 @@ static inline struct rslot *radix_slot(const struct rindex *idx, uint64_t bk)
 static struct rslot *radix_make_slot(struct rindex *idx,
 				     struct rindex_reserve *r, uint64_t bk)
 {
-	struct rinner *n0, *n1, *n2;
+	struct rroot *n0;
+	struct rinner *n1, *n2;
 	struct rleaf *lf;
 	void **pp;
 
 	if (!idx->radix)
-		idx->radix = take_blk(idx, r, K_RINNER);
+		idx->radix = take_blk(idx, r, K_RROOT);
 	n0 = idx->radix;
 	pp = &n0->c[bk >> SH0];
 	if (!*pp)
@@ -824,16 +846,14 @@ static inline unsigned bucket_pos(const struct rindex_bucket *b, boff_t off,
 static inline void bucket_put(struct rindex_bucket *b, unsigned p,
 			      boff_t off, boff_t len, void *o)
 {
-	unsigned cap = BCAP(b->kind), m = b->n - p;
+	unsigned cap = BCAP(b->kind), i;
 	boff_t *offs = b_off(b), *lens = b_len(b, cap);
 	void **own = b_own(b, cap);
-
-	unsigned i;
 
 	rindex_assert(b->n < cap && p <= b->n);
 	/* Short moves (a bucket holds a few entries): plain loops beat
 	 * three memmove calls. */
-	for (i = p + m; i > p; i--) {
+	for (i = b->n; i > p; i--) {
 		offs[i] = offs[i - 1];
 		lens[i] = lens[i - 1];
 		own[i] = own[i - 1];
@@ -855,26 +875,32 @@ static void bucket_copy(struct rindex_bucket *nb, const struct rindex_bucket *b)
 	nb->n = (uint16_t)n;
 }
 
-static uint64_t bucket_max(const struct rindex_bucket *b, uint64_t base)
+/* Largest last offset of @b's entries. */
+static uint32_t bucket_maxoff(const struct rindex_bucket *b)
 {
 	unsigned cap = BCAP(b->kind), i;
 	const boff_t *offs = b_off(b), *lens = b_len(b, cap);
-	uint64_t m = 0, l;
+	uint32_t m = 0, l;
 
 	for (i = 0; i < b->n; i++) {
-		l = base + offs[i] + lens[i];
+		l = (uint32_t)offs[i] + lens[i];
 		if (l > m)
 			m = l;
 	}
 	return m;
 }
 
-static bool inner_empty(const struct rinner *n)
+static inline uint64_t w_inline(uint32_t off, uint32_t maxoff)
+{
+	return W_INL | (uint64_t)off << 32 | maxoff;
+}
+
+static bool inner_empty(void *const *c, unsigned fan)
 {
 	unsigned i;
 
-	for (i = 0; i < IFAN; i++)
-		if (n->c[i])
+	for (i = 0; i < fan; i++)
+		if (c[i])
 			return false;
 	return true;
 }
@@ -884,40 +910,59 @@ static bool leaf_empty(const struct rleaf *lf)
 	unsigned i;
 
 	for (i = 0; i < LFAN; i++)
-		if (lf->s[i].b)
+		if (lf->s[i].w)
 			return false;
 	return true;
 }
 
-static int small_insert(struct rindex *idx, struct rindex_reserve *r,
-			struct rslot *sl, unsigned p, uint64_t start,
-			uint64_t last, void *owner)
+/* Insert into the bucket of @start; @sl its slot if its path exists, @p
+ * the position in its block if it has one. The key is known absent. */
+static void small_insert(struct rindex *idx, struct rindex_reserve *r,
+			 struct rslot *sl, unsigned p, uint64_t start,
+			 uint64_t last, void *owner)
 {
-	struct rindex_bucket *b = sl ? sl->b : NULL, *nb;
+	uint64_t base = start & ~(BSIZE - 1);
+	uint32_t off = (uint32_t)(start - base), ml = (uint32_t)(last - base);
+	struct rindex_bucket *b, *nb;
+	uint32_t o0, m0;
+	void *own0;
 
-	if (!b) {
-		if (!sl)
-			sl = radix_make_slot(idx, r, start >> BB);
+	if (!sl)
+		sl = radix_make_slot(idx, r, start >> BB);
+	idx->nsmall++;
+	if (likely(!sl->w)) {
+		sl->p = owner;
+		sl->w = w_inline(off, ml);
+		return;
+	}
+	if (sl->w & W_INL) {
+		/* Second interval: both move to a block of the smallest
+		 * class, in key order. */
+		own0 = sl->p;
+		o0 = W_OFF(sl->w);
+		m0 = W_MAX(sl->w);
 		b = take_blk(idx, r, K_B0);
 		b->kind = K_B0;
 		b->n = 0;
-		sl->b = b;
-		sl->maxlast = 0;
-		p = 0;
-	} else if (b->n == BCAP(b->kind)) {
+		bucket_put(b, 0, (boff_t)o0, (boff_t)(m0 - o0), own0);
+		p = key_less(off, owner, o0, own0) ? 0 : 1;
+		bucket_put(b, p, (boff_t)off, (boff_t)(ml - off), owner);
+		sl->p = b;
+		sl->w = W_EXT | (ml > m0 ? ml : m0);
+		return;
+	}
+	b = sl->p;
+	if (b->n == BCAP(b->kind)) {
 		rindex_assert(b->kind < K_B4);
 		nb = take_blk(idx, r, b->kind + 1u);
 		nb->kind = (uint16_t)(b->kind + 1u);
 		bucket_copy(nb, b);
 		put_garbage(idx, b->kind, b);
-		sl->b = b = nb;
+		sl->p = b = nb;
 	}
-	bucket_put(b, p, (boff_t)(start & (BSIZE - 1)), (boff_t)(last - start),
-		   owner);
-	if (sl->maxlast < last)
-		sl->maxlast = last;
-	idx->nsmall++;
-	return 0;
+	bucket_put(b, p, (boff_t)off, (boff_t)(ml - off), owner);
+	if (ml > W_MAX(sl->w))
+		sl->w = W_EXT | ml;
 }
 
 /* Remove (start, last, owner) from its bucket: 0, -ENOENT, or 1 when the
@@ -925,8 +970,10 @@ static int small_insert(struct rindex *idx, struct rindex_reserve *r,
 static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 			void *owner)
 {
-	uint64_t bk = start >> BB;
-	struct rinner *n0 = idx->radix, *n1, *n2;
+	uint64_t bk = start >> BB, base = start & ~(BSIZE - 1);
+	uint32_t off = (uint32_t)(start - base), ml = (uint32_t)(last - base);
+	struct rroot *n0 = idx->radix;
+	struct rinner *n1, *n2;
 	struct rleaf *lf;
 	struct rslot *sl;
 	struct rindex_bucket *b;
@@ -940,18 +987,31 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 	    !(lf = n2->c[(bk >> SH2) & (IFAN - 1)]))
 		return 1;
 	sl = &lf->s[bk & (LFAN - 1)];
-	if (!(b = sl->b))
+	if (!sl->w)
 		return 1;
-	p = bucket_pos(b, (boff_t)(start & (BSIZE - 1)), owner, &found);
+	if (sl->w & W_INL) {
+		if (sl->p != owner || W_OFF(sl->w) != off)
+			return 1;
+		/* The key is here and nowhere else: a wrong last is a
+		 * miss. */
+		if (W_MAX(sl->w) != ml)
+			return -ENOENT;
+		idx->nsmall--;
+		sl->p = NULL;
+		sl->w = 0;
+		goto prune;
+	}
+	b = sl->p;
+	p = bucket_pos(b, (boff_t)off, owner, &found);
 	if (!found)
 		return 1;
 	cap = BCAP(b->kind);
 	offs = b_off(b);
 	lens = b_len(b, cap);
 	own = b_own(b, cap);
-	/* The key is here and nowhere else: a wrong last is a miss. */
-	if (lens[p] != last - start)
+	if ((uint32_t)offs[p] + lens[p] != ml)
 		return -ENOENT;
+	idx->nsmall--;
 	m = b->n - 1u;
 	for (; p < m; p++) {
 		offs[p] = offs[p + 1];
@@ -959,43 +1019,45 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 		own[p] = own[p + 1];
 	}
 	b->n--;
-	idx->nsmall--;
-	if (b->n) {
-		if (last == sl->maxlast)
-			sl->maxlast = bucket_max(b, bk << BB);
+	if (b->n >= 2) {
+		if (ml == W_MAX(sl->w))
+			sl->w = W_EXT | bucket_maxoff(b);
 		return 0;
 	}
-	/* Empty: the bucket, then every radix node left empty, become
-	 * garbage (not freed: we may be under the caller's lock). */
-	sl->b = NULL;
-	sl->maxlast = 0;
+	/* One left: back inline; the block becomes garbage (not freed: we
+	 * may be under the caller's lock). */
+	sl->p = own[0];
+	sl->w = w_inline(offs[0], (uint32_t)offs[0] + lens[0]);
 	put_garbage(idx, b->kind, b);
+	return 0;
+prune:
+	/* Every radix node left empty becomes garbage. */
 	if (!leaf_empty(lf))
 		return 0;
 	n2->c[(bk >> SH2) & (IFAN - 1)] = NULL;
 	put_garbage(idx, K_RLEAF, lf);
-	if (!inner_empty(n2))
+	if (!inner_empty(n2->c, IFAN))
 		return 0;
 	n1->c[(bk >> SH1) & (IFAN - 1)] = NULL;
 	put_garbage(idx, K_RINNER, n2);
-	if (!inner_empty(n1))
+	if (!inner_empty(n1->c, IFAN))
 		return 0;
 	n0->c[bk >> SH0] = NULL;
 	put_garbage(idx, K_RINNER, n1);
-	if (!inner_empty(n0))
+	if (!inner_empty(n0->c, RFAN))
 		return 0;
 	idx->radix = NULL;
-	put_garbage(idx, K_RINNER, n0);
+	put_garbage(idx, K_RROOT, n0);
 	return 0;
 }
 
-static void radix_free(struct rinner *n0)
+static void radix_free(struct rroot *n0)
 {
 	unsigned i, j, k, s;
 
 	if (!n0)
 		return;
-	for (i = 0; i < IFAN; i++) {
+	for (i = 0; i < RFAN; i++) {
 		struct rinner *n1 = n0->c[i];
 
 		if (!n1)
@@ -1011,7 +1073,8 @@ static void radix_free(struct rinner *n0)
 				if (!lf)
 					continue;
 				for (s = 0; s < LFAN; s++)
-					free(lf->s[s].b);
+					if (lf->s[s].w & W_EXT)
+						free(lf->s[s].p);
 				free(lf);
 			}
 			free(n2);
@@ -1055,11 +1118,16 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 	/* Read-only checks first: an -EEXIST must leave nothing changed.
 	 * The key (start, owner) may sit in the bucket of start whatever
 	 * the interval's length. */
-	if (likely(start < RLIMIT)) {
-		sl = radix_slot(idx, start >> BB);
-		if (sl && (b = sl->b)) {
-			p = bucket_pos(b, (boff_t)(start & (BSIZE - 1)),
-				       owner, &found);
+	if (likely(start < RLIMIT) && (sl = radix_slot(idx, start >> BB)) &&
+	    sl->w) {
+		uint32_t off = (uint32_t)(start & (BSIZE - 1));
+
+		if (sl->w & W_INL) {
+			if (sl->p == owner && W_OFF(sl->w) == off)
+				return -EEXIST;
+		} else {
+			b = sl->p;
+			p = bucket_pos(b, (boff_t)off, owner, &found);
 			if (found)
 				return -EEXIST;
 		}
@@ -1068,15 +1136,16 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 		/* Big, or its bucket is at the largest class: B+-tree
 		 * (which checks its own duplicates). */
 		err = bt_insert(idx, r, start, last, owner);
+		if (err)
+			return err;
 	} else {
 		if (unlikely(idx->big.root != NULL) &&
 		    bt_contains(&idx->big, start, owner))
 			return -EEXIST;
-		err = small_insert(idx, r, sl, p, start, last, owner);
+		small_insert(idx, r, sl, p, start, last, owner);
 	}
-	if (!err)
-		idx->count++;
-	return err;
+	idx->count++;
+	return 0;
 }
 
 int rindex_remove(struct rindex *idx, uint64_t start, uint64_t last,
@@ -1104,7 +1173,7 @@ int rindex_remove(struct rindex *idx, uint64_t start, uint64_t last,
  * up to where that leaf's search starts. NULL when none. Skips a missing
  * subtree at a time.
  */
-static const struct rleaf *find_leaf(const struct rinner *root, uint64_t *bcp,
+static const struct rleaf *find_leaf(const struct rroot *root, uint64_t *bcp,
 				     uint64_t bend)
 {
 	uint64_t bc = *bcp;
@@ -1137,7 +1206,7 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 	const struct rindex_bucket *b;
 	const struct rleaf *lf;
 	const struct rslot *sl;
-	uint64_t bc;
+	uint64_t bc, w, base;
 
 	for (;;) {
 		if ((b = it->bk)) {
@@ -1173,12 +1242,21 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 			it->bcur = bc + 1;
 			if (!((bc + 1) & (LFAN - 1)))
 				it->rleaf = NULL; /* next bucket: next leaf */
-			if (sl->b && sl->maxlast >= it->qs) {
-				it->bk = sl->b;
-				it->bi = 0;
-				it->bbase = bc << BB;
-				break;
+			w = sl->w;
+			base = bc << BB;
+			/* Empty, or nothing reaching qs. */
+			if (!w || base + W_MAX(w) < it->qs)
+				continue;
+			if (w & W_INL) {
+				if (base + W_OFF(w) > it->ql)
+					continue;
+				*sp = base + W_OFF(w);
+				return sl->p;
 			}
+			it->bk = sl->p;
+			it->bi = 0;
+			it->bbase = base;
+			break;
 		}
 	}
 }
@@ -1299,11 +1377,14 @@ static bool in_bucket(const struct rindex *idx, uint64_t start,
 		      const void *owner)
 {
 	const struct rslot *sl;
+	uint32_t off = (uint32_t)(start & (BSIZE - 1));
 	bool found = false;
 
-	if (start >= RLIMIT || !(sl = radix_slot(idx, start >> BB)) || !sl->b)
+	if (start >= RLIMIT || !(sl = radix_slot(idx, start >> BB)) || !sl->w)
 		return false;
-	bucket_pos(sl->b, (boff_t)(start & (BSIZE - 1)), owner, &found);
+	if (sl->w & W_INL)
+		return sl->p == owner && W_OFF(sl->w) == off;
+	bucket_pos(sl->p, (boff_t)off, owner, &found);
 	return found;
 }
 
@@ -1382,30 +1463,41 @@ static int check_bt(const struct rindex *idx)
 	return 0;
 }
 
-static int check_bucket(const struct rindex_bucket *b, const struct rslot *sl,
-			uint64_t base, uint64_t *nb, uint64_t *ne)
+static int check_slot(const struct rslot *sl, uint64_t base, uint64_t *nb,
+		      uint64_t *ne)
 {
+	const struct rindex_bucket *b = sl->p;
 	unsigned cap, i;
 	const boff_t *offs, *lens;
 	void *const *own;
 
-	if (b->kind < K_B0 || b->kind > K_B4)
+	if (!sl->w)
+		return sl->p ? -1 : 0;
+	if (sl->w & W_INL) {
+		if ((sl->w & W_EXT) || !sl->p || W_OFF(sl->w) >= BSIZE ||
+		    W_MAX(sl->w) < W_OFF(sl->w) ||
+		    W_MAX(sl->w) - W_OFF(sl->w) >= BSIZE)
+			return -1;
+		++*ne;
+		return 0;
+	}
+	if (!(sl->w & W_EXT) || !b || b->kind < K_B0 || b->kind > K_B4)
 		return -1;
 	cap = BCAP(b->kind);
 	offs = b_off(b);
 	lens = b_len(b, cap);
 	own = b_own(b, cap);
-	if (!b->n || b->n > cap)
+	if (b->n < 2 || b->n > cap)
 		return -1;
 	for (i = 0; i < b->n; i++) {
-		if ((uint64_t)offs[i] + 1 > BSIZE ||
-		    (uint64_t)lens[i] + 1 > BSIZE || !own[i])
+		if (!own[i] || (uint32_t)offs[i] >= (uint32_t)BSIZE ||
+		    (uint32_t)lens[i] >= (uint32_t)BSIZE)
 			return -1;
 		if (i && !key_less(base + offs[i - 1], own[i - 1],
 				   base + offs[i], own[i]))
 			return -1;
 	}
-	if (sl->maxlast != bucket_max(b, base))
+	if (W_MAX(sl->w) != bucket_maxoff(b) || (sl->w >> 32) != W_EXT >> 32)
 		return -1;
 	nb[b->kind]++;
 	*ne += b->n;
@@ -1414,27 +1506,28 @@ static int check_bucket(const struct rindex_bucket *b, const struct rslot *sl,
 
 static int check_radix(const struct rindex *idx)
 {
-	const struct rinner *n0 = idx->radix, *n1, *n2;
+	const struct rroot *n0 = idx->radix;
+	const struct rinner *n1, *n2;
 	const struct rleaf *lf;
 	uint64_t nb[K_N] = { 0 }, ne = 0, bk;
 	unsigned i, j, k, s, kk;
 
 	if (n0) {
-		nb[K_RINNER]++;
-		if (inner_empty(n0))
+		nb[K_RROOT]++;
+		if (inner_empty(n0->c, RFAN))
 			return -1;
 	}
-	for (i = 0; n0 && i < IFAN; i++) {
+	for (i = 0; n0 && i < RFAN; i++) {
 		if (!(n1 = n0->c[i]))
 			continue;
 		nb[K_RINNER]++;
-		if (inner_empty(n1))
+		if (inner_empty(n1->c, IFAN))
 			return -1;
 		for (j = 0; j < IFAN; j++) {
 			if (!(n2 = n1->c[j]))
 				continue;
 			nb[K_RINNER]++;
-			if (inner_empty(n2))
+			if (inner_empty(n2->c, IFAN))
 				return -1;
 			for (k = 0; k < IFAN; k++) {
 				if (!(lf = n2->c[k]))
@@ -1446,19 +1539,14 @@ static int check_radix(const struct rindex *idx)
 					bk = ((uint64_t)i << SH0) |
 					     ((uint64_t)j << SH1) |
 					     ((uint64_t)k << SH2) | s;
-					if (!lf->s[s].b) {
-						if (lf->s[s].maxlast)
-							return -1;
-						continue;
-					}
-					if (check_bucket(lf->s[s].b, &lf->s[s],
-							 bk << BB, nb, &ne))
+					if (check_slot(&lf->s[s], bk << BB, nb,
+						       &ne))
 						return -1;
 				}
 			}
 		}
 	}
-	for (kk = K_RINNER; kk <= K_B4; kk++)
+	for (kk = K_RROOT; kk <= K_B4; kk++)
 		if (nb[kk] != idx->nblk[kk])
 			return -1;
 	return ne == idx->nsmall ? 0 : -1;

@@ -105,12 +105,12 @@
  * start lies there and whose length is at most one bucket lives in the
  * bucket of its start. Everything else lives in the B+-tree.
  */
-#define RINDEX_BUCKET_SHIFT 16
+#define RINDEX_BUCKET_SHIFT 13
 #define RINDEX_RADIX_BITS 48
 
 /* Kinds of blocks an index allocates (radix nodes, bucket size classes,
  * B+-tree nodes); private to rindex.c, sized here for the structs. */
-#define RINDEX_NKINDS 9
+#define RINDEX_NKINDS 10
 
 struct rindex_node;   /* private to rindex.c: B+-tree node */
 struct rindex_bucket; /* private to rindex.c: radix bucket */
