@@ -187,27 +187,32 @@ static void test_edges(void **state)
 static void test_buckets(void **state)
 {
 	const uint64_t B = 1ULL << RINDEX_BUCKET_SHIFT, TOP = 1ULL << 48;
+	const uint64_t M = 1ULL << RINDEX_SMALL_SHIFT; /* longest small */
 	struct item v[200], *scratch[400];
 	struct rindex idx;
 	size_t i, nv = 0;
 
 	(void)state;
 	assert_int_equal(rindex_init(&idx), 0);
-	v[nv++] = (struct item){ B, 2 * B - 1, 0 };	   /* small: B - 1 */
-	v[nv++] = (struct item){ B, 2 * B, 0 };		   /* big: B */
+	v[nv++] = (struct item){ B, B + M - 1, 0 };	   /* small: M - 1 */
+	v[nv++] = (struct item){ B, B + M, 0 };		   /* big: M */
 	v[nv++] = (struct item){ TOP - 1, TOP - 1, 0 };	   /* small */
 	v[nv++] = (struct item){ TOP - 1, TOP + 5, 0 };	   /* small */
 	v[nv++] = (struct item){ TOP, TOP, 0 };		   /* big: >= 2^48 */
-	v[nv++] = (struct item){ 2 * B - 4096, 2 * B + 4095, 0 }; /* crosses */
-	v[nv++] = (struct item){ 256 * B - 4096, 256 * B + 4095, 0 }; /* leaf */
+	v[nv++] = (struct item){ 2 * B - B / 2, 2 * B + B / 2 - 1, 0 }; /* crosses */
+	v[nv++] = (struct item){ 256 * B - B / 2, 256 * B + B / 2 - 1, 0 }; /* leaf */
+	v[nv++] = (struct item){ 300 * B - 1, 300 * B + M - 2, 0 }; /* reach */
 	for (i = 0; i < nv; i++)
 		assert_int_equal(ins(&idx, &v[i]), 0);
-	assert_int_equal(idx.nsmall, 5);
+	assert_int_equal(idx.nsmall, 6);
 	assert_int_equal(idx.big.count, 2);
 	assert_int_equal(rindex_check(&idx), 0);
 	check_query(&idx, v, nv, scratch, 2 * B + 10, 2 * B + 10);
 	check_query(&idx, v, nv, scratch, 256 * B, 256 * B);
-	check_query(&idx, v, nv, scratch, 256 * B + 4096, 257 * B);
+	check_query(&idx, v, nv, scratch, 256 * B + B / 2, 257 * B);
+	/* The farthest bucket a small interval reaches, and the next. */
+	check_query(&idx, v, nv, scratch, 300 * B + M - 2, 300 * B + M - 2);
+	check_query(&idx, v, nv, scratch, 300 * B + M - 1, 300 * B + M + B);
 	check_query(&idx, v, nv, scratch, TOP, TOP);
 	check_query(&idx, v, nv, scratch, TOP + 5, UINT64_MAX);
 	check_query(&idx, v, nv, scratch, TOP + 6, UINT64_MAX);
@@ -215,7 +220,7 @@ static void test_buckets(void **state)
 	/* One start, many owners: the bucket fills its largest class and
 	 * the rest overflows to the B+-tree; order is still by owner. */
 	for (i = nv; i < 200; i++) {
-		v[i] = (struct item){ 5 * B + 8192, 5 * B + 12287, 0 };
+		v[i] = (struct item){ 5 * B + B / 4, 5 * B + B / 2, 0 };
 		assert_int_equal(ins(&idx, &v[i]), 0);
 	}
 	nv = 200;
@@ -224,17 +229,17 @@ static void test_buckets(void **state)
 	check_query(&idx, v, nv, scratch, 5 * B, 6 * B);
 	check_query(&idx, v, nv, scratch, 0, UINT64_MAX);
 	/* Same key in the other structure: -EEXIST either way. */
-	assert_int_equal(ins(&idx, &(struct item){ B, 3 * B, 0 }), 0);
+	assert_int_equal(ins(&idx, &(struct item){ B, B + 2 * M, 0 }), 0);
 	{
 		struct rindex_reserve r;
 
 		assert_int_equal(rindex_reserve(&r, &idx), 0);
 		assert_int_equal(rindex_insert(&idx, &r, B, B + 10, &v[1]),
 				 -EEXIST);
-		assert_int_equal(rindex_insert(&idx, &r, B, 9 * B, &v[0]),
+		assert_int_equal(rindex_insert(&idx, &r, B, B + 2 * M, &v[0]),
 				 -EEXIST);
-		assert_int_equal(rindex_insert(&idx, &r, 5 * B + 8192,
-					       5 * B + 8192, &v[199]),
+		assert_int_equal(rindex_insert(&idx, &r, 5 * B + B / 4,
+					       5 * B + B / 4, &v[199]),
 				 -EEXIST);
 		rindex_reserve_release(&r);
 	}

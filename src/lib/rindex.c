@@ -42,6 +42,11 @@
 
 #define BB RINDEX_BUCKET_SHIFT
 #define BSIZE (UINT64_C(1) << BB)
+/* Longest small interval (last - start < SMAX): may start in one bucket
+ * and reach up to LOOKBACK buckets further, so a query looks that far
+ * back. */
+#define SMAX (UINT64_C(1) << RINDEX_SMALL_SHIFT)
+#define LOOKBACK (SMAX >> BB)
 /* Starts below this may live in buckets. */
 #define RLIMIT (UINT64_C(1) << RINDEX_RADIX_BITS)
 /* Bucket numbers: 0 .. NBUCKETS - 1. */
@@ -62,7 +67,9 @@
 #define SH1 (LB + IB)
 #define SH2 LB
 
-_Static_assert(BB >= 12 && BB <= 16, "bucket offsets and lengths are u16");
+_Static_assert(BB >= 12 && BB <= 16, "bucket offsets are u16");
+_Static_assert(RINDEX_SMALL_SHIFT >= BB && RINDEX_SMALL_SHIFT <= 16,
+	       "small lengths are u16, at least one bucket");
 _Static_assert(RB >= 4 && RB <= 12, "radix root between 128 B and 32 KiB");
 
 /* Offsets and lengths inside a bucket: < 2^BB. */
@@ -80,7 +87,7 @@ struct rinner {
  * One bucket's slot in a radix leaf. A bucket of one interval holds it
  * inline (no further memory, no further cache miss); of two or more, a
  * pointer to a bucket block. w's low 32 bits are always the bucket's
- * largest last, as an offset from the bucket base (< 2 * BSIZE), so a
+ * largest last, as an offset from the bucket base (< BSIZE + SMAX), so a
  * query can skip a slot without looking further.
  *   empty:  p NULL, w 0
  *   inline: p owner, w = W_INL | start offset << 32 | last offset
@@ -776,7 +783,7 @@ static void bt_free(struct rindex_node *nd, unsigned levels)
 
 static inline bool is_small(uint64_t start, uint64_t last)
 {
-	return start < RLIMIT && last - start < BSIZE;
+	return start < RLIMIT && last - start < SMAX;
 }
 
 /* The slot of bucket number @bk, or NULL if its radix path is missing. */
@@ -1322,10 +1329,10 @@ void *rindex_iter_first(const struct rindex *idx, uint64_t qs, uint64_t ql,
 	if (unlikely(qs > ql))
 		return NULL;
 	if (likely(idx->radix != NULL)) {
-		/* An interval of the bucket before qs's may reach into it
-		 * (lengths are at most one bucket); none from further. */
+		/* Intervals of the LOOKBACK buckets before qs's may reach
+		 * into it (lengths are below SMAX); none from further. */
 		b0 = qs >> BB;
-		it->bcur = b0 ? b0 - 1 : 0;
+		it->bcur = b0 > LOOKBACK ? b0 - LOOKBACK : 0;
 		it->bend = (ql >> BB) < NBUCKETS ? ql >> BB : NBUCKETS - 1;
 	}
 	if (unlikely(idx->big.root != NULL)) {
@@ -1476,7 +1483,7 @@ static int check_slot(const struct rslot *sl, uint64_t base, uint64_t *nb,
 	if (sl->w & W_INL) {
 		if ((sl->w & W_EXT) || !sl->p || W_OFF(sl->w) >= BSIZE ||
 		    W_MAX(sl->w) < W_OFF(sl->w) ||
-		    W_MAX(sl->w) - W_OFF(sl->w) >= BSIZE)
+		    W_MAX(sl->w) - W_OFF(sl->w) >= SMAX)
 			return -1;
 		++*ne;
 		return 0;
@@ -1490,8 +1497,8 @@ static int check_slot(const struct rslot *sl, uint64_t base, uint64_t *nb,
 	if (b->n < 2 || b->n > cap)
 		return -1;
 	for (i = 0; i < b->n; i++) {
-		if (!own[i] || (uint32_t)offs[i] >= (uint32_t)BSIZE ||
-		    (uint32_t)lens[i] >= (uint32_t)BSIZE)
+		if (!own[i] || (uint64_t)offs[i] + 1 > BSIZE ||
+		    (uint64_t)lens[i] + 1 > SMAX)
 			return -1;
 		if (i && !key_less(base + offs[i - 1], own[i - 1],
 				   base + offs[i], own[i]))

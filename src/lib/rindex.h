@@ -106,6 +106,7 @@
  * bucket of its start. Everything else lives in the B+-tree.
  */
 #define RINDEX_BUCKET_SHIFT 13
+#define RINDEX_SMALL_SHIFT 16
 #define RINDEX_RADIX_BITS 48
 
 /* Kinds of blocks an index allocates (radix nodes, bucket size classes,
