@@ -12,11 +12,13 @@
  * ASan in the sanitizer build.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -605,6 +607,141 @@ static void test_reserve_garbage(void **state)
 	free(items);
 }
 
+/*
+ * Writers on several threads, as the engine runs them: reserve and free
+ * garbage outside a write lock, insert/remove under it, queries under a
+ * read lock. Each thread keeps a spare pool; a reserve taken on one thread
+ * may be used and released on another (the pool moves with it). Pools are
+ * freed at thread exit: ASan reports a leak otherwise.
+ */
+struct mt {
+	struct rindex idx;
+	pthread_rwlock_t lock;
+	struct item *items;
+	size_t per; /* items per thread */
+	struct rindex_reserve handed;
+	int bad;
+};
+
+struct mt_arg {
+	struct mt *m;
+	unsigned t;
+};
+
+static void *mt_writer(void *arg)
+{
+	struct mt_arg *a = arg;
+	struct mt *m = a->m;
+	struct item *mine = m->items + a->t * m->per;
+	uint64_t seed = 100 + a->t;
+	size_t round, i;
+
+	for (round = 0; round < 20; round++) {
+		for (i = 0; i < m->per; i++) {
+			struct rindex_reserve r;
+			struct rindex_garbage g;
+			struct rindex_iter it;
+			struct item *x = &mine[i];
+			int err;
+
+			if (!x->in) {
+				if (rindex_reserve(&r, &m->idx))
+					m->bad = 1;
+				pthread_rwlock_wrlock(&m->lock);
+				err = rindex_insert(&m->idx, &r, x->start,
+						    x->last, x);
+				pthread_rwlock_unlock(&m->lock);
+				rindex_reserve_release(&r);
+				if (err)
+					m->bad = 1;
+				x->in = 1;
+			} else if (rng_next(&seed) & 1) {
+				pthread_rwlock_wrlock(&m->lock);
+				err = rindex_remove(&m->idx, x->start, x->last,
+						    x);
+				rindex_take_garbage(&m->idx, &g);
+				pthread_rwlock_unlock(&m->lock);
+				rindex_free_garbage(&m->idx, &g);
+				if (err)
+					m->bad = 1;
+				x->in = 0;
+			}
+			/* Own items are stable: one that is in is found
+			 * (others' 1-MiB items may overlap any page). */
+			pthread_rwlock_rdlock(&m->lock);
+			if (x->in && !rindex_iter_first(&m->idx, x->start,
+							x->start, &it))
+				m->bad = 1;
+			pthread_rwlock_unlock(&m->lock);
+		}
+	}
+	return NULL;
+}
+
+/* Takes the reserve handed over by the main thread, uses and releases it
+ * here, then exits: the pool dies with this thread. */
+static void *mt_taker(void *arg)
+{
+	struct mt *m = arg;
+	struct item *x = &m->items[0];
+
+	pthread_rwlock_wrlock(&m->lock);
+	if (rindex_insert(&m->idx, &m->handed, x->start, x->last, x))
+		m->bad = 1;
+	pthread_rwlock_unlock(&m->lock);
+	rindex_reserve_release(&m->handed);
+	x->in = 1;
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	const unsigned nt = 4;
+	const size_t per = 3000;
+	struct mt m;
+	struct mt_arg args[4];
+	pthread_t th[4];
+	size_t i, in = 0;
+	unsigned t;
+
+	(void)state;
+	memset(&m, 0, sizeof(m));
+	assert_int_equal(rindex_init(&m.idx), 0);
+	assert_int_equal(pthread_rwlock_init(&m.lock, NULL), 0);
+	m.per = per;
+	m.items = calloc(nt * per, sizeof(*m.items));
+	assert_non_null(m.items);
+	for (i = 0; i < nt * per; i++) {
+		/* Interleaved pages (shared buckets and radix leaves across
+		 * threads), every 50th one 1 MiB long (B+-tree). */
+		m.items[i].start = 0x7f0000000000ULL + 4096 * i;
+		m.items[i].last = m.items[i].start +
+				  (i % 50 ? 4095 : (1u << 20) - 1);
+	}
+	/* Reserve here, insert and release on another thread. */
+	assert_int_equal(rindex_reserve(&m.handed, &m.idx), 0);
+	assert_int_equal(pthread_create(&th[0], NULL, mt_taker, &m), 0);
+	assert_int_equal(pthread_join(th[0], NULL), 0);
+	assert_null(m.handed.pool);
+	/* Concurrent writers (item 0 belongs to thread 0 and is in). */
+	for (t = 0; t < nt; t++) {
+		args[t].m = &m;
+		args[t].t = t;
+		assert_int_equal(
+			pthread_create(&th[t], NULL, mt_writer, &args[t]), 0);
+	}
+	for (t = 0; t < nt; t++)
+		assert_int_equal(pthread_join(th[t], NULL), 0);
+	assert_int_equal(m.bad, 0);
+	for (i = 0; i < nt * per; i++)
+		in += m.items[i].in;
+	assert_int_equal(rindex_count(&m.idx), in);
+	assert_int_equal(rindex_check(&m.idx), 0);
+	rindex_destroy(&m.idx);
+	pthread_rwlock_destroy(&m.lock);
+	free(m.items);
+}
+
 /* rindex_check must notice broken bookkeeping. */
 static void test_check_detects(void **state)
 {
@@ -650,6 +787,7 @@ int main(void)
 		cmocka_unit_test(test_mix_small),
 		cmocka_unit_test(test_orders),
 		cmocka_unit_test(test_reserve_garbage),
+		cmocka_unit_test(test_threads),
 		cmocka_unit_test(test_check_detects),
 	};
 

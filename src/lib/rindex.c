@@ -186,9 +186,11 @@ static const uint32_t kind_need[K_N] = {
 	1, 2, 1, 1, 1, 1, 1, 1, 1, RINDEX_MAX_HEIGHT,
 };
 
-/* What a thread keeps between inserts: two inserts' worth, so the
- * garbage of removes can be recycled without free/malloc round trips. */
-#define POOL_CAP(k) (2 * kind_need[k])
+/* What a thread's pool keeps when freed garbage refills it: one insert's
+ * worth, plus a few bucket blocks and B+-tree leaves (the kinds that churn
+ * as buckets and leaves fill and empty); the rest is freed. */
+#define POOL_CAP(k) \
+	(kind_need[k] + ((k) >= K_B0 && (k) <= K_BTLEAF ? 4u : 0u))
 
 /* cap is a multiple of 4: owner[] stays 8-aligned. */
 static inline boff_t *b_off(const struct rindex_bucket *b)
@@ -301,6 +303,8 @@ static void tls_register(void)
  * (a second reserve was taken while the first was out). */
 static void pool_park(struct rindex_pool *p)
 {
+	if (unlikely(!tls_registered))
+		tls_register(); /* released on another thread than taken */
 	if (!tls_pool) {
 		tls_pool = p;
 		return;
