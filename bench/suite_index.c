@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * suite_index.c - the region index suite (issue 11): the B+-tree rindex
- * (src/lib/rindex.c) against the red-black itree it is meant to replace
+ * suite_index.c - the region index suite (issue 11): rindex
+ * (src/lib/rindex.c: a radix front of 8-KiB buckets for short intervals, a
+ * B+-tree for the rest) against the red-black itree it is meant to replace
  * and against UCX's structure, at 10^3 .. 10^6 one-page regions inserted
  * in random order.
  *
@@ -549,7 +550,8 @@ static void ix_size(uint64_t n, unsigned rounds)
 			(double)sizeof(struct itree_node);
 		r.base_name = "itree node in region";
 		r.rk = BR_SIZE;
-		r.note = "rindex tree nodes / n (stash, garbage excluded)";
+		r.note = "rindex blocks in use / n (spare pools, garbage "
+			 "excluded)";
 		bench_emit(&r);
 #ifdef UODP_HAVE_UCX
 		if (x.have_ucx) {

@@ -11,7 +11,40 @@
  *
  * DESIGN
  *
- * Layout. A B+-tree ordered by the composite key (start, owner), so equal
+ * Two structures, each interval in exactly one:
+ *
+ *   - a radix front for SMALL intervals (last - start < 64 KiB, start below
+ *     2^48: user addresses), the common case of registered regions;
+ *   - a B+-tree for everything else (BIG intervals), and for the overflow
+ *     of a crowded bucket (below). Usually empty; a query skips it with
+ *     one NULL test.
+ *
+ * Radix front. The address space below 2^48 is cut into 8-KiB buckets
+ * (RINDEX_BUCKET_SHIFT); a small interval lives in the bucket of its
+ * start. Bucket numbers (35 bits) index a fixed 4-level radix tree, like a
+ * page table, allocated lazily: a root of 512 pointers, two inner levels
+ * of 512, and leaves of 256 16-byte slots (4 KiB each, covering 2 MiB).
+ * A slot holds its bucket:
+ *
+ *   - empty;
+ *   - one interval INLINE: owner pointer + start/last offsets, so a
+ *     one-page region costs one 16-byte slot and a lookup or insert ends
+ *     at the leaf (no further pointer, no further cache miss);
+ *   - two or more: a pointer to a bucket block, a small array sorted by
+ *     (start, owner) (offsets and lengths as u16, owners; 12 B per entry;
+ *     size classes of 4 .. 64 entries, grown by copy).
+ *
+ * Every slot also carries the largest `last` of its bucket (as an offset),
+ * so a query can skip a bucket from the slot alone. Since a small interval
+ * is shorter than 64 KiB = 8 buckets, one starting in bucket b reaches at
+ * most bucket b + 8: a query [qs, ql] visits the slots of buckets
+ * (qs >> 13) - 8 .. (ql >> 13) (adjacent slots of one leaf, usually) and
+ * nothing else. It is exact: every overlap is found, nothing else
+ * returned. A bucket that would exceed 64 entries (64 intervals starting
+ * in 8 KiB: duplicates or tiny intervals) sends the excess to the B+-tree,
+ * which keeps queries exact at B+-tree cost.
+ *
+ * B+-tree, ordered by the composite key (start, owner), so equal
  * intervals of different owners are still totally ordered and a removal
  * descends straight to its entry. Every node has RINDEX_FANOUT (15) slots
  * held as parallel arrays, one array per field, each array with the node
@@ -24,22 +57,21 @@
  * An inner slot carries its child's smallest key (start, owner) and the
  * largest `last` in the child's subtree. A query [qs, ql] descends into
  * the children with start <= ql (keys are sorted: a prefix) and
- * maxlast >= qs (anything else cannot reach the query), so it is exact:
- * every overlap is found and nothing else is returned.
+ * maxlast >= qs (anything else cannot reach the query).
  *
- * Cost per level of a query: the start and maxlast lines (2 + 2, read in
- * parallel: their addresses do not depend on each other) and one line of
- * the child array. The owner half of the key is only read by insert and
- * remove, so it lives in its own lines that queries never touch. At 10^6
- * regions inserted in random order nodes are ~70% full (the classic
- * ln 2 of random B-tree insertion), so the tree is 6 levels deep against
- * the ~40 levels of a red-black tree: about 6 dependent cache misses per
- * cold query instead of ~20 (the top levels stay cached in both).
+ * Order. Both structures yield their overlaps in (start, owner) order
+ * (buckets in address order, each sorted); when the B+-tree is not empty
+ * the iterator merges the two streams, so the documented order holds.
+ * A key (start, owner) is unique across both: insert checks the bucket of
+ * start and, if not empty, the B+-tree.
  *
- * Complexity: query O(log n + k) node visits (each O(FANOUT), branch-free
- * mask building); insert and remove O(FANOUT log n). Memory: ~37 B per
- * interval in leaves at 70% fill plus ~4 B in inner nodes (see
- * rindex_bytes()), against 56 B of an itree node per region.
+ * Complexity: a query of a page visits 9-10 slots of one leaf (two at a
+ * leaf boundary) after a 4-level descent: O(1), about one cache miss per
+ * cold query; a query spanning many buckets walks them in order, skipping
+ * missing subtrees. Insert/remove of a small interval: O(bucket size);
+ * of a big one: O(FANOUT log n). Memory: 16 B per slot in use (one-page
+ * regions 8 KiB apart: 16 B per region), 12 B per entry in blocks, plus
+ * radix nodes (4 KiB per populated 2 MiB); B+-tree ~41 B per big interval.
  *
  * ALLOCATION RULE
  *
@@ -50,18 +82,33 @@
  *
  *   - queries never allocate (the iterator lives on the caller's stack);
  *   - rindex_reserve(), called BEFORE the write lock, sets aside the worst
- *     case an insert can need: one leaf and RINDEX_MAX_HEIGHT inner nodes
- *     (a split at every level plus a new root). It takes them from the
- *     index's spare stash (its own small mutex, never held while
- *     allocating) and mallocs only what the stash lacks. An insert under
- *     the lock takes nodes from the index's garbage first, then from the
- *     reserve: it never fails for want of memory;
- *   - remove never frees: emptied or merged-away nodes go to the index's
- *     garbage list. The caller detaches it under the lock with
- *     rindex_take_garbage() and, after unlocking, hands it to
- *     rindex_free_garbage(), which refills the stash and frees the rest;
- *   - rindex_reserve_release(), after unlocking, returns what an insert did
- *     not use (to the stash, or free()).
+ *     case an insert can need, per block kind: a radix path (root, two
+ *     inner nodes, a leaf), one bucket block of each size class, and the
+ *     B+-tree's (one leaf, RINDEX_MAX_HEIGHT inner nodes: a split at every
+ *     level plus a new root). Each thread keeps one spare POOL of blocks
+ *     (thread-local, so no lock and no atomic): the reserve takes the
+ *     whole pool (a pointer move) and mallocs only what an earlier insert
+ *     consumed (at most a few blocks, and only when an insert needed new
+ *     memory). No pre-check of the index is made (it would read the index
+ *     without its lock); the worst case is cheap to hold because it is
+ *     reused from insert to insert. An insert under the lock takes blocks
+ *     from the index's garbage first, then from the reserve: it never
+ *     fails for want of memory;
+ *   - remove never frees: an emptied radix node, a bucket block emptied to
+ *     one entry (that entry goes back inline) or a merged-away B+-tree node
+ *     go to the index's garbage lists. The caller detaches them under the
+ *     lock with rindex_take_garbage() and, after unlocking, hands them to
+ *     rindex_free_garbage(), which refills the calling thread's pool (up
+ *     to its caps) and frees the rest;
+ *   - rindex_reserve_release(), after unlocking, hands the pool back to
+ *     the calling thread (or frees it if that thread already has one: a
+ *     second reserve was taken meanwhile). A reserve may be released on
+ *     another thread than the one that took it; its pool then stays
+ *     there. A thread's pool is freed when the thread exits.
+ *
+ * Spare memory: at most one pool per thread that writes, ~26 KiB (four
+ * 4-KiB radix nodes, 8.5 KiB of B+-tree nodes, bucket blocks), plus the
+ * garbage the caller has not collected.
  *
  * A typical writer:
  *
@@ -100,10 +147,12 @@
 #define RINDEX_MAX_HEIGHT 16
 
 /*
- * Radix front (see RADIX FRONT above). Addresses below 2^RINDEX_RADIX_BITS
- * are split into buckets of 2^RINDEX_BUCKET_SHIFT bytes; an interval whose
- * start lies there and whose length is at most one bucket lives in the
- * bucket of its start. Everything else lives in the B+-tree.
+ * Radix front (see DESIGN). Addresses below 2^RINDEX_RADIX_BITS are split
+ * into buckets of 2^RINDEX_BUCKET_SHIFT bytes; an interval starting there
+ * and shorter than 2^RINDEX_SMALL_SHIFT bytes lives in the bucket of its
+ * start. Everything else lives in the B+-tree. 8-KiB buckets were chosen
+ * by measurement (docs/INDEX-NOTES.md): one-page regions then mostly sit
+ * alone in their bucket, inline.
  */
 #define RINDEX_BUCKET_SHIFT 13
 #define RINDEX_SMALL_SHIFT 16
@@ -177,10 +226,11 @@ struct rindex_iter {
 	} lvl[RINDEX_MAX_HEIGHT];
 };
 
-/* Initialise an empty index. Returns 0 or a negative errno (mutex). */
+/* Initialise an empty index (allocates nothing). Returns 0. */
 int rindex_init(struct rindex *idx);
 
-/* Free every node (tree, garbage, stash). No other use may be running. */
+/* Free every block (structure and garbage). No other use may be running.
+ * Threads' spare pools are not the index's: they outlive it. */
 void rindex_destroy(struct rindex *idx);
 
 /*
@@ -190,8 +240,9 @@ void rindex_destroy(struct rindex *idx);
  */
 int rindex_reserve(struct rindex_reserve *r, struct rindex *idx);
 
-/* Give back what @r still holds (stash or free). Call with no lock held.
- * @r is empty afterwards and may be released again harmlessly. */
+/* Give back what @r still holds (to the calling thread's pool, or free).
+ * Call with no lock held. @r is empty afterwards and may be released again
+ * harmlessly. */
 void rindex_reserve_release(struct rindex_reserve *r);
 
 /*
@@ -232,16 +283,19 @@ static inline uint64_t rindex_count(const struct rindex *idx)
 	return idx->count;
 }
 
-/* Bytes held by the index: tree nodes, garbage and stash (not @idx
- * itself, nor reserves held by writers). */
+/* Bytes held by the index: its blocks in use and its garbage (not @idx
+ * itself, nor reserves or threads' spare pools). Requested sizes: malloc's
+ * own overhead (8-16 B per block) is not counted. */
 uint64_t rindex_bytes(const struct rindex *idx);
 
-/* Bytes of the tree's nodes only: the memory per interval is this / count. */
+/* Bytes of the blocks in use only: the memory per interval is this / count. */
 uint64_t rindex_tree_bytes(const struct rindex *idx);
 
 /*
- * Check every invariant (order, keys, maxlast, fill, equal leaf depth,
- * counts). O(n). Returns 0 if valid, -1 otherwise. For tests.
+ * Check every invariant (radix: no empty node, slots and blocks sorted,
+ * in bounds, largest-last exact; B+-tree: order, keys, maxlast, fill,
+ * equal leaf depth; keys unique across both; counts). O(n). Returns 0 if
+ * valid, -1 otherwise. For tests.
  */
 int rindex_check(const struct rindex *idx);
 
