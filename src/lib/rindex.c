@@ -1238,6 +1238,8 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 			it->bk = NULL;
 		}
 		for (;;) {
+			uint64_t stop;
+
 			bc = it->bcur;
 			if (bc > it->bend)
 				return NULL;
@@ -1249,15 +1251,27 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 				}
 				it->rleaf = lf;
 			}
+			/* Scan this leaf's slots up to bend: skip empty ones
+			 * and those whose intervals all end before qs. */
+			stop = bc | (LFAN - 1);
+			if (stop > it->bend)
+				stop = it->bend;
+			for (; bc <= stop; bc++) {
+				w = lf->s[bc & (LFAN - 1)].w;
+				if (w && (bc << BB) + W_MAX(w) >= it->qs)
+					break;
+			}
+			if (bc > stop) {
+				it->bcur = bc;
+				if (!(bc & (LFAN - 1)))
+					it->rleaf = NULL; /* on to the next leaf */
+				continue;
+			}
 			sl = &lf->s[bc & (LFAN - 1)];
 			it->bcur = bc + 1;
 			if (!((bc + 1) & (LFAN - 1)))
-				it->rleaf = NULL; /* next bucket: next leaf */
-			w = sl->w;
+				it->rleaf = NULL;
 			base = bc << BB;
-			/* Empty, or nothing reaching qs. */
-			if (!w || base + W_MAX(w) < it->qs)
-				continue;
 			if (w & W_INL) {
 				if (base + W_OFF(w) > it->ql)
 					continue;
