@@ -79,8 +79,15 @@ struct rroot {
 	void *c[RFAN];
 };
 
+/*
+ * x[i]: how many slots of leaf c[i] hold an interval reaching past its own
+ * bucket (largest last offset >= BSIZE). Only used at the level above the
+ * leaves: when a leaf has none, a query starting in it skips the look-back
+ * (see rindex_iter_first), which is otherwise 8 more slots to read.
+ */
 struct rinner {
 	void *c[IFAN];
+	uint16_t x[IFAN];
 };
 
 /*
@@ -790,23 +797,52 @@ static inline bool is_small(uint64_t start, uint64_t last)
 	return start < RLIMIT && last - start < SMAX;
 }
 
-/* The slot of bucket number @bk, or NULL if its radix path is missing. */
-static inline struct rslot *radix_slot(const struct rindex *idx, uint64_t bk)
+/* The slot of bucket number @bk, or NULL if its radix path is missing;
+ * *pn2 the inner node above its leaf. */
+static inline struct rslot *radix_slot(const struct rindex *idx, uint64_t bk,
+				       struct rinner **pn2)
 {
 	const struct rroot *n0 = idx->radix;
-	const struct rinner *n1, *n2;
+	struct rinner *n1, *n2;
 	struct rleaf *lf;
 
 	if (!n0 || !(n1 = n0->c[bk >> SH0]) ||
 	    !(n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) ||
 	    !(lf = n2->c[(bk >> SH2) & (IFAN - 1)]))
 		return NULL;
+	*pn2 = n2;
 	return &lf->s[bk & (LFAN - 1)];
 }
 
-/* The slot of @bk, creating the missing radix nodes from garbage/@r. */
+/* Does a slot of the leaves holding buckets @lo .. @hi (at most two
+ * leaves) reach past its bucket? */
+static inline bool radix_cross(const struct rindex *idx, uint64_t lo,
+			       uint64_t hi)
+{
+	const struct rroot *n0 = idx->radix;
+	const struct rinner *n1, *n2;
+	uint64_t bk;
+
+	for (bk = lo;; bk = hi) {
+		if ((n1 = n0->c[bk >> SH0]) &&
+		    (n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) &&
+		    n2->x[(bk >> SH2) & (IFAN - 1)])
+			return true;
+		if (bk == hi || (bk >> LB) == (hi >> LB))
+			return false;
+	}
+}
+
+static inline bool w_cross(uint64_t w)
+{
+	return W_MAX(w) >= BSIZE;
+}
+
+/* The slot of @bk, creating the missing radix nodes from garbage/@r;
+ * *pn2 the inner node above its leaf. */
 static struct rslot *radix_make_slot(struct rindex *idx,
-				     struct rindex_reserve *r, uint64_t bk)
+				     struct rindex_reserve *r, uint64_t bk,
+				     struct rinner **pn2)
 {
 	struct rroot *n0;
 	struct rinner *n1, *n2;
@@ -828,6 +864,7 @@ static struct rslot *radix_make_slot(struct rindex *idx,
 	if (!*pp)
 		*pp = take_blk(idx, r, K_RLEAF);
 	lf = *pp;
+	*pn2 = n2;
 	return &lf->s[bk & (LFAN - 1)];
 }
 
@@ -929,18 +966,23 @@ static bool leaf_empty(const struct rleaf *lf)
 /* Insert into the bucket of @start; @sl its slot if its path exists, @p
  * the position in its block if it has one. The key is known absent. */
 static void small_insert(struct rindex *idx, struct rindex_reserve *r,
-			 struct rslot *sl, unsigned p, uint64_t start,
-			 uint64_t last, void *owner)
+			 struct rslot *sl, struct rinner *n2, unsigned p,
+			 uint64_t start, uint64_t last, void *owner)
 {
 	uint64_t base = start & ~(BSIZE - 1);
 	uint32_t off = (uint32_t)(start - base), ml = (uint32_t)(last - base);
+	unsigned i2 = (unsigned)(start >> (BB + SH2)) & (IFAN - 1);
 	struct rindex_bucket *b, *nb;
 	uint32_t o0, m0;
 	void *own0;
 
 	if (!sl)
-		sl = radix_make_slot(idx, r, start >> BB);
+		sl = radix_make_slot(idx, r, start >> BB, &n2);
 	idx->nsmall++;
+	/* The slot starts reaching past its bucket (its largest last only
+	 * grows here). */
+	if (ml >= BSIZE && !w_cross(sl->w))
+		n2->x[i2]++;
 	if (likely(!sl->w)) {
 		sl->p = owner;
 		sl->w = w_inline(off, ml);
@@ -991,7 +1033,7 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 	unsigned p, cap, m;
 	boff_t *offs, *lens;
 	void **own;
-	bool found;
+	bool found, was;
 
 	if (!n0 || !(n1 = n0->c[bk >> SH0]) ||
 	    !(n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) ||
@@ -1000,6 +1042,7 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 	sl = &lf->s[bk & (LFAN - 1)];
 	if (!sl->w)
 		return 1;
+	was = w_cross(sl->w);
 	if (sl->w & W_INL) {
 		if (sl->p != owner || W_OFF(sl->w) != off)
 			return 1;
@@ -1010,6 +1053,8 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 		idx->nsmall--;
 		sl->p = NULL;
 		sl->w = 0;
+		if (was)
+			n2->x[(bk >> SH2) & (IFAN - 1)]--;
 		goto prune;
 	}
 	b = sl->p;
@@ -1033,13 +1078,15 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 	if (b->n >= 2) {
 		if (ml == W_MAX(sl->w))
 			sl->w = W_EXT | bucket_maxoff(b);
-		return 0;
+	} else {
+		/* One left: back inline; the block becomes garbage (not
+		 * freed: we may be under the caller's lock). */
+		sl->p = own[0];
+		sl->w = w_inline(offs[0], (uint32_t)offs[0] + lens[0]);
+		put_garbage(idx, b->kind, b);
 	}
-	/* One left: back inline; the block becomes garbage (not freed: we
-	 * may be under the caller's lock). */
-	sl->p = own[0];
-	sl->w = w_inline(offs[0], (uint32_t)offs[0] + lens[0]);
-	put_garbage(idx, b->kind, b);
+	if (was && !w_cross(sl->w))
+		n2->x[(bk >> SH2) & (IFAN - 1)]--;
 	return 0;
 prune:
 	/* Every radix node left empty becomes garbage. */
@@ -1118,6 +1165,7 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 		  uint64_t last, void *owner)
 {
 	struct rslot *sl = NULL;
+	struct rinner *n2 = NULL;
 	struct rindex_bucket *b = NULL;
 	unsigned p = 0;
 	bool found;
@@ -1129,7 +1177,7 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 	/* Read-only checks first: an -EEXIST must leave nothing changed.
 	 * The key (start, owner) may sit in the bucket of start whatever
 	 * the interval's length. */
-	if (likely(start < RLIMIT) && (sl = radix_slot(idx, start >> BB)) &&
+	if (likely(start < RLIMIT) && (sl = radix_slot(idx, start >> BB, &n2)) &&
 	    sl->w) {
 		uint32_t off = (uint32_t)(start & (BSIZE - 1));
 
@@ -1153,7 +1201,7 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 		if (unlikely(idx->big.root != NULL) &&
 		    bt_contains(&idx->big, start, owner))
 			return -EEXIST;
-		small_insert(idx, r, sl, p, start, last, owner);
+		small_insert(idx, r, sl, n2, p, start, last, owner);
 	}
 	idx->count++;
 	return 0;
@@ -1352,6 +1400,12 @@ void *rindex_iter_first(const struct rindex *idx, uint64_t qs, uint64_t ql,
 		b0 = qs >> BB;
 		it->bcur = b0 > LOOKBACK ? b0 - LOOKBACK : 0;
 		it->bend = (ql >> BB) < NBUCKETS ? ql >> BB : NBUCKETS - 1;
+		/* Usually no slot there reaches past its bucket: then only
+		 * buckets from qs's own on can overlap. */
+		if (it->bcur < b0 && it->bcur < NBUCKETS &&
+		    !radix_cross(idx, it->bcur,
+				 b0 - 1 < NBUCKETS ? b0 - 1 : NBUCKETS - 1))
+			it->bcur = b0;
 	}
 	if (unlikely(idx->big.root != NULL)) {
 		it->merge = 1;
@@ -1405,7 +1459,10 @@ static bool in_bucket(const struct rindex *idx, uint64_t start,
 	uint32_t off = (uint32_t)(start & (BSIZE - 1));
 	bool found = false;
 
-	if (start >= RLIMIT || !(sl = radix_slot(idx, start >> BB)) || !sl->w)
+	struct rinner *n2;
+
+	if (start >= RLIMIT || !(sl = radix_slot(idx, start >> BB, &n2)) ||
+	    !sl->w)
 		return false;
 	if (sl->w & W_INL)
 		return sl->p == owner && W_OFF(sl->w) == off;
@@ -1555,10 +1612,19 @@ static int check_radix(const struct rindex *idx)
 			if (inner_empty(n2->c, IFAN))
 				return -1;
 			for (k = 0; k < IFAN; k++) {
-				if (!(lf = n2->c[k]))
+				unsigned nx = 0;
+
+				if (!(lf = n2->c[k])) {
+					if (n2->x[k])
+						return -1;
 					continue;
+				}
 				nb[K_RLEAF]++;
 				if (leaf_empty(lf))
+					return -1;
+				for (s = 0; s < LFAN; s++)
+					nx += w_cross(lf->s[s].w);
+				if (nx != n2->x[k])
 					return -1;
 				for (s = 0; s < LFAN; s++) {
 					bk = ((uint64_t)i << SH0) |
