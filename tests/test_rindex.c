@@ -577,13 +577,15 @@ static void test_reserve_garbage(void **state)
 		}
 		tree = rindex_tree_bytes(&idx);
 		assert_true(tree > 0);
-		assert_int_equal(rindex_bytes(&idx), tree);
+		/* Growth leaves garbage too (sparse leaves made dense). */
+		all = rindex_bytes(&idx);
+		assert_true(all >= tree);
 		/* Removing everything frees nothing: the blocks are
 		 * garbage. */
 		for (i = 0; i < n; i++)
 			assert_int_equal(del(&idx, &items[i], 0), 0);
 		assert_int_equal(rindex_tree_bytes(&idx), 0);
-		assert_int_equal(rindex_bytes(&idx), tree);
+		assert_int_equal(rindex_bytes(&idx), all);
 		all = rindex_bytes(&idx);
 		/* Inserting again reuses garbage: the held total does not
 		 * grow. */

@@ -114,6 +114,31 @@ struct rleaf {
 };
 
 /*
+ * A sparse leaf: up to MINI of a leaf's LFAN slots, all non-empty, by
+ * increasing slot index. A leaf starts sparse (a region alone in its
+ * 2 MiB then costs 256 B, not 4 KiB) and is made dense when it needs one
+ * slot more; never back (remove does not allocate). Bit 0 of the pointer
+ * to a leaf tells them apart (blocks are 64-byte aligned).
+ */
+#define MINI 15
+struct rmini {
+	uint8_t n;
+	uint8_t idx[MINI];
+	struct rslot s[MINI];
+};
+#define LEAF_MINI ((uintptr_t)1)
+
+static inline bool is_mini(const void *lp)
+{
+	return (uintptr_t)lp & LEAF_MINI;
+}
+
+static inline struct rmini *as_mini(const void *lp)
+{
+	return (struct rmini *)((uintptr_t)lp & ~LEAF_MINI);
+}
+
+/*
  * A bucket block: n >= 2 entries sorted by (start, owner), held as three
  * arrays of cap (its size class): off[] (start - bucket base), len[]
  * (last - start), owner[]. 12 B per entry.
@@ -161,6 +186,7 @@ enum {
 	K_RROOT,
 	K_RINNER,
 	K_RLEAF,
+	K_RMINI,
 	K_B0, /* bucket of 4 entries */
 	K_B1,
 	K_B2,
@@ -179,18 +205,19 @@ _Static_assert(K_N == RINDEX_NKINDS, "kinds");
 
 static const size_t kind_bytes[K_N] = {
 	sizeof(struct rroot),  sizeof(struct rinner), sizeof(struct rleaf),
-	BUCKET_BYTES(4),
+	sizeof(struct rmini),  BUCKET_BYTES(4),
 	BUCKET_BYTES(8),       BUCKET_BYTES(16),     BUCKET_BYTES(32),
 	BUCKET_BYTES(64),      LEAF_BYTES,	     INNER_BYTES,
 };
 
 /*
  * Worst case of one insert, per kind: a radix path (root, two inner
- * nodes, a leaf), one bucket block (new or grown, of any class), and the
- * B+-tree's (one leaf, a split at every level plus a new root).
+ * nodes, a sparse leaf or the dense leaf replacing a full one), one bucket
+ * block (new or grown, of any class), and the B+-tree's (one leaf, a split
+ * at every level plus a new root).
  */
 static const uint32_t kind_need[K_N] = {
-	1, 2, 1, 1, 1, 1, 1, 1, 1, RINDEX_MAX_HEIGHT,
+	1, 2, 1, 1, 1, 1, 1, 1, 1, 1, RINDEX_MAX_HEIGHT,
 };
 
 /* What a thread's pool keeps when freed garbage refills it: one insert's
@@ -797,6 +824,22 @@ static inline bool is_small(uint64_t start, uint64_t last)
 	return start < RLIMIT && last - start < SMAX;
 }
 
+/* Slot @i of the leaf @lp, dense or sparse; NULL if a sparse one lacks
+ * it. */
+static inline struct rslot *leaf_slot(void *lp, unsigned i)
+{
+	struct rmini *m;
+	unsigned j;
+
+	if (likely(!is_mini(lp)))
+		return &((struct rleaf *)lp)->s[i];
+	m = as_mini(lp);
+	for (j = 0; j < m->n; j++)
+		if (m->idx[j] == i)
+			return &m->s[j];
+	return NULL;
+}
+
 /* The slot of bucket number @bk, or NULL if its radix path is missing;
  * *pn2 the inner node above its leaf. */
 static inline struct rslot *radix_slot(const struct rindex *idx, uint64_t bk,
@@ -804,14 +847,16 @@ static inline struct rslot *radix_slot(const struct rindex *idx, uint64_t bk,
 {
 	const struct rroot *n0 = idx->radix;
 	struct rinner *n1, *n2;
-	struct rleaf *lf;
+	struct rslot *sl;
+	void *lp;
 
 	if (!n0 || !(n1 = n0->c[bk >> SH0]) ||
 	    !(n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) ||
-	    !(lf = n2->c[(bk >> SH2) & (IFAN - 1)]))
+	    !(lp = n2->c[(bk >> SH2) & (IFAN - 1)]) ||
+	    !(sl = leaf_slot(lp, bk & (LFAN - 1))))
 		return NULL;
 	*pn2 = n2;
-	return &lf->s[bk & (LFAN - 1)];
+	return sl;
 }
 
 /* Does a slot of the leaves holding buckets @lo .. @hi (at most two
@@ -847,6 +892,8 @@ static struct rslot *radix_make_slot(struct rindex *idx,
 	struct rroot *n0;
 	struct rinner *n1, *n2;
 	struct rleaf *lf;
+	struct rmini *m;
+	unsigned i, j;
 	void **pp;
 
 	if (!idx->radix)
@@ -860,12 +907,37 @@ static struct rslot *radix_make_slot(struct rindex *idx,
 	if (!*pp)
 		*pp = take_blk(idx, r, K_RINNER);
 	n2 = *pp;
-	pp = &n2->c[(bk >> SH2) & (IFAN - 1)];
-	if (!*pp)
-		*pp = take_blk(idx, r, K_RLEAF);
-	lf = *pp;
 	*pn2 = n2;
-	return &lf->s[bk & (LFAN - 1)];
+	pp = &n2->c[(bk >> SH2) & (IFAN - 1)];
+	i = bk & (LFAN - 1);
+	if (!*pp) {
+		m = take_blk(idx, r, K_RMINI);
+		m->n = 0;
+		*pp = (void *)((uintptr_t)m | LEAF_MINI);
+	}
+	if (!is_mini(*pp))
+		return &((struct rleaf *)*pp)->s[i];
+	/* Sparse leaf: the slot is known to be missing (else the caller
+	 * would have found it). Open it in order, or go dense. */
+	m = as_mini(*pp);
+	for (j = 0; j < m->n && m->idx[j] < i; j++)
+		;
+	rindex_assert(j == m->n || m->idx[j] != i);
+	if (m->n < MINI) {
+		memmove(&m->idx[j + 1], &m->idx[j], m->n - j);
+		memmove(&m->s[j + 1], &m->s[j], (m->n - j) * sizeof(m->s[0]));
+		m->idx[j] = (uint8_t)i;
+		m->s[j].p = NULL;
+		m->s[j].w = 0;
+		m->n++;
+		return &m->s[j];
+	}
+	lf = take_blk(idx, r, K_RLEAF); /* all-empty: fresh or garbage */
+	for (j = 0; j < m->n; j++)
+		lf->s[m->idx[j]] = m->s[j];
+	put_garbage(idx, K_RMINI, m);
+	*pp = lf;
+	return &lf->s[i];
 }
 
 /*
@@ -1027,20 +1099,18 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 	uint32_t off = (uint32_t)(start - base), ml = (uint32_t)(last - base);
 	struct rroot *n0 = idx->radix;
 	struct rinner *n1, *n2;
-	struct rleaf *lf;
 	struct rslot *sl;
 	struct rindex_bucket *b;
-	unsigned p, cap, m;
+	struct rmini *mi;
+	unsigned p, cap, m, j;
 	boff_t *offs, *lens;
-	void **own;
+	void **own, *lp;
 	bool found, was;
 
 	if (!n0 || !(n1 = n0->c[bk >> SH0]) ||
 	    !(n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) ||
-	    !(lf = n2->c[(bk >> SH2) & (IFAN - 1)]))
-		return 1;
-	sl = &lf->s[bk & (LFAN - 1)];
-	if (!sl->w)
+	    !(lp = n2->c[(bk >> SH2) & (IFAN - 1)]) ||
+	    !(sl = leaf_slot(lp, bk & (LFAN - 1))) || !sl->w)
 		return 1;
 	was = w_cross(sl->w);
 	if (sl->w & W_INL) {
@@ -1089,11 +1159,24 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 		n2->x[(bk >> SH2) & (IFAN - 1)]--;
 	return 0;
 prune:
-	/* Every radix node left empty becomes garbage. */
-	if (!leaf_empty(lf))
-		return 0;
-	n2->c[(bk >> SH2) & (IFAN - 1)] = NULL;
-	put_garbage(idx, K_RLEAF, lf);
+	/* The slot is empty: a sparse leaf drops it. Every radix node left
+	 * empty becomes garbage. */
+	if (is_mini(lp)) {
+		mi = as_mini(lp);
+		j = (unsigned)(sl - mi->s);
+		memmove(&mi->idx[j], &mi->idx[j + 1], mi->n - j - 1u);
+		memmove(&mi->s[j], &mi->s[j + 1],
+			(mi->n - j - 1u) * sizeof(mi->s[0]));
+		if (--mi->n)
+			return 0;
+		n2->c[(bk >> SH2) & (IFAN - 1)] = NULL;
+		put_garbage(idx, K_RMINI, mi);
+	} else {
+		if (!leaf_empty(lp))
+			return 0;
+		n2->c[(bk >> SH2) & (IFAN - 1)] = NULL;
+		put_garbage(idx, K_RLEAF, lp);
+	}
 	if (!inner_empty(n2->c, IFAN))
 		return 0;
 	n1->c[(bk >> SH1) & (IFAN - 1)] = NULL;
@@ -1126,10 +1209,19 @@ static void radix_free(struct rroot *n0)
 			if (!n2)
 				continue;
 			for (k = 0; k < IFAN; k++) {
-				struct rleaf *lf = n2->c[k];
+				void *lp = n2->c[k];
+				struct rleaf *lf = lp;
+				struct rmini *m = as_mini(lp);
 
-				if (!lf)
+				if (!lp)
 					continue;
+				if (is_mini(lp)) {
+					for (s = 0; s < m->n; s++)
+						if (m->s[s].w & W_EXT)
+							free(m->s[s].p);
+					free(m);
+					continue;
+				}
 				for (s = 0; s < LFAN; s++)
 					if (lf->s[s].w & W_EXT)
 						free(lf->s[s].p);
@@ -1232,12 +1324,12 @@ int rindex_remove(struct rindex *idx, uint64_t start, uint64_t last,
  * up to where that leaf's search starts. NULL when none. Skips a missing
  * subtree at a time.
  */
-static const struct rleaf *find_leaf(const struct rroot *root, uint64_t *bcp,
-				     uint64_t bend)
+static const void *find_leaf(const struct rroot *root, uint64_t *bcp,
+			     uint64_t bend)
 {
 	uint64_t bc = *bcp;
 	const struct rinner *n1, *n2;
-	const struct rleaf *lf;
+	const void *lf;
 
 	while (bc <= bend) {
 		if (!(n1 = root->c[bc >> SH0])) {
@@ -1264,8 +1356,11 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 {
 	const struct rindex_bucket *b;
 	const struct rleaf *lf;
+	const struct rmini *m;
 	const struct rslot *sl;
-	uint64_t bc, w, base;
+	const void *lp;
+	uint64_t bc, w = 0, base;
+	unsigned j;
 
 	for (;;) {
 		if ((b = it->bk)) {
@@ -1291,31 +1386,54 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 			bc = it->bcur;
 			if (bc > it->bend)
 				return NULL;
-			if (!(lf = it->rleaf)) {
-				lf = find_leaf(it->root, &bc, it->bend);
-				if (!lf) {
+			if (!(lp = it->rleaf)) {
+				lp = find_leaf(it->root, &bc, it->bend);
+				if (!lp) {
 					it->bcur = it->bend + 1;
 					return NULL;
 				}
-				it->rleaf = lf;
+				it->rleaf = lp;
 			}
 			/* Scan this leaf's slots up to bend: skip empty ones
 			 * and those whose intervals all end before qs. */
 			stop = bc | (LFAN - 1);
 			if (stop > it->bend)
 				stop = it->bend;
-			for (; bc <= stop; bc++) {
-				w = lf->s[bc & (LFAN - 1)].w;
-				if (w && (bc << BB) + W_MAX(w) >= it->qs)
-					break;
+			sl = NULL;
+			if (likely(!is_mini(lp))) {
+				lf = lp;
+				for (; bc <= stop; bc++) {
+					w = lf->s[bc & (LFAN - 1)].w;
+					if (w && (bc << BB) + W_MAX(w) >= it->qs) {
+						sl = &lf->s[bc & (LFAN - 1)];
+						break;
+					}
+				}
+			} else {
+				m = as_mini(lp);
+				for (j = 0; j < m->n &&
+					    m->idx[j] < (bc & (LFAN - 1));
+				     j++)
+					;
+				for (; j < m->n; j++) {
+					bc = (bc & ~(uint64_t)(LFAN - 1)) |
+					     m->idx[j];
+					if (bc > stop)
+						break;
+					w = m->s[j].w;
+					if ((bc << BB) + W_MAX(w) >= it->qs) {
+						sl = &m->s[j];
+						break;
+					}
+				}
 			}
-			if (bc > stop) {
+			if (!sl) {
+				bc = stop + 1;
 				it->bcur = bc;
 				if (!(bc & (LFAN - 1)))
 					it->rleaf = NULL; /* on to the next leaf */
 				continue;
 			}
-			sl = &lf->s[bc & (LFAN - 1)];
 			it->bcur = bc + 1;
 			if (!((bc + 1) & (LFAN - 1)))
 				it->rleaf = NULL;
@@ -1591,6 +1709,7 @@ static int check_radix(const struct rindex *idx)
 	const struct rroot *n0 = idx->radix;
 	const struct rinner *n1, *n2;
 	const struct rleaf *lf;
+	const struct rmini *m;
 	uint64_t nb[K_N] = { 0 }, ne = 0, bk;
 	unsigned i, j, k, s, kk;
 
@@ -1616,6 +1735,29 @@ static int check_radix(const struct rindex *idx)
 
 				if (!(lf = n2->c[k])) {
 					if (n2->x[k])
+						return -1;
+					continue;
+				}
+				if (is_mini(lf)) {
+					m = as_mini(lf);
+					nb[K_RMINI]++;
+					if (!m->n || m->n > MINI)
+						return -1;
+					for (s = 0; s < m->n; s++) {
+						if ((s && m->idx[s] <=
+								  m->idx[s - 1]) ||
+						    !m->s[s].w)
+							return -1;
+						nx += w_cross(m->s[s].w);
+						bk = ((uint64_t)i << SH0) |
+						     ((uint64_t)j << SH1) |
+						     ((uint64_t)k << SH2) |
+						     m->idx[s];
+						if (check_slot(&m->s[s], bk << BB,
+							       nb, &ne))
+							return -1;
+					}
+					if (nx != n2->x[k])
 						return -1;
 					continue;
 				}
