@@ -1515,15 +1515,34 @@ void *rindex_iter_first(const struct rindex *idx, uint64_t qs, uint64_t ql,
 	if (likely(idx->radix != NULL)) {
 		/* Intervals of the LOOKBACK buckets before qs's may reach
 		 * into it (lengths are below SMAX); none from further. */
+		const struct rroot *n0 = idx->radix;
+		const struct rinner *n1, *n2;
+
 		b0 = qs >> BB;
 		it->bcur = b0 > LOOKBACK ? b0 - LOOKBACK : 0;
 		it->bend = (ql >> BB) < NBUCKETS ? ql >> BB : NBUCKETS - 1;
 		/* Usually no slot there reaches past its bucket: then only
-		 * buckets from qs's own on can overlap. */
-		if (it->bcur < b0 && it->bcur < NBUCKETS &&
-		    !radix_cross(idx, it->bcur,
-				 b0 - 1 < NBUCKETS ? b0 - 1 : NBUCKETS - 1))
+		 * buckets from qs's own on can overlap. The common case (the
+		 * look-back within qs's leaf) walks the radix once here and
+		 * hands the leaf to the scan. */
+		if (b0 < NBUCKETS && (it->bcur >> LB) == (b0 >> LB)) {
+			unsigned i2 = (unsigned)(b0 >> SH2) & (IFAN - 1);
+
+			if (!(n1 = n0->c[b0 >> SH0]) ||
+			    !(n2 = n1->c[(b0 >> SH1) & (IFAN - 1)]) ||
+			    !n2->c[i2]) {
+				it->bcur = b0; /* no leaf: nothing before */
+			} else {
+				if (!n2->x[i2])
+					it->bcur = b0;
+				it->rleaf = n2->c[i2];
+			}
+		} else if (it->bcur < b0 && it->bcur < NBUCKETS &&
+			   !radix_cross(idx, it->bcur,
+					b0 - 1 < NBUCKETS ? b0 - 1 :
+							    NBUCKETS - 1)) {
 			it->bcur = b0;
+		}
 	}
 	if (unlikely(idx->big.root != NULL)) {
 		it->merge = 1;
