@@ -221,10 +221,11 @@ static const uint32_t kind_need[K_N] = {
 };
 
 /* What a thread's pool keeps when freed garbage refills it: one insert's
- * worth, plus a few bucket blocks and B+-tree leaves (the kinds that churn
- * as buckets and leaves fill and empty); the rest is freed. */
+ * worth, plus a few sparse leaves, bucket blocks and B+-tree leaves (the
+ * kinds that churn as buckets and leaves fill and empty); the rest is
+ * freed. */
 #define POOL_CAP(k) \
-	(kind_need[k] + ((k) >= K_B0 && (k) <= K_BTLEAF ? 4u : 0u))
+	(kind_need[k] + ((k) >= K_RMINI && (k) <= K_BTLEAF ? 4u : 0u))
 
 /* cap is a multiple of 4: owner[] stays 8-aligned. */
 static inline boff_t *b_off(const struct rindex_bucket *b)
