@@ -23,8 +23,10 @@
  * (RINDEX_BUCKET_SHIFT); a small interval lives in the bucket of its
  * start. Bucket numbers (35 bits) index a fixed 4-level radix tree, like a
  * page table, allocated lazily: a root of 512 pointers, two inner levels
- * of 512, and leaves of 256 16-byte slots (4 KiB each, covering 2 MiB).
- * A slot holds its bucket:
+ * of 512, and leaves of 256 16-byte slots (4 KiB, covering 2 MiB). A leaf
+ * starts SPARSE (up to 15 non-empty slots by slot index, 256 B: a small
+ * region alone in its 2 MiB costs ~270 B, not 4 KiB) and becomes dense
+ * when it needs a 16th slot. A slot holds its bucket:
  *
  *   - empty;
  *   - one interval INLINE: owner pointer + start/last offsets, so a
@@ -38,8 +40,10 @@
  * so a query can skip a bucket from the slot alone. Since a small interval
  * is shorter than 64 KiB = 8 buckets, one starting in bucket b reaches at
  * most bucket b + 8: a query [qs, ql] visits the slots of buckets
- * (qs >> 13) - 8 .. (ql >> 13) (adjacent slots of one leaf, usually) and
- * nothing else. It is exact: every overlap is found, nothing else
+ * (qs >> 13) - 8 .. (ql >> 13) and nothing else. The inner node above the
+ * leaves counts, per leaf, the slots whose intervals cross their bucket's
+ * end; when none do (one-page regions never do), a query starts at
+ * qs's own bucket. It is exact: every overlap is found, nothing else
  * returned. A bucket that would exceed 64 entries (64 intervals starting
  * in 8 KiB: duplicates or tiny intervals) sends the excess to the B+-tree,
  * which keeps queries exact at B+-tree cost.
@@ -65,13 +69,15 @@
  * A key (start, owner) is unique across both: insert checks the bucket of
  * start and, if not empty, the B+-tree.
  *
- * Complexity: a query of a page visits 9-10 slots of one leaf (two at a
- * leaf boundary) after a 4-level descent: O(1), about one cache miss per
- * cold query; a query spanning many buckets walks them in order, skipping
- * missing subtrees. Insert/remove of a small interval: O(bucket size);
- * of a big one: O(FANOUT log n). Memory: 16 B per slot in use (one-page
- * regions 8 KiB apart: 16 B per region), 12 B per entry in blocks, plus
- * radix nodes (4 KiB per populated 2 MiB); B+-tree ~41 B per big interval.
+ * Complexity: a query of a page is a 4-level descent (the upper levels
+ * stay cached) and one slot, or up to 9 slots of one leaf when crossing
+ * intervals are near: O(1), about one cache miss per cold query; a query
+ * spanning many buckets walks them in order, skipping missing subtrees.
+ * Insert/remove of a small interval: O(bucket size); of a big one:
+ * O(FANOUT log n). Memory (docs/INDEX-NOTES.md): 16 B per region for
+ * one-page regions 8 KiB apart, 36 B when contiguous, ~270 B for a small
+ * region alone in its 2 MiB, at most 256 B for a dense leaf's share;
+ * B+-tree ~41 B per big interval.
  *
  * ALLOCATION RULE
  *
@@ -83,7 +89,8 @@
  *   - queries never allocate (the iterator lives on the caller's stack);
  *   - rindex_reserve(), called BEFORE the write lock, sets aside the worst
  *     case an insert can need, per block kind: a radix path (root, two
- *     inner nodes, a leaf), one bucket block of each size class, and the
+ *     inner nodes, a sparse leaf or the dense leaf replacing a full one),
+ *     one bucket block of each size class, and the
  *     B+-tree's (one leaf, RINDEX_MAX_HEIGHT inner nodes: a split at every
  *     level plus a new root). Each thread keeps one spare POOL of blocks
  *     (thread-local, so no lock and no atomic): the reserve takes the
@@ -106,9 +113,11 @@
  *     another thread than the one that took it; its pool then stays
  *     there. A thread's pool is freed when the thread exits.
  *
- * Spare memory: at most one pool per thread that writes, ~26 KiB (four
- * 4-KiB radix nodes, 8.5 KiB of B+-tree nodes, bucket blocks), plus the
- * garbage the caller has not collected.
+ * Spare memory: at most one pool per thread that writes, ~28 KiB (a 4-KiB
+ * root, two 5-KiB inner nodes, a dense and a sparse leaf, 8.5 KiB of
+ * B+-tree nodes, one bucket block per class), up to ~37 KiB with the few
+ * recycled blocks it may keep, plus the garbage the caller has not
+ * collected.
  *
  * A typical writer:
  *
