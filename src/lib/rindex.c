@@ -6,10 +6,12 @@
  *
  * Owns its blocks only; owners are opaque. Invariants (checked by
  * rindex_check, asserted on the way with -DUODP_DEBUG):
- *   radix: every radix node present has at least one child; a bucket holds
- *     1..cap entries sorted by strictly increasing (start, owner), each of
- *     length <= bucket size and starting inside the bucket; the leaf slot's
- *     maxlast is exactly the largest `last` of its bucket;
+ *   radix: every radix node present has at least one child (a sparse leaf
+ *     1..MINI non-empty slots by increasing index); a slot is empty,
+ *     inline (one interval) or a block of 2..cap entries sorted by
+ *     strictly increasing (start, owner), each starting inside the bucket
+ *     and shorter than SMAX; the slot's largest-last offset is exact; the
+ *     count of bucket-crossing slots kept above each leaf is exact;
  *   B+-tree: every leaf is at depth height - 1; keys (start, owner)
  *     strictly increase along the leaves; an inner slot's key is exactly
  *     its child's smallest key, and its maxlast exactly the largest `last`
