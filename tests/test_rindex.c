@@ -196,13 +196,15 @@ static void test_buckets(void **state)
 
 	(void)state;
 	assert_int_equal(rindex_init(&idx), 0);
-	v[nv++] = (struct item){ B, B + M - 1, 0 };	   /* small: M - 1 */
-	v[nv++] = (struct item){ B, B + M, 0 };		   /* big: M */
-	v[nv++] = (struct item){ TOP - 1, TOP - 1, 0 };	   /* small */
-	v[nv++] = (struct item){ TOP - 1, TOP + 5, 0 };	   /* small */
-	v[nv++] = (struct item){ TOP, TOP, 0 };		   /* big: >= 2^48 */
-	v[nv++] = (struct item){ 2 * B - B / 2, 2 * B + B / 2 - 1, 0 }; /* crosses */
-	v[nv++] = (struct item){ 256 * B - B / 2, 256 * B + B / 2 - 1, 0 }; /* leaf */
+	v[nv++] = (struct item){ B, B + M - 1, 0 };	/* small: M - 1 */
+	v[nv++] = (struct item){ B, B + M, 0 };		/* big: M */
+	v[nv++] = (struct item){ TOP - 1, TOP - 1, 0 }; /* small */
+	v[nv++] = (struct item){ TOP - 1, TOP + 5, 0 }; /* small */
+	v[nv++] = (struct item){ TOP, TOP, 0 };		/* big: >= 2^48 */
+	v[nv++] = (struct item){ 2 * B - B / 2, 2 * B + B / 2 - 1,
+				 0 }; /* crosses */
+	v[nv++] = (struct item){ 256 * B - B / 2, 256 * B + B / 2 - 1,
+				 0 };				    /* leaf */
 	v[nv++] = (struct item){ 300 * B - 1, 300 * B + M - 2, 0 }; /* reach */
 	for (i = 0; i < nv; i++)
 		assert_int_equal(ins(&idx, &v[i]), 0);
@@ -295,8 +297,12 @@ static void gen(struct item *it, enum shape sh, uint64_t *seed)
 		/* Near one of a few bucket boundaries, some at a radix leaf
 		 * boundary (256 buckets) and at the top of the radix. */
 		static const uint64_t bnd[] = {
-			0, 1ULL << 16, 3ULL << 16, 256ULL << 16,
-			(1ULL << 48) - (1ULL << 16), 1ULL << 48,
+			0,
+			1ULL << 16,
+			3ULL << 16,
+			256ULL << 16,
+			(1ULL << 48) - (1ULL << 16),
+			1ULL << 48,
 			(1ULL << 48) + (1ULL << 16),
 		};
 		a = bnd[rng_next(seed) % 7] + rng_next(seed) % 9 - 4;
@@ -336,7 +342,8 @@ static void gen_query(enum shape sh, uint64_t *seed, uint64_t *qs, uint64_t *ql)
 		q.last = q.start;
 	/* Wide queries: many buckets and radix leaves, gaps skipped. */
 	if (sh == SH_WIDE && rng_next(seed) % 4 == 0)
-		q.last = q.start + (rng_next(seed) >> (16 + rng_next(seed) % 48));
+		q.last = q.start +
+			 (rng_next(seed) >> (16 + rng_next(seed) % 48));
 	if (q.last < q.start)
 		q.last = UINT64_MAX;
 	*qs = q.start;
@@ -450,10 +457,10 @@ static void test_mix_small(void **state)
 
 	(void)state;
 	for (seed = 10; seed < 20; seed++)
-		run_mix(seed % 4 == 0	? SH_CLUSTERED :
-			seed % 4 == 1	? SH_DUPS :
-			seed % 4 == 2	? SH_EDGE :
-					  SH_PAGES,
+		run_mix(seed % 4 == 0 ? SH_CLUSTERED :
+			seed % 4 == 1 ? SH_DUPS :
+			seed % 4 == 2 ? SH_EDGE :
+					SH_PAGES,
 			seed, 40, 5000);
 }
 
@@ -571,8 +578,8 @@ static void test_reserve_garbage(void **state)
 		for (i = 0; i < n; i++) {
 			/* k = 0: pages, 5 per bucket; k = 1: 1 MiB each. */
 			items[i].start = k ? (i << 21) : 12288 * i;
-			items[i].last = items[i].start +
-					(k ? (1u << 20) : 4096) - 1;
+			items[i].last =
+				items[i].start + (k ? (1u << 20) : 4096) - 1;
 			assert_int_equal(ins(&idx, &items[i]), 0);
 		}
 		tree = rindex_tree_bytes(&idx);
@@ -717,8 +724,8 @@ static void test_threads(void **state)
 		/* Interleaved pages (shared buckets and radix leaves across
 		 * threads), every 50th one 1 MiB long (B+-tree). */
 		m.items[i].start = 0x7f0000000000ULL + 4096 * i;
-		m.items[i].last = m.items[i].start +
-				  (i % 50 ? 4095 : (1u << 20) - 1);
+		m.items[i].last =
+			m.items[i].start + (i % 50 ? 4095 : (1u << 20) - 1);
 	}
 	/* Reserve here, insert and release on another thread. */
 	assert_int_equal(rindex_reserve(&m.handed, &m.idx), 0);

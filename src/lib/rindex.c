@@ -200,16 +200,17 @@ enum {
 };
 _Static_assert(K_N == RINDEX_NKINDS, "kinds");
 
-#define BUCKET_BYTES(cap) \
-	(sizeof(struct rindex_bucket) + (2 * sizeof(boff_t) + 8) * (size_t)(cap))
-#define BCAP(kind) (4u << ((kind) - K_B0))
+#define BUCKET_BYTES(cap)               \
+	(sizeof(struct rindex_bucket) + \
+	 (2 * sizeof(boff_t) + 8) * (size_t)(cap))
+#define BCAP(kind) (4u << ((kind)-K_B0))
 #define BCAP_MAX BCAP(K_B4)
 
 static const size_t kind_bytes[K_N] = {
-	sizeof(struct rroot),  sizeof(struct rinner), sizeof(struct rleaf),
-	sizeof(struct rmini),  BUCKET_BYTES(4),
-	BUCKET_BYTES(8),       BUCKET_BYTES(16),     BUCKET_BYTES(32),
-	BUCKET_BYTES(64),      LEAF_BYTES,	     INNER_BYTES,
+	sizeof(struct rroot), sizeof(struct rinner), sizeof(struct rleaf),
+	sizeof(struct rmini), BUCKET_BYTES(4),	     BUCKET_BYTES(8),
+	BUCKET_BYTES(16),     BUCKET_BYTES(32),	     BUCKET_BYTES(64),
+	LEAF_BYTES,	      INNER_BYTES,
 };
 
 /*
@@ -635,7 +636,6 @@ static inline uint32_t node_mask(const struct rindex_node *nd, uint64_t qs,
 	return m & ((UINT32_C(1) << nd->n) - 1);
 }
 
-
 /* ------------------------------------------------------------------ */
 /* B+-tree: insert, remove, lookup                                    */
 /* ------------------------------------------------------------------ */
@@ -650,8 +650,8 @@ static struct rindex_node *take_node(struct rindex *idx,
 }
 
 /* Is (start, owner) in the B+-tree? */
-__attribute__((noinline)) static bool bt_contains(const struct rindex_bt *t, uint64_t start,
-			const void *owner)
+__attribute__((noinline)) static bool
+bt_contains(const struct rindex_bt *t, uint64_t start, const void *owner)
 {
 	const struct rindex_node *nd = t->root;
 	unsigned lv, p;
@@ -671,8 +671,10 @@ __attribute__((noinline)) static bool bt_contains(const struct rindex_bt *t, uin
 	return false;
 }
 
-__attribute__((noinline)) static int bt_insert(struct rindex *idx, struct rindex_reserve *r,
-		     uint64_t start, uint64_t last, void *owner)
+__attribute__((noinline)) static int bt_insert(struct rindex *idx,
+					       struct rindex_reserve *r,
+					       uint64_t start, uint64_t last,
+					       void *owner)
 {
 	struct rindex_bt *t = &idx->big;
 	struct rindex_node *path[RINDEX_MAX_HEIGHT], *nd, *nn, *root;
@@ -756,8 +758,8 @@ __attribute__((noinline)) static int bt_insert(struct rindex *idx, struct rindex
 	}
 }
 
-__attribute__((noinline)) static int bt_remove(struct rindex *idx, uint64_t start, uint64_t last,
-		     void *owner)
+__attribute__((noinline)) static int
+bt_remove(struct rindex *idx, uint64_t start, uint64_t last, void *owner)
 {
 	struct rindex_bt *t = &idx->big;
 	struct rindex_node *path[RINDEX_MAX_HEIGHT], *nd, *root;
@@ -816,7 +818,6 @@ static void bt_free(struct rindex_node *nd, unsigned levels)
 			bt_free(nd->ptr[i], levels - 1);
 	free(nd);
 }
-
 
 /* ------------------------------------------------------------------ */
 /* radix front                                                        */
@@ -966,8 +967,8 @@ static inline unsigned bucket_pos(const struct rindex_bucket *b, boff_t off,
 }
 
 /* Open entry @p of a bucket with room and fill it. */
-static inline void bucket_put(struct rindex_bucket *b, unsigned p,
-			      boff_t off, boff_t len, void *o)
+static inline void bucket_put(struct rindex_bucket *b, unsigned p, boff_t off,
+			      boff_t len, void *o)
 {
 	unsigned cap = BCAP(b->kind), i;
 	boff_t *offs = b_off(b), *lens = b_len(b, cap);
@@ -1272,8 +1273,8 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 	/* Read-only checks first: an -EEXIST must leave nothing changed.
 	 * The key (start, owner) may sit in the bucket of start whatever
 	 * the interval's length. */
-	if (likely(start < RLIMIT) && (sl = radix_slot(idx, start >> BB, &n2)) &&
-	    sl->w) {
+	if (likely(start < RLIMIT) &&
+	    (sl = radix_slot(idx, start >> BB, &n2)) && sl->w) {
 		uint32_t off = (uint32_t)(start & (BSIZE - 1));
 
 		if (sl->w & W_INL) {
@@ -1407,15 +1408,16 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 				lf = lp;
 				for (; bc <= stop; bc++) {
 					w = lf->s[bc & (LFAN - 1)].w;
-					if (w && (bc << BB) + W_MAX(w) >= it->qs) {
+					if (w &&
+					    (bc << BB) + W_MAX(w) >= it->qs) {
 						sl = &lf->s[bc & (LFAN - 1)];
 						break;
 					}
 				}
 			} else {
 				m = as_mini(lp);
-				for (j = 0; j < m->n &&
-					    m->idx[j] < (bc & (LFAN - 1));
+				for (j = 0;
+				     j < m->n && m->idx[j] < (bc & (LFAN - 1));
 				     j++)
 					;
 				for (; j < m->n; j++) {
@@ -1434,7 +1436,8 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 				bc = stop + 1;
 				it->bcur = bc;
 				if (!(bc & (LFAN - 1)))
-					it->rleaf = NULL; /* on to the next leaf */
+					it->rleaf =
+						NULL; /* on to the next leaf */
 				continue;
 			}
 			it->bcur = bc + 1;
@@ -1489,8 +1492,8 @@ void *rindex_iter_next(struct rindex_iter *it)
 		return small_next(it, &s);
 	/* Both streams are in (start, owner) order: merge them. */
 	if (it->sm_owner &&
-	    (!it->bg_owner || key_less(it->sm_start, it->sm_owner,
-				       it->bg_start, it->bg_owner))) {
+	    (!it->bg_owner || key_less(it->sm_start, it->sm_owner, it->bg_start,
+				       it->bg_owner))) {
 		o = it->sm_owner;
 		it->sm_owner = small_next(it, &it->sm_start);
 	} else if ((o = it->bg_owner)) {
@@ -1766,8 +1769,9 @@ static int check_radix(const struct rindex *idx)
 					if (!m->n || m->n > MINI)
 						return -1;
 					for (s = 0; s < m->n; s++) {
-						if ((s && m->idx[s] <=
-								  m->idx[s - 1]) ||
+						if ((s &&
+						     m->idx[s] <=
+							     m->idx[s - 1]) ||
 						    !m->s[s].w)
 							return -1;
 						nx += w_cross(m->s[s].w);
@@ -1775,8 +1779,9 @@ static int check_radix(const struct rindex *idx)
 						     ((uint64_t)j << SH1) |
 						     ((uint64_t)k << SH2) |
 						     m->idx[s];
-						if (check_slot(&m->s[s], bk << BB,
-							       nb, &ne))
+						if (check_slot(&m->s[s],
+							       bk << BB, nb,
+							       &ne))
 							return -1;
 					}
 					if (nx != n2->x[k])

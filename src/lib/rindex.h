@@ -191,8 +191,8 @@ struct rindex_bt {
 };
 
 struct rindex {
-	void *radix;	/* radix root (private type); NULL when no bucket */
-	uint64_t count; /* intervals */
+	void *radix;	 /* radix root (private type); NULL when no bucket */
+	uint64_t count;	 /* intervals */
 	uint64_t nsmall; /* intervals in buckets */
 	struct rindex_bt big;
 	uint64_t nblk[RINDEX_NKINDS]; /* blocks in the structure, per kind */
