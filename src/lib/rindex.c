@@ -93,23 +93,31 @@ struct rinner {
 };
 
 /*
- * One bucket's slot in a radix leaf. A bucket of one interval holds it
- * inline (no further memory, no further cache miss); of two or more, a
- * pointer to a bucket block. w's low 32 bits are always the bucket's
- * largest last, as an offset from the bucket base (< BSIZE + SMAX), so a
- * query can skip a slot without looking further.
- *   empty:  p NULL, w 0
- *   inline: p owner, w = W_INL | start offset << 32 | last offset
- *   block:  p bucket, w = W_EXT | largest last offset
+ * One bucket's slot in a radix leaf (32 B). A bucket of one or two
+ * intervals holds them inline (no further memory, no further cache miss);
+ * of three or more, a pointer to a bucket block. max is always the
+ * bucket's largest last, as an offset from the bucket base (< BSIZE +
+ * SMAX), so a query can skip a slot without looking further.
+ *   n 0:        empty, all zero;
+ *   n 1 or 2:   p[i] owner, e[i] = start offset << 16 | length, in key
+ *               order;
+ *   n SL_BLOCK: p[0] the bucket block (3 or more entries).
  */
 struct rslot {
-	void *p;
-	uint64_t w;
+	void *p[2];
+	uint32_t e[2];
+	uint32_t max;
+	uint32_t n;
 };
-#define W_INL (UINT64_C(1) << 62)
-#define W_EXT (UINT64_C(1) << 63)
-#define W_OFF(w) ((uint32_t)((w) >> 32) & 0x3fffffffu)
-#define W_MAX(w) ((uint32_t)(w))
+_Static_assert(sizeof(struct rslot) == 32, "two slots per cache line");
+#define SL_BLOCK 3u
+#define E_OFF(e) ((e) >> 16)
+#define E_LEN(e) ((e)&0xffffu)
+
+static inline uint32_t e_make(uint32_t off, uint32_t len)
+{
+	return off << 16 | len;
+}
 
 struct rleaf {
 	struct rslot s[LFAN];
@@ -882,9 +890,10 @@ static inline bool radix_cross(const struct rindex *idx, uint64_t lo,
 	}
 }
 
-static inline bool w_cross(uint64_t w)
+/* Does the slot hold an interval reaching past its bucket? */
+static inline bool slot_cross(const struct rslot *sl)
 {
-	return W_MAX(w) >= BSIZE;
+	return sl->max >= BSIZE;
 }
 
 /* The slot of @bk, creating the missing radix nodes from garbage/@r;
@@ -931,8 +940,7 @@ static struct rslot *radix_make_slot(struct rindex *idx,
 		memmove(&m->idx[j + 1], &m->idx[j], m->n - j);
 		memmove(&m->s[j + 1], &m->s[j], (m->n - j) * sizeof(m->s[0]));
 		m->idx[j] = (uint8_t)i;
-		m->s[j].p = NULL;
-		m->s[j].w = 0;
+		memset(&m->s[j], 0, sizeof(m->s[j]));
 		m->n++;
 		return &m->s[j];
 	}
@@ -1014,11 +1022,6 @@ static uint32_t bucket_maxoff(const struct rindex_bucket *b)
 	return m;
 }
 
-static inline uint64_t w_inline(uint32_t off, uint32_t maxoff)
-{
-	return W_INL | (uint64_t)off << 32 | maxoff;
-}
-
 static bool inner_empty(void *const *c, unsigned fan)
 {
 	unsigned i;
@@ -1034,7 +1037,7 @@ static bool leaf_empty(const struct rleaf *lf)
 	unsigned i;
 
 	for (i = 0; i < LFAN; i++)
-		if (lf->s[i].w)
+		if (lf->s[i].n)
 			return false;
 	return true;
 }
@@ -1047,51 +1050,66 @@ static void small_insert(struct rindex *idx, struct rindex_reserve *r,
 {
 	uint64_t base = start & ~(BSIZE - 1);
 	uint32_t off = (uint32_t)(start - base), ml = (uint32_t)(last - base);
+	uint32_t e = e_make(off, ml - off);
 	unsigned i2 = (unsigned)(start >> (BB + SH2)) & (IFAN - 1);
 	struct rindex_bucket *b, *nb;
-	uint32_t o0, m0;
-	void *own0;
 
 	if (!sl)
 		sl = radix_make_slot(idx, r, start >> BB, &n2);
 	idx->nsmall++;
-	/* The slot starts reaching past its bucket (its largest last only
-	 * grows here). */
-	if (ml >= BSIZE && !w_cross(sl->w))
+	/* The slot starts reaching past its bucket (max only grows here). */
+	if (ml >= BSIZE && !slot_cross(sl))
 		n2->x[i2]++;
-	if (likely(!sl->w)) {
-		sl->p = owner;
-		sl->w = w_inline(off, ml);
+	if (sl->max < ml)
+		sl->max = ml;
+	switch (sl->n) {
+	case 0:
+		sl->p[0] = owner;
+		sl->e[0] = e;
+		sl->n = 1;
 		return;
-	}
-	if (sl->w & W_INL) {
-		/* Second interval: both move to a block of the smallest
+	case 1:
+		if (key_less(off, owner, E_OFF(sl->e[0]), sl->p[0])) {
+			sl->p[1] = sl->p[0];
+			sl->e[1] = sl->e[0];
+			sl->p[0] = owner;
+			sl->e[0] = e;
+		} else {
+			sl->p[1] = owner;
+			sl->e[1] = e;
+		}
+		sl->n = 2;
+		return;
+	case 2:
+		/* Third interval: all three move to a block of the smallest
 		 * class, in key order. */
-		own0 = sl->p;
-		o0 = W_OFF(sl->w);
-		m0 = W_MAX(sl->w);
 		b = take_blk(idx, r, K_B0);
 		b->kind = K_B0;
 		b->n = 0;
-		bucket_put(b, 0, (boff_t)o0, (boff_t)(m0 - o0), own0);
-		p = key_less(off, owner, o0, own0) ? 0 : 1;
+		bucket_put(b, 0, (boff_t)E_OFF(sl->e[0]),
+			   (boff_t)E_LEN(sl->e[0]), sl->p[0]);
+		bucket_put(b, 1, (boff_t)E_OFF(sl->e[1]),
+			   (boff_t)E_LEN(sl->e[1]), sl->p[1]);
+		p = key_less(off, owner, E_OFF(sl->e[0]), sl->p[0]) ? 0 :
+		    key_less(off, owner, E_OFF(sl->e[1]), sl->p[1]) ? 1 :
+								      2;
 		bucket_put(b, p, (boff_t)off, (boff_t)(ml - off), owner);
-		sl->p = b;
-		sl->w = W_EXT | (ml > m0 ? ml : m0);
+		sl->p[0] = b;
+		sl->p[1] = NULL;
+		sl->e[0] = sl->e[1] = 0;
+		sl->n = SL_BLOCK;
 		return;
 	}
-	b = sl->p;
+	b = sl->p[0];
 	if (b->n == BCAP(b->kind)) {
 		rindex_assert(b->kind < K_B4);
 		nb = take_blk(idx, r, b->kind + 1u);
 		nb->kind = (uint16_t)(b->kind + 1u);
 		bucket_copy(nb, b);
 		put_garbage(idx, b->kind, b);
-		sl->p = b = nb;
+		sl->p[0] = b = nb;
 	}
 	bucket_put(b, p, (boff_t)off, (boff_t)(ml - off), owner);
-	if (ml > W_MAX(sl->w))
-		sl->w = W_EXT | ml;
 }
 
 /* Remove (start, last, owner) from its bucket: 0, -ENOENT, or 1 when the
@@ -1101,6 +1119,7 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 {
 	uint64_t bk = start >> BB, base = start & ~(BSIZE - 1);
 	uint32_t off = (uint32_t)(start - base), ml = (uint32_t)(last - base);
+	unsigned i2 = (unsigned)(bk >> SH2) & (IFAN - 1);
 	struct rroot *n0 = idx->radix;
 	struct rinner *n1, *n2;
 	struct rslot *sl;
@@ -1112,26 +1131,38 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 	bool found, was;
 
 	if (!n0 || !(n1 = n0->c[bk >> SH0]) ||
-	    !(n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) ||
-	    !(lp = n2->c[(bk >> SH2) & (IFAN - 1)]) ||
-	    !(sl = leaf_slot(lp, bk & (LFAN - 1))) || !sl->w)
+	    !(n2 = n1->c[(bk >> SH1) & (IFAN - 1)]) || !(lp = n2->c[i2]) ||
+	    !(sl = leaf_slot(lp, bk & (LFAN - 1))) || !sl->n)
 		return 1;
-	was = w_cross(sl->w);
-	if (sl->w & W_INL) {
-		if (sl->p != owner || W_OFF(sl->w) != off)
+	was = slot_cross(sl);
+	if (sl->n <= 2) {
+		for (j = 0; j < sl->n; j++)
+			if (sl->p[j] == owner && E_OFF(sl->e[j]) == off)
+				break;
+		if (j == sl->n)
 			return 1;
 		/* The key is here and nowhere else: a wrong last is a
 		 * miss. */
-		if (W_MAX(sl->w) != ml)
+		if (E_OFF(sl->e[j]) + E_LEN(sl->e[j]) != ml)
 			return -ENOENT;
 		idx->nsmall--;
-		sl->p = NULL;
-		sl->w = 0;
+		if (sl->n == 2) {
+			sl->p[0] = sl->p[1 - j];
+			sl->e[0] = sl->e[1 - j];
+			sl->p[1] = NULL;
+			sl->e[1] = 0;
+			sl->n = 1;
+			sl->max = E_OFF(sl->e[0]) + E_LEN(sl->e[0]);
+			if (was && !slot_cross(sl))
+				n2->x[i2]--;
+			return 0;
+		}
+		memset(sl, 0, sizeof(*sl));
 		if (was)
-			n2->x[(bk >> SH2) & (IFAN - 1)]--;
+			n2->x[i2]--;
 		goto prune;
 	}
-	b = sl->p;
+	b = sl->p[0];
 	p = bucket_pos(b, (boff_t)off, owner, &found);
 	if (!found)
 		return 1;
@@ -1149,18 +1180,22 @@ static int small_remove(struct rindex *idx, uint64_t start, uint64_t last,
 		own[p] = own[p + 1];
 	}
 	b->n--;
-	if (b->n >= 2) {
-		if (ml == W_MAX(sl->w))
-			sl->w = W_EXT | bucket_maxoff(b);
+	if (b->n >= 3) {
+		if (ml == sl->max)
+			sl->max = bucket_maxoff(b);
 	} else {
-		/* One left: back inline; the block becomes garbage (not
+		/* Two left: back inline; the block becomes garbage (not
 		 * freed: we may be under the caller's lock). */
-		sl->p = own[0];
-		sl->w = w_inline(offs[0], (uint32_t)offs[0] + lens[0]);
+		sl->p[0] = own[0];
+		sl->p[1] = own[1];
+		sl->e[0] = e_make(offs[0], lens[0]);
+		sl->e[1] = e_make(offs[1], lens[1]);
+		sl->n = 2;
+		sl->max = bucket_maxoff(b);
 		put_garbage(idx, b->kind, b);
 	}
-	if (was && !w_cross(sl->w))
-		n2->x[(bk >> SH2) & (IFAN - 1)]--;
+	if (was && !slot_cross(sl))
+		n2->x[i2]--;
 	return 0;
 prune:
 	/* The slot is empty: a sparse leaf drops it. Every radix node left
@@ -1173,12 +1208,12 @@ prune:
 			(mi->n - j - 1u) * sizeof(mi->s[0]));
 		if (--mi->n)
 			return 0;
-		n2->c[(bk >> SH2) & (IFAN - 1)] = NULL;
+		n2->c[i2] = NULL;
 		put_garbage(idx, K_RMINI, mi);
 	} else {
 		if (!leaf_empty(lp))
 			return 0;
-		n2->c[(bk >> SH2) & (IFAN - 1)] = NULL;
+		n2->c[i2] = NULL;
 		put_garbage(idx, K_RLEAF, lp);
 	}
 	if (!inner_empty(n2->c, IFAN))
@@ -1221,14 +1256,14 @@ static void radix_free(struct rroot *n0)
 					continue;
 				if (is_mini(lp)) {
 					for (s = 0; s < m->n; s++)
-						if (m->s[s].w & W_EXT)
-							free(m->s[s].p);
+						if (m->s[s].n == SL_BLOCK)
+							free(m->s[s].p[0]);
 					free(m);
 					continue;
 				}
 				for (s = 0; s < LFAN; s++)
-					if (lf->s[s].w & W_EXT)
-						free(lf->s[s].p);
+					if (lf->s[s].n == SL_BLOCK)
+						free(lf->s[s].p[0]);
 				free(lf);
 			}
 			free(n2);
@@ -1274,14 +1309,15 @@ int rindex_insert(struct rindex *idx, struct rindex_reserve *r, uint64_t start,
 	 * The key (start, owner) may sit in the bucket of start whatever
 	 * the interval's length. */
 	if (likely(start < RLIMIT) &&
-	    (sl = radix_slot(idx, start >> BB, &n2)) && sl->w) {
+	    (sl = radix_slot(idx, start >> BB, &n2)) && sl->n) {
 		uint32_t off = (uint32_t)(start & (BSIZE - 1));
 
-		if (sl->w & W_INL) {
-			if (sl->p == owner && W_OFF(sl->w) == off)
+		if (sl->n <= 2) {
+			if ((sl->p[0] == owner && E_OFF(sl->e[0]) == off) ||
+			    (sl->p[1] == owner && E_OFF(sl->e[1]) == off))
 				return -EEXIST;
 		} else {
-			b = sl->p;
+			b = sl->p[0];
 			p = bucket_pos(b, (boff_t)off, owner, &found);
 			if (found)
 				return -EEXIST;
@@ -1363,10 +1399,25 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 	const struct rmini *m;
 	const struct rslot *sl;
 	const void *lp;
-	uint64_t bc, w = 0, base;
+	uint64_t bc, base;
 	unsigned j;
 
 	for (;;) {
+		if ((sl = it->isl)) {
+			/* The two inline intervals of a slot. */
+			for (j = it->bi; j < sl->n; j++) {
+				uint64_t s = it->bbase + E_OFF(sl->e[j]);
+
+				if (s > it->ql)
+					break;
+				if (s + E_LEN(sl->e[j]) >= it->qs) {
+					it->bi = j + 1;
+					*sp = s;
+					return sl->p[j];
+				}
+			}
+			it->isl = NULL;
+		}
 		if ((b = it->bk)) {
 			unsigned cap = BCAP(b->kind), i, n = b->n;
 			const boff_t *off = b_off(b), *len = b_len(b, cap);
@@ -1407,10 +1458,12 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 			if (likely(!is_mini(lp))) {
 				lf = lp;
 				for (; bc <= stop; bc++) {
-					w = lf->s[bc & (LFAN - 1)].w;
-					if (w &&
-					    (bc << BB) + W_MAX(w) >= it->qs) {
-						sl = &lf->s[bc & (LFAN - 1)];
+					const struct rslot *c =
+						&lf->s[bc & (LFAN - 1)];
+
+					if (c->n &&
+					    (bc << BB) + c->max >= it->qs) {
+						sl = c;
 						break;
 					}
 				}
@@ -1425,8 +1478,8 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 					     m->idx[j];
 					if (bc > stop)
 						break;
-					w = m->s[j].w;
-					if ((bc << BB) + W_MAX(w) >= it->qs) {
+					if ((bc << BB) + m->s[j].max >=
+					    it->qs) {
 						sl = &m->s[j];
 						break;
 					}
@@ -1444,13 +1497,17 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 			if (!((bc + 1) & (LFAN - 1)))
 				it->rleaf = NULL;
 			base = bc << BB;
-			if (w & W_INL) {
-				if (base + W_OFF(w) > it->ql)
+			if (sl->n == 1) {
+				/* The common case, without iterator state. */
+				if (base + E_OFF(sl->e[0]) > it->ql)
 					continue;
-				*sp = base + W_OFF(w);
-				return sl->p;
+				*sp = base + E_OFF(sl->e[0]);
+				return sl->p[0];
 			}
-			it->bk = sl->p;
+			if (sl->n == SL_BLOCK)
+				it->bk = sl->p[0];
+			else
+				it->isl = sl;
 			it->bi = 0;
 			it->bbase = base;
 			break;
@@ -1512,6 +1569,7 @@ void *rindex_iter_first(const struct rindex *idx, uint64_t qs, uint64_t ql,
 	it->root = idx->radix;
 	it->rleaf = NULL;
 	it->bk = NULL;
+	it->isl = NULL;
 	it->merge = 0;
 	it->top = -1;
 	it->bcur = 1;
@@ -1605,11 +1663,12 @@ static bool in_bucket(const struct rindex *idx, uint64_t start,
 	struct rinner *n2;
 
 	if (start >= RLIMIT || !(sl = radix_slot(idx, start >> BB, &n2)) ||
-	    !sl->w)
+	    !sl->n)
 		return false;
-	if (sl->w & W_INL)
-		return sl->p == owner && W_OFF(sl->w) == off;
-	bucket_pos(sl->p, (boff_t)off, owner, &found);
+	if (sl->n <= 2)
+		return (sl->p[0] == owner && E_OFF(sl->e[0]) == off) ||
+		       (sl->p[1] == owner && E_OFF(sl->e[1]) == off);
+	bucket_pos(sl->p[0], (boff_t)off, owner, &found);
 	return found;
 }
 
@@ -1691,28 +1750,42 @@ static int check_bt(const struct rindex *idx)
 static int check_slot(const struct rslot *sl, uint64_t base, uint64_t *nb,
 		      uint64_t *ne)
 {
-	const struct rindex_bucket *b = sl->p;
+	const struct rindex_bucket *b = sl->p[0];
 	unsigned cap, i;
 	const boff_t *offs, *lens;
 	void *const *own;
+	uint32_t m = 0, o;
 
-	if (!sl->w)
-		return sl->p ? -1 : 0;
-	if (sl->w & W_INL) {
-		if ((sl->w & W_EXT) || !sl->p || W_OFF(sl->w) >= BSIZE ||
-		    W_MAX(sl->w) < W_OFF(sl->w) ||
-		    W_MAX(sl->w) - W_OFF(sl->w) >= SMAX)
+	if (!sl->n)
+		return sl->p[0] || sl->p[1] || sl->e[0] || sl->e[1] || sl->max ?
+			       -1 :
+			       0;
+	if (sl->n <= 2) {
+		if (sl->n == 1 && (sl->p[1] || sl->e[1]))
 			return -1;
-		++*ne;
+		for (i = 0; i < sl->n; i++) {
+			o = E_OFF(sl->e[i]);
+			if (!sl->p[i] || o >= BSIZE)
+				return -1;
+			if (i &&
+			    !key_less(E_OFF(sl->e[0]), sl->p[0], o, sl->p[1]))
+				return -1;
+			if (o + E_LEN(sl->e[i]) > m)
+				m = o + E_LEN(sl->e[i]);
+		}
+		if (m != sl->max)
+			return -1;
+		*ne += sl->n;
 		return 0;
 	}
-	if (!(sl->w & W_EXT) || !b || b->kind < K_B0 || b->kind > K_B4)
+	if (sl->n != SL_BLOCK || sl->p[1] || sl->e[0] || sl->e[1] || !b ||
+	    b->kind < K_B0 || b->kind > K_B4)
 		return -1;
 	cap = BCAP(b->kind);
 	offs = b_off(b);
 	lens = b_len(b, cap);
 	own = b_own(b, cap);
-	if (b->n < 2 || b->n > cap)
+	if (b->n < 3 || b->n > cap)
 		return -1;
 	for (i = 0; i < b->n; i++) {
 		if (!own[i] || (uint64_t)offs[i] + 1 > BSIZE ||
@@ -1722,7 +1795,7 @@ static int check_slot(const struct rslot *sl, uint64_t base, uint64_t *nb,
 				   base + offs[i], own[i]))
 			return -1;
 	}
-	if (W_MAX(sl->w) != bucket_maxoff(b) || (sl->w >> 32) != W_EXT >> 32)
+	if (sl->max != bucket_maxoff(b))
 		return -1;
 	nb[b->kind]++;
 	*ne += b->n;
@@ -1772,9 +1845,9 @@ static int check_radix(const struct rindex *idx)
 						if ((s &&
 						     m->idx[s] <=
 							     m->idx[s - 1]) ||
-						    !m->s[s].w)
+						    !m->s[s].n)
 							return -1;
-						nx += w_cross(m->s[s].w);
+						nx += slot_cross(&m->s[s]);
 						bk = ((uint64_t)i << SH0) |
 						     ((uint64_t)j << SH1) |
 						     ((uint64_t)k << SH2) |
@@ -1792,7 +1865,7 @@ static int check_radix(const struct rindex *idx)
 				if (leaf_empty(lf))
 					return -1;
 				for (s = 0; s < LFAN; s++)
-					nx += w_cross(lf->s[s].w);
+					nx += slot_cross(&lf->s[s]);
 				if (nx != n2->x[k])
 					return -1;
 				for (s = 0; s < LFAN; s++) {

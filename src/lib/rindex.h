@@ -219,6 +219,7 @@ struct rindex_iter {
 	 * covering bcur (NULL: look it up), the bucket being scanned. */
 	const void *root, *rleaf;
 	const struct rindex_bucket *bk;
+	const void *isl; /* slot whose two inline intervals are scanned */
 	uint64_t bcur, bend, bbase;
 	unsigned bi;
 	/* Merge of the two streams (only when the B+-tree is not empty):
