@@ -7,7 +7,7 @@
  * Owns its blocks only; owners are opaque. Invariants (checked by
  * rindex_check, asserted on the way with -DUODP_DEBUG):
  *   radix: every radix node present has at least one child (a sparse leaf
- *     1..MINI non-empty slots by increasing index); a slot is empty,
+ *     1..cap non-empty slots by increasing index); a slot is empty,
  *     inline (one interval) or a block of 2..cap entries sorted by
  *     strictly increasing (start, owner), each starting inside the bucket
  *     and shorter than SMAX; the slot's largest-last offset is exact; the
@@ -124,19 +124,23 @@ struct rleaf {
 };
 
 /*
- * A sparse leaf: up to MINI of a leaf's LFAN slots, all non-empty, by
- * increasing slot index. A leaf starts sparse (a region alone in its
- * 2 MiB then costs 256 B, not 4 KiB) and is made dense when it needs one
- * slot more; never back (remove does not allocate). Bit 0 of the pointer
- * to a leaf tells them apart (blocks are 64-byte aligned).
+ * A sparse leaf: up to cap of a leaf's LFAN slots, all non-empty, listed
+ * by increasing slot index: idx[cap] (padded to 8 bytes), then the slots.
+ * Size classes of 3, 7 and 15 slots, grown by copy; a leaf starts
+ * sparse (a region alone in its 2 MiB costs a 112-byte leaf, not 8 KiB)
+ * and is made dense when it needs a 16th slot; never back (remove does
+ * not allocate). Bit 0 of the pointer to a leaf tells them apart.
  */
-#define MINI 15
 struct rmini {
 	uint8_t n;
-	uint8_t idx[MINI];
-	struct rslot s[MINI];
+	uint8_t kind;
+	uint8_t pad[6];
 };
 #define LEAF_MINI ((uintptr_t)1)
+#define MCAP(kind) ((4u << ((kind)-K_M0)) - 1u)
+#define MIDXB(cap) (((cap) + 8u) & ~7u)
+#define MINI_BYTES(cap) \
+	(sizeof(struct rmini) + MIDXB(cap) + (cap) * sizeof(struct rslot))
 
 static inline bool is_mini(const void *lp)
 {
@@ -146,6 +150,11 @@ static inline bool is_mini(const void *lp)
 static inline struct rmini *as_mini(const void *lp)
 {
 	return (struct rmini *)((uintptr_t)lp & ~LEAF_MINI);
+}
+
+static inline uint8_t *m_idx(const struct rmini *m)
+{
+	return (uint8_t *)(m + 1);
 }
 
 /*
@@ -196,7 +205,9 @@ enum {
 	K_RROOT,
 	K_RINNER,
 	K_RLEAF,
-	K_RMINI,
+	K_M0, /* sparse leaf of 3 slots */
+	K_M1,
+	K_M2, /* sparse leaf of 15 slots: the largest */
 	K_B0, /* bucket of 4 entries */
 	K_B1,
 	K_B2,
@@ -214,29 +225,34 @@ _Static_assert(K_N == RINDEX_NKINDS, "kinds");
 #define BCAP(kind) (4u << ((kind)-K_B0))
 #define BCAP_MAX BCAP(K_B4)
 
+static inline struct rslot *m_s(const struct rmini *m)
+{
+	return (struct rslot *)((uint8_t *)(m + 1) + MIDXB(MCAP(m->kind)));
+}
+
 static const size_t kind_bytes[K_N] = {
 	sizeof(struct rroot), sizeof(struct rinner), sizeof(struct rleaf),
-	sizeof(struct rmini), BUCKET_BYTES(4),	     BUCKET_BYTES(8),
-	BUCKET_BYTES(16),     BUCKET_BYTES(32),	     BUCKET_BYTES(64),
-	LEAF_BYTES,	      INNER_BYTES,
+	MINI_BYTES(3),	      MINI_BYTES(7),	     MINI_BYTES(15),
+	BUCKET_BYTES(4),      BUCKET_BYTES(8),	     BUCKET_BYTES(16),
+	BUCKET_BYTES(32),     BUCKET_BYTES(64),	     LEAF_BYTES,
+	INNER_BYTES,
 };
 
 /*
  * Worst case of one insert, per kind: a radix path (root, two inner
- * nodes, a sparse leaf or the dense leaf replacing a full one), one bucket
- * block (new or grown, of any class), and the B+-tree's (one leaf, a split
- * at every level plus a new root).
+ * nodes, a sparse leaf new or grown, or the dense leaf replacing a full
+ * one), one bucket block (new or grown, of any class), and the B+-tree's
+ * (one leaf, a split at every level plus a new root).
  */
 static const uint32_t kind_need[K_N] = {
-	1, 2, 1, 1, 1, 1, 1, 1, 1, 1, RINDEX_MAX_HEIGHT,
+	1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, RINDEX_MAX_HEIGHT,
 };
 
 /* What a thread's pool keeps when freed garbage refills it: one insert's
  * worth, plus a few sparse leaves, bucket blocks and B+-tree leaves (the
  * kinds that churn as buckets and leaves fill and empty); the rest is
  * freed. */
-#define POOL_CAP(k) \
-	(kind_need[k] + ((k) >= K_RMINI && (k) <= K_BTLEAF ? 4u : 0u))
+#define POOL_CAP(k) (kind_need[k] + ((k) >= K_M0 && (k) <= K_BTLEAF ? 4u : 0u))
 
 /* cap is a multiple of 4: owner[] stays 8-aligned. */
 static inline boff_t *b_off(const struct rindex_bucket *b)
@@ -261,7 +277,7 @@ static void *blk_alloc(unsigned k)
 	size_t sz = kind_bytes[k];
 	void *p;
 
-	if (k >= K_B0 && k <= K_B4)
+	if (k >= K_M0 && k <= K_B4)
 		p = malloc(sz); /* 16-aligned is enough; saves memalign slack */
 	else
 		p = aligned_alloc(64, (sz + 63) & ~(size_t)63);
@@ -847,8 +863,8 @@ static inline struct rslot *leaf_slot(void *lp, unsigned i)
 		return &((struct rleaf *)lp)->s[i];
 	m = as_mini(lp);
 	for (j = 0; j < m->n; j++)
-		if (m->idx[j] == i)
-			return &m->s[j];
+		if (m_idx(m)[j] == i)
+			return &m_s(m)[j];
 	return NULL;
 }
 
@@ -905,8 +921,10 @@ static struct rslot *radix_make_slot(struct rindex *idx,
 	struct rroot *n0;
 	struct rinner *n1, *n2;
 	struct rleaf *lf;
-	struct rmini *m;
+	struct rmini *m, *nm;
+	struct rslot *ms;
 	unsigned i, j;
+	uint8_t *mi;
 	void **pp;
 
 	if (!idx->radix)
@@ -924,32 +942,47 @@ static struct rslot *radix_make_slot(struct rindex *idx,
 	pp = &n2->c[(bk >> SH2) & (IFAN - 1)];
 	i = bk & (LFAN - 1);
 	if (!*pp) {
-		m = take_blk(idx, r, K_RMINI);
+		m = take_blk(idx, r, K_M0);
 		m->n = 0;
+		m->kind = K_M0;
 		*pp = (void *)((uintptr_t)m | LEAF_MINI);
 	}
 	if (!is_mini(*pp))
 		return &((struct rleaf *)*pp)->s[i];
 	/* Sparse leaf: the slot is known to be missing (else the caller
-	 * would have found it). Open it in order, or go dense. */
+	 * would have found it). Open it in order, growing the leaf into
+	 * the next class, or making it dense, when full. */
 	m = as_mini(*pp);
-	for (j = 0; j < m->n && m->idx[j] < i; j++)
-		;
-	rindex_assert(j == m->n || m->idx[j] != i);
-	if (m->n < MINI) {
-		memmove(&m->idx[j + 1], &m->idx[j], m->n - j);
-		memmove(&m->s[j + 1], &m->s[j], (m->n - j) * sizeof(m->s[0]));
-		m->idx[j] = (uint8_t)i;
-		memset(&m->s[j], 0, sizeof(m->s[j]));
-		m->n++;
-		return &m->s[j];
+	if (m->n == MCAP(m->kind)) {
+		if (m->kind == K_M2) {
+			/* all-empty: fresh or garbage */
+			lf = take_blk(idx, r, K_RLEAF);
+			for (j = 0; j < m->n; j++)
+				lf->s[m_idx(m)[j]] = m_s(m)[j];
+			put_garbage(idx, m->kind, m);
+			*pp = lf;
+			return &lf->s[i];
+		}
+		nm = take_blk(idx, r, m->kind + 1u);
+		nm->n = m->n;
+		nm->kind = (uint8_t)(m->kind + 1u);
+		memcpy(m_idx(nm), m_idx(m), m->n);
+		memcpy(m_s(nm), m_s(m), m->n * sizeof(struct rslot));
+		put_garbage(idx, m->kind, m);
+		m = nm;
+		*pp = (void *)((uintptr_t)m | LEAF_MINI);
 	}
-	lf = take_blk(idx, r, K_RLEAF); /* all-empty: fresh or garbage */
-	for (j = 0; j < m->n; j++)
-		lf->s[m->idx[j]] = m->s[j];
-	put_garbage(idx, K_RMINI, m);
-	*pp = lf;
-	return &lf->s[i];
+	mi = m_idx(m);
+	ms = m_s(m);
+	for (j = 0; j < m->n && mi[j] < i; j++)
+		;
+	rindex_assert(j == m->n || mi[j] != i);
+	memmove(&mi[j + 1], &mi[j], m->n - j);
+	memmove(&ms[j + 1], &ms[j], (m->n - j) * sizeof(ms[0]));
+	mi[j] = (uint8_t)i;
+	memset(&ms[j], 0, sizeof(ms[j]));
+	m->n++;
+	return &ms[j];
 }
 
 /*
@@ -1202,14 +1235,14 @@ prune:
 	 * empty becomes garbage. */
 	if (is_mini(lp)) {
 		mi = as_mini(lp);
-		j = (unsigned)(sl - mi->s);
-		memmove(&mi->idx[j], &mi->idx[j + 1], mi->n - j - 1u);
-		memmove(&mi->s[j], &mi->s[j + 1],
-			(mi->n - j - 1u) * sizeof(mi->s[0]));
+		j = (unsigned)(sl - m_s(mi));
+		memmove(&m_idx(mi)[j], &m_idx(mi)[j + 1], mi->n - j - 1u);
+		memmove(&m_s(mi)[j], &m_s(mi)[j + 1],
+			(mi->n - j - 1u) * sizeof(struct rslot));
 		if (--mi->n)
 			return 0;
 		n2->c[i2] = NULL;
-		put_garbage(idx, K_RMINI, mi);
+		put_garbage(idx, mi->kind, mi);
 	} else {
 		if (!leaf_empty(lp))
 			return 0;
@@ -1256,8 +1289,8 @@ static void radix_free(struct rroot *n0)
 					continue;
 				if (is_mini(lp)) {
 					for (s = 0; s < m->n; s++)
-						if (m->s[s].n == SL_BLOCK)
-							free(m->s[s].p[0]);
+						if (m_s(m)[s].n == SL_BLOCK)
+							free(m_s(m)[s].p[0]);
 					free(m);
 					continue;
 				}
@@ -1468,19 +1501,22 @@ static inline void *small_next(struct rindex_iter *it, uint64_t *sp)
 					}
 				}
 			} else {
+				const uint8_t *mi;
+				const struct rslot *ms;
+
 				m = as_mini(lp);
+				mi = m_idx(m);
+				ms = m_s(m);
 				for (j = 0;
-				     j < m->n && m->idx[j] < (bc & (LFAN - 1));
-				     j++)
+				     j < m->n && mi[j] < (bc & (LFAN - 1)); j++)
 					;
 				for (; j < m->n; j++) {
 					bc = (bc & ~(uint64_t)(LFAN - 1)) |
-					     m->idx[j];
+					     mi[j];
 					if (bc > stop)
 						break;
-					if ((bc << BB) + m->s[j].max >=
-					    it->qs) {
-						sl = &m->s[j];
+					if ((bc << BB) + ms[j].max >= it->qs) {
+						sl = &ms[j];
 						break;
 					}
 				}
@@ -1837,24 +1873,27 @@ static int check_radix(const struct rindex *idx)
 					continue;
 				}
 				if (is_mini(lf)) {
+					const uint8_t *mi;
+					const struct rslot *ms;
+
 					m = as_mini(lf);
-					nb[K_RMINI]++;
-					if (!m->n || m->n > MINI)
+					if (m->kind < K_M0 || m->kind > K_M2 ||
+					    !m->n || m->n > MCAP(m->kind))
 						return -1;
+					nb[m->kind]++;
+					mi = m_idx(m);
+					ms = m_s(m);
 					for (s = 0; s < m->n; s++) {
-						if ((s &&
-						     m->idx[s] <=
-							     m->idx[s - 1]) ||
-						    !m->s[s].n)
+						if ((s && mi[s] <= mi[s - 1]) ||
+						    !ms[s].n)
 							return -1;
-						nx += slot_cross(&m->s[s]);
+						nx += slot_cross(&ms[s]);
 						bk = ((uint64_t)i << SH0) |
 						     ((uint64_t)j << SH1) |
 						     ((uint64_t)k << SH2) |
-						     m->idx[s];
-						if (check_slot(&m->s[s],
-							       bk << BB, nb,
-							       &ne))
+						     mi[s];
+						if (check_slot(&ms[s], bk << BB,
+							       nb, &ne))
 							return -1;
 					}
 					if (nx != n2->x[k])

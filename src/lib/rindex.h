@@ -169,7 +169,7 @@
 
 /* Kinds of blocks an index allocates (radix nodes, bucket size classes,
  * B+-tree nodes); private to rindex.c, sized here for the structs. */
-#define RINDEX_NKINDS 11
+#define RINDEX_NKINDS 13
 
 struct rindex_node;   /* private to rindex.c: B+-tree node */
 struct rindex_bucket; /* private to rindex.c: radix bucket */
