@@ -23,16 +23,18 @@
  * (RINDEX_BUCKET_SHIFT); a small interval lives in the bucket of its
  * start. Bucket numbers (35 bits) index a fixed 4-level radix tree, like a
  * page table, allocated lazily: a root of 512 pointers, two inner levels
- * of 512, and leaves of 256 16-byte slots (4 KiB, covering 2 MiB). A leaf
- * starts SPARSE (up to 15 non-empty slots by slot index, 256 B: a small
- * region alone in its 2 MiB costs ~270 B, not 4 KiB) and becomes dense
- * when it needs a 16th slot. A slot holds its bucket:
+ * of 512, and leaves of 256 32-byte slots (8 KiB, covering 2 MiB). A leaf
+ * starts SPARSE (its non-empty slots listed by slot index, in classes of
+ * 3, 7 and 15 slots: a small region alone in its 2 MiB costs ~120 B, not
+ * 8 KiB) and becomes dense when it needs a 16th slot. A slot holds its
+ * bucket:
  *
  *   - empty;
- *   - one interval INLINE: owner pointer + start/last offsets, so a
- *     one-page region costs one 16-byte slot and a lookup or insert ends
- *     at the leaf (no further pointer, no further cache miss);
- *   - two or more: a pointer to a bucket block, a small array sorted by
+ *   - one or two intervals INLINE: owner pointers + start offsets and
+ *     lengths, so one-page regions (8 KiB apart or contiguous) cost one
+ *     slot and a lookup or insert ends at the leaf (no further pointer, no
+ *     further cache miss);
+ *   - three or more: a pointer to a bucket block, a small array sorted by
  *     (start, owner) (offsets and lengths as u16, owners; 12 B per entry;
  *     size classes of 4 .. 64 entries, grown by copy).
  *
@@ -74,10 +76,10 @@
  * intervals are near: O(1), about one cache miss per cold query; a query
  * spanning many buckets walks them in order, skipping missing subtrees.
  * Insert/remove of a small interval: O(bucket size); of a big one:
- * O(FANOUT log n). Memory (docs/INDEX-NOTES.md): 16 B per region for
- * one-page regions 8 KiB apart, 36 B when contiguous, ~270 B for a small
- * region alone in its 2 MiB, at most 256 B for a dense leaf's share;
- * B+-tree ~41 B per big interval.
+ * O(FANOUT log n). Memory (docs/INDEX-NOTES.md): 32 B per region for
+ * one-page regions 8 KiB apart, 16 B when contiguous, ~120 B for a small
+ * region alone in its 2 MiB, at most 512 B (a dense leaf holding 16
+ * regions); B+-tree ~41 B per big interval.
  *
  * ALLOCATION RULE
  *
@@ -89,8 +91,8 @@
  *   - queries never allocate (the iterator lives on the caller's stack);
  *   - rindex_reserve(), called BEFORE the write lock, sets aside the worst
  *     case an insert can need, per block kind: a radix path (root, two
- *     inner nodes, a sparse leaf or the dense leaf replacing a full one),
- *     one bucket block of each size class, and the
+ *     inner nodes, a sparse leaf of each class, a dense leaf), one bucket
+ *     block of each size class, and the
  *     B+-tree's (one leaf, RINDEX_MAX_HEIGHT inner nodes: a split at every
  *     level plus a new root). Each thread keeps one spare POOL of blocks
  *     (thread-local, so no lock and no atomic): the reserve takes the
@@ -113,11 +115,11 @@
  *     another thread than the one that took it; its pool then stays
  *     there. A thread's pool is freed when the thread exits.
  *
- * Spare memory: at most one pool per thread that writes, ~28 KiB (a 4-KiB
- * root, two 5-KiB inner nodes, a dense and a sparse leaf, 8.5 KiB of
- * B+-tree nodes, one bucket block per class), up to ~37 KiB with the few
- * recycled blocks it may keep, plus the garbage the caller has not
- * collected.
+ * Spare memory: at most one pool per thread that writes, ~33 KiB (a 4-KiB
+ * root, two 5-KiB inner nodes, an 8-KiB dense leaf, one sparse leaf and
+ * one bucket block per class, 8.5 KiB of B+-tree nodes), up to ~44 KiB
+ * with the few recycled blocks it may keep, plus the garbage the caller
+ * has not collected.
  *
  * A typical writer:
  *
@@ -160,8 +162,8 @@
  * into buckets of 2^RINDEX_BUCKET_SHIFT bytes; an interval starting there
  * and shorter than 2^RINDEX_SMALL_SHIFT bytes lives in the bucket of its
  * start. Everything else lives in the B+-tree. 8-KiB buckets were chosen
- * by measurement (docs/INDEX-NOTES.md): one-page regions then mostly sit
- * alone in their bucket, inline.
+ * by measurement (docs/INDEX-NOTES.md): one-page regions then sit one or
+ * two to a bucket, inline.
  */
 #define RINDEX_BUCKET_SHIFT 13
 #define RINDEX_SMALL_SHIFT 16
