@@ -126,11 +126,12 @@ struct bench_suite {
 };
 
 /* Suites of suite_engine.c, suite_notify.c, suite_device.c and
- * suite_devkeys.c (NULL-terminated by name). */
+ * suite_devkeys.c and suite_index.c (NULL-terminated by name). */
 extern const struct bench_suite bench_engine_suites[];
 extern const struct bench_suite bench_notify_suites[];
 extern const struct bench_suite bench_device_suites[];
 extern const struct bench_suite bench_devkeys_suites[]; /* suite_devkeys.c */
+extern const struct bench_suite bench_index_suites[];   /* suite_index.c */
 
 /* Parse argv (after the subcommand name: argv[0] is the command name), run
  * the selected suites, print the table, write CSVs. Returns an exit code:

@@ -434,6 +434,7 @@ static const struct bench_suite *const suite_lists[] = {
 	bench_notify_suites,
 	bench_device_suites,
 	bench_devkeys_suites,
+	bench_index_suites,
 };
 
 static void usage(FILE *f, const char *cmd)

@@ -1,0 +1,618 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * suite_index.c - the region index suite (issue 11): rindex
+ * (src/lib/rindex.c: a radix front of 8-KiB buckets for short intervals, a
+ * B+-tree for the rest) against the red-black itree it is meant to replace
+ * and against UCX's structure, at 10^3 .. 10^6 one-page regions inserted
+ * in random order.
+ *
+ * Regions are one page each at BASE + 2 * i pages (the page after each is
+ * a gap, so no-hit queries exist). Rows, per region count n:
+ *   no-hit lookup    overlap query of a gap page (nothing found)
+ *   one-hit lookup   overlap query of a region's page (one owner found)
+ *   insert, remove   one region into / out of an index of ~n regions:
+ *                    a random batch is removed, then inserted again
+ *   bytes/region     index memory per region
+ * each against the itree and against UCX.
+ *
+ * The UCX baseline. ucs_rcache keeps its regions in a ucs_pgtable (a
+ * 16-way radix tree over the address) and answers an invalidation with
+ * ucs_pgtable_search_range() over the unmapped range: that call is the
+ * overlap query, so the lookup rows time it on a pgtable of our own holding
+ * the same regions (the rcache's own pgtable is not reachable through the
+ * public API, and ucs_rcache_get on a hit adds a lock and a refcount, not a
+ * search). Insert and remove are held against ucs_pgtable_insert/remove
+ * (the structure alone; its directories come from a free list here, as
+ * from the rcache's memory pool, which favours UCX), and shown against
+ * the whole ucs_rcache_get / ucs_rcache_region_invalidate path with a
+ * mem_reg that does nothing. rindex rows include everything the allocation
+ * rule makes a writer do: reserve + insert + release, and remove + take +
+ * free garbage.
+ *
+ * Variants are interleaved: each round measures every variant once, in a
+ * rotating order, so drift hits all alike. Owns only its measurements.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "lib/itree.h"
+#include "lib/rindex.h"
+
+#ifdef UODP_HAVE_UCX
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#include <ucs/datastruct/pgtable.h>
+#include <ucs/memory/rcache.h>
+#pragma GCC diagnostic pop
+#endif
+
+#define IX_BASE UINT64_C(0x200000000000)
+/* Queries per lookup sample: 4096 random targets cycle through the tree,
+ * so a sample is not one warm path repeated. */
+#define IX_NQ 4096
+/* Regions removed and re-inserted per insert/remove sample: enough to
+ * average out one split or merge (~1 in 8 ops), few enough that the tree
+ * stays at ~n. */
+#define IX_BATCH 1024
+
+static volatile uint64_t ix_sink;
+
+static uint64_t ix_state = 0x9e3779b97f4a7c15ull;
+static uint64_t ix_rnd(void)
+{
+	ix_state ^= ix_state << 13;
+	ix_state ^= ix_state >> 7;
+	ix_state ^= ix_state << 17;
+	return ix_state;
+}
+
+enum ix_var {
+	IV_RINDEX,
+	IV_ITREE,
+	IV_PGT,	   /* ucs_pgtable */
+	IV_RCACHE, /* ucs_rcache (insert/remove only) */
+	IV_N
+};
+
+#ifdef UODP_HAVE_UCX
+/* pgtable directories: a free list in front of aligned_alloc, as the
+ * rcache's memory pool would give them. */
+struct ix_dir {
+	struct ix_dir *next;
+};
+static struct ix_dir *ix_dirs;
+static uint64_t ix_ndirs; /* directories in use */
+#define IX_DIR_BYTES ((sizeof(ucs_pgt_dir_t) + 63) & ~(size_t)63)
+
+static ucs_pgt_dir_t *ix_dir_alloc(const ucs_pgtable_t *pgt)
+{
+	struct ix_dir *d = ix_dirs;
+
+	(void)pgt;
+	ix_ndirs++;
+	if (d) {
+		ix_dirs = d->next;
+		return (ucs_pgt_dir_t *)d;
+	}
+	return aligned_alloc(64, IX_DIR_BYTES);
+}
+
+static void ix_dir_release(const ucs_pgtable_t *pgt, ucs_pgt_dir_t *dir)
+{
+	struct ix_dir *d = (struct ix_dir *)dir;
+
+	(void)pgt;
+	ix_ndirs--;
+	d->next = ix_dirs;
+	ix_dirs = d;
+}
+
+static void ix_dirs_free(void)
+{
+	struct ix_dir *d;
+
+	while ((d = ix_dirs)) {
+		ix_dirs = d->next;
+		free(d);
+	}
+}
+
+static void ix_count_cb(const ucs_pgtable_t *pgt, ucs_pgt_region_t *r,
+			void *arg)
+{
+	(void)pgt;
+	(void)r;
+	++*(uint64_t *)arg;
+}
+
+static ucs_status_t ix_mem_reg(void *ctx, ucs_rcache_t *rc, void *arg,
+			       ucs_rcache_region_t *r, uint16_t flags)
+{
+	(void)ctx;
+	(void)rc;
+	(void)arg;
+	(void)r;
+	(void)flags;
+	return UCS_OK;
+}
+
+static void ix_mem_dereg(void *ctx, ucs_rcache_t *rc, ucs_rcache_region_t *r)
+{
+	(void)ctx;
+	(void)rc;
+	(void)r;
+}
+
+static void ix_dump(void *ctx, ucs_rcache_t *rc, ucs_rcache_region_t *r,
+		    char *buf, size_t max)
+{
+	(void)ctx;
+	(void)rc;
+	(void)r;
+	if (max)
+		buf[0] = 0;
+}
+
+/* Invalidation completion: the rcache calls it when the region goes. */
+static void ix_inval_done(void *arg)
+{
+	(void)arg;
+}
+
+static const ucs_rcache_ops_t ix_rc_ops = { ix_mem_reg, ix_mem_dereg, ix_dump };
+
+static ucs_rcache_t *ix_rcache(void)
+{
+	ucs_rcache_params_t p;
+	ucs_rcache_t *rc;
+
+	memset(&p, 0, sizeof(p));
+	p.region_struct_size = sizeof(ucs_rcache_region_t);
+	p.alignment = UCS_RCACHE_MIN_ALIGNMENT;
+	p.max_alignment = (size_t)sysconf(_SC_PAGESIZE);
+	p.ucm_events = 0; /* no memory hooks: only the cache is timed */
+	p.ops = &ix_rc_ops;
+	p.flags = UCS_RCACHE_FLAG_NO_PFN_CHECK;
+	p.max_regions = (unsigned long)-1;
+	p.max_size = (size_t)-1;
+	p.max_unreleased = (size_t)-1;
+	if (ucs_rcache_create(&p, "uodp-bench", NULL, &rc) != UCS_OK)
+		return NULL;
+	return rc;
+}
+#endif
+
+/* Everything one region count needs. */
+struct ix {
+	uint64_t n, pg;
+	uint64_t *perm;		  /* random insertion order */
+	struct itree_node *nodes; /* itree nodes, one per region */
+	struct itree tree;
+	struct rindex ridx;
+	char *owners; /* rindex owners: one byte per region */
+	bool have_ucx;
+#ifdef UODP_HAVE_UCX
+	ucs_pgt_region_t *pregs;
+	ucs_pgtable_t pgt;
+	bool pgt_init;
+	ucs_rcache_t *rc;
+	ucs_rcache_region_t **rregs;
+#endif
+};
+
+static uint64_t ix_addr(const struct ix *x, uint64_t i)
+{
+	return IX_BASE + 2 * i * x->pg;
+}
+
+static int ix_insert(struct ix *x, enum ix_var v, uint64_t i)
+{
+	uint64_t a = ix_addr(x, i);
+
+	switch (v) {
+	case IV_RINDEX: {
+		struct rindex_reserve r;
+		int err = rindex_reserve(&r, &x->ridx);
+
+		if (!err)
+			err = rindex_insert(&x->ridx, &r, a, a + x->pg - 1,
+					    &x->owners[i]);
+		rindex_reserve_release(&r);
+		return err;
+	}
+	case IV_ITREE:
+		itree_insert(&x->tree, &x->nodes[i]);
+		return 0;
+#ifdef UODP_HAVE_UCX
+	case IV_PGT:
+		return ucs_pgtable_insert(&x->pgt, &x->pregs[i]) == UCS_OK ?
+			       0 :
+			       -EIO;
+	case IV_RCACHE:
+		return ucs_rcache_get(x->rc, (void *)a, x->pg,
+				      PROT_READ | PROT_WRITE, NULL,
+				      &x->rregs[i]) == UCS_OK ?
+			       0 :
+			       -EIO;
+#endif
+	default:
+		return -ENOSYS;
+	}
+}
+
+static int ix_remove(struct ix *x, enum ix_var v, uint64_t i)
+{
+	uint64_t a = ix_addr(x, i);
+
+	switch (v) {
+	case IV_RINDEX: {
+		struct rindex_garbage g;
+		int err = rindex_remove(&x->ridx, a, a + x->pg - 1,
+					&x->owners[i]);
+
+		rindex_take_garbage(&x->ridx, &g);
+		rindex_free_garbage(&x->ridx, &g);
+		return err;
+	}
+	case IV_ITREE:
+		itree_remove(&x->tree, &x->nodes[i]);
+		return 0;
+#ifdef UODP_HAVE_UCX
+	case IV_PGT:
+		return ucs_pgtable_remove(&x->pgt, &x->pregs[i]) == UCS_OK ?
+			       0 :
+			       -EIO;
+	case IV_RCACHE:
+		/* Out of the page table, then drop our reference: the
+		 * region is destroyed (mem_dereg) on the put. */
+		ucs_rcache_region_invalidate(x->rc, x->rregs[i], ix_inval_done,
+					     NULL);
+		ucs_rcache_region_put(x->rc, x->rregs[i]);
+		return 0;
+#endif
+	default:
+		return -ENOSYS;
+	}
+}
+
+/* Overlaps of [a, a + pg - 1] counted into the sink. */
+static uint64_t ix_query(struct ix *x, enum ix_var v, uint64_t a)
+{
+	uint64_t last = a + x->pg - 1, k = 0;
+
+	switch (v) {
+	case IV_RINDEX: {
+		struct rindex_iter it;
+		void *o;
+
+		for (o = rindex_iter_first(&x->ridx, a, last, &it); o;
+		     o = rindex_iter_next(&it))
+			k++;
+		break;
+	}
+	case IV_ITREE: {
+		struct itree_node *nd;
+
+		for (nd = itree_iter_first(&x->tree, a, last); nd;
+		     nd = itree_iter_next(nd, a, last))
+			k++;
+		break;
+	}
+#ifdef UODP_HAVE_UCX
+	case IV_PGT:
+		ucs_pgtable_search_range(&x->pgt, a, last, ix_count_cb, &k);
+		break;
+#endif
+	default:
+		break;
+	}
+	return k;
+}
+
+static bool ix_has(const struct ix *x, enum ix_var v)
+{
+	if (v == IV_PGT)
+		return x->have_ucx;
+	if (v == IV_RCACHE)
+		return x->have_ucx && x->n <= 1000000;
+	return true;
+}
+
+/* Build all variants with the same random order. Returns 0 or -1. */
+static int ix_build(struct ix *x)
+{
+	uint64_t i, j, t;
+	enum ix_var v;
+
+	for (i = 0; i < x->n; i++)
+		x->perm[i] = i;
+	for (i = x->n; i > 1; i--) {
+		j = ix_rnd() % i;
+		t = x->perm[i - 1];
+		x->perm[i - 1] = x->perm[j];
+		x->perm[j] = t;
+	}
+	for (i = 0; i < x->n; i++) {
+		uint64_t a = ix_addr(x, i);
+
+		x->nodes[i].start = a;
+		x->nodes[i].last = a + x->pg - 1;
+#ifdef UODP_HAVE_UCX
+		x->pregs[i].start = a;
+		x->pregs[i].end = a + x->pg;
+#endif
+	}
+	for (v = 0; v < IV_N; v++) {
+		if (!ix_has(x, v))
+			continue;
+		for (i = 0; i < x->n; i++)
+			if (ix_insert(x, v, x->perm[i])) {
+				bench_note("index: insert failed (variant %d, "
+					   "region %llu)",
+					   (int)v, (unsigned long long)i);
+				return -1;
+			}
+	}
+	return 0;
+}
+
+enum ix_op {
+	IO_MISS,
+	IO_HIT,
+	IO_INSERT,
+	IO_REMOVE,
+};
+
+/*
+ * One sample of @op on variant @v: mean ns per operation. Insert and
+ * remove samples come in pairs: a remove sample takes a batch out, the
+ * following insert sample puts the same batch back.
+ */
+static double ix_sample(struct ix *x, enum ix_var v, enum ix_op op,
+			const uint64_t *q, unsigned nq, const uint64_t *batch,
+			unsigned nb)
+{
+	uint64_t t0, acc = 0;
+	unsigned j;
+
+	t0 = bench_now_ns();
+	switch (op) {
+	case IO_MISS:
+	case IO_HIT:
+		for (j = 0; j < nq; j++)
+			acc += ix_query(x, v, q[j]);
+		break;
+	case IO_INSERT:
+		for (j = 0; j < nb; j++)
+			acc += (uint64_t)ix_insert(x, v, batch[j]);
+		break;
+	case IO_REMOVE:
+		for (j = 0; j < nb; j++)
+			acc += (uint64_t)ix_remove(x, v, batch[j]);
+		break;
+	}
+	t0 = bench_now_ns() - t0;
+	ix_sink += acc;
+	return (double)t0 / (op <= IO_HIT ? nq : nb);
+}
+
+static const char *const ix_var_name[IV_N] = {
+	"rindex",
+	"itree (red-black)",
+	"ucs_pgtable (UCX)",
+	"ucs_rcache (UCX)",
+};
+
+/* Emit the rows of one operation: rindex against each baseline. */
+static void ix_emit(const struct ix *x, const char *name, double *s[IV_N],
+		    unsigned ns, bool held, const char *note)
+{
+	struct bench_stats st[IV_N];
+	enum ix_var v;
+	bool lookup = strstr(name, "lookup") != NULL;
+
+	for (v = 0; v < IV_N; v++)
+		bench_stats(s[v], ns, &st[v]);
+	for (v = IV_ITREE; v < IV_N; v++) {
+		struct bench_row r =
+			bench_row("index", name, (double)x->n, "ns");
+
+		if (v == IV_RCACHE && lookup)
+			continue;
+		snprintf(r.param, sizeof(r.param), "%llu",
+			 (unsigned long long)x->n);
+		r.v = st[IV_RINDEX];
+		r.base_name = ix_var_name[v];
+		r.rk = BR_TIME;
+		if (v >= IV_PGT && !x->have_ucx) {
+			r.base_na = true;
+			r.base_note = "skipped: built without libucx-dev";
+		} else {
+			r.b = st[v];
+		}
+		/* Issue 11: >= 1.0x UCX's structure at 10^6 regions (insert,
+		 * no-hit, one-hit); no slower than the itree at 10^3. */
+		if ((v == IV_PGT && held && x->n == 1000000 &&
+		     strcmp(name, "remove")) ||
+		    (v == IV_ITREE && x->n == 1000 && lookup)) {
+			r.tk = BT_RATIO_MIN;
+			r.target = 1.0;
+		}
+		r.note = v == IV_ITREE ? note : NULL;
+		bench_emit(&r);
+	}
+}
+
+static void ix_size(uint64_t n, unsigned rounds)
+{
+	struct ix x;
+	uint64_t *qmiss = NULL, *qhit = NULL, *batch = NULL;
+	double *s[4][IV_N];
+	unsigned k, j, vv;
+	enum ix_var v;
+	uint64_t i;
+
+	memset(&x, 0, sizeof(x));
+	memset(s, 0, sizeof(s));
+	x.n = n;
+	x.pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	itree_init(&x.tree);
+	if (rindex_init(&x.ridx))
+		return;
+#ifdef UODP_HAVE_UCX
+	x.have_ucx = true;
+	x.pgt_init = ucs_pgtable_init(&x.pgt, ix_dir_alloc, ix_dir_release) ==
+		     UCS_OK;
+	if (!x.pgt_init)
+		x.have_ucx = false;
+	x.rc = x.have_ucx ? ix_rcache() : NULL;
+	if (!x.rc)
+		x.have_ucx = false;
+	x.pregs = aligned_alloc(64, n * sizeof(*x.pregs));
+	x.rregs = calloc(n, sizeof(*x.rregs));
+	if (!x.pregs || !x.rregs)
+		goto out;
+#endif
+	x.perm = calloc(n, sizeof(*x.perm));
+	x.nodes = calloc(n, sizeof(*x.nodes));
+	x.owners = calloc(n, 1);
+	qmiss = calloc(IX_NQ, sizeof(*qmiss));
+	qhit = calloc(IX_NQ, sizeof(*qhit));
+	batch = calloc(IX_BATCH, sizeof(*batch));
+	for (j = 0; j < 4; j++)
+		for (v = 0; v < IV_N; v++)
+			if (!(s[j][v] = calloc(rounds, sizeof(double))))
+				goto out;
+	if (!x.perm || !x.nodes || !x.owners || !qmiss || !qhit || !batch)
+		goto out;
+	if (ix_build(&x))
+		goto out;
+	for (k = 0; k < IX_NQ; k++) {
+		i = ix_rnd() % n;
+		qhit[k] = ix_addr(&x, i);
+		qmiss[k] = qhit[k] + x.pg;
+	}
+	/* One warm-up round, then @rounds measured ones. */
+	for (k = 0; k <= rounds; k++) {
+		unsigned nb = n < 4 * IX_BATCH ? (unsigned)(n / 4) : IX_BATCH;
+
+		/* A batch of distinct regions: a random window of the
+		 * insertion order (itself random). */
+		i = ix_rnd() % (n - nb + 1);
+		for (j = 0; j < nb; j++)
+			batch[j] = x.perm[i + j];
+		for (vv = 0; vv < IV_N; vv++) {
+			double m, h, rm, in;
+
+			v = (enum ix_var)((vv + k) % IV_N);
+			if (!ix_has(&x, v))
+				continue;
+			m = v == IV_RCACHE ? 0 :
+					     ix_sample(&x, v, IO_MISS, qmiss,
+						       IX_NQ, NULL, 0);
+			h = v == IV_RCACHE ? 0 :
+					     ix_sample(&x, v, IO_HIT, qhit,
+						       IX_NQ, NULL, 0);
+			rm = ix_sample(&x, v, IO_REMOVE, NULL, 0, batch, nb);
+			in = ix_sample(&x, v, IO_INSERT, NULL, 0, batch, nb);
+			if (!k)
+				continue;
+			s[0][v][k - 1] = m;
+			s[1][v][k - 1] = h;
+			s[2][v][k - 1] = in;
+			s[3][v][k - 1] = rm;
+		}
+	}
+	if (ix_sink == UINT64_MAX)
+		bench_note("(sink)");
+	ix_emit(&x, "no-hit lookup", s[0], rounds, true,
+		"overlap query of a gap page");
+	ix_emit(&x, "one-hit lookup", s[1], rounds, true,
+		"overlap query of a region's page");
+	ix_emit(&x, "insert", s[2], rounds, true,
+		"rindex: reserve + insert + release");
+	ix_emit(&x, "remove", s[3], rounds, false,
+		"rindex: remove + take + free garbage");
+	{
+		struct bench_row r =
+			bench_row("index", "bytes/region", (double)n, "B");
+
+		snprintf(r.param, sizeof(r.param), "%llu",
+			 (unsigned long long)n);
+		r.v.n = r.b.n = 1;
+		r.v.min = r.v.median = r.v.p99 = r.v.max =
+			(double)rindex_tree_bytes(&x.ridx) / (double)n;
+		r.b.min = r.b.median = r.b.p99 = r.b.max =
+			(double)sizeof(struct itree_node);
+		r.base_name = "itree node in region";
+		r.rk = BR_SIZE;
+		r.note = "rindex blocks in use / n (spare pools, garbage "
+			 "excluded)";
+		bench_emit(&r);
+#ifdef UODP_HAVE_UCX
+		if (x.have_ucx) {
+			r.b.min = r.b.median = r.b.p99 = r.b.max =
+				(double)(ix_ndirs * IX_DIR_BYTES +
+					 n * sizeof(ucs_pgt_region_t)) /
+				(double)n;
+			r.base_name = "ucs_pgtable dirs+region";
+			r.note = "UCX: pgtable dirs (64-B aligned) + "
+				 "ucs_pgt_region_t";
+			bench_emit(&r);
+		}
+#endif
+	}
+out:
+	rindex_destroy(&x.ridx);
+#ifdef UODP_HAVE_UCX
+	if (x.rc) {
+		for (i = 0; i < n && x.rregs; i++)
+			if (x.rregs[i])
+				ix_remove(&x, IV_RCACHE, i);
+		ucs_rcache_destroy(x.rc);
+	}
+	if (x.pgt_init) {
+		for (i = 0; i < n && x.pregs; i++)
+			ucs_pgtable_remove(&x.pgt, &x.pregs[i]);
+		ucs_pgtable_cleanup(&x.pgt);
+	}
+	ix_dirs_free();
+	free(x.pregs);
+	free(x.rregs);
+#endif
+	free(x.perm);
+	free(x.nodes);
+	free(x.owners);
+	free(qmiss);
+	free(qhit);
+	free(batch);
+	for (j = 0; j < 4; j++)
+		for (v = 0; v < IV_N; v++)
+			free(s[j][v]);
+}
+
+static void suite_index(const struct bench_opts *o)
+{
+	uint64_t n, nmax = o->quick ? 100000 : 1000000;
+
+#ifndef UODP_HAVE_UCX
+	bench_note("UCX baseline skipped: libucx-dev (ucs) not found at "
+		   "build time");
+#endif
+	for (n = 1000; n <= nmax; n *= 10)
+		ix_size(n, o->quick ? 5 : n >= 1000000 ? 15 : 31);
+	bench_note("ratio = baseline ns / rindex ns (> 1: rindex faster). "
+		   "Lookup: %d random queries per sample; insert/remove: "
+		   "batches of <= %d regions",
+		   IX_NQ, IX_BATCH);
+}
+
+const struct bench_suite bench_index_suites[] = {
+	{ "index", "region index: rindex vs itree vs UCX, 10^3 .. 10^6 regions",
+	  suite_index },
+	{ NULL, NULL, NULL },
+};
