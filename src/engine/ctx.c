@@ -192,7 +192,7 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	r = init_locks(ctx);
 	if (r)
 		goto err_free;
-	itree_init(&ctx->tree);
+	rindex_init(&ctx->tree);
 	atomic_init(&ctx->period, 0);
 	atomic_init(&ctx->inflight, 0);
 	atomic_init(&ctx->users, 0);
@@ -221,6 +221,7 @@ static void ctx_free(struct uodp_ctx *ctx)
 		close(ctx->pagemap_fd);
 	pgt_destroy(&ctx->pins);
 	ulock_destroy(&ctx->pin_lock);
+	rindex_destroy(&ctx->tree);
 	pthread_cond_destroy(&ctx->inv_idle);
 	pthread_mutex_destroy(&ctx->inv_lock);
 	pthread_rwlock_destroy(&ctx->tree_lock);
@@ -305,8 +306,9 @@ static const struct unf_ops sink_ops = {
 	.unfence = sink_unfence,
 };
 
-/* Subscription and watches; the first watched region subscribes, the last
- * unwatched one unsubscribes. sub_lock held across: it orders them. */
+/* Subscription and watches: the first watched region subscribes, and the
+ * subscription lasts until uodp_ctx_destroy() (see ctx_unwatch()).
+ * sub_lock held across: it orders them. */
 int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 {
 	unsigned f;
@@ -324,12 +326,8 @@ int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 			goto out;
 	}
 	r = unf_watch(ctx->sub, start, end);
-	if (!r) {
-		ctx->nwatched++;
-	} else if (!ctx->nwatched) {
-		unf_unsubscribe(ctx->sub);
-		ctx->sub = NULL;
-	}
+	if (!r)
+		ctx->nwatched++; /* on error the subscription stays too */
 out:
 	pthread_mutex_unlock(&ctx->sub_lock);
 	return r;
@@ -342,10 +340,11 @@ void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 	pthread_mutex_lock(&ctx->sub_lock);
 	if (ctx->sub) {
 		unf_unwatch(ctx->sub, start, end);
-		if (--ctx->nwatched == 0 && engine_in_callback == CB_NONE) {
-			unf_unsubscribe(ctx->sub);
-			ctx->sub = NULL;
-		}
+		/* The subscription stays until uodp_ctx_destroy(): dropping
+		 * it waits for queued deferred callbacks, and a release is
+		 * often made under a lock those callbacks take (libfabric's
+		 * cache lock around unsubscribe). */
+		ctx->nwatched--;
 	}
 	pthread_mutex_unlock(&ctx->sub_lock);
 }

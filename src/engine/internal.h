@@ -78,7 +78,7 @@
 #include <sys/types.h>
 #include <time.h>
 
-#include "lib/itree.h"
+#include "lib/rindex.h"
 #include "lib/lock.h"
 #include "lib/pgtable.h"
 #include "uodp.h"
@@ -140,7 +140,7 @@ struct uodp_ctx {
 	uint64_t nwatched;	  /* regions watched through it */
 
 	pthread_rwlock_t tree_lock; /* see LOCKS above */
-	struct itree tree;	    /* regions by [start, end - 1] */
+	struct rindex tree;	    /* regions by [start, end - 1] */
 	struct uodp_umem *umems;    /* all regions (for teardown) */
 	uint64_t nregions;
 	bool dying;	/* uodp_ctx_destroy() started: no new regions */
@@ -180,7 +180,6 @@ struct uodp_umem {
 	_Atomic(void *) priv;
 	uint64_t birth; /* ctx->period at registration if odd, else 0 */
 
-	struct itree_node node;	       /* in ctx->tree; under ctx->tree_lock */
 	struct uodp_umem *next, *prev; /* ctx->umems; under tree_lock */
 	bool in_tree;		       /* under tree_lock */
 

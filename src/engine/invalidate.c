@@ -69,15 +69,10 @@ uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 
 void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
 
-#define for_each_overlap(ctx, node, s, e)                             \
-	for (node = itree_iter_first(&(ctx)->tree, (s), (e)-1); node; \
-	     node = itree_iter_next(node, (s), (e)-1))
-
-static inline struct uodp_umem *node_umem(struct itree_node *n)
-{
-	return (struct uodp_umem *)((char *)n -
-				    __builtin_offsetof(struct uodp_umem, node));
-}
+/* Every region overlapping [s, e), tree lock held (read or write). */
+#define for_each_overlap(ctx, it, umem, s, e)                                 \
+	for (umem = rindex_iter_first(&(ctx)->tree, (s), (e)-1, &(it)); umem; \
+	     umem = rindex_iter_next(&(it)))
 
 /* [s, e) clamped to the region. */
 static void clamp(const struct uodp_umem *umem, uint64_t start, uint64_t end,
@@ -99,15 +94,14 @@ static void clamp(const struct uodp_umem *umem, uint64_t start, uint64_t end,
 void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 		    enum uodp_event ev)
 {
-	struct itree_node *n;
+	struct rindex_iter it;
+	struct uodp_umem *umem;
 	uint64_t period = ONE_SHOT, s, e;
 
 	atomic_fetch_add(&ctx->inflight, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end)
+	for_each_overlap(ctx, it, umem, start, end)
 	{
-		struct uodp_umem *umem = node_umem(n);
-
 		clamp(umem, start, end, &s, &e);
 		inval_start(umem, s, e, period);
 		inval_call(umem, s, e, ev, CB_LOCKED);
@@ -148,14 +142,13 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
  * writers never wait. */
 void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 {
-	struct itree_node *n;
+	struct rindex_iter it;
+	struct uodp_umem *umem;
 	uint64_t period = ctx_inval_begin(ctx), s, e;
 
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end)
+	for_each_overlap(ctx, it, umem, start, end)
 	{
-		struct uodp_umem *umem = node_umem(n);
-
 		clamp(umem, start, end, &s, &e);
 		inval_deferred_begin(umem, s, e, period);
 	}
@@ -172,14 +165,13 @@ static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t start,
 			      uint64_t end, uint64_t id,
 			      struct uodp_umem **batch)
 {
-	struct itree_node *n;
+	struct rindex_iter it;
+	struct uodp_umem *umem;
 	unsigned k = 0;
 
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end)
+	for_each_overlap(ctx, it, umem, start, end)
 	{
-		struct uodp_umem *umem = node_umem(n);
-
 		if (umem->relay_done == id)
 			continue;
 		umem->relay_done = id;
@@ -285,7 +277,8 @@ static _Atomic uint64_t *tok_state(struct uodp_range *range)
 UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
 					 struct uodp_range *range)
 {
-	struct itree_node *n;
+	struct rindex_iter it;
+	struct uodp_umem *umem;
 	uint64_t start, end, period, s, e, zero = 0;
 	unsigned i;
 	int r, cs;
@@ -311,10 +304,8 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
 	cs = nocancel_begin();
 	period = ctx_inval_begin(ctx);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end)
+	for_each_overlap(ctx, it, umem, start, end)
 	{
-		struct uodp_umem *umem = node_umem(n);
-
 		clamp(umem, start, end, &s, &e);
 		inval_start(umem, s, e, period);
 		inval_call(umem, s, e, range->event, CB_LOCKED);
@@ -344,7 +335,8 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
 UODP_API int uodp_invalidate_range_end(struct uodp_range *range)
 {
 	uint64_t expect = UODP_RANGE_MAGIC, start, end, period, s, e;
-	struct itree_node *n;
+	struct rindex_iter it;
+	struct uodp_umem *umem;
 	struct uodp_ctx *ctx;
 	int cs;
 
@@ -370,10 +362,8 @@ UODP_API int uodp_invalidate_range_end(struct uodp_range *range)
 
 	cs = nocancel_begin();
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, n, start, end)
+	for_each_overlap(ctx, it, umem, start, end)
 	{
-		struct uodp_umem *umem = node_umem(n);
-
 		clamp(umem, start, end, &s, &e);
 		inval_end(umem, s, e, period);
 	}

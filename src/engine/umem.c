@@ -67,8 +67,6 @@ static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
 	umem->access = access;
 	umem->stripe_shift = shift;
 	umem->nstripes = n;
-	umem->node.start = start;
-	umem->node.last = end - 1;
 	atomic_init(&umem->refs, 1);
 	atomic_init(&umem->priv, NULL);
 	atomic_init(&umem->dying, false);
@@ -111,16 +109,21 @@ void umem_put(struct uodp_umem *umem)
 }
 
 /* Put the region in the index, with its birth period (see internal.h);
- * tree write lock held. */
-static void ctx_add_region(struct uodp_ctx *ctx, struct uodp_umem *umem)
+ * tree write lock held. The index's nodes come from @res, reserved before
+ * the lock was taken (no allocation under it), so this cannot fail. */
+static void ctx_add_region(struct uodp_ctx *ctx, struct uodp_umem *umem,
+			   struct rindex_reserve *res)
 {
 	uint64_t p;
+	int r;
 
 	pthread_mutex_lock(&ctx->inv_lock);
 	p = atomic_load(&ctx->period);
 	pthread_mutex_unlock(&ctx->inv_lock);
 	umem->birth = (p & 1) ? p : 0;
-	itree_insert(&ctx->tree, &umem->node);
+	r = rindex_insert(&ctx->tree, res, umem->start, umem->end - 1, umem);
+	uodp_assert(r == 0); /* a new owner: never -EEXIST */
+	(void)r;
 	umem->next = ctx->umems;
 	if (ctx->umems)
 		ctx->umems->prev = umem;
@@ -129,9 +132,16 @@ static void ctx_add_region(struct uodp_ctx *ctx, struct uodp_umem *umem)
 	ctx->nregions++;
 }
 
-static void ctx_remove_region(struct uodp_ctx *ctx, struct uodp_umem *umem)
+/* Take the region out of the index; tree write lock held. Emptied index
+ * nodes are detached into @g, freed once the lock is dropped. */
+static void ctx_remove_region(struct uodp_ctx *ctx, struct uodp_umem *umem,
+			      struct rindex_garbage *g)
 {
-	itree_remove(&ctx->tree, &umem->node);
+	int r = rindex_remove(&ctx->tree, umem->start, umem->end - 1, umem);
+
+	uodp_assert(r == 0);
+	(void)r;
+	rindex_take_garbage(&ctx->tree, g);
 	if (umem->prev)
 		umem->prev->next = umem->next;
 	else
@@ -161,6 +171,7 @@ UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 		    unsigned access, struct uodp_umem **out)
 {
+	struct rindex_reserve res;
 	struct uodp_umem *umem;
 	uint64_t start, end;
 	int r;
@@ -185,17 +196,26 @@ static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 	r = ctx_watch(ctx, start, end);
 	if (r)
 		goto err_free;
+	/* The index's nodes are allocated now, before the write lock that an
+	 * invalidation (the monitor thread) may wait for. */
+	if (rindex_reserve(&res, &ctx->tree)) {
+		r = -ENOMEM;
+		goto err_unwatch;
+	}
 	pthread_rwlock_wrlock(&ctx->tree_lock);
 	if (ctx->dying) {
 		pthread_rwlock_unlock(&ctx->tree_lock);
 		r = -ENODEV;
-		goto err_unwatch;
+		goto err_reserve;
 	}
-	ctx_add_region(ctx, umem);
+	ctx_add_region(ctx, umem, &res);
 	pthread_rwlock_unlock(&ctx->tree_lock);
+	rindex_reserve_release(&res);
 	*out = umem;
 	return 0;
 
+err_reserve:
+	rindex_reserve_release(&res);
 err_unwatch:
 	ctx_unwatch(ctx, start, end);
 err_free:
@@ -210,6 +230,7 @@ err_free:
 
 UODP_API int uodp_umem_release(struct uodp_umem *umem)
 {
+	struct rindex_garbage garbage;
 	struct uodp_ctx *ctx;
 	bool free_ctx, was;
 	int r;
@@ -233,9 +254,10 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	 * uodp_ctx_destroy() decides it; past this unlock we no longer touch
 	 * the context unless we are the one to free it. */
 	pthread_rwlock_wrlock(&ctx->tree_lock);
-	ctx_remove_region(ctx, umem);
+	ctx_remove_region(ctx, umem, &garbage);
 	free_ctx = ctx->destroyed && ctx->nregions == 0;
 	pthread_rwlock_unlock(&ctx->tree_lock);
+	rindex_free_garbage(NULL, &garbage); /* touches no index */
 	umem_put(umem); /* a relay walk may still hold it */
 	if (free_ctx)
 		ctx_release(ctx);
