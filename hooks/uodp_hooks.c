@@ -140,6 +140,29 @@ static bool span(const void *addr, size_t len, uint64_t *s, uint64_t *e)
 	return true;
 }
 
+/* May [s, e) be watched? The notifier's filter, read without a call or a
+ * lock: a clear bit is "no" (and a stale one costs only the kernel path). */
+static bool maybe(const struct uodp_icpt_ops *o, uint64_t s, uint64_t e)
+{
+	uint64_t g, last;
+
+	if (o->size < sizeof(*o) || !o->filter)
+		return true;
+	g = s >> o->filter_shift;
+	last = (e - 1) >> o->filter_shift;
+	if (last - g >= 64) /* large: let the notifier look */
+		return true;
+	for (; g <= last; g++) {
+		uint64_t b = g % o->filter_bits;
+
+		if (atomic_load_explicit(&o->filter[b / 64],
+					 memory_order_relaxed) &
+		    (1ull << (b % 64)))
+			return true;
+	}
+	return false;
+}
+
 static int call_munmap(void *addr, size_t len)
 {
 	if (real_munmap)
@@ -153,7 +176,8 @@ EXPORT int munmap(void *addr, size_t len)
 	struct uodp_icpt ic;
 	int r, err = errno;
 
-	if (!o || !span(addr, len, &ic.r[0].start, &ic.r[0].end))
+	if (!o || !span(addr, len, &ic.r[0].start, &ic.r[0].end) ||
+	    !maybe(o, ic.r[0].start, ic.r[0].end))
 		return call_munmap(addr, len);
 	busy++;
 	ic.nr = 1;
@@ -194,7 +218,8 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	int r, err = errno;
 
 	if (!o || !discards(advice) ||
-	    !span(addr, len, &ic.r[0].start, &ic.r[0].end))
+	    !span(addr, len, &ic.r[0].start, &ic.r[0].end) ||
+	    !maybe(o, ic.r[0].start, ic.r[0].end))
 		return call_madvise(addr, len, advice);
 	busy++;
 	ic.nr = 1;
@@ -256,6 +281,8 @@ EXPORT void *mremap(void *old, size_t osz, size_t nsz, int flags, ...)
 		ic.r[1].start = ns;
 		ic.r[1].end = ne;
 		ic.r[1].ev = UODP_ICPT_UNMAP;
+		if (!maybe(o, s, e) && !maybe(o, ns, ne))
+			return call_mremap(old, osz, nsz, flags, naddr);
 	} else {
 		uint64_t keep = ((uint64_t)nsz + page - 1) & ~(page - 1);
 
@@ -265,6 +292,8 @@ EXPORT void *mremap(void *old, size_t osz, size_t nsz, int flags, ...)
 		ic.r[0].start = s + keep;
 		ic.r[0].end = e;
 		ic.r[0].ev = UODP_ICPT_UNMAP;
+		if (!maybe(o, ic.r[0].start, ic.r[0].end))
+			return call_mremap(old, osz, nsz, flags, naddr);
 	}
 	busy++;
 	if (o->before(&ic) <= 0) {
@@ -301,7 +330,8 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd,
 	if (!(flags & MAP_FIXED) || (flags & MAP_FIXED_NOREPLACE))
 		return call_mmap(addr, len, prot, flags, fd, off);
 	o = fast();
-	if (!o || !span(addr, len, &ic.r[0].start, &ic.r[0].end))
+	if (!o || !span(addr, len, &ic.r[0].start, &ic.r[0].end) ||
+	    !maybe(o, ic.r[0].start, ic.r[0].end))
 		return call_mmap(addr, len, prot, flags, fd, off);
 	busy++;
 	ic.nr = 1;

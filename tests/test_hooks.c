@@ -641,7 +641,9 @@ static void test_engine(void **st)
 	assert_int_equal(uodp_ctx_create(&ops, 0, &ctx), 0);
 	assert_int_equal(uodp_umem_get(ctx, p, 8 * pg, UODP_ACCESS_ALL, &um),
 			 0);
-	r = uodp_umem_map(um, p, 8 * pg, UODP_ACCESS_READ, 0);
+	r = uodp_umem_read_begin(um);
+	assert_true(r >= 0);
+	r = uodp_umem_map(um, p, 8 * pg, UODP_ACCESS_READ, (uint64_t)r);
 	assert_true(r >= 0);
 	atomic_store(&inv_calls, 0);
 	snap(&a);

@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 
 #include "notifier/intercept.h"
 #include "notifier/nf_icpt.h"
@@ -71,6 +72,32 @@ static bool watch_trylock(void)
 		sched_yield();
 	}
 	return false;
+}
+
+/*
+ * Is nf.uffd still our userfaultfd? The identity check (fstat + fcntl) costs
+ * two system calls, a third of a 4 KiB munmap; it runs at most once per
+ * tick of the coarse clock (4 ms at HZ=250) and the answer is reused
+ * within it. The monitor checks at every read and every idle second; a
+ * descriptor closed and reopened by the application as another
+ * userfaultfd within one tick is the window left. Watch lock held.
+ */
+static _Atomic int64_t fd_checked_tick = -1;
+
+static bool fd_ok(void)
+{
+	struct timespec t;
+	int64_t tick;
+
+	if (clock_gettime(CLOCK_MONOTONIC_COARSE, &t))
+		return nf_uffd_ok();
+	tick = (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+	if (atomic_load(&fd_checked_tick) == tick)
+		return !atomic_load(&nf.broken);
+	if (!nf_uffd_ok())
+		return false;
+	atomic_store(&fd_checked_tick, tick);
+	return true;
 }
 
 /* The calling thread is inside the notifier (an op running on the monitor
@@ -150,7 +177,7 @@ static int icpt_before(struct uodp_icpt *ic)
 		}
 		n += (size_t)k;
 	}
-	if (!n || !nf_uffd_ok()) /* nothing of ours, or not our fd */
+	if (!n || !fd_ok()) /* nothing of ours, or not our fd */
 		goto pass;
 	for (i = 0; i < n; i++) {
 		/* A failure leaves the range registered: its event comes. */
@@ -249,6 +276,9 @@ static const struct uodp_icpt_ops icpt_ops = {
 	.before = icpt_before,
 	.after = icpt_after,
 	.stats = icpt_stats,
+	.filter = nf_filter,
+	.filter_bits = NF_FILTER_BITS,
+	.filter_shift = NF_FILTER_SHIFT,
 };
 
 static pthread_once_t attach_once = PTHREAD_ONCE_INIT;

@@ -31,6 +31,7 @@
 #ifndef UODP_NOTIFIER_INTERCEPT_H
 #define UODP_NOTIFIER_INTERCEPT_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #define UODP_ICPT_ABI 1
@@ -83,6 +84,11 @@ struct uodp_icpt_ops {
 	/* After the real call; @ok: it succeeded. */
 	void (*after)(struct uodp_icpt *ic, int ok);
 	void (*stats)(struct uodp_icpt_stats *out);
+	/* Quick check without a call: bit (addr >> filter_shift) %
+	 * filter_bits of filter[] clear means nothing watched is there (a
+	 * stale clear bit only sends the call the kernel path). */
+	const _Atomic uint64_t *filter;
+	unsigned filter_bits, filter_shift;
 };
 
 /* Exported by libuodp-hooks.so: void uodp_hooks_attach_v1(const struct

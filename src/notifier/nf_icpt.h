@@ -21,6 +21,12 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 /* intercept.c: hand our ops to libuodp-hooks.so if it is loaded (once). */
 void nf_icpt_attach(void) __attribute__((weak));
 
+/* watch.c: the records' filter (see there and intercept.h) */
+#define NF_FILTER_SHIFT 21
+#define NF_FILTER_BITS 4096
+extern _Atomic uint64_t nf_filter[NF_FILTER_BITS / 64];
+void nf_filter_add(uint64_t s, uint64_t e); /* watch_lock held */
+
 /* watch.c (watch_lock held) */
 /* The registered pieces overlapping [s, e), clipped, into @out (at most
  * @max; -1 when there are more, nothing changed then). With @cut they

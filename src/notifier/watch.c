@@ -48,6 +48,56 @@ static _Thread_local bool cut_noalloc;
 /* Pieces may claim registrations the kernel no longer has: see
  * nf_icpt_mark_dirty(). */
 static _Atomic bool pieces_dirty;
+/* Unmapped ranges of intercepted calls not yet cut from the pieces (the
+ * cut may need memory, which that thread must not allocate); applied by
+ * the next sync of a thread that may. Under watch_lock. Why 64: a burst of
+ * unmaps between two faults; beyond it they are cut at once, dropping the
+ * smaller part of a piece that would need a larger array. */
+#define NF_PEND 64
+static struct nf_piece pend[NF_PEND];
+static unsigned npend;
+
+/*
+ * The records' filter, for the hooks' quick check (intercept.h): one bit
+ * per 2 MiB granule of address space, hashed into NF_FILTER_BITS; a set bit
+ * means "a record may be there". Bits are set when a record is made and
+ * rebuilt when one goes, under watch_lock; readers take no lock. A bit
+ * that reads 0 for a record being made or rebuilt only sends that call the
+ * kernel path. Why 2 MiB and 4096 bits: a granule of one page table, and
+ * 512 bytes, so that 8 GiB of scattered watched memory still leaves most
+ * bits clear.
+ */
+_Atomic uint64_t nf_filter[NF_FILTER_BITS / 64];
+
+void nf_filter_add(uint64_t s, uint64_t e)
+{
+	uint64_t g, last = (e - 1) >> NF_FILTER_SHIFT;
+
+	if (last - (s >> NF_FILTER_SHIFT) >= NF_FILTER_BITS) {
+		for (g = 0; g < NF_FILTER_BITS / 64; g++)
+			atomic_store(&nf_filter[g], ~0ull);
+		return;
+	}
+	for (g = s >> NF_FILTER_SHIFT; g <= last; g++) {
+		uint64_t b = g % NF_FILTER_BITS;
+
+		atomic_fetch_or(&nf_filter[b / 64], 1ull << (b % 64));
+	}
+}
+
+/* Clear and set again from the records (one went away). */
+static void filter_rebuild(void)
+{
+	struct itree_node *n;
+	size_t i;
+
+	NF_ASSERT_HELD(&nf.watch_lock);
+	for (i = 0; i < NF_FILTER_BITS / 64; i++)
+		atomic_store(&nf_filter[i], 0);
+	for (n = itree_iter_first(&nf.doms, 0, UINT64_MAX); n;
+	     n = itree_iter_next(n, 0, UINT64_MAX))
+		nf_filter_add(n->start, n->last + 1);
+}
 
 struct nf_pair {
 	struct unf_sub *sub;
@@ -134,6 +184,14 @@ static void pieces_cut(struct nf_dom *d, uint64_t s, uint64_t e)
 						realloc(d->pieces,
 							cap * sizeof(*np));
 
+				if (!np && cut_noalloc) {
+					/* keep the larger side */
+					if (s - p->start >= p->end - e)
+						p->end = s;
+					else
+						p->start = e;
+					return;
+				}
 				if (!np) { /* forget it: re-registered later */
 					memmove(p, p + 1,
 						(d->npieces - i - 1) *
@@ -192,6 +250,11 @@ static uint64_t sync_log(void)
 	/* Odd: a read is in progress (non-blocking, short). */
 	while ((e = atomic_load(&nf.epoch)) & 1)
 		sched_yield();
+	if (!cut_noalloc && npend) {
+		for (i = 0; i < npend; i++)
+			unverify_range(pend[i].start, pend[i].end);
+		npend = 0;
+	}
 	if (atomic_load(&pieces_dirty) && atomic_exchange(&pieces_dirty, false))
 		unverify_all();
 	else if (e == nf.synced_epoch)
@@ -223,7 +286,9 @@ static void update_all_ok(uint64_t e)
 {
 	NF_ASSERT_HELD(&nf.watch_lock);
 	atomic_store(&nf.all_ok,
-		     nf.unverified == 0 && !atomic_load(&nf.broken) ? e : 0);
+		     nf.unverified == 0 && !npend && !atomic_load(&nf.broken) ?
+			     e :
+			     0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -494,6 +559,7 @@ static int settle(uint64_t s, uint64_t e, int refused_err, struct nf_dom **out)
 	nd->npieces = pieces_norm(pc, npc);
 	pc = NULL;
 	itree_insert(&nf.doms, &nd->node);
+	nf_filter_add(lo, hi);
 	nf.ndoms++;
 	nd->whole = false;
 	nf.unverified++;
@@ -528,6 +594,11 @@ static void dom_free(struct nf_dom *d, bool unregister)
 	nf.ndoms--;
 	if (!d->whole)
 		nf.unverified--;
+	/* Why 64: beyond it a rebuild per dropped record would make a storm
+	 * of unwatches quadratic; the bits then stay (a false "may be
+	 * watched" costs a lookup, never an event) until the last goes. */
+	if (nf.ndoms <= 64)
+		filter_rebuild();
 	if (unregister)
 		unreg(dom_start(d), dom_end(d));
 	for (p = d->pairs; p; p = q) {
@@ -707,7 +778,11 @@ int nf_icpt_claim(uint64_t s, uint64_t e, struct nf_piece *out, size_t max,
 			n++;
 		}
 	}
-	if (cut && n) {
+	if (cut && n && npend < NF_PEND) {
+		pend[npend].start = s;
+		pend[npend].end = e;
+		npend++;
+	} else if (cut && n) {
 		for (d = dom_first(s, e); d; d = dom_next(d, s, e)) {
 			pieces_cut(d, s, e);
 			dom_recheck(d);
