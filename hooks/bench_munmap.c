@@ -27,6 +27,10 @@
  * UCM does not see, so both phases share the same baseline).
  *
  * Usage: bench_munmap [samples-4k [samples-2m]]   (default 2000 300)
+ * Environment: UODP_HOOKS_LIB (the library; default: the build's),
+ * BENCH_ROWS (a bit mask of the rows, in the order above), BENCH_WHOLE=1
+ * (every chunk a mapping of its own, so a munmap splits nothing),
+ * BENCH_SETTLE_US (yielding between samples, default 100).
  */
 #include <dirent.h>
 #include <dlfcn.h>
@@ -370,9 +374,12 @@ static void run(const char *mode, size_t chunk, size_t k, size_t n)
 static bool ucm_install(void)
 {
 	typedef ucs_status_t seh_fn(int, int, ucm_event_callback_t, void *);
-	void *h = dlopen("libucm.so.0", RTLD_NOW | RTLD_GLOBAL), *p;
 	seh_fn *seh;
+	void *h, *p;
 
+	/* libucm needs libucs's symbols (it does not link it) */
+	dlopen("libucs.so.0", RTLD_NOW | RTLD_GLOBAL);
+	h = dlopen("libucm.so.0", RTLD_NOW | RTLD_GLOBAL);
 	if (!h) {
 		printf("\nUCM: %s: UCM rows skipped\n", dlerror());
 		return false;

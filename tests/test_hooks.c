@@ -12,6 +12,7 @@
  * library is not built or userfaultfd is unavailable.
  */
 #include <dlfcn.h>
+#include <link.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -658,8 +659,23 @@ static void test_engine(void **st)
 
 /* ---- main: make sure the hooks are preloaded ---- */
 
+/* The path of a sanitizer runtime this program loaded, if any. */
+static int find_sanitizer(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	char *out = arg;
+
+	(void)size;
+	if (info->dlpi_name && (strstr(info->dlpi_name, "/libtsan.so") ||
+				strstr(info->dlpi_name, "/libasan.so"))) {
+		snprintf(out, PATH_MAX, "%s", info->dlpi_name);
+		return 1;
+	}
+	return 0;
+}
+
 static void reexec(char **argv)
 {
+	char san[PATH_MAX];
 	char lib[PATH_MAX + 64], exe[PATH_MAX], *slash, *pre;
 	const char *env = getenv("UODP_HOOKS_LIB");
 	ssize_t n;
@@ -688,11 +704,15 @@ static void reexec(char **argv)
 		exit(SKIP);
 	}
 	env = getenv("LD_PRELOAD");
-	len = strlen(lib) + (env ? strlen(env) : 0) + 2;
+	san[0] = 0;
+	dl_iterate_phdr(find_sanitizer, san);
+	len = strlen(san) + strlen(lib) + (env ? strlen(env) : 0) + 3;
 	pre = malloc(len);
 	if (!pre)
 		exit(1);
-	snprintf(pre, len, "%s%s%s", lib, env ? ":" : "", env ? env : "");
+	/* a sanitizer runtime must stay first (TSan crashes otherwise) */
+	snprintf(pre, len, "%s%s%s%s%s", san, san[0] ? ":" : "", lib,
+		 env ? ":" : "", env ? env : "");
 	setenv("LD_PRELOAD", pre, 1);
 	setenv("UODP_TEST_HOOKS_REEXEC", "1", 1);
 	/* a sanitizer runtime must otherwise come first */
