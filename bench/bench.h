@@ -108,8 +108,9 @@ const struct bench_opts *bench_options(void);
  * large write of the process is not the VM's slow first touch. */
 void bench_warmup(uint64_t bytes);
 
-/* Raise RLIMIT_MEMLOCK as far as allowed; returns the resulting soft limit
- * (RLIM_INFINITY as UINT64_MAX). */
+/* Raise RLIMIT_MEMLOCK as far as allowed; returns how much may be locked:
+ * the resulting soft limit, UINT64_MAX for RLIM_INFINITY or when the
+ * process has CAP_IPC_LOCK (mlock then ignores the limit). */
 uint64_t bench_raise_memlock(void);
 
 /* 0 when a context with the kernel monitor can watch memory here, else
@@ -131,7 +132,7 @@ extern const struct bench_suite bench_engine_suites[];
 extern const struct bench_suite bench_notify_suites[];
 extern const struct bench_suite bench_device_suites[];
 extern const struct bench_suite bench_devkeys_suites[]; /* suite_devkeys.c */
-extern const struct bench_suite bench_index_suites[];   /* suite_index.c */
+extern const struct bench_suite bench_index_suites[];	/* suite_index.c */
 
 /* Parse argv (after the subcommand name: argv[0] is the command name), run
  * the selected suites, print the table, write CSVs. Returns an exit code:

@@ -19,6 +19,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -37,14 +38,22 @@ static uint64_t rnd_next(uint64_t *s)
 	return *s;
 }
 
+/* @base: the same call at the first level (10^3 keys) of this run, the
+ * baseline of every level ("independent of the number of keys"); it is
+ * set from the first level's samples. */
 static void emit(const char *name, const char *where, uint64_t nkeys, double *t,
-		 size_t n)
+		 size_t n, struct bench_stats *base)
 {
 	struct bench_row r = bench_row("devkeys", name, (double)nkeys, "us");
 
 	snprintf(r.param, sizeof(r.param), "%llu keys, %s",
 		 (unsigned long long)nkeys, where);
 	bench_stats(t, n, &r.v);
+	if (!base->n)
+		*base = r.v;
+	r.b = *base;
+	r.base_name = "same call at 1000 keys";
+	r.rk = BR_TIME;
 	r.tk = nkeys >= 1000000 ? BT_MAX : BT_NONE;
 	r.target = 2.0;
 	r.note = "manual device, one-page regions";
@@ -62,7 +71,10 @@ static void suite_devkeys(const struct bench_opts *o)
 	uint64_t *ord = NULL, t0, t1, t2;
 	uint32_t *keys = NULL, k;
 	char *m = MAP_FAILED, *p;
+	struct bench_stats base[2][2]; /* [where][reg, dereg] */
 	int where;
+
+	memset(base, 0, sizeof(base));
 
 	if (uodp_dev_open(&a, &d)) {
 		bench_note("devkeys: no device");
@@ -112,9 +124,9 @@ static void suite_devkeys(const struct bench_opts *o)
 				dt[s] = (double)(t2 - t1) / 1e3;
 			}
 			emit("reg_mr", where ? "among" : "above", levels[L], rt,
-			     SAMPLES);
+			     SAMPLES, &base[where][0]);
 			emit("dereg_mr", where ? "among" : "above", levels[L],
-			     dt, SAMPLES);
+			     dt, SAMPLES, &base[where][1]);
 		}
 	}
 out:

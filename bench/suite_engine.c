@@ -358,6 +358,238 @@ static uint64_t pinned_once(uint64_t size, bool lock, int *err)
 	return t1 - t0;
 }
 
+/* Lines of /proc/self/maps: the process's mappings. */
+static long count_maps(void)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	long n = 0;
+	int c;
+
+	if (!f)
+		return -1;
+	while ((c = getc(f)) != EOF)
+		n += c == '\n';
+	fclose(f);
+	return n;
+}
+
+/*
+ * Registration on a monitored context (issue 9). A region inside a
+ * mapping that the context already watches (an anchor region keeps the
+ * watch) registers with no system call: held to <= 0.5 us median, against
+ * the same call on a manual context, interleaved. The first region of a
+ * fresh mapping (the watch itself: system calls) is shown beside it.
+ */
+static void reg_monitored(const struct bench_opts *o)
+{
+	static const uint64_t sizes[] = { 4 * KiB, 64 * MiB };
+	uint64_t pg = page_size(), len = 64 * MiB;
+	unsigned reps = o->quick ? 150 : 2000, nfresh = o->quick ? 50 : 300, k;
+	struct uodp_ctx *mctx = monitor_ctx("reg rows on a monitored context");
+	struct uodp_ctx *ctx = manual_ctx();
+	double *sm = calloc(reps, sizeof(double)),
+	       *sx = calloc(reps, sizeof(double)),
+	       *rm = calloc(reps, sizeof(double)),
+	       *rx = calloc(reps, sizeof(double));
+	struct uodp_umem *anchor = NULL, *um;
+	char *area = fresh(len);
+	size_t i;
+
+	if (!mctx || !ctx || !sm || !sx || !rm || !rx || !area)
+		goto out;
+	if (uodp_umem_get(mctx, area, pg, RW, &anchor)) {
+		bench_note("reg monitored: anchor region refused");
+		goto out;
+	}
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		uint64_t sz = sizes[i];
+		char *va = sz < len ? area + 16 * pg : area;
+		struct bench_row r = bench_row("reg", "umem_get monitored",
+					       (double)sz, "us");
+		struct bench_row rr = bench_row("reg", "umem_release monitored",
+						(double)sz, "us");
+
+		for (k = 0; k < reps + 20; k++) {
+			unsigned v;
+
+			/* Alternate which context goes first. */
+			for (v = 0; v < 2; v++) {
+				bool mon = (v + k) & 1;
+				uint64_t t0, t1, t2;
+				int e;
+
+				t0 = bench_now_ns();
+				e = uodp_umem_get(mon ? mctx : ctx, va, sz, RW,
+						  &um);
+				t1 = bench_now_ns();
+				if (e) {
+					bench_note("reg monitored: %s",
+						   uodp_strerror(e));
+					goto out;
+				}
+				uodp_umem_release(um);
+				t2 = bench_now_ns();
+				if (k < 20)
+					continue;
+				(mon ? sm : sx)[k - 20] = ns_to(t1 - t0, "us");
+				(mon ? rm : rx)[k - 20] = ns_to(t2 - t1, "us");
+			}
+		}
+		bench_fmt_bytes(sz, r.param, sizeof(r.param));
+		memcpy(rr.param, r.param, sizeof(r.param));
+		bench_stats(sm, reps, &r.v);
+		bench_stats(sx, reps, &r.b);
+		r.base_name = "manual context";
+		r.rk = BR_TIME;
+		r.tk = BT_MAX;
+		r.target = 0.5;
+		r.note = "mapping already watched (anchor region)";
+		bench_emit(&r);
+		bench_stats(rm, reps, &rr.v);
+		bench_stats(rx, reps, &rr.b);
+		rr.base_name = "manual context";
+		rr.rk = BR_TIME;
+		bench_emit(&rr);
+	}
+	/* The first region of a fresh mapping: the notifier watches the
+	 * mapping (system calls). Mapping made and unmapped untimed. */
+	{
+		struct bench_row r = bench_row(
+			"reg", "umem_get monitored new map", (double)pg, "us");
+		unsigned n = 0;
+
+		for (k = 0; k < nfresh + 5; k++) {
+			char *p = fresh(len);
+			uint64_t t0, t1;
+			int e;
+
+			if (!p)
+				break;
+			t0 = bench_now_ns();
+			e = uodp_umem_get(mctx, p, pg, RW, &um);
+			t1 = bench_now_ns();
+			if (!e)
+				uodp_umem_release(um);
+			munmap(p, len);
+			if (e) {
+				bench_note("reg monitored new map: %s",
+					   uodp_strerror(e));
+				break;
+			}
+			if (k >= 5)
+				sm[n++] = ns_to(t1 - t0, "us");
+		}
+		if (n) {
+			bench_fmt_bytes(pg, r.param, sizeof(r.param));
+			bench_stats(sm, n, &r.v);
+			r.note = "first region of a fresh 64 MiB mapping: "
+				 "the watch's system calls";
+			bench_emit(&r);
+		}
+	}
+out:
+	if (anchor)
+		uodp_umem_release(anchor);
+	if (area)
+		munmap(area, len);
+	if (ctx)
+		uodp_ctx_destroy(ctx);
+	if (mctx)
+		uodp_ctx_destroy(mctx);
+	free(sm);
+	free(sx);
+	free(rm);
+	free(rx);
+}
+
+/*
+ * Regions per process (issue 9): 10^6 disjoint one-page regions on a
+ * monitored context, in one mapping (every other page), registered in
+ * random order; 0.1 split a mapping per region and failed at the 32,731st
+ * (vm.max_map_count 65,530). Rows: the count registered (>= 10^6), the
+ * time of each registration, and the mappings the process has.
+ */
+static void reg_many_monitored(const struct bench_opts *o)
+{
+	uint64_t nmax = o->quick ? 100000 : 1000000, pg = page_size(), n = 0, i;
+	uint64_t len = 2 * nmax * pg, x = 0x9e3779b97f4a7c15ull, t0, tall;
+	struct uodp_ctx *mctx = monitor_ctx("regions per process");
+	struct uodp_umem **ums = calloc(nmax, sizeof(*ums));
+	uint64_t *ord = calloc(nmax, sizeof(*ord));
+	double *s = calloc(nmax, sizeof(double));
+	char *area = fresh(len);
+	long maps0, maps1;
+	struct bench_row r;
+	char note[160];
+	int e = 0;
+
+	if (!mctx || !ums || !ord || !s || !area)
+		goto out;
+	for (i = 0; i < nmax; i++)
+		ord[i] = i;
+	for (i = nmax - 1; i > 0; i--) {
+		uint64_t j, t;
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		j = x % (i + 1);
+		t = ord[i];
+		ord[i] = ord[j];
+		ord[j] = t;
+	}
+	maps0 = count_maps();
+	tall = bench_now_ns();
+	for (n = 0; n < nmax; n++) {
+		t0 = bench_now_ns();
+		e = uodp_umem_get(mctx, area + 2 * ord[n] * pg, pg, RW,
+				  &ums[n]);
+		s[n] = ns_to(bench_now_ns() - t0, "us");
+		if (e)
+			break;
+	}
+	tall = bench_now_ns() - tall;
+	maps1 = count_maps();
+
+	r = bench_row("reg", "monitored regions", (double)nmax, "regions");
+	snprintf(r.param, sizeof(r.param), "%llu wanted",
+		 (unsigned long long)nmax);
+	r.v.n = 1;
+	r.v.min = r.v.median = r.v.p99 = r.v.max = (double)n;
+	r.tk = BT_MIN;
+	r.target = (double)nmax;
+	snprintf(note, sizeof(note),
+		 "one-page, disjoint, one mapping; %s; mappings %ld -> %ld; "
+		 "%.2f s in all",
+		 e ? uodp_strerror(e) : "all registered", maps0, maps1,
+		 (double)tall / 1e9);
+	r.note = note;
+	bench_emit(&r);
+	if (n) {
+		r = bench_row("reg", "umem_get monitored to n", (double)n,
+			      "us");
+		snprintf(r.param, sizeof(r.param), "%llu",
+			 (unsigned long long)n);
+		bench_stats(s, n, &r.v);
+		r.note = "each registration that grew the context to n";
+		bench_emit(&r);
+	}
+out:
+	t0 = bench_now_ns();
+	while (n-- > 0 && ums)
+		uodp_umem_release(ums[n]);
+	if (ums && ums[0])
+		bench_note("monitored regions released in %.2f s",
+			   (double)(bench_now_ns() - t0) / 1e9);
+	if (mctx)
+		uodp_ctx_destroy(mctx);
+	if (area)
+		munmap(area, len);
+	free(ums);
+	free(ord);
+	free(s);
+}
+
 static void suite_reg(const struct bench_opts *o)
 {
 	static const uint64_t sizes[] = { 4 * KiB,  64 * KiB,  2 * MiB,
@@ -440,10 +672,11 @@ static void suite_reg(const struct bench_opts *o)
 				breps = 3;
 			if (breps > reps)
 				breps = reps;
-			/* Over RLIMIT_MEMLOCK (it cannot be raised without
-			 * CAP_SYS_RESOURCE) mlock is impossible: populate
-			 * alone is then the baseline, a lower bound of the
-			 * pinned cost (mlock only adds to it). */
+			/* Over RLIMIT_MEMLOCK without CAP_IPC_LOCK (and a
+			 * limit that cannot be raised without
+			 * CAP_SYS_RESOURCE) mlock fails: populate alone is
+			 * then the baseline, a lower bound of the pinned
+			 * cost (mlock only adds to it). */
 			bool lock = sizes[i] <= memlock;
 
 			if (!lock) {
@@ -473,6 +706,8 @@ static void suite_reg(const struct bench_opts *o)
 	bench_summary("reg", "flatness max/min median", "x", med_max / med_min,
 		      BT_MAX, 2.0,
 		      "ratio of the largest to the smallest umem_get median");
+	reg_monitored(o);
+	reg_many_monitored(o);
 out_unmap:
 	munmap(area, maxsz);
 out:
@@ -527,8 +762,26 @@ static uint64_t raw_once(uint64_t len, const struct map_case *c)
 	if (!p)
 		return 0;
 	t0 = bench_now_ns();
-	if (populate_batched(p, len, c->batch, adv))
+	if (c->pin) {
+		/* Pinning mode's baseline is real pinning: mlock (which
+		 * faults the pages in) + populate, in the same calls. */
+		uint64_t off, step;
+
+		for (off = 0; off < len; off += step) {
+			step = len - off < c->batch ? len - off : c->batch;
+			if (mlock((char *)p + off, step) ||
+			    madvise((char *)p + off, step, adv)) {
+				bench_note("mlock + populate: %s",
+					   strerror(errno));
+				munmap(p, len);
+				return 0;
+			}
+		}
 		t1 = bench_now_ns() - t0;
+		munlock(p, len);
+	} else if (populate_batched(p, len, c->batch, adv)) {
+		t1 = bench_now_ns() - t0;
+	}
 	munmap(p, len);
 	return t1;
 }
@@ -609,9 +862,10 @@ static void map_throughput(const struct bench_opts *o)
 		}
 		bench_stats(u, reps, &r.v);
 		bench_stats(b, reps, &r.b);
-		r.base_name = (c->access & UODP_ACCESS_WRITE) ?
-				      "raw POPULATE_WRITE" :
-				      "raw POPULATE_READ";
+		r.base_name = c->pin ? "mlock + POPULATE_WRITE" :
+			      (c->access & UODP_ACCESS_WRITE) ?
+				       "raw POPULATE_WRITE" :
+				       "raw POPULATE_READ";
 		r.rk = BR_TIME;
 		r.tk = c->pin ? BT_NONE : BT_RATIO_MIN;
 		r.target = 0.80;
@@ -756,9 +1010,164 @@ out:
 		free(v[j]);
 }
 
+/*
+ * Huge pages (issue 11): 1 GiB of fresh memory that asks for transparent
+ * huge pages (MADV_HUGEPAGE, 2 MiB aligned), mapped writable by
+ * map_and_lock in 2 MiB calls and in one call, against raw
+ * MADV_POPULATE_WRITE of the same memory in the same calls, interleaved.
+ * The engine holds a 2 MiB huge page as one entry (stats.huge_now); the
+ * entries row holds the count against 0.1's one entry per 4 KiB page.
+ */
+static bool thp_enabled(void)
+{
+	char buf[128] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+
+	if (!f)
+		return false;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	return !strstr(buf, "[never]") && buf[0];
+}
+
+/* @len bytes of fresh memory, 2 MiB aligned, MADV_HUGEPAGE; the mapping
+ * to unmap is [*raw, *raw + len + 2 MiB). */
+static char *thp_fresh(uint64_t len, char **raw)
+{
+	char *p = fresh(len + 2 * MiB), *a;
+
+	*raw = p;
+	if (!p)
+		return NULL;
+	a = (char *)(((uintptr_t)p + 2 * MiB - 1) & ~(uintptr_t)(2 * MiB - 1));
+	if (madvise(a, len, MADV_HUGEPAGE)) {
+		munmap(p, len + 2 * MiB);
+		*raw = NULL;
+		return NULL;
+	}
+	return a;
+}
+
+/* One timed run; *entries: the region's entries after it (huge entries
+ * count once). Returns ns, or 0 on failure. */
+static uint64_t thp_once(struct uodp_ctx *ctx, uint64_t len, uint64_t batch,
+			 uint64_t *entries, uint64_t *huge)
+{
+	char *raw, *p = thp_fresh(len, &raw);
+	struct uodp_umem_stats st;
+	struct uodp_umem *um;
+	uint64_t t0, t = 0, hp = 2 * MiB / page_size();
+
+	if (!p)
+		return 0;
+	if (ctx) {
+		if (uodp_umem_get(ctx, p, len, RW, &um))
+			goto out;
+		t0 = bench_now_ns();
+		if (map_batched(um, p, len, batch, RW))
+			t = bench_now_ns() - t0;
+		if (t && !uodp_umem_stats(um, &st, sizeof(st))) {
+			*huge = st.huge_now;
+			*entries = st.huge_now +
+				   (st.mapped_now - st.huge_now * hp);
+		}
+		uodp_umem_release(um);
+	} else {
+		t0 = bench_now_ns();
+		if (populate_batched(p, len, batch, MADV_POPULATE_WRITE))
+			t = bench_now_ns() - t0;
+	}
+out:
+	munmap(raw, len + 2 * MiB);
+	return t;
+}
+
+static void map_thp(const struct bench_opts *o)
+{
+	static const uint64_t batches[] = { 2 * MiB, 0 }; /* 0: one call */
+	uint64_t len = o->quick ? 256 * MiB : 1 * GiB, pg = page_size();
+	unsigned reps = o->quick ? 3 : 11, k;
+	struct uodp_ctx *ctx;
+	double u[16], b[16];
+	size_t i;
+
+	if (!thp_enabled()) {
+		bench_note("map THP rows: transparent huge pages are off "
+			   "(/sys/kernel/mm/transparent_hugepage/enabled): "
+			   "skipped");
+		return;
+	}
+	ctx = manual_ctx();
+	if (!ctx)
+		return;
+	for (i = 0; i < sizeof(batches) / sizeof(batches[0]); i++) {
+		uint64_t batch = batches[i] ? batches[i] : len;
+		uint64_t entries = 0, huge = 0;
+		struct bench_row r =
+			bench_row("map",
+				  batches[i] ? "map write THP 2 MiB calls" :
+					       "map write THP 1 call",
+				  (double)batch, "ms");
+		struct bench_row e;
+		char note[128];
+		bool ok = true;
+
+		bench_fmt_bytes(len, r.param, sizeof(r.param));
+		/* Warm-up pair, then interleaved. */
+		thp_once(ctx, len, batch, &entries, &huge);
+		thp_once(NULL, len, batch, &entries, &huge);
+		for (k = 0; k < reps && ok; k++) {
+			uint64_t tu =
+				thp_once(ctx, len, batch, &entries, &huge);
+			uint64_t tb =
+				thp_once(NULL, len, batch, &entries, &huge);
+
+			ok = tu && tb;
+			u[k] = ns_to(tu, "ms");
+			b[k] = ns_to(tb, "ms");
+		}
+		if (!ok) {
+			bench_note("%s: failed", r.name);
+			continue;
+		}
+		bench_stats(u, reps, &r.v);
+		bench_stats(b, reps, &r.b);
+		r.base_name = "raw POPULATE_WRITE THP";
+		r.rk = BR_TIME;
+		r.tk = BT_RATIO_MIN;
+		r.target = 0.90;
+		r.note = "MADV_HUGEPAGE memory, manual context";
+		bench_emit(&r);
+
+		/* Entries of the last repetition, against one per 4 KiB page
+		 * (0.1's table). Issue 11: <= 1/400 of those. */
+		e = bench_row("map",
+			      batches[i] ? "THP entries 2 MiB calls" :
+					   "THP entries 1 call",
+			      (double)len, "entries");
+		bench_fmt_bytes(len, e.param, sizeof(e.param));
+		e.v.n = e.b.n = 1;
+		e.v.min = e.v.median = e.v.p99 = e.v.max = (double)entries;
+		e.b.min = e.b.median = e.b.p99 = e.b.max = (double)(len / pg);
+		e.base_name = "4 KiB entries (0.1)";
+		e.rk = BR_SIZE;
+		e.tk = BT_RATIO_MAX;
+		e.target = 1.0 / 400;
+		snprintf(note, sizeof(note),
+			 "%llu huge entries (huge_now) of %llu 2 MiB blocks",
+			 (unsigned long long)huge,
+			 (unsigned long long)(len / (2 * MiB)));
+		e.note = note;
+		bench_emit(&e);
+	}
+	uodp_ctx_destroy(ctx);
+}
+
 static void suite_map(const struct bench_opts *o)
 {
 	map_throughput(o);
+	map_thp(o);
 	map_latency(o);
 }
 
@@ -879,6 +1288,24 @@ static void suite_mem(const struct bench_opts *o)
 	r.v.median = r.v.p99 = r.v.max = r.v.min =
 		(double)(m1.uordblks - m0.uordblks) / (double)(k ? k : 1);
 	r.note = "mallinfo2 uordblks growth / regions (incl. malloc headers)";
+	bench_emit(&r);
+	while (k--)
+		uodp_umem_release(ums[k]);
+
+	/* The same for one-page regions (one stripe each: a large region
+	 * pays for 64), disjoint: what a cache of small buffers costs. */
+	m0 = mallinfo2();
+	for (k = 0; k < nreg; k++)
+		if (uodp_umem_get(ctx, (char *)area + 2 * (uint64_t)k * pg, pg,
+				  RW, &ums[k]))
+			break;
+	m1 = mallinfo2();
+	r = bench_row("mem", "heap per region", (double)pg, "bytes");
+	bench_fmt_bytes(pg, r.param, sizeof(r.param));
+	r.v.n = 1;
+	r.v.median = r.v.p99 = r.v.max = r.v.min =
+		(double)(m1.uordblks - m0.uordblks) / (double)(k ? k : 1);
+	r.note = "one-page disjoint regions; mallinfo2 growth / regions";
 	bench_emit(&r);
 	while (k--)
 		uodp_umem_release(ums[k]);
@@ -1139,20 +1566,34 @@ static void suite_lookup(const struct bench_opts *o)
 	uint64_t *qmiss = calloc(NQ, sizeof(uint64_t));
 	uint64_t *qhit = calloc(NQ, sizeof(uint64_t));
 	struct uodp_ctx *ctx = manual_ctx();
+	/* Random insertion order (issue 11: ascending order is the index's
+	 * best case): region i is at slot ord[i] of the nmax slots, so the
+	 * first n regions are a random subset, scattered over the range. */
+	uint64_t *ord = calloc(nmax, sizeof(uint64_t));
 	struct itree tree, htree;
 	unsigned samples = o->quick ? 200 : 1000, j;
 
 	pg = page_size();
 	itree_init(&tree);
 	itree_init(&htree);
-	if (!ums || !nodes || !hnodes || !iv || !gs || !qmiss || !qhit || !ctx)
+	if (!ums || !nodes || !hnodes || !iv || !gs || !qmiss || !qhit ||
+	    !ctx || !ord)
 		goto out;
+	for (n = 0; n < nmax; n++)
+		ord[n] = n;
+	for (n = nmax - 1; n > 0; n--) {
+		uint64_t x = rnd() % (n + 1), t = ord[n];
+
+		ord[n] = ord[x];
+		ord[x] = t;
+	}
+	n = 0;
 	for (target_n = 1; target_n <= nmax; target_n *= 10) {
 		struct bench_row r;
 		uint64_t first = n;
 
 		for (; n < target_n; n++) {
-			uint64_t a = LOOKUP_BASE + 2 * n * pg,
+			uint64_t a = LOOKUP_BASE + 2 * ord[n] * pg,
 				 t0 = bench_now_ns();
 
 			if (uodp_umem_get(ctx, (void *)a, pg, RW, &ums[n])) {
@@ -1170,7 +1611,7 @@ static void suite_lookup(const struct bench_opts *o)
 		for (j = 0; j < NQ; j++) {
 			uint64_t i = rnd() % n;
 
-			qhit[j] = LOOKUP_BASE + 2 * i * pg;
+			qhit[j] = LOOKUP_BASE + 2 * ord[i] * pg;
 			qmiss[j] = qhit[j] + pg;
 		}
 
@@ -1209,6 +1650,7 @@ out:
 	free(gs);
 	free(qmiss);
 	free(qhit);
+	free(ord);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -531,6 +531,108 @@ static void touch_gib(const struct bench_opts *o)
 	bench_emit(&r);
 }
 
+/* ---------------------------------------------------------------------- */
+/* The notifier's event rate                                              */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * Issue 9: how many unmap events per second the process-wide notifier
+ * delivers. @npages populated pages in one mapping, unmapped one page at
+ * a time as fast as the thread can: watched (a region of a default,
+ * relaxed context over all of them, every page mapped: one event and one
+ * callback per munmap) against the same loop on unwatched memory. No CPU
+ * pinning (the scheduler places the monitor). Samples alternate.
+ */
+static double rate_once(struct uodp_ctx *ctx, uint64_t npages, int *err)
+{
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE), len = npages * pg, i;
+	uint64_t seq = atomic_load(&done_seq), t0, t;
+	char *p = nfresh(len);
+	struct uodp_umem *um = NULL;
+
+	*err = 0;
+	if (!p || madvise(p, len, MADV_POPULATE_WRITE)) {
+		*err = -ENOMEM;
+		goto out;
+	}
+	if (ctx) {
+		int64_t n;
+
+		*err = uodp_umem_get(ctx, p, len, RW, &um);
+		if (*err)
+			goto out;
+		n = uodp_umem_map_and_lock(um, p, len, RW, 1000);
+		if (n < 0) {
+			*err = (int)n;
+			goto out;
+		}
+		uodp_umem_unlock(um);
+	}
+	t0 = bench_now_ns();
+	for (i = 0; i < npages; i++)
+		munmap(p + i * pg, pg);
+	t = bench_now_ns() - t0;
+	p = NULL;
+	/* every munmap returned after its event was read; the callbacks of
+	 * the last ones may still run */
+	if (ctx)
+		while (atomic_load(&done_seq) - seq < npages &&
+		       bench_now_ns() - t0 < 2000000000ull)
+			sched_yield();
+	if (ctx && atomic_load(&done_seq) - seq < npages)
+		*err = -ETIMEDOUT;
+	if (um)
+		uodp_umem_release(um);
+	return (double)npages / ((double)t / 1e9);
+out:
+	if (um)
+		uodp_umem_release(um);
+	if (p)
+		munmap(p, len);
+	return 0;
+}
+
+static void event_rate(const struct bench_opts *o)
+{
+	uint64_t npages = o->quick ? 2048 : 16384;
+	unsigned reps = o->quick ? 3 : 9, k;
+	double w[16], u[16];
+	struct uodp_ctx *ctx = NULL;
+	struct bench_row r;
+	int err;
+
+	err = uodp_ctx_create(&n_ops, 0, &ctx);
+	if (err) {
+		bench_note("event rate: n/a (%s)", uodp_strerror(err));
+		return;
+	}
+	rate_once(ctx, 256, &err); /* warm-up (starts the notifier) */
+	for (k = 0; k < reps && !err; k++) {
+		if (k & 1) {
+			w[k] = rate_once(ctx, npages, &err);
+			u[k] = rate_once(NULL, npages, &err);
+		} else {
+			u[k] = rate_once(NULL, npages, &err);
+			w[k] = rate_once(ctx, npages, &err);
+		}
+	}
+	uodp_ctx_destroy(ctx);
+	if (err) {
+		bench_note("event rate: n/a (%s)", uodp_strerror(err));
+		return;
+	}
+	r = bench_row("notify", "event rate munmap 4 KiB", (double)npages,
+		      "events/s");
+	snprintf(r.param, sizeof(r.param), "%llu pages",
+		 (unsigned long long)npages);
+	bench_stats(w, reps, &r.v);
+	bench_stats(u, reps, &r.b);
+	r.base_name = "unwatched munmap/s";
+	r.rk = BR_RATE;
+	r.note = "one event + callback per munmap; threads not pinned";
+	bench_emit(&r);
+}
+
 static void suite_notify(const struct bench_opts *o)
 {
 	static const struct ncase cases[] = {
@@ -555,6 +657,7 @@ static void suite_notify(const struct bench_opts *o)
 				continue;
 			n_case(o, &cases[i], &setups[j]);
 		}
+	event_rate(o);
 	if (!o->quick)
 		touch_gib(o);
 }

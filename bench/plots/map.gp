@@ -6,7 +6,7 @@ if (system("test -s '".f."' && echo y") ne "y") { print "map.gp: no ".f; exit }
 set datafile separator ","
 set terminal pngcairo size 1000,560 font ",10"
 set output outdir."/map.png"
-set title "uodp\\_umem\\_map vs raw populate: ratio = raw time / uodp time (median)"
+set title "uodp\\_umem\\_map\\_and\\_lock vs raw populate: ratio = raw time / uodp time (median)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1

@@ -20,5 +20,5 @@ set key top left
 set grid
 plot rows("umem_get") using 4:7:9:8 with yerrorlines lw 2 title "uodp\\_umem\\_get", \
      rows("umem_get") using 4:12 with linespoints lw 2 \
-       title "pinned: mlock + POPULATE\\_WRITE (populate only over RLIMIT\\_MEMLOCK)", \
+       title "pinned: mlock + POPULATE\\_WRITE", \
      10 with lines dt 2 lc rgb "red" title "target 10 us"
