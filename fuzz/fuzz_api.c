@@ -296,21 +296,41 @@ static void hist_push(int p)
 }
 
 /* Is @v a word that may be at word @w of page @p (current mapping or one
- * in its history)? */
+ * in its history)? Byte by byte: a transfer that starts or ends inside a
+ * word leaves it half old, half new, so each tag byte must be zero or the
+ * byte of a tag that belongs there (the version bytes may be anything). */
 static bool plausible(int p, unsigned w, uint64_t v)
 {
 	const struct mpage *m = &pages[p];
-	unsigned i, n;
+	uint64_t tags[HIST + 1];
+	unsigned i, j, n;
 
 	if (v == 0 || (m->untagged[w / 64] >> (w % 64) & 1))
 		return true;
-	if (v >> 16 == tag_of(m->obj, m->objpage, w))
+	tags[0] = tag_of(m->obj, m->objpage, w);
+	if (v >> 16 == tags[0])
 		return true;
 	n = m->nhist < HIST ? m->nhist : HIST;
 	for (i = 0; i < n; i++)
-		if (v >> 16 == tag_of(m->hist_obj[i], m->hist_pg[i], w))
-			return true;
-	return false;
+		tags[i + 1] = tag_of(m->hist_obj[i], m->hist_pg[i], w);
+	for (j = 0; j < 6; j++) {
+		unsigned b = (unsigned)(v >> (16 + 8 * j)) & 0xff;
+		bool ok = b == 0;
+
+		for (i = 0; i <= n && !ok; i++)
+			ok = b == ((tags[i] >> (8 * j)) & 0xff);
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
+/* Words are tagged again once rewritten - but an async atomic in flight
+ * may still land on any word it was posted for: keep the marks then. */
+static void clear_tags(int p)
+{
+	if (!nasync)
+		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
 }
 
 static void set_untagged(int p, unsigned w)
@@ -418,6 +438,19 @@ static void resync_all(void)
 
 /* ---- the model's prediction for an access ---- */
 
+/* Is the hole at page @p still a hole? (Someone else may have mapped
+ * there: the page is then foreign.) */
+static bool hole_real(int p)
+{
+	unsigned char v;
+
+	if (mincore(pool + (size_t)p * ps, ps, &v) == 0 || errno != ENOMEM) {
+		pages[p].st = P_FOREIGN;
+		return false;
+	}
+	return true;
+}
+
 /* 0 when every page of [va, va + len) is accessible with @prot_need in
  * the model, else the errno of the first one that is not (1 when a page
  * is foreign: no prediction). */
@@ -431,6 +464,8 @@ static int predict(uint64_t va, uint64_t len, int prot_need)
 		int p = page_of(a);
 
 		if (p < 0 || pages[p].st == P_FOREIGN)
+			return 1;
+		if (pages[p].st == P_HOLE && !hole_real(p))
 			return 1;
 		if (pages[p].st == P_HOLE)
 			return -EFAULT;
@@ -511,6 +546,9 @@ static void settle(struct uodp_ctx *ctx)
 	 * seconds mean it is stuck, and the check below then reports. */
 	for (i = 0; ctx && i < 2000 && !uodp_ctx_sync(ctx); i++)
 		usleep(1000);
+	if (ctx && !uodp_ctx_sync(ctx))
+		finding("the kernel monitor delivered nothing for 2 s "
+			"(uodp_ctx_sync() stays false)");
 }
 
 /* ---- the translation invariant ---- */
@@ -521,7 +559,7 @@ static bool stale_word(int p, unsigned state_or_access, bool is_dev)
 	if (p < 0 || pages[p].st == P_FOREIGN)
 		return false;
 	if (pages[p].st == P_HOLE)
-		return state_or_access != 0;
+		return state_or_access != 0 && hole_real(p);
 	prot = pages[p].prot;
 	if (is_dev) {
 		if (state_or_access == UODP_DEV_PAGE_WRITE)
@@ -558,8 +596,16 @@ static void check_translations(const char *after)
 		return;
 	if (dev && !dev_manual)
 		settle(uodp_dev_ctx(dev));
-	if (ectx && !ectx_manual)
-		settle(ectx);
+	bool engine_ok = true;
+
+	if (ectx && !ectx_manual) {
+		/* ctx_sync is false while a start() is open: then the
+		 * monitor's progress cannot be seen; skip the engine part. */
+		for (i = 0; i < MAX_TOKENS; i++)
+			engine_ok &= !token_open[i];
+		if (engine_ok)
+			settle(ectx);
+	}
 	for (i = 0; i < MAX_KEYS; i++) {
 		struct fkey *k = &keys[i];
 		uint64_t lo, hi;
@@ -592,7 +638,7 @@ static void check_translations(const char *after)
 				return;
 			}
 	}
-	for (i = 0; i < MAX_UMEMS; i++) {
+	for (i = 0; i < MAX_UMEMS && engine_ok; i++) {
 		struct fumem *u = &umems[i];
 
 		if (!u->umem)
@@ -679,7 +725,7 @@ static bool reserve_holes(int first, int n)
 		pages[p].objpage = 0;
 		pages[p].shared = false;
 		pages[p].uncertain = nasync > 0;
-		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+		clear_tags(p);
 		memset(shadow + (size_t)p * ps, 0, ps);
 	}
 	return true;
@@ -706,7 +752,7 @@ static void new_mapping(int first, int n, int prot, bool shared)
 		pages[p].shared = shared;
 		pages[p].obj = obj;
 		pages[p].objpage = (uint32_t)(p - first);
-		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+		clear_tags(p);
 		memset(shadow + (size_t)p * ps, 0, ps);
 		pages[p].uncertain = nasync > 0;
 		mark_changed(p);
@@ -747,7 +793,9 @@ static void op_munmap(void)
 
 	if (first + n > POOL_PAGES)
 		n = POOL_PAGES - first;
-	if (stop || any_foreign(first, n))
+	/* A hole may have been filled by someone else since: re-reserve
+	 * holes first, so that munmap only ever removes our own pages. */
+	if (stop || any_foreign(first, n) || !reserve_holes(first, n))
 		return;
 	if (munmap(pool + (size_t)first * ps, (size_t)n * ps)) {
 		finding("munmap inside the pool failed");
@@ -835,7 +883,7 @@ static void op_madvise(void)
 		 * bytes (they live in the shmem object). */
 		if (!pages[p].shared) {
 			memset(shadow + (size_t)p * ps, 0, ps);
-			memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+			clear_tags(p);
 			if (!nasync)
 				pages[p].uncertain = false;
 		}
@@ -910,7 +958,7 @@ static void op_cpu_write(void)
 			mem[w] = word_for(p, w, ver);
 			sh[w] = mem[w];
 		}
-		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+		clear_tags(p);
 		mark_changed(p);
 	}
 }
@@ -964,7 +1012,7 @@ static void op_umem_release(void)
 
 static void op_map_and_lock(void)
 {
-	int slot = (int)upto(MAX_UMEMS);
+	int slot = (int)upto(MAX_UMEMS), i0;
 	struct fumem *u = &umems[slot];
 	unsigned access = 1 + upto(3), i;
 	int off, n, pred, j;
@@ -972,6 +1020,10 @@ static void op_map_and_lock(void)
 	int64_t r;
 	bool tok_open = false;
 
+	for (i0 = 0; i0 < MAX_UMEMS && !u->umem; i0++) {
+		slot = (slot + 1) % MAX_UMEMS;
+		u = &umems[slot];
+	}
 	if (stop || !u->umem)
 		return;
 	off = (int)upto((unsigned)u->n);
@@ -1092,11 +1144,16 @@ static void op_token(void)
 }
 
 /* ---- operations: the device ---- */
+/* A live key: the slot the input names, or the next live one (so random
+ * inputs do not waste most device operations on empty slots). */
 static struct fkey *pick_key(void)
 {
-	struct fkey *k = &keys[upto(MAX_KEYS)];
+	unsigned i, s = upto(MAX_KEYS);
 
-	return k->live ? k : NULL;
+	for (i = 0; i < MAX_KEYS; i++)
+		if (keys[(s + i) % MAX_KEYS].live)
+			return &keys[(s + i) % MAX_KEYS];
+	return NULL;
 }
 
 /* An address and length for an access through @k, mostly inside the
@@ -1322,8 +1379,14 @@ static void op_dev_copy(void)
 			 UODP_DEV_ACCESS_WRITE);
 	if (pd == 1 || psrc == 1)
 		return;
-	/* Which error comes first is the device's choice: accept either. */
-	pred = psrc ? psrc : pd;
+	/* Argument errors (rights, range) come before memory errors; among
+	 * memory errors, which side fails first is the device's choice. */
+	if (psrc == -ERANGE || psrc == -EPERM)
+		pred = psrc;
+	else if (pd == -ERANGE || pd == -EPERM)
+		pred = pd;
+	else
+		pred = psrc ? psrc : pd;
 	inject_begin();
 	inj = injecting;
 	r = uodp_dev_copy(dev, d->key, dva, s->key, sva, len);
@@ -1607,8 +1670,19 @@ static int process_init(void)
 	if (ps > 8192)
 		return -1;
 	words_per_page = (unsigned)(ps / 8);
-	pool = mmap(NULL, POOL_PAGES * ps, PROT_NONE,
-		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	/* Low in the address space, far below the libraries and the heap:
+	 * the kernel hands out addresses top-down from the first gap that
+	 * fits, so a hole the fuzzer punches in the pool is never chosen
+	 * for someone else's mapping (above 0x10007fff8000, ASan's high
+	 * memory, on x86-64). */
+	pool = mmap((void *)(uintptr_t)0x200000000000ull, POOL_PAGES * ps,
+		    PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+			    MAP_FIXED_NOREPLACE,
+		    -1, 0);
+	if (pool == MAP_FAILED)
+		pool = mmap(NULL, POOL_PAGES * ps, PROT_NONE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	shadow = calloc(POOL_PAGES, ps);
 	if (pool == MAP_FAILED || !shadow)
 		abort();
@@ -1628,8 +1702,9 @@ static void reset_pool(void)
 	int p;
 
 	for (p = 0; p < POOL_PAGES; p++) {
+		/* A foreign page comes back once its owner unmapped it. */
 		if (pages[p].st == P_FOREIGN)
-			continue;
+			pages[p].st = P_HOLE;
 		if (pages[p].st == P_HOLE && !reserve_holes(p, 1))
 			continue;
 		if (mmap(pool + (size_t)p * ps, ps, PROT_NONE,
@@ -1644,7 +1719,7 @@ static void reset_pool(void)
 		pages[p].obj = next_obj++;
 		pages[p].objpage = 0;
 		pages[p].nhist = 0;
-		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
+		clear_tags(p);
 		mark_changed(p);
 	}
 	memset(shadow, 0, POOL_PAGES * ps);

@@ -4,7 +4,7 @@
  * from a seed (random inputs, deterministic), or over input files (the
  * corpus, or a crash file libFuzzer saved). Built with any C compiler.
  *
- *   fuzz_driver [--seed S] [--runs N] [--seconds T] [--len L]
+ *   fuzz_driver [--seed S] [--first I] [--runs N] [--seconds T] [--len L]
  *               [--mutate skip-inval|double-end] [--expect-finding]
  *               [--verbose] [FILE|DIR ...]
  *
@@ -36,6 +36,7 @@ static int run_file(const char *path)
 {
 	static uint8_t buf[1 << 16];
 	FILE *f = fopen(path, "rb");
+	uint64_t before;
 	size_t n;
 
 	if (!f) {
@@ -44,7 +45,10 @@ static int run_file(const char *path)
 	}
 	n = fread(buf, 1, sizeof(buf), f);
 	fclose(f);
+	before = fuzz_get_stats()->findings;
 	fuzz_one(buf, n);
+	if (fuzz_get_stats()->findings != before)
+		fprintf(stderr, "  (input: %s)\n", path);
 	return 0;
 }
 
@@ -76,7 +80,7 @@ static int run_path(const char *path)
 
 int main(int argc, char **argv)
 {
-	unsigned long long seed = 1, runs = 200, len = 400;
+	unsigned long long seed = 1, runs = 200, len = 400, first = 0;
 	double seconds = 0;
 	bool expect = false, files = false;
 	enum fuzz_mutation m = MUT_NONE;
@@ -95,6 +99,8 @@ int main(int argc, char **argv)
 			runs = strtoull(argv[++a], NULL, 0);
 		else if (!strcmp(argv[a], "--seconds") && a + 1 < argc)
 			seconds = strtod(argv[++a], NULL);
+		else if (!strcmp(argv[a], "--first") && a + 1 < argc)
+			first = strtoull(argv[++a], NULL, 0);
 		else if (!strcmp(argv[a], "--len") && a + 1 < argc)
 			len = strtoull(argv[++a], NULL, 0);
 		else if (!strcmp(argv[a], "--mutate") && a + 1 < argc)
@@ -116,7 +122,9 @@ int main(int argc, char **argv)
 	if (len > sizeof(buf))
 		len = sizeof(buf);
 	fuzz_set_mutation(m);
-	fuzz_set_abort(!expect);
+	/* Findings stop the input, not the process: the driver names the
+	 * input, then stops (unless a finding is what it expects). */
+	fuzz_set_abort(0);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (; a < argc; a++) {
 		files = true;
@@ -124,7 +132,8 @@ int main(int argc, char **argv)
 			return 2;
 	}
 	if (!files) {
-		for (i = 0; seconds > 0 || i < runs; i++) {
+		for (i = first; seconds > 0 || i < first + runs; i++) {
+			uint64_t before = s->findings;
 			size_t k, n;
 
 			rng = seed * 0x9e3779b97f4a7c15ull + i + 1;
@@ -132,7 +141,12 @@ int main(int argc, char **argv)
 			for (k = 0; k < n; k++)
 				buf[k] = (uint8_t)(next() >> 24);
 			fuzz_one(buf, n);
-			if (expect && s->findings)
+			if (s->findings != before)
+				fprintf(stderr,
+					"  (input: --seed %llu --first %llu "
+					"--runs 1)\n",
+					seed, i);
+			if (s->findings)
 				break;
 			if (seconds > 0) {
 				clock_gettime(CLOCK_MONOTONIC, &t1);

@@ -22,6 +22,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -43,9 +44,10 @@
 #include "lib/finject.h"
 #include "lib/pgtable.h"
 
-/* Why 60 s: the longest flow takes well under a second; a run that takes
- * a minute is stuck on a lock or a lost wakeup. */
-#define RUN_ALARM_S 60
+/* Why 10 s: the longest flow takes well under a second (map_and_lock
+ * waits at most 2 s); a run that takes ten is stuck on a lock or a lost
+ * wakeup. */
+#define RUN_ALARM_S 10
 /* A bound on N in case a flow's call count does not converge (a worker
  * thread allocating forever would otherwise make the sweep endless). */
 #define MAX_N 400
@@ -552,6 +554,33 @@ static int run_child(void (*flow)(unsigned), unsigned flags,
 	return n && !fired ? 2 : 0;
 }
 
+/* Wait for a run; on a hang, with FI_GDB set in the environment, print
+ * every thread's stack (gdb) before the alarm kills it. */
+static int wait_child(pid_t pid, int *status)
+{
+	char cmd[256];
+	int i;
+
+	for (i = 0; i < (RUN_ALARM_S - 1) * 100; i++) {
+		pid_t r = waitpid(pid, status, WNOHANG);
+
+		if (r == pid)
+			return 0;
+		if (r < 0)
+			return -1;
+		usleep(10000);
+	}
+	if (getenv("FI_GDB")) {
+		snprintf(cmd, sizeof(cmd),
+			 "gdb -p %d -batch -ex 'thread apply all bt' "
+			 "2>/dev/null | grep -E '^(#|Thread)' >&2",
+			 (int)pid);
+		if (system(cmd) < 0)
+			perror("gdb");
+	}
+	return waitpid(pid, status, 0) == pid ? 0 : -1;
+}
+
 static int sweep(const char *name, void (*flow)(unsigned), unsigned flags,
 		 enum finject_class cls, int err, struct sweep_stats *s)
 {
@@ -559,14 +588,27 @@ static int sweep(const char *name, void (*flow)(unsigned), unsigned flags,
 	int status, bad = 0;
 	pid_t pid;
 
-	for (n = 0; n <= MAX_N; n++) {
+	/* FI_ONLY=<class>:<n> runs that one case (with its errnos). */
+	const char *only = getenv("FI_ONLY");
+	unsigned long only_n = 0;
+
+	if (only) {
+		size_t l = strlen(finject_class_name(cls));
+
+		if (strncmp(only, finject_class_name(cls), l) || only[l] != ':')
+			return 0;
+		only_n = strtoul(only + l + 1, NULL, 0);
+	}
+	for (n = only_n; n <= MAX_N; n++) {
+		if (only && n != only_n)
+			break;
 		fflush(NULL);
 		pid = fork();
 		if (pid < 0)
 			return -1;
 		if (pid == 0)
 			exit(run_child(flow, flags, cls, n, err));
-		if (waitpid(pid, &status, 0) != pid)
+		if (wait_child(pid, &status))
 			return -1;
 		s->runs++;
 		if (WIFEXITED(status) && WEXITSTATUS(status) == 2)
@@ -619,6 +661,10 @@ static void run_plan(const struct plan *p)
 {
 	struct sweep_stats s = { 0, 0 };
 	int cls, e, bad = 0;
+
+	/* FI_PLAN=<name> runs one plan only (debugging). */
+	if (getenv("FI_PLAN") && strcmp(getenv("FI_PLAN"), p->name))
+		return;
 
 	for (cls = 0; cls < FI_NCLASS; cls++)
 		for (e = 0; e < 3 && class_errs[cls][e]; e++)
