@@ -82,7 +82,10 @@
 #define MAX_KEYS 4
 #define MAX_ASYNC 8
 #define MAX_TOKENS 2
-#define HIST 8	       /* mappings remembered per page */
+/* Mappings remembered per page between two exact points (a resync with
+ * nothing in flight); past that, plausibility checks of the page are
+ * skipped until the next resync (counted as words_unchecked). */
+#define HIST 32
 #define WORDS_MAX 1024 /* words per page, 8 KiB pages at most */
 /* Why 200 ms: a fault in this single-threaded interpreter waits only for
  * the async workers' invalidations, which take microseconds; 200 ms of
@@ -310,7 +313,11 @@ static bool plausible(int p, unsigned w, uint64_t v)
 	tags[0] = tag_of(m->obj, m->objpage, w);
 	if (v >> 16 == tags[0])
 		return true;
-	n = m->nhist < HIST ? m->nhist : HIST;
+	if (m->nhist > HIST) {
+		stats.words_unchecked++;
+		return true;
+	}
+	n = m->nhist;
 	for (i = 0; i < n; i++)
 		tags[i + 1] = tag_of(m->hist_obj[i], m->hist_pg[i], w);
 	for (j = 0; j < 6; j++) {
@@ -1200,8 +1207,10 @@ static void fill_buf(uint8_t *buf, uint64_t va, uint64_t len, uint16_t ver)
 
 	for (a = va; a < va + len; a++) {
 		int p = page_of(a);
-		unsigned w = (unsigned)((a - pool_va(p)) / 8);
-		uint64_t v = p >= 0 ? word_for(p, w, ver) : 0;
+		uint64_t v = 0;
+
+		if (p >= 0)
+			v = word_for(p, (unsigned)((a - pool_va(p)) / 8), ver);
 
 		buf[a - va] = (uint8_t)(v >> (8 * (a % 8)));
 	}
@@ -1410,9 +1419,12 @@ static void op_dev_copy(void)
 			       sizeof(pages[p].untagged));
 		if (!nasync)
 			resync_all();
-	} else if (r) {
+	} else if (r && r != -ERANGE && r != -EPERM && r != -EINVAL) {
+		/* Written up to the failing page (dva is in the pool: pd
+		 * would be 1 otherwise). */
 		mark_uncertain(dva, len);
-		for (int p = page_of(dva); p <= page_of(dva + len - 1); p++)
+		for (int p = page_of(dva);
+		     p >= 0 && p <= page_of(dva + len - 1); p++)
 			memset(pages[p].untagged, 0xff,
 			       sizeof(pages[p].untagged));
 		if (!nasync)

@@ -25,7 +25,8 @@ enum fuzz_mutation {
 
 struct fuzz_stats {
 	uint64_t inputs, ops, dev_ops, async_ops, bytes_checked, words_checked,
-		errors_seen, injected, findings, skipped_monitor;
+		words_unchecked, errors_seen, injected, findings,
+		skipped_monitor;
 };
 
 /* Run one input. Returns 0; a finding aborts (libFuzzer saves the input)

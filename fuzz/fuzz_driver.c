@@ -159,13 +159,15 @@ int main(int argc, char **argv)
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	printf("fuzz_driver: %llu inputs, %llu ops (%llu device sync, %llu "
-	       "async), %llu bytes and %llu words checked, %llu errors "
+	       "async), %llu bytes and %llu words checked (%llu not), %llu "
+	       "errors "
 	       "returned, %llu allocation failures injected, %llu monitor "
 	       "skips, %llu findings, %.1f s\n",
 	       (unsigned long long)s->inputs, (unsigned long long)s->ops,
 	       (unsigned long long)s->dev_ops, (unsigned long long)s->async_ops,
 	       (unsigned long long)s->bytes_checked,
 	       (unsigned long long)s->words_checked,
+	       (unsigned long long)s->words_unchecked,
 	       (unsigned long long)s->errors_seen,
 	       (unsigned long long)s->injected,
 	       (unsigned long long)s->skipped_monitor,
