@@ -233,7 +233,7 @@ void bench_suite_begin(const char *suite, const char *title)
 
 void bench_emit(const struct bench_row *r)
 {
-	char a[64], b[64], c[24], d[24], e[24], t[48], rs[24];
+	char a[64], b[64], c[24], d[24], e[24], t[48], rs[24], pb[32];
 	bool valid;
 	double ratio = bench_ratio(r, &valid);
 	int met = bench_met(r);
@@ -272,7 +272,8 @@ void bench_emit(const struct bench_row *r)
 	if (!csv)
 		return;
 	fprintf(csv, "%s,%s,%s,%.17g,%s,%zu,%.9g,%.9g,%.9g,%.9g,", r->suite,
-		csv_str(r->name, a, sizeof(a)), r->param, r->x, r->unit, r->v.n,
+		csv_str(r->name, a, sizeof(a)),
+		csv_str(r->param, pb, sizeof(pb)), r->x, r->unit, r->v.n,
 		r->v.median, r->v.p99, r->v.min, r->v.max);
 	if (r->base_name && !r->base_na)
 		fprintf(csv, "%s,%.9g,%.9g,%.9g,%.9g,",
