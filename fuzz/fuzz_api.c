@@ -141,6 +141,13 @@ static unsigned words_per_page;
 static uint8_t *shadow;
 static struct mpage pages[POOL_PAGES];
 static uint32_t next_obj = 1;
+/* Where each recent mapping object was born (for reports). */
+#define BIRTHS 4096
+static struct {
+	uint32_t obj;
+	unsigned input, step;
+	int first;
+} births[BIRTHS];
 static uint16_t next_ver = 1;
 static enum fuzz_mutation mutation;
 static int abort_on_finding = 1;
@@ -340,6 +347,8 @@ static void clear_tags(int p)
 		memset(pages[p].untagged, 0, sizeof(pages[p].untagged));
 }
 
+static void explain_word(int p, uint64_t v);
+
 static void set_untagged(int p, unsigned w)
 {
 	pages[p].untagged[w / 64] |= (uint64_t)1 << (w % 64);
@@ -386,6 +395,7 @@ static void check_bytes(uint64_t va, const uint8_t *got, size_t len,
 				memcpy(&v, got + off + (w0 - a), 8);
 				stats.words_checked++;
 				if (!plausible(p, w, v)) {
+					explain_word(p, v);
 					finding("%s: word %#" PRIx64
 						" at pool page %d word %u "
 						"belongs to no mapping that "
@@ -397,6 +407,30 @@ static void check_bytes(uint64_t va, const uint8_t *got, size_t len,
 		}
 		off += n;
 	}
+}
+
+/* Say where the mapping a word's tag names was born (reports). */
+static void explain_word(int p, uint64_t v)
+{
+	uint32_t obj = (uint32_t)(v >> 40) & 0xffffff;
+	unsigned i;
+
+	fprintf(stderr,
+		"  word tag: mapping %u page %u word %u version %u; pool page "
+		"%d now holds mapping %u page %u\n",
+		obj, (unsigned)(v >> 28) & 0xfff, (unsigned)(v >> 16) & 0xfff,
+		(unsigned)v & 0xffff, p, pages[p].obj, pages[p].objpage);
+	if (births[obj % BIRTHS].obj == obj)
+		fprintf(stderr,
+			"  mapping %u: born in input %u step %u at pool page "
+			"%d\n",
+			obj, births[obj % BIRTHS].input,
+			births[obj % BIRTHS].step, births[obj % BIRTHS].first);
+	fprintf(stderr, "  history of pool page %d:", p);
+	for (i = 0; i < pages[p].nhist && i < HIST; i++)
+		fprintf(stderr, " %u/%u", pages[p].hist_obj[i],
+			pages[p].hist_pg[i]);
+	fprintf(stderr, "\n");
 }
 
 /* Copy the page's real bytes into the shadow after checking they are
@@ -418,6 +452,7 @@ static void resync_page(int p)
 		if (v != 0 && v >> 16 != tag_of(m->obj, m->objpage, w) &&
 		    !(m->untagged[w / 64] >> (w % 64) & 1)) {
 			if (!plausible(p, w, v)) {
+				explain_word(p, v);
 				finding("memory word %#" PRIx64
 					" at pool page %d word %u belongs to "
 					"no mapping that held the page",
@@ -593,7 +628,50 @@ static const char *pstate_name(int p)
 	return "read-write";
 }
 
+static void check_translations_once(const char *after, bool report);
+static bool stale_seen;
+/* Non-strict kernel-monitor devices drop translations soon after munmap()
+ * returns, strict ones (and manual ones, after the invalidation) at once. */
+#define dev_eventual (!dev_manual && !(dev_flags & UODP_DEV_STRICT))
+
+static void stale(bool report, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	stale_seen = true;
+	if (!report)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	finding("%s", msg);
+}
+
+/*
+ * With the kernel monitor and no strict mode, munmap() may return before
+ * the monitor thread has accounted the event it read (uodp_ctx_sync() is
+ * then briefly true): a stale entry must go away soon, not at once.
+ */
 static void check_translations(const char *after)
+{
+	int i;
+
+	if (dev_manual && ectx_manual) {
+		check_translations_once(after, true);
+		return;
+	}
+	for (i = 0; i < 200; i++) {
+		stale_seen = false;
+		check_translations_once(after, false);
+		if (!stale_seen || stop)
+			return;
+		usleep(1000);
+	}
+	check_translations_once(after, true);
+}
+
+static void check_translations_once(const char *after, bool report)
 {
 	uint8_t st[POOL_PAGES];
 	uint64_t e[POOL_PAGES];
@@ -632,16 +710,17 @@ static void check_translations(const char *after)
 		}
 		for (p = page_of(lo); p >= 0 && p < page_of(lo) + n; p++)
 			if (stale_word(p, st[p - page_of(lo)], true)) {
-				finding("stale device translation after %s: "
-					"key %u pool page %d is %s in the "
-					"device page table but %s in the "
-					"process",
-					after, k->key, p,
-					st[p - page_of(lo)] ==
-							UODP_DEV_PAGE_WRITE ?
-						"writable" :
-						"readable",
-					pstate_name(p));
+				stale(report || !dev_eventual,
+				      "stale device translation after %s: "
+				      "key %u pool page %d is %s in the "
+				      "device page table but %s in the "
+				      "process",
+				      after, k->key, p,
+				      st[p - page_of(lo)] ==
+						      UODP_DEV_PAGE_WRITE ?
+					      "writable" :
+					      "readable",
+				      pstate_name(p));
 				return;
 			}
 	}
@@ -667,13 +746,14 @@ static void check_translations(const char *after)
 					"%#" PRIx64,
 					u->first + p, e[p]);
 			else if (stale_word(u->first + p, (unsigned)acc, false))
-				finding("stale engine entry after %s: pool "
-					"page %d mapped %s but %s in the "
-					"process",
-					after, u->first + p,
-					acc & UODP_ACCESS_WRITE ? "writable" :
-								  "readable",
-					pstate_name(u->first + p));
+				stale(report || ectx_manual,
+				      "stale engine entry after %s: pool "
+				      "page %d mapped %s but %s in the "
+				      "process",
+				      after, u->first + p,
+				      acc & UODP_ACCESS_WRITE ? "writable" :
+								"readable",
+				      pstate_name(u->first + p));
 		}
 	}
 }
@@ -751,6 +831,11 @@ static void new_mapping(int first, int n, int prot, bool shared)
 {
 	uint32_t obj = next_obj++;
 	int p;
+
+	births[obj % BIRTHS].obj = obj;
+	births[obj % BIRTHS].input = (unsigned)stats.inputs;
+	births[obj % BIRTHS].step = step;
+	births[obj % BIRTHS].first = first;
 
 	for (p = first; p < first + n; p++) {
 		hist_push(p);
@@ -923,6 +1008,13 @@ static void op_mremap(void)
 		struct mpage *d = &pages[dst + p], *s = &pages[src + p];
 
 		hist_push(dst + p);
+		/* The bytes move, and with them the tags of every mapping
+		 * that held the source page since the last exact point. */
+		for (unsigned h = 0; h < s->nhist && h < HIST; h++) {
+			d->hist_obj[d->nhist % HIST] = s->hist_obj[h];
+			d->hist_pg[d->nhist % HIST] = s->hist_pg[h];
+			d->nhist++;
+		}
 		d->st = P_MAPPED;
 		d->prot = s->prot;
 		d->shared = s->shared;
@@ -1835,6 +1927,12 @@ int fuzz_one(const uint8_t *data, size_t size)
 	inject_ok = false;
 #endif
 	inject_seed = cfg2 * 2654435761u;
+	trace("config %#x: engine %s%s, device %s%s%s, fault-around %u%s", cfg,
+	      ectx_manual ? "manual" : "monitor", ectx_pin ? " pin" : "",
+	      dev_manual ? "manual" : "monitor",
+	      dev_flags & UODP_DEV_STRICT ? " strict" : "",
+	      dev_flags & UODP_DEV_FAST_COPY ? " fast-copy" : "",
+	      attr.fault_around, inject_ok ? ", allocation failures" : "");
 
 	while (!stop) {
 		unsigned op = byte();

@@ -93,9 +93,12 @@ static const int *const ERR_RELEASE = E(EINVAL, EDEADLK, ECHILD);
 static const int *const ERR_STATS = E(EINVAL, EDEADLK, ECHILD);
 static const int *const ERR_DEV_OPEN =
 	E(EINVAL, ENOMEM, ECHILD, ENOSYS, EPERM, EDEADLK);
-static const int *const ERR_DEV_REG = E(EINVAL, ENOMEM, ENOSPC, ECHILD, ERANGE,
-					ENODEV, EDEADLK, ENOSYS, EPERM, EBUSY,
-					EOPNOTSUPP, EMFILE, ENFILE, EAGAIN);
+/* uodp_umem_get()'s errors as the device translates them: -EPERM means
+ * only "the key's rights" in uodp_dev.h (a forbidden userfaultfd is
+ * -ENOSYS there), -ERANGE only "outside the key's region". */
+static const int *const ERR_DEV_REG = E(EINVAL, ENOMEM, ENOSPC, ECHILD, ENODEV,
+					EDEADLK, ENOSYS, EBUSY, EOPNOTSUPP,
+					EMFILE, ENFILE, EAGAIN);
 /* Device operations: the conventions' common list. */
 static const int *const ERR_DEV_OP = E(EINVAL, ENOENT, ERANGE, EPERM, EFAULT,
 				       EACCES, ENOMEM, ENODEV, ECHILD, EBUSY,
