@@ -30,7 +30,8 @@
  * Environment: UODP_HOOKS_LIB (the library; default: the build's),
  * BENCH_ROWS (a bit mask of the rows, in the order above), BENCH_WHOLE=1
  * (every chunk a mapping of its own, so a munmap splits nothing),
- * BENCH_SETTLE_US (yielding between samples, default 100).
+ * BENCH_SETTLE_US (yielding between samples, default 100),
+ * BENCH_DEFERRED=1 (the context delivers on the relay thread).
  */
 #include <dirent.h>
 #include <dlfcn.h>
@@ -446,7 +447,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	r = uodp_ctx_create(&ops, 0, &ctx);
+	r = uodp_ctx_create(
+		&ops, getenv("BENCH_DEFERRED") ? UODP_CTX_DEFERRED : 0, &ctx);
 	if (r) {
 		fprintf(stderr, "uodp_ctx_create: %s\n", uodp_strerror(r));
 		return 1;
