@@ -616,6 +616,46 @@ static void test_race(void **st)
 	unwatch_both(s, e);
 }
 
+/* More unmaps between two syncs than the pending cuts hold (64): the rest
+ * are cut at once, without allocating (the smaller side of a piece may be
+ * dropped). Every one is delivered in-thread, and afterwards every hole,
+ * mapped again, is registered again on prepare and reported. */
+static void test_many_holes(void **st)
+{
+	enum {
+		N = 400
+	};
+	char *p = map_pages(N);
+	uint64_t s = A(p), e = s + N * pg;
+	struct snap a;
+	int i;
+
+	(void)st;
+	watch_both(s, e);
+	snap(&a);
+	for (i = 1; i < N; i += 2)
+		assert_int_equal(munmap(p + i * pg, pg), 0);
+	expect_fast(&a, N / 2);
+	for (i = 1; i < N; i += 2)
+		assert_true(covered(plain, s + i * pg, s + (i + 1) * pg,
+				    UNF_UNMAP));
+	for (i = 1; i < N; i += 2)
+		refill(s + i * pg, s + (i + 1) * pg);
+	/* the pages never unmapped are still registered */
+	for (i = 0; i < N; i += 50) {
+		sink_clear(plain);
+		snap(&a);
+		assert_int_equal(
+			syscall(SYS_madvise, p + i * pg, pg, MADV_DONTNEED), 0);
+		expect_kernel(&a);
+	}
+	/* and each hole, mapped again, after a prepare */
+	for (i = 1; i < N; i += 2)
+		raw_munmap_reported(plain, s + i * pg, s + (i + 1) * pg);
+	unwatch_both(s, e);
+	munmap(p, N * pg);
+}
+
 /* ---- the engine on top: the driver's entries are gone on return ---- */
 
 static _Atomic int inv_calls;
@@ -739,6 +779,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_raw_syscall),
 		cmocka_unit_test(test_disabled),
 		cmocka_unit_test(test_race),
+		cmocka_unit_test(test_many_holes),
 		cmocka_unit_test(test_engine),
 	};
 	struct unf_sub *probe;
