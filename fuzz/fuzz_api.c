@@ -54,6 +54,8 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -166,6 +168,11 @@ static unsigned dev_flags;
 static struct uodp_dev_queue *queue;
 static struct fumem umems[MAX_UMEMS];
 static struct fkey keys[MAX_KEYS];
+/* Keys deregistered in this input: a dead key stays dead (issue 12,
+ * finding 3), so none may be issued again by the same device. */
+#define MAX_DEAD 1024
+static uint32_t dead_keys[MAX_DEAD];
+static unsigned ndead;
 static struct fasync async[MAX_ASYNC];
 static int nasync;
 static struct uodp_range tokens[MAX_TOKENS];
@@ -174,6 +181,8 @@ static bool inject_ok; /* allocation failures injected in this input */
 static bool injecting; /* ... in the current (or last) call */
 static unsigned long inject_seed;
 static unsigned step;
+static sigset_t saved_mask;
+static bool mask_blocked;
 
 void fuzz_set_mutation(enum fuzz_mutation m)
 {
@@ -1310,10 +1319,47 @@ static void fill_buf(uint8_t *buf, uint64_t va, uint64_t len, uint16_t ver)
 
 static uint8_t xbuf[MAX_XFER * 8192 + 16], ybuf[MAX_XFER * 8192 + 16];
 
+/*
+ * Sometimes (1 in 8) the caller's own buffer is bad: a run of pool pages
+ * that are holes or PROT_NONE (issue 12, finding 1: the fast copy died
+ * on it). The call must fail -EFAULT (or with the host side's error, or
+ * an argument error, whichever the device checks first), never crash.
+ */
+static uint8_t *bad_local(uint64_t len)
+{
+	int first = (int)upto(POOL_PAGES), n, p, tries;
+
+	if (upto(8))
+		return NULL;
+	n = (int)((len + ps - 1) / ps) + 1;
+	for (tries = 0; tries < POOL_PAGES; tries++, first++) {
+		first %= POOL_PAGES;
+		if (first + n > POOL_PAGES)
+			continue;
+		for (p = first; p < first + n; p++)
+			if (!((pages[p].st == P_HOLE && hole_real(p)) ||
+			      (pages[p].st == P_MAPPED &&
+			       pages[p].prot == PROT_NONE)))
+				break;
+		if (p == first + n)
+			return (uint8_t *)pool + (size_t)first * ps +
+			       upto(64) * 8;
+	}
+	return NULL;
+}
+
+static int bad_local_pred(int pred)
+{
+	if (pred == -ERANGE || pred == -EPERM || pred == -EINVAL || pred == 1)
+		return pred;
+	return -EFAULT;
+}
+
 static void op_dev_read(void)
 {
 	struct fkey *k = pick_key();
 	uint64_t va, len;
+	uint8_t *buf = xbuf;
 	int r, pred;
 	bool inj;
 
@@ -1321,6 +1367,19 @@ static void op_dev_read(void)
 		return;
 	pick_range(k, &va, &len);
 	pred = dev_predict(k, va, len, PROT_READ, UODP_DEV_ACCESS_READ);
+	buf = bad_local(len);
+	if (buf) {
+		r = uodp_dev_read(dev, k->key, va, buf, len);
+		stats.dev_ops++;
+		trace("dev_read into a bad buffer key %u va +%#" PRIx64
+		      " len %" PRIu64 ": %d",
+		      k->key, va - pool_va(0), len, r);
+		if (r != pred || pred == 0)
+			judge("dev_read into a bad buffer", r,
+			      bad_local_pred(pred), false);
+		return;
+	}
+	buf = xbuf;
 	memset(xbuf, 0xee, len);
 	inject_begin();
 	inj = injecting;
@@ -1356,6 +1415,7 @@ static void op_dev_write(void)
 {
 	struct fkey *k = pick_key();
 	uint64_t va, len;
+	uint8_t *bad;
 	int r, pred;
 	bool inj;
 
@@ -1366,6 +1426,24 @@ static void op_dev_write(void)
 			   UODP_DEV_ACCESS_WRITE);
 	if (pred == 1)
 		return; /* outside the pool: never write there */
+	bad = bad_local(len);
+	if (bad) {
+		r = uodp_dev_write(dev, k->key, va, bad, len);
+		stats.dev_ops++;
+		trace("dev_write from a bad buffer key %u va +%#" PRIx64
+		      " len %" PRIu64 ": %d",
+		      k->key, va - pool_va(0), len, r);
+		if (r != pred || pred == 0)
+			judge("dev_write from a bad buffer", r,
+			      bad_local_pred(pred), false);
+		if (r == 0)
+			finding("dev_write from a bad buffer succeeded");
+		else if (r == -EFAULT || r == -EACCES)
+			mark_uncertain(va, len);
+		if (!nasync)
+			resync_all();
+		return;
+	}
 	fill_buf(xbuf, va, len, next_ver++);
 	inject_begin();
 	inj = injecting;
@@ -1559,6 +1637,10 @@ static void op_reg(void)
 			finding("reg_mr: %d (%s)", r, strerror(-r));
 		return;
 	}
+	for (unsigned d = 0; d < ndead && d < MAX_DEAD; d++)
+		if (dead_keys[d] == k->key)
+			finding("key %u issued again after its deregistration",
+				k->key);
 	k->live = true;
 	k->implicit = implicit;
 	k->access = access;
@@ -1596,6 +1678,8 @@ static void op_dereg(void)
 	if (uodp_dev_read(dev, k->key, pool_va(0), xbuf, 1) != -ENOENT)
 		finding("key %u readable after deregistration", k->key);
 	trace("dereg key %u", k->key);
+	if (ndead < MAX_DEAD)
+		dead_keys[ndead++] = k->key;
 	k->live = false;
 }
 
@@ -1915,6 +1999,18 @@ int fuzz_one(const uint8_t *data, size_t size)
 	attr.flags = dev_flags;
 	attr.fault_around = (unsigned[]){ 1, 2, 16, 64 }[(cfg >> 4) & 3];
 	attr.exec_workers = 1 + (cfg2 & 1);
+	/* cfg2 bit 1: SIGSEGV and SIGBUS blocked on this thread and every
+	 * device worker created from it (issue 12, finding 2). */
+	if (cfg2 & 2) {
+		sigset_t set;
+
+		sigemptyset(&set);
+		sigaddset(&set, SIGSEGV);
+		sigaddset(&set, SIGBUS);
+		pthread_sigmask(SIG_BLOCK, &set, &saved_mask);
+		mask_blocked = true;
+	}
+	ndead = 0;
 	r = uodp_dev_open(&attr, &dev);
 	if (r) {
 		if (r != -ENOSYS)
@@ -2011,5 +2107,9 @@ int fuzz_one(const uint8_t *data, size_t size)
 		}
 	}
 	teardown();
+	if (mask_blocked) {
+		pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
+		mask_blocked = false;
+	}
 	return 0;
 }

@@ -6,6 +6,7 @@
  *
  *   fuzz_driver [--seed S] [--first I] [--runs N] [--seconds T] [--len L]
  *               [--mutate skip-inval|double-end] [--expect-finding]
+ *               [--dump FILE: write each generated input there first]
  *               [--verbose] [FILE|DIR ...]
  *
  * --expect-finding: exit 0 only if the oracle reported something (to show
@@ -83,6 +84,7 @@ int main(int argc, char **argv)
 	unsigned long long seed = 1, runs = 200, len = 400, first = 0;
 	double seconds = 0;
 	bool expect = false, files = false;
+	const char *dump = NULL;
 	enum fuzz_mutation m = MUT_NONE;
 	const struct fuzz_stats *s = fuzz_get_stats();
 	static uint8_t buf[1 << 16];
@@ -101,6 +103,8 @@ int main(int argc, char **argv)
 			seconds = strtod(argv[++a], NULL);
 		else if (!strcmp(argv[a], "--first") && a + 1 < argc)
 			first = strtoull(argv[++a], NULL, 0);
+		else if (!strcmp(argv[a], "--dump") && a + 1 < argc)
+			dump = argv[++a];
 		else if (!strcmp(argv[a], "--len") && a + 1 < argc)
 			len = strtoull(argv[++a], NULL, 0);
 		else if (!strcmp(argv[a], "--mutate") && a + 1 < argc)
@@ -140,6 +144,17 @@ int main(int argc, char **argv)
 			n = 2 + next() % len;
 			for (k = 0; k < n; k++)
 				buf[k] = (uint8_t)(next() >> 24);
+			if (dump) {
+				/* Keep the input as a file (a reproducer for
+				 * fuzz/repro/ or the corpus). */
+				FILE *f = fopen(dump, "wb");
+
+				if (!f || fwrite(buf, 1, n, f) != n) {
+					perror(dump);
+					return 2;
+				}
+				fclose(f);
+			}
 			fuzz_one(buf, n);
 			if (s->findings != before)
 				fprintf(stderr,
