@@ -19,7 +19,7 @@ bool nf_trylock(struct nf_lock *l);
 void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 		      const enum unf_event *ev, unsigned n);
 /* intercept.c: hand our ops to libuodp-hooks.so if it is loaded (once). */
-void nf_icpt_attach(void) __attribute__((weak));
+void nf_icpt_attach(void);
 
 /* watch.c: the records' filter (see there and intercept.h) */
 #define NF_FILTER_SHIFT 21

@@ -694,8 +694,7 @@ int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
 	    ((flags & UNF_STRICT) && (!ops->fence || !ops->unfence)))
 		return -EINVAL;
 	pthread_once(&atfork_once, atfork_install);
-	if (nf_icpt_attach) /* weak: intercept.c may not be linked */
-		nf_icpt_attach();
+	nf_icpt_attach();
 	sub = calloc(1, sizeof(*sub));
 	if (!sub)
 		return -ENOMEM;
