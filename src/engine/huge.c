@@ -207,10 +207,11 @@ uint64_t huge_drop_locked(struct uodp_umem *umem, uint64_t s, uint64_t e)
 }
 
 /*
- * Dirty pages of huge blocks, merged with the base-page dirty set: called
- * by uodp_umem_dirty_take() when umem->hdirty > 0. Visits the region block
- * by block (only blocks that hold something: both tables are sparse) and
- * emits, in ascending order, each dirty page once.
+ * The dirty set of a region for uodp_umem_dirty_take(): dirty pages of
+ * huge blocks merged with the base-page dirty set. Visits the huge table's
+ * dirty blocks (none: one empty walk) and the base-page words between them
+ * (both tables are sparse) and emits, in ascending order, each dirty page
+ * once.
  */
 struct hdirty {
 	struct uodp_umem *umem;
@@ -273,7 +274,7 @@ static int emit_block(uint64_t bi, uint64_t *word, void *argp)
 	return 0;
 }
 
-size_t huge_dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max)
+size_t dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max)
 {
 	struct hdirty a = { .umem = umem, .pages = pages, .max = max };
 

@@ -369,7 +369,7 @@ int huge_install_locked(struct uodp_umem *umem, uint64_t va, uint64_t pfn,
 			unsigned access);
 bool huge_covers_locked(struct uodp_umem *umem, uint64_t va, unsigned access);
 uint64_t huge_drop_locked(struct uodp_umem *umem, uint64_t s, uint64_t e);
-size_t huge_dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max);
+size_t dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max);
 
 /* invalidate.c: a one-region invalidation (frame changed under an entry). */
 void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,

@@ -155,6 +155,19 @@ static bool skip_accounting(const struct uodp_umem *umem, uint64_t period)
 	return umem->birth && umem->birth == period;
 }
 
+static uint64_t stripe_mask(const struct uodp_umem *umem, uint64_t s,
+			    uint64_t e)
+{
+	unsigned first, last;
+
+	stripe_span(umem, umem_page(umem, s), umem_page(umem, e), &first,
+		    &last);
+	/* nstripes <= 64 (UMEM_MAX_STRIPES): one bit per stripe. */
+	return (last - first == 63 ? ~(uint64_t)0 :
+				     (((uint64_t)1 << (last - first + 1)) - 1))
+	       << first;
+}
+
 void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		 uint64_t period)
 {
@@ -169,42 +182,6 @@ void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
 			umem->stripes[i].count++;
 	}
 	ulock_unlock(&umem->lock);
-}
-
-/* Bump seq before lowering count: a fault that began while this ran sees
- * either the count or the new seq, never neither. */
-void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period)
-{
-	unsigned i, first, last;
-	bool wake = false;
-
-	if (skip_accounting(umem, period))
-		return;
-	ulock_lock(&umem->lock);
-	stripe_span(umem, umem_page(umem, s), umem_page(umem, e), &first,
-		    &last);
-	for (i = first; i <= last; i++) {
-		uodp_assert(umem->stripes[i].count > 0);
-		umem->stripes[i].seq++;
-		if (--umem->stripes[i].count == 0)
-			wake = true;
-	}
-	if (wake)
-		pthread_cond_broadcast(&umem->idle);
-	ulock_unlock(&umem->lock);
-}
-
-static uint64_t stripe_mask(const struct uodp_umem *umem, uint64_t s,
-			    uint64_t e)
-{
-	unsigned first, last;
-
-	stripe_span(umem, umem_page(umem, s), umem_page(umem, e), &first,
-		    &last);
-	/* nstripes <= 64 (UMEM_MAX_STRIPES): one bit per stripe. */
-	return (last - first == 63 ? ~(uint64_t)0 :
-				     (((uint64_t)1 << (last - first + 1)) - 1))
-	       << first;
 }
 
 void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e,
@@ -262,6 +239,14 @@ void inval_end_mask(struct uodp_umem *umem, uint64_t mask)
 	if (wake)
 		pthread_cond_broadcast(&umem->idle);
 	ulock_unlock(&umem->lock);
+}
+
+/* Bump seq before lowering count: a fault that began while this ran sees
+ * either the count or the new seq, never neither. */
+void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period)
+{
+	if (!skip_accounting(umem, period))
+		inval_end_mask(umem, stripe_mask(umem, s, e));
 }
 
 __thread int engine_in_callback;

@@ -489,32 +489,11 @@ UODP_API int64_t uodp_umem_for_each_entry(
 	return a.visited;
 }
 
-struct dirty_arg {
-	struct uodp_umem *umem;
-	void **pages;
-	size_t max, n;
-};
-
-static int take_dirty(uint64_t idx, uint64_t *word, void *argp)
-{
-	struct dirty_arg *a = argp;
-
-	if (!(*word & W_DIRTY))
-		return 0;
-	if (a->n == a->max)
-		return 1;
-	a->pages[a->n++] =
-		(void *)(uintptr_t)(a->umem->start +
-				    (idx << a->umem->ctx->page_shift));
-	*word &= ~W_DIRTY;
-	return 0;
-}
-
 UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, void **pages,
 				      size_t max)
 {
-	struct dirty_arg a = { .umem = umem, .pages = pages, .max = max };
 	void *dead;
+	size_t n;
 
 	if (!umem_valid(umem) || (!pages && max))
 		return -EINVAL;
@@ -525,15 +504,11 @@ UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, void **pages,
 	if (!max || umem_watch_only(umem))
 		return 0;
 	ulock_lock(&umem->lock);
-	if (umem->hdirty)
-		a.n = huge_dirty_take_locked(umem, pages, max);
-	else
-		pgt_for_each(&umem->table, 0, umem->table.nslots, take_dirty,
-			     &a);
+	n = dirty_take_locked(umem, pages, max);
 	dead = table_trim(&umem->table);
 	ulock_unlock(&umem->lock);
 	pgt_free_nodes(dead);
-	return (int64_t)a.n;
+	return (int64_t)n;
 }
 
 UODP_API int uodp_umem_stats(struct uodp_umem *umem,
