@@ -181,6 +181,7 @@ static bool inject_ok; /* allocation failures injected in this input */
 static bool injecting; /* ... in the current (or last) call */
 static unsigned long inject_seed;
 static unsigned step;
+static bool bad_buffers; /* cfg2 bit 2: some caller buffers are bad */
 static sigset_t saved_mask;
 static bool mask_blocked;
 
@@ -1329,7 +1330,7 @@ static uint8_t *bad_local(uint64_t len)
 {
 	int first = (int)upto(POOL_PAGES), n, p, tries;
 
-	if (upto(8))
+	if (!bad_buffers || upto(8))
 		return NULL;
 	n = (int)((len + ps - 1) / ps) + 1;
 	for (tries = 0; tries < POOL_PAGES; tries++, first++) {
@@ -1976,7 +1977,9 @@ int fuzz_one(const uint8_t *data, size_t size)
 	/* cfg bit 0: the engine context follows the kernel monitor; bit 1:
 	 * the device does; bit 2: fast copy; bit 3: strict (monitor only);
 	 * bits 4-5: fault-around; bit 6: allocation failures; bit 7:
-	 * pinning. cfg2: the generator seed of injected failures. */
+	 * pinning. cfg2: bit 0 two exec workers, bit 1 SIGSEGV/SIGBUS
+	 * blocked, bit 2 bad caller buffers; all of it seeds the injected
+	 * failures. */
 	ectx_manual = !(cfg & 1);
 	ctx_flags = ectx_manual ? UODP_CTX_MANUAL : 0;
 	ectx_pin = cfg & 0x80;
@@ -2011,6 +2014,7 @@ int fuzz_one(const uint8_t *data, size_t size)
 		mask_blocked = true;
 	}
 	ndead = 0;
+	bad_buffers = cfg2 & 4;
 	r = uodp_dev_open(&attr, &dev);
 	if (r) {
 		if (r != -ENOSYS)
