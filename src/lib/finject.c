@@ -11,6 +11,7 @@
 #ifdef UODP_FAULT_INJECT
 
 #include <errno.h>
+#include <execinfo.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -183,6 +184,16 @@ static bool inject(enum finject_class cls, int *err)
 	if (fail) {
 		atomic_fetch_add(&c->failures, 1);
 		*err = atomic_load(&c->err);
+		/* FI_TRACE=1: where the failure was injected (resolve the
+		 * binary(+offset) lines with addr2line -e). */
+		if (getenv("FI_TRACE")) {
+			void *bt[16];
+			int n = backtrace(bt, 16);
+
+			paused++;
+			backtrace_symbols_fd(bt, n, 2);
+			paused--;
+		}
 	}
 	return fail;
 }
