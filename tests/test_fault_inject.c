@@ -597,7 +597,8 @@ static int wait_child(pid_t pid, int *status)
 		perror("proc");
 	if (getenv("FI_GDB")) {
 		snprintf(cmd, sizeof(cmd),
-			 "gdb -p %d -batch -ex 'thread apply all bt' "
+			 "timeout -s KILL 20 gdb -p %d -batch "
+			 "-ex 'thread apply all bt' "
 			 "2>/dev/null | grep -E '^(#|Thread)' >&2",
 			 (int)pid);
 		if (system(cmd) < 0)
