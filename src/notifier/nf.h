@@ -131,6 +131,11 @@ struct nf_state {
 	struct uffd_fdid uffd_id, pipe_id[2];
 	uint64_t features;
 	pthread_t mon, relay;
+	/* Their stacks are ours (notifier.c: own_stack()), not glibc's:
+	 * glibc madvises a cached stack at thread exit, and a stack inside a
+	 * watched range (a region over the whole address space) would then
+	 * raise an event the exiting monitor itself must read. */
+	void *mon_stack, *relay_stack;
 	bool relay_started;
 	_Atomic pid_t mon_tid;
 	_Atomic bool stop;    /* monitor: stop (after draining the fd) */

@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "notifier/nf.h"
@@ -510,10 +511,53 @@ broken:
 /* Life cycle (life_lock held)                                               */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * Our threads' stacks. Why not glibc's: glibc madvise(MADV_DONTNEED)s a
+ * thread's stack when the thread exits (to cache it), and munmaps it
+ * later from whichever thread; if a region covers that stack (an implicit
+ * region over the whole address space is watched whole mapping by whole
+ * mapping), the exiting monitor would wait for an event only it can read.
+ * A stack we map ourselves is never touched by glibc, sits between two
+ * PROT_NONE guard pages (so the kernel never merges it into a neighbouring
+ * mapping that a region may watch), and is unmapped only after the
+ * userfaultfd is closed (nothing registered any more). Why 8 MiB: glibc's
+ * default; deferred callbacks run the driver's code on the relay thread.
+ */
+#define NF_STACK_SIZE ((size_t)8 << 20)
+
+static void *own_stack(size_t *len)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	char *p;
+
+	*len = NF_STACK_SIZE + 2 * pg;
+	p = mmap(NULL, *len, PROT_NONE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	if (mprotect(p + pg, NF_STACK_SIZE, PROT_READ | PROT_WRITE)) {
+		munmap(p, *len);
+		return NULL;
+	}
+	return p;
+}
+
+static void free_stack(void **stack)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+
+	if (*stack)
+		munmap(*stack, NF_STACK_SIZE + 2 * pg);
+	*stack = NULL;
+}
+
 /* Start @fn with every asynchronous signal blocked; synchronous ones (a
  * crash in an op) keep their default handling. */
-static int start_thread(pthread_t *t, void *(*fn)(void *), const char *name)
+static int start_thread(pthread_t *t, void *(*fn)(void *), const char *name,
+			void **stack)
 {
+	pthread_attr_t attr;
+	size_t len;
 	static const int sync_sigs[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL,
 					 SIGTRAP, SIGSYS, SIGABRT };
 	sigset_t all, old;
@@ -523,11 +567,23 @@ static int start_thread(pthread_t *t, void *(*fn)(void *), const char *name)
 	sigfillset(&all);
 	for (i = 0; i < sizeof(sync_sigs) / sizeof(sync_sigs[0]); i++)
 		sigdelset(&all, sync_sigs[i]);
+	*stack = own_stack(&len);
+	if (!*stack)
+		return -ENOMEM;
+	if (pthread_attr_init(&attr)) {
+		free_stack(stack);
+		return -ENOMEM;
+	}
+	pthread_attr_setstack(&attr, (char *)*stack + sysconf(_SC_PAGESIZE),
+			      NF_STACK_SIZE);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	r = pthread_create(t, NULL, fn, NULL);
+	r = pthread_create(t, &attr, fn, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (r)
+	pthread_attr_destroy(&attr);
+	if (r) {
+		free_stack(stack);
 		return -EAGAIN; /* no thread, whatever the reason */
+	}
 	pthread_setname_np(*t, name);
 	return 0;
 }
@@ -576,10 +632,10 @@ static int nf_start(void)
 	atomic_store(&nf.broken, 0);
 	atomic_store(&nf.stop, false);
 	nf.ring_head = nf.ring_tail = 0;
-	r = start_thread(&nf.relay, relay_main, "uodp-relay");
+	r = start_thread(&nf.relay, relay_main, "uodp-relay", &nf.relay_stack);
 	if (r)
 		goto err_fds;
-	r = start_thread(&nf.mon, mon_main, "uodp-monitor");
+	r = start_thread(&nf.mon, mon_main, "uodp-monitor", &nf.mon_stack);
 	if (r)
 		goto err_relay;
 	atomic_store(&nf.running, true);
@@ -592,6 +648,7 @@ err_fds:
 	close(nf.pipe[0]);
 	close(nf.pipe[1]);
 	nf.uffd = nf.pipe[0] = nf.pipe[1] = -1;
+	free_stack(&nf.relay_stack); /* after the close: nothing registered */
 	return r;
 }
 
@@ -613,6 +670,10 @@ static void nf_stop(void)
 	/* Releases the kernel context: whatever is still registered to it
 	 * is dropped and any thread waiting on a late event goes on. */
 	close_all();
+	/* Only now: with the userfaultfd closed, unmapping them sends no
+	 * event (had a region covered them). */
+	free_stack(&nf.mon_stack);
+	free_stack(&nf.relay_stack);
 	atomic_store(&nf.running, false);
 	atomic_store(&nf.broken, 0);
 }

@@ -301,20 +301,39 @@ static int reg(uint64_t s, uint64_t e)
 	return uffd_register(nf.uffd, s, e);
 }
 
+/* Why 3 tries: UFFDIO_UNREGISTER fails only transiently (ENOMEM while the
+ * kernel splits a mapping; EINTR/EAGAIN on newer kernels), and a
+ * registration we forgot about while the kernel keeps it would raise
+ * events for memory no record holds. -EINVAL means the range is not (or no
+ * longer) one the kernel accepts as a whole: the caller goes per mapping. */
+static int unreg_retry(uint64_t s, uint64_t e)
+{
+	int r = 0, tries;
+
+	for (tries = 0; tries < 3; tries++) {
+		r = uffd_unregister(nf.uffd, s, e);
+		if (r == 0 || r == -EINVAL)
+			break;
+	}
+	return r;
+}
+
 static int unregister_one(uint64_t s, uint64_t e, void *arg)
 {
 	(void)arg;
-	uffd_unregister(nf.uffd, s, e);
+	unreg_retry(s, e); /* -EINVAL: gone meanwhile */
 	return 0;
 }
 
 /* The kernel forgets [s, e); errors (memory gone meanwhile) are silent. A
- * range the kernel refuses as a whole is done mapping by mapping. */
+ * range the kernel refuses as a whole is done mapping by mapping (the
+ * maps walk needs a descriptor: tried again once if none was free). */
 static void unreg(uint64_t s, uint64_t e)
 {
 	if (!nf_uffd_ok())
 		return; /* not our descriptor any more: never touch it */
-	if (uffd_unregister(nf.uffd, s, e) == -EINVAL)
+	if (unreg_retry(s, e) == -EINVAL &&
+	    uffd_for_each_vma(s, e, unregister_one, NULL) < 0)
 		uffd_for_each_vma(s, e, unregister_one, NULL);
 }
 
