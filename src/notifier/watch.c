@@ -318,10 +318,16 @@ static int unreg_retry(uint64_t s, uint64_t e)
 	return r;
 }
 
+/* One mapping the maps walk just found: an error here is retried
+ * whatever it is (EINVAL too: the mapping existed a moment ago). */
 static int unregister_one(uint64_t s, uint64_t e, void *arg)
 {
+	int tries;
+
 	(void)arg;
-	unreg_retry(s, e); /* -EINVAL: gone meanwhile */
+	for (tries = 0; tries < 3; tries++)
+		if (uffd_unregister(nf.uffd, s, e) == 0)
+			break;
 	return 0;
 }
 

@@ -353,6 +353,8 @@ static void scene_queue(struct demo *d)
 	struct uodp_dev_wc wc[3];
 	char b1[32], b2[32];
 	int r, n = 0, i, st[4] = { 1, 1, 1, 1 };
+	unsigned char vec;
+	bool hole;
 	struct uodp_dev_wr wr[3] = {
 		{ .wr_id = 1,
 		  .opcode = UODP_DEV_OP_READ,
@@ -394,7 +396,18 @@ static void scene_queue(struct demo *d)
 		    wc[i].status ? " " : "",
 		    wc[i].status ? strerror(-wc[i].status) : "");
 	}
-	check(d, !r && n == 3 && st[1] == 0 && st[2] == -EFAULT && st[3] == 0,
+	/* Page 10 is a hole since step 6, unless something else in the
+	 * process mapped it since (a sanitizer's allocator does: the
+	 * device then rightly reports what it found there). */
+	hole = mincore(d->base + 10 * d->ps, d->ps, &vec) && errno == ENOMEM;
+	if (!hole)
+		say(d, "      (page 10 was mapped again by another part of "
+		       "the process: its result is that mapping's)\n");
+	check(d,
+	      !r && n == 3 && st[1] == 0 && st[3] == 0 &&
+		      (hole ? st[2] == -EFAULT :
+			      (st[2] == 0 || st[2] == -EFAULT ||
+			       st[2] == -EACCES)),
 	      "two succeeded, the one on unmapped memory completed -EFAULT");
 	check(d, !memcmp(d->base + 6 * d->ps, "queued", 6),
 	      "the queued write is visible to the CPU");
