@@ -1279,6 +1279,26 @@ static int count_lines(const char *path)
 	return n;
 }
 
+/* Lines of /proc/self/maps overlapping [lo, hi): how many mappings the
+ * kernel keeps there (a registration that split the buffer shows here;
+ * mappings a sanitizer's runtime adds elsewhere do not). */
+static int count_maps_in(const void *lo, const void *hi)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	unsigned long s, e;
+	char line[512];
+	int n = 0;
+
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 &&
+		    s < (unsigned long)(uintptr_t)hi &&
+		    e > (unsigned long)(uintptr_t)lo)
+			n++;
+	fclose(f);
+	return n;
+}
+
 static int count_fds(void)
 {
 	char path[64];
@@ -1300,7 +1320,7 @@ static void test_many_regions_no_leak(void **state)
 	char *buf =
 		t_map(N, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE);
 	struct uodp_ctx *ctx;
-	int fds, lines;
+	int fds, lines, bufmaps;
 
 	(void)state;
 	assert_non_null(u);
@@ -1312,15 +1332,15 @@ static void test_many_regions_no_leak(void **state)
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 	fds = count_fds();
 	lines = count_lines("/proc/self/maps");
+	bufmaps = count_maps_in(buf, t_pg(buf, N));
 
 	ctx = mon_ctx(0);
 	for (int i = 0; i < N; i++)
 		u[i] = t_get(ctx, t_pg(buf, i), page,
 			     i & 1 ? UODP_ACCESS_WATCH : UODP_ACCESS_ALL);
-	/* Whole-mapping watches: the buffer was not split. What may be new
-	 * is the notifier's two threads: each stack sits between two guard
-	 * pages (3 lines), mapped at start and unmapped at stop. */
-	assert_true(count_lines("/proc/self/maps") <= lines + 6);
+	/* Whole-mapping watches: the buffer was not split (the kernel still
+	 * keeps it as the mappings it was before the registrations). */
+	assert_int_equal(count_maps_in(buf, t_pg(buf, N)), bufmaps);
 	for (int i = 0; i < N; i += 1000)
 		assert_int_equal(t_fault(u[i], t_pg(buf, i), page,
 					 UODP_ACCESS_WRITE),
@@ -1330,8 +1350,10 @@ static void test_many_regions_no_leak(void **state)
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 	assert_int_equal(count_fds(), fds);
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-	/* The sanitizer runtimes map memory of their own as they go. */
-	assert_true(count_lines("/proc/self/maps") <= lines + 8);
+	/* The sanitizer runtimes map memory of their own as they go (TSan
+	 * more than a few lines per thread): the count is checked in the
+	 * builds without them (the release, debug and unprivileged stages). */
+	(void)lines;
 #else
 	assert_int_equal(count_lines("/proc/self/maps"), lines);
 #endif
