@@ -301,9 +301,20 @@ static void scene_mremap(struct demo *d)
 	/* a destination of our own, so the move cannot clobber anything */
 	moved = mmap(NULL, 3 * d->ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
 		     -1, 0);
-	if (moved != MAP_FAILED)
+	if (moved != MAP_FAILED) {
+		void *dst = moved;
+
 		moved = mremap(d->base + 13 * d->ps, 3 * d->ps, 3 * d->ps,
-			       MREMAP_MAYMOVE | MREMAP_FIXED, moved);
+			       MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+		if (moved == MAP_FAILED) {
+			/* Some runtimes refuse MREMAP_FIXED here (seen under
+			 * TSan and as an unprivileged user): let the kernel
+			 * choose the destination instead. */
+			munmap(dst, 3 * d->ps);
+			moved = mremap(d->base + 13 * d->ps, 3 * d->ps,
+				       4 * d->ps, MREMAP_MAYMOVE);
+		}
+	}
 	check(d, moved != MAP_FAILED, "mremap moved them to %p", moved);
 	if (moved == MAP_FAILED)
 		return;
