@@ -921,6 +921,59 @@ static void test_deferred_coalesced(void **state)
 	t_unmap(buf, 8);
 }
 
+/*
+ * A region registered while an earlier deferred event is still with the
+ * relay (the context's period is open), whose memory is then unmapped:
+ * its callback must come. The relay is held in the first event's callback
+ * so that the registration and the second event both fall inside that
+ * period - what a registration cache does when it re-registers a reused
+ * address while UCX is still handling the previous unmap (seen with
+ * ucs_rcache: the entry stayed stale). The second event must also end:
+ * the late region faults afterwards.
+ */
+static void test_deferred_born_in_period(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(UODP_CTX_DEFERRED);
+	char *q = t_buf(2), *b = t_buf(4);
+	struct uodp_umem *uq = t_get(ctx, q, 2 * page, UODP_ACCESS_WATCH);
+	struct uodp_umem *late, *dev;
+	unsigned from;
+
+	(void)state;
+	t_gate_reset(&relay_gate);
+	t_rec.hook = relay_hold_hook;
+	assert_int_equal(madvise(q, page, MADV_DONTNEED), 0);
+	t_gate_wait_arrived(&relay_gate);
+	t_rec.hook = NULL;
+	/* Period open: both registrations are born in it. */
+	late = t_get(ctx, b, 2 * page, UODP_ACCESS_WATCH);
+	dev = t_get(ctx, t_pg(b, 2), 2 * page, UODP_ACCESS_ALL);
+	from = t_rec_count();
+	assert_int_equal(madvise(b, 4 * page, MADV_DONTNEED), 0);
+	t_gate_open(&relay_gate);
+	t_rec_wait(from, late, b, t_pg(b, 2), UODP_EVENT_REMOVE, EVENT_SEC);
+	t_rec_wait(from, dev, t_pg(b, 2), t_pg(b, 4), UODP_EVENT_REMOVE,
+		   EVENT_SEC);
+	wait_sync(ctx);
+	/* Nothing left pending on the late regions: faults go through. */
+	assert_int_equal(uodp_umem_map_and_lock(dev, t_pg(b, 2), 2 * page,
+						UODP_ACCESS_WRITE, 1000),
+			 2);
+	assert_int_equal(uodp_umem_unlock(dev), 0);
+	/* And the unmapping that ends it all is heard too. */
+	from = t_rec_count();
+	assert_int_equal(munmap(b, 4 * page), 0);
+	t_rec_wait(from, late, b, t_pg(b, 2), UODP_EVENT_UNMAP, EVENT_SEC);
+	t_rec_wait(from, dev, t_pg(b, 2), t_pg(b, 4), UODP_EVENT_UNMAP,
+		   EVENT_SEC);
+	wait_sync(ctx);
+	assert_int_equal(uodp_umem_release(dev), 0);
+	assert_int_equal(uodp_umem_release(late), 0);
+	assert_int_equal(uodp_umem_release(uq), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(q, 2);
+}
+
 /* ------------------------------------------------------------------------ */
 /* munmap and reuse, validated by uodp_ctx_sync()                            */
 
@@ -1409,6 +1462,7 @@ int main(void)
 		cmocka_unit_test(test_fork),
 		cmocka_unit_test(test_many_regions_no_leak),
 		/* Last: a failure of these leaves its context behind. */
+		cmocka_unit_test(test_deferred_born_in_period),
 		cmocka_unit_test(test_deferred_coalesced),
 		cmocka_unit_test(test_deferred_driver_lock),
 	};

@@ -18,9 +18,13 @@
  *    (bumped on 0 -> 1 and 1 -> 0, under ctx->inv_lock). A region registered
  *    during an odd period P records birth = P: the running invalidations may
  *    have walked the tree before it was there, so until the period moves on
- *    the region is not "ready" (faults wait, retry is true), and those
- *    invalidations neither raise nor lower its counters (they test
- *    birth == period, which stays P for their whole life). Periods only
+ *    the region is not "ready" (faults wait, retry is true), and a
+ *    token's start() and end() neither raise nor lower its counters (they
+ *    test birth == period, which stays P for their whole life). A deferred
+ *    begin accounts every region it finds, born in P or not: its finish
+ *    ends exactly what the begin recorded (umem->dmask), and a region born
+ *    in P must still hear of the events read after it was registered (a
+ *    cache's entry for memory unmapped in the same period). Periods only
  *    grow, so once ctx->period != birth the region is ready for good. This
  *    is the kernel's deferred-insertion rule without the deferred list:
  *    nothing is kept per invalidation, and activating regions needs no lock.
@@ -305,10 +309,10 @@ void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		enum uodp_event ev, int cb_kind);
 void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period);
 /* Deferred halves (protocol.c): begin raises the stripes of [s, e) not
- * already pending; take removes what is pending on the region (false if
- * nothing), end_mask lowers those stripes. */
-void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e,
-			  uint64_t period);
+ * already pending (on every region found, born in the period or not: the
+ * mask pairs it with its end); take removes what is pending on the region
+ * (false if nothing), end_mask lowers those stripes. */
+void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e);
 bool inval_deferred_take(struct uodp_umem *umem, uint64_t *s, uint64_t *e,
 			 uint64_t *mask);
 void inval_end_mask(struct uodp_umem *umem, uint64_t mask);

@@ -144,13 +144,16 @@ void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 {
 	struct rindex_iter it;
 	struct uodp_umem *umem;
-	uint64_t period = ctx_inval_begin(ctx), s, e;
+	uint64_t s, e;
 
+	/* The period still opens: a region registered from now until the
+	 * finish may have been missed by this walk, and its faults wait. */
+	ctx_inval_begin(ctx);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
 	for_each_overlap(ctx, it, umem, start, end)
 	{
 		clamp(umem, start, end, &s, &e);
-		inval_deferred_begin(umem, s, e, period);
+		inval_deferred_begin(umem, s, e);
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
 }
