@@ -381,6 +381,64 @@ static void *churn_thread(void *arg)
 	return NULL;
 }
 
+/*
+ * Registration races an unmap (issue 12, finding 11's last variant, found
+ * by the fuzzer): a mapping made in a record's hole is being registered by
+ * one thread while another unmaps it. It was not registered, so the unmap
+ * sends no event, and UFFDIO_REGISTER then succeeds on what is left of the
+ * range (holes are no error). The hook unmaps it exactly in that window.
+ * Memory mapped there afterwards must still be registered before a fault
+ * installs it, so that its munmap drops the entry.
+ */
+static char *race_page;
+
+static void unmap_before_register(void)
+{
+	unf_test_hook_before_register = NULL; /* once */
+	if (munmap(race_page, page) != 0)
+		abort();
+}
+
+static void test_register_races_unmap(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(0);
+	char *buf = low_buf(3);
+	struct uodp_umem *u = t_get(ctx, buf, 3 * page, UODP_ACCESS_ALL), *w;
+	struct unf_stats st0, st;
+	unsigned from;
+
+	(void)state;
+	/* Page 0 leaves the record's registered pieces and comes back. */
+	assert_int_equal(munmap(buf, page), 0);
+	t_rec_wait(0, u, buf, t_pg(buf, 1), UODP_EVENT_UNMAP, EVENT_SEC);
+	wait_sync(ctx);
+	if (map_hole(buf, page, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1) == MAP_FAILED)
+		skip(); /* someone took the hole */
+	/* A watch over it registers it; it goes away in between. */
+	unf_get_stats(&st0);
+	race_page = buf;
+	unf_test_hook_before_register = unmap_before_register;
+	w = t_get(ctx, buf, 3 * page, UODP_ACCESS_READ);
+	assert_null(unf_test_hook_before_register); /* the window was hit */
+	unf_get_stats(&st);
+	assert_true(st.unsure_registrations > st0.unsure_registrations);
+	/* New memory there: faulted in, then unmapped - the entry goes. */
+	assert_ptr_equal(map_hole(buf, page, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1),
+			 buf);
+	assert_int_equal(t_fault(u, buf, page, UODP_ACCESS_WRITE), 1);
+	from = t_rec_count();
+	assert_int_equal(munmap(buf, page), 0);
+	t_rec_wait(from, u, buf, t_pg(buf, 1), UODP_EVENT_UNMAP, EVENT_SEC);
+	wait_sync(ctx);
+	assert_int_equal(t_entry(u, buf), 0);
+	assert_int_equal(uodp_umem_release(w), 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap_pages(buf, 1, 3);
+}
+
 static void test_hole_churn(void **state)
 {
 	struct uodp_ctx *ctx = mon_ctx(0);
@@ -1448,6 +1506,7 @@ int main(void)
 		cmocka_unit_test(test_file_shared),
 		cmocka_unit_test(test_refused_in_hole),
 		cmocka_unit_test(test_hole_churn),
+		cmocka_unit_test(test_register_races_unmap),
 		cmocka_unit_test(test_two_contexts),
 		cmocka_unit_test(test_sysv_shm_refused),
 		cmocka_unit_test(test_foreign_uffd_ebusy),

@@ -169,7 +169,8 @@ struct nf_state {
 
 	struct {
 		_Atomic uint64_t unmap, remove, remap, other, wakeups, fences,
-			slow_prepares, relayed, coalesced, registrations;
+			slow_prepares, relayed, coalesced, registrations,
+			unsure_registrations;
 	} st;
 };
 

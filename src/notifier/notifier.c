@@ -871,6 +871,7 @@ void unf_get_stats(struct unf_stats *out)
 	out->relayed = atomic_load(&nf.st.relayed);
 	out->coalesced = atomic_load(&nf.st.coalesced);
 	out->registrations = atomic_load(&nf.st.registrations);
+	out->unsure_registrations = atomic_load(&nf.st.unsure_registrations);
 	out->subscribers = atomic_load(&nf.nsubs);
 }
 

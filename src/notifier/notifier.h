@@ -148,6 +148,9 @@ struct unf_stats {
 	uint64_t unmap, remove, remap, other;
 	uint64_t wakeups, fences, slow_prepares, relayed, coalesced;
 	uint64_t registrations; /* UFFDIO_REGISTER calls made */
+	/* mappings registered but changed before the maps were read again
+	 * (not counted as watched; see verify_registered() in watch.c) */
+	uint64_t unsure_registrations;
 	/* relayed: finishes queued to the relay; coalesced: events merged
 	 * into a queued finish because the ring was full */
 	uint64_t subscribers;
@@ -160,6 +163,10 @@ bool unf_pending(void);	     /* events queued in the kernel, unread */
 /* Relay ring capacity (0: the default, 1024): tests make it small to see
  * coalescing. Read by the monitor thread at each event. */
 extern unsigned unf_test_ring_cap;
+/* Called by the registration path between its read of the maps and its
+ * UFFDIO_REGISTER (watch_lock held; the hook must not call uodp), so a
+ * test can change the address space in that window. */
+extern void (*unf_test_hook_before_register)(void);
 /* The notifier's descriptor numbers (-1 when it does not run), for tests
  * that close them behind its back. */
 void unf_test_fds(int *uffd, int *pipe_rd, int *pipe_wr);
