@@ -43,11 +43,59 @@
 #include "lib/rindex.h"
 
 #ifdef UODP_HAVE_UCX
+#include <dlfcn.h>
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #include <ucs/datastruct/pgtable.h>
 #include <ucs/memory/rcache.h>
 #pragma GCC diagnostic pop
+
+/*
+ * libucs is loaded here, when this suite runs, not linked into the tool.
+ * Its constructor installs UCM's mmap/munmap/mremap/madvise hooks in the
+ * whole process (UCX 1.13: ucs_init -> ucm_library_init ->
+ * ucm_mmap_install, seen in gdb), so a linked libucs put UCX's hooks under
+ * `uodp demo` and under every other suite: UCM 1.13's mremap hook drops
+ * MREMAP_FIXED's new address (the demo's mremap failed), and TSan builds
+ * crashed in UCM's madvise hook at thread exit. This suite needs only
+ * ucs_pgtable and an ucs_rcache with no memory events, so the hooks are
+ * turned off in the environment first (unless the user set them).
+ */
+static struct {
+	bool tried, ok;
+	__typeof__(ucs_pgtable_init) *pgtable_init;
+	__typeof__(ucs_pgtable_cleanup) *pgtable_cleanup;
+	__typeof__(ucs_pgtable_insert) *pgtable_insert;
+	__typeof__(ucs_pgtable_remove) *pgtable_remove;
+	__typeof__(ucs_pgtable_search_range) *pgtable_search_range;
+	__typeof__(ucs_rcache_create) *rcache_create;
+	__typeof__(ucs_rcache_destroy) *rcache_destroy;
+	__typeof__(ucs_rcache_get) *rcache_get;
+	__typeof__(ucs_rcache_region_invalidate) *rcache_region_invalidate;
+	__typeof__(ucs_rcache_region_put) *rcache_region_put;
+} ucx;
+
+static bool ix_ucx_load(void)
+{
+	void *h;
+
+	if (ucx.tried)
+		return ucx.ok;
+	ucx.tried = true;
+	setenv("UCX_MEM_MMAP_HOOK_MODE", "none", 0);
+	setenv("UCX_MEM_MALLOC_HOOKS", "no", 0);
+	h = dlopen("libucs.so.0", RTLD_NOW | RTLD_LOCAL);
+	if (!h)
+		return false;
+#define IX_SYM(f) (ucx.f = (__typeof__(ucx.f))dlsym(h, "ucs_" #f)) != NULL
+	ucx.ok = IX_SYM(pgtable_init) && IX_SYM(pgtable_cleanup) &&
+		 IX_SYM(pgtable_insert) && IX_SYM(pgtable_remove) &&
+		 IX_SYM(pgtable_search_range) && IX_SYM(rcache_create) &&
+		 IX_SYM(rcache_destroy) && IX_SYM(rcache_get) &&
+		 IX_SYM(rcache_region_invalidate) && IX_SYM(rcache_region_put);
+#undef IX_SYM
+	return ucx.ok; /* the library stays loaded: its regions may live on */
+}
 #endif
 
 #define IX_BASE UINT64_C(0x200000000000)
@@ -180,7 +228,7 @@ static ucs_rcache_t *ix_rcache(void)
 	p.max_regions = (unsigned long)-1;
 	p.max_size = (size_t)-1;
 	p.max_unreleased = (size_t)-1;
-	if (ucs_rcache_create(&p, "uodp-bench", NULL, &rc) != UCS_OK)
+	if (ucx.rcache_create(&p, "uodp-bench", NULL, &rc) != UCS_OK)
 		return NULL;
 	return rc;
 }
@@ -229,11 +277,11 @@ static int ix_insert(struct ix *x, enum ix_var v, uint64_t i)
 		return 0;
 #ifdef UODP_HAVE_UCX
 	case IV_PGT:
-		return ucs_pgtable_insert(&x->pgt, &x->pregs[i]) == UCS_OK ?
+		return ucx.pgtable_insert(&x->pgt, &x->pregs[i]) == UCS_OK ?
 			       0 :
 			       -EIO;
 	case IV_RCACHE:
-		return ucs_rcache_get(x->rc, (void *)a, x->pg,
+		return ucx.rcache_get(x->rc, (void *)a, x->pg,
 				      PROT_READ | PROT_WRITE, NULL,
 				      &x->rregs[i]) == UCS_OK ?
 			       0 :
@@ -263,15 +311,15 @@ static int ix_remove(struct ix *x, enum ix_var v, uint64_t i)
 		return 0;
 #ifdef UODP_HAVE_UCX
 	case IV_PGT:
-		return ucs_pgtable_remove(&x->pgt, &x->pregs[i]) == UCS_OK ?
+		return ucx.pgtable_remove(&x->pgt, &x->pregs[i]) == UCS_OK ?
 			       0 :
 			       -EIO;
 	case IV_RCACHE:
 		/* Out of the page table, then drop our reference: the
 		 * region is destroyed (mem_dereg) on the put. */
-		ucs_rcache_region_invalidate(x->rc, x->rregs[i], ix_inval_done,
+		ucx.rcache_region_invalidate(x->rc, x->rregs[i], ix_inval_done,
 					     NULL);
-		ucs_rcache_region_put(x->rc, x->rregs[i]);
+		ucx.rcache_region_put(x->rc, x->rregs[i]);
 		return 0;
 #endif
 	default:
@@ -304,7 +352,7 @@ static uint64_t ix_query(struct ix *x, enum ix_var v, uint64_t a)
 	}
 #ifdef UODP_HAVE_UCX
 	case IV_PGT:
-		ucs_pgtable_search_range(&x->pgt, a, last, ix_count_cb, &k);
+		ucx.pgtable_search_range(&x->pgt, a, last, ix_count_cb, &k);
 		break;
 #endif
 	default:
@@ -464,9 +512,9 @@ static void ix_size(uint64_t n, unsigned rounds)
 	if (rindex_init(&x.ridx))
 		return;
 #ifdef UODP_HAVE_UCX
-	x.have_ucx = true;
-	x.pgt_init = ucs_pgtable_init(&x.pgt, ix_dir_alloc, ix_dir_release) ==
-		     UCS_OK;
+	x.have_ucx = ix_ucx_load();
+	x.pgt_init = x.have_ucx && ucx.pgtable_init(&x.pgt, ix_dir_alloc,
+						    ix_dir_release) == UCS_OK;
 	if (!x.pgt_init)
 		x.have_ucx = false;
 	x.rc = x.have_ucx ? ix_rcache() : NULL;
@@ -573,12 +621,12 @@ out:
 		for (i = 0; i < n && x.rregs; i++)
 			if (x.rregs[i])
 				ix_remove(&x, IV_RCACHE, i);
-		ucs_rcache_destroy(x.rc);
+		ucx.rcache_destroy(x.rc);
 	}
 	if (x.pgt_init) {
 		for (i = 0; i < n && x.pregs; i++)
-			ucs_pgtable_remove(&x.pgt, &x.pregs[i]);
-		ucs_pgtable_cleanup(&x.pgt);
+			ucx.pgtable_remove(&x.pgt, &x.pregs[i]);
+		ucx.pgtable_cleanup(&x.pgt);
 	}
 	ix_dirs_free();
 	free(x.pregs);
@@ -602,6 +650,10 @@ static void suite_index(const struct bench_opts *o)
 #ifndef UODP_HAVE_UCX
 	bench_note("UCX baseline skipped: libucx-dev (ucs) not found at "
 		   "build time");
+#else
+	if (!ix_ucx_load())
+		bench_note("UCX baseline skipped: libucs.so.0 (with the "
+			   "functions used here) could not be loaded");
 #endif
 	for (n = 1000; n <= nmax; n *= 10)
 		ix_size(n, o->quick ? 5 : n >= 1000000 ? 15 : 31);
