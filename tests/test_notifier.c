@@ -231,10 +231,9 @@ static int count_fds(void)
 	return n;
 }
 
-static int count_one(uint64_t s, uint64_t e, void *arg)
+static int count_one(const struct uffd_map *m, void *arg)
 {
-	(void)s;
-	(void)e;
+	(void)m;
 	++*(int *)arg;
 	return 0;
 }
@@ -245,7 +244,7 @@ static int count_maps(const void *p, size_t len)
 {
 	int n = 0;
 
-	assert_int_equal(uffd_for_each_vma((uint64_t)(uintptr_t)p,
+	assert_int_equal(uffd_for_each_map((uint64_t)(uintptr_t)p,
 					   (uint64_t)(uintptr_t)p + len,
 					   count_one, &n),
 			 0);

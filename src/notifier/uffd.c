@@ -151,12 +151,9 @@ bool uffd_fully_mapped(uint64_t start, uint64_t end)
 	return msync((void *)(uintptr_t)start, end - start, MS_ASYNC) == 0;
 }
 
-/* Parser state of one /proc/self/maps line: "start-end perms ..." */
-struct maps_line {
-	uint64_t s, e;
-	int field; /* 0: start, 1: end, 2: rest of the line */
-	bool bad;
-};
+/* ------------------------------------------------------------------------ */
+/* Whole mappings, with what their path says                                 */
+/* ------------------------------------------------------------------------ */
 
 static int hexval(char c)
 {
@@ -166,88 +163,6 @@ static int hexval(char c)
 		return c - 'a' + 10;
 	return -1;
 }
-
-/* Feed one character; returns true at the end of a well-formed line. */
-static bool maps_feed(struct maps_line *l, char c)
-{
-	int v;
-
-	if (c == '\n') {
-		bool ok = !l->bad && l->field == 2;
-
-		if (!ok)
-			l->s = l->e = 0;
-		l->field = 0;
-		l->bad = false;
-		return ok;
-	}
-	if (l->field == 2)
-		return false;
-	if (l->field == 0 && c == '-') {
-		l->field = 1;
-		return false;
-	}
-	if (l->field == 1 && c == ' ') {
-		l->field = 2;
-		return false;
-	}
-	v = hexval(c);
-	if (v < 0) {
-		l->bad = true;
-		l->field = 2;
-		return false;
-	}
-	if (l->field == 0)
-		l->s = (l->s << 4) | (uint64_t)v;
-	else
-		l->e = (l->e << 4) | (uint64_t)v;
-	return false;
-}
-
-int uffd_for_each_vma(uint64_t start, uint64_t end,
-		      int (*fn)(uint64_t s, uint64_t e, void *arg), void *arg)
-{
-	struct maps_line l = { 0 };
-	char buf[2048];
-	ssize_t n, i;
-	int fd, r = 0;
-
-	fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	for (;;) {
-		n = read(fd, buf, sizeof(buf));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			r = n < 0 ? -errno : 0;
-			break;
-		}
-		for (i = 0; i < n; i++) {
-			uint64_t s, e;
-
-			if (!maps_feed(&l, buf[i]))
-				continue;
-			if (l.s >= end) /* the file is sorted: done */
-				goto out;
-			s = l.s > start ? l.s : start;
-			e = l.e < end ? l.e : end;
-			l.s = l.e = 0;
-			if (s < e) {
-				r = fn(s, e, arg);
-				if (r)
-					goto out;
-			}
-		}
-	}
-out:
-	close(fd);
-	return r;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Whole mappings, with what their path says                                 */
-/* ------------------------------------------------------------------------ */
 
 /*
  * Parser state of one /proc/self/maps line, all fields:

@@ -55,19 +55,14 @@ int uffd_unregister(int fd, uint64_t start, uint64_t end);
 bool uffd_fully_mapped(uint64_t start, uint64_t end);
 
 /*
- * Call @fn for each mapping overlapping [start, end), clamped to it, in
- * address order, as read from /proc/self/maps with a buffer on the stack
- * (no allocation). Stops when @fn returns nonzero and returns that value;
- * returns 0 after the last mapping, -errno when the file cannot be read.
- */
-int uffd_for_each_vma(uint64_t start, uint64_t end,
-		      int (*fn)(uint64_t s, uint64_t e, void *arg), void *arg);
-
-/*
- * Like uffd_for_each_vma() but with each mapping whole (not clamped to the
- * range) and what its path tells: @sysv when it is SysV shared memory (the
- * path in /proc/self/maps starts with "/SYSV": "/SYSV%08x (deleted)",
- * checked on Linux 6.18; shmat() mappings always show it). No allocation.
+ * Call @fn for each mapping overlapping [start, end), whole (not clamped
+ * to the range), in address order, as read from /proc/self/maps with a
+ * buffer on the stack (no allocation), with what its path tells: @sysv
+ * when it is SysV shared memory (the path starts with "/SYSV":
+ * "/SYSV%08x (deleted)", checked on Linux 6.18; shmat() mappings always
+ * show it). Stops when @fn returns nonzero and returns that value; returns
+ * 0 after the last mapping, -errno when the file cannot be read. The one
+ * reader of the maps in the library.
  */
 struct uffd_map {
 	uint64_t start, end;

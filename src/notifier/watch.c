@@ -318,14 +318,17 @@ static int unreg_retry(uint64_t s, uint64_t e)
 	return r;
 }
 
-/* One mapping the maps walk just found: an error here is retried
- * whatever it is (EINVAL too: the mapping existed a moment ago). */
-static int unregister_one(uint64_t s, uint64_t e, void *arg)
+/* One mapping the maps walk just found, clamped to the range @arg: an
+ * error here is retried whatever it is (EINVAL too: the mapping existed a
+ * moment ago). */
+static int unregister_one(const struct uffd_map *m, void *arg)
 {
+	const struct nf_piece *r = arg;
+	uint64_t s = m->start > r->start ? m->start : r->start;
+	uint64_t e = m->end < r->end ? m->end : r->end;
 	int tries;
 
-	(void)arg;
-	for (tries = 0; tries < 3; tries++)
+	for (tries = 0; tries < 3 && s < e; tries++)
 		if (uffd_unregister(nf.uffd, s, e) == 0)
 			break;
 	return 0;
@@ -336,11 +339,13 @@ static int unregister_one(uint64_t s, uint64_t e, void *arg)
  * maps walk needs a descriptor: tried again once if none was free). */
 static void unreg(uint64_t s, uint64_t e)
 {
+	struct nf_piece r = { s, e };
+
 	if (!nf_uffd_ok())
 		return; /* not our descriptor any more: never touch it */
 	if (unreg_retry(s, e) == -EINVAL &&
-	    uffd_for_each_vma(s, e, unregister_one, NULL) < 0)
-		uffd_for_each_vma(s, e, unregister_one, NULL);
+	    uffd_for_each_map(s, e, unregister_one, &r) < 0)
+		uffd_for_each_map(s, e, unregister_one, &r);
 }
 
 /* ------------------------------------------------------------------------ */
