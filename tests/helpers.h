@@ -337,6 +337,7 @@ static inline void t_fx_fini(struct t_fx *f)
 {
 	engine_test_hook_before_install = NULL;
 	engine_test_hook_after_start_walk = NULL;
+	engine_test_hook_before_detach = NULL;
 	t_rec.hook = NULL;
 	if (f->umem)
 		assert_int_equal(uodp_umem_release(f->umem), 0);

@@ -399,7 +399,17 @@ static void unmap_before_register(void)
 		abort();
 }
 
-static void test_register_races_unmap(void **state)
+/* The same extent mapped again before the maps are read a second time:
+ * the second read alone cannot tell it from the one registered. */
+static void refill_after_register(void)
+{
+	unf_test_hook_after_register = NULL; /* once */
+	if (map_hole(race_page, page, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1) != race_page)
+		abort(); /* low memory: nobody else maps there */
+}
+
+static void register_race(bool refill)
 {
 	struct uodp_ctx *ctx = mon_ctx(0);
 	char *buf = low_buf(3);
@@ -407,26 +417,34 @@ static void test_register_races_unmap(void **state)
 	struct unf_stats st0, st;
 	unsigned from;
 
-	(void)state;
 	/* Page 0 leaves the record's registered pieces and comes back. */
 	assert_int_equal(munmap(buf, page), 0);
 	t_rec_wait(0, u, buf, t_pg(buf, 1), UODP_EVENT_UNMAP, EVENT_SEC);
 	wait_sync(ctx);
 	if (map_hole(buf, page, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS, -1) == MAP_FAILED)
-		skip(); /* someone took the hole */
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1) == MAP_FAILED) {
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		t_unmap_pages(buf, 1, 3);
+		t_skip("another mapping took the hole");
+	}
 	/* A watch over it registers it; it goes away in between. */
 	unf_get_stats(&st0);
 	race_page = buf;
 	unf_test_hook_before_register = unmap_before_register;
+	if (refill)
+		unf_test_hook_after_register = refill_after_register;
 	w = t_get(ctx, buf, 3 * page, UODP_ACCESS_READ);
-	assert_null(unf_test_hook_before_register); /* the window was hit */
+	/* the windows were hit */
+	assert_null(unf_test_hook_before_register);
+	assert_null(unf_test_hook_after_register);
 	unf_get_stats(&st);
 	assert_true(st.unsure_registrations > st0.unsure_registrations);
 	/* New memory there: faulted in, then unmapped - the entry goes. */
-	assert_ptr_equal(map_hole(buf, page, PROT_READ | PROT_WRITE,
-				  MAP_PRIVATE | MAP_ANONYMOUS, -1),
-			 buf);
+	if (!refill)
+		assert_ptr_equal(map_hole(buf, page, PROT_READ | PROT_WRITE,
+					  MAP_PRIVATE | MAP_ANONYMOUS, -1),
+				 buf);
 	assert_int_equal(t_fault(u, buf, page, UODP_ACCESS_WRITE), 1);
 	from = t_rec_count();
 	assert_int_equal(munmap(buf, page), 0);
@@ -437,6 +455,19 @@ static void test_register_races_unmap(void **state)
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 	t_unmap_pages(buf, 1, 3);
+}
+
+static void test_register_races_unmap(void **state)
+{
+	(void)state;
+	register_race(false);
+}
+
+/* ... and an identical mapping made there before the second read. */
+static void test_register_races_unmap_refill(void **state)
+{
+	(void)state;
+	register_race(true);
 }
 
 static void test_hole_churn(void **state)
@@ -1034,6 +1065,173 @@ static void test_deferred_born_in_period(void **state)
 	t_unmap(q, 2);
 }
 
+/*
+ * uodp_ctx_destroy() with a region still held: the context is closed to
+ * new watches. A get then fails -ENODEV without subscribing again (it did:
+ * the subscription outlived the context, and the next event in the
+ * process reached freed memory), and a fault on the held region fails
+ * -ENODEV at once, its notifier handle still valid memory.
+ */
+static void test_destroy_closes_subscription(void **state)
+{
+	struct unf_stats st0, st;
+	struct uodp_ctx *ctx;
+	struct uodp_umem *u, *v;
+	char *buf = t_buf(2);
+
+	(void)state;
+	unf_get_stats(&st0);
+	ctx = mon_ctx(0);
+	u = t_get(ctx, buf, page, UODP_ACCESS_ALL);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_int_equal(uodp_umem_get(ctx, t_pg(buf, 1), page, UODP_ACCESS_ALL,
+				       &v),
+			 -ENODEV);
+	unf_get_stats(&st);
+	assert_int_equal(st.subscribers, st0.subscribers);
+	assert_int_equal(uodp_umem_map_and_lock(u, buf, page, UODP_ACCESS_WRITE,
+						1000),
+			 -ENODEV);
+	assert_int_equal(uodp_umem_release(u), 0); /* frees the context */
+	t_unmap(buf, 2);
+}
+
+/*
+ * uodp_ctx_destroy() while a deferred callback runs that releases its
+ * region (allowed): destroy waits for the callback, the callback's
+ * release must not wait for destroy. It did - destroy held the context's
+ * subscription lock across that wait, which the release takes. The
+ * callback is held until destroy has reached the wait.
+ */
+static struct t_gate cb_gate = T_GATE_INIT;
+static atomic_bool at_detach;
+
+static void note_detach(struct uodp_ctx *ctx)
+{
+	(void)ctx;
+	atomic_store(&at_detach, true);
+}
+
+static void hold_then_release(struct uodp_umem *umem,
+			      const struct uodp_range *r)
+{
+	(void)r;
+	t_gate_pass(&cb_gate);
+	if (uodp_umem_release(umem) != 0)
+		abort();
+}
+
+struct destroy_arg {
+	struct uodp_ctx *ctx;
+	atomic_int done;
+	int r;
+};
+
+static void *destroyer(void *arg)
+{
+	struct destroy_arg *d = arg;
+
+	d->r = uodp_ctx_destroy(d->ctx);
+	atomic_store(&d->done, 1);
+	return NULL;
+}
+
+static bool wait_flag(atomic_bool *b, atomic_int *i, int sec)
+{
+	for (double t0 = t_now_ms(); t_now_ms() - t0 < sec * 1000.0;) {
+		if ((b && atomic_load(b)) || (i && atomic_load(i)))
+			return true;
+		sched_yield();
+	}
+	return false;
+}
+
+static void test_destroy_during_deferred_release(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(UODP_CTX_DEFERRED);
+	char *buf = t_buf(2);
+	struct destroy_arg d = { .ctx = ctx };
+	pthread_t t;
+
+	(void)state;
+	t_get(ctx, buf, 2 * page, UODP_ACCESS_WATCH);
+	atomic_init(&d.done, 0);
+	atomic_store(&at_detach, false);
+	t_gate_reset(&cb_gate);
+	t_rec.hook = hold_then_release;
+	assert_int_equal(madvise(buf, page, MADV_DONTNEED), 0);
+	t_gate_wait_arrived(&cb_gate);
+	engine_test_hook_before_detach = note_detach;
+	assert_int_equal(pthread_create(&t, NULL, destroyer, &d), 0);
+	if (!wait_flag(&at_detach, NULL, EVENT_SEC)) {
+		t_gate_open(&cb_gate);
+		fail_msg("destroy did not reach the detach");
+	}
+	t_gate_open(&cb_gate);
+	if (!wait_flag(NULL, &d.done, EVENT_SEC))
+		fail_msg("destroy and the callback's release wait for each "
+			 "other");
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(d.r, 0);
+	engine_test_hook_before_detach = NULL;
+	t_rec.hook = NULL;
+	t_unmap(buf, 2);
+}
+
+/*
+ * A thread with a cancellation pending registers memory the notifier must
+ * read the maps for (a cancellation point, under its locks and ours): the
+ * call completes and the thread is cancelled only after it, so no lock is
+ * left held - another registration goes through.
+ */
+struct cancel_get {
+	struct uodp_ctx *ctx;
+	char *p;
+	struct uodp_umem *u;
+	int r;
+	atomic_int returned;
+};
+
+static void *cancelled_get(void *arg)
+{
+	struct cancel_get *c = arg;
+
+	pthread_cancel(pthread_self()); /* pending until a cancellation point */
+	c->r = uodp_umem_get(c->ctx, c->p, page, UODP_ACCESS_ALL, &c->u);
+	atomic_store(&c->returned, 1);
+	for (;;)
+		pthread_testcancel();
+	return NULL;
+}
+
+static void test_cancel_pending_get(void **state)
+{
+	struct cancel_get c = { 0 };
+	struct uodp_umem *v;
+	pthread_t t;
+	void *ret;
+	char *other;
+
+	(void)state;
+	c.ctx = mon_ctx(0);
+	c.p = t_buf(1);
+	other = t_buf(1);
+	atomic_init(&c.returned, 0);
+	assert_int_equal(pthread_create(&t, NULL, cancelled_get, &c), 0);
+	assert_int_equal(pthread_join(t, &ret), 0);
+	assert_ptr_equal(ret, PTHREAD_CANCELED);
+	assert_int_equal(atomic_load(&c.returned), 1);
+	assert_int_equal(c.r, 0);
+	alarm(60); /* a lock left held would hang here */
+	v = t_get(c.ctx, other, page, UODP_ACCESS_ALL);
+	alarm(0);
+	assert_int_equal(uodp_umem_release(v), 0);
+	assert_int_equal(uodp_umem_release(c.u), 0);
+	assert_int_equal(uodp_ctx_destroy(c.ctx), 0);
+	t_unmap(c.p, 1);
+	t_unmap(other, 1);
+}
+
 /* ------------------------------------------------------------------------ */
 /* munmap and reuse, validated by uodp_ctx_sync()                            */
 
@@ -1507,6 +1705,9 @@ int main(void)
 		cmocka_unit_test(test_refused_in_hole),
 		cmocka_unit_test(test_hole_churn),
 		cmocka_unit_test(test_register_races_unmap),
+		cmocka_unit_test(test_register_races_unmap_refill),
+		cmocka_unit_test(test_destroy_closes_subscription),
+		cmocka_unit_test(test_cancel_pending_get),
 		cmocka_unit_test(test_two_contexts),
 		cmocka_unit_test(test_sysv_shm_refused),
 		cmocka_unit_test(test_foreign_uffd_ebusy),
@@ -1523,6 +1724,7 @@ int main(void)
 		cmocka_unit_test(test_fork),
 		cmocka_unit_test(test_many_regions_no_leak),
 		/* Last: a failure of these leaves its context behind. */
+		cmocka_unit_test(test_destroy_during_deferred_release),
 		cmocka_unit_test(test_deferred_born_in_period),
 		cmocka_unit_test(test_deferred_coalesced),
 		cmocka_unit_test(test_deferred_driver_lock),

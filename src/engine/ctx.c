@@ -167,8 +167,23 @@ static int create_check(const struct uodp_ctx_ops *ops, unsigned flags,
 	return callback_check(false);
 }
 
+static int ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
+		      struct uodp_ctx **out);
+
 UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 			     struct uodp_ctx **out)
+{
+	int r, cs;
+
+	/* Probing pagemap opens and reads files: no cancellation inside. */
+	cs = nocancel_begin();
+	r = ctx_create(ops, flags, out);
+	nocancel_end(cs);
+	return r;
+}
+
+static int ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
+		      struct uodp_ctx **out)
 {
 	struct uodp_ctx *ctx;
 	long page_size = sysconf(_SC_PAGESIZE);
@@ -217,6 +232,7 @@ static void ctx_free(struct uodp_ctx *ctx)
 	while (atomic_load(&ctx->users))
 		sched_yield();
 	ctx->magic = UODP_DEAD_MAGIC;
+	unf_free(ctx->sub); /* detached by uodp_ctx_destroy() */
 	if (ctx_pagemap_ours(ctx))
 		close(ctx->pagemap_fd);
 	pgt_destroy(&ctx->pins);
@@ -317,6 +333,12 @@ int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 	if (ctx->flags & UODP_CTX_MANUAL)
 		return 0;
 	pthread_mutex_lock(&ctx->sub_lock);
+	if (ctx->sub_closed) {
+		/* uodp_ctx_destroy() detached it: subscribing again would
+		 * outlive the context (a get racing destroy). */
+		r = -ENODEV;
+		goto out;
+	}
 	if (!ctx->sub) {
 		f = UNF_STRICT; /* fence/unfence bracket every delivery */
 		if (ctx->flags & UODP_CTX_DEFERRED)
@@ -350,8 +372,9 @@ void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 }
 
 /* The fault path's check that mappings made since the watch are watched.
- * Lock-free in the notifier's common case; sub is stable while a region
- * of the context lives (it goes with the last unwatch). */
+ * Lock-free in the notifier's common case; sub, once set, stays valid
+ * memory until ctx_free() (a fault racing uodp_ctx_destroy() may use it
+ * after it was detached: the notifier then answers 0 at once). */
 int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 		bool *settled)
 {
@@ -364,16 +387,26 @@ int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 	return sub ? unf_prepare(sub, start, end, settled) : 0;
 }
 
-/* Drop the subscription (no event is delivered after this returns). */
+void (*engine_test_hook_before_detach)(struct uodp_ctx *ctx);
+
+/* Detach the subscription (no event is delivered after this returns) and
+ * close it to new watches. Not under sub_lock: detaching waits for the
+ * queued deferred callbacks, which may release regions (ctx_unwatch takes
+ * sub_lock). The handle is freed by ctx_free(), when no fault can hold
+ * it. */
 static void ctx_unsubscribe(struct uodp_ctx *ctx)
 {
+	struct unf_sub *sub;
+
 	pthread_mutex_lock(&ctx->sub_lock);
-	if (ctx->sub) {
-		unf_unsubscribe(ctx->sub);
-		ctx->sub = NULL;
-		ctx->nwatched = 0;
-	}
+	ctx->sub_closed = true;
+	sub = ctx->sub;
 	pthread_mutex_unlock(&ctx->sub_lock);
+	if (!sub)
+		return;
+	if (engine_test_hook_before_detach)
+		engine_test_hook_before_detach(ctx);
+	unf_detach(sub);
 }
 
 UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx)

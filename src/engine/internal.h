@@ -140,7 +140,9 @@ struct uodp_ctx {
 	unsigned page_shift;
 
 	pthread_mutex_t sub_lock; /* see LOCKS above */
-	struct unf_sub *sub;	  /* notifier subscription, NULL if none */
+	struct unf_sub *sub;	  /* notifier subscription, NULL if none;
+				   * freed by ctx_free() only */
+	bool sub_closed;	  /* detached by destroy: no new watch */
 	uint64_t nwatched;	  /* regions watched through it */
 
 	pthread_rwlock_t tree_lock; /* see LOCKS above */
@@ -394,5 +396,7 @@ bool deadline_passed(const struct timespec *ts);
  */
 extern void (*engine_test_hook_before_install)(struct uodp_umem *umem);
 extern void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
+/* uodp_ctx_destroy(), about to detach the subscription (no lock held). */
+extern void (*engine_test_hook_before_detach)(struct uodp_ctx *ctx);
 
 #endif

@@ -158,13 +158,17 @@ static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 			   unsigned access, struct uodp_umem **out)
 {
-	int r;
+	int r, cs;
 
 	if (!ctx_valid(ctx))
 		return -EINVAL;
+	/* The notifier reads /proc/self/maps (a cancellation point) under
+	 * its locks and ours: no cancellation inside. */
+	cs = nocancel_begin();
 	atomic_fetch_add(&ctx->users, 1);
 	r = umem_get(ctx, addr, len, access, out);
 	atomic_fetch_sub(&ctx->users, 1);
+	nocancel_end(cs);
 	return r;
 }
 
@@ -233,7 +237,7 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	struct rindex_garbage garbage;
 	struct uodp_ctx *ctx;
 	bool free_ctx, was;
-	int r;
+	int r, cs;
 
 	if (!umem_valid(umem))
 		return -EINVAL;
@@ -248,6 +252,7 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	was = atomic_exchange(&umem->released, true);
 	if (was)
 		return -EINVAL; /* a racing second release */
+	cs = nocancel_begin();	/* the notifier's unregistration, as in get */
 	umem_drop_range(umem, umem->start, umem->end, false);
 	ctx_unwatch(ctx, umem->start, umem->end);
 	/* Whether we free the context is decided under the write lock, as
@@ -261,6 +266,7 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	umem_put(umem); /* a relay walk may still hold it */
 	if (free_ctx)
 		ctx_release(ctx);
+	nocancel_end(cs);
 	return 0;
 }
 

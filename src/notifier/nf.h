@@ -71,8 +71,9 @@ struct unf_sub {
 	const struct unf_ops *ops;
 	void *owner;
 	unsigned flags;
-	unsigned gen;	      /* nf.gen at subscribe: a forked child differs */
-	struct unf_sub *next; /* nf.subs; under nf.subs_lock */
+	unsigned gen;	       /* nf.gen at subscribe: a forked child differs */
+	_Atomic bool detached; /* unf_detach() ran: no event, no watch */
+	struct unf_sub *next;  /* nf.subs; under nf.subs_lock */
 
 	/* Fence nesting (strict): under fence_lock, which is held across
 	 * ops->fence / ops->unfence so they alternate strictly. */

@@ -789,16 +789,12 @@ err:
 	return r;
 }
 
-void unf_unsubscribe(struct unf_sub *sub)
+void unf_detach(struct unf_sub *sub)
 {
 	struct unf_sub **pp;
 
-	if (!sub)
-		return;
-	if (!ours(sub)) { /* a parent's, in a forked child: only memory */
-		free(sub);
-		return;
-	}
+	if (!sub || !ours(sub) || atomic_exchange(&sub->detached, true))
+		return; /* a parent's, in a forked child: only memory */
 	/* No event reaches it after this (the monitor holds subs_lock for
 	 * a whole drain). */
 	nf_lock(&nf.subs_lock);
@@ -823,14 +819,28 @@ void unf_unsubscribe(struct unf_sub *sub)
 	if (--nf.nsubs == 0 && atomic_load(&nf.running))
 		nf_stop();
 	nf_unlock(&nf.life_lock);
+}
+
+void unf_free(struct unf_sub *sub)
+{
+	if (!sub)
+		return;
 	pthread_mutex_destroy(&sub->fence_lock);
 	free(sub);
+}
+
+void unf_unsubscribe(struct unf_sub *sub)
+{
+	unf_detach(sub);
+	unf_free(sub);
 }
 
 int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
 {
 	if (!ours(sub))
 		return -ECHILD;
+	if (atomic_load(&sub->detached))
+		return -ENODEV;
 	if (start >= end)
 		return -EINVAL;
 	return nf_watch(sub, start, end);
@@ -838,7 +848,7 @@ int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
 
 void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end)
 {
-	if (!ours(sub) || start >= end)
+	if (!ours(sub) || start >= end || atomic_load(&sub->detached))
 		return;
 	nf_unwatch(sub, start, end);
 }
@@ -854,7 +864,7 @@ int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end,
 		return -ECHILD;
 	if (e == atomic_load(&nf.all_ok))
 		return 0;
-	if (start >= end)
+	if (start >= end || atomic_load(&sub->detached))
 		return 0;
 	return nf_prepare_slow(start, end, settled);
 }

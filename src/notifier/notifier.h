@@ -93,10 +93,19 @@ struct unf_sub;
 int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
 		  struct unf_sub **out);
 
-/* Drop the subscription and its watches; waits until no op of it runs or is
- * queued (holding no notifier lock while it waits). Must not be called from
- * an op. The notifier stops with its last subscriber. In a forked child, a
- * parent's subscription is only freed. */
+/* Detach the subscription: drop its watches and wait until no op of it
+ * runs or is queued (holding no notifier lock while it waits); no event
+ * reaches it afterwards. Must not be called from an op. The notifier stops
+ * with its last subscriber. The handle stays valid memory until
+ * unf_free(): a thread that loaded it before may still call unf_prepare()
+ * (0 at once), unf_watch() (-ENODEV) or unf_unwatch() (nothing) on it.
+ * A second call, or a parent's subscription in a forked child, does
+ * nothing. */
+void unf_detach(struct unf_sub *sub);
+/* Free a detached subscription (or a parent's, in a forked child): only
+ * memory, never waits - callable from an op of another subscription. */
+void unf_free(struct unf_sub *sub);
+/* unf_detach() then unf_free(). */
 void unf_unsubscribe(struct unf_sub *sub);
 
 /*
@@ -163,10 +172,12 @@ bool unf_pending(void);	     /* events queued in the kernel, unread */
 /* Relay ring capacity (0: the default, 1024): tests make it small to see
  * coalescing. Read by the monitor thread at each event. */
 extern unsigned unf_test_ring_cap;
-/* Called by the registration path between its read of the maps and its
- * UFFDIO_REGISTER (watch_lock held; the hook must not call uodp), so a
- * test can change the address space in that window. */
+/* Called by the registration path between its read of the maps and each
+ * mapping's UFFDIO_REGISTER (watch_lock held; the hook must not call
+ * uodp), so a test can change the address space in that window. */
 extern void (*unf_test_hook_before_register)(void);
+/* ... and after its registrations, before it reads the maps again. */
+extern void (*unf_test_hook_after_register)(void);
 /* The notifier's descriptor numbers (-1 when it does not run), for tests
  * that close them behind its back. */
 void unf_test_fds(int *uffd, int *pipe_rd, int *pipe_wr);

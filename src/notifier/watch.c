@@ -353,11 +353,13 @@ static void unreg(uint64_t s, uint64_t e)
 /* ------------------------------------------------------------------------ */
 
 enum mstate {
-	M_OK,
-	M_GONE,
-	M_REFUSED,
-	M_BUSY,
-	M_SYSV
+	M_OK,	   /* registered, counted as a piece */
+	M_GONE,	   /* gone before its registration: nothing registered */
+	M_REFUSED, /* the kernel refuses it */
+	M_BUSY,	   /* another userfaultfd has it */
+	M_SYSV,
+	M_CHANGED /* registered, but changed before the second read: not
+		    * counted (verify_registered) */
 };
 
 struct mvec {
@@ -431,8 +433,18 @@ static void rollback(const struct mvec *v)
 	size_t i;
 
 	for (i = 0; i < v->n; i++)
-		if (v->st[i] == M_OK && !in_old_dom(v->m[i].start, v->m[i].end))
+		if ((v->st[i] == M_OK || v->st[i] == M_CHANGED) &&
+		    !in_old_dom(v->m[i].start, v->m[i].end))
 			unreg(v->m[i].start, v->m[i].end);
+}
+
+/* [s, e) inside a record and its registered pieces: nothing to do. */
+static bool known_registered(uint64_t s, uint64_t e)
+{
+	struct nf_dom *d = dom_first(s, e);
+
+	return d && dom_start(d) <= s && dom_end(d) >= e &&
+	       pieces_cover(d, s, e);
 }
 
 static int piece_cmp(const void *a, const void *b)
@@ -462,6 +474,7 @@ static size_t pieces_norm(struct nf_piece *p, size_t n)
 }
 
 void (*unf_test_hook_before_register)(void);
+void (*unf_test_hook_after_register)(void);
 
 /* Is @m among @v2's mappings, with the same extent and kind? Both sorted. */
 static bool still_there(const struct uffd_map *m, const struct mvec *v2,
@@ -478,21 +491,25 @@ static bool still_there(const struct uffd_map *m, const struct mvec *v2,
 }
 
 /*
- * Registration is not atomic with the read of the maps before it. A
- * mapping nobody had registered (one made in a record's hole) may be
- * unmapped in between - no event, it was not registered - and then
- * UFFDIO_REGISTER succeeds on what is left: the kernel does not fail a
- * range for its holes. Counted as registered, that hole would be taken
- * for watched when something is mapped there later, and that mapping's
- * munmap would reach no one (issue 12, finding 11's last variant: found by
- * the fuzzer with the device's queue worker faulting while the main thread
- * unmapped). So the maps are read again after registering, and a mapping
- * that is not exactly as first read is not counted (M_GONE: the next
- * prepare or watch over it settles it again). Left: a mapping unmapped
- * before the registration and an identical one (same extent) mapped before
- * this second read, a window of two system calls of another thread inside
- * ours. If the second read fails (no memory, no descriptor), nothing of
- * this call counts as registered.
+ * Registration is not atomic with the read of the maps before it, and the
+ * kernel does not fail UFFDIO_REGISTER for holes in the range. A mapping
+ * nobody had registered (one made in a record's hole) may be unmapped by
+ * another thread in between - no event: it was not registered - and a
+ * registration over it would "succeed" on what is left; counted as
+ * registered, the hole would be taken for watched when something is mapped
+ * there later, whose munmap would then reach no one (issue 12, finding
+ * 11's last variant, found by the fuzzer: the device's queue worker
+ * faulting while the main thread unmapped). Hence two rules:
+ *  - each mapping is registered by itself (register_maps()), so one wholly
+ *    gone fails (-EINVAL: M_GONE) instead of hiding in a larger range, and
+ *    an identical one mapped later is not mistaken for it;
+ *  - the maps are read again afterwards (here), so one partly unmapped in
+ *    between (registered on what was left: its extent differs, and an
+ *    unregistered refill never merges with the registered rest) is not
+ *    counted either (M_CHANGED). The next prepare or watch over either
+ *    settles it again. If the second read fails, nothing this call
+ *    registered counts.
+ * Both are counted in unsure_registrations.
  */
 static void verify_registered(uint64_t s, uint64_t e, struct mvec *v)
 {
@@ -504,10 +521,43 @@ static void verify_registered(uint64_t s, uint64_t e, struct mvec *v)
 	for (i = 0; i < v->n; i++)
 		if (v->st[i] == M_OK &&
 		    (failed || !still_there(&v->m[i], &v2, &from))) {
-			v->st[i] = M_GONE;
+			v->st[i] = M_CHANGED;
 			nf_stat_inc(&nf.st.unsure_registrations);
 		}
 	free(v2.m);
+}
+
+/* Register the mappings of @v one by one (see above); those already known
+ * registered cost nothing. Returns 0, or what settle() must fail with
+ * (having rolled back). Sets *@fresh when a registration was made. */
+static int register_maps(struct mvec *v, int refused_err, bool *fresh)
+{
+	size_t i;
+	int r;
+
+	*fresh = false;
+	for (i = 0; i < v->n; i++) {
+		if (known_registered(v->m[i].start, v->m[i].end)) {
+			v->st[i] = M_OK;
+			continue;
+		}
+		if (unf_test_hook_before_register)
+			unf_test_hook_before_register();
+		r = reg_map(&v->m[i]);
+		if (r < 0) {
+			rollback(v);
+			return r;
+		}
+		v->st[i] = (unsigned char)r;
+		*fresh |= r == M_OK;
+		if (r == M_GONE)
+			nf_stat_inc(&nf.st.unsure_registrations);
+		if (r == M_BUSY || (r == M_REFUSED && refused_err)) {
+			rollback(v);
+			return r == M_BUSY ? -EBUSY : refused_err;
+		}
+	}
+	return 0;
 }
 
 /*
@@ -525,7 +575,7 @@ static int settle(uint64_t s, uint64_t e, int refused_err, struct nf_dom **out)
 	struct nf_piece *pc = NULL;
 	uint64_t lo = s, hi = e;
 	size_t i, npc = 0, cap;
-	bool sysv = false;
+	bool sysv = false, fresh;
 	int r;
 
 	NF_ASSERT_HELD(&nf.watch_lock);
@@ -553,35 +603,13 @@ static int settle(uint64_t s, uint64_t e, int refused_err, struct nf_dom **out)
 			lo = v.m[0].start;
 		if (v.m[v.n - 1].end > hi)
 			hi = v.m[v.n - 1].end;
-		if (unf_test_hook_before_register)
-			unf_test_hook_before_register();
-		/* One call for all when nothing is refused. */
-		r = reg(v.m[0].start, v.m[v.n - 1].end);
-		if (r == 0) {
-			memset(v.st, M_OK, v.n);
-		} else if (r == -EINVAL || r == -EPERM || r == -EBUSY) {
-			for (i = 0; i < v.n; i++) {
-				r = reg_map(&v.m[i]);
-				if (r < 0) {
-					rollback(&v);
-					goto out;
-				}
-				v.st[i] = (unsigned char)r;
-				if (r == M_BUSY ||
-				    (r == M_REFUSED && refused_err)) {
-					rollback(&v);
-					r = r == M_BUSY ? -EBUSY : refused_err;
-					goto out;
-				}
-			}
-		} else {
-			for (i = 0; i < v.n; i++) /* partly done: undo all */
-				v.st[i] = M_OK;
-			rollback(&v);
-			r = -ENOMEM;
+		r = register_maps(&v, refused_err, &fresh);
+		if (r)
 			goto out;
-		}
-		verify_registered(s, e, &v);
+		if (unf_test_hook_after_register)
+			unf_test_hook_after_register();
+		if (fresh)
+			verify_registered(s, e, &v);
 	}
 
 	/* The record: [lo, hi) merged with every record it overlaps. */
@@ -877,12 +905,8 @@ int nf_icpt_claim(uint64_t s, uint64_t e, struct nf_piece *out, size_t max,
 
 bool nf_icpt_covered(uint64_t s, uint64_t e)
 {
-	struct nf_dom *d;
-
 	NF_ASSERT_HELD(&nf.watch_lock);
-	d = dom_first(s, e);
-	return d && dom_start(d) <= s && dom_end(d) >= e &&
-	       pieces_cover(d, s, e);
+	return known_registered(s, e);
 }
 
 void nf_icpt_mark_dirty(void)
