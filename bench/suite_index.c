@@ -84,9 +84,14 @@ static bool ix_ucx_load(void)
 	ucx.tried = true;
 	setenv("UCX_MEM_MMAP_HOOK_MODE", "none", 0);
 	setenv("UCX_MEM_MALLOC_HOOKS", "no", 0);
+	/* and UCX's SIGSEGV/SIGBUS/SIGILL/SIGFPE handlers, which it installs
+	 * at load otherwise (over the device's fault handler) */
+	setenv("UCX_HANDLE_ERRORS", "none", 0);
 	h = dlopen("libucs.so.0", RTLD_NOW | RTLD_LOCAL);
-	if (!h)
+	if (!h) {
+		bench_note("UCX baseline: %s", dlerror());
 		return false;
+	}
 #define IX_SYM(f) (ucx.f = (__typeof__(ucx.f))dlsym(h, "ucs_" #f)) != NULL
 	ucx.ok = IX_SYM(pgtable_init) && IX_SYM(pgtable_cleanup) &&
 		 IX_SYM(pgtable_insert) && IX_SYM(pgtable_remove) &&
@@ -94,6 +99,8 @@ static bool ix_ucx_load(void)
 		 IX_SYM(rcache_destroy) && IX_SYM(rcache_get) &&
 		 IX_SYM(rcache_region_invalidate) && IX_SYM(rcache_region_put);
 #undef IX_SYM
+	if (!ucx.ok)
+		bench_note("UCX baseline: %s", dlerror());
 	return ucx.ok; /* the library stays loaded: its regions may live on */
 }
 #endif
@@ -652,8 +659,8 @@ static void suite_index(const struct bench_opts *o)
 		   "build time");
 #else
 	if (!ix_ucx_load())
-		bench_note("UCX baseline skipped: libucs.so.0 (with the "
-			   "functions used here) could not be loaded");
+		bench_note("UCX baseline skipped: libucs.so.0 could not be "
+			   "loaded (above)");
 #endif
 	for (n = 1000; n <= nmax; n *= 10)
 		ix_size(n, o->quick ? 5 : n >= 1000000 ? 15 : 31);

@@ -314,6 +314,24 @@ static void test_life(void **state)
 	assert_int_equal(count_fds(), fds);
 }
 
+/* Refused subscriptions start nothing: STRICT needs fence and unfence,
+ * DEFERRED needs finish (the relay calls it). */
+static void test_subscribe_einval(void **state)
+{
+	static const struct unf_ops no_finish = { .begin = NULL };
+	struct unf_sub *s = NULL;
+
+	(void)state;
+	assert_int_equal(unf_subscribe(&no_finish, NULL, UNF_DEFERRED, &s),
+			 -EINVAL);
+	assert_int_equal(unf_subscribe(&no_finish, NULL, UNF_STRICT, &s),
+			 -EINVAL);
+	assert_int_equal(unf_subscribe(&no_finish, NULL, 1u << 30, &s),
+			 -EINVAL);
+	assert_null(s);
+	assert_int_equal(unf_monitor_tid(), 0);
+}
+
 /* Two subscribers over the same range see every kind of change. */
 static void test_events_two_subs(void **state)
 {
@@ -946,6 +964,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_life),
+		cmocka_unit_test(test_subscribe_einval),
 		cmocka_unit_test(test_events_two_subs),
 		cmocka_unit_test(test_watch_no_syscall),
 		cmocka_unit_test(test_many_watches),

@@ -752,7 +752,8 @@ int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
 	int r;
 
 	if (!ops || !out || (flags & ~(UNF_STRICT | UNF_DEFERRED)) ||
-	    ((flags & UNF_STRICT) && (!ops->fence || !ops->unfence)))
+	    ((flags & UNF_STRICT) && (!ops->fence || !ops->unfence)) ||
+	    ((flags & UNF_DEFERRED) && !ops->finish)) /* the relay's call */
 		return -EINVAL;
 	pthread_once(&atfork_once, atfork_install);
 	nf_icpt_attach();

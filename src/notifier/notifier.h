@@ -88,7 +88,8 @@ struct unf_sub;
  * Errors: -ENOSYS / -EPERM / -EACCES (userfaultfd unavailable or forbidden;
  * -EPERM also when a filter forbids UFFDIO_REGISTER: probed at start),
  * -EMFILE / -ENFILE, -ENOMEM, -EAGAIN (no thread could be created),
- * -EBADF (the running notifier lost its descriptors, see below), -EINVAL.
+ * -EBADF (the running notifier lost its descriptors, see below), -EINVAL
+ * (unknown flags, STRICT without fence/unfence, DEFERRED without finish).
  */
 int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
 		  struct unf_sub **out);
