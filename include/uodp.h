@@ -310,7 +310,9 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  *  -EACCES  the process may not access @addr's page that way (write to
  *           read-only memory, any access to PROT_NONE);
  *  -EBUSY   @timeout_ms passed with invalidations of these pages running
- *           or colliding with every attempt;
+ *           or colliding with every attempt; also, at once, (kernel
+ *           monitor) when another userfaultfd of the process watches
+ *           @addr's page (memory mapped there since the registration);
  *  -ENODEV  the context was destroyed (at once, whatever @timeout_ms);
  *  -ENOMEM  out of memory, or (UODP_CTX_PIN) mlock() refused
  *           (RLIMIT_MEMLOCK);
@@ -373,9 +375,9 @@ UODP_API bool uodp_umem_read_retry(struct uodp_umem *umem, uint64_t seq);
  * Make the pages of [addr, addr + len) present with @access and install
  * their entries if no invalidation ran since @seq (see map_and_lock for
  * the details and errors). Returns the number of pages mapped from @addr's
- * page. Errors as map_and_lock, except -EBUSY, plus -EAGAIN: an
- * invalidation ran or runs since @seq (nothing of the failing batch was
- * installed): begin again.
+ * page. Errors as map_and_lock (-EBUSY only for another userfaultfd),
+ * plus -EAGAIN: an invalidation ran or runs since @seq (nothing of the
+ * failing batch was installed): begin again.
  */
 UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, const void *addr,
 			       size_t len, unsigned access, uint64_t seq);

@@ -687,6 +687,29 @@ static void test_foreign_uffd_ebusy(void **state)
 	t_rec_wait(0, u, t_pg(buf, 3), t_pg(buf, 4), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
 	wait_sync(ctx);
+	/* New memory in the region's hole that another userfaultfd took
+	 * first: a fault there fails -EBUSY at once, whatever the timeout
+	 * (uodp.h, map_and_lock). */
+	if (map_hole(t_pg(buf, 3), page, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1) == t_pg(buf, 3)) {
+		memset(t_pg(buf, 3), 1, page);
+		reg.range.start = (uintptr_t)t_pg(buf, 3);
+		reg.range.len = page;
+		api.features = 0;
+		fd = (int)syscall(__NR_userfaultfd,
+				  O_CLOEXEC | UFFD_USER_MODE_ONLY);
+		if (fd < 0)
+			fd = (int)syscall(__NR_userfaultfd, O_CLOEXEC);
+		assert_true(fd >= 0);
+		assert_int_equal(ioctl(fd, UFFDIO_API, &api), 0);
+		assert_int_equal(ioctl(fd, UFFDIO_REGISTER, &reg), 0);
+		assert_int_equal(uodp_umem_map_and_lock(u, t_pg(buf, 3), page,
+							UODP_ACCESS_WRITE,
+							UODP_TIMEOUT_INFINITE),
+				 -EBUSY);
+		close(fd);
+		t_unmap_pages(buf, 3, 4);
+	}
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 	t_unmap(buf, 3);

@@ -13,11 +13,11 @@
  *   unsubscribe -> uodp_umem_release         -> libfabric notify (mm_lock)
  *   valid -> uodp_ctx_sync (one load)           -> our unsubscribe
  *
- * uodp_umem_release() never waits for the relay thread, with one exception
- * in the engine: releasing the context's last region ends its subscription
- * to the notifier, which waits for queued callbacks. An anchor region over
- * a page of our own keeps the context subscribed for as long as the monitor
- * is imported, so no release made under mm_lock is ever the last one.
+ * uodp_umem_release() never waits for the relay thread (the context's
+ * notifier subscription lasts until uodp_ctx_destroy()), so releasing under
+ * mm_lock is safe. An anchor region over a page of our own, registered at
+ * import, subscribes the context at once: an unavailable or forbidden
+ * kernel monitor fails the import, not the first subscribe.
  */
 #include <errno.h>
 #include <pthread.h>

@@ -10,10 +10,10 @@
  * call uodp_ucm_unwatch(): uodp allows a release from a deferred callback,
  * and nothing here holds a lock across ucm_vm_munmap() that unwatch takes.
  *
- * As in libuodp-ofi, an anchor region over a page of our own keeps the
- * context subscribed to the notifier, so that no unwatch (made under UCX's
- * page-table lock) is the release that ends the subscription, which would
- * wait for the relay thread.
+ * As in libuodp-ofi, an anchor region over a page of our own, registered
+ * at start, subscribes the context at once, so that uodp_ucm_start()
+ * reports an unavailable or forbidden kernel monitor; no unwatch (made
+ * under UCX's page-table lock) waits for the relay thread.
  */
 #include <errno.h>
 #include <pthread.h>
