@@ -394,6 +394,16 @@ static int reg_map(const struct uffd_map *m)
 	if (m->sysv)
 		return M_SYSV;
 	r = reg(m->start, m->end);
+	/* A range with no mapping left in it at all is -ENOMEM to
+	 * UFFDIO_REGISTER, not -EINVAL (seen in test_hole_churn); one may
+	 * have come back since: once more, then it is real. */
+	if (r == -ENOMEM) {
+		if (!uffd_fully_mapped(m->start, m->end))
+			return M_GONE;
+		r = reg(m->start, m->end);
+		if (r == -ENOMEM && !uffd_fully_mapped(m->start, m->end))
+			return M_GONE;
+	}
 	if (r == -EINVAL) {
 		/* Gone since we read the maps, or refused. Anonymous memory
 		 * is never refused: it changed under us (finding 7: never
