@@ -89,15 +89,17 @@ UODP_UCM_API int uodp_ucm_stop(void);
  * away from it reach UCX as ucm_vm_munmap(range). Watches are counted per
  * (addr, len); unwatch with the same pair. May be called from UCX's
  * mem_reg / mem_dereg callbacks, and from an event handler that runs
- * because of this adapter. Errors as uodp_umem_get(), and -ENOENT (not
- * started).
+ * because of this adapter. watch: 0, -ENOENT (not started) or an error
+ * of uodp_umem_get(); unwatch: 0 or -ENOENT (no such watch).
  */
 UODP_UCM_API int uodp_ucm_watch(void *addr, size_t len);
 UODP_UCM_API int uodp_ucm_unwatch(void *addr, size_t len);
 
 /* UODP_UCM_WATCH_ALL: watch the mappings made since start (or the last
  * refresh) too. Costs one read of /proc/self/maps and one system call per
- * new mapping. -EINVAL without UODP_UCM_WATCH_ALL. */
+ * new mapping. Returns 0, -ENOENT (not started), -EINVAL (started without
+ * UODP_UCM_WATCH_ALL) or an error of uodp_umem_get() (-EOPNOTSUPP: SysV
+ * shared memory is attached); on error the previous watch stays. */
 UODP_UCM_API int uodp_ucm_refresh(void);
 
 /*

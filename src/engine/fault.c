@@ -148,6 +148,7 @@ static void install_locked(struct uodp_umem *umem, uint64_t idx, uint64_t n,
 	uint64_t i, room = 0, *slot = NULL, w, nw, leaf = 0, start = res->done;
 	int64_t filled = 0;
 
+	ulock_assert_held(&umem->lock);
 	for (i = res->done; i < n; i++, slot++, room--) {
 		if (!room) {
 			/* Next leaf: settle the count of the last one. */

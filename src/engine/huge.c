@@ -106,6 +106,7 @@ bool huge_candidate(const struct uodp_umem *umem, uint64_t va, uint64_t n)
 
 uint64_t huge_word_locked(const struct uodp_umem *umem, uint64_t va)
 {
+	ulock_assert_held((struct ulock *)&umem->lock);
 	if (!umem->hmapped || !block_inside(umem, va))
 		return 0;
 	return pgt_get(&umem->htable, hidx(umem, va));
@@ -160,7 +161,10 @@ int huge_install_locked(struct uodp_umem *umem, uint64_t va, uint64_t pfn,
  * when the block is covered. */
 bool huge_covers_locked(struct uodp_umem *umem, uint64_t va, unsigned access)
 {
-	uint64_t w = huge_word_locked(umem, va);
+	uint64_t w;
+
+	ulock_assert_held(&umem->lock);
+	w = huge_word_locked(umem, va);
 
 	if (!(w & W_ACCESS_MASK))
 		return false;

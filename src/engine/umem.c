@@ -372,7 +372,10 @@ static uint64_t word_entry(const struct uodp_umem *umem, uint64_t idx,
 static uint64_t page_word(const struct uodp_umem *umem, uint64_t idx,
 			  bool *huge)
 {
-	uint64_t w = pgt_get(&umem->table, idx);
+	uint64_t w;
+
+	ulock_assert_held((struct ulock *)&umem->lock);
+	w = pgt_get(&umem->table, idx);
 
 	*huge = false;
 	if (!(w & W_ACCESS_MASK) && umem->hmapped) {

@@ -181,6 +181,7 @@ static void hull(struct nf_entry *x, uint64_t s, uint64_t e, enum unf_event ev)
 /* The last queued (not yet running) entry of @sub, or NULL. ring_lock. */
 static struct nf_entry *last_queued(struct unf_sub *sub)
 {
+	NF_ASSERT_HELD(&nf.ring_lock);
 	if (sub->ovf_set)
 		return &sub->ovf;
 	if (sub->has_last && sub->last_seq >= nf.ring_head)

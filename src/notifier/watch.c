@@ -225,6 +225,7 @@ static void unverify_range(uint64_t s, uint64_t e)
 {
 	struct nf_dom *d;
 
+	NF_ASSERT_HELD(&nf.watch_lock);
 	if (s >= e)
 		return;
 	for (d = dom_first(s, e); d; d = dom_next(d, s, e)) {
@@ -710,6 +711,7 @@ static void dom_free(struct nf_dom *d, bool unregister)
 {
 	struct nf_pair *p, *q;
 
+	NF_ASSERT_HELD(&nf.watch_lock);
 	itree_remove(&nf.doms, &d->node);
 	nf.ndoms--;
 	if (!d->whole)
