@@ -1089,6 +1089,69 @@ static void test_deferred_born_in_period(void **state)
 }
 
 /*
+ * One event over many regions on a deferred context: the relay hands them
+ * to the driver in batches (32 at a time), each batch resuming where the
+ * last stopped. Regions that span the resume point (big ones starting
+ * before it), regions overlapping each other (a four-page region at
+ * every page) and regions with the same start must each get
+ * exactly one callback with their part of the range: one missed is a
+ * stale translation, one twice a driver dropping what it no longer has.
+ */
+static void test_deferred_many_regions_once(void **state)
+{
+	enum {
+		NPG = 300,		/* one-page regions */
+		NSPAN = 4,		/* regions over the whole buffer */
+		NQUAD = NPG - 3,	/* four-page regions, one per page */
+		N = NPG + NSPAN + NQUAD /* ~19 batches */
+	};
+	struct uodp_ctx *ctx = mon_ctx(UODP_CTX_DEFERRED);
+	char *b = low_buf(NPG);
+	struct uodp_umem *u[N];
+	void *s[N], *e[N];
+	unsigned from, got[N];
+	int i, k = 0;
+
+	(void)state;
+	assert_true(N <= T_REC_MAX);
+	for (i = 0; i < NSPAN; i++, k++) {
+		s[k] = b;
+		e[k] = t_pg(b, NPG);
+		u[k] = t_get(ctx, b, NPG * page, UODP_ACCESS_WATCH);
+	}
+	for (i = 0; i < NPG; i++, k++) {
+		s[k] = t_pg(b, i);
+		e[k] = t_pg(b, i + 1);
+		u[k] = t_get(ctx, s[k], page, UODP_ACCESS_ALL);
+	}
+	for (i = 0; i < NQUAD; i++, k++) {
+		s[k] = t_pg(b, i);
+		e[k] = t_pg(b, i + 4);
+		u[k] = t_get(ctx, s[k], 4 * page, UODP_ACCESS_WATCH);
+	}
+	from = t_rec_count();
+	assert_int_equal(madvise(b, NPG * page, MADV_DONTNEED), 0);
+	for (k = 0; k < N; k++)
+		t_rec_wait(from, u[k], s[k], e[k], UODP_EVENT_REMOVE,
+			   EVENT_SEC);
+	wait_sync(ctx);
+	memset(got, 0, sizeof(got));
+	pthread_mutex_lock(&t_rec.lock);
+	for (unsigned c = from; c < t_rec.n; c++)
+		for (k = 0; k < N; k++)
+			got[k] += t_rec.c[c].umem == u[k];
+	pthread_mutex_unlock(&t_rec.lock);
+	for (k = 0; k < N; k++) {
+		if (got[k] != 1)
+			fail_msg("region %d [%p, %p): %u callbacks, want 1", k,
+				 s[k], e[k], got[k]);
+		assert_int_equal(uodp_umem_release(u[k]), 0);
+	}
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(b, NPG);
+}
+
+/*
  * uodp_ctx_destroy() with a region still held: the context is closed to
  * new watches. A get then fails -ENODEV without subscribing again (it did:
  * the subscription outlived the context, and the next event in the
@@ -1749,6 +1812,7 @@ int main(void)
 		/* Last: a failure of these leaves its context behind. */
 		cmocka_unit_test(test_destroy_during_deferred_release),
 		cmocka_unit_test(test_deferred_born_in_period),
+		cmocka_unit_test(test_deferred_many_regions_once),
 		cmocka_unit_test(test_deferred_coalesced),
 		cmocka_unit_test(test_deferred_driver_lock),
 	};

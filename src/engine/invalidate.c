@@ -162,9 +162,19 @@ void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
  * invalidations take one more short read-locked walk per 32 regions. */
 #define RELAY_BATCH 32
 
-/* Collect up to RELAY_BATCH overlapping regions not yet handled by walk
- * @id, each with a reference, under the read lock. */
-static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t start,
+/*
+ * Collect up to RELAY_BATCH overlapping regions not yet handled by walk
+ * @id, each with a reference, under the read lock. The index yields
+ * overlaps in (start, owner) order, so each walk resumes at *@from, the
+ * start of the last region collected: the regions of earlier batches are
+ * not walked again (before, each batch walked from @start and skipped them,
+ * quadratic in the regions of one event). A region that starts before
+ * *@from and reaches past it is met again and skipped by relay_done;
+ * regions that end before *@from were all collected already, or were
+ * registered after the walk passed them, hence after every begin this
+ * finish stands for, and have nothing pending.
+ */
+static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t *from,
 			      uint64_t end, uint64_t id,
 			      struct uodp_umem **batch)
 {
@@ -173,7 +183,7 @@ static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t start,
 	unsigned k = 0;
 
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for_each_overlap(ctx, it, umem, start, end)
+	for_each_overlap(ctx, it, umem, *from, end)
 	{
 		if (umem->relay_done == id)
 			continue;
@@ -184,6 +194,9 @@ static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t start,
 			break;
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
+	/* start never changes, and the reference keeps the region alive. */
+	if (k && batch[k - 1]->start > *from)
+		*from = batch[k - 1]->start;
 	return k;
 }
 
@@ -201,10 +214,10 @@ void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 			 enum uodp_event ev, unsigned merged)
 {
 	struct uodp_umem *batch[RELAY_BATCH];
-	uint64_t id = ++ctx->relay_id, s, e, mask;
+	uint64_t id = ++ctx->relay_id, from = start, s, e, mask;
 	unsigned k, i;
 
-	while ((k = relay_collect(ctx, start, end, id, batch)) > 0) {
+	while ((k = relay_collect(ctx, &from, end, id, batch)) > 0) {
 		for (i = 0; i < k; i++) {
 			struct uodp_umem *umem = batch[i];
 
