@@ -315,7 +315,7 @@ static int prepare_prefix(struct uodp_ctx *ctx, uint64_t first, uint64_t *end,
 static int map_check(struct uodp_umem *umem, const void *addr, size_t len,
 		     unsigned access, uint64_t *first, uint64_t *end)
 {
-	uint64_t va = (uintptr_t)addr, mask;
+	uint64_t va = (uintptr_t)addr;
 
 	if (!umem_valid(umem) || !len || !access || (access & ~UODP_ACCESS_ALL))
 		return -EINVAL;
@@ -327,9 +327,8 @@ static int map_check(struct uodp_umem *umem, const void *addr, size_t len,
 		return -ECHILD;
 	if (ulock_held(&umem->lock))
 		return -EDEADLK;
-	mask = page_size_of(umem->ctx) - 1;
-	*first = va & ~mask;
-	*end = (va + len + mask) & ~mask;
+	/* Cannot fail: len > 0 and va + len <= end, a user address. */
+	(void)page_round(umem->ctx, va, len, first, end);
 	return callback_check(false);
 }
 

@@ -398,7 +398,7 @@ UODP_API int uodp_invalidate_range_end(struct uodp_range *range)
 UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, const void *addr,
 				 size_t len)
 {
-	uint64_t va = (uintptr_t)addr, bound, mask;
+	uint64_t va = (uintptr_t)addr, bound;
 
 	if (!umem_valid(umem))
 		return -EINVAL;
@@ -406,7 +406,6 @@ UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, const void *addr,
 		return -ECHILD;
 	if (ulock_held(&umem->lock))
 		return -EDEADLK;
-	mask = page_size_of(umem->ctx) - 1;
 	bound = va + len < va ? UINT64_MAX : va + len;
 	/* Clamp first, then round out: an empty range drops nothing even
 	 * when addr is not page aligned. */
@@ -416,7 +415,7 @@ UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, const void *addr,
 		bound = umem->end;
 	if (va >= bound)
 		return 0;
-	va &= ~mask;
-	bound = (bound + mask) & ~mask;
+	/* Cannot fail: 0 < bound - va and bound <= end, a user address. */
+	(void)page_round(umem->ctx, va, bound - va, &va, &bound);
 	return (int64_t)umem_drop_range(umem, va, bound, false);
 }
