@@ -25,9 +25,6 @@
 #define MADV_POPULATE_READ 22
 #endif
 
-#define PM_PFN_MASK ((UINT64_C(1) << 55) - 1)
-#define PM_PRESENT (UINT64_C(1) << 63)
-
 /*
  * Fork detection without a system call on every entry point (getpid()
  * costs over a microsecond on virtual machines): a pthread_atfork() child

@@ -24,8 +24,6 @@
 #endif
 
 #define FAULT_BATCH 512 /* pages per populate + install step */
-#define PM_PFN_MASK ((UINT64_C(1) << 55) - 1)
-#define PM_PRESENT (UINT64_C(1) << 63)
 
 void (*engine_test_hook_before_install)(struct uodp_umem *umem);
 

@@ -262,6 +262,12 @@ static inline int callback_check(bool tree_ok)
 }
 
 /* ---- page arithmetic: the one place ---- */
+/* A /proc/self/pagemap entry (Documentation/admin-guide/mm/pagemap.rst):
+ * bit 63 page present, bits 0-54 its frame number (0 without
+ * CAP_SYS_ADMIN, so present-with-frame-0 means "frame unknown"). */
+#define PM_PFN_MASK ((UINT64_C(1) << 55) - 1)
+#define PM_PRESENT (UINT64_C(1) << 63)
+
 static inline uint64_t page_size_of(const struct uodp_ctx *ctx)
 {
 	return (uint64_t)1 << ctx->page_shift;
