@@ -429,10 +429,8 @@ static void ctx_kill_regions(struct uodp_ctx *ctx)
 		atomic_store(&umem->dying, true);
 		pthread_cond_broadcast(&umem->idle);
 		ulock_unlock(&umem->lock);
-		inval_start(umem, umem->start, umem->end, period);
-		inval_call(umem, umem->start, umem->end, UODP_EVENT_TEARDOWN,
-			   CB_LOCKED);
-		inval_end(umem, umem->start, umem->end, period);
+		inval_locked(umem, umem->start, umem->end, UODP_EVENT_TEARDOWN,
+			     period);
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	atomic_fetch_sub(&ctx->inflight, 1);

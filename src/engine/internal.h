@@ -316,6 +316,10 @@ void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
 void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		enum uodp_event ev, int cb_kind);
 void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period);
+/* All three in a row, the driver called with CB_LOCKED: for walks that
+ * hold the tree read lock throughout. */
+void inval_locked(struct uodp_umem *umem, uint64_t s, uint64_t e,
+		  enum uodp_event ev, uint64_t period);
 /* Deferred halves (protocol.c): begin raises the stripes of [s, e) not
  * already pending (on every region found, born in the period or not: the
  * mask pairs it with its end); take removes what is pending on the region

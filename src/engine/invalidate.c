@@ -103,9 +103,7 @@ void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 	for_each_overlap(ctx, it, umem, start, end)
 	{
 		clamp(umem, start, end, &s, &e);
-		inval_start(umem, s, e, period);
-		inval_call(umem, s, e, ev, CB_LOCKED);
-		inval_end(umem, s, e, period);
+		inval_locked(umem, s, e, ev, period);
 	}
 	if (engine_test_hook_after_start_walk)
 		engine_test_hook_after_start_walk(ctx);
@@ -127,9 +125,7 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
 
 	atomic_fetch_add(&ctx->inflight, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	inval_start(umem, start, end, period);
-	inval_call(umem, start, end, ev, CB_LOCKED);
-	inval_end(umem, start, end, period);
+	inval_locked(umem, start, end, ev, period);
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	atomic_fetch_sub(&ctx->inflight, 1);
 }

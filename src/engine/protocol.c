@@ -280,3 +280,14 @@ void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 	if (!umem_watch_only(umem))
 		umem_drop_range(umem, s, e, true);
 }
+
+/* The three steps of an invalidation that runs in one walk under the tree
+ * read lock (one-shot walks, a frame change, teardown): raise, call the
+ * driver (CB_LOCKED), lower. */
+void inval_locked(struct uodp_umem *umem, uint64_t s, uint64_t e,
+		  enum uodp_event ev, uint64_t period)
+{
+	inval_start(umem, s, e, period);
+	inval_call(umem, s, e, ev, CB_LOCKED);
+	inval_end(umem, s, e, period);
+}
