@@ -33,28 +33,14 @@
 
 #include "uodp.h"
 #include "uodp_ofi.h"
+#include "watchset.h"
 
-/* One subscription: libfabric names it by (addr, len) only, and may
- * subscribe the same pair more than once (two caches, or an entry that was
- * flushed and re-created before its old subscription went): a bucket keeps
- * them all, oldest first, and unsubscribe takes the oldest. Each has a
- * region of its own, so that each subscribe watches the mapping that is
- * there now (an older region may watch a mapping that is gone). */
-struct sub {
-	struct sub *next;
-	const void *addr;
-	size_t len;
-	struct uodp_umem *umem;
-};
-
-/* Why 4096 buckets: a cache holds thousands of entries at most by default
- * (FI_MR_CACHE_MAX_COUNT is 1024 per domain), so chains stay short; 32 KiB. */
-#define NBUCKETS 4096
-
+/* Subscriptions: libfabric names one by (addr, len) only and may subscribe
+ * a pair more than once; the watch set (adapters/common/watchset.h) keeps
+ * each with a region of its own, and unsubscribe takes the oldest. */
 static struct {
 	pthread_mutex_t lock; /* import / close */
-	pthread_mutex_t map_lock;
-	struct sub *buckets[NBUCKETS];
+	struct watchset subs;
 	struct uodp_ctx *ctx;
 	struct uodp_umem *anchor;
 	void *anchor_page;
@@ -62,23 +48,15 @@ static struct {
 	atomic_bool imported;
 	atomic_bool started;
 	atomic_uint_fast64_t subscribes, sub_errors, unsubscribes, notifies,
-		invalid, watched;
+		invalid;
 } g = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
-	.map_lock = PTHREAD_MUTEX_INITIALIZER,
+	.subs = WATCHSET_INIT,
 };
 
 static int anchor_tag; /* the anchor region's priv */
 
 static struct fid_mem_monitor monitor;
-
-static size_t bucket_of(const void *addr, size_t len)
-{
-	uint64_t h = ((uint64_t)(uintptr_t)addr >> 12) ^ ((uint64_t)len << 7);
-
-	h *= 0x9e3779b97f4a7c15ull; /* Fibonacci hashing */
-	return (size_t)(h >> 52) & (NBUCKETS - 1);
-}
 
 /* ---- the deferred callback: the only caller of notify ---- */
 
@@ -116,25 +94,7 @@ static int mon_start(struct fid_mem_monitor *m)
  * (uodp_umem_release() does not wait for callbacks). */
 static void release_all(void)
 {
-	struct sub *list = NULL, *s, *n;
-	size_t i;
-
-	pthread_mutex_lock(&g.map_lock);
-	for (i = 0; i < NBUCKETS; i++) {
-		for (s = g.buckets[i]; s; s = n) {
-			n = s->next;
-			s->next = list;
-			list = s;
-		}
-		g.buckets[i] = NULL;
-	}
-	pthread_mutex_unlock(&g.map_lock);
-	for (s = list; s; s = n) {
-		n = s->next;
-		uodp_umem_release(s->umem);
-		atomic_fetch_sub(&g.watched, 1);
-		free(s);
-	}
+	watchset_clear(&g.subs);
 }
 
 static void mon_stop(struct fid_mem_monitor *m)
@@ -147,63 +107,31 @@ static void mon_stop(struct fid_mem_monitor *m)
 static int mon_subscribe(struct fid_mem_monitor *m, const void *addr,
 			 size_t len)
 {
-	struct uodp_umem *umem;
-	struct sub *s, **pp;
 	int r;
 
 	(void)m;
 	if (!len)
 		return -FI_EINVAL;
-	s = malloc(sizeof(*s));
-	if (!s) {
-		atomic_fetch_add(&g.sub_errors, 1);
-		return -FI_ENOMEM;
-	}
-	/* Outside map_lock: registration may take system calls, and our own
-	 * unsubscribe (from notify, on the relay thread) takes map_lock. */
-	r = uodp_umem_get(g.ctx, (void *)addr, len, UODP_ACCESS_WATCH, &umem);
+	/* The set calls uodp outside its lock: registration may take system
+	 * calls, and our own unsubscribe (from notify, on the relay thread)
+	 * takes that lock. */
+	r = watchset_add(&g.subs, g.ctx, (void *)addr, len, NULL);
 	if (r) {
-		free(s);
 		atomic_fetch_add(&g.sub_errors, 1);
 		return r; /* FI_E* values are errno values */
 	}
-	uodp_umem_set_priv(umem, s);
-	s->addr = addr;
-	s->len = len;
-	s->umem = umem;
-	s->next = NULL;
-	pthread_mutex_lock(&g.map_lock);
-	pp = &g.buckets[bucket_of(addr, len)];
-	while (*pp)
-		pp = &(*pp)->next;
-	*pp = s;
-	pthread_mutex_unlock(&g.map_lock);
 	atomic_fetch_add(&g.subscribes, 1);
-	atomic_fetch_add(&g.watched, 1);
 	return 0;
 }
 
 static void mon_unsubscribe(struct fid_mem_monitor *m, const void *addr,
 			    size_t len)
 {
-	struct sub *s, **pp;
-
 	(void)m;
-	pthread_mutex_lock(&g.map_lock);
-	for (pp = &g.buckets[bucket_of(addr, len)]; (s = *pp); pp = &s->next) {
-		if (s->addr == addr && s->len == len) {
-			*pp = s->next;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&g.map_lock);
-	if (!s)
-		return; /* its subscribe failed, or stop released it */
-	/* Allowed from our deferred callback too (notify -> unsubscribe). */
-	uodp_umem_release(s->umem);
-	atomic_fetch_add(&g.unsubscribes, 1);
-	atomic_fetch_sub(&g.watched, 1);
-	free(s);
+	/* -ENOENT: its subscribe failed, or stop released it. Allowed from
+	 * our deferred callback too (notify -> unsubscribe). */
+	if (!watchset_remove(&g.subs, addr, len))
+		atomic_fetch_add(&g.unsubscribes, 1);
 }
 
 /* libfabric asks on every cache hit. False while any invalidation of the
@@ -362,7 +290,7 @@ UODP_OFI_API int uodp_ofi_close(void)
 		r = -ENOENT;
 		goto out;
 	}
-	if (atomic_load(&g.watched)) {
+	if (atomic_load(&g.subs.count)) {
 		r = -EBUSY;
 		goto out;
 	}
@@ -399,5 +327,5 @@ UODP_OFI_API void uodp_ofi_stats(struct uodp_ofi_stats *out)
 	out->unsubscribes = atomic_load(&g.unsubscribes);
 	out->notifies = atomic_load(&g.notifies);
 	out->invalid = atomic_load(&g.invalid);
-	out->watched = atomic_load(&g.watched);
+	out->watched = atomic_load(&g.subs.count);
 }

@@ -29,45 +29,25 @@
 
 #include "uodp.h"
 #include "uodp_ucm.h"
-
-struct watch {
-	struct watch *next;
-	void *addr;
-	size_t len;
-	struct uodp_umem *umem;
-};
-
-/* Why 4096 buckets: one per cached region is the expected load (UCX's
- * rcache default max is unlimited, but a few thousand regions is typical
- * of an MPI rank); 32 KiB of heads. */
-#define NBUCKETS 4096
+#include "watchset.h"
 
 static struct {
 	pthread_mutex_t lock; /* start / stop / refresh */
-	pthread_mutex_t map_lock;
 	pthread_rwlock_t lookup;
-	struct watch *buckets[NBUCKETS];
+	struct watchset watches_set; /* the watches, by (addr, len) */
 	struct uodp_ctx *ctx;
 	struct uodp_umem *anchor, *all;
 	void *anchor_page;
 	unsigned flags;
 	atomic_bool started;
-	atomic_uint_fast64_t events, watches, watched, refreshes;
+	atomic_uint_fast64_t events, watches, refreshes;
 } g = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
-	.map_lock = PTHREAD_MUTEX_INITIALIZER,
+	.watches_set = WATCHSET_INIT,
 };
 
 static int anchor_tag;
 static __thread bool in_handler; /* inside our callback */
-
-static size_t bucket_of(const void *addr, size_t len)
-{
-	uint64_t h = ((uint64_t)(uintptr_t)addr >> 12) ^ ((uint64_t)len << 7);
-
-	h *= 0x9e3779b97f4a7c15ull; /* Fibonacci hashing */
-	return (size_t)(h >> 52) & (NBUCKETS - 1);
-}
 
 static void on_invalidate(struct uodp_umem *umem,
 			  const struct uodp_range *range, void *priv)
@@ -92,72 +72,25 @@ static void on_invalidate(struct uodp_umem *umem,
 
 UODP_UCM_API int uodp_ucm_watch(void *addr, size_t len)
 {
-	struct uodp_umem *umem;
-	struct watch *w, **pp;
 	int r;
 
 	if (!atomic_load(&g.started))
 		return -ENOENT;
-	w = malloc(sizeof(*w));
-	if (!w)
-		return -ENOMEM;
-	r = uodp_umem_get(g.ctx, addr, len, UODP_ACCESS_WATCH, &umem);
-	if (r) {
-		free(w);
+	r = watchset_add(&g.watches_set, g.ctx, addr, len, NULL);
+	if (r)
 		return r;
-	}
-	uodp_umem_set_priv(umem, w);
-	*w = (struct watch){ NULL, addr, len, umem };
-	pthread_mutex_lock(&g.map_lock);
-	for (pp = &g.buckets[bucket_of(addr, len)]; *pp; pp = &(*pp)->next)
-		;
-	*pp = w;
-	pthread_mutex_unlock(&g.map_lock);
 	atomic_fetch_add(&g.watches, 1);
-	atomic_fetch_add(&g.watched, 1);
 	return 0;
 }
 
 UODP_UCM_API int uodp_ucm_unwatch(void *addr, size_t len)
 {
-	struct watch *w, **pp;
-
-	pthread_mutex_lock(&g.map_lock);
-	for (pp = &g.buckets[bucket_of(addr, len)]; (w = *pp); pp = &w->next)
-		if (w->addr == addr && w->len == len) {
-			*pp = w->next;
-			break;
-		}
-	pthread_mutex_unlock(&g.map_lock);
-	if (!w)
-		return -ENOENT;
-	uodp_umem_release(w->umem);
-	atomic_fetch_sub(&g.watched, 1);
-	free(w);
-	return 0;
+	return watchset_remove(&g.watches_set, addr, len);
 }
 
 static void unwatch_all(void)
 {
-	struct watch *list = NULL, *w, *n;
-	size_t i;
-
-	pthread_mutex_lock(&g.map_lock);
-	for (i = 0; i < NBUCKETS; i++) {
-		for (w = g.buckets[i]; w; w = n) {
-			n = w->next;
-			w->next = list;
-			list = w;
-		}
-		g.buckets[i] = NULL;
-	}
-	pthread_mutex_unlock(&g.map_lock);
-	for (w = list; w; w = n) {
-		n = w->next;
-		uodp_umem_release(w->umem);
-		atomic_fetch_sub(&g.watched, 1);
-		free(w);
-	}
+	watchset_clear(&g.watches_set);
 }
 
 /* The user address space, for UODP_UCM_WATCH_ALL: from the first page to
@@ -345,6 +278,6 @@ UODP_UCM_API void uodp_ucm_stats(struct uodp_ucm_stats *out)
 		return;
 	out->events = atomic_load(&g.events);
 	out->watches = atomic_load(&g.watches);
-	out->watched = atomic_load(&g.watched);
+	out->watched = atomic_load(&g.watches_set.count);
 	out->refreshes = atomic_load(&g.refreshes);
 }
