@@ -5,8 +5,11 @@
  * Owns nothing but the links of the nodes it is given. A red-black tree
  * ordered by (start, node address), each node augmented with the largest
  * `last` of its subtree, so that all intervals overlapping a query are found
- * in O(log n + k). Used by a context to find the regions an invalidation
- * touches. Not thread safe: the caller locks (the context's tree lock).
+ * in O(log n + k). The notifier's index of watched mappings (its
+ * domains, src/notifier/watch.c): few, and each embeds its node, so an
+ * insert allocates nothing under the notifier's lock. Contexts index their
+ * regions with rindex.h, built for 10^6 regions. Not thread safe: the
+ * caller locks.
  */
 #ifndef UODP_ITREE_H
 #define UODP_ITREE_H

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * rindex.h - a cache-dense index of closed intervals [start, last]: the
- * region index meant to replace the red-black itree behind a context's
- * overlap lookups (issue 11).
+ * rindex.h - a cache-dense index of closed intervals [start, last]: a
+ * context's region index, behind its overlap lookups (issue 11; it
+ * replaced the red-black itree there).
  *
  * Role: maps intervals to opaque owner pointers and answers "every interval
  * overlapping [qs, ql]". Stores nothing in the owner (non-intrusive). Not
