@@ -1120,14 +1120,22 @@ static void map_thp(const struct bench_opts *o)
 		bool ok = true;
 
 		bench_fmt_bytes(len, r.param, sizeof(r.param));
-		/* Warm-up pair, then interleaved. */
+		/* Warm-up pair, then interleaved with the order alternating:
+		 * the run that goes second finds the huge pages the first
+		 * freed (compaction already done), so a fixed order would
+		 * favour one side. */
 		thp_once(ctx, len, batch, &entries, &huge);
 		thp_once(NULL, len, batch, &entries, &huge);
 		for (k = 0; k < reps && ok; k++) {
-			uint64_t tu =
-				thp_once(ctx, len, batch, &entries, &huge);
-			uint64_t tb =
-				thp_once(NULL, len, batch, &entries, &huge);
+			uint64_t tu = 0, tb = 0;
+
+			if (k & 1)
+				tb = thp_once(NULL, len, batch, &entries,
+					      &huge);
+			tu = thp_once(ctx, len, batch, &entries, &huge);
+			if (!(k & 1))
+				tb = thp_once(NULL, len, batch, &entries,
+					      &huge);
 
 			ok = tu && tb;
 			u[k] = ns_to(tu, "ms");
