@@ -14,6 +14,12 @@
  *                    in-thread fast path
  *   UCM              munmap() with UCX's memory hooks installed and a
  *                    UCM_EVENT_VM_UNMAPPED handler (phase 2, see below)
+ *   floor            no uodp: UFFDIO_UNREGISTER of the chunk, then
+ *                    syscall(SYS_munmap), on memory registered (WP mode, the
+ *                    notifier's features) with a userfaultfd of the
+ *                    benchmark's own: the least any fast path that takes
+ *                    the range out of the userfaultfd before unmapping can
+ *                    cost (no delivery, no lookup, no lock)
  *
  * for 4 KiB and 2 MiB, with every thread on CPU 0 ("same CPU") and with
  * the notifier's threads on CPU 1 ("other CPU"). Prints median and p99 in
@@ -48,6 +54,7 @@
 #include <unistd.h>
 
 #include "notifier/intercept.h"
+#include "notifier/uffd.h"
 #include "uodp.h"
 
 #ifdef HAVE_UCM
@@ -64,17 +71,21 @@ enum {
 	R_KERNEL,
 	R_HOOK,
 	R_UCM,
+	R_FLOOR,
 	NROWS
 };
 static const char *const row_name[NROWS] = {
 	"unwatched",	"unwatched+hook", "watched/kernel",
-	"watched/hook", "UCM hooks",
+	"watched/hook", "UCM hooks",	  "floor",
 };
 
 static int (*hook_munmap)(void *, size_t);
 static int (*hooks_enable)(int);
 static int (*hooks_stats)(struct uodp_icpt_stats *);
 static bool have_ucm;
+/* The floor row's userfaultfd (not the notifier's: one userfaultfd per
+ * mapping, and its arenas are mappings of their own); -1: row skipped. */
+static int floor_uffd = -1;
 static _Atomic uint64_t invals, ucm_events;
 static struct uodp_ctx *ctx;
 static unsigned rows = ~0u; /* BENCH_ROWS: a mask of the rows to run */
@@ -131,7 +142,15 @@ struct arena {
 	char *base;
 	size_t chunk, k, next, stride;
 	struct uodp_umem *um;
+	bool floor; /* registered with floor_uffd */
 };
+
+static int floor_unregister(void *p, size_t len)
+{
+	uint64_t s = (uint64_t)(uintptr_t)p;
+
+	return uffd_unregister(floor_uffd, s, s + len);
+}
 
 static void arena_free(struct arena *a)
 {
@@ -139,6 +158,8 @@ static void arena_free(struct arena *a)
 		return;
 	if (a->um)
 		uodp_umem_release(a->um);
+	if (a->floor) /* else the munmap below would wait for a reader */
+		floor_unregister(a->base, a->k * a->stride);
 	/* what is left, guards included (raw: nothing worth timing) */
 	syscall(SYS_munmap, a->base - GUARD, a->k * a->stride + 2 * GUARD);
 	a->base = NULL;
@@ -152,6 +173,7 @@ static void arena_new(struct arena *a, int row, size_t chunk, size_t k)
 	int64_t r;
 
 	arena_free(a);
+	a->floor = false;
 	a->chunk = chunk;
 	a->k = k;
 	a->next = 0;
@@ -179,6 +201,19 @@ static void arena_new(struct arena *a, int row, size_t chunk, size_t k)
 			exit(1);
 		}
 		memset(c, 1, len);
+		if (row == R_FLOOR) {
+			uint64_t s = (uint64_t)(uintptr_t)c;
+
+			r = uffd_register(floor_uffd, s, s + len);
+			if (r) {
+				fprintf(stderr,
+					"UFFDIO_REGISTER (floor row): "
+					"%s\n",
+					strerror((int)-r));
+				exit(1);
+			}
+			a->floor = true;
+		}
 	}
 	if (row == R_KERNEL || row == R_HOOK) {
 		r = uodp_umem_get(ctx, a->base, span, UODP_ACCESS_ALL, &a->um);
@@ -219,6 +254,17 @@ static double sample(struct arena *a, int row)
 	case R_HOOK_UNW:
 	case R_HOOK:
 		r = hook_munmap(p, a->chunk);
+		break;
+	case R_FLOOR:
+		/* no reader: an unregister that failed would make the munmap
+		 * wait for ever */
+		r = floor_unregister(p, a->chunk);
+		if (r) {
+			fprintf(stderr, "UFFDIO_UNREGISTER (floor row): %s\n",
+				strerror(-r));
+			exit(1);
+		}
+		r = (int)syscall(SYS_munmap, p, a->chunk);
 		break;
 	default:
 		r = munmap(p, a->chunk); /* through UCM's patched GOT */
@@ -298,6 +344,12 @@ static double pct(double *v, size_t n, double p)
 	return v[i];
 }
 
+static bool skipped(int r)
+{
+	return (r == R_UCM && !have_ucm) || (r == R_FLOOR && floor_uffd < 0) ||
+	       !(rows & (1u << r));
+}
+
 static void run(const char *mode, size_t chunk, size_t k, size_t n)
 {
 	static struct arena ar[NROWS];
@@ -330,7 +382,7 @@ static void run(const char *mode, size_t chunk, size_t k, size_t n)
 		}
 		for (j = 0; j < NROWS; j++) {
 			r = order[j];
-			if ((r == R_UCM && !have_ucm) || !(rows & (1u << r)))
+			if (skipped(r))
 				continue;
 			if (!ar[r].base || ar[r].next == ar[r].k)
 				arena_new(&ar[r], r, chunk, k);
@@ -353,7 +405,7 @@ static void run(const char *mode, size_t chunk, size_t k, size_t n)
 	       chunk >> 10, n);
 	printf("  %-16s %10s %10s %8s\n", "row", "median", "p99", "ratio");
 	for (r = 0; r < NROWS; r++) {
-		if (r == R_UCM && !have_ucm)
+		if (skipped(r))
 			continue;
 		printf("  %-16s %10.2f %10.2f %8.2f\n", row_name[r], med[r],
 		       p99[r], med[R_RAW] / med[r]);
@@ -395,6 +447,18 @@ static bool ucm_install(void)
 	return true;
 }
 #endif
+
+/* The floor row's userfaultfd, opened as the notifier opens its own
+ * (uffd_open: the same features, WP_ASYNC where the kernel has it). */
+static void floor_open(void)
+{
+	uint64_t features;
+
+	floor_uffd = uffd_open(&features);
+	if (floor_uffd < 0)
+		printf("floor row skipped: userfaultfd: %s\n",
+		       strerror(-floor_uffd));
+}
 
 /* Both placements, both sizes. */
 static void modes(size_t n4, size_t n2)
@@ -463,6 +527,7 @@ int main(int argc, char **argv)
 		return 77;
 	}
 
+	floor_open();
 	printf("bench_munmap: %ld CPUs, hooks %s, samples %zu (4 KiB) %zu "
 	       "(2 MiB)\n",
 	       sysconf(_SC_NPROCESSORS_ONLN), so, n4, n2);
@@ -482,5 +547,7 @@ int main(int argc, char **argv)
 #endif
 	uodp_umem_release(anchor);
 	uodp_ctx_destroy(ctx);
+	if (floor_uffd >= 0)
+		close(floor_uffd);
 	return 0;
 }

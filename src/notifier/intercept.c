@@ -78,9 +78,10 @@ static bool watch_trylock(void)
  * Is nf.uffd still our userfaultfd? The identity check (fstat + fcntl) costs
  * two system calls, a third of a 4 KiB munmap; it runs at most once per
  * tick of the coarse clock (4 ms at HZ=250) and the answer is reused
- * within it. The monitor checks at every read and every idle second; a
- * descriptor closed and reopened by the application as another
- * userfaultfd within one tick is the window left. Watch lock held.
+ * within it, by before() and by madvise's re-registration alike. The
+ * monitor checks at every read and every idle second; a descriptor closed
+ * and reopened by the application as another userfaultfd within one tick
+ * is the window left. Watch lock held.
  */
 static _Atomic int64_t fd_checked_tick = -1;
 
@@ -208,8 +209,7 @@ static void restore(struct uodp_icpt *ic)
 		inc(&ist.dirty);
 		return;
 	}
-	if (atomic_load(&nf.running) && !atomic_load(&nf.broken) &&
-	    nf_uffd_ok()) {
+	if (atomic_load(&nf.running) && !atomic_load(&nf.broken) && fd_ok()) {
 		for (i = 0; i < ic->np; i++) {
 			if (!nf_icpt_covered(ic->p[i].start, ic->p[i].end))
 				continue;
