@@ -216,19 +216,35 @@ const struct fuzz_stats *fuzz_get_stats(void)
 	return &stats;
 }
 
+int fuzz_finding_kind_by_name(const char *name)
+{
+	if (!strcmp(name, "stale"))
+		return FIND_STALE;
+	if (!strcmp(name, "other"))
+		return FIND_OTHER;
+	return -1;
+}
+
+static void vfinding(enum fuzz_finding_kind kind, const char *fmt, va_list ap)
+{
+	fprintf(stderr, "FUZZ FINDING (step %u, %s): ", step,
+		kind == FIND_STALE ? "stale" : "other");
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	stats.findings++;
+	stats.findings_of[kind]++;
+	if (abort_on_finding)
+		abort();
+	stop = true;
+}
+
 static void finding(const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "FUZZ FINDING (step %u): ", step);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vfinding(FIND_OTHER, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
-	stats.findings++;
-	if (abort_on_finding)
-		abort();
-	stop = true;
 }
 
 static void trace(const char *fmt, ...)
@@ -646,16 +662,14 @@ static bool stale_seen;
 
 static void stale(bool report, const char *fmt, ...)
 {
-	char msg[512];
 	va_list ap;
 
 	stale_seen = true;
 	if (!report)
 		return;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vfinding(FIND_STALE, fmt, ap);
 	va_end(ap);
-	finding("%s", msg);
 }
 
 /*

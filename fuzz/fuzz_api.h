@@ -23,10 +23,21 @@ enum fuzz_mutation {
 	MUT_DOUBLE_END,
 };
 
+/* What a finding is about. FIND_STALE: the device or the engine keeps a
+ * translation of a pool page the process no longer maps that way (what
+ * MUT_SKIP_INVAL must produce); FIND_OTHER: anything else (undocumented
+ * error, wrong data, a call that failed). */
+enum fuzz_finding_kind {
+	FIND_OTHER = 0,
+	FIND_STALE,
+	FIND_NKINDS
+};
+
 struct fuzz_stats {
 	uint64_t inputs, ops, dev_ops, async_ops, bytes_checked, words_checked,
 		words_unchecked, errors_seen, injected, findings,
 		skipped_monitor;
+	uint64_t findings_of[FIND_NKINDS]; /* findings by kind */
 };
 
 /* Run one input. Returns 0; a finding aborts (libFuzzer saves the input)
@@ -38,5 +49,7 @@ enum fuzz_mutation fuzz_mutation_by_name(const char *name);
 void fuzz_set_abort(int on);
 void fuzz_set_verbose(int on);
 const struct fuzz_stats *fuzz_get_stats(void);
+/* "stale", "other"; -1 for an unknown name. */
+int fuzz_finding_kind_by_name(const char *name);
 
 #endif

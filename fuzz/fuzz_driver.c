@@ -5,12 +5,14 @@
  * corpus, or a crash file libFuzzer saved). Built with any C compiler.
  *
  *   fuzz_driver [--seed S] [--first I] [--runs N] [--seconds T] [--len L]
- *               [--mutate skip-inval|double-end] [--expect-finding]
+ *               [--mutate skip-inval|double-end] [--expect-finding KIND]
  *               [--dump FILE: write each generated input there first]
  *               [--verbose] [FILE|DIR ...]
  *
- * --expect-finding: exit 0 only if the oracle reported something (to show
- * that a mutation is caught); findings do not abort then.
+ * --expect-finding KIND (stale, other): exit 0 only if the oracle reported
+ * a finding and every finding was of that kind (to show that a mutation
+ * is caught as what it breaks: a crash, or an unrelated finding, is not
+ * "caught"); findings do not abort then.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -83,7 +85,8 @@ int main(int argc, char **argv)
 {
 	unsigned long long seed = 1, runs = 200, len = 400, first = 0;
 	double seconds = 0;
-	bool expect = false, files = false;
+	bool files = false;
+	int expect = -1; /* the kind --expect-finding names */
 	const char *dump = NULL;
 	enum fuzz_mutation m = MUT_NONE;
 	const struct fuzz_stats *s = fuzz_get_stats();
@@ -109,9 +112,14 @@ int main(int argc, char **argv)
 			len = strtoull(argv[++a], NULL, 0);
 		else if (!strcmp(argv[a], "--mutate") && a + 1 < argc)
 			m = fuzz_mutation_by_name(argv[++a]);
-		else if (!strcmp(argv[a], "--expect-finding"))
-			expect = true;
-		else if (!strcmp(argv[a], "--verbose"))
+		else if (!strcmp(argv[a], "--expect-finding") && a + 1 < argc) {
+			expect = fuzz_finding_kind_by_name(argv[++a]);
+			if (expect < 0) {
+				fprintf(stderr, "unknown finding kind %s\n",
+					argv[a]);
+				return 2;
+			}
+		} else if (!strcmp(argv[a], "--verbose"))
 			fuzz_set_verbose(1);
 		else if (argv[a][0] == '-') {
 			fprintf(stderr, "usage: see fuzz/fuzz_driver.c\n");
@@ -177,7 +185,7 @@ int main(int argc, char **argv)
 	       "async), %llu bytes and %llu words checked (%llu not), %llu "
 	       "errors "
 	       "returned, %llu allocation failures injected, %llu monitor "
-	       "skips, %llu findings, %.1f s\n",
+	       "skips, %llu findings (%llu stale), %.1f s\n",
 	       (unsigned long long)s->inputs, (unsigned long long)s->ops,
 	       (unsigned long long)s->dev_ops, (unsigned long long)s->async_ops,
 	       (unsigned long long)s->bytes_checked,
@@ -187,9 +195,19 @@ int main(int argc, char **argv)
 	       (unsigned long long)s->injected,
 	       (unsigned long long)s->skipped_monitor,
 	       (unsigned long long)s->findings,
+	       (unsigned long long)s->findings_of[FIND_STALE],
 	       (double)(t1.tv_sec - t0.tv_sec) +
 		       (t1.tv_nsec - t0.tv_nsec) / 1e9);
-	if (expect)
-		return s->findings ? 0 : 1;
+	if (expect >= 0) {
+		if (s->findings && s->findings_of[expect] == s->findings)
+			return 0;
+		fprintf(stderr,
+			"fuzz_driver: expected %s findings only: %llu of "
+			"%llu\n",
+			expect == FIND_STALE ? "stale" : "other",
+			(unsigned long long)s->findings_of[expect],
+			(unsigned long long)s->findings);
+		return 1;
+	}
 	return s->findings ? 1 : 0;
 }

@@ -407,8 +407,10 @@ UODP_API uint64_t uodp_umem_pfn(struct uodp_umem *umem, const void *addr);
 
 /*
  * Visit the mapped entries of [addr, addr + len) in address order, skipping
- * unmapped stretches without touching them; @fn gets the page's address and
- * its entry and returns nonzero to stop. The region lock must be held by
+ * unmapped stretches without touching them (huge entries or not); @fn gets
+ * the page's address and its entry (each page of a huge entry once, with
+ * UODP_ENTRY_HUGE, as uodp_umem_entries_locked() gives it) and returns
+ * nonzero to stop. The region lock must be held by
  * the calling thread, and @fn must not take it. Returns the number of
  * entries visited. Errors: -EINVAL (NULL @umem or @fn), -EPERM (lock not
  * held by this thread), -ECHILD.

@@ -338,6 +338,7 @@ static inline void t_fx_fini(struct t_fx *f)
 	engine_test_hook_before_install = NULL;
 	engine_test_hook_after_start_walk = NULL;
 	engine_test_hook_before_detach = NULL;
+	engine_test_hook_before_wait = NULL;
 	t_rec.hook = NULL;
 	if (f->umem)
 		assert_int_equal(uodp_umem_release(f->umem), 0);
@@ -584,6 +585,15 @@ static inline void t_gate_wait_arrived(struct t_gate *g)
 		fail_msg("thread did not reach the gate within 10 s");
 }
 
+/* Count an arrival without stopping (hooks that run under engine locks). */
+static inline void t_gate_arrive(struct t_gate *g)
+{
+	pthread_mutex_lock(&g->m);
+	g->arrived++;
+	pthread_cond_broadcast(&g->c);
+	pthread_mutex_unlock(&g->m);
+}
+
 static inline void t_gate_open(struct t_gate *g)
 {
 	pthread_mutex_lock(&g->m);
@@ -631,6 +641,31 @@ static inline void t_park_next_walk(void)
 	engine_test_hook_after_start_walk = t_hook_park_walk;
 }
 
+/* Count the threads that block in the engine until invalidations end
+ * (engine_test_hook_before_wait): t_count_waits() before starting them,
+ * t_wait_blocked(n) until n have blocked. The hook runs with the lock the
+ * invalidation's end takes, so a thread counted is in its wait before
+ * that end can wake it: no sleep, no chance. */
+static struct t_gate t_wait_gate T_UNUSED = T_GATE_INIT;
+
+static inline void t_hook_count_wait(struct uodp_umem *umem)
+{
+	(void)umem;
+	t_gate_arrive(&t_wait_gate);
+}
+
+static inline void t_count_waits(void)
+{
+	t_gate_reset(&t_wait_gate);
+	engine_test_hook_before_wait = t_hook_count_wait;
+}
+
+static inline void t_wait_blocked(int n)
+{
+	if (!t_gate_wait_arrived_for(&t_wait_gate, n, 10))
+		fail_msg("%d threads did not block within 10 s", n);
+}
+
 /* A thread that runs one function and keeps its result. */
 struct t_thread {
 	pthread_t t;
@@ -664,8 +699,11 @@ static inline int64_t t_thread_join(struct t_thread *t)
 	return t->ret;
 }
 
-/* Give a thread the chance to block; what follows asserts state, never
- * timing (a thread that did not block yet must not have finished either). */
+/* Give a thread the chance to block where no hook can tell that it did
+ * (a pthread lock, the kernel) or to do something it must not (be
+ * cancelled); what follows asserts state, never timing (a thread that did
+ * not block yet must not have finished either). Where the engine blocks
+ * on invalidations, use t_count_waits()/t_wait_blocked() instead. */
 static inline void t_let_block(void)
 {
 	usleep(20000);

@@ -290,6 +290,169 @@ static void test_huge_races(void **state)
 	thp_unmap(&t);
 }
 
+/*
+ * for_each_entry skips unmapped stretches without touching them (uodp.h),
+ * huge entries present or not: a region over tens of TiB of reserved
+ * address space holding one huge block and two base pages gets exactly
+ * their entries, in address order, each page of the block a HUGE entry of
+ * its own address. The walk runs on a thread with a bound: it takes
+ * microseconds; a walk that reads every page's word (the page-by-page
+ * loop this replaced, 2^33 or more pages) is still walking after minutes.
+ * The bound detects that hang; it is not a timing claim.
+ */
+#define WALK_BOUND_S 60
+
+struct walk {
+	struct uodp_umem *u;
+	const void *addr;
+	size_t len;
+	size_t n, stop_at, max;
+	void **va;
+	uint64_t *e;
+};
+
+static int walk_fn(void *va, uint64_t e, void *arg)
+{
+	struct walk *w = arg;
+
+	if (w->n < w->max) {
+		w->va[w->n] = va;
+		w->e[w->n] = e;
+	}
+	return ++w->n == w->stop_at;
+}
+
+static int64_t walk_thread(void *arg)
+{
+	struct walk *w = arg;
+	int64_t r;
+
+	if (uodp_umem_lock(w->u))
+		return INT64_MIN;
+	r = uodp_umem_for_each_entry(w->u, w->addr, w->len, walk_fn, w);
+	uodp_umem_unlock(w->u);
+	return r;
+}
+
+/* Run @w on a thread; its return value. */
+static int64_t walk_bounded(struct walk *w)
+{
+	struct t_thread th;
+	double t0 = t_now_ms();
+
+	w->n = 0;
+	t_thread_start(&th, walk_thread, w);
+	while (!atomic_load(&th.done)) {
+		if (t_now_ms() - t0 > WALK_BOUND_S * 1e3)
+			fail_msg("for_each_entry still walking after %d s: "
+				 "it reads the unmapped space",
+				 WALK_BOUND_S);
+		usleep(1000);
+	}
+	return t_thread_join(&th);
+}
+
+static void test_huge_for_each_sparse(void **state)
+{
+	static const size_t sizes[] = { (size_t)64 << 40, (size_t)32 << 40 };
+	const size_t max = 600;
+	void **va = calloc(max, sizeof(*va));
+	uint64_t *e = calloc(max, sizeof(*e));
+	size_t size = 0, i;
+	char *res = MAP_FAILED, *base, *blk, *p1, *p2;
+	struct uodp_ctx *ctx;
+	struct uodp_umem *u;
+	struct walk w;
+
+	(void)state;
+	assert_non_null(va);
+	assert_non_null(e);
+	if (page != 4096)
+		t_skip("written for 4 KiB base pages");
+	for (i = 0; i < 2 && res == MAP_FAILED; i++) {
+		size = sizes[i];
+		res = mmap(NULL, size + HUGE, PROT_NONE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	}
+	if (res == MAP_FAILED)
+		t_skip("cannot reserve 32 TiB of address space");
+	base = (char *)(((uintptr_t)res + HUGE - 1) & ~(uintptr_t)(HUGE - 1));
+	blk = base + size / 2;
+	p1 = blk - ((size_t)1 << 30);
+	p2 = blk + ((size_t)1 << 30) + 3 * page;
+	assert_int_equal(mprotect(blk, HUGE, PROT_READ | PROT_WRITE), 0);
+	assert_int_equal(mprotect(p1, page, PROT_READ | PROT_WRITE), 0);
+	assert_int_equal(mprotect(p2, page, PROT_READ | PROT_WRITE), 0);
+	if (madvise(blk, HUGE, MADV_HUGEPAGE)) {
+		munmap(res, size + HUGE);
+		t_skip("madvise(MADV_HUGEPAGE) refused");
+	}
+	memset(blk, 0x5a, HUGE);
+	madvise(blk, HUGE, MADV_COLLAPSE); /* see thp_map() */
+	ctx = t_ctx(UODP_CTX_MANUAL);
+	u = t_get(ctx, base, size, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(u, p1, page, UODP_ACCESS_READ), 1);
+	assert_int_equal(t_fault(u, blk, HUGE, UODP_ACCESS_WRITE), (int64_t)hp);
+	assert_int_equal(t_fault(u, p2, page, UODP_ACCESS_READ), 1);
+	if (t_stats(u).huge_now != 1) {
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		munmap(res, size + HUGE);
+		t_skip("no huge entry (no THP here, or no PAGEMAP_SCAN)");
+	}
+
+	/* The whole region: p1, the block's pages, p2; nothing else. */
+	w = (struct walk){ .u = u,
+			   .addr = NULL,
+			   .len = SIZE_MAX,
+			   .max = max,
+			   .va = va,
+			   .e = e };
+	assert_int_equal(walk_bounded(&w), (int64_t)hp + 2);
+	assert_int_equal(w.n, hp + 2);
+	assert_ptr_equal(va[0], p1);
+	assert_int_equal(e[0], t_want(p1, UODP_ACCESS_READ));
+	for (i = 0; i < hp; i++) {
+		assert_ptr_equal(va[1 + i], t_pg(blk, i));
+		assert_int_equal(e[1 + i],
+				 t_want(t_pg(blk, i), UODP_ACCESS_WRITE) |
+					 UODP_ENTRY_HUGE);
+	}
+	assert_ptr_equal(va[hp + 1], p2);
+	assert_int_equal(e[hp + 1], t_want(p2, UODP_ACCESS_READ));
+
+	/* From inside the block (unaligned) to the end: its last pages,
+	 * then p2. */
+	w.addr = t_pg(blk, 500) + 1;
+	w.len = (size_t)(base + size - (t_pg(blk, 500) + 1));
+	assert_int_equal(walk_bounded(&w), (int64_t)(hp - 500) + 1);
+	assert_ptr_equal(va[0], t_pg(blk, 500));
+	assert_ptr_equal(va[hp - 500], p2);
+	/* Up to inside the block: p1 and its first pages. */
+	w.addr = base;
+	w.len = (size_t)(t_pg(blk, 3) - base);
+	assert_int_equal(walk_bounded(&w), 4);
+	assert_ptr_equal(va[0], p1);
+	assert_ptr_equal(va[3], t_pg(blk, 2));
+	/* Stopping inside the block: the stopping entry counts, no more. */
+	w.addr = NULL;
+	w.len = SIZE_MAX;
+	w.stop_at = 3;
+	assert_int_equal(walk_bounded(&w), 3);
+	assert_int_equal(w.n, 3);
+	assert_ptr_equal(va[2], t_pg(blk, 1));
+	/* Stopping on p1: the block is not reached. */
+	w.stop_at = 1;
+	assert_int_equal(walk_bounded(&w), 1);
+	assert_int_equal(w.n, 1);
+
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	munmap(res, size + HUGE);
+	free(va);
+	free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -297,6 +460,7 @@ int main(void)
 		cmocka_unit_test(test_huge_upgrade_and_iterate),
 		cmocka_unit_test(test_huge_ragged_and_pinned),
 		cmocka_unit_test(test_huge_races),
+		cmocka_unit_test(test_huge_for_each_sparse),
 	};
 
 	page = t_page_size();

@@ -76,8 +76,9 @@ static void test_destroyed_enodev(void **state)
 	/* A fault waiting without bound behind a running invalidation. */
 	a = (struct fault_arg){ g.umem, g.buf, 1, UODP_TIMEOUT_INFINITE, 0 };
 	t_start(g.ctx, &r, g.buf, 1);
+	t_count_waits();
 	t_thread_start(&t, fault_thread, &a);
-	t_let_block();
+	t_wait_blocked(1);
 	assert_int_equal(atomic_load(&t.done), 0);
 
 	t0 = t_now_ms();
@@ -419,7 +420,7 @@ static void test_collision_ebusy(void **state)
 static void check_b_unharmed(struct t_fx *f, struct uodp_range *b,
 			     struct t_thread *t)
 {
-	t_let_block();
+	t_wait_blocked(1); /* t_count_waits() before the fault started */
 	assert_int_equal(atomic_load(&t->done), 0);
 	assert_int_equal(uodp_umem_map_and_lock(f->umem, t_pg(f->buf, 1), page,
 						UODP_ACCESS_READ, 0),
@@ -439,6 +440,7 @@ static void test_end_never_started(void **state)
 	struct t_thread t;
 
 	t_start(f->ctx, &b, f->buf, 4);
+	t_count_waits();
 	t_thread_start(&t, fault_thread, &a);
 	/* Same range as B, never started. */
 	uodp_range_init(&bad, f->buf, 4 * page, UODP_EVENT_MANUAL);
@@ -460,6 +462,7 @@ static void test_end_twice(void **state)
 	t_start(f->ctx, &x, f->buf, 4); /* X: same pages, ended twice */
 	t_start(f->ctx, &b, f->buf, 4);
 	t_end(&x);
+	t_count_waits();
 	t_thread_start(&t, fault_thread, &a);
 	assert_int_equal(uodp_invalidate_range_end(&x), -EINVAL);
 	assert_int_equal(uodp_invalidate_range_end(&x), -EINVAL);
@@ -571,12 +574,13 @@ static void copied_child(void *arg)
 	t.fn = fault_thread;
 	t.arg = &a;
 	atomic_init(&t.done, 0);
+	t_count_waits();
 	CHILD_CHECK(pthread_create(&t.t, NULL, t_thread_main, &t) == 0);
 	CHILD_CHECK(uodp_invalidate_range_end(&copy_x) == -EINVAL);
 	/* A copy of the running B, ended: -EINVAL, B still runs. */
 	copy_b = b;
 	CHILD_CHECK(uodp_invalidate_range_end(&copy_b) == -EINVAL);
-	t_let_block();
+	CHILD_CHECK(t_gate_wait_arrived_for(&t_wait_gate, 1, 10));
 	CHILD_CHECK(atomic_load(&t.done) == 0);
 	r = uodp_umem_map_and_lock(f->umem, t_pg(f->buf, 1), page,
 				   UODP_ACCESS_READ, 0);

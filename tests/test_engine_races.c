@@ -244,8 +244,9 @@ static void test_partial_overlap_waits(void **state)
 	t_thread_start(&t, fault_thread, &a);
 	t_gate_wait_arrived(&t_install_gate);
 	t_start(f->ctx, &r, t_pg(f->buf, 12), 8);
+	t_count_waits();
 	t_gate_open(&t_install_gate);
-	t_let_block();
+	t_wait_blocked(1);
 	assert_int_equal(atomic_load(&t.done), 0);
 	assert_int_equal(t_count(f->umem, f->buf, NPAGES), 0);
 	t_end(&r);
@@ -298,10 +299,11 @@ static void test_waiters(void **state)
 	assert_int_equal(uodp_umem_map(f->umem, t_pg(f->buf, 10), page,
 				       UODP_ACCESS_READ, (uint64_t)seq),
 			 -EAGAIN);
+	t_count_waits();
 	for (i = 0; i < 3; i++)
 		t_thread_start(&w[i], begin_thread, f->umem);
 	t_thread_start(&m, fault_thread, &a);
-	t_let_block();
+	t_wait_blocked(4);
 	for (i = 0; i < 3; i++)
 		assert_int_equal(atomic_load(&w[i].done), 0);
 	assert_int_equal(atomic_load(&m.done), 0);
@@ -335,6 +337,7 @@ static void test_register_during_invalidation(void **state)
 	assert_int_equal(uodp_umem_map_and_lock(late, t_pg(f->buf, 2), page,
 						UODP_ACCESS_READ, 0),
 			 -EBUSY);
+	t_count_waits();
 	t_thread_start(&w, begin_thread, late);
 
 	/* end() finds the late region in the tree: it must not lower
@@ -343,7 +346,7 @@ static void test_register_during_invalidation(void **state)
 	assert_int_equal(uodp_umem_map_and_lock(late, t_pg(f->buf, 2), page,
 						UODP_ACCESS_READ, 0),
 			 -EBUSY);
-	t_let_block();
+	t_wait_blocked(1);
 	assert_int_equal(atomic_load(&w.done), 0);
 
 	t_end(&r2);
@@ -451,6 +454,10 @@ static void test_release_during_callback(void **state)
 	t_thread_start(&inv, invalidator, &g);
 	t_gate_wait_arrived(&cb_gate);
 	t_thread_start(&rel, releaser, g.umem);
+	/* Release blocks on the tree's rwlock (the walk holds it for the
+	 * callback): no engine hook sees that, so this is a chance, not a
+	 * gate. Too short a sleep makes the test weaker, never wrong: the
+	 * callback itself checks that release has not returned under it. */
 	t_let_block();
 	assert_int_equal(atomic_load(&released), 0);
 	t_gate_open(&cb_gate);
@@ -487,9 +494,10 @@ static void test_destroy_wakes_waiters(void **state)
 	t_fx_init(&g, 1, UODP_CTX_MANUAL);
 	a.p = g.buf;
 	t_start(g.ctx, &r, g.buf, 1);
+	t_count_waits();
 	t_thread_start(&w, begin_thread, g.umem);
 	t_thread_start(&m, fault_thread, &a);
-	t_let_block();
+	t_wait_blocked(2);
 	assert_int_equal(atomic_load(&w.done), 0);
 	assert_int_equal(atomic_load(&m.done), 0);
 	assert_int_equal(uodp_ctx_destroy(g.ctx), 0);
@@ -704,7 +712,6 @@ static void test_get_races_destroy(void **state)
 struct cancel_arg {
 	struct uodp_umem *umem;
 	void *p;
-	atomic_int entered;
 	atomic_long result; /* map_and_lock's, before the thread died */
 };
 
@@ -714,7 +721,6 @@ static void *cancel_victim(void *arg)
 	int64_t r;
 
 	pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, NULL);
-	atomic_store(&c->entered, 1);
 	r = uodp_umem_map_and_lock(c->umem, c->p, page, UODP_ACCESS_READ,
 				   UODP_TIMEOUT_INFINITE);
 	atomic_store(&c->result, (long)r);
@@ -736,11 +742,13 @@ static void test_cancel_blocked_fault(void **state)
 
 	atomic_init(&c.result, 12345);
 	t_start(f->ctx, &r, f->buf, 1);
+	t_count_waits();
 	assert_int_equal(pthread_create(&t, NULL, cancel_victim, &c), 0);
-	while (!atomic_load(&c.entered))
-		sched_yield();
-	t_let_block();
+	t_wait_blocked(1);
 	assert_int_equal(pthread_cancel(t), 0);
+	/* A chance for a wrongly cancellable wait to act on the request:
+	 * what must not happen cannot be gated. Too short a sleep makes
+	 * the test weaker, never wrong. */
 	t_let_block();
 	/* Still blocked in the library, not cancelled there. */
 	assert_int_equal(atomic_load(&c.result), 12345);
@@ -761,7 +769,6 @@ static void *cancel_victim_begin(void *arg)
 	struct cancel_arg *c = arg;
 	int64_t r;
 
-	atomic_store(&c->entered, 1);
 	r = uodp_umem_read_begin(c->umem);
 	atomic_store(&c->result, (long)r);
 	for (;;)
@@ -779,11 +786,13 @@ static void test_cancel_blocked_begin(void **state)
 
 	atomic_init(&c.result, -12345);
 	t_start(f->ctx, &r, f->buf, NPAGES);
+	t_count_waits();
 	assert_int_equal(pthread_create(&t, NULL, cancel_victim_begin, &c), 0);
-	while (!atomic_load(&c.entered))
-		sched_yield();
-	t_let_block();
+	t_wait_blocked(1);
 	assert_int_equal(pthread_cancel(t), 0);
+	/* A chance for a wrongly cancellable wait to act on the request:
+	 * what must not happen cannot be gated. Too short a sleep makes
+	 * the test weaker, never wrong. */
 	t_let_block();
 	assert_int_equal(atomic_load(&c.result), -12345);
 	t_end(&r);

@@ -15,9 +15,21 @@
  * Each run is a forked child, so a crash, a leak report or a hang names
  * its class and N. Flows: the demo's (engine on a manual context, then the
  * device), and one per layer: lib (page table), engine, notifier (kernel
- * monitor; skipped while the notifier is the stub), device sync, device
- * queue. The wrappers come from src/lib/finject.c, linked with --wrap
+ * monitor), device sync (manual and on the monitor), device queue. The
+ * wrappers come from src/lib/finject.c, linked with --wrap
  * (fuzz/CMakeLists.txt); without UODP_FAULT_INJECT the program skips (77).
+ *
+ * A sweep in which no injected failure ever fired proves nothing (the
+ * wrappers not linked in, or a flow that no longer reaches the calls):
+ * each plan names the classes its flow must reach, and every sweep of
+ * those classes must have failed at least one call.
+ *
+ * The plans on the kernel monitor skip (tests/helpers.h, t_skip) where it
+ * is unavailable: no userfaultfd, or forbidden (vm.unprivileged_userfaultfd
+ * without UFFD_USER_MODE_ONLY, seccomp). That is probed once, in a child
+ * (the parent must not start the process-wide notifier its forked runs
+ * would inherit without its threads); only -ENOSYS and -EPERM mean
+ * "unavailable", anything else fails the probe.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -34,9 +46,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
-
-#include "uodp.h"
+#include "helpers.h" /* skipping, the monitor probe, t_in_child */
 #include "uodp_dev.h"
 
 #ifdef UODP_DEBUG
@@ -244,8 +254,6 @@ static void flow_engine(unsigned flags)
 	r = CALL("umem_get", get_err,
 		 uodp_umem_get(ctx, pool, POOL_PAGES * page, UODP_ACCESS_ALL,
 			       &umem));
-	if (r == -ENOSYS && !manual) /* monitor unavailable (stub) */
-		goto destroy;
 	if (r < 0)
 		goto destroy;
 	n = CALL("map_and_lock", map_err,
@@ -682,7 +690,45 @@ struct plan {
 	const char *name;
 	void (*flow)(unsigned);
 	unsigned flags;
+	/* Classes (1 << class) the flow must reach: each of their sweeps,
+	 * cold and warm, every errno, must inject at least one failure. */
+	unsigned must_fire;
+	bool monitor; /* needs the kernel monitor (else skipped) */
 };
+
+#define FIRE(c) (1u << (c))
+/* What every plan on the kernel monitor reaches: the notifier's threads
+ * (their stacks mmap()ed), its userfaultfd and its ioctls, and the reads
+ * of /proc/self/maps. */
+#define FIRE_MONITOR                                                         \
+	(FIRE(FI_ALLOC) | FIRE(FI_THREAD) | FIRE(FI_UFFD) | FIRE(FI_IOCTL) | \
+	 FIRE(FI_MMAP) | FIRE(FI_OPEN))
+
+/* Is the kernel monitor usable here? Probed once, in a child. */
+static void monitor_probe_child(void *arg)
+{
+	(void)arg;
+	finject_pause();
+	_exit(t_monitor_available() ? 0 : T_EXIT_SKIP);
+}
+
+static bool monitor_here(void)
+{
+	static int avail = -1;
+	char err[512];
+	int st;
+
+	if (avail >= 0)
+		return avail;
+	st = t_in_child(monitor_probe_child, NULL, err, sizeof(err));
+	if (err[0])
+		fprintf(stderr, "%s", err);
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != T_EXIT_SKIP)
+		fail_msg("monitor probe: exit status %d", WEXITSTATUS(st));
+	avail = WEXITSTATUS(st) == 0;
+	return avail;
+}
 
 /* Which errnos each class is swept with: the default, and the ones a
  * real system gives that the library must keep apart (ENOMEM in an
@@ -699,26 +745,47 @@ static const int class_errs[FI_NCLASS][3] = {
 static void run_plan(const struct plan *p)
 {
 	struct sweep_stats s = { 0, 0 };
-	int cls, e, warm, bad = 0;
+	int cls, e, warm, bad = 0, unfired = 0;
 
 	/* FI_PLAN=<name> runs one plan only (debugging). */
 	if (getenv("FI_PLAN") && strcmp(getenv("FI_PLAN"), p->name))
 		return;
+	if (p->monitor && !monitor_here())
+		t_skip("the kernel monitor is unavailable here (userfaultfd "
+		       "missing or forbidden)");
 
 	for (warm = 0; warm < 2; warm++)
 		for (cls = 0; cls < FI_NCLASS; cls++)
-			for (e = 0; e < 3 && class_errs[cls][e]; e++)
+			for (e = 0; e < 3 && class_errs[cls][e]; e++) {
+				int fired = s.fired;
+
 				bad += sweep(p->name, p->flow, p->flags,
 					     (enum finject_class)cls,
 					     class_errs[cls][e], warm, &s);
-	printf("%s: %d runs, %d with an injected failure, %d bad\n", p->name,
-	       s.runs, s.fired, bad);
+				fired = s.fired - fired;
+				if (fired || !(p->must_fire & FIRE(cls)) ||
+				    getenv("FI_ONLY"))
+					continue;
+				fprintf(stderr,
+					"%s%s: %s (errno %d): no injected "
+					"failure fired in the sweep\n",
+					p->name, warm ? " (warm)" : "",
+					finject_class_name(
+						(enum finject_class)cls),
+					class_errs[cls][e]);
+				unfired++;
+			}
+	printf("%s: %d runs, %d with an injected failure, %d bad, %d sweeps "
+	       "that should have and did not inject\n",
+	       p->name, s.runs, s.fired, bad, unfired);
 	assert_int_equal(bad, 0);
+	assert_int_equal(unfired, 0);
 }
 
 static void test_fi_demo(void **state)
 {
-	static const struct plan p = { "demo", flow_demo, 0 };
+	static const struct plan p = { "demo", flow_demo, 0, FIRE(FI_ALLOC),
+				       false };
 
 	(void)state;
 	run_plan(&p);
@@ -726,7 +793,8 @@ static void test_fi_demo(void **state)
 
 static void test_fi_lib(void **state)
 {
-	static const struct plan p = { "lib", flow_lib, 0 };
+	static const struct plan p = { "lib", flow_lib, 0, FIRE(FI_ALLOC),
+				       false };
 
 	(void)state;
 	run_plan(&p);
@@ -734,7 +802,8 @@ static void test_fi_lib(void **state)
 
 static void test_fi_engine(void **state)
 {
-	static const struct plan p = { "engine", flow_engine, UODP_CTX_MANUAL };
+	static const struct plan p = { "engine", flow_engine, UODP_CTX_MANUAL,
+				       FIRE(FI_ALLOC), false };
 
 	(void)state;
 	run_plan(&p);
@@ -742,7 +811,8 @@ static void test_fi_engine(void **state)
 
 static void test_fi_notifier(void **state)
 {
-	static const struct plan p = { "notifier", flow_engine, 0 };
+	static const struct plan p = { "notifier", flow_engine, 0, FIRE_MONITOR,
+				       true };
 
 	(void)state;
 	run_plan(&p);
@@ -750,7 +820,8 @@ static void test_fi_notifier(void **state)
 
 static void test_fi_device(void **state)
 {
-	static const struct plan p = { "device", flow_device, UODP_DEV_MANUAL };
+	static const struct plan p = { "device", flow_device, UODP_DEV_MANUAL,
+				       FIRE(FI_ALLOC), false };
 
 	(void)state;
 	run_plan(&p);
@@ -758,7 +829,8 @@ static void test_fi_device(void **state)
 
 static void test_fi_device_monitor(void **state)
 {
-	static const struct plan p = { "device-monitor", flow_device, 0 };
+	static const struct plan p = { "device-monitor", flow_device, 0,
+				       FIRE_MONITOR, true };
 
 	(void)state;
 	run_plan(&p);
@@ -766,7 +838,9 @@ static void test_fi_device_monitor(void **state)
 
 static void test_fi_queue(void **state)
 {
-	static const struct plan p = { "queue", flow_queue, UODP_DEV_MANUAL };
+	static const struct plan p = { "queue", flow_queue, UODP_DEV_MANUAL,
+				       FIRE(FI_ALLOC) | FIRE(FI_THREAD),
+				       false };
 
 	(void)state;
 	run_plan(&p);
@@ -790,7 +864,7 @@ int main(void)
 	if (pool == MAP_FAILED)
 		return 1;
 	memset(pool, 0x5a, POOL_PAGES * page);
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return t_run(tests, NULL, NULL);
 }
 
 #else /* !UODP_FAULT_INJECT */

@@ -408,5 +408,10 @@ extern void (*engine_test_hook_before_install)(struct uodp_umem *umem);
 extern void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
 /* uodp_ctx_destroy(), about to detach the subscription (no lock held). */
 extern void (*engine_test_hook_before_detach)(struct uodp_ctx *ctx);
+/* A fault or read_begin about to block until invalidations end (the birth
+ * period of @umem, or its busy stripes), with the lock their end takes
+ * held: a thread seen here is in its wait before anything can wake it.
+ * Must not block or call the library. */
+extern void (*engine_test_hook_before_wait)(struct uodp_umem *umem);
 
 #endif

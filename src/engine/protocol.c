@@ -63,6 +63,8 @@ bool umem_ready(const struct uodp_umem *umem)
 	return !umem->birth || umem->birth != atomic_load(&umem->ctx->period);
 }
 
+void (*engine_test_hook_before_wait)(struct uodp_umem *umem);
+
 /* Wait on the context until the region is ready (or dying). */
 static int wait_ready(struct uodp_umem *umem, const struct timespec *deadline)
 {
@@ -73,6 +75,8 @@ static int wait_ready(struct uodp_umem *umem, const struct timespec *deadline)
 		return 0;
 	pthread_mutex_lock(&ctx->inv_lock);
 	while (!umem_ready(umem) && !atomic_load(&umem->dying)) {
+		if (engine_test_hook_before_wait)
+			engine_test_hook_before_wait(umem);
 		if (deadline)
 			r = pthread_cond_timedwait(&ctx->inv_idle,
 						   &ctx->inv_lock, deadline);
@@ -125,6 +129,8 @@ int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
 		seq = stripes_seq_locked(umem, a, b, &busy);
 		if (!busy)
 			break;
+		if (engine_test_hook_before_wait)
+			engine_test_hook_before_wait(umem);
 		r = ulock_wait(&umem->lock, &umem->idle, deadline);
 		if (r == ETIMEDOUT) {
 			r = -EBUSY;

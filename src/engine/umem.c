@@ -445,17 +445,64 @@ struct visit_arg {
 	int (*fn)(void *page, uint64_t entry, void *arg);
 	void *arg;
 	int64_t visited;
+	bool stopped;	   /* @fn returned nonzero */
+	uint64_t from, to; /* pages [from, to) are asked for */
+	uint64_t next;	   /* huge walk: base pages from here not walked */
 };
+
+static int visit_entry(struct visit_arg *a, uint64_t e)
+{
+	a->visited++;
+	if (a->fn((void *)(uintptr_t)(e & UODP_ENTRY_ADDR_MASK), e, a->arg))
+		a->stopped = true;
+	return a->stopped;
+}
 
 static int visit_word(uint64_t idx, uint64_t *word, void *argp)
 {
 	struct visit_arg *a = argp;
 	uint64_t e = word_entry(a->umem, idx, *word);
 
-	if (!e)
+	return e ? visit_entry(a, e) : 0;
+}
+
+/* Base-page words of pages [from, to); true if @fn stopped the walk. */
+static bool visit_base(struct visit_arg *a, uint64_t from, uint64_t to)
+{
+	if (from < to)
+		pgt_for_each(&a->umem->table, from, to, visit_word, a);
+	return a->stopped;
+}
+
+/*
+ * One nonzero word of the huge table (block @bi): the base pages before
+ * the block, then, if the word is a live entry, the block's pages asked
+ * for, each a HUGE entry. A word without access (an untaken dirty huge
+ * word) covers no page: its block's base words are walked later with the
+ * rest (a base-page word and a live huge entry never cover the same page).
+ */
+static int visit_huge_word(uint64_t bi, uint64_t *word, void *argp)
+{
+	struct visit_arg *a = argp;
+	const struct uodp_umem *umem = a->umem;
+	uint64_t va = ((umem->start >> HUGE_SHIFT) + bi) << HUGE_SHIFT;
+	uint64_t first = umem_page(umem, va);
+	uint64_t last = first + HUGE_PAGES(umem->ctx);
+
+	if (!(*word & W_ACCESS_MASK))
 		return 0;
-	a->visited++;
-	return a->fn((void *)(uintptr_t)(e & UODP_ENTRY_ADDR_MASK), e, a->arg);
+	if (first < a->from)
+		first = a->from;
+	if (last > a->to)
+		last = a->to;
+	if (visit_base(a, a->next, first))
+		return 1;
+	for (uint64_t idx = first; idx < last; idx++)
+		if (visit_entry(a,
+				word_entry(umem, idx, *word) | UODP_ENTRY_HUGE))
+			return 1;
+	a->next = last;
+	return 0;
 }
 
 UODP_API int64_t uodp_umem_for_each_entry(
@@ -478,23 +525,21 @@ UODP_API int64_t uodp_umem_for_each_entry(
 		end = umem->end;
 	if (start >= end || umem_watch_only(umem))
 		return 0;
-	if (!umem->hmapped) {
-		pgt_for_each(&umem->table, umem_page(umem, start),
-			     umem_page(umem, end - 1) + 1, visit_word, &a);
-		return a.visited;
-	}
-	/* Huge entries present: page by page in address order (a base-page
-	 * word and a live huge entry never cover the same page). */
-	for (uint64_t idx = umem_page(umem, start);
-	     idx <= umem_page(umem, end - 1); idx++) {
-		uint64_t e = page_entry(umem, idx);
-
-		if (!e)
-			continue;
-		a.visited++;
-		if (fn((void *)(uintptr_t)(e & UODP_ENTRY_ADDR_MASK), e, arg))
-			break;
-	}
+	a.from = a.next = umem_page(umem, start);
+	a.to = umem_page(umem, end - 1) + 1;
+	/* Huge entries present: the huge table's words in block order, the
+	 * base words between them (both walks skip empty subtrees, so an
+	 * unmapped stretch costs nothing whatever its size). Blocks lie
+	 * wholly inside the region (huge_candidate). */
+	if (umem->hmapped)
+		pgt_for_each(&umem->htable,
+			     (start >> HUGE_SHIFT) -
+				     (umem->start >> HUGE_SHIFT),
+			     ((end - 1) >> HUGE_SHIFT) -
+				     (umem->start >> HUGE_SHIFT) + 1,
+			     visit_huge_word, &a);
+	if (!a.stopped)
+		visit_base(&a, a.next, a.to);
 	return a.visited;
 }
 
