@@ -133,6 +133,40 @@ static inline void t_unmap(void *p, size_t npages)
 	assert_int_equal(munmap(p, npages * t_page_size()), 0);
 }
 
+/* Map into a hole we made, never over anything else: between our munmap
+ * and this, any mmap of the process (a thread stack, a sanitizer
+ * runtime's own memory) may have taken the hole. MAP_FAILED then. */
+static inline char *t_map_hole(void *addr, size_t len, int prot, int flags,
+			       int fd)
+{
+	char *p = mmap(addr, len, prot, flags | MAP_FIXED_NOREPLACE, fd, 0);
+
+	if (p != MAP_FAILED && p != addr) { /* pre-4.17: a hint only */
+		munmap(p, len);
+		return MAP_FAILED;
+	}
+	return p;
+}
+
+/* Why 1 GiB: application memory in the plain, ASan and TSan layouts of
+ * x86-64 alike (ASan's shadow starts at 2 GiB, TSan's low application
+ * range ends at 512 GiB), and far below where mappings go. */
+#define T_LOW_ADDR ((uintptr_t)1 << 30)
+
+/* Read-write pages far below where the kernel places mappings (it fills
+ * the address space top down), for tests that unmap pages and then check
+ * that the hole reads as gone: nobody else's mmap() (a sanitizer
+ * runtime's, a thread stack) takes such a hole. Anywhere if that address
+ * is not free. */
+static inline char *t_low_buf(size_t npages)
+{
+	char *p = t_map_hole((void *)T_LOW_ADDR, npages * t_page_size(),
+			     PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1);
+
+	return p != MAP_FAILED ? p : t_buf(npages);
+}
+
 /* Unmap pages [from, to) of @p. Tests that made holes in a buffer unmap
  * the pieces around them: another thread's (or a sanitizer runtime's)
  * mapping may sit in a hole by now and is not ours to unmap. */

@@ -45,36 +45,6 @@ static void wait_sync(struct uodp_ctx *ctx)
 	}
 }
 
-/* Map into a hole we made, never over anything else: between our munmap
- * and this, any mmap of the process (a thread stack, a sanitizer
- * runtime's own memory) may have taken the hole. MAP_FAILED then. */
-static char *map_hole(void *addr, size_t len, int prot, int flags, int fd)
-{
-	char *p = mmap(addr, len, prot, flags | MAP_FIXED_NOREPLACE, fd, 0);
-
-	if (p != MAP_FAILED && p != addr) { /* pre-4.17: a hint only */
-		munmap(p, len);
-		return MAP_FAILED;
-	}
-	return p;
-}
-
-/* Why 1 GiB: application memory in the plain, ASan and TSan layouts of
- * x86-64 alike (ASan's shadow starts at 2 GiB, TSan's low application
- * range ends at 512 GiB), and far below where mappings go. */
-#define LOW_ADDR ((uintptr_t)1 << 30)
-
-/* Pages far below where the kernel places mappings (it fills the
- * address space top down), so that nobody else's mmap() takes a hole we
- * make in them; anywhere if that address is not free. */
-static char *low_buf(size_t n)
-{
-	char *p = map_hole((void *)LOW_ADDR, n * page, PROT_READ | PROT_WRITE,
-			   MAP_PRIVATE | MAP_ANONYMOUS, -1);
-
-	return p != MAP_FAILED ? p : t_buf(n);
-}
-
 /* A monitored context with the recording driver. */
 static struct uodp_ctx *mon_ctx(unsigned flags)
 {
@@ -168,7 +138,7 @@ static void test_mremap_move(void **state)
 	struct uodp_ctx *ctx = mon_ctx(0);
 	/* Low: the hole the move leaves must stay a hole until the fault
 	 * below (seen in CI: ASan's allocator mapped into it at once). */
-	char *buf = low_buf(8), *dst = t_map(8, PROT_NONE, MAP_PRIVATE), *p;
+	char *buf = t_low_buf(8), *dst = t_map(8, PROT_NONE, MAP_PRIVATE), *p;
 	struct uodp_umem *u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
 
 	(void)state;
@@ -238,7 +208,7 @@ static void test_map_fixed_over(void **state)
 static void test_hole_filled(void **state)
 {
 	struct uodp_ctx *ctx = mon_ctx(0);
-	char *buf = low_buf(8), *p;
+	char *buf = t_low_buf(8), *p;
 	struct uodp_umem *u;
 
 	(void)state;
@@ -246,8 +216,8 @@ static void test_hole_filled(void **state)
 	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
 	assert_int_equal(t_fault(u, t_pg(buf, 2), page, UODP_ACCESS_READ),
 			 -EFAULT);
-	p = map_hole(t_pg(buf, 2), 4 * page, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS, -1);
+	p = t_map_hole(t_pg(buf, 2), 4 * page, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1);
 	if (p == MAP_FAILED) {
 		assert_int_equal(uodp_umem_release(u), 0);
 		assert_int_equal(uodp_ctx_destroy(ctx), 0);
@@ -313,7 +283,7 @@ static void test_file_shared(void **state)
 static void test_refused_in_hole(void **state)
 {
 	struct uodp_ctx *ctx = mon_ctx(0);
-	char *buf = low_buf(4), *p;
+	char *buf = t_low_buf(4), *p;
 	int fd = t_tmpfile(2), rofd;
 	char path[64];
 	struct uodp_umem *u;
@@ -325,7 +295,7 @@ static void test_refused_in_hole(void **state)
 	assert_true(rofd >= 0);
 	assert_int_equal(munmap(t_pg(buf, 2), 2 * page), 0);
 	u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
-	p = map_hole(t_pg(buf, 2), 2 * page, PROT_READ, MAP_SHARED, rofd);
+	p = t_map_hole(t_pg(buf, 2), 2 * page, PROT_READ, MAP_SHARED, rofd);
 	if (p == MAP_FAILED) {
 		assert_int_equal(uodp_umem_release(u), 0);
 		assert_int_equal(uodp_ctx_destroy(ctx), 0);
@@ -367,8 +337,8 @@ static void *churn_thread(void *arg)
 	struct churn *c = arg;
 
 	while (!atomic_load(&c->stop)) {
-		char *q = map_hole(c->p, page, PROT_READ | PROT_WRITE,
-				   MAP_PRIVATE | MAP_ANONYMOUS, -1);
+		char *q = t_map_hole(c->p, page, PROT_READ | PROT_WRITE,
+				     MAP_PRIVATE | MAP_ANONYMOUS, -1);
 
 		if (q == MAP_FAILED) {
 			atomic_store(&c->stolen, 1);
@@ -404,15 +374,15 @@ static void unmap_before_register(void)
 static void refill_after_register(void)
 {
 	unf_test_hook_after_register = NULL; /* once */
-	if (map_hole(race_page, page, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS, -1) != race_page)
+	if (t_map_hole(race_page, page, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1) != race_page)
 		abort(); /* low memory: nobody else maps there */
 }
 
 static void register_race(bool refill)
 {
 	struct uodp_ctx *ctx = mon_ctx(0);
-	char *buf = low_buf(3);
+	char *buf = t_low_buf(3);
 	struct uodp_umem *u = t_get(ctx, buf, 3 * page, UODP_ACCESS_ALL), *w;
 	struct unf_stats st0, st;
 	unsigned from;
@@ -421,8 +391,8 @@ static void register_race(bool refill)
 	assert_int_equal(munmap(buf, page), 0);
 	t_rec_wait(0, u, buf, t_pg(buf, 1), UODP_EVENT_UNMAP, EVENT_SEC);
 	wait_sync(ctx);
-	if (map_hole(buf, page, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS, -1) == MAP_FAILED) {
+	if (t_map_hole(buf, page, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1) == MAP_FAILED) {
 		assert_int_equal(uodp_umem_release(u), 0);
 		assert_int_equal(uodp_ctx_destroy(ctx), 0);
 		t_unmap_pages(buf, 1, 3);
@@ -442,8 +412,8 @@ static void register_race(bool refill)
 	assert_true(st.unsure_registrations > st0.unsure_registrations);
 	/* New memory there: faulted in, then unmapped - the entry goes. */
 	if (!refill)
-		assert_ptr_equal(map_hole(buf, page, PROT_READ | PROT_WRITE,
-					  MAP_PRIVATE | MAP_ANONYMOUS, -1),
+		assert_ptr_equal(t_map_hole(buf, page, PROT_READ | PROT_WRITE,
+					    MAP_PRIVATE | MAP_ANONYMOUS, -1),
 				 buf);
 	assert_int_equal(t_fault(u, buf, page, UODP_ACCESS_WRITE), 1);
 	from = t_rec_count();
@@ -473,7 +443,7 @@ static void test_register_races_unmap_refill(void **state)
 static void test_hole_churn(void **state)
 {
 	struct uodp_ctx *ctx = mon_ctx(0);
-	char *buf = low_buf(3);
+	char *buf = t_low_buf(3);
 	struct uodp_umem *u;
 	struct churn c = { .p = t_pg(buf, 1) };
 	long ok = 0, efault = 0, other = 0;
@@ -690,8 +660,8 @@ static void test_foreign_uffd_ebusy(void **state)
 	/* New memory in the region's hole that another userfaultfd took
 	 * first: a fault there fails -EBUSY at once, whatever the timeout
 	 * (uodp.h, map_and_lock). */
-	if (map_hole(t_pg(buf, 3), page, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS, -1) == t_pg(buf, 3)) {
+	if (t_map_hole(t_pg(buf, 3), page, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1) == t_pg(buf, 3)) {
 		memset(t_pg(buf, 3), 1, page);
 		reg.range.start = (uintptr_t)t_pg(buf, 3);
 		reg.range.len = page;
@@ -1106,7 +1076,7 @@ static void test_deferred_many_regions_once(void **state)
 		N = NPG + NSPAN + NQUAD /* ~19 batches */
 	};
 	struct uodp_ctx *ctx = mon_ctx(UODP_CTX_DEFERRED);
-	char *b = low_buf(NPG);
+	char *b = t_low_buf(NPG);
 	struct uodp_umem *u[N];
 	void *s[N], *e[N];
 	unsigned from, got[N];
