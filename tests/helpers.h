@@ -133,6 +133,16 @@ static inline void t_unmap(void *p, size_t npages)
 	assert_int_equal(munmap(p, npages * t_page_size()), 0);
 }
 
+/* A check in a forked child, where cmocka cannot report: the line and the
+ * condition on stderr, exit status 1 for the parent to assert on. */
+#define T_CHILD_CHECK(cond)                                                \
+	do {                                                               \
+		if (!(cond)) {                                             \
+			fprintf(stderr, "line %d: %s\n", __LINE__, #cond); \
+			_exit(1);                                          \
+		}                                                          \
+	} while (0)
+
 /* Map into a hole we made, never over anything else: between our munmap
  * and this, any mmap of the process (a thread stack, a sanitizer
  * runtime's own memory) may have taken the hole. MAP_FAILED then. */
@@ -750,6 +760,20 @@ static inline double t_now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Wait until no invalidation of @ctx is in flight. Why 10 s: an event is
+ * handled in microseconds; one that never is fails here, it does not hang
+ * the suite. Not a timing claim. */
+static inline void t_wait_sync(struct uodp_ctx *ctx)
+{
+	double t0 = t_now_ms();
+
+	while (!uodp_ctx_sync(ctx)) {
+		if (t_now_ms() - t0 > 10000.0)
+			fail_msg("uodp_ctx_sync() still false after 10 s");
+		sched_yield();
+	}
 }
 
 /* ------------------------------------------------------------------------ */

@@ -992,14 +992,6 @@ struct fork_arg {
 
 static struct fork_arg fork_a;
 
-#define CHILD_CHECK(cond)                                                  \
-	do {                                                               \
-		if (!(cond)) {                                             \
-			fprintf(stderr, "line %d: %s\n", __LINE__, #cond); \
-			_exit(1);                                          \
-		}                                                          \
-	} while (0)
-
 static void fork_child(void *argp)
 {
 	struct fork_arg *a = argp;
@@ -1014,37 +1006,38 @@ static void fork_child(void *argp)
 	/* Every call that changes or waits on the parent's context or region
 	 * (those listing -ECHILD). The region lock must not be used in the
 	 * child: for_each_entry is checked before its lock test. */
-	CHILD_CHECK(uodp_umem_get(a->ctx, b, page, UODP_ACCESS_READ, &u2) ==
-		    -ECHILD);
-	CHILD_CHECK(u2 == NULL);
-	CHILD_CHECK(uodp_umem_map_and_lock(a->umem, b, page, UODP_ACCESS_READ,
-					   0) == -ECHILD);
-	CHILD_CHECK(uodp_umem_map(a->umem, b, page, UODP_ACCESS_READ, 0) ==
-		    -ECHILD);
-	CHILD_CHECK(uodp_umem_read_begin(a->umem) == -ECHILD);
-	CHILD_CHECK(uodp_umem_unmap(a->umem, b, page) == -ECHILD);
-	CHILD_CHECK(uodp_umem_for_each_entry(a->umem, b, page, count_fn, &n) ==
-		    -ECHILD);
+	T_CHILD_CHECK(uodp_umem_get(a->ctx, b, page, UODP_ACCESS_READ, &u2) ==
+		      -ECHILD);
+	T_CHILD_CHECK(u2 == NULL);
+	T_CHILD_CHECK(uodp_umem_map_and_lock(a->umem, b, page, UODP_ACCESS_READ,
+					     0) == -ECHILD);
+	T_CHILD_CHECK(uodp_umem_map(a->umem, b, page, UODP_ACCESS_READ, 0) ==
+		      -ECHILD);
+	T_CHILD_CHECK(uodp_umem_read_begin(a->umem) == -ECHILD);
+	T_CHILD_CHECK(uodp_umem_unmap(a->umem, b, page) == -ECHILD);
+	T_CHILD_CHECK(uodp_umem_for_each_entry(a->umem, b, page, count_fn,
+					       &n) == -ECHILD);
 	uodp_range_init(&r, b, page, UODP_EVENT_MANUAL);
-	CHILD_CHECK(uodp_invalidate_range_start(a->ctx, &r) == -ECHILD);
-	CHILD_CHECK(uodp_invalidate_range(a->ctx, b, page, UODP_EVENT_MANUAL) ==
-		    -ECHILD);
-	CHILD_CHECK(uodp_umem_dirty_take(a->umem, va, 4) == -ECHILD);
-	CHILD_CHECK(uodp_umem_stats(a->umem, &st, sizeof(st)) == -ECHILD);
-	CHILD_CHECK(uodp_umem_release(a->umem) == -ECHILD);
-	CHILD_CHECK(uodp_ctx_destroy(a->ctx) == -ECHILD);
+	T_CHILD_CHECK(uodp_invalidate_range_start(a->ctx, &r) == -ECHILD);
+	T_CHILD_CHECK(uodp_invalidate_range(a->ctx, b, page,
+					    UODP_EVENT_MANUAL) == -ECHILD);
+	T_CHILD_CHECK(uodp_umem_dirty_take(a->umem, va, 4) == -ECHILD);
+	T_CHILD_CHECK(uodp_umem_stats(a->umem, &st, sizeof(st)) == -ECHILD);
+	T_CHILD_CHECK(uodp_umem_release(a->umem) == -ECHILD);
+	T_CHILD_CHECK(uodp_ctx_destroy(a->ctx) == -ECHILD);
 	/* Bad input is still bad input. */
-	CHILD_CHECK(uodp_umem_map(NULL, b, page, UODP_ACCESS_READ, 0) ==
-		    -EINVAL);
-	CHILD_CHECK(uodp_ctx_destroy(NULL) == -EINVAL);
+	T_CHILD_CHECK(uodp_umem_map(NULL, b, page, UODP_ACCESS_READ, 0) ==
+		      -EINVAL);
+	T_CHILD_CHECK(uodp_ctx_destroy(NULL) == -EINVAL);
 	/* The child may have its own context. */
-	CHILD_CHECK(uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &c2) == 0);
-	CHILD_CHECK(uodp_umem_get(c2, b, page, UODP_ACCESS_ALL, &u2) == 0);
-	CHILD_CHECK(uodp_umem_map_and_lock(u2, b, page, UODP_ACCESS_WRITE, 0) ==
-		    1);
-	CHILD_CHECK(uodp_umem_unlock(u2) == 0);
-	CHILD_CHECK(uodp_umem_release(u2) == 0);
-	CHILD_CHECK(uodp_ctx_destroy(c2) == 0);
+	T_CHILD_CHECK(uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &c2) ==
+		      0);
+	T_CHILD_CHECK(uodp_umem_get(c2, b, page, UODP_ACCESS_ALL, &u2) == 0);
+	T_CHILD_CHECK(
+		uodp_umem_map_and_lock(u2, b, page, UODP_ACCESS_WRITE, 0) == 1);
+	T_CHILD_CHECK(uodp_umem_unlock(u2) == 0);
+	T_CHILD_CHECK(uodp_umem_release(u2) == 0);
+	T_CHILD_CHECK(uodp_ctx_destroy(c2) == 0);
 }
 
 /* A token started in the parent ends with -ECHILD in the child. */
@@ -1053,7 +1046,7 @@ static struct uodp_range fork_tok;
 static void fork_child_end(void *arg)
 {
 	(void)arg;
-	CHILD_CHECK(uodp_invalidate_range_end(&fork_tok) == -ECHILD);
+	T_CHILD_CHECK(uodp_invalidate_range_end(&fork_tok) == -ECHILD);
 }
 
 static void test_fork_echild(void **state)

@@ -531,25 +531,17 @@ static void test_end_racing(void **state)
  * the caller's struct a copy's end() would succeed, and in a debug build
  * the count underflow aborts; either way the child reports it. The child
  * makes its own context (the parent's answers -ECHILD there). */
-#define CHILD_CHECK(cond)                                                  \
-	do {                                                               \
-		if (!(cond)) {                                             \
-			fprintf(stderr, "line %d: %s\n", __LINE__, #cond); \
-			_exit(1);                                          \
-		}                                                          \
-	} while (0)
-
 /* A manual context and a 4-page region in a child, without cmocka. */
 static void child_fx(struct t_fx *f)
 {
 	f->npages = 4;
 	f->buf = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	CHILD_CHECK(f->buf != MAP_FAILED);
-	CHILD_CHECK(uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &f->ctx) ==
-		    0);
-	CHILD_CHECK(uodp_umem_get(f->ctx, f->buf, 4 * page, UODP_ACCESS_ALL,
-				  &f->umem) == 0);
+	T_CHILD_CHECK(f->buf != MAP_FAILED);
+	T_CHILD_CHECK(
+		uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &f->ctx) == 0);
+	T_CHILD_CHECK(uodp_umem_get(f->ctx, f->buf, 4 * page, UODP_ACCESS_ALL,
+				    &f->umem) == 0);
 }
 
 static void copied_child(void *arg)
@@ -566,36 +558,36 @@ static void copied_child(void *arg)
 				UODP_TIMEOUT_INFINITE, 0 };
 	/* X over the same pages, copied, ended: the copy's end is -EINVAL. */
 	uodp_range_init(&x, f->buf, 4 * page, UODP_EVENT_MANUAL);
-	CHILD_CHECK(uodp_invalidate_range_start(f->ctx, &x) == 0);
+	T_CHILD_CHECK(uodp_invalidate_range_start(f->ctx, &x) == 0);
 	uodp_range_init(&b, f->buf, 4 * page, UODP_EVENT_MANUAL);
-	CHILD_CHECK(uodp_invalidate_range_start(f->ctx, &b) == 0);
+	T_CHILD_CHECK(uodp_invalidate_range_start(f->ctx, &b) == 0);
 	copy_x = x;
-	CHILD_CHECK(uodp_invalidate_range_end(&x) == 0);
+	T_CHILD_CHECK(uodp_invalidate_range_end(&x) == 0);
 	t.fn = fault_thread;
 	t.arg = &a;
 	atomic_init(&t.done, 0);
 	t_count_waits();
-	CHILD_CHECK(pthread_create(&t.t, NULL, t_thread_main, &t) == 0);
-	CHILD_CHECK(uodp_invalidate_range_end(&copy_x) == -EINVAL);
+	T_CHILD_CHECK(pthread_create(&t.t, NULL, t_thread_main, &t) == 0);
+	T_CHILD_CHECK(uodp_invalidate_range_end(&copy_x) == -EINVAL);
 	/* A copy of the running B, ended: -EINVAL, B still runs. */
 	copy_b = b;
-	CHILD_CHECK(uodp_invalidate_range_end(&copy_b) == -EINVAL);
-	CHILD_CHECK(t_gate_wait_arrived_for(&t_wait_gate, 1, 10));
-	CHILD_CHECK(atomic_load(&t.done) == 0);
+	T_CHILD_CHECK(uodp_invalidate_range_end(&copy_b) == -EINVAL);
+	T_CHILD_CHECK(t_gate_wait_arrived_for(&t_wait_gate, 1, 10));
+	T_CHILD_CHECK(atomic_load(&t.done) == 0);
 	r = uodp_umem_map_and_lock(f->umem, t_pg(f->buf, 1), page,
 				   UODP_ACCESS_READ, 0);
-	CHILD_CHECK(r == -EBUSY);
-	CHILD_CHECK(uodp_invalidate_range_end(&b) == 0);
-	CHILD_CHECK(pthread_join(t.t, NULL) == 0);
-	CHILD_CHECK(t.ret == 1);
-	CHILD_CHECK(uodp_ctx_sync(f->ctx));
+	T_CHILD_CHECK(r == -EBUSY);
+	T_CHILD_CHECK(uodp_invalidate_range_end(&b) == 0);
+	T_CHILD_CHECK(pthread_join(t.t, NULL) == 0);
+	T_CHILD_CHECK(t.ret == 1);
+	T_CHILD_CHECK(uodp_ctx_sync(f->ctx));
 	/* And the region is not wedged. */
 	r = uodp_umem_map_and_lock(f->umem, f->buf, 4 * page, UODP_ACCESS_READ,
 				   1000);
-	CHILD_CHECK(r == 4);
-	CHILD_CHECK(uodp_umem_unlock(f->umem) == 0);
-	CHILD_CHECK(uodp_umem_release(f->umem) == 0);
-	CHILD_CHECK(uodp_ctx_destroy(f->ctx) == 0);
+	T_CHILD_CHECK(r == 4);
+	T_CHILD_CHECK(uodp_umem_unlock(f->umem) == 0);
+	T_CHILD_CHECK(uodp_umem_release(f->umem) == 0);
+	T_CHILD_CHECK(uodp_ctx_destroy(f->ctx) == 0);
 }
 
 static void test_end_copied_token(void **state)
@@ -792,27 +784,28 @@ static void refused_child(void *arg)
 	int r;
 
 	(void)arg;
-	CHILD_CHECK(buf != MAP_FAILED);
-	CHILD_CHECK(forbid_userfaultfd());
-	CHILD_CHECK(uodp_ctx_create(&t_record_ops, 0, &ctx) == 0);
+	T_CHILD_CHECK(buf != MAP_FAILED);
+	T_CHILD_CHECK(forbid_userfaultfd());
+	T_CHILD_CHECK(uodp_ctx_create(&t_record_ops, 0, &ctx) == 0);
 	r = uodp_umem_get(ctx, buf, 2 * page, UODP_ACCESS_ALL, &u);
 	if (r != -EPERM && r != -ENOSYS) {
 		fprintf(stderr, "get: %d (%s)\n", r, uodp_strerror(r));
 		_exit(1);
 	}
-	CHILD_CHECK(u == sentinel);
+	T_CHILD_CHECK(u == sentinel);
 	/* Nothing changed: the same answer again, a clean destroy. */
-	CHILD_CHECK(uodp_umem_get(ctx, buf, page, UODP_ACCESS_READ, &u) == r);
-	CHILD_CHECK(uodp_ctx_sync(ctx));
-	CHILD_CHECK(uodp_ctx_destroy(ctx) == 0);
+	T_CHILD_CHECK(uodp_umem_get(ctx, buf, page, UODP_ACCESS_READ, &u) == r);
+	T_CHILD_CHECK(uodp_ctx_sync(ctx));
+	T_CHILD_CHECK(uodp_ctx_destroy(ctx) == 0);
 	/* The advice of the message works: a manual context. */
-	CHILD_CHECK(uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &m) == 0);
-	CHILD_CHECK(uodp_umem_get(m, buf, 2 * page, UODP_ACCESS_ALL, &u) == 0);
-	CHILD_CHECK(uodp_umem_map_and_lock(u, buf, 2 * page, UODP_ACCESS_WRITE,
-					   0) == 2);
-	CHILD_CHECK(uodp_umem_unlock(u) == 0);
-	CHILD_CHECK(uodp_umem_release(u) == 0);
-	CHILD_CHECK(uodp_ctx_destroy(m) == 0);
+	T_CHILD_CHECK(uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &m) == 0);
+	T_CHILD_CHECK(uodp_umem_get(m, buf, 2 * page, UODP_ACCESS_ALL, &u) ==
+		      0);
+	T_CHILD_CHECK(uodp_umem_map_and_lock(u, buf, 2 * page,
+					     UODP_ACCESS_WRITE, 0) == 2);
+	T_CHILD_CHECK(uodp_umem_unlock(u) == 0);
+	T_CHILD_CHECK(uodp_umem_release(u) == 0);
+	T_CHILD_CHECK(uodp_ctx_destroy(m) == 0);
 }
 
 static void test_monitor_refused(void **state)
@@ -859,7 +852,7 @@ static void double_release_child(void *arg)
 
 	(void)arg;
 	child_fx(&f);
-	CHILD_CHECK(uodp_umem_release(f.umem) == 0);
+	T_CHILD_CHECK(uodp_umem_release(f.umem) == 0);
 	uodp_umem_release(f.umem);
 	_exit(0);
 }
@@ -870,7 +863,7 @@ static void released_fault_child(void *arg)
 
 	(void)arg;
 	child_fx(&f);
-	CHILD_CHECK(uodp_umem_release(f.umem) == 0);
+	T_CHILD_CHECK(uodp_umem_release(f.umem) == 0);
 	uodp_umem_map_and_lock(f.umem, f.buf, page, UODP_ACCESS_READ, 0);
 	_exit(0);
 }
@@ -882,8 +875,8 @@ static void destroyed_ctx_child(void *arg)
 
 	(void)arg;
 	child_fx(&f);
-	CHILD_CHECK(uodp_umem_release(f.umem) == 0);
-	CHILD_CHECK(uodp_ctx_destroy(f.ctx) == 0); /* freed (poisoned) */
+	T_CHILD_CHECK(uodp_umem_release(f.umem) == 0);
+	T_CHILD_CHECK(uodp_ctx_destroy(f.ctx) == 0); /* freed (poisoned) */
 	uodp_umem_get(f.ctx, f.buf, page, UODP_ACCESS_ALL, &u);
 	_exit(0);
 }

@@ -205,14 +205,6 @@ static void test_destroy_pinned(void **state)
 
 /* ---- RLIMIT_MEMLOCK, in a child (it drops a capability) ---- */
 
-#define CHILD_CHECK(cond)                                                  \
-	do {                                                               \
-		if (!(cond)) {                                             \
-			fprintf(stderr, "line %d: %s\n", __LINE__, #cond); \
-			_exit(1);                                          \
-		}                                                          \
-	} while (0)
-
 /* Drop CAP_IPC_LOCK (root ignores RLIMIT_MEMLOCK otherwise). */
 static bool drop_ipc_lock(void)
 {
@@ -250,41 +242,42 @@ static void memlock_child(void *arg)
 	char *buf;
 
 	(void)arg;
-	CHILD_CHECK(drop_ipc_lock());
+	T_CHILD_CHECK(drop_ipc_lock());
 	/* Locks are not inherited: the child starts with none. */
-	CHILD_CHECK(vmlck_kb() == 0);
-	CHILD_CHECK(getrlimit(RLIMIT_MEMLOCK, &rl) == 0);
+	T_CHILD_CHECK(vmlck_kb() == 0);
+	T_CHILD_CHECK(getrlimit(RLIMIT_MEMLOCK, &rl) == 0);
 	rl.rlim_cur = limit_pages * page;
-	CHILD_CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0);
+	T_CHILD_CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0);
 	buf = mmap(NULL, 32 * page, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	CHILD_CHECK(buf != MAP_FAILED);
-	CHILD_CHECK(uodp_ctx_create(&ops, UODP_CTX_MANUAL | UODP_CTX_PIN,
-				    &ctx) == 0);
-	CHILD_CHECK(uodp_umem_get(ctx, buf, 32 * page, UODP_ACCESS_ALL, &u) ==
-		    0);
+	T_CHILD_CHECK(buf != MAP_FAILED);
+	T_CHILD_CHECK(uodp_ctx_create(&ops, UODP_CTX_MANUAL | UODP_CTX_PIN,
+				      &ctx) == 0);
+	T_CHILD_CHECK(uodp_umem_get(ctx, buf, 32 * page, UODP_ACCESS_ALL, &u) ==
+		      0);
 	/* The pages up to the limit, then -ENOMEM. */
-	CHILD_CHECK(fault_child(u, buf, 32 * page, UODP_ACCESS_WRITE) ==
-		    (int64_t)limit_pages);
-	CHILD_CHECK(vmlck_kb() == (long)limit_pages * kb);
-	CHILD_CHECK(fault_child(u, t_pg(buf, limit_pages), page,
-				UODP_ACCESS_WRITE) == -ENOMEM);
-	CHILD_CHECK(uodp_umem_lock(u) == 0);
-	CHILD_CHECK(uodp_umem_entries_locked(u, t_pg(buf, limit_pages), 1,
-					     &e) == 0 &&
-		    e == 0);
-	CHILD_CHECK(uodp_umem_entries_locked(u, t_pg(buf, limit_pages - 1), 1,
-					     &e) == 0 &&
-		    e == t_want(t_pg(buf, limit_pages - 1), UODP_ACCESS_WRITE));
-	CHILD_CHECK(uodp_umem_unlock(u) == 0);
+	T_CHILD_CHECK(fault_child(u, buf, 32 * page, UODP_ACCESS_WRITE) ==
+		      (int64_t)limit_pages);
+	T_CHILD_CHECK(vmlck_kb() == (long)limit_pages * kb);
+	T_CHILD_CHECK(fault_child(u, t_pg(buf, limit_pages), page,
+				  UODP_ACCESS_WRITE) == -ENOMEM);
+	T_CHILD_CHECK(uodp_umem_lock(u) == 0);
+	T_CHILD_CHECK(uodp_umem_entries_locked(u, t_pg(buf, limit_pages), 1,
+					       &e) == 0 &&
+		      e == 0);
+	T_CHILD_CHECK(
+		uodp_umem_entries_locked(u, t_pg(buf, limit_pages - 1), 1,
+					 &e) == 0 &&
+		e == t_want(t_pg(buf, limit_pages - 1), UODP_ACCESS_WRITE));
+	T_CHILD_CHECK(uodp_umem_unlock(u) == 0);
 	/* Unmapping makes room again. */
-	CHILD_CHECK(uodp_umem_unmap(u, buf, 4 * page) == 4);
-	CHILD_CHECK(vmlck_kb() == (long)(limit_pages - 4) * kb);
-	CHILD_CHECK(fault_child(u, t_pg(buf, limit_pages), 8 * page,
-				UODP_ACCESS_READ) == 4);
-	CHILD_CHECK(uodp_umem_release(u) == 0);
-	CHILD_CHECK(vmlck_kb() == 0);
-	CHILD_CHECK(uodp_ctx_destroy(ctx) == 0);
+	T_CHILD_CHECK(uodp_umem_unmap(u, buf, 4 * page) == 4);
+	T_CHILD_CHECK(vmlck_kb() == (long)(limit_pages - 4) * kb);
+	T_CHILD_CHECK(fault_child(u, t_pg(buf, limit_pages), 8 * page,
+				  UODP_ACCESS_READ) == 4);
+	T_CHILD_CHECK(uodp_umem_release(u) == 0);
+	T_CHILD_CHECK(vmlck_kb() == 0);
+	T_CHILD_CHECK(uodp_ctx_destroy(ctx) == 0);
 }
 
 static void test_pinning_memlock_limit(void **state)

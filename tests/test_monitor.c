@@ -33,17 +33,6 @@ static size_t page;
 #define EVENT_SEC 10
 
 /* Wait until no invalidation of @ctx is in flight (bounded). */
-static void wait_sync(struct uodp_ctx *ctx)
-{
-	double t0 = t_now_ms();
-
-	while (!uodp_ctx_sync(ctx)) {
-		if (t_now_ms() - t0 > EVENT_SEC * 1000.0)
-			fail_msg("uodp_ctx_sync() still false after %d s",
-				 EVENT_SEC);
-		sched_yield();
-	}
-}
 
 /* A monitored context with the recording driver. */
 static struct uodp_ctx *mon_ctx(unsigned flags)
@@ -66,7 +55,7 @@ static void test_munmap_part(void **state)
 	assert_int_equal(munmap(t_pg(buf, 2), 2 * page), 0);
 	t_rec_wait(0, u, t_pg(buf, 2), t_pg(buf, 4), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_count(u, buf, 8), 6);
 	assert_int_equal(t_entry(u, t_pg(buf, 2)), 0);
 	assert_int_equal(t_entry(u, t_pg(buf, 3)), 0);
@@ -94,7 +83,7 @@ static void test_munmap_all(void **state)
 	/* Clamped to the region. */
 	t_rec_wait(0, u, t_pg(buf, 1), t_pg(buf, 7), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_stats(u).mapped_now, 0);
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
@@ -111,7 +100,7 @@ static void check_remove(int advice)
 	assert_int_equal(madvise(t_pg(buf, 3), 3 * page, advice), 0);
 	t_rec_wait(0, u, t_pg(buf, 3), t_pg(buf, 6), UODP_EVENT_REMOVE,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_count(u, buf, 8), 5);
 	/* The memory is still mapped: it faults again. */
 	assert_int_equal(t_fault(u, t_pg(buf, 3), 3 * page, UODP_ACCESS_WRITE),
@@ -146,7 +135,7 @@ static void test_mremap_move(void **state)
 	p = mremap(buf, 8 * page, 8 * page, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
 	assert_ptr_equal(p, dst);
 	t_rec_wait(0, u, buf, t_pg(buf, 8), UODP_EVENT_REMAP, EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_stats(u).mapped_now, 0);
 	assert_int_equal(t_fault(u, buf, page, UODP_ACCESS_READ), -EFAULT);
 	assert_int_equal(uodp_umem_release(u), 0);
@@ -165,7 +154,7 @@ static void test_mremap_shrink(void **state)
 	p = mremap(buf, 8 * page, 5 * page, 0);
 	assert_ptr_equal(p, buf);
 	t_rec_wait(0, u, t_pg(buf, 5), t_pg(buf, 8), -1, EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_count(u, buf, 8), 5);
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
@@ -186,7 +175,7 @@ static void test_map_fixed_over(void **state)
 	assert_ptr_equal(p, t_pg(buf, 4));
 	t_rec_wait(0, u, t_pg(buf, 4), t_pg(buf, 6), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_count(u, buf, 8), 6);
 	/* The new mapping is followed too. */
 	assert_int_equal(t_fault(u, t_pg(buf, 4), 2 * page, UODP_ACCESS_WRITE),
@@ -194,7 +183,7 @@ static void test_map_fixed_over(void **state)
 	assert_int_equal(munmap(t_pg(buf, 4), page), 0);
 	t_rec_wait(1, u, t_pg(buf, 4), t_pg(buf, 5), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_entry(u, t_pg(buf, 4)), 0);
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
@@ -227,7 +216,7 @@ static void test_hole_filled(void **state)
 	assert_int_equal(munmap(t_pg(buf, 3), page), 0);
 	t_rec_wait(0, u, t_pg(buf, 3), t_pg(buf, 4), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_entry(u, t_pg(buf, 3)), 0);
 	assert_int_equal(t_count(u, buf, 8), 7);
 	assert_int_equal(uodp_umem_release(u), 0);
@@ -259,7 +248,7 @@ static void test_file_shared(void **state)
 			hole = true;
 			t_rec_wait(0, u, t_pg(p, 1), t_pg(p, 2),
 				   UODP_EVENT_UNMAP, EVENT_SEC);
-			wait_sync(ctx);
+			t_wait_sync(ctx);
 			assert_int_equal(t_count(u, p, 4), 3);
 		} else {
 			assert_int_equal(r, -EOPNOTSUPP);
@@ -390,7 +379,7 @@ static void register_race(bool refill)
 	/* Page 0 leaves the record's registered pieces and comes back. */
 	assert_int_equal(munmap(buf, page), 0);
 	t_rec_wait(0, u, buf, t_pg(buf, 1), UODP_EVENT_UNMAP, EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	if (t_map_hole(buf, page, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1) == MAP_FAILED) {
 		assert_int_equal(uodp_umem_release(u), 0);
@@ -419,7 +408,7 @@ static void register_race(bool refill)
 	from = t_rec_count();
 	assert_int_equal(munmap(buf, page), 0);
 	t_rec_wait(from, u, buf, t_pg(buf, 1), UODP_EVENT_UNMAP, EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_entry(u, buf), 0);
 	assert_int_equal(uodp_umem_release(w), 0);
 	assert_int_equal(uodp_umem_release(u), 0);
@@ -498,7 +487,7 @@ static void test_hole_churn(void **state)
 	}
 	/* The page is unmapped now (the churn's last step): after the
 	 * monitor caught up, no entry of it is left. */
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_entry(u, t_pg(buf, 1)), 0);
 	assert_int_equal(t_fault(u, t_pg(buf, 1), page, UODP_ACCESS_READ),
 			 -EFAULT);
@@ -546,8 +535,8 @@ static void test_two_contexts(void **state)
 		   EVENT_SEC);
 	t_rec_wait(mark, u2, t_pg(buf, 8), t_pg(buf, 12), UODP_EVENT_REMAP,
 		   EVENT_SEC);
-	wait_sync(c1);
-	wait_sync(c2);
+	t_wait_sync(c1);
+	t_wait_sync(c2);
 	assert_int_equal(t_count(u1, buf, 16), 16 - 1 - 2 - 4);
 	assert_int_equal(t_count(u2, buf, 16), 16 - 1 - 2 - 4);
 	/* One context gone: the other still sees events. */
@@ -557,7 +546,7 @@ static void test_two_contexts(void **state)
 	assert_int_equal(munmap(t_pg(buf, 14), page), 0);
 	t_rec_wait(mark, u2, t_pg(buf, 14), t_pg(buf, 15), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(c2);
+	t_wait_sync(c2);
 	assert_int_equal(uodp_umem_release(u2), 0);
 	assert_int_equal(uodp_ctx_destroy(c2), 0);
 	t_unmap_pages(buf, 0, 1);
@@ -656,7 +645,7 @@ static void test_foreign_uffd_ebusy(void **state)
 	assert_int_equal(munmap(t_pg(buf, 3), page), 0);
 	t_rec_wait(0, u, t_pg(buf, 3), t_pg(buf, 4), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	/* New memory in the region's hole that another userfaultfd took
 	 * first: a fault there fails -EBUSY at once, whatever the timeout
 	 * (uodp.h, map_and_lock). */
@@ -826,7 +815,7 @@ static void test_deferred_thread_and_release(void **state)
 	i = t_rec_wait(0, u, t_pg(buf, 7), t_pg(buf, 8), UODP_EVENT_UNMAP,
 		       EVENT_SEC);
 	assert_true(t_rec.c[i].tid != unmapper_tid);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_entry(u, t_pg(buf, 6)),
 			 t_want(t_pg(buf, 6), UODP_ACCESS_WRITE));
 
@@ -838,13 +827,13 @@ static void test_deferred_thread_and_release(void **state)
 		   EVENT_SEC);
 	t_rec_wait((unsigned)i, keep, buf, t_pg(buf, 1), UODP_EVENT_REMOVE,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	t_rec.hook = NULL;
 	/* Both were released by the callback (u and keep): nothing left,
 	 * and events on the memory reach no one. */
 	i = (int)t_rec_count();
 	assert_int_equal(munmap(t_pg(buf, 1), page), 0);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_rec_count(), (unsigned)i);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 	t_unmap_pages(buf, 0, 1);
@@ -918,7 +907,7 @@ static void test_deferred_driver_lock(void **state)
 	assert_int_equal(pthread_join(t, NULL), 0);
 	alarm(0);
 	t_rec.hook = NULL;
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(a.errors, 0);
 	assert_true(atomic_load(&drv_calls) >= 1);
 	assert_int_equal(uodp_umem_release(u), 0);
@@ -984,7 +973,7 @@ static void test_deferred_coalesced(void **state)
 	 * stall everything after). */
 	t_gate_open(&relay_gate);
 	assert_true(st.coalesced - st0.coalesced >= 1);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_entry(u, buf), 0);
 	assert_int_equal(t_entry(u, t_pg(buf, 2)), 0);
 	assert_int_equal(t_entry(u, t_pg(buf, 5)), 0);
@@ -1038,7 +1027,7 @@ static void test_deferred_born_in_period(void **state)
 	t_rec_wait(from, late, b, t_pg(b, 2), UODP_EVENT_REMOVE, EVENT_SEC);
 	t_rec_wait(from, dev, t_pg(b, 2), t_pg(b, 4), UODP_EVENT_REMOVE,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	/* Nothing left pending on the late regions: faults go through. */
 	assert_int_equal(uodp_umem_map_and_lock(dev, t_pg(b, 2), 2 * page,
 						UODP_ACCESS_WRITE, 1000),
@@ -1050,7 +1039,7 @@ static void test_deferred_born_in_period(void **state)
 	t_rec_wait(from, late, b, t_pg(b, 2), UODP_EVENT_UNMAP, EVENT_SEC);
 	t_rec_wait(from, dev, t_pg(b, 2), t_pg(b, 4), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(uodp_umem_release(dev), 0);
 	assert_int_equal(uodp_umem_release(late), 0);
 	assert_int_equal(uodp_umem_release(uq), 0);
@@ -1104,7 +1093,7 @@ static void test_deferred_many_regions_once(void **state)
 	for (k = 0; k < N; k++)
 		t_rec_wait(from, u[k], s[k], e[k], UODP_EVENT_REMOVE,
 			   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	memset(got, 0, sizeof(got));
 	pthread_mutex_lock(&t_rec.lock);
 	for (unsigned c = from; c < t_rec.n; c++)
@@ -1340,7 +1329,7 @@ static void reuse_loop(unsigned flags, unsigned access, int cycles)
 				t_fault(u, p, 4 * page, UODP_ACCESS_READ), 4);
 		assert_int_equal(munmap(p, 4 * page), 0);
 		/* The lookup: validate with sync, then trust the entry. */
-		wait_sync(ctx);
+		t_wait_sync(ctx);
 		if (atomic_load(&e.valid))
 			stale++;
 		assert_int_equal(uodp_umem_release(u), 0);
@@ -1402,7 +1391,7 @@ static void check_held(unsigned flags)
 	/* Other pages of the region fault as usual. */
 	assert_int_equal(t_fault(u, t_pg(buf, 0), page, UODP_ACCESS_READ), 1);
 	t_gate_open(&hold_gate);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	t_rec.hook = NULL;
 	assert_int_equal(t_entry(u, t_pg(buf, 2)), 0);
 	assert_int_equal(t_fault(u, t_pg(buf, 2), page, UODP_ACCESS_READ),
@@ -1469,7 +1458,7 @@ static void test_strict_fence(void **state)
 	assert_true(atomic_load(&fences) >= 1);
 	t_rec_wait(0, u, t_pg(buf, 3), t_pg(buf, 4), UODP_EVENT_UNMAP,
 		   EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(atomic_load(&fences), atomic_load(&unfences));
 	assert_int_equal(atomic_load(&fenced), 0);
 	assert_int_equal(uodp_umem_release(u), 0);
@@ -1516,7 +1505,7 @@ static void test_strict_deferred_fenced_until_callback(void **state)
 	assert_false(uodp_ctx_sync(ctx));
 	t_rec.hook = NULL;
 	t_gate_open(&strict_gate);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(atomic_load(&fenced), 0);
 	assert_int_equal(atomic_load(&fences), atomic_load(&unfences));
 	assert_int_equal(uodp_umem_release(u), 0);
@@ -1624,7 +1613,7 @@ static void test_fork(void **state)
 	assert_int_equal(t_count(u, buf, 4), 4);
 	assert_int_equal(munmap(buf, page), 0);
 	t_rec_wait(0, u, buf, t_pg(buf, 1), UODP_EVENT_UNMAP, EVENT_SEC);
-	wait_sync(ctx);
+	t_wait_sync(ctx);
 	assert_int_equal(t_rec_count(), 1);
 	assert_int_equal(uodp_umem_release(u), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);

@@ -94,17 +94,6 @@ static char *map_huge(void)
 	return p;
 }
 
-static void wait_sync(struct uodp_ctx *ctx)
-{
-	double t0 = t_now_ms();
-
-	while (!uodp_ctx_sync(ctx)) {
-		if (t_now_ms() - t0 > 10000.0)
-			fail_msg("uodp_ctx_sync() still false after 10 s");
-		sched_yield();
-	}
-}
-
 static uint64_t addr_bits(uint64_t e)
 {
 	return e & UODP_ENTRY_ADDR_MASK;
@@ -167,7 +156,7 @@ static void check_subrange(unsigned flags)
 		 * huge pages): the region's part of it. */
 		assert_int_equal(madvise(p, HUGE, MADV_DONTNEED), 0);
 		t_rec_wait(mark, u, s, p + HUGE, UODP_EVENT_REMOVE, 10);
-		wait_sync(ctx);
+		t_wait_sync(ctx);
 		assert_int_equal(t_entry(u, s), 0);
 		assert_int_equal(t_entry(u, p + HUGE - page), 0);
 		assert_true(t_entry(u, p + HUGE) != 0);
@@ -175,7 +164,7 @@ static void check_subrange(unsigned flags)
 		mark = t_rec_count();
 		assert_int_equal(munmap(p + HUGE, HUGE), 0);
 		t_rec_wait(mark, u, p + HUGE, e, UODP_EVENT_UNMAP, 10);
-		wait_sync(ctx);
+		t_wait_sync(ctx);
 		assert_int_equal(
 			t_count(u, p + HUGE, (size_t)(e - p - HUGE) / page), 0);
 		assert_int_equal(t_fault(u, p + HUGE, page, UODP_ACCESS_READ),
