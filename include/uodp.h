@@ -222,6 +222,18 @@ UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx);
  */
 UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx);
 
+/*
+ * Whether contexts on the kernel monitor (created without
+ * UODP_CTX_MANUAL) can watch memory in this process now: registers one
+ * region of a fresh anonymous page on a context of its own, releases it,
+ * destroys the context. 0, or the error uodp_umem_get() gave: -ENOSYS /
+ * -EPERM (userfaultfd unavailable or forbidden: use UODP_CTX_MANUAL),
+ * -EMFILE/-ENFILE, -EAGAIN, -EBADF, -ENOMEM as there; -EDEADLK (callback).
+ * Costs what it does (the notifier starts, and stops again unless another
+ * context uses it): call it once, at start. Any thread, not a callback.
+ */
+UODP_API int uodp_monitor_probe(void);
+
 /* ------------------------------------------------------------------------ */
 /* Regions                                                                   */
 /* ------------------------------------------------------------------------ */

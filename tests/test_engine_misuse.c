@@ -606,8 +606,8 @@ static void test_end_copied_token(void **state)
 
 static struct {
 	struct t_fx *f;
-	int get, release, destroy, create, begin, map, map_lock, inval, start,
-		lock, unlock, entries, unmap, stats, dirty;
+	int get, release, destroy, create, probe, begin, map, map_lock, inval,
+		start, lock, unlock, entries, unmap, stats, dirty;
 	uint64_t entry0;
 	int calls;
 } cb;
@@ -630,6 +630,7 @@ static void forbidden_hook(struct uodp_umem *umem, const struct uodp_range *r)
 	cb.release = uodp_umem_release(umem);
 	cb.destroy = uodp_ctx_destroy(f->ctx);
 	cb.create = uodp_ctx_create(&t_record_ops, UODP_CTX_MANUAL, &c);
+	cb.probe = uodp_monitor_probe();
 	cb.begin = (int)uodp_umem_read_begin(umem);
 	cb.map = (int)uodp_umem_map(umem, f->buf, page, UODP_ACCESS_READ, 0);
 	cb.map_lock = (int)uodp_umem_map_and_lock(umem, f->buf, page,
@@ -666,6 +667,7 @@ static void test_callback_forbidden(void **state)
 	assert_int_equal(cb.release, -EDEADLK);
 	assert_int_equal(cb.destroy, -EDEADLK);
 	assert_int_equal(cb.create, -EDEADLK);
+	assert_int_equal(cb.probe, -EDEADLK);
 	assert_int_equal(cb.begin, -EDEADLK);
 	assert_int_equal(cb.map, -EDEADLK);
 	assert_int_equal(cb.map_lock, -EDEADLK);
@@ -792,6 +794,8 @@ static void refused_child(void *arg)
 		fprintf(stderr, "get: %d (%s)\n", r, uodp_strerror(r));
 		_exit(1);
 	}
+	/* The probe says so up front, with the same error. */
+	T_CHILD_CHECK(uodp_monitor_probe() == r);
 	T_CHILD_CHECK(u == sentinel);
 	/* Nothing changed: the same answer again, a clean destroy. */
 	T_CHILD_CHECK(uodp_umem_get(ctx, buf, page, UODP_ACCESS_READ, &u) == r);

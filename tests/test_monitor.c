@@ -1667,6 +1667,27 @@ static int count_fds(void)
 	return n;
 }
 
+/* The public probe agrees with this program's own (helpers.h: a region
+ * on a monitored context), and leaves nothing behind: no descriptor, no
+ * thread's worth of notifier, no mapping. */
+static void test_monitor_probe(void **state)
+{
+	int fds, lines;
+
+	(void)state;
+	assert_int_equal(uodp_monitor_probe(), 0); /* warm: stacks cached */
+	fds = count_fds();
+	lines = count_lines("/proc/self/maps");
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(uodp_monitor_probe(), 0);
+	assert_int_equal(count_fds(), fds);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+	assert_int_equal(count_lines("/proc/self/maps"), lines);
+#else
+	(void)lines; /* the runtimes map memory of their own as they go */
+#endif
+}
+
 static void test_many_regions_no_leak(void **state)
 {
 	enum {
@@ -1767,6 +1788,7 @@ int main(void)
 		cmocka_unit_test(test_strict_deferred_fenced_until_callback),
 		cmocka_unit_test(test_deferred_release_destroy_during_callback),
 		cmocka_unit_test(test_fork),
+		cmocka_unit_test(test_monitor_probe),
 		cmocka_unit_test(test_many_regions_no_leak),
 		/* Last: a failure of these leaves its context behind. */
 		cmocka_unit_test(test_destroy_during_deferred_release),

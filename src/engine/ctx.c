@@ -412,6 +412,42 @@ UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx)
 					   memory_order_acquire) == 0;
 }
 
+/* The probe's region is never mapped: nothing to drop. */
+static void probe_invalidate(struct uodp_umem *umem,
+			     const struct uodp_range *range, void *priv)
+{
+	(void)umem;
+	(void)range;
+	(void)priv;
+}
+
+UODP_API int uodp_monitor_probe(void)
+{
+	const struct uodp_ctx_ops ops = { .invalidate = probe_invalidate };
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	struct uodp_umem *umem;
+	struct uodp_ctx *ctx;
+	void *p;
+	int r;
+
+	r = callback_check(false);
+	if (r)
+		return r;
+	p = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	r = uodp_ctx_create(&ops, 0, &ctx);
+	if (!r) {
+		r = uodp_umem_get(ctx, p, pg, UODP_ACCESS_READ, &umem);
+		if (!r)
+			uodp_umem_release(umem);
+		uodp_ctx_destroy(ctx);
+	}
+	munmap(p, pg);
+	return r;
+}
+
 /*
  * The release notifier: every region is invalidated as a whole and marked
  * dying, so retry stays true and no fault installs anything again. Waiters

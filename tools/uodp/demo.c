@@ -457,39 +457,6 @@ static void show_counters(struct demo *d)
 	       (unsigned long long)s.err_other);
 }
 
-static void probe_invalidate(struct uodp_umem *umem,
-			     const struct uodp_range *range, void *priv)
-{
-	(void)umem;
-	(void)range;
-	(void)priv;
-}
-
-/* Can a context with the kernel monitor watch memory here? 0, or the
- * error of uodp_umem_get() that says why not. */
-static int monitor_available(size_t ps)
-{
-	const struct uodp_ctx_ops ops = { .invalidate = probe_invalidate };
-	struct uodp_ctx *ctx;
-	struct uodp_umem *umem;
-	void *p;
-	int r;
-
-	p = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		 -1, 0);
-	if (p == MAP_FAILED)
-		return -ENOMEM;
-	r = uodp_ctx_create(&ops, 0, &ctx);
-	if (!r) {
-		r = uodp_umem_get(ctx, p, ps, UODP_ACCESS_READ, &umem);
-		if (!r)
-			uodp_umem_release(umem);
-		uodp_ctx_destroy(ctx);
-	}
-	munmap(p, ps);
-	return r;
-}
-
 void cmd_demo_usage(FILE *out)
 {
 	fprintf(out,
@@ -565,7 +532,7 @@ int cmd_demo(int argc, char **argv)
 		return r;
 	d.ps = (size_t)sysconf(_SC_PAGESIZE);
 	if (d.monitor) {
-		r = monitor_available(d.ps);
+		r = uodp_monitor_probe();
 		if (r) {
 			/* Said even with --quiet: the run is not the one
 			 * asked for, and the reason must be visible. */
