@@ -227,7 +227,8 @@ UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx);
  * UODP_CTX_MANUAL) can watch memory in this process now: registers one
  * region of a fresh anonymous page on a context of its own, releases it,
  * destroys the context. 0, or the error uodp_umem_get() gave: -ENOSYS /
- * -EPERM (userfaultfd unavailable or forbidden: use UODP_CTX_MANUAL),
+ * -EPERM / -EACCES (userfaultfd unavailable or forbidden: use
+ * UODP_CTX_MANUAL),
  * -EMFILE/-ENFILE, -EAGAIN, -EBADF, -ENOMEM as there; -EDEADLK (callback).
  * Costs what it does (the notifier starts, and stops again unless another
  * context uses it): call it once, at start. Any thread, not a callback.
@@ -254,8 +255,8 @@ UODP_API int uodp_monitor_probe(void);
  * WATCH with READ or WRITE),
  * -ERANGE (@addr + @len wraps or leaves the user address space), -ENODEV
  * (the context is being destroyed), -EDEADLK (callback), -ECHILD, -ENOMEM;
- * with the kernel monitor also -ENOSYS/-EPERM (userfaultfd unavailable or
- * forbidden: use UODP_CTX_MANUAL), -EBUSY (another userfaultfd watches the
+ * with the kernel monitor also -ENOSYS/-EPERM/-EACCES (userfaultfd
+ * unavailable or forbidden: use UODP_CTX_MANUAL), -EBUSY (another userfaultfd watches the
  * memory), -EOPNOTSUPP (the range holds SysV shared memory, whose shmdt()
  * the kernel does not report: use UODP_CTX_MANUAL), -EMFILE/-ENFILE (no
  * file descriptor), -EAGAIN (no thread could be created for the monitor:

@@ -527,7 +527,8 @@ static inline void t_end(struct uodp_range *r)
 /*
  * Whether contexts with the kernel monitor work here: a region registered
  * on one. -ENOSYS (no userfaultfd, or the notifier not built yet) and
- * -EPERM (forbidden: unprivileged_userfaultfd=0, seccomp) mean "skip";
+ * -EPERM / -EACCES (forbidden: unprivileged_userfaultfd=0, seccomp, a
+ * security module) mean "skip";
  * anything else than success is a failure of the probe itself.
  */
 static inline bool t_monitor_available(void)
@@ -550,7 +551,7 @@ static inline bool t_monitor_available(void)
 	if (r == 0) {
 		uodp_umem_release(u);
 		avail = 1;
-	} else if (r == -ENOSYS || r == -EPERM) {
+	} else if (r == -ENOSYS || r == -EPERM || r == -EACCES) {
 		fprintf(stderr, "monitor probe: uodp_umem_get: %s\n",
 			uodp_strerror(r));
 		avail = 0;
