@@ -178,7 +178,11 @@ struct uodp_ctx_ops {
  * swapped or migrated under the device. The invalidate callback becomes
  * optional. Pinned pages are locked memory: the application's own
  * madvise(MADV_DONTNEED/MADV_FREE) on them fails with EINVAL while they
- * are pinned (the kernel refuses it on mlocked pages). */
+ * are pinned (the kernel refuses it on mlocked pages). mremap() moves the
+ * lock with the pages: with the kernel monitor the destination is
+ * unlocked when the move is reported; a MANUAL context must invalidate
+ * pinned memory before it moves it (after, the lock stays at the
+ * destination). */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the

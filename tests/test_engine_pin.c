@@ -104,6 +104,60 @@ static void test_pinning(void **state)
 	t_unmap(buf, 16);
 }
 
+/*
+ * mremap() moves the kernel's mlock with the pages. With the kernel
+ * monitor the destination must come out unlocked: the application's own
+ * MADV_DONTNEED works there and VmLck is back where it was (before the fix
+ * the REMAP unpinned only the source, a hole by then, and the destination
+ * stayed locked after release and destroy: found by the fuzzer's
+ * finding-15 oracle). A manual context invalidates first, then moves.
+ */
+static void mremap_pinned(unsigned flags)
+{
+	struct uodp_ctx *ctx = t_ctx(flags | UODP_CTX_PIN);
+	char *buf = t_buf(8), *dst = t_map(4, PROT_NONE, MAP_PRIVATE), *p;
+	struct uodp_umem *u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
+	long kb = (long)(page / 1024), base = vmlck_kb();
+
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_locked(base + 4 * kb);
+	if (flags & UODP_CTX_MANUAL)
+		assert_int_equal(uodp_invalidate_range(ctx, buf, 4 * page,
+						       UODP_EVENT_REMAP),
+				 0);
+	/* The four locked pages: one mapping of the kernel's (mlock split
+	 * the buffer, and mremap moves one mapping at a time). */
+	p = mremap(buf, 4 * page, 4 * page, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	assert_ptr_equal(p, dst);
+	if (!(flags & UODP_CTX_MANUAL)) {
+		t_rec_wait(0, u, buf, t_pg(buf, 4), UODP_EVENT_REMAP, 10);
+		t_wait_sync(ctx);
+	}
+	assert_locked(base);
+	memset(dst, 7, 4 * page);
+	assert_int_equal(madvise(dst, 4 * page, MADV_DONTNEED), 0);
+	assert_int_equal(dst[0], 0); /* zero-filled again */
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_locked(base);
+	t_unmap(dst, 4);
+	t_unmap_pages(buf, 4, 8);
+}
+
+static void test_pinned_mremap_monitor(void **state)
+{
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	mremap_pinned(0);
+}
+
+static void test_pinned_mremap_manual(void **state)
+{
+	(void)state;
+	mremap_pinned(UODP_CTX_MANUAL);
+}
+
 /* With a callback: it is called as in any mode. */
 static void test_pinning_with_callback(void **state)
 {
@@ -301,6 +355,8 @@ int main(void)
 		cmocka_unit_test(test_pinning_overlap),
 		cmocka_unit_test(test_pinning_enomem),
 		cmocka_unit_test(test_destroy_pinned),
+		cmocka_unit_test(test_pinned_mremap_monitor),
+		cmocka_unit_test(test_pinned_mremap_manual),
 		cmocka_unit_test(test_pinning_memlock_limit),
 	};
 

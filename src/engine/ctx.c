@@ -312,11 +312,22 @@ static void sink_unfence(void *owner)
 	atomic_fetch_sub(&ctx->inflight, 1);
 }
 
+/* mremap() moved pages the context may have pinned: the kernel's mlock
+ * went with them (see pin_moved()). */
+static void sink_moved(void *owner, uint64_t from, uint64_t to, uint64_t len)
+{
+	struct uodp_ctx *ctx = owner;
+
+	if (ctx->flags & UODP_CTX_PIN)
+		pin_moved(ctx, from, to, len >> ctx->page_shift);
+}
+
 static const struct unf_ops sink_ops = {
 	.begin = sink_begin,
 	.finish = sink_finish,
 	.fence = sink_fence,
 	.unfence = sink_unfence,
+	.moved = sink_moved,
 };
 
 /* Subscription and watches: the first watched region subscribes, and the

@@ -375,6 +375,10 @@ int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
  * drops one on each of @n pages (never fails, never allocates). */
 uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err);
 void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
+/* mremap() moved @n pages from @from to @to (a kernel REMAP, before its
+ * invalidation): unlock the destination pages whose source page the
+ * context had locked. Monitor thread; never allocates. */
+void pin_moved(struct uodp_ctx *ctx, uint64_t from, uint64_t to, uint64_t n);
 
 /* huge.c: see the comment at its top. */
 bool huge_probe(const struct uodp_ctx *ctx);

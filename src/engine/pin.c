@@ -10,6 +10,15 @@
  * consecutive pages per system call.
  * Caveat (documented): munlock() also undoes an mlock() the application
  * made itself on the same page.
+ *
+ * mremap() moves a mapping's VM_LOCKED with its pages: after the move the
+ * destination is locked, the counted source a hole. The REMAP invalidation
+ * drops the source's references (its munlock finds nothing there), so the
+ * destination would stay locked for good, and the application's own
+ * MADV_DONTNEED on it would fail (issue 12, finding 15's semantics change
+ * on memory uodp no longer pins). With the kernel monitor the notifier
+ * reports the destination first (pin_moved()); a manual context must
+ * invalidate before it moves pinned memory (uodp.h).
  */
 #include <errno.h>
 #include <sys/mman.h>
@@ -128,5 +137,32 @@ void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n)
 {
 	ulock_lock(&ctx->pin_lock);
 	unref_locked(ctx, va >> ctx->page_shift, n);
+	ulock_unlock(&ctx->pin_lock);
+}
+
+void pin_moved(struct uodp_ctx *ctx, uint64_t from, uint64_t to, uint64_t n)
+{
+	unsigned shift = ctx->page_shift;
+	uint64_t src = from >> shift, dst = to >> shift, i, run = 0, len = 0;
+
+	ulock_lock(&ctx->pin_lock);
+	for (i = 0; i < n; i++) {
+		/* Locked by us at the source, and not pinned by us at the
+		 * destination meanwhile (a fault there after the move). */
+		bool ours = pgt_get(&ctx->pins, src + i) &&
+			    !pgt_get(&ctx->pins, dst + i);
+
+		if (len && (!ours || run + len != dst + i)) {
+			munlock((void *)(run << shift), len << shift);
+			len = 0;
+		}
+		if (!ours)
+			continue;
+		if (!len)
+			run = dst + i;
+		len++;
+	}
+	if (len)
+		munlock((void *)(run << shift), len << shift);
 	ulock_unlock(&ctx->pin_lock);
 }

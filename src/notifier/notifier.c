@@ -330,6 +330,17 @@ static void deliver(uint64_t s, uint64_t e, enum unf_event ev)
 	}
 }
 
+/* A REMAP's source and destination, to the subscribers that ask. */
+static void moved(uint64_t from, uint64_t to, uint64_t len)
+{
+	struct unf_sub *sub;
+
+	NF_ASSERT_HELD(&nf.subs_lock);
+	for (sub = nf.subs; sub; sub = sub->next)
+		if (sub->ops->moved)
+			sub->ops->moved(sub->owner, from, to, len);
+}
+
 /* A write-protect fault can only come from someone else's protection (we
  * never set one); lift it so the faulting thread is not stuck. */
 static void unblock_fault(uint64_t addr)
@@ -358,6 +369,7 @@ static void handle(const struct uffd_msg *m)
 		break;
 	case UFFD_EVENT_REMAP:
 		nf_stat_inc(&nf.st.remap);
+		moved(m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
 		deliver(m->arg.remap.from, m->arg.remap.from + m->arg.remap.len,
 			UNF_REMAP);
 		break;

@@ -72,6 +72,12 @@ struct unf_ops {
 		       enum unf_event ev, unsigned merged);
 	void (*fence)(void *owner);   /* UNF_STRICT only */
 	void (*unfence)(void *owner); /* UNF_STRICT only */
+	/* Optional, for a kernel REMAP only: [from, from + len) moved to
+	 * [to, to + len). Called on the monitor thread before the REMAP's
+	 * begin, with the same rules (no allocation, no unmapping). The
+	 * kernel moves per-mapping state with the pages (VM_LOCKED: an
+	 * mlock), which a subscriber may have to undo at the destination. */
+	void (*moved)(void *owner, uint64_t from, uint64_t to, uint64_t len);
 };
 
 #define UNF_STRICT (1u << 0)   /* fence before reading events */
