@@ -126,15 +126,21 @@ void dev_invalidate_range(struct uodp_umem *umem,
  */
 void dev_window_fence_enter(struct uodp_dev *dev)
 {
+	int cs;
+
 	for (;;) {
 		atomic_fetch_add(&dev->fence_active, 1);
 		if (!atomic_load(&dev->fenced))
 			return;
 		dev_window_fence_leave(dev); /* back out, then wait */
+		/* The one wait of an access (pthread_cond_wait is a
+		 * cancellation point): the caller holds a key reference. */
+		cs = dev_nocancel_begin();
 		pthread_mutex_lock(&dev->fence_mu);
 		while (atomic_load(&dev->fenced))
 			pthread_cond_wait(&dev->fence_cv, &dev->fence_mu);
 		pthread_mutex_unlock(&dev->fence_mu);
+		dev_nocancel_end(cs);
 	}
 }
 
