@@ -463,7 +463,9 @@ UODP_API int uodp_dev_stats(const struct uodp_dev *dev,
 		v[i] = atomic_load_explicit(&((struct uodp_dev *)dev)->stats[i],
 					    memory_order_relaxed);
 	memset(out, 0, sizeof(*out));
-	out->ops = v[ST_OPS];
+	/* Every operation counts as one of its kind, once (dop_prepare). */
+	out->ops = v[ST_READS] + v[ST_WRITES] + v[ST_COPIES] + v[ST_ATOMICS] +
+		   v[ST_PREFETCHES];
 	out->reads = v[ST_READS];
 	out->writes = v[ST_WRITES];
 	out->copies = v[ST_COPIES];
