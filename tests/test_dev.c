@@ -727,6 +727,41 @@ static void test_shared_context(void **state)
 	assert_int_equal(uodp_dev_close(d1), 0);
 }
 
+/* stats.ops: every operation started counts once, whatever its kind;
+ * a snapshot is not an operation, nor is a call refused by its checks. */
+static void test_stats_ops(void **state)
+{
+	struct fx *f = *state;
+	struct uodp_dev_stats s0, s1;
+	uint64_t old;
+	char b[16];
+
+	s0 = stats(f->dev);
+	assert_int_equal(uodp_dev_read(f->dev, f->key, VA(f->buf), b, 8), 0);
+	assert_int_equal(uodp_dev_write(f->dev, f->key, VA(f->buf), b, 8), 0);
+	assert_int_equal(uodp_dev_copy(f->dev, f->key, VA(f->buf) + 8, f->key,
+				       VA(f->buf), 8),
+			 0);
+	assert_int_equal(
+		uodp_dev_fetch_add(f->dev, f->key, VA(f->buf), 1, &old), 0);
+	assert_int_equal(uodp_dev_prefetch(f->dev, f->key, VA(f->buf), PS, 0),
+			 0);
+	assert_int_equal(uodp_dev_snapshot(f->dev, f->key, VA(f->buf), PS,
+					   (uint8_t *)b),
+			 1);
+	assert_int_equal(uodp_dev_read(f->dev, f->key, VA(f->buf) + f->len, b,
+				       8),
+			 -ERANGE);
+	s1 = stats(f->dev);
+	assert_int_equal(s1.ops - s0.ops, 5);
+	assert_int_equal(s1.reads - s0.reads, 1);
+	assert_int_equal(s1.writes - s0.writes, 1);
+	assert_int_equal(s1.copies - s0.copies, 1);
+	assert_int_equal(s1.atomics - s0.atomics, 1);
+	assert_int_equal(s1.prefetches - s0.prefetches, 1);
+	assert_int_equal(s1.snapshots - s0.snapshots, 1);
+}
+
 /* atomics: semantics, then contention from the CPU and the device. */
 static void test_atomics_basic(void **state)
 {
@@ -1189,6 +1224,8 @@ int main(void)
 		cmocka_unit_test(test_teardown_race),
 		cmocka_unit_test(test_two_devices),
 		cmocka_unit_test(test_shared_context),
+		cmocka_unit_test_setup_teardown(test_stats_ops, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_atomics_basic, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_atomics_contention, setup,

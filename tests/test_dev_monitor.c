@@ -9,7 +9,10 @@
  *     device never writes into or closes a descriptor that is no longer
  *     the library's (finding 13);
  *   - a neighbour in the fault-around window that the monitor refuses does
- *     not fail an access to a good page (finding 17).
+ *     not fail an access to a good page (finding 17);
+ *   - a thread cancelled while its synchronous read waits in the strict
+ *     fence finishes the read and leaves no reference or lock behind
+ *     (finding 12: no device function is a cancellation point).
  *
  * The whole program is skipped (exit 77) when the kernel monitor is not
  * available: -ENOSYS from the first registration (uodp_dev.h: userfaultfd
@@ -17,7 +20,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -381,6 +386,134 @@ static void test_refused_neighbour_uffd(void **state)
 	neighbour_case(1);
 }
 
+/*
+ * Finding 12 with the strict fence: the wait of an access for a fence
+ * (pthread_cond_wait, a cancellation point) must not let a cancel act.
+ * Thread A's fault is held in the install hook with its region's lock
+ * taken; an munmap of that region makes the monitor fence the device and
+ * wait for the lock. Thread B's read (another region) then waits in the
+ * fence and is cancelled. Once A goes on, B's read must finish (it
+ * records its status before reaching a cancellation point of its own) and
+ * its key must deregister (no reference left). In a child: a thread
+ * cancelled inside the wait exits holding the fence's mutex, and the
+ * alarm is then the failure.
+ */
+extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
+static atomic_int fc_hold, fc_in_hook;
+static atomic_int fc_status = 1;
+
+struct fc_arg {
+	struct uodp_dev *dev;
+	uint32_t key;
+	char *va;
+};
+
+static void fc_hook(struct uodp_umem *umem)
+{
+	(void)umem;
+	atomic_store(&fc_in_hook, 1);
+	while (atomic_load(&fc_hold))
+		sched_yield(); /* not a cancellation point */
+}
+
+static void *fc_faulter(void *argp)
+{
+	struct fc_arg *a = argp;
+	char b[8];
+
+	uodp_dev_read(a->dev, a->key, VA(a->va), b, 8);
+	return NULL;
+}
+
+static void *fc_reader(void *argp)
+{
+	struct fc_arg *a = argp;
+	char b[8];
+
+	atomic_store(&fc_status,
+		     uodp_dev_read(a->dev, a->key, VA(a->va), b, 8));
+	pthread_testcancel();
+	return NULL;
+}
+
+#define FC_CHECK(cond, code)                                              \
+	do {                                                              \
+		if (!(cond)) {                                            \
+			fprintf(stderr, "child: line %d: %s\n", __LINE__, \
+				#cond);                                   \
+			_exit(code);                                      \
+		}                                                         \
+	} while (0)
+
+static void fence_cancel_child(void)
+{
+	struct uodp_dev_attr at = { .flags = UODP_DEV_STRICT };
+	struct uodp_dev *dev = NULL;
+	char *p1 = mmap(NULL, 8 * PS, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *p2 = mmap(NULL, 4 * PS, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct fc_arg a1, a2;
+	pthread_t ta, tb;
+	void *ret;
+	char b[8];
+
+	alarm(20); /* a hang is the failure */
+	FC_CHECK(p1 != MAP_FAILED && p2 != MAP_FAILED, 2);
+	memset(p1, 1, 8 * PS);
+	memset(p2, 2, 4 * PS);
+	FC_CHECK(!uodp_dev_open(&at, &dev), 3);
+	a1 = (struct fc_arg){ dev, 0, p1 };
+	a2 = (struct fc_arg){ dev, 0, p2 };
+	FC_CHECK(!uodp_dev_reg_mr(dev, VA(p1), 8 * PS, UODP_DEV_ACCESS_ALL,
+				  &a1.key),
+		 4);
+	FC_CHECK(!uodp_dev_reg_mr(dev, VA(p2), 4 * PS, UODP_DEV_ACCESS_ALL,
+				  &a2.key),
+		 5);
+	FC_CHECK(!uodp_dev_read(dev, a2.key, VA(p2), b, 8), 6); /* warm */
+	atomic_store(&fc_hold, 1);
+	dev_test_hook_before_install = fc_hook;
+	FC_CHECK(!pthread_create(&ta, NULL, fc_faulter, &a1), 7);
+	while (!atomic_load(&fc_in_hook))
+		usleep(1000);
+	dev_test_hook_before_install = NULL; /* A is in it already */
+	/* The monitor fences the device, then waits for A's region lock. */
+	FC_CHECK(!munmap(p1 + 4 * PS, 4 * PS), 8);
+	FC_CHECK(!pthread_create(&tb, NULL, fc_reader, &a2), 9);
+	usleep(50000); /* let B block in the fence */
+	FC_CHECK(atomic_load(&fc_status) == 1, 10); /* it waits */
+	FC_CHECK(!pthread_cancel(tb), 11);
+	usleep(50000);
+	atomic_store(&fc_hold, 0); /* A, the invalidation, B go on */
+	FC_CHECK(!pthread_join(tb, &ret), 12);
+	FC_CHECK(ret == PTHREAD_CANCELED, 13);
+	FC_CHECK(atomic_load(&fc_status) == 0, 14); /* B's read finished */
+	FC_CHECK(!pthread_join(ta, NULL), 15);
+	FC_CHECK(!uodp_dev_dereg_mr(dev, a2.key), 16); /* no reference */
+	FC_CHECK(!uodp_dev_read(dev, a1.key, VA(p1), b, 8), 17);
+	FC_CHECK(!uodp_dev_dereg_mr(dev, a1.key), 18);
+	FC_CHECK(!uodp_dev_close(dev), 19);
+}
+
+static void test_cancel_in_fence(void **state)
+{
+	int st;
+	pid_t pid;
+
+	(void)state;
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		fence_cancel_child();
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	if (WIFSIGNALED(st))
+		fail_msg("child killed by signal %d", WTERMSIG(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* Is the kernel monitor usable here? Only -ENOSYS says no (uodp_dev.h:
  * userfaultfd missing or forbidden, or MADV_POPULATE_* missing at open);
  * any other error is a failure, not a reason to skip. */
@@ -429,6 +562,7 @@ int main(void)
 		cmocka_unit_test(test_foreign_fds),
 		cmocka_unit_test(test_refused_neighbour_sysv),
 		cmocka_unit_test(test_refused_neighbour_uffd),
+		cmocka_unit_test(test_cancel_in_fence),
 	};
 
 	PS = (size_t)sysconf(_SC_PAGESIZE);

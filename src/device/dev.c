@@ -126,15 +126,21 @@ void dev_invalidate_range(struct uodp_umem *umem,
  */
 void dev_window_fence_enter(struct uodp_dev *dev)
 {
+	int cs;
+
 	for (;;) {
 		atomic_fetch_add(&dev->fence_active, 1);
 		if (!atomic_load(&dev->fenced))
 			return;
 		dev_window_fence_leave(dev); /* back out, then wait */
+		/* The one wait of an access (pthread_cond_wait is a
+		 * cancellation point): the caller holds a key reference. */
+		cs = dev_nocancel_begin();
 		pthread_mutex_lock(&dev->fence_mu);
 		while (atomic_load(&dev->fenced))
 			pthread_cond_wait(&dev->fence_cv, &dev->fence_mu);
 		pthread_mutex_unlock(&dev->fence_mu);
+		dev_nocancel_end(cs);
 	}
 }
 
@@ -457,7 +463,9 @@ UODP_API int uodp_dev_stats(const struct uodp_dev *dev,
 		v[i] = atomic_load_explicit(&((struct uodp_dev *)dev)->stats[i],
 					    memory_order_relaxed);
 	memset(out, 0, sizeof(*out));
-	out->ops = v[ST_OPS];
+	/* Every operation counts as one of its kind, once (dop_prepare). */
+	out->ops = v[ST_READS] + v[ST_WRITES] + v[ST_COPIES] + v[ST_ATOMICS] +
+		   v[ST_PREFETCHES];
 	out->reads = v[ST_READS];
 	out->writes = v[ST_WRITES];
 	out->copies = v[ST_COPIES];

@@ -149,8 +149,7 @@ struct dmr {
 
 /* Counters: one atomic word each, indexes into dev->stats. */
 enum {
-	ST_OPS,
-	ST_READS,
+	ST_READS, /* ops = the sum of the five kinds (uodp_dev_stats) */
 	ST_WRITES,
 	ST_COPIES,
 	ST_ATOMICS,

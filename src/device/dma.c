@@ -582,7 +582,6 @@ int dop_prepare(struct uodp_dev *dev, struct dop *op)
 			goto err;
 		}
 	}
-	dev_count(dev, ST_OPS, 1);
 	dev_count(dev, op_counter[op->opcode], 1);
 	return 0;
 err:

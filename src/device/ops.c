@@ -11,7 +11,7 @@
 
 static int run_sync(struct uodp_dev *dev, struct dop *op, uint64_t *old)
 {
-	int r = dev_check(dev), cs;
+	int r = dev_check(dev);
 
 	if (r)
 		return r;
@@ -20,9 +20,11 @@ static int run_sync(struct uodp_dev *dev, struct dop *op, uint64_t *old)
 		dev_count_error(dev, r);
 		return r;
 	}
-	cs = dev_nocancel_begin(); /* faults and fences wait */
+	/* Cancellation stays as the caller has it: the only waits of a
+	 * run, the engine's fault (uodp_umem_map_and_lock) and the strict
+	 * fence (dev_window_fence_enter), disable it themselves, so the
+	 * warm path pays for no pthread_setcancelstate() pair. */
 	dop_run(dev, op, NULL);
-	dev_nocancel_end(cs);
 	r = op->status;
 	if (old && !r)
 		*old = op->old;

@@ -477,10 +477,14 @@ UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
 			break;
 		}
 		w.seq = (uint64_t)seq;
-		count_call(umem);
 		r = map_window(umem, first, end, access, &w);
-		if (r > 0) {
+		if (r <= 0) {
+			count_call(umem);
+		} else {
+			/* The attempt is counted under the lock it takes
+			 * anyway (one lock round trip less per fault). */
 			ulock_lock(&umem->lock);
+			umem->stats.map_calls++;
 			if (!fault_retry_locked(umem, w.a, w.b, w.seq))
 				break; /* success: return with the lock */
 			r = atomic_load(&umem->dying) ? -ENODEV : -EAGAIN;
