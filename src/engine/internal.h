@@ -178,16 +178,26 @@ struct stripe {
 	uint64_t count; /* invalidations running on these pages */
 };
 
+/* Fields are ordered so that no padding is left (416 bytes on LP64, plus
+ * 16 per stripe: 432 for a region of one page); the small ones share the
+ * first cache lines with what registration, release and the index walk
+ * read. */
 struct uodp_umem {
 	uint64_t magic;
 	struct uodp_ctx *ctx;
-	uint64_t start, end; /* page aligned, start < end */
-	unsigned access;     /* rights the region was registered with */
+	uint64_t start, end;   /* page aligned, start < end */
+	unsigned access;       /* rights the region was registered with */
+	unsigned stripe_shift; /* pages per stripe, as a shift */
+	unsigned nstripes;
+	bool in_tree;	      /* under tree_lock */
+	atomic_bool dying;    /* the context is gone: retry always true;
+			      * written under lock, read anywhere */
+	atomic_bool released; /* uodp_umem_release() ran (memory may live
+			       * on while a relay walk holds it) */
 	_Atomic(void *) priv;
 	uint64_t birth; /* ctx->period at registration if odd, else 0 */
 
 	struct uodp_umem *next, *prev; /* ctx->umems; under tree_lock */
-	bool in_tree;		       /* under tree_lock */
 
 	/* Lifetime: one reference for the caller (dropped by release) and
 	 * one per relay walk holding it outside the tree lock. The last
@@ -202,19 +212,13 @@ struct uodp_umem {
 	uint64_t dmask;
 	uint64_t dlo, dhi;
 
-	struct ulock lock;     /* see LOCKS above */
-	pthread_cond_t idle;   /* broadcast when a stripe count drops to 0 or
+	struct ulock lock;   /* see LOCKS above */
+	pthread_cond_t idle; /* broadcast when a stripe count drops to 0 or
 			      * the region dies */
-	struct pgt table;      /* page index -> word (see W_*) */
-	struct pgt htable;     /* 2 MiB block index -> huge word (huge.c) */
-	uint64_t hmapped;      /* mapped huge words; under lock */
-	uint64_t hdirty;       /* dirty unmapped huge words; under lock */
-	atomic_bool dying;     /* the context is gone: retry always true;
-			      * written under lock, read anywhere */
-	atomic_bool released;  /* uodp_umem_release() ran (memory may live
-			       * on while a relay walk holds it) */
-	unsigned stripe_shift; /* pages per stripe, as a shift */
-	unsigned nstripes;
+	struct pgt table;    /* page index -> word (see W_*) */
+	struct pgt htable;   /* 2 MiB block index -> huge word (huge.c) */
+	uint64_t hmapped;    /* mapped huge words; under lock */
+	uint64_t hdirty;     /* dirty unmapped huge words; under lock */
 
 	uint64_t mapped;	      /* words with access bits; under lock */
 	struct uodp_umem_stats stats; /* under lock (mapped_now, table_bytes
