@@ -158,17 +158,22 @@ static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 			   unsigned access, struct uodp_umem **out)
 {
+	bool manual;
 	int r, cs;
 
 	if (!ctx_valid(ctx))
 		return -EINVAL;
 	/* The notifier reads /proc/self/maps (a cancellation point) under
-	 * its locks and ours: no cancellation inside. */
-	cs = nocancel_begin();
+	 * its locks and ours: no cancellation inside. A manual context calls
+	 * no notifier and nothing else here is a cancellation point, so it
+	 * skips the two atomic operations (see nocancel_begin()). */
+	manual = ctx->flags & UODP_CTX_MANUAL;
+	cs = manual ? 0 : nocancel_begin();
 	atomic_fetch_add(&ctx->users, 1);
 	r = umem_get(ctx, addr, len, access, out);
 	atomic_fetch_sub(&ctx->users, 1);
-	nocancel_end(cs);
+	if (!manual)
+		nocancel_end(cs);
 	return r;
 }
 
@@ -236,7 +241,7 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 {
 	struct rindex_garbage garbage;
 	struct uodp_ctx *ctx;
-	bool free_ctx, was;
+	bool free_ctx, was, manual;
 	int r, cs;
 
 	if (!umem_valid(umem))
@@ -252,7 +257,11 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	was = atomic_exchange(&umem->released, true);
 	if (was)
 		return -EINVAL; /* a racing second release */
-	cs = nocancel_begin();	/* the notifier's unregistration, as in get */
+	/* The notifier's unregistration, as in get; a manual context has
+	 * none, and only freeing the context (below) may reach a
+	 * cancellation point (close). */
+	manual = ctx->flags & UODP_CTX_MANUAL;
+	cs = manual ? 0 : nocancel_begin();
 	umem_drop_range(umem, umem->start, umem->end, false);
 	ctx_unwatch(ctx, umem->start, umem->end);
 	/* Whether we free the context is decided under the write lock, as
@@ -264,9 +273,14 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	rindex_free_garbage(NULL, &garbage); /* touches no index */
 	umem_put(umem); /* a relay walk may still hold it */
-	if (free_ctx)
+	if (free_ctx) {
+		if (manual)
+			cs = nocancel_begin();
 		ctx_release(ctx);
-	nocancel_end(cs);
+		manual = false;
+	}
+	if (!manual)
+		nocancel_end(cs);
 	return 0;
 }
 
