@@ -178,8 +178,18 @@ struct stripe {
 	uint64_t count; /* invalidations running on these pages */
 };
 
-/* Fields are ordered so that no padding is left (416 bytes on LP64, plus
- * 16 per stripe: 432 for a region of one page); the small ones share the
+/* The huge-entry state of a region (huge.c), only in regions that hold a
+ * whole 2 MiB block (the only blocks that get huge entries): it follows
+ * the stripes in the same allocation. All under the region lock. */
+struct umem_huge {
+	struct pgt table; /* 2 MiB block index -> huge word */
+	uint64_t mapped;  /* mapped huge words */
+	uint64_t dirty;	  /* dirty unmapped huge words */
+};
+
+/* Fields are ordered so that no padding is left (344 bytes on LP64, plus
+ * 16 per stripe, plus 72 for the huge part of a region holding a whole
+ * 2 MiB block: 360 for a region of one page); the small ones share the
  * first cache lines with what registration, release and the index walk
  * read. */
 struct uodp_umem {
@@ -190,6 +200,7 @@ struct uodp_umem {
 	unsigned stripe_shift; /* pages per stripe, as a shift */
 	unsigned nstripes;
 	bool in_tree;	      /* under tree_lock */
+	bool has_huge;	      /* a struct umem_huge follows the stripes */
 	atomic_bool dying;    /* the context is gone: retry always true;
 			      * written under lock, read anywhere */
 	atomic_bool released; /* uodp_umem_release() ran (memory may live
@@ -216,15 +227,29 @@ struct uodp_umem {
 	pthread_cond_t idle; /* broadcast when a stripe count drops to 0 or
 			      * the region dies */
 	struct pgt table;    /* page index -> word (see W_*) */
-	struct pgt htable;   /* 2 MiB block index -> huge word (huge.c) */
-	uint64_t hmapped;    /* mapped huge words; under lock */
-	uint64_t hdirty;     /* dirty unmapped huge words; under lock */
 
 	uint64_t mapped;	      /* words with access bits; under lock */
 	struct uodp_umem_stats stats; /* under lock (mapped_now, table_bytes
 				       * filled on read) */
 	struct stripe stripes[];      /* nstripes; under lock */
+				      /* then struct umem_huge if has_huge */
 };
+
+/* The region's huge part, NULL when no 2 MiB block lies wholly inside it
+ * (no huge entry can exist there). */
+static inline struct umem_huge *umem_huge(const struct uodp_umem *umem)
+{
+	return umem->has_huge ? (struct umem_huge *)(uintptr_t)&umem
+					->stripes[umem->nstripes] :
+				NULL;
+}
+/* Mapped huge entries; region lock held. */
+static inline uint64_t umem_hmapped(const struct uodp_umem *umem)
+{
+	const struct umem_huge *h = umem_huge(umem);
+
+	return h ? h->mapped : 0;
+}
 
 /* ---- handles ---- */
 static inline bool ctx_valid(const struct uodp_ctx *ctx)

@@ -45,10 +45,15 @@ static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
 	uint64_t npages = (end - start) >> ctx->page_shift;
 	unsigned shift = stripe_shift_for(npages);
 	unsigned n = (unsigned)((npages + ((uint64_t)1 << shift) - 1) >> shift);
+	/* The first 2 MiB boundary at or above start: a whole block fits? */
+	uint64_t b = (start + HUGE_SIZE - 1) & ~(HUGE_SIZE - 1);
+	bool huge = b + HUGE_SIZE <= end;
 	struct uodp_umem *umem;
+	struct umem_huge *h;
 	pthread_condattr_t ca;
 
-	umem = calloc(1, sizeof(*umem) + n * sizeof(struct stripe));
+	umem = calloc(1, sizeof(*umem) + n * sizeof(struct stripe) +
+				 (huge ? sizeof(struct umem_huge) : 0));
 	if (!umem)
 		return NULL;
 	if (ulock_init(&umem->lock))
@@ -67,15 +72,19 @@ static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
 	umem->access = access;
 	umem->stripe_shift = shift;
 	umem->nstripes = n;
+	umem->has_huge = huge;
 	atomic_init(&umem->refs, 1);
 	atomic_init(&umem->priv, NULL);
 	atomic_init(&umem->dying, false);
 	atomic_init(&umem->released, false);
 	pgt_init(&umem->table, npages);
 	umem->table.no_alloc = true; /* see table.c */
-	pgt_init(&umem->htable,
-		 ((end - 1) >> HUGE_SHIFT) - (start >> HUGE_SHIFT) + 1);
-	umem->htable.no_alloc = true;
+	h = umem_huge(umem);
+	if (h) {
+		pgt_init(&h->table,
+			 ((end - 1) >> HUGE_SHIFT) - (start >> HUGE_SHIFT) + 1);
+		h->table.no_alloc = true;
+	}
 	umem->magic = UODP_UMEM_MAGIC;
 	return umem;
 
@@ -95,7 +104,8 @@ static void umem_free(struct uodp_umem *umem)
 {
 	umem->magic = UODP_DEAD_MAGIC;
 	pgt_destroy(&umem->table);
-	pgt_destroy(&umem->htable);
+	if (umem->has_huge)
+		pgt_destroy(&umem_huge(umem)->table);
 	pthread_cond_destroy(&umem->idle);
 	ulock_destroy(&umem->lock);
 	if (!UODP_DEBUG_ON)
@@ -230,7 +240,8 @@ err_unwatch:
 err_free:
 	umem->magic = 0;
 	pgt_destroy(&umem->table);
-	pgt_destroy(&umem->htable);
+	if (umem->has_huge)
+		pgt_destroy(&umem_huge(umem)->table);
 	pthread_cond_destroy(&umem->idle);
 	ulock_destroy(&umem->lock);
 	free(umem);
@@ -392,7 +403,7 @@ static uint64_t page_word(const struct uodp_umem *umem, uint64_t idx,
 	w = pgt_get(&umem->table, idx);
 
 	*huge = false;
-	if (!(w & W_ACCESS_MASK) && umem->hmapped) {
+	if (!(w & W_ACCESS_MASK) && umem_hmapped(umem)) {
 		uint64_t hw = huge_word_locked(
 			umem, umem->start + (idx << umem->ctx->page_shift));
 
@@ -492,7 +503,7 @@ UODP_API int64_t uodp_umem_for_each_entry(
 		end = umem->end;
 	if (start >= end || umem_watch_only(umem))
 		return 0;
-	if (!umem->hmapped) {
+	if (!umem_hmapped(umem)) {
 		pgt_for_each(&umem->table, umem_page(umem, start),
 			     umem_page(umem, end - 1) + 1, visit_word, &a);
 		return a.visited;
@@ -547,9 +558,11 @@ UODP_API int uodp_umem_stats(struct uodp_umem *umem,
 		return -EDEADLK;
 	ulock_lock(&umem->lock);
 	s = umem->stats;
-	s.mapped_now = umem->mapped + umem->hmapped * HUGE_PAGES(umem->ctx);
-	s.huge_now = umem->hmapped;
-	s.table_bytes = umem->table.bytes + umem->htable.bytes;
+	s.mapped_now =
+		umem->mapped + umem_hmapped(umem) * HUGE_PAGES(umem->ctx);
+	s.huge_now = umem_hmapped(umem);
+	s.table_bytes = umem->table.bytes +
+			(umem->has_huge ? umem_huge(umem)->table.bytes : 0);
 	ulock_unlock(&umem->lock);
 	memcpy(out, &s, size < sizeof(s) ? size : sizeof(s));
 	return 0;
