@@ -178,6 +178,13 @@ struct stripe {
 	uint64_t count; /* invalidations running on these pages */
 };
 
+/* The counters of struct uodp_umem_stats that a region keeps (the rest is
+ * computed when they are read, uodp_umem_stats()). */
+struct umem_counts {
+	uint64_t map_calls, pages_mapped, invalidations, pages_invalidated,
+		retries;
+};
+
 /* The huge-entry state of a region (huge.c), only in regions that hold a
  * whole 2 MiB block (the only blocks that get huge entries): it follows
  * the stripes in the same allocation. All under the region lock. */
@@ -187,9 +194,9 @@ struct umem_huge {
 	uint64_t dirty;	  /* dirty unmapped huge words */
 };
 
-/* Fields are ordered so that no padding is left (344 bytes on LP64, plus
+/* Fields are ordered so that no padding is left (320 bytes on LP64, plus
  * 16 per stripe, plus 72 for the huge part of a region holding a whole
- * 2 MiB block: 360 for a region of one page); the small ones share the
+ * 2 MiB block: 336 for a region of one page); the small ones share the
  * first cache lines with what registration, release and the index walk
  * read. */
 struct uodp_umem {
@@ -228,11 +235,10 @@ struct uodp_umem {
 			      * the region dies */
 	struct pgt table;    /* page index -> word (see W_*) */
 
-	uint64_t mapped;	      /* words with access bits; under lock */
-	struct uodp_umem_stats stats; /* under lock (mapped_now, table_bytes
-				       * filled on read) */
-	struct stripe stripes[];      /* nstripes; under lock */
-				      /* then struct umem_huge if has_huge */
+	uint64_t mapped;	  /* words with access bits; under lock */
+	struct umem_counts stats; /* under lock */
+	struct stripe stripes[];  /* nstripes; under lock */
+				  /* then struct umem_huge if has_huge */
 };
 
 /* The region's huge part, NULL when no 2 MiB block lies wholly inside it

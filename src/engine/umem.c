@@ -548,7 +548,7 @@ UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, void **pages,
 UODP_API int uodp_umem_stats(struct uodp_umem *umem,
 			     struct uodp_umem_stats *out, size_t size)
 {
-	struct uodp_umem_stats s;
+	struct uodp_umem_stats s = { 0 };
 
 	if (!umem_valid(umem) || !out || !size)
 		return -EINVAL;
@@ -557,7 +557,11 @@ UODP_API int uodp_umem_stats(struct uodp_umem *umem,
 	if (ulock_held(&umem->lock))
 		return -EDEADLK;
 	ulock_lock(&umem->lock);
-	s = umem->stats;
+	s.map_calls = umem->stats.map_calls;
+	s.pages_mapped = umem->stats.pages_mapped;
+	s.invalidations = umem->stats.invalidations;
+	s.pages_invalidated = umem->stats.pages_invalidated;
+	s.retries = umem->stats.retries;
 	s.mapped_now =
 		umem->mapped + umem_hmapped(umem) * HUGE_PAGES(umem->ctx);
 	s.huge_now = umem_hmapped(umem);
