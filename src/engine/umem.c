@@ -127,9 +127,12 @@ static void ctx_add_region(struct uodp_ctx *ctx, struct uodp_umem *umem,
 	uint64_t p;
 	int r;
 
-	pthread_mutex_lock(&ctx->inv_lock);
+	/* One atomic read, as umem_ready() makes: the period is written only
+	 * under inv_lock, and holding that lock around the read would order
+	 * nothing more (an invalidation's walk is ordered against us by the
+	 * tree lock, not by inv_lock: a walk that ran before our write lock
+	 * follows its period bump, so we read the bumped period). */
 	p = atomic_load(&ctx->period);
-	pthread_mutex_unlock(&ctx->inv_lock);
 	umem->birth = (p & 1) ? p : 0;
 	r = rindex_insert(&ctx->tree, res, umem->start, umem->end - 1, umem);
 	uodp_assert(r == 0); /* a new owner: never -EEXIST */
