@@ -13,7 +13,11 @@
  *   insert, remove   one region into / out of an index of ~n regions:
  *                    a random batch is removed, then inserted again
  *   bytes/region     index memory per region
- * each against the itree and against UCX.
+ * each against the itree and against UCX. At the largest n only, the
+ * library's own registration against ucs_rcache's, interleaved (ix_churn):
+ *   register new region    uodp_umem_get vs ucs_rcache_get of a new region
+ *   release region         uodp_umem_release vs invalidate + put
+ *   register growing to n  both, while growing from 0 to n
  *
  * The UCX baseline. ucs_rcache keeps its regions in a ucs_pgtable (a
  * 16-way radix tree over the address) and answers an invalidation with
@@ -897,7 +901,9 @@ static void suite_index(const struct bench_opts *o)
 }
 
 const struct bench_suite bench_index_suites[] = {
-	{ "index", "region index: rindex vs itree vs UCX, 10^3 .. 10^6 regions",
+	{ "index",
+	  "region index: rindex vs itree vs UCX, 10^3 .. 10^6 regions; "
+	  "umem_get vs ucs_rcache_get at the largest n",
 	  suite_index },
 	{ NULL, NULL, NULL },
 };
