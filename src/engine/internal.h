@@ -54,7 +54,7 @@
  *   1. ctx->sub_lock   (mutex)  the notifier subscription and the regions'
  *                               watch/unwatch calls. Never taken by an
  *                               invalidation.
- *   2. ctx->tree_lock  (rwlock) the region index and list, ctx->nregions,
+ *   2. ctx->tree_lock  (rwlock) the region index, ctx->nregions,
  *                               ctx->dying, ctx->destroyed. Read:
  *                               invalidation walks (callbacks of contexts
  *                               without UODP_CTX_DEFERRED run under it).
@@ -147,7 +147,6 @@ struct uodp_ctx {
 
 	pthread_rwlock_t tree_lock; /* see LOCKS above */
 	struct rindex tree;	    /* regions by [start, end - 1] */
-	struct uodp_umem *umems;    /* all regions (for teardown) */
 	uint64_t nregions;
 	bool dying;	/* uodp_ctx_destroy() started: no new regions */
 	bool destroyed; /* it finished: the last release frees the context */
@@ -194,9 +193,9 @@ struct umem_huge {
 	uint64_t dirty;	  /* dirty unmapped huge words */
 };
 
-/* Fields are ordered so that no padding is left (320 bytes on LP64, plus
+/* Fields are ordered so that no padding is left (304 bytes on LP64, plus
  * 16 per stripe, plus 72 for the huge part of a region holding a whole
- * 2 MiB block: 336 for a region of one page); the small ones share the
+ * 2 MiB block: 320 for a region of one page); the small ones share the
  * first cache lines with what registration, release and the index walk
  * read. */
 struct uodp_umem {
@@ -214,8 +213,6 @@ struct uodp_umem {
 			       * on while a relay walk holds it) */
 	_Atomic(void *) priv;
 	uint64_t birth; /* ctx->period at registration if odd, else 0 */
-
-	struct uodp_umem *next, *prev; /* ctx->umems; under tree_lock */
 
 	/* Lifetime: one reference for the caller (dropped by release) and
 	 * one per relay walk holding it outside the tree lock. The last
@@ -415,6 +412,13 @@ size_t dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max);
 /* invalidate.c: a one-region invalidation (frame changed under an entry). */
 void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
 			 enum uodp_event ev);
+/* Every region of @ctx overlapping [s, e), in address order; tree lock
+ * held (read or write). The index is the only list of a context's
+ * regions: teardown walks it whole. */
+#define for_each_overlap(ctx, it, umem, s, e)                                 \
+	for (umem = rindex_iter_first(&(ctx)->tree, (s), (e)-1, &(it)); umem; \
+	     umem = rindex_iter_next(&(it)))
+
 /* The walk over every region overlapping [start, end): the kernel
  * notifier's sink and the manual entry points use it. */
 void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,

@@ -137,10 +137,6 @@ static void ctx_add_region(struct uodp_ctx *ctx, struct uodp_umem *umem,
 	r = rindex_insert(&ctx->tree, res, umem->start, umem->end - 1, umem);
 	uodp_assert(r == 0); /* a new owner: never -EEXIST */
 	(void)r;
-	umem->next = ctx->umems;
-	if (ctx->umems)
-		ctx->umems->prev = umem;
-	ctx->umems = umem;
 	umem->in_tree = true;
 	ctx->nregions++;
 }
@@ -155,12 +151,6 @@ static void ctx_remove_region(struct uodp_ctx *ctx, struct uodp_umem *umem,
 	uodp_assert(r == 0);
 	(void)r;
 	rindex_take_garbage(&ctx->tree, g);
-	if (umem->prev)
-		umem->prev->next = umem->next;
-	else
-		ctx->umems = umem->next;
-	if (umem->next)
-		umem->next->prev = umem->prev;
 	umem->in_tree = false;
 	ctx->nregions--;
 }
