@@ -13,7 +13,11 @@
  *   insert, remove   one region into / out of an index of ~n regions:
  *                    a random batch is removed, then inserted again
  *   bytes/region     index memory per region
- * each against the itree and against UCX.
+ * each against the itree and against UCX. At the largest n only, the
+ * library's own registration against ucs_rcache's, interleaved (ix_churn):
+ *   register new region    uodp_umem_get vs ucs_rcache_get of a new region
+ *   release region         uodp_umem_release vs invalidate + put
+ *   register growing to n  both, while growing from 0 to n
  *
  * The UCX baseline. ucs_rcache keeps its regions in a ucs_pgtable (a
  * 16-way radix tree over the address) and answers an invalidation with
@@ -41,6 +45,7 @@
 #include "bench.h"
 #include "lib/itree.h"
 #include "lib/rindex.h"
+#include "uodp.h"
 
 #ifdef UODP_HAVE_UCX
 #include <dlfcn.h>
@@ -650,6 +655,227 @@ out:
 			free(s[j][v]);
 }
 
+/*
+ * Registration of NEW regions at ~n, both libraries in one run (issue 11):
+ * uodp_umem_get on a manual context against ucs_rcache_get of a region not
+ * in the cache, and uodp_umem_release against ucs_rcache_region_invalidate
+ * + put. Neither registers memory (the context is manual, the rcache's
+ * mem_reg does nothing), so both time their own bookkeeping: allocation,
+ * index, locks. The pair used to come from two suites (lookup's "umem_get
+ * at n regions", the registrations that grew a context, against this
+ * suite's rcache insert, a batch re-inserted just after its removal, so
+ * in cache): not the same operation.
+ *
+ * Here both hold the same n one-page regions, placed on n of n + n/8 slots
+ * (slot i at CH_BASE + 2 i pages) in the same random order. Each round
+ * picks a batch of free slots at random and registers it on each side in
+ * turn (rotating order), then picks a batch of held regions at random and
+ * releases it on each side: every operation is on a region nobody touched
+ * recently, at random addresses, and the count stays at ~n.
+ */
+#ifdef UODP_HAVE_UCX
+#define CH_BASE UINT64_C(0x300000000000)
+
+enum ch_var {
+	CV_UODP,
+	CV_RCACHE,
+	CV_N
+};
+
+struct ch {
+	uint64_t pg;
+	struct uodp_ctx *ctx;
+	struct uodp_umem **ums; /* per slot */
+	ucs_rcache_t *rc;
+	ucs_rcache_region_t **rregs; /* per slot */
+};
+
+static void ch_noop_inval(struct uodp_umem *umem,
+			  const struct uodp_range *range, void *priv)
+{
+	(void)umem;
+	(void)range;
+	(void)priv;
+}
+
+static int ch_get(struct ch *c, enum ch_var v, uint64_t slot)
+{
+	uint64_t a = CH_BASE + 2 * slot * c->pg;
+
+	if (v == CV_UODP)
+		return uodp_umem_get(c->ctx, (void *)a, c->pg,
+				     UODP_ACCESS_READ | UODP_ACCESS_WRITE,
+				     &c->ums[slot]);
+	return ucx.rcache_get(c->rc, (void *)a, c->pg, PROT_READ | PROT_WRITE,
+			      NULL, &c->rregs[slot]) == UCS_OK ?
+		       0 :
+		       -EIO;
+}
+
+static void ch_put(struct ch *c, enum ch_var v, uint64_t slot)
+{
+	if (v == CV_UODP) {
+		uodp_umem_release(c->ums[slot]);
+		c->ums[slot] = NULL;
+		return;
+	}
+	ucx.rcache_region_invalidate(c->rc, c->rregs[slot], ix_inval_done,
+				     NULL);
+	ucx.rcache_region_put(c->rc, c->rregs[slot]);
+	c->rregs[slot] = NULL;
+}
+
+/* Move @nb random entries of a[0 .. *na) to its tail, drop them from it
+ * and return where they start. */
+static uint64_t *ch_pick(uint64_t *a, uint64_t *na, unsigned nb)
+{
+	for (unsigned j = 0; j < nb; j++) {
+		uint64_t i = ix_rnd() % (*na - j), t = a[i];
+
+		a[i] = a[*na - j - 1];
+		a[*na - j - 1] = t;
+	}
+	*na -= nb;
+	return a + *na;
+}
+
+static void ix_churn(uint64_t n, unsigned rounds)
+{
+	static const struct uodp_ctx_ops ops = { .invalidate = ch_noop_inval };
+	uint64_t nslots = n + n / 8, nocc = 0, nfree = 0, i;
+	unsigned nb = n < 4 * IX_BATCH ? (unsigned)(n / 4) : IX_BATCH, k, vv;
+	uint64_t *occ = calloc(nslots, sizeof(*occ));
+	uint64_t *fre = calloc(nslots, sizeof(*fre));
+	/* samples: register new, release, register while growing */
+	double *s[3][CV_N] = { { NULL } };
+	unsigned ngrow = 0;
+	struct ch c;
+	enum ch_var v;
+	int err = 0;
+
+	memset(&c, 0, sizeof(c));
+	c.pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	c.ums = calloc(nslots, sizeof(*c.ums));
+	c.rregs = calloc(nslots, sizeof(*c.rregs));
+	c.rc = ix_rcache();
+	if (!c.rregs || !c.rc)
+		goto out;
+	for (k = 0; k < 3; k++)
+		for (v = 0; v < CV_N; v++)
+			if (!(s[k][v] = calloc(k < 2 ? rounds : n / nb + 1,
+					       sizeof(double))))
+				goto out;
+	if (!occ || !fre || !c.ums ||
+	    uodp_ctx_create(&ops, UODP_CTX_MANUAL, &c.ctx))
+		goto out;
+	for (i = 0; i < nslots; i++)
+		fre[i] = i;
+	nfree = nslots;
+	/* n random slots, registered in that (random) order on both, a
+	 * batch at a time, each batch timed on each side in turn: the
+	 * registrations that grow the index (and the heap) from 0 to n. */
+	for (k = 0; nocc < n && !err; k++) {
+		unsigned m = n - nocc < nb ? (unsigned)(n - nocc) : nb, j;
+		uint64_t *b = ch_pick(fre, &nfree, m), t0;
+
+		for (vv = 0; vv < CV_N; vv++) {
+			v = (enum ch_var)((vv + k) % CV_N);
+			t0 = bench_now_ns();
+			for (j = 0; j < m && !err; j++)
+				err = ch_get(&c, v, b[j]);
+			s[2][v][k] = (double)(bench_now_ns() - t0) / m;
+		}
+		for (j = 0; j < m; j++)
+			occ[nocc++] = b[j];
+	}
+	ngrow = k;
+	/* One warm-up round, then @rounds measured ones. */
+	for (k = 0; k <= rounds && !err; k++) {
+		uint64_t *b, t0;
+		unsigned j;
+
+		b = ch_pick(fre, &nfree, nb);
+		for (vv = 0; vv < CV_N; vv++) {
+			v = (enum ch_var)((vv + k) % CV_N);
+			t0 = bench_now_ns();
+			for (j = 0; j < nb && !err; j++)
+				err = ch_get(&c, v, b[j]);
+			if (k)
+				s[0][v][k - 1] =
+					(double)(bench_now_ns() - t0) / nb;
+		}
+		for (j = 0; j < nb; j++)
+			occ[nocc++] = b[j];
+		if (err)
+			break;
+		b = ch_pick(occ, &nocc, nb);
+		for (vv = 0; vv < CV_N; vv++) {
+			v = (enum ch_var)((vv + k) % CV_N);
+			t0 = bench_now_ns();
+			for (j = 0; j < nb; j++)
+				ch_put(&c, v, b[j]);
+			if (k)
+				s[1][v][k - 1] =
+					(double)(bench_now_ns() - t0) / nb;
+		}
+		for (j = 0; j < nb; j++)
+			fre[nfree++] = b[j];
+	}
+	if (err) {
+		bench_note("index: registration churn failed: %s",
+			   uodp_strerror(err));
+		goto out;
+	}
+	for (k = 0; k < 3; k++) {
+		static const char *const name[3] = { "register new region",
+						     "release region",
+						     "register growing to n" };
+		static const char *const note[3] = {
+			"uodp_umem_get, manual ctx; random new slot",
+			"uodp_umem_release; random held region",
+			"the registrations that grew both from 0 to n"
+		};
+		struct bench_row r =
+			bench_row("index", name[k], (double)n, "ns");
+
+		snprintf(r.param, sizeof(r.param), "%llu",
+			 (unsigned long long)n);
+		bench_stats(s[k][CV_UODP], k < 2 ? rounds : ngrow, &r.v);
+		bench_stats(s[k][CV_RCACHE], k < 2 ? rounds : ngrow, &r.b);
+		r.base_name = k == 1 ? "rcache invalidate+put" :
+				       "ucs_rcache_get";
+		r.rk = BR_TIME;
+		/* Issue 11: >= 1.0x ucs_rcache_get of a new region at 10^6
+		 * regions */
+		if (k == 0 && n == 1000000) {
+			r.tk = BT_RATIO_MIN;
+			r.target = 1.0;
+		}
+		r.note = note[k];
+		bench_emit(&r);
+	}
+out:
+	for (i = 0; i < nslots && c.ums; i++)
+		if (c.ums[i])
+			ch_put(&c, CV_UODP, i);
+	if (c.ctx)
+		uodp_ctx_destroy(c.ctx);
+	if (c.rc) {
+		for (i = 0; i < nslots && c.rregs; i++)
+			if (c.rregs[i])
+				ch_put(&c, CV_RCACHE, i);
+		ucx.rcache_destroy(c.rc);
+	}
+	free(c.rregs);
+	free(c.ums);
+	free(occ);
+	free(fre);
+	for (k = 0; k < 3; k++)
+		for (v = 0; v < CV_N; v++)
+			free(s[k][v]);
+}
+#endif
+
 static void suite_index(const struct bench_opts *o)
 {
 	uint64_t n, nmax = o->quick ? 100000 : 1000000;
@@ -664,6 +890,10 @@ static void suite_index(const struct bench_opts *o)
 #endif
 	for (n = 1000; n <= nmax; n *= 10)
 		ix_size(n, o->quick ? 5 : n >= 1000000 ? 15 : 31);
+#ifdef UODP_HAVE_UCX
+	if (ix_ucx_load())
+		ix_churn(nmax, o->quick ? 10 : 60);
+#endif
 	bench_note("ratio = baseline ns / rindex ns (> 1: rindex faster). "
 		   "Lookup: %d random queries per sample; insert/remove: "
 		   "batches of <= %d regions",
@@ -671,7 +901,9 @@ static void suite_index(const struct bench_opts *o)
 }
 
 const struct bench_suite bench_index_suites[] = {
-	{ "index", "region index: rindex vs itree vs UCX, 10^3 .. 10^6 regions",
+	{ "index",
+	  "region index: rindex vs itree vs UCX, 10^3 .. 10^6 regions; "
+	  "umem_get vs ucs_rcache_get at the largest n",
 	  suite_index },
 	{ NULL, NULL, NULL },
 };

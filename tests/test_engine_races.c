@@ -8,7 +8,8 @@
  * and the map_and_lock loop), the stripes of 0.2 (an invalidation of other
  * pages of the region does not make a fault retry; one that overlaps it
  * never lets it install), and issue 12's findings 6 (get racing destroy)
- * and 12 (thread cancellation inside a blocked fault).
+ * and 12 (thread cancellation inside a blocked fault; a cancellation
+ * pending across a manual context's get and release).
  */
 #include "helpers.h"
 
@@ -803,6 +804,64 @@ static void test_cancel_blocked_begin(void **state)
 	assert_int_equal(t_fault(f->umem, f->buf, page, UODP_ACCESS_READ), 1);
 }
 
+/*
+ * Registration and release on a manual context skip the cancellation state
+ * (nothing on their path is a cancellation point), except around freeing a
+ * destroyed context (it closes a file): a thread with a cancellation
+ * pending goes through get, release and the release that frees the
+ * context, and is cancelled only at its own cancellation point after.
+ */
+struct cancel_manual {
+	struct uodp_ctx *ctx, *dead;
+	struct uodp_umem *last;
+	char *p;
+	int r[3];
+	atomic_int returned;
+};
+
+static void *cancelled_manual(void *arg)
+{
+	struct cancel_manual *c = arg;
+	struct uodp_umem *u = NULL;
+
+	pthread_cancel(pthread_self()); /* pending until a cancellation point */
+	c->r[0] = uodp_umem_get(c->ctx, c->p, page, UODP_ACCESS_ALL, &u);
+	c->r[1] = u ? uodp_umem_release(u) : -1;
+	c->r[2] = uodp_umem_release(c->last); /* frees c->dead */
+	atomic_store(&c->returned, 1);
+	for (;;)
+		pthread_testcancel();
+	return NULL;
+}
+
+static void test_cancel_pending_manual(void **state)
+{
+	struct cancel_manual c = { 0 };
+	pthread_t t;
+	void *ret;
+
+	(void)state;
+	c.ctx = t_ctx(UODP_CTX_MANUAL);
+	c.dead = t_ctx(UODP_CTX_MANUAL);
+	c.p = aligned_alloc(page, 2 * page);
+	assert_non_null(c.p);
+	assert_int_equal(uodp_umem_get(c.dead, c.p + page, page,
+				       UODP_ACCESS_ALL, &c.last),
+			 0);
+	/* Destroyed with a live region: the last release frees it. */
+	assert_int_equal(uodp_ctx_destroy(c.dead), 0);
+	atomic_init(&c.returned, 0);
+	assert_int_equal(pthread_create(&t, NULL, cancelled_manual, &c), 0);
+	assert_int_equal(pthread_join(t, &ret), 0);
+	assert_ptr_equal(ret, PTHREAD_CANCELED);
+	assert_int_equal(atomic_load(&c.returned), 1);
+	assert_int_equal(c.r[0], 0);
+	assert_int_equal(c.r[1], 0);
+	assert_int_equal(c.r[2], 0);
+	assert_int_equal(uodp_ctx_destroy(c.ctx), 0);
+	free(c.p);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, t_fx_setup, t_fx_teardown)
 
 int main(void)
@@ -830,6 +889,7 @@ int main(void)
 		cmocka_unit_test(test_get_races_destroy),
 		T(test_cancel_blocked_fault),
 		T(test_cancel_blocked_begin),
+		cmocka_unit_test(test_cancel_pending_manual),
 	};
 
 	page = t_page_size();

@@ -467,11 +467,15 @@ UODP_API int uodp_monitor_probe(void)
 static void ctx_kill_regions(struct uodp_ctx *ctx)
 {
 	struct uodp_umem *umem;
+	struct rindex_iter it;
 	uint64_t period = ONE_SHOT; /* one walk under the read lock */
 
 	atomic_fetch_add(&ctx->inflight, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	for (umem = ctx->umems; umem; umem = umem->next) {
+	/* The whole index (callbacks here run CB_LOCKED: none can register
+	 * or release, so it does not change under the walk). */
+	for_each_overlap(ctx, it, umem, 0, UINT64_MAX)
+	{
 		ulock_lock(&umem->lock);
 		atomic_store(&umem->dying, true);
 		pthread_cond_broadcast(&umem->idle);

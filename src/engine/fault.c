@@ -229,7 +229,7 @@ static int install_batch(struct uodp_umem *umem, const struct window *w,
 			}
 			if (h == -EWOULDBLOCK) {
 				res->err = table_refill(
-					&umem->htable, &umem->lock,
+					&umem_huge(umem)->table, &umem->lock,
 					(va >> HUGE_SHIFT) -
 						(umem->start >> HUGE_SHIFT));
 				if (res->err)

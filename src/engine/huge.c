@@ -6,9 +6,10 @@
  * The kernel tells us which pages are huge through the PAGEMAP_SCAN ioctl
  * on /proc/self/pagemap (Linux 6.7+, category PAGE_IS_HUGE); where it is
  * missing every entry is a base page, as before. A region keeps its huge
- * entries in a second sparse table (`htable`) indexed by 2 MiB block, and
- * only for blocks entirely inside the region (a region smaller than a huge
- * page, or the ragged ends of one, keeps base-page entries).
+ * entries in a second sparse table (struct umem_huge, internal.h) indexed
+ * by 2 MiB block, and only for blocks entirely inside the region (a region
+ * smaller than a huge page, or the ragged ends of one, keeps base-page
+ * entries; a region without a whole block has no huge part at all).
  *
  * Rules that keep one answer per page:
  *  - a huge entry is installed only where the block has no base-page
@@ -107,9 +108,9 @@ bool huge_candidate(const struct uodp_umem *umem, uint64_t va, uint64_t n)
 uint64_t huge_word_locked(const struct uodp_umem *umem, uint64_t va)
 {
 	ulock_assert_held((struct ulock *)&umem->lock);
-	if (!umem->hmapped || !block_inside(umem, va))
+	if (!umem_hmapped(umem) || !block_inside(umem, va))
 		return 0;
-	return pgt_get(&umem->htable, hidx(umem, va));
+	return pgt_get(&umem_huge(umem)->table, hidx(umem, va));
 }
 
 static int first_word(uint64_t idx, uint64_t *word, void *arg)
@@ -131,7 +132,9 @@ static int first_word(uint64_t idx, uint64_t *word, void *arg)
 int huge_install_locked(struct uodp_umem *umem, uint64_t va, uint64_t pfn,
 			unsigned access)
 {
-	uint64_t i = hidx(umem, va), w = pgt_get(&umem->htable, i);
+	struct umem_huge *h =
+		umem_huge(umem); /* a candidate's block is inside */
+	uint64_t i = hidx(umem, va), w = pgt_get(&h->table, i);
 	uint64_t first = umem_page(umem, va);
 	bool base = false;
 	int r;
@@ -140,7 +143,7 @@ int huge_install_locked(struct uodp_umem *umem, uint64_t va, uint64_t pfn,
 	if (w & W_ACCESS_MASK) {
 		if (pfn && (w >> W_PFN_SHIFT) && (w >> W_PFN_SHIFT) != pfn)
 			return HUGE_CHANGED;
-		pgt_set(&umem->htable, i, w | access); /* slot exists */
+		pgt_set(&h->table, i, w | access); /* slot exists */
 		return 1;
 	}
 	if (w)
@@ -149,10 +152,10 @@ int huge_install_locked(struct uodp_umem *umem, uint64_t va, uint64_t pfn,
 		     first_word, &base);
 	if (base)
 		return 0;
-	r = pgt_set(&umem->htable, i, (pfn << W_PFN_SHIFT) | access);
+	r = pgt_set(&h->table, i, (pfn << W_PFN_SHIFT) | access);
 	if (r)
 		return r; /* -EWOULDBLOCK: no_alloc table needs a node */
-	umem->hmapped++;
+	h->mapped++;
 	umem->stats.pages_mapped += HUGE_PAGES(umem->ctx);
 	return 1;
 }
@@ -168,13 +171,14 @@ bool huge_covers_locked(struct uodp_umem *umem, uint64_t va, unsigned access)
 
 	if (!(w & W_ACCESS_MASK))
 		return false;
-	if ((w & access) != access)
-		pgt_set(&umem->htable, hidx(umem, va), w | access);
+	if ((w & access) != access) /* a live word: the huge part exists */
+		pgt_set(&umem_huge(umem)->table, hidx(umem, va), w | access);
 	return true;
 }
 
 struct hdrop {
 	struct uodp_umem *umem;
+	struct umem_huge *h;
 	uint64_t pages;
 };
 
@@ -190,23 +194,23 @@ static int drop_huge(uint64_t idx, uint64_t *word, void *argp)
 	 * its pages taken yet. */
 	*word = (w & (UODP_ACCESS_WRITE | W_DIRTY)) ? W_DIRTY : 0;
 	if (*word)
-		a->umem->hdirty++;
-	a->umem->hmapped--;
+		a->h->dirty++;
+	a->h->mapped--;
 	a->pages += HUGE_PAGES(a->umem->ctx);
 	return 0;
 }
 
 uint64_t huge_drop_locked(struct uodp_umem *umem, uint64_t s, uint64_t e)
 {
-	struct hdrop a = { .umem = umem };
+	struct hdrop a = { .umem = umem, .h = umem_huge(umem) };
 	uint64_t from, to;
 
 	ulock_assert_held(&umem->lock);
-	if (!umem->hmapped)
+	if (!umem_hmapped(umem))
 		return 0;
 	from = (s >> HUGE_SHIFT) - (umem->start >> HUGE_SHIFT);
 	to = ((e - 1) >> HUGE_SHIFT) - (umem->start >> HUGE_SHIFT) + 1;
-	pgt_for_each(&umem->htable, from, to, drop_huge, &a);
+	pgt_for_each(&a.h->table, from, to, drop_huge, &a);
 	return a.pages;
 }
 
@@ -274,16 +278,18 @@ static int emit_block(uint64_t bi, uint64_t *word, void *argp)
 		return 1;
 	}
 	*word = 0;
-	umem->hdirty--;
+	umem_huge(umem)->dirty--;
 	return 0;
 }
 
 size_t dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max)
 {
 	struct hdirty a = { .umem = umem, .pages = pages, .max = max };
+	struct umem_huge *h = umem_huge(umem);
 
 	ulock_assert_held(&umem->lock);
-	pgt_for_each(&umem->htable, 0, umem->htable.nslots, emit_block, &a);
+	if (h)
+		pgt_for_each(&h->table, 0, h->table.nslots, emit_block, &a);
 	if (a.n < a.max)
 		pgt_for_each(&umem->table, a.block_end, umem->table.nslots,
 			     emit_base, &a);

@@ -54,7 +54,7 @@
  *   1. ctx->sub_lock   (mutex)  the notifier subscription and the regions'
  *                               watch/unwatch calls. Never taken by an
  *                               invalidation.
- *   2. ctx->tree_lock  (rwlock) the region index and list, ctx->nregions,
+ *   2. ctx->tree_lock  (rwlock) the region index, ctx->nregions,
  *                               ctx->dying, ctx->destroyed. Read:
  *                               invalidation walks (callbacks of contexts
  *                               without UODP_CTX_DEFERRED run under it).
@@ -147,7 +147,6 @@ struct uodp_ctx {
 
 	pthread_rwlock_t tree_lock; /* see LOCKS above */
 	struct rindex tree;	    /* regions by [start, end - 1] */
-	struct uodp_umem *umems;    /* all regions (for teardown) */
 	uint64_t nregions;
 	bool dying;	/* uodp_ctx_destroy() started: no new regions */
 	bool destroyed; /* it finished: the last release frees the context */
@@ -178,16 +177,42 @@ struct stripe {
 	uint64_t count; /* invalidations running on these pages */
 };
 
+/* The counters of struct uodp_umem_stats that a region keeps (the rest is
+ * computed when they are read, uodp_umem_stats()). */
+struct umem_counts {
+	uint64_t map_calls, pages_mapped, invalidations, pages_invalidated,
+		retries;
+};
+
+/* The huge-entry state of a region (huge.c), only in regions that hold a
+ * whole 2 MiB block (the only blocks that get huge entries): it follows
+ * the stripes in the same allocation. All under the region lock. */
+struct umem_huge {
+	struct pgt table; /* 2 MiB block index -> huge word */
+	uint64_t mapped;  /* mapped huge words */
+	uint64_t dirty;	  /* dirty unmapped huge words */
+};
+
+/* Fields are ordered so that no padding is left (304 bytes on LP64, plus
+ * 16 per stripe, plus 72 for the huge part of a region holding a whole
+ * 2 MiB block: 320 for a region of one page); the small ones share the
+ * first cache lines with what registration, release and the index walk
+ * read. */
 struct uodp_umem {
 	uint64_t magic;
 	struct uodp_ctx *ctx;
-	uint64_t start, end; /* page aligned, start < end */
-	unsigned access;     /* rights the region was registered with */
+	uint64_t start, end;   /* page aligned, start < end */
+	unsigned access;       /* rights the region was registered with */
+	unsigned stripe_shift; /* pages per stripe, as a shift */
+	unsigned nstripes;
+	bool in_tree;	      /* under tree_lock */
+	bool has_huge;	      /* a struct umem_huge follows the stripes */
+	atomic_bool dying;    /* the context is gone: retry always true;
+			      * written under lock, read anywhere */
+	atomic_bool released; /* uodp_umem_release() ran (memory may live
+			       * on while a relay walk holds it) */
 	_Atomic(void *) priv;
 	uint64_t birth; /* ctx->period at registration if odd, else 0 */
-
-	struct uodp_umem *next, *prev; /* ctx->umems; under tree_lock */
-	bool in_tree;		       /* under tree_lock */
 
 	/* Lifetime: one reference for the caller (dropped by release) and
 	 * one per relay walk holding it outside the tree lock. The last
@@ -202,25 +227,32 @@ struct uodp_umem {
 	uint64_t dmask;
 	uint64_t dlo, dhi;
 
-	struct ulock lock;     /* see LOCKS above */
-	pthread_cond_t idle;   /* broadcast when a stripe count drops to 0 or
+	struct ulock lock;   /* see LOCKS above */
+	pthread_cond_t idle; /* broadcast when a stripe count drops to 0 or
 			      * the region dies */
-	struct pgt table;      /* page index -> word (see W_*) */
-	struct pgt htable;     /* 2 MiB block index -> huge word (huge.c) */
-	uint64_t hmapped;      /* mapped huge words; under lock */
-	uint64_t hdirty;       /* dirty unmapped huge words; under lock */
-	atomic_bool dying;     /* the context is gone: retry always true;
-			      * written under lock, read anywhere */
-	atomic_bool released;  /* uodp_umem_release() ran (memory may live
-			       * on while a relay walk holds it) */
-	unsigned stripe_shift; /* pages per stripe, as a shift */
-	unsigned nstripes;
+	struct pgt table;    /* page index -> word (see W_*) */
 
-	uint64_t mapped;	      /* words with access bits; under lock */
-	struct uodp_umem_stats stats; /* under lock (mapped_now, table_bytes
-				       * filled on read) */
-	struct stripe stripes[];      /* nstripes; under lock */
+	uint64_t mapped;	  /* words with access bits; under lock */
+	struct umem_counts stats; /* under lock */
+	struct stripe stripes[];  /* nstripes; under lock */
+				  /* then struct umem_huge if has_huge */
 };
+
+/* The region's huge part, NULL when no 2 MiB block lies wholly inside it
+ * (no huge entry can exist there). */
+static inline struct umem_huge *umem_huge(const struct uodp_umem *umem)
+{
+	return umem->has_huge ? (struct umem_huge *)(uintptr_t)&umem
+					->stripes[umem->nstripes] :
+				NULL;
+}
+/* Mapped huge entries; region lock held. */
+static inline uint64_t umem_hmapped(const struct uodp_umem *umem)
+{
+	const struct umem_huge *h = umem_huge(umem);
+
+	return h ? h->mapped : 0;
+}
 
 /* ---- handles ---- */
 static inline bool ctx_valid(const struct uodp_ctx *ctx)
@@ -394,6 +426,13 @@ size_t dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max);
 /* invalidate.c: a one-region invalidation (frame changed under an entry). */
 void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
 			 enum uodp_event ev);
+/* Every region of @ctx overlapping [s, e), in address order; tree lock
+ * held (read or write). The index is the only list of a context's
+ * regions: teardown walks it whole. */
+#define for_each_overlap(ctx, it, umem, s, e)                                 \
+	for (umem = rindex_iter_first(&(ctx)->tree, (s), (e)-1, &(it)); umem; \
+	     umem = rindex_iter_next(&(it)))
+
 /* The walk over every region overlapping [start, end): the kernel
  * notifier's sink and the manual entry points use it. */
 void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,

@@ -69,11 +69,6 @@ uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 
 void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
 
-/* Every region overlapping [s, e), tree lock held (read or write). */
-#define for_each_overlap(ctx, it, umem, s, e)                                 \
-	for (umem = rindex_iter_first(&(ctx)->tree, (s), (e)-1, &(it)); umem; \
-	     umem = rindex_iter_next(&(it)))
-
 /* [s, e) clamped to the region. */
 static void clamp(const struct uodp_umem *umem, uint64_t start, uint64_t end,
 		  uint64_t *s, uint64_t *e)

@@ -45,10 +45,15 @@ static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
 	uint64_t npages = (end - start) >> ctx->page_shift;
 	unsigned shift = stripe_shift_for(npages);
 	unsigned n = (unsigned)((npages + ((uint64_t)1 << shift) - 1) >> shift);
+	/* The first 2 MiB boundary at or above start: a whole block fits? */
+	uint64_t b = (start + HUGE_SIZE - 1) & ~(HUGE_SIZE - 1);
+	bool huge = b + HUGE_SIZE <= end;
 	struct uodp_umem *umem;
+	struct umem_huge *h;
 	pthread_condattr_t ca;
 
-	umem = calloc(1, sizeof(*umem) + n * sizeof(struct stripe));
+	umem = calloc(1, sizeof(*umem) + n * sizeof(struct stripe) +
+				 (huge ? sizeof(struct umem_huge) : 0));
 	if (!umem)
 		return NULL;
 	if (ulock_init(&umem->lock))
@@ -67,15 +72,19 @@ static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
 	umem->access = access;
 	umem->stripe_shift = shift;
 	umem->nstripes = n;
+	umem->has_huge = huge;
 	atomic_init(&umem->refs, 1);
 	atomic_init(&umem->priv, NULL);
 	atomic_init(&umem->dying, false);
 	atomic_init(&umem->released, false);
 	pgt_init(&umem->table, npages);
 	umem->table.no_alloc = true; /* see table.c */
-	pgt_init(&umem->htable,
-		 ((end - 1) >> HUGE_SHIFT) - (start >> HUGE_SHIFT) + 1);
-	umem->htable.no_alloc = true;
+	h = umem_huge(umem);
+	if (h) {
+		pgt_init(&h->table,
+			 ((end - 1) >> HUGE_SHIFT) - (start >> HUGE_SHIFT) + 1);
+		h->table.no_alloc = true;
+	}
 	umem->magic = UODP_UMEM_MAGIC;
 	return umem;
 
@@ -95,7 +104,8 @@ static void umem_free(struct uodp_umem *umem)
 {
 	umem->magic = UODP_DEAD_MAGIC;
 	pgt_destroy(&umem->table);
-	pgt_destroy(&umem->htable);
+	if (umem->has_huge)
+		pgt_destroy(&umem_huge(umem)->table);
 	pthread_cond_destroy(&umem->idle);
 	ulock_destroy(&umem->lock);
 	if (!UODP_DEBUG_ON)
@@ -117,17 +127,16 @@ static void ctx_add_region(struct uodp_ctx *ctx, struct uodp_umem *umem,
 	uint64_t p;
 	int r;
 
-	pthread_mutex_lock(&ctx->inv_lock);
+	/* One atomic read, as umem_ready() makes: the period is written only
+	 * under inv_lock, and holding that lock around the read would order
+	 * nothing more (an invalidation's walk is ordered against us by the
+	 * tree lock, not by inv_lock: a walk that ran before our write lock
+	 * follows its period bump, so we read the bumped period). */
 	p = atomic_load(&ctx->period);
-	pthread_mutex_unlock(&ctx->inv_lock);
 	umem->birth = (p & 1) ? p : 0;
 	r = rindex_insert(&ctx->tree, res, umem->start, umem->end - 1, umem);
 	uodp_assert(r == 0); /* a new owner: never -EEXIST */
 	(void)r;
-	umem->next = ctx->umems;
-	if (ctx->umems)
-		ctx->umems->prev = umem;
-	ctx->umems = umem;
 	umem->in_tree = true;
 	ctx->nregions++;
 }
@@ -142,12 +151,6 @@ static void ctx_remove_region(struct uodp_ctx *ctx, struct uodp_umem *umem,
 	uodp_assert(r == 0);
 	(void)r;
 	rindex_take_garbage(&ctx->tree, g);
-	if (umem->prev)
-		umem->prev->next = umem->next;
-	else
-		ctx->umems = umem->next;
-	if (umem->next)
-		umem->next->prev = umem->prev;
 	umem->in_tree = false;
 	ctx->nregions--;
 }
@@ -158,17 +161,22 @@ static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 			   unsigned access, struct uodp_umem **out)
 {
+	bool manual;
 	int r, cs;
 
 	if (!ctx_valid(ctx))
 		return -EINVAL;
 	/* The notifier reads /proc/self/maps (a cancellation point) under
-	 * its locks and ours: no cancellation inside. */
-	cs = nocancel_begin();
+	 * its locks and ours: no cancellation inside. A manual context calls
+	 * no notifier and nothing else here is a cancellation point, so it
+	 * skips the two atomic operations (see nocancel_begin()). */
+	manual = ctx->flags & UODP_CTX_MANUAL;
+	cs = manual ? 0 : nocancel_begin();
 	atomic_fetch_add(&ctx->users, 1);
 	r = umem_get(ctx, addr, len, access, out);
 	atomic_fetch_sub(&ctx->users, 1);
-	nocancel_end(cs);
+	if (!manual)
+		nocancel_end(cs);
 	return r;
 }
 
@@ -225,7 +233,8 @@ err_unwatch:
 err_free:
 	umem->magic = 0;
 	pgt_destroy(&umem->table);
-	pgt_destroy(&umem->htable);
+	if (umem->has_huge)
+		pgt_destroy(&umem_huge(umem)->table);
 	pthread_cond_destroy(&umem->idle);
 	ulock_destroy(&umem->lock);
 	free(umem);
@@ -236,7 +245,7 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 {
 	struct rindex_garbage garbage;
 	struct uodp_ctx *ctx;
-	bool free_ctx, was;
+	bool free_ctx, was, manual;
 	int r, cs;
 
 	if (!umem_valid(umem))
@@ -252,7 +261,11 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	was = atomic_exchange(&umem->released, true);
 	if (was)
 		return -EINVAL; /* a racing second release */
-	cs = nocancel_begin();	/* the notifier's unregistration, as in get */
+	/* The notifier's unregistration, as in get; a manual context has
+	 * none, and only freeing the context (below) may reach a
+	 * cancellation point (close). */
+	manual = ctx->flags & UODP_CTX_MANUAL;
+	cs = manual ? 0 : nocancel_begin();
 	umem_drop_range(umem, umem->start, umem->end, false);
 	ctx_unwatch(ctx, umem->start, umem->end);
 	/* Whether we free the context is decided under the write lock, as
@@ -264,9 +277,14 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	rindex_free_garbage(NULL, &garbage); /* touches no index */
 	umem_put(umem); /* a relay walk may still hold it */
-	if (free_ctx)
+	if (free_ctx) {
+		if (manual)
+			cs = nocancel_begin();
 		ctx_release(ctx);
-	nocancel_end(cs);
+		manual = false;
+	}
+	if (!manual)
+		nocancel_end(cs);
 	return 0;
 }
 
@@ -378,7 +396,7 @@ static uint64_t page_word(const struct uodp_umem *umem, uint64_t idx,
 	w = pgt_get(&umem->table, idx);
 
 	*huge = false;
-	if (!(w & W_ACCESS_MASK) && umem->hmapped) {
+	if (!(w & W_ACCESS_MASK) && umem_hmapped(umem)) {
 		uint64_t hw = huge_word_locked(
 			umem, umem->start + (idx << umem->ctx->page_shift));
 
@@ -531,8 +549,8 @@ UODP_API int64_t uodp_umem_for_each_entry(
 	 * base words between them (both walks skip empty subtrees, so an
 	 * unmapped stretch costs nothing whatever its size). Blocks lie
 	 * wholly inside the region (huge_candidate). */
-	if (umem->hmapped)
-		pgt_for_each(&umem->htable,
+	if (umem_hmapped(umem))
+		pgt_for_each(&umem_huge(umem)->table,
 			     (start >> HUGE_SHIFT) -
 				     (umem->start >> HUGE_SHIFT),
 			     ((end - 1) >> HUGE_SHIFT) -
@@ -568,7 +586,7 @@ UODP_API int64_t uodp_umem_dirty_take(struct uodp_umem *umem, void **pages,
 UODP_API int uodp_umem_stats(struct uodp_umem *umem,
 			     struct uodp_umem_stats *out, size_t size)
 {
-	struct uodp_umem_stats s;
+	struct uodp_umem_stats s = { 0 };
 
 	if (!umem_valid(umem) || !out || !size)
 		return -EINVAL;
@@ -577,10 +595,16 @@ UODP_API int uodp_umem_stats(struct uodp_umem *umem,
 	if (ulock_held(&umem->lock))
 		return -EDEADLK;
 	ulock_lock(&umem->lock);
-	s = umem->stats;
-	s.mapped_now = umem->mapped + umem->hmapped * HUGE_PAGES(umem->ctx);
-	s.huge_now = umem->hmapped;
-	s.table_bytes = umem->table.bytes + umem->htable.bytes;
+	s.map_calls = umem->stats.map_calls;
+	s.pages_mapped = umem->stats.pages_mapped;
+	s.invalidations = umem->stats.invalidations;
+	s.pages_invalidated = umem->stats.pages_invalidated;
+	s.retries = umem->stats.retries;
+	s.mapped_now =
+		umem->mapped + umem_hmapped(umem) * HUGE_PAGES(umem->ctx);
+	s.huge_now = umem_hmapped(umem);
+	s.table_bytes = umem->table.bytes +
+			(umem->has_huge ? umem_huge(umem)->table.bytes : 0);
 	ulock_unlock(&umem->lock);
 	memcpy(out, &s, size < sizeof(s) ? size : sizeof(s));
 	return 0;

@@ -110,7 +110,12 @@ static inline int ulock_wait(struct ulock *l, pthread_cond_t *c,
  * Cancellation: no library call is a cancellation point. Blocking calls
  * (condition waits, pread, poll) are cancellation points in POSIX, and a
  * thread cancelled inside one would leave our locks held; so every entry
- * point that may block disables cancellation for its duration.
+ * point that may block disables cancellation for its duration. Each call
+ * is an atomic operation on the thread's cancellation state; a path that
+ * reaches no cancellation point (uodp_umem_get/release on a manual
+ * context, which never call the notifier) may skip the pair, as long as
+ * it takes it around whatever part may block (freeing a context closes a
+ * file).
  */
 static inline int nocancel_begin(void)
 {

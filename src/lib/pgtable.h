@@ -18,15 +18,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* 56 bytes: every region holds two (engine/internal.h), so no padding. */
 struct pgt {
 	void *root;	       /* NULL until the first nonzero word */
 	uint64_t nslots;       /* number of slots (indexes 0 .. nslots-1) */
 	unsigned levels;       /* inner levels above the leaves */
+	bool no_alloc;	       /* never call the allocator (see below) */
 	uint64_t used;	       /* number of nonzero words */
 	uint64_t bytes;	       /* memory held by live nodes and leaves */
 	void *graveyard;       /* emptied nodes kept for reuse (see below) */
 	uint64_t cached_bytes; /* memory held by the graveyard */
-	bool no_alloc;	       /* never call the allocator (see below) */
 };
 
 /* Most nodes one write can need (a leaf and every inner level). */
