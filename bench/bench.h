@@ -23,6 +23,17 @@
 #define GiB (UINT64_C(1) << 30)
 #define TiB (UINT64_C(1) << 40)
 
+/* xorshift64 (Marsaglia 2003): the suites' one generator of shuffles and
+ * random slots. Statistical quality is not the point; a fixed seed makes a
+ * run's order repeatable and the cost is a few instructions. *s != 0. */
+static inline uint64_t bench_rand(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
 /* Options of one run. */
 struct bench_opts {
 	bool quick;	     /* smaller sizes, fewer repetitions: < 1 minute */

@@ -30,14 +30,6 @@
 
 extern const struct bench_suite bench_devkeys_suites[];
 
-static uint64_t rnd_next(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 /* @base: the same call at the first level (10^3 keys) of this run, the
  * baseline of every level ("independent of the number of keys"); it is
  * set from the first level's samples. */
@@ -94,7 +86,7 @@ static void suite_devkeys(const struct bench_opts *o)
 	for (i = 0; i < maxk; i++)
 		ord[i] = i;
 	for (i = maxk - 1; i > 0; i--) {
-		j = rnd_next(&seed) % (i + 1);
+		j = bench_rand(&seed) % (i + 1);
 		t0 = ord[i];
 		ord[i] = ord[j];
 		ord[j] = t0;
@@ -110,7 +102,7 @@ static void suite_devkeys(const struct bench_opts *o)
 			}
 		for (where = 0; where < 2; where++) {
 			for (s = 0; s < SAMPLES; s++) {
-				p = where ? m + ord[rnd_next(&seed) % have] *
+				p = where ? m + ord[bench_rand(&seed) % have] *
 							    ps :
 					    m + (maxk + s) * ps;
 				t0 = bench_now_ns();

@@ -536,10 +536,7 @@ static void reg_many_monitored(const struct bench_opts *o)
 	for (i = nmax - 1; i > 0; i--) {
 		uint64_t j, t;
 
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		j = x % (i + 1);
+		j = bench_rand(&x) % (i + 1);
 		t = ord[i];
 		ord[i] = ord[j];
 		ord[j] = t;
@@ -1472,10 +1469,7 @@ struct lin_iv {
 static uint64_t rnd_state = 88172645463325252ull;
 static uint64_t rnd(void)
 {
-	rnd_state ^= rnd_state << 13;
-	rnd_state ^= rnd_state >> 7;
-	rnd_state ^= rnd_state << 17;
-	return rnd_state;
+	return bench_rand(&rnd_state);
 }
 
 enum lq {
@@ -1798,10 +1792,7 @@ static void *contend_invalidator(void *argp)
 				continue;
 			next += c->period_ns;
 		}
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		s = c->inv_va + (x % chunks) * c->chunk;
+		s = c->inv_va + (bench_rand(&x) % chunks) * c->chunk;
 		uodp_invalidate_range(c->ctx, s, c->chunk, UODP_EVENT_MANUAL);
 		atomic_fetch_add_explicit(&c->invalidations, 1,
 					  memory_order_relaxed);

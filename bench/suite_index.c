@@ -124,10 +124,7 @@ static volatile uint64_t ix_sink;
 static uint64_t ix_state = 0x9e3779b97f4a7c15ull;
 static uint64_t ix_rnd(void)
 {
-	ix_state ^= ix_state << 13;
-	ix_state ^= ix_state >> 7;
-	ix_state ^= ix_state << 17;
-	return ix_state;
+	return bench_rand(&ix_state);
 }
 
 enum ix_var {

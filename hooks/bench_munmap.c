@@ -53,6 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h" /* bench_rand() only: this program has its own harness */
 #include "notifier/intercept.h"
 #include "notifier/uffd.h"
 #include "uodp.h"
@@ -324,10 +325,7 @@ static uint64_t rnd(void)
 {
 	static uint64_t x = 88172645463325252ull;
 
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return x;
+	return bench_rand(&x);
 }
 
 static int cmp(const void *a, const void *b)
