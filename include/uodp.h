@@ -180,9 +180,10 @@ struct uodp_ctx_ops {
  * madvise(MADV_DONTNEED/MADV_FREE) on them fails with EINVAL while they
  * are pinned (the kernel refuses it on mlocked pages). mremap() moves the
  * lock with the pages: with the kernel monitor the destination is
- * unlocked when the move is reported; a MANUAL context must invalidate
- * pinned memory before it moves it (after, the lock stays at the
- * destination). */
+ * unlocked when the monitor handles the move, before the REMAP's callback
+ * (like any invalidation, that may be just after mremap() returns); a
+ * MANUAL context must invalidate pinned memory before it moves it (after,
+ * the lock stays at the destination). */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the

@@ -57,8 +57,18 @@ In the library (issues 8 - 11):
   mremap / madvise / `mmap(MAP_FIXED)` / shmdt.
 - **Device keys** (issue 11): key slots from a free list, O(1).
 - **Adapters** (issue 10): `libuodp-ofi`, `libuodp-ucm`, `libuodp-ofi-guard`.
+- **Since 0.2's first measurement** (2026-11-30): the region object is
+  smaller (464 → 320 bytes for a one-page region: no padding, huge-entry
+  state only where a 2 MiB block fits, only the counted statistics), and
+  registration on a manual context takes no cancellation-state pair and no
+  `inv_lock`; a deferred invalidation over many regions resumes each batch
+  of the relay where the last stopped (it restarted from the event's
+  start: quadratic); a device operation takes one cancellation-state pair
+  and one counter less, and a fault one region-lock round trip less; the
+  hooks' intercepted madvise no longer checks the descriptor's identity
+  with two system calls per call.
 
-In the benchmarks (this page's run is the first with them):
+In the benchmarks (0.2's first run was the first with them):
 
 - New rows: map_and_lock against the 0.1 step loop and the time to `-EBUSY`
   under a storm (issue 8); registration on a monitored context against a
@@ -79,6 +89,13 @@ In the benchmarks (this page's run is the first with them):
   `CAP_SYS_RESOURCE`). The harness now detects `CAP_IPC_LOCK`: every pinned
   baseline (`reg` up to 1 GiB, pinning-mode `map` and `inval` at 1 GiB) is a
   real `mlock` + populate.
+- Since 0.2's first run: the `index` suite times registration and release
+  against `ucs_rcache` interleaved at 10^6 (before, the registration
+  comparison took rows of two suites that timed different things: a growing
+  context against a warm re-insert); `bench_munmap` has a `floor` row;
+  `bench_adapters` counts lost notifications; the THP rows alternate which
+  side runs first; `uodp bench` no longer links libucs (its constructor
+  installed UCX's memory hooks in every suite of the first run).
 - Separate programs: `adapters/bench_adapters` (issue 10) and
   `hooks/bench_munmap` (issue 9); neither is part of `uodp bench`.
 """)
@@ -132,12 +149,20 @@ for what, mine, theirs in (
          R("lookup", "invalidate no region hit", _n), R("index", "no-hit lookup", _n, "ucs_pgtable (UCX)")["base_median"]),
         ("one-hit: `uodp_invalidate_range` (callback included) vs `ucs_pgtable_search_range`",
          R("lookup", "invalidate 1 region hit", _n), R("index", "one-hit lookup", _n, "ucs_pgtable (UCX)")["base_median"]),
-        ("registration: `uodp_umem_get` vs `ucs_rcache_get` of a new region",
-         R("lookup", "umem_get at n regions", _n), R("index", "insert", _n, "ucs_rcache (UCX)")["base_median"] / 1000)):
+        ):
     rt = theirs / mine["median"]
     issue_of.append(("11", "the same at the entry points, 10^6 regions, ≥ 1.0 × UCX: " + what + " (rows of two suites)",
                      "%s vs %s %s: %s" % (sig(mine["median"]), sig(theirs), unit(mine["unit"]), sig(rt)),
                      "**met**" if rt >= 1.0 else "**missed**", []))
+# Registration and release: interleaved in the index suite itself.
+_ni = max((r["param"] for r in rows if r["suite"] == "index" and r["case"] == "register new region"), key=float)
+for case, what in (("register new region", "registration: `uodp_umem_get` vs `ucs_rcache_get` of a new region"),
+                   ("register growing to n", "registration while growing to 10^6 (no target of its own)"),
+                   ("release region", "release: `uodp_umem_release` vs `ucs_rcache_region_invalidate` + put (no target of its own)")):
+    r = R("index", case, _ni)
+    issue_of.append(("11", "the same at the entry points, 10^6 regions, ≥ 1.0 × UCX: " + what + " (interleaved, `index` suite)",
+                     "%s vs %s ns: %s" % (sig(r["median"]), sig(r["base_median"]), sig(r["ratio"])),
+                     ("**met**" if r["met"] == "met" else "**missed**") if r["met"] in ("met", "missed") else "—", []))
 g = rowsof(lambda r: r["suite"] == "index" and r["baseline"] == "itree (red-black)" and r["met"])
 grp("11", "at 10^3 regions no slower than 0.1's tree (lookups)", g,
     "; ".join("%s %s" % (r["case"], sig(r["ratio"])) for r in g))
@@ -258,8 +283,13 @@ watches), `watched/kernel` (raw system call on a region with entries: the
 userfaultfd event, the thread waits for the monitor), `watched/hook` (the
 same through the hooks' in-thread fast path), `UCM hooks` (UCX's own
 hooks and a VM_UNMAPPED handler; phase 2, after UCM is installed; the
-phase-1 rows are the ones without UCM in the process). Ratio = unwatched
-median / row median; target (issue 9): watched ≥ 0.80.
+phase-1 rows are the ones without UCM in the process), `floor` (no uodp:
+`UFFDIO_UNREGISTER` of the chunk, then the raw system call, on an arena
+registered in WP mode with a userfaultfd of the benchmark's own: the least
+any fast path can cost that takes the range out of the userfaultfd before
+unmapping, which is the only way to keep the kernel from parking the
+thread). Ratio = unwatched median / row median; target (issue 9): watched
+≥ 0.80.
 """)
 if mun:
     w("| phase | placement | size | row | median µs | p99 µs | ratio to unwatched | target | verdict |\n|---|---|---|---|---:|---:|---:|---|---|")
@@ -281,7 +311,19 @@ if mun:
   at 4 KiB (same / other CPU), %s at 2 MiB: %s. At 4 KiB the hooks add %s µs to a %s µs unwatched munmap
   (their own interception costs %s / %s µs of that even on unwatched
   memory: the `unwatched+hook` row); the rest is the in-thread
-  invalidation. This run does not break that cost down further.
+  invalidation and the `UFFDIO_UNREGISTER`.
+- The floor (no uodp code at all, one `UFFDIO_UNREGISTER` + munmap): %s
+  of unwatched at 4 KiB (same / other CPU), %s at 2 MiB. **The 4 KiB
+  target sits on that floor**: any design that stops the kernel's event
+  by unregistering pays the ioctl (which splits the mapping and walks the
+  page tables for write-protect bits: ~60 %% and ~20 %% of its time in a
+  `perf` profile taken on 2026-12-01), so the in-thread path can at most
+  reach the floor, and the hooks stay %s µs above it at 4 KiB. Where that
+  goes (rdtsc in an instrumented copy, 2026-12-01, not this run): the
+  hooks' `before()` ~0.33 µs (trylock, re-entry check, watch pieces),
+  `after()` 0.7 – 0.85 µs (the engine's invalidation walk with the
+  callback ~0.37, fence/unfence and counters the rest); one system call
+  is added per watched munmap (the ioctl), none other.
 - UCX's hooks: %s of unwatched at 4 KiB (same / other CPU) — but they
   only see calls through libc's PLT (no raw system calls, no static
   binaries; issue 10's tests show which events they miss).
@@ -299,6 +341,9 @@ if mun:
        sig(mun[(1, "same CPU", 4)]["unwatched"][0]),
        sig(mun[(1, "same CPU", 4)]["unwatched+hook"][0] - mun[(1, "same CPU", 4)]["unwatched"][0]),
        sig(mun[(1, "other CPU", 4)]["unwatched+hook"][0] - mun[(1, "other CPU", 4)]["unwatched"][0]),
+       " / ".join(sig(mr((1, p, 4), "floor")) if "floor" in mun[(1, p, 4)] else "n/a" for p in ("same CPU", "other CPU")),
+       " / ".join(sig(mr((1, p, 2048), "floor")) if "floor" in mun[(1, p, 2048)] else "n/a" for p in ("same CPU", "other CPU")),
+       sig(mun[(1, "same CPU", 4)]["watched/hook"][0] - mun[(1, "same CPU", 4)]["floor"][0]) if "floor" in mun[(1, "same CPU", 4)] else "n/a",
        " / ".join(sig(mr((2, p, 4), "UCM hooks")) for p in ("same CPU", "other CPU")) if (2, "same CPU", 4) in mun else "n/a"))
 else:
     w("\n*bench_munmap was not available for this run: no figures.*\n")
@@ -492,6 +537,22 @@ for n in ns:
             ratio(it), sig(pg["base_median"]) if pg else "n/a", ratio(pg) if pg else "—",
             sig(rc["base_median"]) if rc else "—", ratio(rc) if rc else "—", v))
 w("""
+**Registration and release at the entry points, interleaved.** The same
+suite holds 10^6 one-page regions both in a manual uodp context and in an
+`ucs_rcache` (no-op `mem_reg`), on the same random slots; each of 60 rounds
+registers 1024 random free slots on both sides in turn (the order
+rotating), then releases 1024 random held regions on both. `register new
+region` is `uodp_umem_get` against `ucs_rcache_get` of a region not in the
+cache (issue 11's registration target, ≥ 1.0); `release region` is
+`uodp_umem_release` against `ucs_rcache_region_invalidate` + put;
+`register growing to n` times, batch by batch and interleaved, the
+registrations that built both structures from 0 to 10^6 (fresh heap, page
+faults included). ns per operation:
+
+""")
+w(table(rowsof(lambda r: r["suite"] == "index" and r["case"] in
+               ("register new region", "release region", "register growing to n"))))
+w("""
 Memory per region: the index's blocks in use / n, against the tree node 0.1
 embedded in each region and UCX's pgtable directories + `ucs_pgt_region_t`
 (exact, one sample), and the whole heap cost of a region (`mallinfo2`
@@ -503,7 +564,15 @@ g = rowsof(lambda r: r["suite"] == "index" and r["case"] == "bytes/region") + \
 w(table(g))
 w("""
 A region larger than 64 pages holds 64 stripes (16 bytes each) where a
-one-page region holds one, hence the larger figure of a 1 TiB region.
+one-page region holds one, hence the larger figure of a 1 TiB region. The
+region object (`struct uodp_umem`, src/engine/internal.h) is 304 bytes plus
+16 per stripe (320 for a one-page region, a 336-byte malloc chunk), plus 72
+for the huge-entry state in a region that holds a whole 2 MiB block; 0.2's
+first measurement had 464 (a 480-byte chunk). Where a registration at 10^6
+goes (`perf record` of a loop growing a manual context to 10^6 random
+one-page regions, 2026-12-01, not this run): the page faults of fresh heap
+for the region object, and one cache and TLB miss on the index's radix leaf
+slot (32 MiB of dense leaves at 10^6).
 """)
 
 w("""### The library's entry points at 1 .. 10^6 regions (suite `lookup`)
@@ -539,7 +608,6 @@ b = R("lookup", "invalidate 1 region hit", ls[-1])
 c = R("lookup", "umem_get at n regions", ls[-1])
 pgm = R("index", "no-hit lookup", ls[-1], "ucs_pgtable (UCX)")
 pgh = R("index", "one-hit lookup", ls[-1], "ucs_pgtable (UCX)")
-rci = R("index", "insert", ls[-1], "ucs_rcache (UCX)")
 w("""
 Against UCX at the entry points (rows of different suites of this run, so
 the ratios are not interleaved measurements): an invalidation that hits no
@@ -547,13 +615,14 @@ region takes %s ns through `uodp_invalidate_range()` against %s ns for
 `ucs_pgtable_search_range()` alone (%s); one that hits a region %s ns
 against %s ns (%s): the library's one-hit call also runs the driver's
 callback and updates the region's counters, which a bare pgtable search
-does not. A registration among 10^6 takes %s µs median (`uodp_umem_get`,
-region object, stripes and index) against %s µs for `ucs_rcache_get` of a
-new region with a no-op `mem_reg` (%s). Issue 11 measured UCX 1.13's rcache on 0.1's machine
+does not. A registration while growing to 10^6 takes %s µs median here
+(`uodp_umem_get`: region object, stripes and index); the interleaved
+comparison with `ucs_rcache_get` is in the `index` suite (above), where
+the registration of a new region at 10^6 runs at %s of UCX's speed. Issue 11 measured UCX 1.13's rcache on 0.1's machine
 at 0.52 µs (no hit), 1.37 µs (one hit) and 0.88 µs (register).
 """ % (sig(a["median"]), sig(pgm["base_median"]), sig(pgm["base_median"] / a["median"]) + "×",
        sig(b["median"]), sig(pgh["base_median"]), sig(pgh["base_median"] / b["median"]) + "×",
-       sig(c["median"]), sig(rci["base_median"] / 1000), sig(rci["base_median"] / 1000 / c["median"]) + "×"))
+       sig(c["median"]), sig(R("index", "register new region", _ni)["ratio"]) + "×"))
 
 w("""### Device keys (suite `devkeys`)
 
@@ -675,8 +744,28 @@ Estimated limit / fault path at fault-around 64 KiB .. 2 MiB: writes
 %s, reads %s; at 4 KiB (one populate call, and as root one `pread` of
 pagemap, per page): %s / %s. %sFor reads the baseline maps the shared
 zero page almost for free (%s ms per GiB), so any per-page cost weighs
-more there. Not broken down further in this run. 0.1's unexplained 2 MiB
-write row (0.68 on its machine) is at %s here.
+more there. 0.1's unexplained 2 MiB write row (0.68 on its machine) is
+at %s here.
+
+**Where the per-operation time goes** (measured separately on 2026-12-01,
+not in this run: `perf record -g` of a warm 8-byte FAST_COPY read loop and
+of the `devfault` loop, `strace -c`). About half of a warm operation is the
+one `rt_sigprocmask` of its guarded window (`pthread_sigmask(SIG_UNBLOCK)`
+alone: 135 - 145 ns; `getppid`, a bare system call, 102 ns). It is what lets
+the window work when the caller blocks SIGSEGV/SIGBUS (issue 12, finding 2;
+a process whose SIGSEGV is blocked when a fault hits is killed), and a
+per-thread cache of the mask is not safe since the application may change
+its mask between two operations. The rest, ~100 ns, is the key lookup and
+reference, the span's page-table read lock, counters and `sigsetjmp`. The
+fault path makes exactly one system call per fault, the `MADV_POPULATE_*`
+of its window (no pagemap read where frames are not visible). So for reads,
+where the limit is ~0.2 µs per page, a device at one system call per
+operation cannot pass ~0.45 of it (0.2 / (0.2 + 0.135 + 0.1)); 0.80 would
+need the whole operation under ~0.05 µs, i.e. no system call per
+operation. For writes the limit is ~1 µs per page (zeroing, memory
+accounting), and those rows sit near 0.8, moving with the load. At 4 KiB
+fault-around the device makes one populate call per page against one call
+for the whole memory in the limit: below 0.8 by construction.
 """ % (span(est_rows_w), span(est_rows_r), sig(est4["w"]), sig(est4["r"]),
        "The per-operation cost is thus most of the gap for writes at 64 KiB and more. " if min(x["ratio"] for x in est_rows_w) >= 0.8 else "",
        sig(R("devfault", "device read-touch", "fa 2 MiB")["base_median"]),
@@ -784,8 +873,12 @@ w("""
 8-byte `uodp_dev_fetch_add`: %s against %s for the CPU's
 `__atomic_fetch_add`. **The safe path misses 0.70 at 1 MiB** (read %s,
 write %s): it is one `process_vm_readv/writev` per operation, a system
-call that 0.1 measured alone at 0.29 - 0.40 of memcpy on its machine; it
-was not measured alone in this run. FAST_COPY %s its target.
+call. Measured alone on this VM on 2026-12-01 (not in this run: 1 MiB on
+the process's own pid, median of 101, memcpy interleaved),
+`process_vm_readv` runs at 0.62 - 0.66 and `process_vm_writev` at 0.65 -
+0.68 of memcpy, with one 1 MiB call or four of 256 KiB alike (the kernel
+pins, copies and unpins every page): the target is above the system call's
+own ratio here. FAST_COPY %s its target.
 """ % (q(fa), "%s ns" % sig(fa["base_median"]),
        sig(R("dev", "warm read", "1 MiB")["ratio"]), sig(R("dev", "warm write", "1 MiB")["ratio"]),
        "meets" if all(R("dev", c, "1 MiB")["met"] == "met" for c in ("warm read FAST_COPY", "warm write FAST_COPY")) else "**misses**"))
@@ -834,7 +927,8 @@ w("""## Known problems of this measurement
   other jobs, which the medians of interleaved samples absorb.
 %s- The `index` rows compare data structures (`ucs_pgtable` is not reachable
   inside `ucs_rcache` through UCX's public API); the library-level
-  comparison above mixes rows of two suites.
+  invalidation comparison at the entry points mixes rows of two suites
+  (registration and release are interleaved in the `index` suite).
 """ % lost_text)
 
 part1 = open(outpath + ".part1").read()
