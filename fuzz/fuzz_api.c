@@ -184,6 +184,11 @@ static unsigned step;
 static bool bad_buffers; /* cfg2 bit 2: some caller buffers are bad */
 static sigset_t saved_mask;
 static bool mask_blocked;
+/* cfg2 bit 5: SIGSEGV and SIGBUS ignored (SIG_IGN) for the input (issue
+ * 12, finding 14). orig_sa: the dispositions before any device was opened
+ * in this process, put back after the input (see fuzz_one()). */
+static bool sig_ignored;
+static struct sigaction orig_sa[2];
 
 void fuzz_set_mutation(enum fuzz_mutation m)
 {
@@ -963,6 +968,51 @@ static void op_mprotect(void)
 	check_translations("mprotect");
 }
 
+/* Has pool page @p an entry in one of the fuzzer's regions (with
+ * UODP_CTX_PIN: is it pinned)? */
+static bool engine_entry(int p)
+{
+	uint64_t e;
+	int i;
+
+	for (i = 0; i < MAX_UMEMS; i++) {
+		struct fumem *u = &umems[i];
+		bool got;
+
+		if (!u->umem || p < u->first || p >= u->first + u->n)
+			continue;
+		if (uodp_umem_lock(u->umem)) {
+			finding("umem lock failed");
+			return false;
+		}
+		got = !uodp_umem_entries_locked(u->umem, pool + (size_t)p * ps,
+						1, &e) &&
+		      (e & UODP_ENTRY_ACCESS_MASK);
+		uodp_umem_unlock(u->umem);
+		if (got)
+			return true;
+	}
+	return false;
+}
+
+/* A private page just zapped by MADV_DONTNEED reads zero (pinned or not:
+ * finding 15, an allocator relying on zero-fill). */
+static void check_zero(int p)
+{
+	const uint8_t *real = (const uint8_t *)pool + (size_t)p * ps;
+	size_t i;
+
+	if (!(pages[p].prot & PROT_READ))
+		return;
+	for (i = 0; i < ps; i++)
+		if (real[i]) {
+			finding("pool page %d after MADV_DONTNEED: byte +%zu "
+				"is %#x, not zero",
+				p, i, real[i]);
+			return;
+		}
+}
+
 static void op_madvise(void)
 {
 	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN), p;
@@ -976,18 +1026,34 @@ static void op_madvise(void)
 			return;
 	trace("madvise DONTNEED pages %d+%d", first, n);
 	for (p = first; p < first + n; p++) {
+		bool pinned = ectx_pin && engine_entry(p);
+
 		/* Page by page: a range call that fails on a pinned
 		 * (mlocked) page has already zapped the ones before it. */
-		if (madvise(pool + (size_t)p * ps, ps, MADV_DONTNEED))
-			continue; /* EINVAL when pinned: unchanged */
+		if (madvise(pool + (size_t)p * ps, ps, MADV_DONTNEED)) {
+			/* uodp.h, UODP_CTX_PIN: the application's madvise
+			 * fails with EINVAL while the page is pinned (it has
+			 * an entry) - and only then (issue 12, finding 15). */
+			if (errno != EINVAL || !pinned)
+				finding("madvise(MADV_DONTNEED) of pool page "
+					"%d: %s, but the page is not pinned",
+					p, strerror(errno));
+			continue; /* unchanged */
+		}
+		if (pinned && ectx_manual)
+			finding("madvise(MADV_DONTNEED) of pinned pool page "
+				"%d succeeded; uodp.h says EINVAL",
+				p);
 		mark_changed(p);
 		/* A private page reads zero again; a shared one keeps its
 		 * bytes (they live in the shmem object). */
 		if (!pages[p].shared) {
 			memset(shadow + (size_t)p * ps, 0, ps);
 			clear_tags(p);
-			if (!nasync)
+			if (!nasync) {
 				pages[p].uncertain = false;
+				check_zero(p);
+			}
 		}
 	}
 	invalidate_all(first, n, UODP_EVENT_REMOVE);
@@ -1605,6 +1671,13 @@ static void op_dev_copy(void)
 
 static void op_dev_snapshot(void)
 {
+	/* An application that ignores SIGSEGV/SIGBUS survives one sent to
+	 * it, device open or not (finding 14: the device's handler took
+	 * SIG_IGN for SIG_DFL and killed the process). */
+	if (sig_ignored) {
+		raise(SIGSEGV);
+		raise(SIGBUS);
+	}
 	check_translations("snapshot");
 }
 
@@ -1858,6 +1931,11 @@ static int process_init(void)
 	ps = (size_t)sysconf(_SC_PAGESIZE);
 	if (ps > 8192)
 		return -1;
+	/* Before the first uodp_dev_open(): the bottom of the device's
+	 * handler chain (the sanitizer's or libFuzzer's handler, or
+	 * SIG_DFL). */
+	sigaction(SIGSEGV, NULL, &orig_sa[0]);
+	sigaction(SIGBUS, NULL, &orig_sa[1]);
 	words_per_page = (unsigned)(ps / 8);
 	/* Low in the address space, far below the libraries and the heap:
 	 * the kernel hands out addresses top-down from the first gap that
@@ -1978,8 +2056,8 @@ int fuzz_one(const uint8_t *data, size_t size)
 	 * the device does; bit 2: fast copy; bit 3: strict (monitor only);
 	 * bits 4-5: fault-around; bit 6: allocation failures; bit 7:
 	 * pinning. cfg2: bit 0 two exec workers, bit 1 SIGSEGV/SIGBUS
-	 * blocked, bit 2 bad caller buffers; all of it seeds the injected
-	 * failures. */
+	 * blocked, bit 2 bad caller buffers, bit 5 SIGSEGV/SIGBUS ignored;
+	 * all of it seeds the injected failures. */
 	ectx_manual = !(cfg & 1);
 	ctx_flags = ectx_manual ? UODP_CTX_MANUAL : 0;
 	ectx_pin = cfg & 0x80;
@@ -2015,6 +2093,18 @@ int fuzz_one(const uint8_t *data, size_t size)
 	}
 	ndead = 0;
 	bad_buffers = cfg2 & 4;
+	/* cfg2 bit 5: SIGSEGV and SIGBUS ignored for the input, before the
+	 * device goes in front (finding 14). */
+	if (cfg2 & 0x20) {
+		struct sigaction ign;
+
+		memset(&ign, 0, sizeof(ign));
+		ign.sa_handler = SIG_IGN;
+		sigemptyset(&ign.sa_mask);
+		sigaction(SIGSEGV, &ign, NULL);
+		sigaction(SIGBUS, &ign, NULL);
+		sig_ignored = true;
+	}
 	r = uodp_dev_open(&attr, &dev);
 	if (r) {
 		if (r != -ENOSYS)
@@ -2114,6 +2204,17 @@ int fuzz_one(const uint8_t *data, size_t size)
 	if (mask_blocked) {
 		pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
 		mask_blocked = false;
+	}
+	if (sig_ignored) {
+		/* After the mask: a signal raised while blocked is pending
+		 * and reaches the device's handler, which drops it as
+		 * SIG_IGN would. The dispositions from before the first device: the next
+		 * uodp_dev_open() finds them on its chain and cuts SIG_IGN
+		 * off it, so a real crash in a later input still reaches the
+		 * sanitizer's (or libFuzzer's) handler. */
+		sigaction(SIGSEGV, &orig_sa[0], NULL);
+		sigaction(SIGBUS, &orig_sa[1], NULL);
+		sig_ignored = false;
 	}
 	return 0;
 }
