@@ -26,7 +26,7 @@ enum fuzz_mutation {
 struct fuzz_stats {
 	uint64_t inputs, ops, dev_ops, async_ops, bytes_checked, words_checked,
 		words_unchecked, errors_seen, injected, findings,
-		skipped_monitor;
+		skipped_monitor, known;
 };
 
 /* Run one input. Returns 0; a finding aborts (libFuzzer saves the input)

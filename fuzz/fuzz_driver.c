@@ -177,7 +177,7 @@ int main(int argc, char **argv)
 	       "async), %llu bytes and %llu words checked (%llu not), %llu "
 	       "errors "
 	       "returned, %llu allocation failures injected, %llu monitor "
-	       "skips, %llu findings, %.1f s\n",
+	       "skips, %llu findings, %llu known open bugs tolerated, %.1f s\n",
 	       (unsigned long long)s->inputs, (unsigned long long)s->ops,
 	       (unsigned long long)s->dev_ops, (unsigned long long)s->async_ops,
 	       (unsigned long long)s->bytes_checked,
@@ -186,7 +186,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)s->errors_seen,
 	       (unsigned long long)s->injected,
 	       (unsigned long long)s->skipped_monitor,
-	       (unsigned long long)s->findings,
+	       (unsigned long long)s->findings, (unsigned long long)s->known,
 	       (double)(t1.tv_sec - t0.tv_sec) +
 		       (t1.tv_nsec - t0.tv_nsec) / 1e9);
 	if (expect)
