@@ -177,6 +177,8 @@ static struct fkey keys[MAX_KEYS];
 #define MAX_DEAD 1024
 static uint32_t dead_keys[MAX_DEAD];
 static unsigned ndead;
+static bool churned; /* the key churn ran in this input (op_dereg) */
+static bool key_dead(uint32_t key);
 static struct fasync async[MAX_ASYNC];
 static int nasync;
 static struct uodp_range tokens[MAX_TOKENS];
@@ -1727,10 +1729,8 @@ static void op_reg(void)
 			finding("reg_mr: %d (%s)", r, strerror(-r));
 		return;
 	}
-	for (unsigned d = 0; d < ndead && d < MAX_DEAD; d++)
-		if (dead_keys[d] == k->key)
-			finding("key %u issued again after its deregistration",
-				k->key);
+	if (key_dead(k->key))
+		finding("key %u issued again after its deregistration", k->key);
 	k->live = true;
 	k->implicit = implicit;
 	k->access = access;
@@ -1743,6 +1743,48 @@ static void op_reg(void)
 	}
 	trace("reg key %u slot %d %s access %u", k->key, slot,
 	      implicit ? "implicit" : "explicit", access);
+}
+
+static bool key_dead(uint32_t key)
+{
+	for (unsigned d = 0; d < ndead && d < MAX_DEAD; d++)
+		if (dead_keys[d] == key)
+			return true;
+	return false;
+}
+
+/*
+ * Once per input, right after the first deregistration: 300 implicit
+ * registrations and deregistrations, each in the slot just freed (the
+ * device reuses the most recently freed one), so a slot goes through more
+ * generations than a key's 8 bits hold. No key may come back (finding 3:
+ * an 8-bit generation wrapped after 256 reuses and a dead key reached a
+ * new region). Implicit regions cost nothing until a fault reaches them.
+ */
+static void key_churn(void)
+{
+	uint32_t key;
+	int i, r;
+
+	if (churned || !dev)
+		return;
+	churned = true;
+	for (i = 0; i < 300 && ndead < MAX_DEAD && !stop; i++) {
+		r = uodp_dev_reg_implicit_mr(dev, UODP_DEV_ACCESS_READ, &key);
+		if (r) {
+			if (r != -ENOMEM && r != -ENOSPC)
+				finding("churn: reg_implicit_mr: %d", r);
+			return;
+		}
+		if (key_dead(key))
+			finding("key %u issued again after its deregistration "
+				"(churn %d)",
+				key, i);
+		r = uodp_dev_dereg_mr(dev, key);
+		if (r)
+			finding("churn: dereg_mr: %d", r);
+		dead_keys[ndead++] = key;
+	}
 }
 
 static void op_dereg(void)
@@ -1771,6 +1813,7 @@ static void op_dereg(void)
 	if (ndead < MAX_DEAD)
 		dead_keys[ndead++] = k->key;
 	k->live = false;
+	key_churn();
 }
 
 /* ---- the queue ---- */
@@ -2108,6 +2151,7 @@ int fuzz_one(const uint8_t *data, size_t size)
 		mask_blocked = true;
 	}
 	ndead = 0;
+	churned = false;
 	bad_buffers = cfg2 & 4;
 	/* cfg2 bit 5: SIGSEGV and SIGBUS ignored for the input, before the
 	 * device goes in front (finding 14). */
