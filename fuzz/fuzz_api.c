@@ -700,7 +700,11 @@ static void check_translations_once(const char *after, bool report)
 
 	if (stop)
 		return;
-	if (dev && !dev_manual)
+	/* A strict device promises more: once munmap() (or any call the
+	 * monitor gets an event for) has returned, no snapshot or prefetch
+	 * shows the old translation (finding 8): checked at once, without
+	 * waiting for the monitor. */
+	if (dev && !dev_manual && !(dev_flags & UODP_DEV_STRICT))
 		settle(uodp_dev_ctx(dev));
 	bool engine_ok = true;
 
