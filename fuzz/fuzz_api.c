@@ -61,9 +61,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -204,6 +207,15 @@ static struct sigaction orig_sa[2];
 /* mlock() really locks (the sanitizers' runtimes make it a no-op that
  * returns 0): only then must a pinned page refuse MADV_DONTNEED. */
 static bool mlock_real;
+/* cfg2 bit 6: at the first snapshot op, the kernel monitor's userfaultfd
+ * is replaced by a sentinel file (dup2), as a daemon that closes every
+ * descriptor it does not know and opens its own would (finding 13).
+ * Monitored calls may then fail -EBADF and promise no translations; the
+ * descriptor number, now the sentinel's, must never be written or closed
+ * by the library. */
+static bool fd_sabotage, sabotaged;
+static int sentinel_fd = -1, sabotaged_fd = -1;
+static const char sentinel_bytes[16] = "uodp-fuzz-sntnl";
 
 void fuzz_set_mutation(enum fuzz_mutation m)
 {
@@ -585,6 +597,8 @@ static bool dev_documented(int r)
 	case EBUSY:
 	case EOPNOTSUPP:
 		return !dev_manual;
+	case EBADF:
+		return !dev_manual && sabotaged;
 	}
 	return false;
 }
@@ -628,6 +642,12 @@ static void judge(const char *what, int r, int pred, bool injected)
 		return;
 	if (r == -ENOMEM && injected)
 		return;
+	if (r == -EBADF && sabotaged && !dev_manual)
+		return;
+	if (r == -ENOMEM && sabotaged && !dev_manual) {
+		stats.known++; /* see enomem_after_sabotage() */
+		return;
+	}
 	/* -EBUSY / -EOPNOTSUPP (monitor): memory another userfaultfd
 	 * watches or of a kind the monitor refuses. The pool holds only the
 	 * fuzzer's own anonymous mappings, so they are never right for a
@@ -748,19 +768,21 @@ static void check_translations_once(const char *after, bool report)
 	 * monitor gets an event for) has returned, no snapshot or prefetch
 	 * shows the old translation (finding 8): checked at once, without
 	 * waiting for the monitor. */
-	if (dev && !dev_manual && !(dev_flags & UODP_DEV_STRICT))
+	if (dev && !dev_manual && !(dev_flags & UODP_DEV_STRICT) && !sabotaged)
 		settle(uodp_dev_ctx(dev));
 	bool engine_ok = true;
 
 	if (ectx && !ectx_manual) {
 		/* ctx_sync is false while a start() is open: then the
-		 * monitor's progress cannot be seen; skip the engine part. */
+		 * monitor's progress cannot be seen; skip the engine part.
+		 * A monitor without its descriptor promises nothing. */
 		for (i = 0; i < MAX_TOKENS; i++)
 			engine_ok &= !token_open[i];
+		engine_ok &= !sabotaged;
 		if (engine_ok)
 			settle(ectx);
 	}
-	for (i = 0; i < MAX_KEYS; i++) {
+	for (i = 0; i < MAX_KEYS && !(sabotaged && !dev_manual); i++) {
 		struct fkey *k = &keys[i];
 		uint64_t lo, hi;
 		int64_t n;
@@ -1281,7 +1303,8 @@ static void op_umem_get(void)
 		return;
 	if (r) {
 		if (!(r == -ENOMEM ||
-		      (!ectx_manual && (r == -EBUSY || r == -EOPNOTSUPP))))
+		      (!ectx_manual && (r == -EBUSY || r == -EOPNOTSUPP ||
+					(r == -EBADF && sabotaged)))))
 			finding("umem_get: %d (%s)", r, strerror(-r));
 		return;
 	}
@@ -1339,10 +1362,13 @@ static void op_map_and_lock(void)
 			uodp_umem_unlock(u->umem);
 		return;
 	}
-	pred = predict_on(pool_va(u->first + off), ps,
-			  access & UODP_ACCESS_WRITE ? PROT_READ | PROT_WRITE :
-						       PROT_READ,
-			  ectx_manual);
+	pred = sabotaged && !ectx_manual ?
+		       1 :
+		       predict_on(pool_va(u->first + off), ps,
+				  access & UODP_ACCESS_WRITE ?
+					  PROT_READ | PROT_WRITE :
+					  PROT_READ,
+				  ectx_manual);
 	if (r == -EBUSY) {
 		if (!tok_open)
 			finding("map_and_lock: -EBUSY for %d ms with no "
@@ -1355,6 +1381,8 @@ static void op_map_and_lock(void)
 		if (r == -ENOMEM && (injecting || ectx_pin))
 			return;
 		if (pred == 1 || r == pred)
+			return;
+		if (r == -EBADF && sabotaged && !ectx_manual)
 			return;
 		finding("map_and_lock: %" PRId64 " (%s), model says %d", r,
 			strerror((int)-r), pred);
@@ -1377,7 +1405,8 @@ static void op_map_and_lock(void)
 		    (e[j] & access) != access)
 			finding("entry %d after map_and_lock: %#" PRIx64, j,
 				e[j]);
-		else if (stale_word(p, (unsigned)(e[j] & UODP_ACCESS_ALL),
+		else if (!(sabotaged && !ectx_manual) &&
+			 stale_word(p, (unsigned)(e[j] & UODP_ACCESS_ALL),
 				    false))
 			finding("map_and_lock installed pool page %d with "
 				"access %u but it is %s",
@@ -1623,7 +1652,7 @@ static void op_dev_write(void)
 			      bad_local_pred(pred), false);
 		if (r == 0)
 			finding("dev_write from a bad buffer succeeded");
-		else if (r == -EFAULT || r == -EACCES)
+		else if (r == -EFAULT || r == -EACCES || r == -EBADF)
 			mark_uncertain(va, len);
 		if (!nasync)
 			resync_all();
@@ -1640,7 +1669,7 @@ static void op_dev_write(void)
 	judge("dev_write", r, pred, inj);
 	if (!r)
 		apply_write(va, xbuf, len);
-	else if (r == -EFAULT || r == -EACCES || r == -ENOMEM)
+	else if (r == -EFAULT || r == -EACCES || r == -ENOMEM || r == -EBADF)
 		mark_uncertain(va, len); /* written up to the failing page */
 	if (!nasync)
 		resync_all();
@@ -1712,6 +1741,11 @@ static void op_dev_prefetch(void)
 	pick_range(k, &va, &len);
 	pred = dev_predict(k, va, len, w ? PROT_READ | PROT_WRITE : PROT_READ,
 			   w ? UODP_DEV_ACCESS_WRITE : UODP_DEV_ACCESS_READ);
+	/* A prefetch answers from the device page table, which a monitor
+	 * without its descriptor no longer maintains (finding 13: the
+	 * library notices asynchronously): only documented errors then. */
+	if (sabotaged && !dev_manual && pred != -ERANGE && pred != -EPERM)
+		pred = 1;
 	inject_begin();
 	inj = injecting;
 	r = uodp_dev_prefetch(dev, k->key, va, len,
@@ -1787,6 +1821,88 @@ static void op_dev_copy(void)
 	}
 }
 
+/*
+ * enomem_after_sabotage: once the monitor's userfaultfd was replaced,
+ * monitored device operations (a queued fetch-add, seed 9 input 11912,
+ * 1 replay in several) sometimes complete with -ENOMEM, not -EBADF: a
+ * suspected wrong cause (finding 18's kind), not yet understood; counted
+ * as a known open bug, see fuzz/README.md.
+ */
+
+/* The kernel monitor's userfaultfd, found by its link in /proc/self/fd
+ * (nothing else in this process makes one), or -1. */
+static int find_uffd(void)
+{
+	char path[300], link[64];
+	struct dirent *e;
+	DIR *d = opendir("/proc/self/fd");
+	int fd = -1;
+
+	if (!d)
+		return -1;
+	while (fd < 0 && (e = readdir(d))) {
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		n = readlink(path, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = 0;
+		if (!strcmp(link, "anon_inode:[userfaultfd]"))
+			fd = atoi(e->d_name);
+	}
+	closedir(d);
+	return fd;
+}
+
+static void sabotage_fd(void)
+{
+	int fd = find_uffd();
+
+	sabotaged = true; /* once per input, found or not */
+	if (fd < 0)
+		return;
+	sentinel_fd = memfd_create("uodp-fuzz-sentinel", 0);
+	if (sentinel_fd < 0 ||
+	    pwrite(sentinel_fd, sentinel_bytes, sizeof(sentinel_bytes), 0) !=
+		    (ssize_t)sizeof(sentinel_bytes) ||
+	    dup2(sentinel_fd, fd) != fd) {
+		finding("sentinel: %s", strerror(errno));
+		return;
+	}
+	sabotaged_fd = fd;
+	trace("userfaultfd %d replaced by a sentinel file", fd);
+}
+
+/* After the teardown: the number is still the sentinel's, unwritten. */
+static void check_sentinel(void)
+{
+	struct stat a, b;
+	char got[sizeof(sentinel_bytes)];
+
+	if (sabotaged_fd >= 0) {
+		if (fstat(sabotaged_fd, &a) || fstat(sentinel_fd, &b) ||
+		    a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+			finding("descriptor %d, the application's sentinel, "
+				"was closed or replaced by the library",
+				sabotaged_fd);
+		else if (pread(sentinel_fd, got, sizeof(got), 0) !=
+				 (ssize_t)sizeof(got) ||
+			 memcmp(got, sentinel_bytes, sizeof(got)) ||
+			 lseek(sentinel_fd, 0, SEEK_CUR) != 0 ||
+			 lseek(sentinel_fd, 0, SEEK_END) !=
+				 (off_t)sizeof(sentinel_bytes))
+			finding("the library wrote to descriptor %d, the "
+				"application's sentinel file",
+				sabotaged_fd);
+		close(sabotaged_fd);
+	}
+	if (sentinel_fd >= 0)
+		close(sentinel_fd);
+	sentinel_fd = sabotaged_fd = -1;
+	sabotaged = false;
+}
+
 static void op_dev_snapshot(void)
 {
 	/* An application that ignores SIGSEGV/SIGBUS survives one sent to
@@ -1796,6 +1912,8 @@ static void op_dev_snapshot(void)
 		raise(SIGSEGV);
 		raise(SIGBUS);
 	}
+	if (fd_sabotage && !sabotaged)
+		sabotage_fd();
 	check_translations("snapshot");
 }
 
@@ -1825,7 +1943,8 @@ static void op_reg(void)
 	}
 	if (r) {
 		if (!(r == -ENOMEM ||
-		      (!dev_manual && (r == -EBUSY || r == -EOPNOTSUPP))))
+		      (!dev_manual && (r == -EBUSY || r == -EOPNOTSUPP ||
+				       (r == -EBADF && sabotaged)))))
 			finding("reg_mr: %d (%s)", r, strerror(-r));
 		return;
 	}
@@ -1931,7 +2050,9 @@ static void complete(const struct uodp_dev_wc *wc)
 	if (wc->status && !dev_documented(wc->status))
 		finding("async %s: undocumented status %d",
 			uodp_dev_opcode_name(a->wr.opcode), wc->status);
-	if (wc->status == -ENOMEM && !a->injected)
+	if (wc->status == -ENOMEM && !a->injected && sabotaged && !dev_manual)
+		stats.known++; /* see enomem_after_sabotage() */
+	else if (wc->status == -ENOMEM && !a->injected)
 		finding("async %s: -ENOMEM with no allocation failing",
 			uodp_dev_opcode_name(a->wr.opcode));
 	if (a->wr.opcode == UODP_DEV_OP_READ && wc->status == 0 &&
@@ -2205,6 +2326,7 @@ static void teardown(void)
 		finding("dev_close");
 	dev = NULL;
 	memset(keys, 0, sizeof(keys));
+	check_sentinel();
 	reset_pool();
 }
 
@@ -2235,7 +2357,8 @@ int fuzz_one(const uint8_t *data, size_t size)
 	 * bits 4-5: fault-around; bit 6: allocation failures; bit 7:
 	 * pinning. cfg2: bit 0 two exec workers, bit 1 SIGSEGV/SIGBUS
 	 * blocked, bit 2 bad caller buffers, bit 4 shared mappings are
-	 * SysV memory, bit 5 SIGSEGV/SIGBUS ignored;
+	 * SysV memory, bit 5 SIGSEGV/SIGBUS ignored, bit 6 the monitor's
+	 * userfaultfd replaced by a sentinel file;
 	 * all of it seeds the injected failures. */
 	ectx_manual = !(cfg & 1);
 	ctx_flags = ectx_manual ? UODP_CTX_MANUAL : 0;
@@ -2274,6 +2397,7 @@ int fuzz_one(const uint8_t *data, size_t size)
 	churned = false;
 	bad_buffers = cfg2 & 4;
 	sysv_shared = cfg2 & 0x10;
+	fd_sabotage = cfg2 & 0x40;
 	/* cfg2 bit 5: SIGSEGV and SIGBUS ignored for the input, before the
 	 * device goes in front (finding 14). */
 	if (cfg2 & 0x20) {
