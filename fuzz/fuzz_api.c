@@ -61,7 +61,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -105,6 +110,9 @@ struct mpage {
 	int prot; /* PROT_NONE, PROT_READ, PROT_READ|PROT_WRITE */
 	bool shared;
 	bool uncertain; /* shadow not exact (async write, failed write) */
+	/* SysV shared memory (cfg2 bit 4): the kernel monitor refuses it
+	 * (-EOPNOTSUPP); manual contexts do not care. */
+	bool sysv;
 	uint32_t obj, objpage;
 	uint64_t mods; /* bumped by every change of content or mapping */
 	uint32_t hist_obj[HIST], hist_pg[HIST];
@@ -173,6 +181,8 @@ static struct fkey keys[MAX_KEYS];
 #define MAX_DEAD 1024
 static uint32_t dead_keys[MAX_DEAD];
 static unsigned ndead;
+static bool churned; /* the key churn ran in this input (op_dereg) */
+static bool key_dead(uint32_t key);
 static struct fasync async[MAX_ASYNC];
 static int nasync;
 static struct uodp_range tokens[MAX_TOKENS];
@@ -182,8 +192,26 @@ static bool injecting; /* ... in the current (or last) call */
 static unsigned long inject_seed;
 static unsigned step;
 static bool bad_buffers; /* cfg2 bit 2: some caller buffers are bad */
+static bool sysv_shared; /* cfg2 bit 4: shared mappings are SysV memory */
 static sigset_t saved_mask;
 static bool mask_blocked;
+/* cfg2 bit 5: SIGSEGV and SIGBUS ignored (SIG_IGN) for the input (issue
+ * 12, finding 14). orig_sa: the dispositions before any device was opened
+ * in this process, put back after the input (see fuzz_one()). */
+static bool sig_ignored;
+static struct sigaction orig_sa[2];
+/* mlock() really locks (the sanitizers' runtimes make it a no-op that
+ * returns 0): only then must a pinned page refuse MADV_DONTNEED. */
+static bool mlock_real;
+/* cfg2 bit 6: at the first snapshot op, the kernel monitor's userfaultfd
+ * is replaced by a sentinel file (dup2), as a daemon that closes every
+ * descriptor it does not know and opens its own would (finding 13).
+ * Monitored calls may then fail -EBADF and promise no translations; the
+ * descriptor number, now the sentinel's, must never be written or closed
+ * by the library. */
+static bool fd_sabotage, sabotaged;
+static int sentinel_fd = -1, sabotaged_fd = -1;
+static const char sentinel_bytes[16] = "uodp-fuzz-sntnl";
 
 void fuzz_set_mutation(enum fuzz_mutation m)
 {
@@ -522,7 +550,7 @@ static bool hole_real(int p)
 /* 0 when every page of [va, va + len) is accessible with @prot_need in
  * the model, else the errno of the first one that is not (1 when a page
  * is foreign: no prediction). */
-static int predict(uint64_t va, uint64_t len, int prot_need)
+static int predict_on(uint64_t va, uint64_t len, int prot_need, bool manual)
 {
 	uint64_t a;
 
@@ -537,10 +565,22 @@ static int predict(uint64_t va, uint64_t len, int prot_need)
 			return 1;
 		if (pages[p].st == P_HOLE)
 			return -EFAULT;
+		/* Memory the monitor refuses: -EOPNOTSUPP, or whatever the
+		 * library documents. Only the pages the access touches
+		 * decide: a refused page in the fault-around window of a
+		 * good one is no excuse (finding 17). */
+		if (pages[p].sysv && !manual)
+			return 1;
 		if ((pages[p].prot & prot_need) != prot_need)
 			return -EACCES;
 	}
 	return 0;
+}
+
+/* For the device (the engine: predict_on(..., ectx_manual)). */
+static int predict(uint64_t va, uint64_t len, int prot_need)
+{
+	return predict_on(va, len, prot_need, dev_manual);
 }
 
 static bool any_foreign(int first, int n)
@@ -569,7 +609,20 @@ static bool dev_documented(int r)
 	case EBUSY:
 	case EOPNOTSUPP:
 		return !dev_manual;
+	case EBADF:
+		return !dev_manual && sabotaged;
 	}
+	return false;
+}
+
+/* Set by dev_predict(): the access goes through an implicit key. */
+static bool judge_implicit;
+
+static bool any_sysv(void)
+{
+	for (int p = 0; p < POOL_PAGES; p++)
+		if (pages[p].st == P_MAPPED && pages[p].sysv)
+			return true;
 	return false;
 }
 
@@ -586,14 +639,32 @@ static void judge(const char *what, int r, int pred, bool injected)
 	}
 	if (pred == 1 || r == pred)
 		return;
+	/* An open library bug (fuzz/repro/README.md): with the monitor, an
+	 * implicit key's child region registers its whole 1 GiB and refuses
+	 * every access there once SysV memory is anywhere in it. */
+	if (r == -EOPNOTSUPP && judge_implicit && !dev_manual && any_sysv()) {
+		stats.known++;
+		judge_implicit = false;
+		return;
+	}
+	judge_implicit = false;
 	/* Which argument check comes first is the library's choice. */
 	if ((pred == -ERANGE || pred == -EPERM || pred == -EINVAL) &&
 	    (r == -ERANGE || r == -EPERM || r == -EINVAL))
 		return;
 	if (r == -ENOMEM && injected)
 		return;
-	if (!dev_manual && (r == -EBUSY || r == -EOPNOTSUPP))
+	if (r == -EBADF && sabotaged && !dev_manual)
 		return;
+	if (r == -ENOMEM && sabotaged && !dev_manual) {
+		stats.known++; /* see enomem_after_sabotage() */
+		return;
+	}
+	/* -EBUSY / -EOPNOTSUPP (monitor): memory another userfaultfd
+	 * watches or of a kind the monitor refuses. The pool holds only the
+	 * fuzzer's own anonymous mappings, so they are never right for a
+	 * page the model knows (findings 7 and 17: a race or a neighbour in
+	 * the fault-around window failed a good access so). */
 	if (pred == 0)
 		finding("%s: %d (%s) where every page is accessible", what, r,
 			strerror(-r));
@@ -703,19 +774,25 @@ static void check_translations_once(const char *after, bool report)
 
 	if (stop)
 		return;
-	if (dev && !dev_manual)
+	/* A strict device promises more: once munmap() (or any call the
+	 * monitor gets an event for) has returned, no snapshot or prefetch
+	 * shows the old translation (finding 8): checked at once, without
+	 * waiting for the monitor. */
+	if (dev && !dev_manual && !(dev_flags & UODP_DEV_STRICT) && !sabotaged)
 		settle(uodp_dev_ctx(dev));
 	bool engine_ok = true;
 
 	if (ectx && !ectx_manual) {
 		/* ctx_sync is false while a start() is open: then the
-		 * monitor's progress cannot be seen; skip the engine part. */
+		 * monitor's progress cannot be seen; skip the engine part.
+		 * A monitor without its descriptor promises nothing. */
 		for (i = 0; i < MAX_TOKENS; i++)
 			engine_ok &= !token_open[i];
+		engine_ok &= !sabotaged;
 		if (engine_ok)
 			settle(ectx);
 	}
-	for (i = 0; i < MAX_KEYS; i++) {
+	for (i = 0; i < MAX_KEYS && !(sabotaged && !dev_manual); i++) {
 		struct fkey *k = &keys[i];
 		uint64_t lo, hi;
 		int64_t n;
@@ -835,6 +912,7 @@ static bool reserve_holes(int first, int n)
 		pages[p].obj = next_obj++;
 		pages[p].objpage = 0;
 		pages[p].shared = false;
+		pages[p].sysv = false;
 		pages[p].uncertain = nasync > 0;
 		clear_tags(p);
 		memset(shadow + (size_t)p * ps, 0, ps);
@@ -868,6 +946,7 @@ static void new_mapping(int first, int n, int prot, bool shared)
 		pages[p].shared = shared;
 		pages[p].obj = obj;
 		pages[p].objpage = (uint32_t)(p - first);
+		pages[p].sysv = false;
 		clear_tags(p);
 		memset(shadow + (size_t)p * ps, 0, ps);
 		pages[p].uncertain = nasync > 0;
@@ -876,6 +955,29 @@ static void new_mapping(int first, int n, int prot, bool shared)
 }
 
 /* ---- operations: the address space ---- */
+
+static bool unmap_pages(int first, int n);
+
+/* A SysV segment attached in the hole [a, a + len), removed at once so it
+ * goes with its last detach, then mprotect()ed to @prot. MAP_FAILED when
+ * the kernel gives none or the hole is no longer free. */
+static void *sysv_map(void *a, size_t len, int prot)
+{
+	int id = shmget(IPC_PRIVATE, len, IPC_CREAT | 0600);
+	void *r;
+
+	if (id < 0)
+		return MAP_FAILED;
+	r = shmat(id, a, 0);
+	shmctl(id, IPC_RMID, NULL);
+	if (r == (void *)-1)
+		return MAP_FAILED;
+	if (r != a || mprotect(r, len, prot)) {
+		finding("shmat/mprotect inside the pool: %p", r);
+		return MAP_FAILED;
+	}
+	return r;
+}
 static void op_mmap(void)
 {
 	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN);
@@ -888,34 +990,46 @@ static void op_mmap(void)
 	if (stop || !reserve_holes(first, n))
 		return;
 	a = pool + (size_t)first * ps;
-	r = mmap(a, (size_t)n * ps, prot,
-		 (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS |
-			 MAP_FIXED,
-		 -1, 0);
+	if (shared && sysv_shared) {
+		/* shmat(SHM_REMAP) over a mapping sends no userfaultfd
+		 * event (the kernel passes no unmap list), like mprotect:
+		 * a careful application unmaps first. */
+		if (!unmap_pages(first, n))
+			return;
+		r = sysv_map(a, (size_t)n * ps, prot);
+		if (r == MAP_FAILED) {
+			check_translations("munmap before shmat");
+			return; /* no SysV memory (limits), or the hole was
+				   taken meanwhile: holes in the model */
+		}
+	} else {
+		r = mmap(a, (size_t)n * ps, prot,
+			 (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS |
+				 MAP_FIXED,
+			 -1, 0);
+	}
 	if (r != a) {
 		finding("mmap MAP_FIXED inside the pool failed");
 		return;
 	}
 	trace("mmap pages %d+%d prot %d%s", first, n, prot,
-	      shared ? " shared" : "");
+	      shared ? (sysv_shared ? " sysv" : " shared") : "");
 	new_mapping(first, n, prot, shared);
+	for (int p = first; p < first + n; p++)
+		pages[p].sysv = shared && sysv_shared;
 	invalidate_all(first, n, UODP_EVENT_UNMAP);
 	check_translations("mmap over a mapping");
 }
 
-static void op_munmap(void)
+/* munmap [first, first + n) (holes re-reserved, nothing foreign) and
+ * invalidate it; false on failure (a finding). */
+static bool unmap_pages(int first, int n)
 {
-	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN), p;
+	int p;
 
-	if (first + n > POOL_PAGES)
-		n = POOL_PAGES - first;
-	/* A hole may have been filled by someone else since: re-reserve
-	 * holes first, so that munmap only ever removes our own pages. */
-	if (stop || any_foreign(first, n) || !reserve_holes(first, n))
-		return;
 	if (munmap(pool + (size_t)first * ps, (size_t)n * ps)) {
 		finding("munmap inside the pool failed");
-		return;
+		return false;
 	}
 	trace("munmap pages %d+%d", first, n);
 	for (p = first; p < first + n; p++) {
@@ -926,7 +1040,21 @@ static void op_munmap(void)
 		mark_changed(p);
 	}
 	invalidate_all(first, n, UODP_EVENT_UNMAP);
-	check_translations("munmap");
+	return true;
+}
+
+static void op_munmap(void)
+{
+	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN);
+
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	/* A hole may have been filled by someone else since: re-reserve
+	 * holes first, so that munmap only ever removes our own pages. */
+	if (stop || any_foreign(first, n) || !reserve_holes(first, n))
+		return;
+	if (unmap_pages(first, n))
+		check_translations("munmap");
 }
 
 static void op_mprotect(void)
@@ -977,6 +1105,65 @@ static void op_mprotect(void)
 	check_translations("mprotect");
 }
 
+/* Has pool page @p an entry in one of the fuzzer's regions (with
+ * UODP_CTX_PIN: is it pinned)? */
+static bool engine_entry(int p)
+{
+	uint64_t e;
+	int i;
+
+	for (i = 0; i < MAX_UMEMS; i++) {
+		struct fumem *u = &umems[i];
+		bool got;
+
+		if (!u->umem || p < u->first || p >= u->first + u->n)
+			continue;
+		if (uodp_umem_lock(u->umem)) {
+			finding("umem lock failed");
+			return false;
+		}
+		got = !uodp_umem_entries_locked(u->umem, pool + (size_t)p * ps,
+						1, &e) &&
+		      (e & UODP_ENTRY_ACCESS_MASK);
+		uodp_umem_unlock(u->umem);
+		if (got)
+			return true;
+	}
+	return false;
+}
+
+/* A private page just zapped by MADV_DONTNEED reads zero (pinned or not:
+ * finding 15, an allocator relying on zero-fill). */
+static void check_zero(int p)
+{
+	const uint8_t *real = (const uint8_t *)pool + (size_t)p * ps;
+	size_t i;
+
+	if (!(pages[p].prot & PROT_READ))
+		return;
+	for (i = 0; i < ps; i++)
+		if (real[i]) {
+			finding("pool page %d after MADV_DONTNEED: byte +%zu "
+				"is %#x, not zero",
+				p, i, real[i]);
+			return;
+		}
+}
+
+/* Retry MADV_DONTNEED of pool page @p for up to 200 ms (the monitor
+ * handles an event in microseconds; see check_translations()). */
+static bool madvise_soon(int p)
+{
+	for (int i = 0; i < 200; i++) {
+		usleep(1000);
+		if (!madvise(pool + (size_t)p * ps, ps, MADV_DONTNEED))
+			return true;
+		if (errno != EINVAL)
+			return false;
+	}
+	return false;
+}
+
 static void op_madvise(void)
 {
 	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN), p;
@@ -990,18 +1177,42 @@ static void op_madvise(void)
 			return;
 	trace("madvise DONTNEED pages %d+%d", first, n);
 	for (p = first; p < first + n; p++) {
+		bool pinned = ectx_pin && engine_entry(p);
+
 		/* Page by page: a range call that fails on a pinned
 		 * (mlocked) page has already zapped the ones before it. */
-		if (madvise(pool + (size_t)p * ps, ps, MADV_DONTNEED))
-			continue; /* EINVAL when pinned: unchanged */
+		if (madvise(pool + (size_t)p * ps, ps, MADV_DONTNEED)) {
+			/* uodp.h, UODP_CTX_PIN: the application's madvise
+			 * fails with EINVAL while the page is pinned (it has
+			 * an entry) - and only then (issue 12, finding 15). */
+			/* A pinned page moved by mremap: with the kernel
+			 * monitor its destination is unlocked when the
+			 * monitor handles the move, which may be just after
+			 * mremap() returned (uodp.h, UODP_CTX_PIN). */
+			if (errno == EINVAL && !pinned && ectx_pin &&
+			    !ectx_manual && madvise_soon(p))
+				goto zapped;
+			if (errno != EINVAL || !pinned)
+				finding("madvise(MADV_DONTNEED) of pool page "
+					"%d: %s, but the page is not pinned",
+					p, strerror(errno));
+			continue; /* unchanged */
+		}
+		if (pinned && ectx_manual && mlock_real)
+			finding("madvise(MADV_DONTNEED) of pinned pool page "
+				"%d succeeded; uodp.h says EINVAL",
+				p);
+zapped:
 		mark_changed(p);
 		/* A private page reads zero again; a shared one keeps its
 		 * bytes (they live in the shmem object). */
 		if (!pages[p].shared) {
 			memset(shadow + (size_t)p * ps, 0, ps);
 			clear_tags(p);
-			if (!nasync)
+			if (!nasync) {
 				pages[p].uncertain = false;
+				check_zero(p);
+			}
 		}
 	}
 	invalidate_all(first, n, UODP_EVENT_REMOVE);
@@ -1023,6 +1234,12 @@ static void op_mremap(void)
 			return;
 	if (any_foreign(dst, n) || !reserve_holes(dst, n))
 		return;
+	/* uodp.h, UODP_CTX_PIN: a manual context invalidates pinned memory
+	 * before it moves it (mremap moves the mlock with the pages). */
+	if (ectx && ectx_manual && ectx_pin && mutation != MUT_SKIP_INVAL &&
+	    uodp_invalidate_range(ectx, pool + (size_t)src * ps, (size_t)n * ps,
+				  UODP_EVENT_REMAP))
+		finding("invalidate_range before mremap failed");
 	r = mremap(pool + (size_t)src * ps, (size_t)n * ps, (size_t)n * ps,
 		   MREMAP_MAYMOVE | MREMAP_FIXED, pool + (size_t)dst * ps);
 	if (r != pool + (size_t)dst * ps)
@@ -1045,6 +1262,7 @@ static void op_mremap(void)
 		d->obj = s->obj;
 		d->objpage = s->objpage;
 		d->uncertain = s->uncertain || nasync;
+		d->sysv = s->sysv;
 		memcpy(d->untagged, s->untagged, sizeof(d->untagged));
 		memcpy(shadow + (size_t)(dst + p) * ps,
 		       shadow + (size_t)(src + p) * ps, ps);
@@ -1111,7 +1329,8 @@ static void op_umem_get(void)
 		return;
 	if (r) {
 		if (!(r == -ENOMEM ||
-		      (!ectx_manual && (r == -EBUSY || r == -EOPNOTSUPP))))
+		      (!ectx_manual && (r == -EBUSY || r == -EOPNOTSUPP ||
+					(r == -EBADF && sabotaged)))))
 			finding("umem_get: %d (%s)", r, strerror(-r));
 		return;
 	}
@@ -1169,9 +1388,13 @@ static void op_map_and_lock(void)
 			uodp_umem_unlock(u->umem);
 		return;
 	}
-	pred = predict(pool_va(u->first + off), ps,
-		       access & UODP_ACCESS_WRITE ? PROT_READ | PROT_WRITE :
-						    PROT_READ);
+	pred = sabotaged && !ectx_manual ?
+		       1 :
+		       predict_on(pool_va(u->first + off), ps,
+				  access & UODP_ACCESS_WRITE ?
+					  PROT_READ | PROT_WRITE :
+					  PROT_READ,
+				  ectx_manual);
 	if (r == -EBUSY) {
 		if (!tok_open)
 			finding("map_and_lock: -EBUSY for %d ms with no "
@@ -1185,7 +1408,7 @@ static void op_map_and_lock(void)
 			return;
 		if (pred == 1 || r == pred)
 			return;
-		if (!ectx_manual && (r == -EOPNOTSUPP || r == -EBUSY))
+		if (r == -EBADF && sabotaged && !ectx_manual)
 			return;
 		finding("map_and_lock: %" PRId64 " (%s), model says %d", r,
 			strerror((int)-r), pred);
@@ -1208,7 +1431,8 @@ static void op_map_and_lock(void)
 		    (e[j] & access) != access)
 			finding("entry %d after map_and_lock: %#" PRIx64, j,
 				e[j]);
-		else if (stale_word(p, (unsigned)(e[j] & UODP_ACCESS_ALL),
+		else if (!(sabotaged && !ectx_manual) &&
+			 stale_word(p, (unsigned)(e[j] & UODP_ACCESS_ALL),
 				    false))
 			finding("map_and_lock installed pool page %d with "
 				"access %u but it is %s",
@@ -1308,6 +1532,7 @@ static bool in_key(const struct fkey *k, uint64_t va, uint64_t len)
 static int dev_predict(const struct fkey *k, uint64_t va, uint64_t len,
 		       int prot, unsigned right)
 {
+	judge_implicit |= k->implicit;
 	if (!in_key(k, va, len))
 		return -ERANGE;
 	if (!(k->access & right))
@@ -1453,7 +1678,7 @@ static void op_dev_write(void)
 			      bad_local_pred(pred), false);
 		if (r == 0)
 			finding("dev_write from a bad buffer succeeded");
-		else if (r == -EFAULT || r == -EACCES)
+		else if (r == -EFAULT || r == -EACCES || r == -EBADF)
 			mark_uncertain(va, len);
 		if (!nasync)
 			resync_all();
@@ -1470,7 +1695,7 @@ static void op_dev_write(void)
 	judge("dev_write", r, pred, inj);
 	if (!r)
 		apply_write(va, xbuf, len);
-	else if (r == -EFAULT || r == -EACCES || r == -ENOMEM)
+	else if (r == -EFAULT || r == -EACCES || r == -ENOMEM || r == -EBADF)
 		mark_uncertain(va, len); /* written up to the failing page */
 	if (!nasync)
 		resync_all();
@@ -1542,6 +1767,11 @@ static void op_dev_prefetch(void)
 	pick_range(k, &va, &len);
 	pred = dev_predict(k, va, len, w ? PROT_READ | PROT_WRITE : PROT_READ,
 			   w ? UODP_DEV_ACCESS_WRITE : UODP_DEV_ACCESS_READ);
+	/* A prefetch answers from the device page table, which a monitor
+	 * without its descriptor no longer maintains (finding 13: the
+	 * library notices asynchronously): only documented errors then. */
+	if (sabotaged && !dev_manual && pred != -ERANGE && pred != -EPERM)
+		pred = 1;
 	inject_begin();
 	inj = injecting;
 	r = uodp_dev_prefetch(dev, k->key, va, len,
@@ -1617,8 +1847,99 @@ static void op_dev_copy(void)
 	}
 }
 
+/*
+ * enomem_after_sabotage: once the monitor's userfaultfd was replaced,
+ * monitored device operations (a queued fetch-add, seed 9 input 11912,
+ * 1 replay in several) sometimes complete with -ENOMEM, not -EBADF: a
+ * suspected wrong cause (finding 18's kind), not yet understood; counted
+ * as a known open bug, see fuzz/README.md.
+ */
+
+/* The kernel monitor's userfaultfd, found by its link in /proc/self/fd
+ * (nothing else in this process makes one), or -1. */
+static int find_uffd(void)
+{
+	char path[300], link[64];
+	struct dirent *e;
+	DIR *d = opendir("/proc/self/fd");
+	int fd = -1;
+
+	if (!d)
+		return -1;
+	while (fd < 0 && (e = readdir(d))) {
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		n = readlink(path, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = 0;
+		if (!strcmp(link, "anon_inode:[userfaultfd]"))
+			fd = atoi(e->d_name);
+	}
+	closedir(d);
+	return fd;
+}
+
+static void sabotage_fd(void)
+{
+	int fd = find_uffd();
+
+	sabotaged = true; /* once per input, found or not */
+	if (fd < 0)
+		return;
+	sentinel_fd = memfd_create("uodp-fuzz-sentinel", 0);
+	if (sentinel_fd < 0 ||
+	    pwrite(sentinel_fd, sentinel_bytes, sizeof(sentinel_bytes), 0) !=
+		    (ssize_t)sizeof(sentinel_bytes) ||
+	    dup2(sentinel_fd, fd) != fd) {
+		finding("sentinel: %s", strerror(errno));
+		return;
+	}
+	sabotaged_fd = fd;
+	trace("userfaultfd %d replaced by a sentinel file", fd);
+}
+
+/* After the teardown: the number is still the sentinel's, unwritten. */
+static void check_sentinel(void)
+{
+	struct stat a, b;
+	char got[sizeof(sentinel_bytes)];
+
+	if (sabotaged_fd >= 0) {
+		if (fstat(sabotaged_fd, &a) || fstat(sentinel_fd, &b) ||
+		    a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+			finding("descriptor %d, the application's sentinel, "
+				"was closed or replaced by the library",
+				sabotaged_fd);
+		else if (pread(sentinel_fd, got, sizeof(got), 0) !=
+				 (ssize_t)sizeof(got) ||
+			 memcmp(got, sentinel_bytes, sizeof(got)) ||
+			 lseek(sentinel_fd, 0, SEEK_CUR) != 0 ||
+			 lseek(sentinel_fd, 0, SEEK_END) !=
+				 (off_t)sizeof(sentinel_bytes))
+			finding("the library wrote to descriptor %d, the "
+				"application's sentinel file",
+				sabotaged_fd);
+		close(sabotaged_fd);
+	}
+	if (sentinel_fd >= 0)
+		close(sentinel_fd);
+	sentinel_fd = sabotaged_fd = -1;
+	sabotaged = false;
+}
+
 static void op_dev_snapshot(void)
 {
+	/* An application that ignores SIGSEGV/SIGBUS survives one sent to
+	 * it, device open or not (finding 14: the device's handler took
+	 * SIG_IGN for SIG_DFL and killed the process). */
+	if (sig_ignored) {
+		raise(SIGSEGV);
+		raise(SIGBUS);
+	}
+	if (fd_sabotage && !sabotaged)
+		sabotage_fd();
 	check_translations("snapshot");
 }
 
@@ -1648,14 +1969,13 @@ static void op_reg(void)
 	}
 	if (r) {
 		if (!(r == -ENOMEM ||
-		      (!dev_manual && (r == -EBUSY || r == -EOPNOTSUPP))))
+		      (!dev_manual && (r == -EBUSY || r == -EOPNOTSUPP ||
+				       (r == -EBADF && sabotaged)))))
 			finding("reg_mr: %d (%s)", r, strerror(-r));
 		return;
 	}
-	for (unsigned d = 0; d < ndead && d < MAX_DEAD; d++)
-		if (dead_keys[d] == k->key)
-			finding("key %u issued again after its deregistration",
-				k->key);
+	if (key_dead(k->key))
+		finding("key %u issued again after its deregistration", k->key);
 	k->live = true;
 	k->implicit = implicit;
 	k->access = access;
@@ -1668,6 +1988,48 @@ static void op_reg(void)
 	}
 	trace("reg key %u slot %d %s access %u", k->key, slot,
 	      implicit ? "implicit" : "explicit", access);
+}
+
+static bool key_dead(uint32_t key)
+{
+	for (unsigned d = 0; d < ndead && d < MAX_DEAD; d++)
+		if (dead_keys[d] == key)
+			return true;
+	return false;
+}
+
+/*
+ * Once per input, right after the first deregistration: 300 implicit
+ * registrations and deregistrations, each in the slot just freed (the
+ * device reuses the most recently freed one), so a slot goes through more
+ * generations than a key's 8 bits hold. No key may come back (finding 3:
+ * an 8-bit generation wrapped after 256 reuses and a dead key reached a
+ * new region). Implicit regions cost nothing until a fault reaches them.
+ */
+static void key_churn(void)
+{
+	uint32_t key;
+	int i, r;
+
+	if (churned || !dev)
+		return;
+	churned = true;
+	for (i = 0; i < 300 && ndead < MAX_DEAD && !stop; i++) {
+		r = uodp_dev_reg_implicit_mr(dev, UODP_DEV_ACCESS_READ, &key);
+		if (r) {
+			if (r != -ENOMEM && r != -ENOSPC)
+				finding("churn: reg_implicit_mr: %d", r);
+			return;
+		}
+		if (key_dead(key))
+			finding("key %u issued again after its deregistration "
+				"(churn %d)",
+				key, i);
+		r = uodp_dev_dereg_mr(dev, key);
+		if (r)
+			finding("churn: dereg_mr: %d", r);
+		dead_keys[ndead++] = key;
+	}
 }
 
 static void op_dereg(void)
@@ -1696,6 +2058,7 @@ static void op_dereg(void)
 	if (ndead < MAX_DEAD)
 		dead_keys[ndead++] = k->key;
 	k->live = false;
+	key_churn();
 }
 
 /* ---- the queue ---- */
@@ -1713,7 +2076,9 @@ static void complete(const struct uodp_dev_wc *wc)
 	if (wc->status && !dev_documented(wc->status))
 		finding("async %s: undocumented status %d",
 			uodp_dev_opcode_name(a->wr.opcode), wc->status);
-	if (wc->status == -ENOMEM && !a->injected)
+	if (wc->status == -ENOMEM && !a->injected && sabotaged && !dev_manual)
+		stats.known++; /* see enomem_after_sabotage() */
+	else if (wc->status == -ENOMEM && !a->injected)
 		finding("async %s: -ENOMEM with no allocation failing",
 			uodp_dev_opcode_name(a->wr.opcode));
 	if (a->wr.opcode == UODP_DEV_OP_READ && wc->status == 0 &&
@@ -1863,6 +2228,23 @@ static void on_fence(struct uodp_ctx *ctx, void *priv)
 	(void)priv;
 }
 
+/* Does mlock() lock? A locked page refuses MADV_DONTNEED (EINVAL). */
+static bool mlock_probe(void)
+{
+	void *a = mmap(NULL, ps, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	bool real = false;
+
+	if (a == MAP_FAILED)
+		return false;
+	if (!mlock(a, ps)) {
+		real = madvise(a, ps, MADV_DONTNEED) != 0;
+		munlock(a, ps);
+	}
+	munmap(a, ps);
+	return real;
+}
+
 static int process_init(void)
 {
 	int p;
@@ -1872,6 +2254,12 @@ static int process_init(void)
 	ps = (size_t)sysconf(_SC_PAGESIZE);
 	if (ps > 8192)
 		return -1;
+	/* Before the first uodp_dev_open(): the bottom of the device's
+	 * handler chain (the sanitizer's or libFuzzer's handler, or
+	 * SIG_DFL). */
+	sigaction(SIGSEGV, NULL, &orig_sa[0]);
+	sigaction(SIGBUS, NULL, &orig_sa[1]);
+	mlock_real = mlock_probe();
 	words_per_page = (unsigned)(ps / 8);
 	/* Low in the address space, far below the libraries and the heap:
 	 * the kernel hands out addresses top-down from the first gap that
@@ -1918,6 +2306,7 @@ static void reset_pool(void)
 		pages[p].st = P_MAPPED;
 		pages[p].prot = PROT_NONE;
 		pages[p].shared = false;
+		pages[p].sysv = false;
 		pages[p].uncertain = false;
 		pages[p].obj = next_obj++;
 		pages[p].objpage = 0;
@@ -1963,6 +2352,7 @@ static void teardown(void)
 		finding("dev_close");
 	dev = NULL;
 	memset(keys, 0, sizeof(keys));
+	check_sentinel();
 	reset_pool();
 }
 
@@ -1992,8 +2382,10 @@ int fuzz_one(const uint8_t *data, size_t size)
 	 * the device does; bit 2: fast copy; bit 3: strict (monitor only);
 	 * bits 4-5: fault-around; bit 6: allocation failures; bit 7:
 	 * pinning. cfg2: bit 0 two exec workers, bit 1 SIGSEGV/SIGBUS
-	 * blocked, bit 2 bad caller buffers; all of it seeds the injected
-	 * failures. */
+	 * blocked, bit 2 bad caller buffers, bit 4 shared mappings are
+	 * SysV memory, bit 5 SIGSEGV/SIGBUS ignored, bit 6 the monitor's
+	 * userfaultfd replaced by a sentinel file;
+	 * all of it seeds the injected failures. */
 	ectx_manual = !(cfg & 1);
 	ctx_flags = ectx_manual ? UODP_CTX_MANUAL : 0;
 	ectx_pin = cfg & 0x80;
@@ -2028,7 +2420,22 @@ int fuzz_one(const uint8_t *data, size_t size)
 		mask_blocked = true;
 	}
 	ndead = 0;
+	churned = false;
 	bad_buffers = cfg2 & 4;
+	sysv_shared = cfg2 & 0x10;
+	fd_sabotage = cfg2 & 0x40;
+	/* cfg2 bit 5: SIGSEGV and SIGBUS ignored for the input, before the
+	 * device goes in front (finding 14). */
+	if (cfg2 & 0x20) {
+		struct sigaction ign;
+
+		memset(&ign, 0, sizeof(ign));
+		ign.sa_handler = SIG_IGN;
+		sigemptyset(&ign.sa_mask);
+		sigaction(SIGSEGV, &ign, NULL);
+		sigaction(SIGBUS, &ign, NULL);
+		sig_ignored = true;
+	}
 	r = uodp_dev_open(&attr, &dev);
 	if (r) {
 		if (r != -ENOSYS)
@@ -2128,6 +2535,17 @@ int fuzz_one(const uint8_t *data, size_t size)
 	if (mask_blocked) {
 		pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
 		mask_blocked = false;
+	}
+	if (sig_ignored) {
+		/* After the mask: a signal raised while blocked is pending
+		 * and reaches the device's handler, which drops it as
+		 * SIG_IGN would. The dispositions from before the first device: the next
+		 * uodp_dev_open() finds them on its chain and cuts SIG_IGN
+		 * off it, so a real crash in a later input still reaches the
+		 * sanitizer's (or libFuzzer's) handler. */
+		sigaction(SIGSEGV, &orig_sa[0], NULL);
+		sigaction(SIGBUS, &orig_sa[1], NULL);
+		sig_ignored = false;
 	}
 	return 0;
 }

@@ -185,7 +185,8 @@ int main(int argc, char **argv)
 	       "async), %llu bytes and %llu words checked (%llu not), %llu "
 	       "errors "
 	       "returned, %llu allocation failures injected, %llu monitor "
-	       "skips, %llu findings (%llu stale), %.1f s\n",
+	       "skips, %llu findings (%llu stale), %llu known open bugs "
+	       "tolerated, %.1f s\n",
 	       (unsigned long long)s->inputs, (unsigned long long)s->ops,
 	       (unsigned long long)s->dev_ops, (unsigned long long)s->async_ops,
 	       (unsigned long long)s->bytes_checked,
@@ -196,6 +197,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)s->skipped_monitor,
 	       (unsigned long long)s->findings,
 	       (unsigned long long)s->findings_of[FIND_STALE],
+	       (unsigned long long)s->known,
 	       (double)(t1.tv_sec - t0.tv_sec) +
 		       (t1.tv_nsec - t0.tv_nsec) / 1e9);
 	if (expect >= 0) {
