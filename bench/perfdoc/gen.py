@@ -270,6 +270,8 @@ cmake --build /tmp/b-perf -j2
 cmake --build /tmp/b-perf-t -j2 --target test_ucm_rcache test_ucp_rcache
 bench/perfdoc/run.sh /tmp/b-perf /tmp/b-perf-t /tmp/perfrun
 bench/perfdoc/gen.py /tmp/perfrun /tmp/perfrun/csv docs/PERFORMANCE.md
+mkdir -p /tmp/b-perf/bench-csv && cp /tmp/perfrun/csv/*.csv /tmp/b-perf/bench-csv/
+cmake -DUODP_PLOTS_DIR=$PWD/docs/img /tmp/b-perf
 cmake --build /tmp/b-perf --target plots-render   # CSVs -> docs/img/*.png
 ```
 
