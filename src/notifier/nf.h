@@ -167,6 +167,7 @@ struct nf_state {
 	uint64_t ring_head, ring_tail; /* sequence numbers: pop, push */
 	struct unf_sub *ovf_list;      /* subs with ovf_set, FIFO */
 	struct unf_sub *ovf_last;
+	bool ring_kick; /* something queued since the relay was woken */
 
 	struct {
 		_Atomic uint64_t unmap, remove, remap, other, wakeups, fences,

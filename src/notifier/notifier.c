@@ -221,6 +221,7 @@ static void relay_queue(struct unf_sub *sub, uint64_t s, uint64_t e,
 		sub->inflight++;
 		nf_stat_inc(&nf.st.coalesced);
 	}
+	nf.ring_kick = true;
 	nf_unlock(&nf.ring_lock);
 }
 
@@ -460,12 +461,18 @@ static bool drain(void)
 			fence_put(sub);
 	}
 	nf_unlock(&nf.subs_lock);
-	if (any) {
+	if (any)
 		nf_stat_inc(&nf.st.wakeups);
-		nf_lock(&nf.ring_lock);
+	/* Wake the relay only when something was queued for it: waking an
+	 * idle relay for every event is a system call, and with the
+	 * unmapping thread on the same CPU a context switch it waits
+	 * behind (the 4 KiB one-CPU rows of the notify suite). */
+	nf_lock(&nf.ring_lock);
+	if (nf.ring_kick) {
+		nf.ring_kick = false;
 		pthread_cond_signal(&nf.ring_cv);
-		nf_unlock(&nf.ring_lock);
 	}
+	nf_unlock(&nf.ring_lock);
 	return ok;
 }
 
@@ -973,6 +980,7 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 	 * relay is a system call, and on one CPU a context switch). */
 	if (relay) {
 		nf_lock(&nf.ring_lock);
+		nf.ring_kick = false;
 		pthread_cond_signal(&nf.ring_cv);
 		nf_unlock(&nf.ring_lock);
 	}
