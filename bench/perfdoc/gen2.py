@@ -66,7 +66,10 @@ In the library (issues 8 - 11):
   start: quadratic); a device operation takes one cancellation-state pair
   and one counter less, and a fault one region-lock round trip less; the
   hooks' intercepted madvise no longer checks the descriptor's identity
-  with two system calls per call.
+  with two system calls per call; the monitor thread wakes the relay
+  thread only when it queued work for it (it signalled it after every
+  event: with the unmapping thread on the same CPU, a context switch that
+  thread waited behind).
 
 In the benchmarks (0.2's first run was the first with them):
 
@@ -396,8 +399,10 @@ callback has run well before the call returns (munmap of 4 KiB: done after
 monitor on the unmapping thread's CPU, the unmapping thread gets the CPU
 back only when the monitor thread blocks again, and uodp's monitor ends
 the invalidation and finishes its bookkeeping before it blocks, where the
-bare monitor goes straight back to `poll()`. That reading is drawn from the
-rows, not from a trace of this run. The in-thread hooks (above) avoid the
+bare monitor goes straight back to `poll()` (two system calls that check
+the descriptor is still ours come before each read: the guarantee that the
+monitor never reads an application's file under a reused number). That
+reading is drawn from the rows, not from a trace of this run. The in-thread hooks (above) avoid the
 round trip altogether. 0.1 met the 4 KiB same-CPU rows on its machine
 with its per-context monitor (lowest ratios 0.95 - 0.97); the machines
 differ. %s
