@@ -179,8 +179,10 @@ struct uodp_ctx_ops {
  * optional. Pinned pages are locked memory: the application's own
  * madvise(MADV_DONTNEED/MADV_FREE) on them fails with EINVAL while they
  * are pinned (the kernel refuses it on mlocked pages). mremap() moves the
- * lock with the pages: with the kernel monitor the destination is
- * unlocked when the monitor handles the move, before the REMAP's callback
+ * lock with the pages: with the kernel monitor the destination (and the
+ * part a growing move added) is unlocked when the move is handled (by
+ * the monitor, or in the calling thread under libuodp-hooks), before the
+ * REMAP's callback
  * (like any invalidation, that may be just after mremap() returns); a
  * MANUAL context must invalidate pinned memory before it moves it (after,
  * the lock stays at the destination). */

@@ -144,6 +144,38 @@ static void mremap_pinned(unsigned flags)
 	t_unmap_pages(buf, 4, 8);
 }
 
+/* A move that grows the mapping (what realloc() of a large block does):
+ * the kernel locks the new tail too, which the REMAP does not report. */
+static void test_pinned_mremap_grow(void **state)
+{
+	struct uodp_ctx *ctx;
+	char *buf, *dst, *p;
+	struct uodp_umem *u;
+	long kb = (long)(page / 1024), base;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	ctx = t_ctx(UODP_CTX_PIN);
+	buf = t_buf(8);
+	dst = t_map(8, PROT_NONE, MAP_PRIVATE);
+	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
+	base = vmlck_kb();
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_locked(base + 4 * kb);
+	p = mremap(buf, 4 * page, 8 * page, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	assert_ptr_equal(p, dst);
+	t_rec_wait(0, u, buf, t_pg(buf, 4), UODP_EVENT_REMAP, 10);
+	t_wait_sync(ctx);
+	assert_locked(base);
+	assert_int_equal(madvise(dst, 8 * page, MADV_DONTNEED), 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_locked(base);
+	t_unmap(dst, 8);
+	t_unmap_pages(buf, 4, 8);
+}
+
 static void test_pinned_mremap_monitor(void **state)
 {
 	(void)state;
@@ -357,6 +389,7 @@ int main(void)
 		cmocka_unit_test(test_destroy_pinned),
 		cmocka_unit_test(test_pinned_mremap_monitor),
 		cmocka_unit_test(test_pinned_mremap_manual),
+		cmocka_unit_test(test_pinned_mremap_grow),
 		cmocka_unit_test(test_pinning_memlock_limit),
 	};
 

@@ -17,13 +17,16 @@
  * destination would stay locked for good, and the application's own
  * MADV_DONTNEED on it would fail (issue 12, finding 15's semantics change
  * on memory uodp no longer pins). With the kernel monitor the notifier
- * reports the destination first (pin_moved()); a manual context must
- * invalidate before it moves pinned memory (uodp.h).
+ * reports the destination first (pin_moved(); the hooks' in-thread mremap
+ * too), and a move that grows the mapping has its new tail unlocked as
+ * well; a manual context must invalidate before it moves pinned memory
+ * (uodp.h).
  */
 #include <errno.h>
 #include <sys/mman.h>
 
 #include "engine/internal.h"
+#include "notifier/notifier.h" /* unf_map_end() */
 
 /* Drop one reference of @n pages from page number @pg; pin_lock held.
  * Lowering a count never allocates, so this cannot fail and is safe on the
@@ -140,12 +143,48 @@ void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n)
 	ulock_unlock(&ctx->pin_lock);
 }
 
+/*
+ * A move that also grows (mremap to a larger size) makes the new tail
+ * part of the locked mapping: the kernel populates and locks it. The
+ * REMAP reports the old length only, so the tail is found in the maps:
+ * up to @end, the end of the mapping that held the last moved page before
+ * we unlocked anything (a munlock splits it; a moved mapping merges with
+ * no neighbour that has pages of its own). Pages we pin there ourselves
+ * stay locked. pin_lock held; no allocation.
+ */
+static void unlock_grown_tail(struct uodp_ctx *ctx, uint64_t pg, uint64_t end)
+{
+	unsigned shift = ctx->page_shift;
+	uint64_t i, run = 0, len = 0;
+
+	if (end <= pg << shift)
+		return;
+	for (i = pg; i < end >> shift; i++) {
+		if (pgt_get(&ctx->pins, i)) {
+			if (len)
+				munlock((void *)(run << shift), len << shift);
+			len = 0;
+			continue;
+		}
+		if (!len)
+			run = i;
+		len++;
+	}
+	if (len)
+		munlock((void *)(run << shift), len << shift);
+}
+
 void pin_moved(struct uodp_ctx *ctx, uint64_t from, uint64_t to, uint64_t n)
 {
 	unsigned shift = ctx->page_shift;
 	uint64_t src = from >> shift, dst = to >> shift, i, run = 0, len = 0;
+	uint64_t tail_end;
 
 	ulock_lock(&ctx->pin_lock);
+	/* Where the moved mapping ends now, before a munlock splits it. */
+	if (!n || !pgt_get(&ctx->pins, src + n - 1) ||
+	    unf_map_end((dst + n - 1) << shift, &tail_end))
+		tail_end = 0;
 	for (i = 0; i < n; i++) {
 		/* Locked by us at the source, and not pinned by us at the
 		 * destination meanwhile (a fault there after the move). */
@@ -164,5 +203,7 @@ void pin_moved(struct uodp_ctx *ctx, uint64_t from, uint64_t to, uint64_t n)
 	}
 	if (len)
 		munlock((void *)(run << shift), len << shift);
+	if (tail_end)
+		unlock_grown_tail(ctx, dst + n, tail_end);
 	ulock_unlock(&ctx->pin_lock);
 }

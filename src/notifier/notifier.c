@@ -951,6 +951,31 @@ bool nf_trylock(struct nf_lock *l)
  * No event is read, so the epoch and the unmap log are not touched: the
  * caller (intercept.c) has already cut the pieces it took out.
  */
+static int map_end_fn(const struct uffd_map *m, void *arg)
+{
+	*(uint64_t *)arg = m->end;
+	return 1;
+}
+
+int unf_map_end(uint64_t addr, uint64_t *end)
+{
+	uint64_t e = 0;
+	int r, cs;
+
+	/* open() and read() are cancellation points, and callers hold
+	 * locks (the hooks' in-thread delivery runs on an application
+	 * thread). */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cs);
+	r = uffd_for_each_map(addr, addr + 1, map_end_fn, &e);
+	pthread_setcancelstate(cs, NULL);
+	if (r < 0)
+		return r;
+	if (!e)
+		return -ENOENT;
+	*end = e;
+	return 0;
+}
+
 void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 		      const enum unf_event *ev, unsigned n)
 {
@@ -965,6 +990,12 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 		if (sub->flags & UNF_DEFERRED)
 			relay = true;
 	}
+	/* A move in the calling thread (the hooks' mremap): the source's
+	 * REMAP, then the destination's UNMAP, as the kernel would report
+	 * it (the destination first, see unf_ops.moved). */
+	for (i = 0; i + 1 < n; i++)
+		if (ev[i] == UNF_REMAP && ev[i + 1] == UNF_UNMAP)
+			moved(start[i], start[i + 1], end[i] - start[i]);
 	for (i = 0; i < n; i++)
 		deliver(start[i], end[i], ev[i]);
 	for (sub = nf.subs; sub; sub = sub->next) {

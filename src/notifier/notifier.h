@@ -172,6 +172,12 @@ struct unf_stats {
 	uint64_t subscribers;
 };
 void unf_get_stats(struct unf_stats *out);
+
+/* The end of the mapping that holds @addr (from /proc/self/maps, read into
+ * a stack buffer: no allocation, so callable on the monitor thread): 0 and
+ * *end, -ENOENT when no mapping holds it, -errno when the maps cannot be
+ * read. */
+int unf_map_end(uint64_t addr, uint64_t *end);
 pid_t unf_monitor_tid(void); /* 0 when no notifier runs */
 bool unf_pending(void);	     /* events queued in the kernel, unread */
 
