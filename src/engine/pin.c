@@ -28,32 +28,48 @@
 #include "engine/internal.h"
 #include "notifier/notifier.h" /* unf_map_end() */
 
+/* Consecutive pages to munlock() with one system call: add pages in
+ * ascending order, flush at the end (munlock fails harmlessly with ENOMEM
+ * where a page is unmapped). */
+struct unlock_run {
+	uint64_t first, n;
+	unsigned shift;
+};
+
+static void run_flush(struct unlock_run *r)
+{
+	if (r->n)
+		munlock((void *)(r->first << r->shift), r->n << r->shift);
+	r->n = 0;
+}
+
+static void run_add(struct unlock_run *r, uint64_t pg)
+{
+	if (r->n && r->first + r->n != pg)
+		run_flush(r);
+	if (!r->n)
+		r->first = pg;
+	r->n++;
+}
+
 /* Drop one reference of @n pages from page number @pg; pin_lock held.
  * Lowering a count never allocates, so this cannot fail and is safe on the
- * monitor thread. Pages whose last reference goes are unlocked, a run at a
- * time (munlock fails harmlessly with ENOMEM where a page is unmapped). */
+ * monitor thread. Pages whose last reference goes are unlocked. */
 static void unref_locked(struct uodp_ctx *ctx, uint64_t pg, uint64_t n)
 {
-	uint64_t i, refs, run = 0, len = 0;
-	unsigned shift = ctx->page_shift;
+	struct unlock_run run = { .shift = ctx->page_shift };
+	uint64_t i, refs;
 
+	ulock_assert_held(&ctx->pin_lock);
 	for (i = 0; i < n; i++) {
 		refs = pgt_get(&ctx->pins, pg + i);
 		if (!refs)
 			continue;
 		pgt_set(&ctx->pins, pg + i, refs - 1);
-		if (refs != 1)
-			continue;
-		if (len && run + len != pg + i) {
-			munlock((void *)(run << shift), len << shift);
-			len = 0;
-		}
-		if (!len)
-			run = pg + i;
-		len++;
+		if (refs == 1)
+			run_add(&run, pg + i);
 	}
-	if (len)
-		munlock((void *)(run << shift), len << shift);
+	run_flush(&run);
 }
 
 /* mlock() pages [first, first + len) of page numbers; pin_lock held. On
@@ -144,66 +160,32 @@ void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n)
 }
 
 /*
- * A move that also grows (mremap to a larger size) makes the new tail
- * part of the locked mapping: the kernel populates and locks it. The
- * REMAP reports the old length only, so the tail is found in the maps:
- * up to @end, the end of the mapping that held the last moved page before
- * we unlocked anything (a munlock splits it; a moved mapping merges with
- * no neighbour that has pages of its own). Pages we pin there ourselves
- * stay locked. pin_lock held; no allocation.
+ * mremap() moved @n pages from @from to @to. Unlocked at the destination:
+ * the pages we had locked at the source, and, when the move also grew the
+ * mapping (the kernel populates and locks the new tail; the REMAP reports
+ * the old length only), the tail: up to the end of the mapping that holds
+ * the last moved page, read before a munlock splits it (a moved mapping
+ * merges with no neighbour that has pages of its own). Pages we pin at the
+ * destination ourselves (a fault there after the move) stay locked. No
+ * allocation: the monitor thread's rules.
  */
-static void unlock_grown_tail(struct uodp_ctx *ctx, uint64_t pg, uint64_t end)
-{
-	unsigned shift = ctx->page_shift;
-	uint64_t i, run = 0, len = 0;
-
-	if (end <= pg << shift)
-		return;
-	for (i = pg; i < end >> shift; i++) {
-		if (pgt_get(&ctx->pins, i)) {
-			if (len)
-				munlock((void *)(run << shift), len << shift);
-			len = 0;
-			continue;
-		}
-		if (!len)
-			run = i;
-		len++;
-	}
-	if (len)
-		munlock((void *)(run << shift), len << shift);
-}
-
 void pin_moved(struct uodp_ctx *ctx, uint64_t from, uint64_t to, uint64_t n)
 {
+	struct unlock_run run = { .shift = ctx->page_shift };
 	unsigned shift = ctx->page_shift;
-	uint64_t src = from >> shift, dst = to >> shift, i, run = 0, len = 0;
-	uint64_t tail_end;
+	uint64_t src = from >> shift, dst = to >> shift, i, end = 0;
 
 	ulock_lock(&ctx->pin_lock);
-	/* Where the moved mapping ends now, before a munlock splits it. */
 	if (!n || !pgt_get(&ctx->pins, src + n - 1) ||
-	    unf_map_end((dst + n - 1) << shift, &tail_end))
-		tail_end = 0;
-	for (i = 0; i < n; i++) {
-		/* Locked by us at the source, and not pinned by us at the
-		 * destination meanwhile (a fault there after the move). */
-		bool ours = pgt_get(&ctx->pins, src + i) &&
-			    !pgt_get(&ctx->pins, dst + i);
-
-		if (len && (!ours || run + len != dst + i)) {
-			munlock((void *)(run << shift), len << shift);
-			len = 0;
-		}
-		if (!ours)
-			continue;
-		if (!len)
-			run = dst + i;
-		len++;
-	}
-	if (len)
-		munlock((void *)(run << shift), len << shift);
-	if (tail_end)
-		unlock_grown_tail(ctx, dst + n, tail_end);
+	    unf_map_end((dst + n - 1) << shift, &end))
+		end = 0; /* no tail of ours to look for */
+	for (i = 0; i < n; i++)
+		if (pgt_get(&ctx->pins, src + i) &&
+		    !pgt_get(&ctx->pins, dst + i))
+			run_add(&run, dst + i);
+	for (i = dst + n; i < end >> shift; i++)
+		if (!pgt_get(&ctx->pins, i))
+			run_add(&run, i);
+	run_flush(&run);
 	ulock_unlock(&ctx->pin_lock);
 }

@@ -245,8 +245,8 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 {
 	struct rindex_garbage garbage;
 	struct uodp_ctx *ctx;
-	bool free_ctx, was, manual;
-	int r, cs;
+	bool free_ctx, was, nocancel;
+	int r, cs = 0;
 
 	if (!umem_valid(umem))
 		return -EINVAL;
@@ -264,8 +264,9 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	/* The notifier's unregistration, as in get; a manual context has
 	 * none, and only freeing the context (below) may reach a
 	 * cancellation point (close). */
-	manual = ctx->flags & UODP_CTX_MANUAL;
-	cs = manual ? 0 : nocancel_begin();
+	nocancel = !(ctx->flags & UODP_CTX_MANUAL);
+	if (nocancel)
+		cs = nocancel_begin();
 	umem_drop_range(umem, umem->start, umem->end, false);
 	ctx_unwatch(ctx, umem->start, umem->end);
 	/* Whether we free the context is decided under the write lock, as
@@ -278,12 +279,12 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	rindex_free_garbage(NULL, &garbage); /* touches no index */
 	umem_put(umem); /* a relay walk may still hold it */
 	if (free_ctx) {
-		if (manual)
+		if (!nocancel)
 			cs = nocancel_begin();
+		nocancel = true;
 		ctx_release(ctx);
-		manual = false;
 	}
-	if (!manual)
+	if (nocancel)
 		nocancel_end(cs);
 	return 0;
 }

@@ -944,13 +944,6 @@ bool nf_trylock(struct nf_lock *l)
 	return true;
 }
 
-/*
- * The same steps as drain() for a kernel event, on the calling thread:
- * strict subscribers fenced, each event to every subscriber (begin, then
- * finish or a finish queued to the relay), unfence after the last finish.
- * No event is read, so the epoch and the unmap log are not touched: the
- * caller (intercept.c) has already cut the pieces it took out.
- */
 static int map_end_fn(const struct uffd_map *m, void *arg)
 {
 	*(uint64_t *)arg = m->end;
@@ -976,6 +969,13 @@ int unf_map_end(uint64_t addr, uint64_t *end)
 	return 0;
 }
 
+/*
+ * The same steps as drain() for a kernel event, on the calling thread:
+ * strict subscribers fenced, each event to every subscriber (begin, then
+ * finish or a finish queued to the relay), unfence after the last finish.
+ * No event is read, so the epoch and the unmap log are not touched: the
+ * caller (intercept.c) has already cut the pieces it took out.
+ */
 void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 		      const enum unf_event *ev, unsigned n)
 {

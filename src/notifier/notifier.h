@@ -72,9 +72,10 @@ struct unf_ops {
 		       enum unf_event ev, unsigned merged);
 	void (*fence)(void *owner);   /* UNF_STRICT only */
 	void (*unfence)(void *owner); /* UNF_STRICT only */
-	/* Optional, for a kernel REMAP only: [from, from + len) moved to
-	 * [to, to + len). Called on the monitor thread before the REMAP's
-	 * begin, with the same rules (no allocation, no unmapping). The
+	/* Optional, for a move only: [from, from + len) moved to
+	 * [to, to + len). Called before the REMAP's begin, under the same
+	 * rules (no allocation, no unmapping), on the monitor thread for a
+	 * kernel event or on the calling thread for the hooks' mremap. The
 	 * kernel moves per-mapping state with the pages (VM_LOCKED: an
 	 * mlock), which a subscriber may have to undo at the destination. */
 	void (*moved)(void *owner, uint64_t from, uint64_t to, uint64_t len);
