@@ -605,13 +605,15 @@ static void suite_reg(const struct bench_opts *o)
 	uint64_t pin_cap = o->quick ? 1 * GiB : 8 * GiB;
 	uint64_t memlock = bench_raise_memlock();
 	uint64_t phys = (uint64_t)sysconf(_SC_PHYS_PAGES) * page_size();
-	double *s = calloc(reps, sizeof(double));
-	double *rel = calloc(reps, sizeof(double));
+	/* s / rel: [size][rep] of get / release; b: a baseline's samples. */
+	double *s = calloc((size_t)reps * nsizes, sizeof(double));
+	double *rel = calloc((size_t)reps * nsizes, sizeof(double));
+	double *b = calloc(reps, sizeof(double));
 	double med_min = INFINITY, med_max = 0;
 	struct uodp_ctx *ctx = manual_ctx();
 	void *area;
 
-	if (!s || !rel || !ctx)
+	if (!s || !rel || !b || !ctx)
 		goto out;
 	if (pin_cap > phys / 2)
 		pin_cap = phys / 2;
@@ -624,18 +626,14 @@ static void suite_reg(const struct bench_opts *o)
 	}
 	bench_warmup(256 * MiB);
 
-	for (i = 0; i < nsizes; i++) {
-		struct bench_row r =
-			bench_row("reg", "umem_get", (double)sizes[i], "us");
-		struct bench_row rr = bench_row("reg", "umem_release",
-						(double)sizes[i], "us");
-		struct uodp_umem *um;
-		unsigned breps;
-		int err = 0;
-
-		bench_fmt_bytes(sizes[i], r.param, sizeof(r.param));
-		memcpy(rr.param, r.param, sizeof(r.param));
-		for (k = 0; k < reps + 20; k++) {
+	/* The sizes interleaved, one get + release of each per round: the
+	 * flatness target compares their medians, and measured one size
+	 * after another they followed the machine's load of the moment
+	 * (2.07 in one run, 1.14 in the next). The first 20 rounds warm
+	 * caches up. */
+	for (k = 0; k < reps + 20; k++) {
+		for (i = 0; i < nsizes; i++) {
+			struct uodp_umem *um;
 			uint64_t t0, t1, t2;
 			int e;
 
@@ -649,13 +647,25 @@ static void suite_reg(const struct bench_opts *o)
 			}
 			uodp_umem_release(um);
 			t2 = bench_now_ns();
-			if (k >= 20) { /* the first 20 warm caches up */
-				s[k - 20] = ns_to(t1 - t0, "us");
-				rel[k - 20] = ns_to(t2 - t1, "us");
+			if (k >= 20) {
+				s[i * reps + k - 20] = ns_to(t1 - t0, "us");
+				rel[i * reps + k - 20] = ns_to(t2 - t1, "us");
 			}
 		}
-		bench_stats(s, reps, &r.v);
-		bench_stats(rel, reps, &rr.v);
+	}
+
+	for (i = 0; i < nsizes; i++) {
+		struct bench_row r =
+			bench_row("reg", "umem_get", (double)sizes[i], "us");
+		struct bench_row rr = bench_row("reg", "umem_release",
+						(double)sizes[i], "us");
+		unsigned breps;
+		int err = 0;
+
+		bench_fmt_bytes(sizes[i], r.param, sizeof(r.param));
+		memcpy(rr.param, r.param, sizeof(r.param));
+		bench_stats(&s[i * reps], reps, &r.v);
+		bench_stats(&rel[i * reps], reps, &rr.v);
 
 		r.base_name = "pinned mlock+populate";
 		r.rk = BR_TIME;
@@ -689,14 +699,14 @@ static void suite_reg(const struct bench_opts *o)
 			}
 			(void)pinned_once(sizes[i], lock, &err); /* warm-up */
 			for (k = 0; k < breps && !err; k++)
-				s[k] = ns_to(pinned_once(sizes[i], lock, &err),
+				b[k] = ns_to(pinned_once(sizes[i], lock, &err),
 					     "us");
 			if (err) {
 				r.base_na = true;
 				r.base_note =
 					"baseline failed (mlock/populate)";
 			} else {
-				bench_stats(s, breps, &r.b);
+				bench_stats(b, breps, &r.b);
 			}
 		}
 		bench_emit(&r);
@@ -718,6 +728,7 @@ out:
 		uodp_ctx_destroy(ctx);
 	free(s);
 	free(rel);
+	free(b);
 }
 
 /* ---------------------------------------------------------------------- */

@@ -784,7 +784,8 @@ w("""## The 0.1 suites
 
 `uodp_umem_get` / `release` of reserved address space
 (`mmap(PROT_NONE, MAP_NORESERVE)`) on a manual context, 2000 calls per
-size, each timed, against pinned registration of the same size: fresh
+size, each timed, the sizes interleaved (one get + release of each per
+round), against pinned registration of the same size: fresh
 memory `mlock()`ed and populated with `MADV_POPULATE_WRITE` (real pinning
 at every size now, see What changed); the baseline really allocates
 memory, so it stops at the run's cap of 8 GiB (largest size measured: %s).
@@ -797,20 +798,17 @@ g = rowsof(lambda r: r["suite"] == "reg" and r["case"] == "umem_release")
 small = [r for r in g if r["x"] and r["x"] < 2 * 1024 * 1024]
 big = [r for r in g if r["x"] and r["x"] >= 2 * 1024 * 1024]
 w("""
-**Releasing a small region** (4 KiB, 64 KiB: %s µs median) costs more
-than releasing a larger one (%s µs). A `perf record -g` profile of a
-throw-away loop (`uodp_umem_get` + `release` of one 4 KiB region on an
-otherwise empty manual context, 200,000 times, Release build of the same
-tree, made before this run) puts 64 %% of the samples in `rindex_remove`,
-nearly all in the scans of the radix inner nodes for emptiness
-(`inner_empty`: 512 pointers per level, three levels) that run when the
-removed region was the last one below them; the next insert then rebuilds
-the path. A region alone in its 2 MiB of address space (the `reg` suite's
-case) pays this at every release; regions larger than 64 KiB live in the
-B+-tree and do not. In the monitored-context rows of issue 9 the anchor
-region shares the radix leaf, so the scan stops early (release
-%s µs there). A count of children per radix node would remove the scan.
-""" % (span(small, "median"), span(big, "median"), sig(R("reg", "umem_release monitored", "4 KiB")["median"])))
+**Releasing a small region** (4 KiB, 64 KiB: %s µs median) against a
+larger one (%s µs). Until this pass a small region's release cost
+0.67 µs: a `perf record -g` profile of a get + release loop of one 4 KiB
+region on an empty manual context put 64 %% of it in `rindex_remove`,
+scanning radix inner nodes for emptiness (512 pointers per level, three
+levels) when the removed region was the last one below them, which a
+region alone in its 2 MiB (this suite's case) is at every release. Each
+radix node now counts its children, so that release no longer scans
+(`rindex_check` verifies the counts; `test_rindex` fails when one is
+off).
+""" % (span(small, "median"), span(big, "median")))
 
 w("""### Fault path (suite `map`)
 
