@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libuodp-hooks.so - in-thread invalidation for libc's munmap, mremap,
- * madvise, mmap(MAP_FIXED) and shmdt (see src/notifier/intercept.h).
+ * madvise, mmap(MAP_FIXED), shmat(SHM_REMAP) and shmdt (see
+ * src/notifier/intercept.h).
  *
  * Preload it (LD_PRELOAD=libuodp-hooks.so) or link it before libc. Each
  * wrapper calls the real function (dlsym(RTLD_NEXT)); over memory that
@@ -49,12 +50,14 @@ typedef int munmap_fn(void *, size_t);
 typedef void *mremap_fn(void *, size_t, size_t, int, ...);
 typedef int madvise_fn(void *, size_t, int);
 typedef int shmdt_fn(const void *);
+typedef void *shmat_fn(int, const void *, int);
 typedef void *mmap_fn(void *, size_t, int, int, int, off_t);
 
 static munmap_fn *real_munmap;
 static mremap_fn *real_mremap;
 static madvise_fn *real_madvise;
 static shmdt_fn *real_shmdt;
+static shmat_fn *real_shmat;
 static mmap_fn *real_mmap;
 
 static void *next_sym(const char *name)
@@ -81,6 +84,8 @@ __attribute__((constructor)) static void hooks_init(void)
 	memcpy(&real_madvise, &p, sizeof(p));
 	p = next_sym("shmdt");
 	memcpy(&real_shmdt, &p, sizeof(p));
+	p = next_sym("shmat");
+	memcpy(&real_shmat, &p, sizeof(p));
 	p = next_sym("mmap");
 	memcpy(&real_mmap, &p, sizeof(p));
 	busy--;
@@ -385,6 +390,59 @@ EXPORT int shmdt(const void *addr)
 		r = call_shmdt(addr);
 		err = errno;
 		o->after(&ic, r == 0);
+		errno = err;
+	}
+	busy--;
+	return r;
+}
+
+static void *call_shmat(int id, const void *addr, int flg)
+{
+	if (real_shmat)
+		return real_shmat(id, addr, flg);
+	return (void *)syscall(SYS_shmat, id, addr, flg);
+}
+
+/*
+ * shmat(SHM_REMAP) replaces what is mapped at the address, and the kernel
+ * sends no userfaultfd event for it (the attach maps without the unmap
+ * bookkeeping that munmap and mmap(MAP_FIXED) do): without the hooks
+ * nothing tells the subscribers. Handled like mmap(MAP_FIXED): UNMAP of
+ * the range the segment will cover, whose size IPC_STAT gives (a caller
+ * allowed to attach may read it: both need read permission). Any other
+ * attach maps only where nothing is: no event is due.
+ */
+EXPORT void *shmat(int id, const void *addr, int flg)
+{
+	const struct uodp_icpt_ops *o = fast();
+	struct uodp_icpt ic;
+	struct shmid_ds ds;
+	uintptr_t a = (uintptr_t)addr;
+	void *r;
+	int err = errno;
+
+	if (!o || !addr || !(flg & SHM_REMAP))
+		return call_shmat(id, addr, flg);
+	if (flg & SHM_RND)
+		a &= ~(uintptr_t)(SHMLBA - 1);
+	if (shmctl(id, IPC_STAT, &ds) ||
+	    !span((void *)a, ds.shm_segsz, &ic.r[0].start, &ic.r[0].end) ||
+	    !maybe(o, ic.r[0].start, ic.r[0].end)) {
+		errno = err;
+		return call_shmat(id, addr, flg);
+	}
+	busy++;
+	ic.nr = 1;
+	ic.flags = 0;
+	ic.r[0].ev = UODP_ICPT_UNMAP;
+	if (o->before(&ic) <= 0) {
+		errno = err;
+		r = call_shmat(id, addr, flg);
+	} else {
+		errno = err;
+		r = call_shmat(id, addr, flg);
+		err = errno;
+		o->after(&ic, r != (void *)-1);
 		errno = err;
 	}
 	busy--;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * uodp_hooks.h - the few functions libuodp-hooks.so exports besides its
- * libc wrappers (munmap, mremap, madvise, mmap, mmap64, shmdt). Programs
+ * libc wrappers (munmap, mremap, madvise, mmap, mmap64, shmat, shmdt). Programs
  * that only preload the library need none of them; tests and benchmarks
  * use them to switch the fast path and read its counters.
  */

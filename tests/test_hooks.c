@@ -504,6 +504,52 @@ static void test_shmdt(void **st)
 	both_covered(A(p), A(p) + 4 * pg, UNF_UNMAP);
 }
 
+/* shmat(SHM_REMAP) over watched memory: the kernel sends no event (shown
+ * with the fast path off first), the hooks deliver the UNMAP. */
+static void test_shmat_remap(void **st)
+{
+	int (*en)(int) = (int (*)(int))dlsym(RTLD_DEFAULT, "uodp_hooks_enable");
+	int id = shmget(IPC_PRIVATE, 2 * pg, IPC_CREAT | 0600);
+	char *p = map_pages(8), *q;
+	uint64_t s = A(p), e = s + 8 * pg;
+	struct snap a, b;
+
+	(void)st;
+	assert_non_null(en);
+	if (id < 0) {
+		munmap(p, 8 * pg);
+		skip();
+		return;
+	}
+	watch_both(s, e);
+	/* Without the fast path: no kernel event, no delivery (the kernel
+	 * would have been read before shmat returned). */
+	en(0);
+	snap(&a);
+	q = shmat(id, p + 2 * pg, SHM_REMAP);
+	snap(&b);
+	en(1);
+	assert_true(q == p + 2 * pg);
+	assert_int_equal(b.k.unmap, a.k.unmap);
+	assert_int_equal(b.h.fast, a.h.fast);
+	assert_int_equal(nrec(plain), 0);
+	assert_int_equal(shmdt(q), 0); /* delivers an UNMAP of the hole */
+	unwatch_both(s, e);
+	refill(s + 2 * pg, s + 4 * pg);
+	/* With it: the hooks deliver the UNMAP of what the segment covers. */
+	watch_both(s, e);
+	snap(&a);
+	q = shmat(id, p + 4 * pg, SHM_REMAP);
+	assert_true(q == p + 4 * pg);
+	expect_fast(&a, 1);
+	both_covered(s + 4 * pg, s + 6 * pg, UNF_UNMAP);
+	q[0] = 7; /* the segment is there */
+	shmctl(id, IPC_RMID, NULL);
+	assert_int_equal(shmdt(q), 0);
+	unwatch_both(s, e);
+	munmap(p, 8 * pg);
+}
+
 static void test_unwatched(void **st)
 {
 	char *p = map_pages(4);
@@ -775,6 +821,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_madvise_free),
 		cmocka_unit_test(test_mmap_fixed),
 		cmocka_unit_test(test_shmdt),
+		cmocka_unit_test(test_shmat_remap),
 		cmocka_unit_test(test_unwatched),
 		cmocka_unit_test(test_raw_syscall),
 		cmocka_unit_test(test_disabled),

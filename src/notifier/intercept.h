@@ -2,7 +2,7 @@
 /*
  * intercept.h - the contract between the notifier (in libuodp) and the
  * preload library libuodp-hooks.so (hooks/): the in-thread fast path for
- * munmap / mremap / madvise / mmap(MAP_FIXED) / shmdt.
+ * munmap / mremap / madvise / mmap(MAP_FIXED) / shmat(SHM_REMAP) / shmdt.
  *
  * Why: the kernel makes a thread that unmaps watched memory wait until the
  * monitor thread reads the event: two context switches (measured 11.7 us
