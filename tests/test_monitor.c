@@ -10,7 +10,8 @@
  * and that the engine's entries are gone. munmap() returns once the
  * monitor has READ the event, not handled it, so the tests wait for the
  * callback (a condition variable, bounded) and then for uodp_ctx_sync().
- * Also: two contexts over one buffer, SysV shm refused, deferred delivery
+ * Also: two contexts over one buffer, SysV shm refused (and taken by a
+ * lazily watched region, UODP_ACCESS_LAZY_WATCH), deferred delivery
  * (callback on the relay thread, release from the callback, the driver's
  * own lock around registrations), a munmap-and-reuse loop validated by
  * uodp_ctx_sync(), and 10^5 regions leaving no descriptor or mapping.
@@ -600,6 +601,107 @@ static void test_sysv_shm_refused(void **state)
 	}
 	assert_int_equal(shmdt(p), 0);
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+}
+
+/*
+ * UODP_ACCESS_LAZY_WATCH (uodp.h): the region registers nothing; each
+ * fault registers the mappings it reaches. SysV memory inside the range
+ * fails only the faults that reach it, a mapping no fault reached stays
+ * unregistered, and the munmap of one a fault reached still invalidates.
+ * Layout: 16 pages, SysV over pages 8-11, so anonymous mappings [0, 8)
+ * and [12, 16).
+ */
+static void test_lazy_watch(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(0);
+	struct uodp_umem *const sentinel = (struct uodp_umem *)(uintptr_t)8;
+	struct uodp_umem *u = sentinel;
+	const unsigned lazy = UODP_ACCESS_ALL | UODP_ACCESS_LAZY_WATCH;
+	int id = shmget(IPC_PRIVATE, 4 * page, IPC_CREAT | 0600);
+	char *buf = t_buf(16);
+	unsigned mark;
+
+	(void)state;
+	if (id < 0) {
+		t_unmap(buf, 16);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		t_skip("SysV shared memory unavailable (shmget)");
+	}
+	assert_true(shmat(id, t_pg(buf, 8), SHM_REMAP) == t_pg(buf, 8));
+	shmctl(id, IPC_RMID, NULL); /* goes with the detach */
+	memset(buf, 'a', 8 * page);
+	memset(t_pg(buf, 12), 'b', 4 * page);
+
+	/* Argument checks. */
+	assert_int_equal(uodp_umem_get(ctx, buf, page, UODP_ACCESS_LAZY_WATCH,
+				       &u),
+			 -EINVAL);
+	assert_int_equal(
+		uodp_umem_get(ctx, buf, page,
+			      UODP_ACCESS_WATCH | UODP_ACCESS_LAZY_WATCH, &u),
+		-EINVAL);
+	assert_ptr_equal(u, sentinel);
+	/* Watched at once, the range is refused as a whole... */
+	assert_int_equal(uodp_umem_get(ctx, buf, 16 * page, UODP_ACCESS_ALL,
+				       &u),
+			 -EOPNOTSUPP);
+	assert_ptr_equal(u, sentinel);
+	/* ... lazily, it is taken, and nothing is registered yet. */
+	u = t_get(ctx, buf, 16 * page, lazy);
+	assert_int_equal(uodp_umem_access(u), lazy);
+	assert_int_equal(t_uffd_watched(buf), 0);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 12)), 0);
+
+	/* A fault registers the mapping it reaches, and only that one. */
+	assert_int_equal(t_fault(u, buf, 2 * page, UODP_ACCESS_WRITE), 2);
+	assert_int_equal(t_uffd_watched(buf), 1);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 12)), 0);
+	/* The SysV pages fail the faults that reach them, only those: a
+	 * window running into them stops in front (finding 17). */
+	assert_int_equal(t_fault(u, t_pg(buf, 8), page, UODP_ACCESS_READ),
+			 -EOPNOTSUPP);
+	assert_int_equal(t_fault(u, t_pg(buf, 6), 4 * page, UODP_ACCESS_READ),
+			 2);
+	assert_int_equal(t_count(u, buf, 16), 4);
+	assert_int_equal(t_fault(u, t_pg(buf, 12), 4 * page, UODP_ACCESS_READ),
+			 4);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 12)), 1);
+
+	/* The munmap of what a fault reached is an event: no stale entry. */
+	mark = t_rec_count();
+	assert_int_equal(munmap(buf, 2 * page), 0);
+	t_rec_wait(mark, u, buf, t_pg(buf, 2), UODP_EVENT_UNMAP, EVENT_SEC);
+	t_wait_sync(ctx);
+	assert_int_equal(t_entry(u, buf), 0);
+	assert_int_equal(t_entry(u, t_pg(buf, 1)), 0);
+	assert_int_equal(t_count(u, buf, 16), 6);
+	mark = t_rec_count();
+	assert_int_equal(munmap(t_pg(buf, 14), 2 * page), 0);
+	t_rec_wait(mark, u, t_pg(buf, 14), t_pg(buf, 16), UODP_EVENT_UNMAP,
+		   EVENT_SEC);
+	t_wait_sync(ctx);
+	assert_int_equal(t_count(u, buf, 16), 4);
+
+	/* Released: nothing stays registered. */
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 2)), 0);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 12)), 0);
+	/* A manual context takes the flag and ignores it. */
+	{
+		struct uodp_ctx *m = t_ctx(UODP_CTX_MANUAL);
+
+		u = t_get(m, t_pg(buf, 2), 12 * page, lazy);
+		assert_int_equal(t_fault(u, t_pg(buf, 2), 12 * page,
+					 UODP_ACCESS_WRITE),
+				 12);
+		assert_int_equal(t_uffd_watched(t_pg(buf, 2)), 0);
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(m), 0);
+	}
+	assert_int_equal(shmdt(t_pg(buf, 8)), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap_pages(buf, 2, 8);
+	t_unmap_pages(buf, 12, 14);
 }
 
 /* Another userfaultfd already watches the memory: -EBUSY, nothing kept. */
@@ -1776,6 +1878,7 @@ int main(void)
 		cmocka_unit_test(test_cancel_pending_get),
 		cmocka_unit_test(test_two_contexts),
 		cmocka_unit_test(test_sysv_shm_refused),
+		cmocka_unit_test(test_lazy_watch),
 		cmocka_unit_test(test_foreign_uffd_ebusy),
 		cmocka_unit_test(test_emfile),
 		cmocka_unit_test(test_descriptors_replaced),

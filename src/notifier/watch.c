@@ -575,11 +575,14 @@ static int register_maps(struct mvec *v, int refused_err, bool *fresh)
  * Make sure the mappings overlapping [s, e) are registered (whole), and
  * make [s, e) part of one record: merged with the records it or its
  * mappings overlap, pieces updated. @refused_err: what a mapping the kernel
- * refuses means (0 for watch, -EOPNOTSUPP for prepare). On success *@out is
- * the record. On error nothing new stays registered and the records are
- * unchanged.
+ * refuses means (0 for watch, -EOPNOTSUPP for prepare). @lazy (a lazy
+ * watch): read and register nothing, only make the record; what is mapped
+ * in it is then a hole to the pieces, registered by the prepare of a fault
+ * that reaches it. On success *@out is the record. On error nothing new
+ * stays registered and the records are unchanged.
  */
-static int settle(uint64_t s, uint64_t e, int refused_err, struct nf_dom **out)
+static int settle(uint64_t s, uint64_t e, int refused_err, bool lazy,
+		  struct nf_dom **out)
 {
 	struct mvec v = { 0 };
 	struct nf_dom *d, *nd;
@@ -592,7 +595,7 @@ static int settle(uint64_t s, uint64_t e, int refused_err, struct nf_dom **out)
 	NF_ASSERT_HELD(&nf.watch_lock);
 	if (!nf_uffd_ok())
 		return -EBADF;
-	r = uffd_for_each_map(s, e, collect, &v);
+	r = lazy ? 0 : uffd_for_each_map(s, e, collect, &v);
 	if (r) {
 		r = r == -ENOMEM ? r : -ENOMEM;
 		goto out;
@@ -731,7 +734,7 @@ static void dom_free(struct nf_dom *d, bool unregister)
 	free(d);
 }
 
-int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
+int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end, bool lazy)
 {
 	struct nf_pair **pp, *np = NULL;
 	struct nf_dom *d;
@@ -746,8 +749,8 @@ int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
 	e = sync_log();
 	d = dom_first(start, end);
 	if (!d || dom_start(d) > start || dom_end(d) < end ||
-	    !pieces_cover(d, start, end)) {
-		r = settle(start, end, 0, &d);
+	    (!lazy && !pieces_cover(d, start, end))) {
+		r = settle(start, end, 0, lazy, &d);
 		if (r)
 			goto out;
 	}
@@ -818,7 +821,7 @@ int nf_prepare_slow(uint64_t start, uint64_t end, bool *settled)
 	s = start > dom_start(d) ? start : dom_start(d);
 	en = end < dom_end(last) ? end : dom_end(last);
 	nf_stat_inc(&nf.st.slow_prepares);
-	r = settle(s, en, -EOPNOTSUPP, &d);
+	r = settle(s, en, -EOPNOTSUPP, false, &d);
 	if (r)
 		goto out;
 	if (settled)
