@@ -615,17 +615,6 @@ static bool dev_documented(int r)
 	return false;
 }
 
-/* Set by dev_predict(): the access goes through an implicit key. */
-static bool judge_implicit;
-
-static bool any_sysv(void)
-{
-	for (int p = 0; p < POOL_PAGES; p++)
-		if (pages[p].st == P_MAPPED && pages[p].sysv)
-			return true;
-	return false;
-}
-
 /* Compare a result with the prediction: @pred 0 (must succeed), an errno
  * (must fail so), 1 (no prediction: any documented result). */
 static void judge(const char *what, int r, int pred, bool injected)
@@ -639,15 +628,6 @@ static void judge(const char *what, int r, int pred, bool injected)
 	}
 	if (pred == 1 || r == pred)
 		return;
-	/* An open library bug (fuzz/repro/README.md): with the monitor, an
-	 * implicit key's child region registers its whole 1 GiB and refuses
-	 * every access there once SysV memory is anywhere in it. */
-	if (r == -EOPNOTSUPP && judge_implicit && !dev_manual && any_sysv()) {
-		stats.known++;
-		judge_implicit = false;
-		return;
-	}
-	judge_implicit = false;
 	/* Which argument check comes first is the library's choice. */
 	if ((pred == -ERANGE || pred == -EPERM || pred == -EINVAL) &&
 	    (r == -ERANGE || r == -EPERM || r == -EINVAL))
@@ -1532,7 +1512,6 @@ static bool in_key(const struct fkey *k, uint64_t va, uint64_t len)
 static int dev_predict(const struct fkey *k, uint64_t va, uint64_t len,
 		       int prot, unsigned right)
 {
-	judge_implicit |= k->implicit;
 	if (!in_key(k, va, len))
 		return -ERANGE;
 	if (!(k->access & right))
