@@ -888,6 +888,86 @@ static void test_descriptors_replaced(void **state)
 		fail_msg("child failed (status %#x): %s", st, err);
 }
 
+/*
+ * The same, with the descriptor replaced inside the registration's window:
+ * after the notifier checked it and read the maps, before its
+ * UFFDIO_REGISTER (the fuzzer's "-ENOMEM, not -EBADF": the ioctl's ENOTTY
+ * from the file now at that number was taken for a shortage). Both a
+ * registration (@arg NULL: uodp_umem_get) and a fault that registers what
+ * it reaches (a lazily watched region: map_and_lock) must answer -EBADF,
+ * and leave the application's file alone.
+ */
+static int swap_fd = -1, swap_to = -1;
+
+static void swap_fd_hook(void)
+{
+	if (swap_fd >= 0 && dup2(swap_to, swap_fd) == swap_fd)
+		swap_fd = -1; /* once */
+}
+
+static void badf_register_child(void *arg)
+{
+	struct uodp_ctx *ctx = NULL;
+	struct uodp_umem *u = NULL, *v = NULL;
+	char *buf = mmap(NULL, page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	/* read-only: never merged with @buf's mapping (registered) */
+	char *other =
+		mmap(NULL, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int uffd = -1, prd, pwr, r;
+
+	if (buf == MAP_FAILED || other == MAP_FAILED ||
+	    uodp_ctx_create(&t_record_ops, 0, &ctx) ||
+	    uodp_umem_get(ctx, buf, page, UODP_ACCESS_ALL, &u))
+		_exit(2);
+	if (arg && uodp_umem_get(ctx, other, page,
+				 UODP_ACCESS_ALL | UODP_ACCESS_LAZY_WATCH, &v))
+		_exit(2);
+	unf_test_fds(&uffd, &prd, &pwr);
+	swap_to = open("/dev/null", O_RDWR);
+	if (uffd < 0 || swap_to < 0)
+		_exit(3);
+	swap_fd = uffd;
+	unf_test_hook_before_register = swap_fd_hook;
+	if (arg)
+		r = (int)uodp_umem_map_and_lock(v, other, page,
+						UODP_ACCESS_READ, 0);
+	else
+		r = uodp_umem_get(ctx, other, page, UODP_ACCESS_ALL, &v);
+	unf_test_hook_before_register = NULL;
+	if (swap_fd >= 0) {
+		fprintf(stderr, "no registration was made\n");
+		_exit(4);
+	}
+	if (r != -EBADF) {
+		fprintf(stderr, "%s: %d, want -EBADF\n",
+			arg ? "map_and_lock" : "get", r);
+		_exit(1);
+	}
+	if ((arg && uodp_umem_release(v)) || uodp_umem_release(u) ||
+	    uodp_ctx_destroy(ctx))
+		_exit(5);
+	/* The descriptor number is the application's now: untouched. */
+	if (fcntl(uffd, F_GETFD) < 0)
+		_exit(6);
+	_exit(0);
+}
+
+static void test_descriptors_replaced_registering(void **state)
+{
+	char err[256];
+	int st, i;
+
+	(void)state;
+	for (i = 0; i < 2; i++) {
+		st = t_in_child(badf_register_child, i ? (void *)1 : NULL, err,
+				sizeof(err));
+		if (!WIFEXITED(st) || WEXITSTATUS(st))
+			fail_msg("%s child failed (status %#x): %s",
+				 i ? "fault" : "get", st, err);
+	}
+}
+
 /* ------------------------------------------------------------------------ */
 /* Deferred delivery                                                         */
 
@@ -1882,6 +1962,7 @@ int main(void)
 		cmocka_unit_test(test_foreign_uffd_ebusy),
 		cmocka_unit_test(test_emfile),
 		cmocka_unit_test(test_descriptors_replaced),
+		cmocka_unit_test(test_descriptors_replaced_registering),
 		cmocka_unit_test(test_deferred_thread_and_release),
 		cmocka_unit_test(test_reuse_loop_deferred),
 		cmocka_unit_test(test_reuse_loop),

@@ -296,10 +296,20 @@ static void update_all_ok(uint64_t e)
 /* Kernel calls                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* UFFDIO_REGISTER of [s, e). The descriptor was checked before the maps
+ * were read (settle()), but the application may close or replace it
+ * (finding 13) before this ioctl: whatever that call answers then
+ * (ENOTTY from a file, EBADF from nothing, even EINVAL) is not about the
+ * memory and must not read as a shortage or a refused mapping: -EBADF. */
 static int reg(uint64_t s, uint64_t e)
 {
+	int r;
+
 	nf_stat_inc(&nf.st.registrations);
-	return uffd_register(nf.uffd, s, e);
+	r = uffd_register(nf.uffd, s, e);
+	if (r && !nf_uffd_ok())
+		return -EBADF;
+	return r;
 }
 
 /* Why 3 tries: UFFDIO_UNREGISTER fails only transiently (ENOMEM while the
@@ -425,6 +435,8 @@ static int reg_map(const struct uffd_map *m)
 	}
 	if (r == -EBUSY)
 		return M_BUSY;
+	if (r == -EBADF)
+		return r; /* not our descriptor any more (reg()) */
 	if (r)
 		return -ENOMEM;
 	return M_OK;
