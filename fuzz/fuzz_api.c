@@ -615,17 +615,6 @@ static bool dev_documented(int r)
 	return false;
 }
 
-/* Set by dev_predict(): the access goes through an implicit key. */
-static bool judge_implicit;
-
-static bool any_sysv(void)
-{
-	for (int p = 0; p < POOL_PAGES; p++)
-		if (pages[p].st == P_MAPPED && pages[p].sysv)
-			return true;
-	return false;
-}
-
 /* Compare a result with the prediction: @pred 0 (must succeed), an errno
  * (must fail so), 1 (no prediction: any documented result). */
 static void judge(const char *what, int r, int pred, bool injected)
@@ -639,15 +628,6 @@ static void judge(const char *what, int r, int pred, bool injected)
 	}
 	if (pred == 1 || r == pred)
 		return;
-	/* An open library bug (fuzz/repro/README.md): with the monitor, an
-	 * implicit key's child region registers its whole 1 GiB and refuses
-	 * every access there once SysV memory is anywhere in it. */
-	if (r == -EOPNOTSUPP && judge_implicit && !dev_manual && any_sysv()) {
-		stats.known++;
-		judge_implicit = false;
-		return;
-	}
-	judge_implicit = false;
 	/* Which argument check comes first is the library's choice. */
 	if ((pred == -ERANGE || pred == -EPERM || pred == -EINVAL) &&
 	    (r == -ERANGE || r == -EPERM || r == -EINVAL))
@@ -656,10 +636,6 @@ static void judge(const char *what, int r, int pred, bool injected)
 		return;
 	if (r == -EBADF && sabotaged && !dev_manual)
 		return;
-	if (r == -ENOMEM && sabotaged && !dev_manual) {
-		stats.known++; /* see enomem_after_sabotage() */
-		return;
-	}
 	/* -EBUSY / -EOPNOTSUPP (monitor): memory another userfaultfd
 	 * watches or of a kind the monitor refuses. The pool holds only the
 	 * fuzzer's own anonymous mappings, so they are never right for a
@@ -1328,9 +1304,9 @@ static void op_umem_get(void)
 	if (r == -ENOMEM && injecting)
 		return;
 	if (r) {
-		if (!(r == -ENOMEM ||
-		      (!ectx_manual && (r == -EBUSY || r == -EOPNOTSUPP ||
-					(r == -EBADF && sabotaged)))))
+		/* -ENOMEM only while allocations fail (above) */
+		if (!(!ectx_manual && (r == -EBUSY || r == -EOPNOTSUPP ||
+				       (r == -EBADF && sabotaged))))
 			finding("umem_get: %d (%s)", r, strerror(-r));
 		return;
 	}
@@ -1532,7 +1508,6 @@ static bool in_key(const struct fkey *k, uint64_t va, uint64_t len)
 static int dev_predict(const struct fkey *k, uint64_t va, uint64_t len,
 		       int prot, unsigned right)
 {
-	judge_implicit |= k->implicit;
 	if (!in_key(k, va, len))
 		return -ERANGE;
 	if (!(k->access & right))
@@ -1847,14 +1822,6 @@ static void op_dev_copy(void)
 	}
 }
 
-/*
- * enomem_after_sabotage: once the monitor's userfaultfd was replaced,
- * monitored device operations (a queued fetch-add, seed 9 input 11912,
- * 1 replay in several) sometimes complete with -ENOMEM, not -EBADF: a
- * suspected wrong cause (finding 18's kind), not yet understood; counted
- * as a known open bug, see fuzz/README.md.
- */
-
 /* The kernel monitor's userfaultfd, found by its link in /proc/self/fd
  * (nothing else in this process makes one), or -1. */
 static int find_uffd(void)
@@ -1968,7 +1935,8 @@ static void op_reg(void)
 		return;
 	}
 	if (r) {
-		if (!(r == -ENOMEM ||
+		/* -ENOMEM only while allocations fail */
+		if (!((r == -ENOMEM && injecting) ||
 		      (!dev_manual && (r == -EBUSY || r == -EOPNOTSUPP ||
 				       (r == -EBADF && sabotaged)))))
 			finding("reg_mr: %d (%s)", r, strerror(-r));
@@ -2076,9 +2044,7 @@ static void complete(const struct uodp_dev_wc *wc)
 	if (wc->status && !dev_documented(wc->status))
 		finding("async %s: undocumented status %d",
 			uodp_dev_opcode_name(a->wr.opcode), wc->status);
-	if (wc->status == -ENOMEM && !a->injected && sabotaged && !dev_manual)
-		stats.known++; /* see enomem_after_sabotage() */
-	else if (wc->status == -ENOMEM && !a->injected)
+	if (wc->status == -ENOMEM && !a->injected)
 		finding("async %s: -ENOMEM with no allocation failing",
 			uodp_dev_opcode_name(a->wr.opcode));
 	if (a->wr.opcode == UODP_DEV_OP_READ && wc->status == 0 &&

@@ -253,19 +253,33 @@ UODP_API int uodp_monitor_probe(void);
  * registration cache entry). It keeps no translation table; faulting it is
  * -EPERM. Give it alone, without READ or WRITE. */
 #define UODP_ACCESS_WATCH (1u << 2)
+/* uodp_umem_get() @access, with READ and/or WRITE: with the kernel
+ * monitor, watch only what faults reach. The call reads and registers
+ * nothing; each fault registers the mappings of the pages it maps before it
+ * makes them present (as it does for memory mapped in a region's hole
+ * after uodp_umem_get()). So memory the monitor refuses (SysV shared
+ * memory, a read-only MAP_SHARED file, another userfaultfd's) fails only
+ * the faults that reach it (-EOPNOTSUPP, -EBUSY), never the registration
+ * or faults elsewhere; and a mapping no fault reached stays unregistered
+ * (its munmap or madvise raises no event: the region has no entry
+ * there). For large sparse regions (a device's implicit region, one per
+ * GiB). uodp_umem_access() returns it with the rights. No effect on a
+ * UODP_CTX_MANUAL context. */
+#define UODP_ACCESS_LAZY_WATCH (1u << 3)
 
 /*
  * Register [addr, addr + len) with the given access rights. O(1) in @len:
  * nothing is allocated per page and the memory need not be mapped yet. The
  * region covers whole pages: @addr is rounded down and @addr + @len up.
  * Errors: -EINVAL (@ctx or @out NULL, @len 0, @access 0 or unknown bits,
- * WATCH with READ or WRITE),
+ * WATCH with READ or WRITE, LAZY_WATCH without READ or WRITE),
  * -ERANGE (@addr + @len wraps or leaves the user address space), -ENODEV
  * (the context is being destroyed), -EDEADLK (callback), -ECHILD, -ENOMEM;
  * with the kernel monitor also -ENOSYS/-EPERM/-EACCES (userfaultfd
  * unavailable or forbidden: use UODP_CTX_MANUAL), -EBUSY (another userfaultfd watches the
  * memory), -EOPNOTSUPP (the range holds SysV shared memory, whose shmdt()
- * the kernel does not report: use UODP_CTX_MANUAL), -EMFILE/-ENFILE (no
+ * the kernel does not report: use UODP_CTX_MANUAL; with LAZY_WATCH neither
+ * of these two: the faults that reach such memory fail), -EMFILE/-ENFILE (no
  * file descriptor), -EAGAIN (no thread could be created for the monitor:
  * transient), -EBADF (the monitor's descriptors were closed or replaced by
  * someone else: it can no longer report changes, so it refuses).
@@ -332,7 +346,8 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  *  -EBUSY   @timeout_ms passed with invalidations of these pages running
  *           or colliding with every attempt; also, at once, (kernel
  *           monitor) when another userfaultfd of the process watches
- *           @addr's page (memory mapped there since the registration);
+ *           @addr's page (memory mapped there since the registration,
+ *           or any with UODP_ACCESS_LAZY_WATCH);
  *  -ENODEV  the context was destroyed (at once, whatever @timeout_ms);
  *  -ENOMEM  out of memory, or (UODP_CTX_PIN) mlock() refused
  *           (RLIMIT_MEMLOCK);

@@ -190,7 +190,9 @@ UODP_API int uodp_dev_reg_mr(struct uodp_dev *dev, uint64_t addr, uint64_t len,
  * Register the implicit region: a key covering the whole user address
  * space [0, 2^47 - page size). Engine regions ("children") are created
  * lazily, one per aligned 1 GiB, when a fault first reaches them, and
- * released by uodp_dev_mr_trim() (and on deregistration) once idle.
+ * released by uodp_dev_mr_trim() (and on deregistration) once idle. With
+ * the kernel monitor a child watches only the mappings its faults reach
+ * (UODP_ACCESS_LAZY_WATCH of uodp.h), not its whole GiB.
  * Errors: -EINVAL (@key NULL, @access 0 or unknown bits), -ENOMEM,
  * -ENOSPC, -ECHILD. (The children's registration errors come with the
  * operations that create them.)
@@ -235,8 +237,10 @@ UODP_API int64_t uodp_dev_mr_children(struct uodp_dev *dev, uint32_t key);
  * device was opened and no guarded copy exists), -EDEADLK; with the kernel
  * monitor -EBADF, -EBUSY and -EOPNOTSUPP (a page of the range is in memory the
  * monitor cannot follow; only the pages the operation touches count, not
- * the rest of the fault-around window); an implicit key's first access to
- * a 1 GiB child may also fail as uodp_dev_reg_mr() does.
+ * the rest of the fault-around window, nor, for an implicit key, the rest
+ * of its 1 GiB child); an implicit key's first access to a child may also
+ * fail as the monitor's start does (uodp_dev_reg_mr()'s -EMFILE / -ENFILE,
+ * -EAGAIN).
  */
 UODP_API int uodp_dev_read(struct uodp_dev *dev, uint32_t key, uint64_t va,
 			   void *buf, size_t len);

@@ -228,6 +228,34 @@ struct t_call {
 };
 
 /*
+ * Whether the mapping that holds @p is registered with a userfaultfd in
+ * write-protect mode (the kernel monitor's mode): "uw" among its VmFlags
+ * in /proc/self/smaps. 1 or 0; the test fails when no mapping holds @p or
+ * smaps cannot be read.
+ */
+static inline int t_uffd_watched(const void *p)
+{
+	unsigned long a = (unsigned long)(uintptr_t)p, s, e;
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false;
+	int r = -1;
+
+	assert_non_null(f);
+	while (r < 0 && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2) {
+			in = s <= a && a < e; /* a mapping's first line */
+		} else if (in && !strncmp(line, "VmFlags:", 8)) {
+			r = strstr(line, " uw") != NULL;
+		}
+	}
+	fclose(f);
+	if (r < 0)
+		fail_msg("no mapping holds %p in /proc/self/smaps", p);
+	return r;
+}
+
+/*
  * Every invalidate callback, in order, under a mutex (callbacks may run on
  * the monitor or relay thread). @hook, when set, runs inside the callback
  * after it is recorded (tests that act from a callback). Recording does

@@ -9,7 +9,8 @@
  *     device never writes into or closes a descriptor that is no longer
  *     the library's (finding 13);
  *   - a neighbour in the fault-around window that the monitor refuses does
- *     not fail an access to a good page (finding 17);
+ *     not fail an access to a good page (finding 17), nor does SysV memory
+ *     elsewhere in an implicit key's 1 GiB child;
  *   - a thread cancelled while its synchronous read waits in the strict
  *     fence finishes the read and leaves no reference or lock behind
  *     (finding 12: no device function is a cancellation point).
@@ -387,6 +388,116 @@ static void test_refused_neighbour_uffd(void **state)
 }
 
 /*
+ * Finding 17's rule at the scale of the implicit region (the fuzzer's
+ * reproducer open-implicit-key-sysv-in-its-gib): SysV shared memory
+ * anywhere in an aligned 1 GiB made the implicit child of that GiB fail
+ * its registration (-EOPNOTSUPP), so every access there failed, to good
+ * anonymous pages too. And the child registered its whole GiB with the
+ * monitor, so that unmapping anything in it (a malloc arena, a
+ * sanitizer's buffer) on the monitor thread deadlocked (DEVICE.md). The
+ * child watches lazily now: an access fails only when it touches the SysV
+ * pages; what the device did not touch in the GiB (here a mapping
+ * standing for a malloc arena, and the PROT_NONE reservation around) is
+ * not registered with the monitor; and the munmap of pages the device
+ * mapped still invalidates (strict: at once).
+ * Layout in one aligned GiB @g of a PROT_NONE reservation: 32 anonymous
+ * pages at g + 64 pages, 4 at g + 512 MiB, and (@sysv) SysV memory at
+ * g + 256 MiB.
+ */
+static void implicit_case(bool sysv)
+{
+	const uint64_t gib = UINT64_C(1) << 30;
+	struct uodp_dev *dev = open_mon(UODP_DEV_STRICT, 16);
+	char *res, *g, *a, *s, *o;
+	uint8_t st[16];
+	uint32_t k;
+	char b[8];
+	int id, i;
+
+	res = mmap(NULL, 2 * gib, PROT_NONE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	assert_true(res != MAP_FAILED);
+	g = (char *)(((uintptr_t)res + gib - 1) & ~(uintptr_t)(gib - 1));
+	a = g + 64 * PS;
+	s = g + gib / 4;
+	o = g + gib / 2;
+	assert_true(mmap(a, 32 * PS, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == a);
+	assert_true(mmap(o, 4 * PS, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == o);
+	if (sysv) {
+		id = shmget(IPC_PRIVATE, 4 * PS, IPC_CREAT | 0600);
+		if (id < 0) {
+			munmap(res, 2 * gib);
+			uodp_dev_close(dev);
+			t_skip("SysV shared memory unavailable (shmget)");
+		}
+		assert_true(shmat(id, s, SHM_REMAP) == s);
+		shmctl(id, IPC_RMID, NULL); /* goes with the detach */
+	}
+	memset(o, 'o', 4 * PS);
+	strcpy(a, "anon");
+
+	assert_int_equal(uodp_dev_reg_implicit_mr(dev, UODP_DEV_ACCESS_ALL, &k),
+			 0);
+	/* Good anonymous pages of the GiB: read, write. */
+	assert_int_equal(uodp_dev_read(dev, k, VA(a), b, 5), 0);
+	assert_string_equal(b, "anon");
+	assert_int_equal(uodp_dev_write(dev, k, VA(a + 8 * PS), "wrote", 6), 0);
+	assert_string_equal(a + 8 * PS, "wrote");
+	assert_int_equal(uodp_dev_mr_children(dev, k), 1);
+	/* An access touching the SysV pages fails as uodp_dev.h says; the
+	 * good pages go on working. */
+	if (sysv)
+		assert_int_equal(uodp_dev_read(dev, k, VA(s), b, 8),
+				 -EOPNOTSUPP);
+	assert_int_equal(uodp_dev_read(dev, k, VA(a + 16 * PS), b, 8), 0);
+	/* Only what the device touched is registered with the monitor. */
+	assert_int_equal(t_uffd_watched(a), 1);
+	assert_int_equal(t_uffd_watched(o), 0);
+	assert_int_equal(t_uffd_watched(g), 0);
+	assert_int_equal(t_uffd_watched(s), 0);
+	/* The munmap of pages the device mapped invalidates them: with a
+	 * strict device, none shows once munmap() returned. */
+	assert_int_equal(uodp_dev_snapshot(dev, k, VA(a), 16 * PS, st), 16);
+	for (i = 0; i < 16; i++)
+		assert_int_not_equal(st[i], UODP_DEV_PAGE_NONE);
+	assert_int_equal(munmap(a, 16 * PS), 0);
+	assert_int_equal(uodp_dev_snapshot(dev, k, VA(a), 16 * PS, st), 16);
+	for (i = 0; i < 16; i++)
+		assert_int_equal(st[i], UODP_DEV_PAGE_NONE);
+	assert_true(stats(dev).pages_invalidated >= 16);
+
+	assert_int_equal(uodp_dev_dereg_mr(dev, k), 0);
+	assert_int_equal(t_uffd_watched(a + 16 * PS), 0);
+	assert_int_equal(uodp_dev_close(dev), 0);
+	/* The rest around the holes we made (someone else's mmap may sit
+	 * in them by now). */
+	assert_int_equal(munmap(res, (size_t)(a - res)), 0);
+	assert_int_equal(munmap(a + 16 * PS, (size_t)(s - a) - 16 * PS), 0);
+	if (sysv) {
+		assert_int_equal(shmdt(s), 0);
+		assert_int_equal(munmap(s + 4 * PS,
+					(size_t)(res + 2 * gib - s) - 4 * PS),
+				 0);
+	} else {
+		assert_int_equal(munmap(s, (size_t)(res + 2 * gib - s)), 0);
+	}
+}
+
+static void test_implicit_sysv_in_gib(void **state)
+{
+	(void)state;
+	implicit_case(true);
+}
+
+static void test_implicit_watches_what_it_faults(void **state)
+{
+	(void)state;
+	implicit_case(false);
+}
+
+/*
  * Finding 12 with the strict fence: the wait of an access for a fence
  * (pthread_cond_wait, a cancellation point) must not let a cancel act.
  * Thread A's fault is held in the install hook with its region's lock
@@ -565,6 +676,8 @@ int main(void)
 		cmocka_unit_test(test_foreign_fds),
 		cmocka_unit_test(test_refused_neighbour_sysv),
 		cmocka_unit_test(test_refused_neighbour_uffd),
+		cmocka_unit_test(test_implicit_sysv_in_gib),
+		cmocka_unit_test(test_implicit_watches_what_it_faults),
 		cmocka_unit_test(test_cancel_in_fence),
 	};
 

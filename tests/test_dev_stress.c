@@ -13,7 +13,8 @@
  *  - errors are only -EFAULT or -EACCES;
  *  - once an invalidation of an unmapped slot finishes, the device page
  *    table holds no entry in it (manual phase: checked right after the
- *    explicit invalidation, while the slot is still unmapped so that no
+ *    explicit invalidation; strict monitor phase: right after the
+ *    mapping call returned; while the slot is still unmapped, so that no
  *    fault can legitimately refill it).
  * Content only changes by whole-page replacement (mremap of a prefilled
  * staging area over the slot) or zeroing (MADV_DONTNEED), never by CPU
@@ -34,10 +35,9 @@
  * Duration: UODP_STRESS_SECONDS (default 30), split between phases: a
  * manual context with explicit invalidations (process_vm data path), the
  * same with the guarded-memcpy data path (UODP_DEV_FAST_COPY), and the
- * kernel monitor with strict ordering (explicit key only: see
- * run_phase()), a test of its own that skips where the monitor is
- * unavailable. Operations go through an explicit key and the implicit key
- * at random.
+ * kernel monitor with strict ordering, a test of its own that skips where
+ * the monitor is unavailable. Operations go through an explicit key and
+ * the implicit key at random, in every phase.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -354,21 +354,22 @@ static void unmap_and_back(struct mut *m, int s)
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1,
 		 0) == MAP_FAILED)
 		atomic_fetch_add(&rn->bad_errors, 1);
-	if (rn->manual) {
-		tell(rn, target, rn->slot_len);
-		n = uodp_dev_snapshot(rn->dev, rn->key,
-				      (uint64_t)(uintptr_t)target, rn->slot_len,
-				      st);
-		for (i = 0; i < n; i++)
-			if (st[i] != UODP_DEV_PAGE_NONE)
-				atomic_fetch_add(&rn->stale_entries, 1);
-		n = uodp_dev_snapshot(rn->dev, rn->ikey,
-				      (uint64_t)(uintptr_t)target, rn->slot_len,
-				      st);
-		for (i = 0; i < n; i++)
-			if (st[i] != UODP_DEV_PAGE_NONE)
-				atomic_fetch_add(&rn->stale_entries, 1);
-	}
+	/* No translation of the old pages is left through either key: on a
+	 * manual context once the invalidation is told, on the strict
+	 * monitor phase once mmap() returned (uodp_dev_snapshot() takes the
+	 * strict fence). The slot is PROT_NONE until replace(): no fault
+	 * can refill it. */
+	tell(rn, target, rn->slot_len);
+	n = uodp_dev_snapshot(rn->dev, rn->key, (uint64_t)(uintptr_t)target,
+			      rn->slot_len, st);
+	for (i = 0; i < n; i++)
+		if (st[i] != UODP_DEV_PAGE_NONE)
+			atomic_fetch_add(&rn->stale_entries, 1);
+	n = uodp_dev_snapshot(rn->dev, rn->ikey, (uint64_t)(uintptr_t)target,
+			      rn->slot_len, st);
+	for (i = 0; i < n; i++)
+		if (st[i] != UODP_DEV_PAGE_NONE)
+			atomic_fetch_add(&rn->stale_entries, 1);
 	replace(m, s);
 	atomic_fetch_add(&rn->slots[s].state, 1);
 }
@@ -453,13 +454,13 @@ static int run_phase(unsigned flags, double seconds)
 		atomic_init(&rn->slots[i].gen, 1);
 	r = uodp_dev_reg_mr(rn->dev, (uintptr_t)rn->r, total,
 			    UODP_DEV_ACCESS_ALL, &rn->key);
-	/* The implicit key only with a manual context: with the kernel
-	 * monitor its 1 GiB children register everything around the region
-	 * with userfaultfd, including ThreadSanitizer's internal buffers,
-	 * which its runtime may unmap on the monitor thread: a deadlock
-	 * (docs/DEVICE.md, "Implicit region"). */
-	rn->ikey = rn->key;
-	if (!r && rn->manual)
+	/* The implicit key with the kernel monitor too: its 1 GiB children
+	 * watch lazily, only the mappings their faults reach (the region's),
+	 * not ThreadSanitizer's buffers or malloc arenas around it, which
+	 * their runtimes may unmap on the monitor thread (a deadlock while
+	 * children registered their whole GiB: docs/DEVICE.md, "Implicit
+	 * region"). */
+	if (!r)
 		r = uodp_dev_reg_implicit_mr(rn->dev, UODP_DEV_ACCESS_ALL,
 					     &rn->ikey);
 	if (r) {

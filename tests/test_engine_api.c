@@ -344,9 +344,12 @@ static void test_umem_get_bad(void **state)
 		unsigned access;
 		int err;
 	} bad[] = {
-		{ b, 0, UODP_ACCESS_ALL, -EINVAL },		 /* len 0 */
-		{ b, page, 0, -EINVAL },			 /* no access */
-		{ b, page, 1u << 3, -EINVAL },			 /* unknown */
+		{ b, 0, UODP_ACCESS_ALL, -EINVAL },	      /* len 0 */
+		{ b, page, 0, -EINVAL },		      /* no access */
+		{ b, page, 1u << 4, -EINVAL },		      /* unknown */
+		{ b, page, UODP_ACCESS_LAZY_WATCH, -EINVAL }, /* no right */
+		{ b, page, UODP_ACCESS_LAZY_WATCH | UODP_ACCESS_WATCH,
+		  -EINVAL },
 		{ b, page, UODP_ACCESS_ALL | 1u << 7, -EINVAL }, /* unknown */
 		{ b, page, ~0u, -EINVAL },			 /* all bits */
 		{ b, page, UODP_ACCESS_WATCH | UODP_ACCESS_READ, -EINVAL },

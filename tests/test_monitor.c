@@ -10,7 +10,8 @@
  * and that the engine's entries are gone. munmap() returns once the
  * monitor has READ the event, not handled it, so the tests wait for the
  * callback (a condition variable, bounded) and then for uodp_ctx_sync().
- * Also: two contexts over one buffer, SysV shm refused, deferred delivery
+ * Also: two contexts over one buffer, SysV shm refused (and taken by a
+ * lazily watched region, UODP_ACCESS_LAZY_WATCH), deferred delivery
  * (callback on the relay thread, release from the callback, the driver's
  * own lock around registrations), a munmap-and-reuse loop validated by
  * uodp_ctx_sync(), and 10^5 regions leaving no descriptor or mapping.
@@ -602,6 +603,107 @@ static void test_sysv_shm_refused(void **state)
 	assert_int_equal(uodp_ctx_destroy(ctx), 0);
 }
 
+/*
+ * UODP_ACCESS_LAZY_WATCH (uodp.h): the region registers nothing; each
+ * fault registers the mappings it reaches. SysV memory inside the range
+ * fails only the faults that reach it, a mapping no fault reached stays
+ * unregistered, and the munmap of one a fault reached still invalidates.
+ * Layout: 16 pages, SysV over pages 8-11, so anonymous mappings [0, 8)
+ * and [12, 16).
+ */
+static void test_lazy_watch(void **state)
+{
+	struct uodp_ctx *ctx = mon_ctx(0);
+	struct uodp_umem *const sentinel = (struct uodp_umem *)(uintptr_t)8;
+	struct uodp_umem *u = sentinel;
+	const unsigned lazy = UODP_ACCESS_ALL | UODP_ACCESS_LAZY_WATCH;
+	int id = shmget(IPC_PRIVATE, 4 * page, IPC_CREAT | 0600);
+	char *buf = t_buf(16);
+	unsigned mark;
+
+	(void)state;
+	if (id < 0) {
+		t_unmap(buf, 16);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		t_skip("SysV shared memory unavailable (shmget)");
+	}
+	assert_true(shmat(id, t_pg(buf, 8), SHM_REMAP) == t_pg(buf, 8));
+	shmctl(id, IPC_RMID, NULL); /* goes with the detach */
+	memset(buf, 'a', 8 * page);
+	memset(t_pg(buf, 12), 'b', 4 * page);
+
+	/* Argument checks. */
+	assert_int_equal(uodp_umem_get(ctx, buf, page, UODP_ACCESS_LAZY_WATCH,
+				       &u),
+			 -EINVAL);
+	assert_int_equal(
+		uodp_umem_get(ctx, buf, page,
+			      UODP_ACCESS_WATCH | UODP_ACCESS_LAZY_WATCH, &u),
+		-EINVAL);
+	assert_ptr_equal(u, sentinel);
+	/* Watched at once, the range is refused as a whole... */
+	assert_int_equal(uodp_umem_get(ctx, buf, 16 * page, UODP_ACCESS_ALL,
+				       &u),
+			 -EOPNOTSUPP);
+	assert_ptr_equal(u, sentinel);
+	/* ... lazily, it is taken, and nothing is registered yet. */
+	u = t_get(ctx, buf, 16 * page, lazy);
+	assert_int_equal(uodp_umem_access(u), lazy);
+	assert_int_equal(t_uffd_watched(buf), 0);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 12)), 0);
+
+	/* A fault registers the mapping it reaches, and only that one. */
+	assert_int_equal(t_fault(u, buf, 2 * page, UODP_ACCESS_WRITE), 2);
+	assert_int_equal(t_uffd_watched(buf), 1);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 12)), 0);
+	/* The SysV pages fail the faults that reach them, only those: a
+	 * window running into them stops in front (finding 17). */
+	assert_int_equal(t_fault(u, t_pg(buf, 8), page, UODP_ACCESS_READ),
+			 -EOPNOTSUPP);
+	assert_int_equal(t_fault(u, t_pg(buf, 6), 4 * page, UODP_ACCESS_READ),
+			 2);
+	assert_int_equal(t_count(u, buf, 16), 4);
+	assert_int_equal(t_fault(u, t_pg(buf, 12), 4 * page, UODP_ACCESS_READ),
+			 4);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 12)), 1);
+
+	/* The munmap of what a fault reached is an event: no stale entry. */
+	mark = t_rec_count();
+	assert_int_equal(munmap(buf, 2 * page), 0);
+	t_rec_wait(mark, u, buf, t_pg(buf, 2), UODP_EVENT_UNMAP, EVENT_SEC);
+	t_wait_sync(ctx);
+	assert_int_equal(t_entry(u, buf), 0);
+	assert_int_equal(t_entry(u, t_pg(buf, 1)), 0);
+	assert_int_equal(t_count(u, buf, 16), 6);
+	mark = t_rec_count();
+	assert_int_equal(munmap(t_pg(buf, 14), 2 * page), 0);
+	t_rec_wait(mark, u, t_pg(buf, 14), t_pg(buf, 16), UODP_EVENT_UNMAP,
+		   EVENT_SEC);
+	t_wait_sync(ctx);
+	assert_int_equal(t_count(u, buf, 16), 4);
+
+	/* Released: nothing stays registered. */
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 2)), 0);
+	assert_int_equal(t_uffd_watched(t_pg(buf, 12)), 0);
+	/* A manual context takes the flag and ignores it. */
+	{
+		struct uodp_ctx *m = t_ctx(UODP_CTX_MANUAL);
+
+		u = t_get(m, t_pg(buf, 2), 12 * page, lazy);
+		assert_int_equal(t_fault(u, t_pg(buf, 2), 12 * page,
+					 UODP_ACCESS_WRITE),
+				 12);
+		assert_int_equal(t_uffd_watched(t_pg(buf, 2)), 0);
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(m), 0);
+	}
+	assert_int_equal(shmdt(t_pg(buf, 8)), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap_pages(buf, 2, 8);
+	t_unmap_pages(buf, 12, 14);
+}
+
 /* Another userfaultfd already watches the memory: -EBUSY, nothing kept. */
 static void test_foreign_uffd_ebusy(void **state)
 {
@@ -784,6 +886,86 @@ static void test_descriptors_replaced(void **state)
 	st = t_in_child(badf_child, NULL, err, sizeof(err));
 	if (!WIFEXITED(st) || WEXITSTATUS(st))
 		fail_msg("child failed (status %#x): %s", st, err);
+}
+
+/*
+ * The same, with the descriptor replaced inside the registration's window:
+ * after the notifier checked it and read the maps, before its
+ * UFFDIO_REGISTER (the fuzzer's "-ENOMEM, not -EBADF": the ioctl's ENOTTY
+ * from the file now at that number was taken for a shortage). Both a
+ * registration (@arg NULL: uodp_umem_get) and a fault that registers what
+ * it reaches (a lazily watched region: map_and_lock) must answer -EBADF,
+ * and leave the application's file alone.
+ */
+static int swap_fd = -1, swap_to = -1;
+
+static void swap_fd_hook(void)
+{
+	if (swap_fd >= 0 && dup2(swap_to, swap_fd) == swap_fd)
+		swap_fd = -1; /* once */
+}
+
+static void badf_register_child(void *arg)
+{
+	struct uodp_ctx *ctx = NULL;
+	struct uodp_umem *u = NULL, *v = NULL;
+	char *buf = mmap(NULL, page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	/* read-only: never merged with @buf's mapping (registered) */
+	char *other =
+		mmap(NULL, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int uffd = -1, prd, pwr, r;
+
+	if (buf == MAP_FAILED || other == MAP_FAILED ||
+	    uodp_ctx_create(&t_record_ops, 0, &ctx) ||
+	    uodp_umem_get(ctx, buf, page, UODP_ACCESS_ALL, &u))
+		_exit(2);
+	if (arg && uodp_umem_get(ctx, other, page,
+				 UODP_ACCESS_ALL | UODP_ACCESS_LAZY_WATCH, &v))
+		_exit(2);
+	unf_test_fds(&uffd, &prd, &pwr);
+	swap_to = open("/dev/null", O_RDWR);
+	if (uffd < 0 || swap_to < 0)
+		_exit(3);
+	swap_fd = uffd;
+	unf_test_hook_before_register = swap_fd_hook;
+	if (arg)
+		r = (int)uodp_umem_map_and_lock(v, other, page,
+						UODP_ACCESS_READ, 0);
+	else
+		r = uodp_umem_get(ctx, other, page, UODP_ACCESS_ALL, &v);
+	unf_test_hook_before_register = NULL;
+	if (swap_fd >= 0) {
+		fprintf(stderr, "no registration was made\n");
+		_exit(4);
+	}
+	if (r != -EBADF) {
+		fprintf(stderr, "%s: %d, want -EBADF\n",
+			arg ? "map_and_lock" : "get", r);
+		_exit(1);
+	}
+	if ((arg && uodp_umem_release(v)) || uodp_umem_release(u) ||
+	    uodp_ctx_destroy(ctx))
+		_exit(5);
+	/* The descriptor number is the application's now: untouched. */
+	if (fcntl(uffd, F_GETFD) < 0)
+		_exit(6);
+	_exit(0);
+}
+
+static void test_descriptors_replaced_registering(void **state)
+{
+	char err[256];
+	int st, i;
+
+	(void)state;
+	for (i = 0; i < 2; i++) {
+		st = t_in_child(badf_register_child, i ? (void *)1 : NULL, err,
+				sizeof(err));
+		if (!WIFEXITED(st) || WEXITSTATUS(st))
+			fail_msg("%s child failed (status %#x): %s",
+				 i ? "fault" : "get", st, err);
+	}
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1776,9 +1958,11 @@ int main(void)
 		cmocka_unit_test(test_cancel_pending_get),
 		cmocka_unit_test(test_two_contexts),
 		cmocka_unit_test(test_sysv_shm_refused),
+		cmocka_unit_test(test_lazy_watch),
 		cmocka_unit_test(test_foreign_uffd_ebusy),
 		cmocka_unit_test(test_emfile),
 		cmocka_unit_test(test_descriptors_replaced),
+		cmocka_unit_test(test_descriptors_replaced_registering),
 		cmocka_unit_test(test_deferred_thread_and_release),
 		cmocka_unit_test(test_reuse_loop_deferred),
 		cmocka_unit_test(test_reuse_loop),

@@ -519,6 +519,51 @@ static void test_sysv_refused(void **state)
 	munmap(p, 16 * page);
 }
 
+/* unf_watch_lazy(): nothing registered at the watch; a prepare registers
+ * what it is given and fails only over the memory it refuses. SysV memory
+ * at pages 8-11 of 16. */
+static void test_watch_lazy(void **state)
+{
+	struct recsub *a;
+	char *p = map(16 * page);
+	uint64_t r0;
+	unsigned m;
+	bool settled;
+	int id;
+
+	(void)state;
+	id = shmget(IPC_PRIVATE, 4 * page, IPC_CREAT | 0600);
+	if (id < 0)
+		skip();
+	a = rs_new(0);
+	assert_true(shmat(id, p + 8 * page, SHM_REMAP) == p + 8 * page);
+	shmctl(id, IPC_RMID, NULL);
+	assert_int_equal(unf_watch(a->sub, A(p), A(p + 16 * page)),
+			 -EOPNOTSUPP);
+	assert_int_equal(unf_watch_lazy(a->sub, A(p), A(p)), -EINVAL);
+	r0 = regs();
+	assert_int_equal(unf_watch_lazy(a->sub, A(p), A(p + 16 * page)), 0);
+	assert_int_equal(regs(), r0); /* nothing registered */
+	assert_int_equal(unf_prepare(a->sub, A(p + 8 * page), A(p + 9 * page),
+				     NULL),
+			 -EOPNOTSUPP);
+	assert_int_equal(unf_prepare(a->sub, A(p), A(p + page), &settled), 0);
+	assert_true(settled);
+	assert_true(regs() > r0);
+	assert_int_equal(unf_prepare(a->sub, A(p), A(p + 2 * page), &settled),
+			 0);
+	assert_false(settled); /* registered whole: known now */
+	/* what was registered reports its unmap */
+	m = rs_mark(a);
+	assert_int_equal(munmap(p, page), 0);
+	rs_expect(a, m, A(p), A(p + page), UNF_UNMAP);
+	unf_unwatch(a->sub, A(p), A(p + 16 * page));
+	rs_free(a);
+	shmdt(p + 8 * page);
+	munmap(p + page, 7 * page);
+	munmap(p + 12 * page, 4 * page);
+}
+
 static long read_long(const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -969,6 +1014,7 @@ int main(void)
 		cmocka_unit_test(test_watch_no_syscall),
 		cmocka_unit_test(test_many_watches),
 		cmocka_unit_test(test_sysv_refused),
+		cmocka_unit_test(test_watch_lazy),
 		cmocka_unit_test(test_hugetlb),
 		cmocka_unit_test(test_deferred_order),
 		cmocka_unit_test(test_coalesce),

@@ -21,7 +21,9 @@
  * then waits for the references to drain before releasing engine regions.
  *
  * The implicit region covers [0, IMPLICIT_TOP) with one engine region
- * (span) per aligned 1 GiB, created when a fault first reaches it. The
+ * (span) per aligned 1 GiB, created when a fault first reaches it and
+ * watched lazily (UODP_ACCESS_LAZY_WATCH: the kernel monitor registers
+ * what the child's faults reach, not the whole GiB). The
  * child array is reserved with mmap(MAP_NORESERVE) (2^17 pointers, backed
  * only where used). Children are referenced by operations that use them
  * and by queued faults; uodp_dev_mr_trim() releases those with no
@@ -457,7 +459,14 @@ struct span *mr_span_get(struct uodp_dev *dev, struct dmr *mr, uint64_t va,
 			start = dev->page_size; /* page 0 is never mapped */
 		if (end > mr->end)
 			end = mr->end;
-		r = span_create(dev, start, end, umem_access_of(mr->access),
+		/* Watched lazily: the monitor registers only the mappings
+		 * the child's faults reach, so memory it refuses elsewhere
+		 * in the GiB (SysV shared memory) fails only the accesses
+		 * that touch it, and the rest of the GiB (malloc arenas,
+		 * thread stacks, a sanitizer's buffers) stays unwatched. */
+		r = span_create(dev, start, end,
+				umem_access_of(mr->access) |
+					UODP_ACCESS_LAZY_WATCH,
 				&sp);
 		if (r) {
 			pthread_rwlock_unlock(&mr->kids_lock);

@@ -333,7 +333,7 @@ static const struct unf_ops sink_ops = {
 /* Subscription and watches: the first watched region subscribes, and the
  * subscription lasts until uodp_ctx_destroy() (see ctx_unwatch()).
  * sub_lock held across: it orders them. */
-int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
+int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end, bool lazy)
 {
 	unsigned f;
 	int r = 0;
@@ -355,7 +355,8 @@ int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 		if (r)
 			goto out;
 	}
-	r = unf_watch(ctx->sub, start, end);
+	r = lazy ? unf_watch_lazy(ctx->sub, start, end) :
+		   unf_watch(ctx->sub, start, end);
 	if (!r)
 		ctx->nwatched++; /* on error the subscription stays too */
 out:

@@ -396,7 +396,8 @@ void *table_trim(struct pgt *t);
 /* True when ctx->pagemap_fd is still the file we opened (one fstat). */
 bool ctx_pagemap_ours(struct uodp_ctx *ctx);
 void ctx_release(struct uodp_ctx *ctx); /* last region of a destroyed ctx */
-int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
+/* @lazy: UODP_ACCESS_LAZY_WATCH (unf_watch_lazy()). */
+int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end, bool lazy);
 void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
 int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 		bool *settled);

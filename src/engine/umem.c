@@ -189,8 +189,10 @@ static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 	int r;
 
 	if (!out || !access ||
-	    (access & ~(UODP_ACCESS_ALL | UODP_ACCESS_WATCH)) ||
-	    ((access & UODP_ACCESS_WATCH) && (access & UODP_ACCESS_ALL)))
+	    (access &
+	     ~(UODP_ACCESS_ALL | UODP_ACCESS_WATCH | UODP_ACCESS_LAZY_WATCH)) ||
+	    ((access & UODP_ACCESS_WATCH) && (access & UODP_ACCESS_ALL)) ||
+	    ((access & UODP_ACCESS_LAZY_WATCH) && !(access & UODP_ACCESS_ALL)))
 		return -EINVAL;
 	r = page_round(ctx, (uintptr_t)addr, len, &start, &end);
 	if (r)
@@ -205,7 +207,7 @@ static int umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 		return -ENOMEM;
 	/* Watch first, so that no event for the range can be missed once the
 	 * region is in the index. */
-	r = ctx_watch(ctx, start, end);
+	r = ctx_watch(ctx, start, end, access & UODP_ACCESS_LAZY_WATCH);
 	if (r)
 		goto err_free;
 	/* The index's nodes are allocated now, before the write lock that an

@@ -184,7 +184,7 @@ static inline void nf_stat_inc(_Atomic uint64_t *c)
 }
 
 /* watch.c */
-int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end);
+int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end, bool lazy);
 void nf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end);
 int nf_prepare_slow(uint64_t start, uint64_t end, bool *settled);
 void nf_drop_sub(struct unf_sub *sub); /* all watches of @sub */

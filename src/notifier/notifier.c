@@ -856,7 +856,7 @@ void unf_unsubscribe(struct unf_sub *sub)
 	unf_free(sub);
 }
 
-int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
+static int watch(struct unf_sub *sub, uint64_t start, uint64_t end, bool lazy)
 {
 	if (!ours(sub))
 		return -ECHILD;
@@ -864,7 +864,17 @@ int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
 		return -ENODEV;
 	if (start >= end)
 		return -EINVAL;
-	return nf_watch(sub, start, end);
+	return nf_watch(sub, start, end, lazy);
+}
+
+int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
+{
+	return watch(sub, start, end, false);
+}
+
+int unf_watch_lazy(struct unf_sub *sub, uint64_t start, uint64_t end)
+{
+	return watch(sub, start, end, true);
 }
 
 void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end)

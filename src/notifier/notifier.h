@@ -132,6 +132,21 @@ void unf_unsubscribe(struct unf_sub *sub);
  * watched on error.
  */
 int unf_watch(struct unf_sub *sub, uint64_t start, uint64_t end);
+/*
+ * Watch [start, end) lazily: as unf_watch(), but nothing in it is read or
+ * registered now. Every mapping there counts as a hole: unf_prepare()
+ * registers the mappings a range it is given overlaps, when it is given
+ * it, and fails only for those (-EBUSY, -EOPNOTSUPP, ...). Mappings no
+ * prepare reached stay unregistered: their changes raise no event (nor
+ * block the thread that makes them on the monitor). For large sparse
+ * ranges of which a fault path uses little (the device's implicit region).
+ * Unwatch with unf_unwatch() and the same range. While such a watch
+ * lasts, unf_prepare() takes its locked path (one lock and a lookup; no
+ * system call where the range is registered already), as it does while
+ * any watched range has a hole.
+ * Errors: -ENOMEM, -EBADF, -ECHILD, -ENODEV, -EINVAL (empty range).
+ */
+int unf_watch_lazy(struct unf_sub *sub, uint64_t start, uint64_t end);
 void unf_unwatch(struct unf_sub *sub, uint64_t start, uint64_t end);
 
 /*

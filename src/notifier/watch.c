@@ -296,10 +296,20 @@ static void update_all_ok(uint64_t e)
 /* Kernel calls                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* UFFDIO_REGISTER of [s, e). The descriptor was checked before the maps
+ * were read (settle()), but the application may close or replace it
+ * (finding 13) before this ioctl: whatever that call answers then
+ * (ENOTTY from a file, EBADF from nothing, even EINVAL) is not about the
+ * memory and must not read as a shortage or a refused mapping: -EBADF. */
 static int reg(uint64_t s, uint64_t e)
 {
+	int r;
+
 	nf_stat_inc(&nf.st.registrations);
-	return uffd_register(nf.uffd, s, e);
+	r = uffd_register(nf.uffd, s, e);
+	if (r && !nf_uffd_ok())
+		return -EBADF;
+	return r;
 }
 
 /* Why 3 tries: UFFDIO_UNREGISTER fails only transiently (ENOMEM while the
@@ -425,6 +435,8 @@ static int reg_map(const struct uffd_map *m)
 	}
 	if (r == -EBUSY)
 		return M_BUSY;
+	if (r == -EBADF)
+		return r; /* not our descriptor any more (reg()) */
 	if (r)
 		return -ENOMEM;
 	return M_OK;
@@ -575,11 +587,14 @@ static int register_maps(struct mvec *v, int refused_err, bool *fresh)
  * Make sure the mappings overlapping [s, e) are registered (whole), and
  * make [s, e) part of one record: merged with the records it or its
  * mappings overlap, pieces updated. @refused_err: what a mapping the kernel
- * refuses means (0 for watch, -EOPNOTSUPP for prepare). On success *@out is
- * the record. On error nothing new stays registered and the records are
- * unchanged.
+ * refuses means (0 for watch, -EOPNOTSUPP for prepare). @lazy (a lazy
+ * watch): read and register nothing, only make the record; what is mapped
+ * in it is then a hole to the pieces, registered by the prepare of a fault
+ * that reaches it. On success *@out is the record. On error nothing new
+ * stays registered and the records are unchanged.
  */
-static int settle(uint64_t s, uint64_t e, int refused_err, struct nf_dom **out)
+static int settle(uint64_t s, uint64_t e, int refused_err, bool lazy,
+		  struct nf_dom **out)
 {
 	struct mvec v = { 0 };
 	struct nf_dom *d, *nd;
@@ -592,7 +607,7 @@ static int settle(uint64_t s, uint64_t e, int refused_err, struct nf_dom **out)
 	NF_ASSERT_HELD(&nf.watch_lock);
 	if (!nf_uffd_ok())
 		return -EBADF;
-	r = uffd_for_each_map(s, e, collect, &v);
+	r = lazy ? 0 : uffd_for_each_map(s, e, collect, &v);
 	if (r) {
 		r = r == -ENOMEM ? r : -ENOMEM;
 		goto out;
@@ -731,7 +746,7 @@ static void dom_free(struct nf_dom *d, bool unregister)
 	free(d);
 }
 
-int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
+int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end, bool lazy)
 {
 	struct nf_pair **pp, *np = NULL;
 	struct nf_dom *d;
@@ -746,8 +761,8 @@ int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end)
 	e = sync_log();
 	d = dom_first(start, end);
 	if (!d || dom_start(d) > start || dom_end(d) < end ||
-	    !pieces_cover(d, start, end)) {
-		r = settle(start, end, 0, &d);
+	    (!lazy && !pieces_cover(d, start, end))) {
+		r = settle(start, end, 0, lazy, &d);
 		if (r)
 			goto out;
 	}
@@ -818,7 +833,7 @@ int nf_prepare_slow(uint64_t start, uint64_t end, bool *settled)
 	s = start > dom_start(d) ? start : dom_start(d);
 	en = end < dom_end(last) ? end : dom_end(last);
 	nf_stat_inc(&nf.st.slow_prepares);
-	r = settle(s, en, -EOPNOTSUPP, &d);
+	r = settle(s, en, -EOPNOTSUPP, false, &d);
 	if (r)
 		goto out;
 	if (settled)
