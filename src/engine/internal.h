@@ -330,11 +330,33 @@ static inline void stripe_span(const struct uodp_umem *umem, uint64_t a,
 	*last = (unsigned)((b - 1) >> umem->stripe_shift);
 }
 bool umem_ready(const struct uodp_umem *umem);
+
+/*
+ * map_and_lock's bound: @ms on CLOCK_MONOTONIC from the first time the
+ * fault waits for or collides with an invalidation (deadline_at() sets
+ * it), so a fault that does neither reads no clock. ms ==
+ * UODP_TIMEOUT_INFINITE: no bound (deadline_at() returns NULL).
+ */
+struct deadline {
+	unsigned ms;
+	bool set;
+	struct timespec ts;
+};
+
+static inline void deadline_init(struct deadline *d, unsigned ms)
+{
+	d->ms = ms;
+	d->set = false;
+}
+
+const struct timespec *deadline_at(struct deadline *d);
+bool deadline_passed(struct deadline *d);
+
 /* Wait (lock dropped, bounded by @deadline when not NULL) until the region
  * is ready and pages [a, b) have no invalidation running; return the
  * sequence of their stripes. -ENODEV (dying), -EBUSY (deadline passed). */
 int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
-		    const struct timespec *deadline);
+		    struct deadline *deadline);
 /* The install-side check; region lock held. */
 bool fault_retry_locked(const struct uodp_umem *umem, uint64_t a, uint64_t b,
 			uint64_t seq);
@@ -437,10 +459,6 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
  * notifier's sink and the manual entry points use it. */
 void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 		    enum uodp_event ev);
-
-/* time.c-less helpers: a deadline @ms from now on CLOCK_MONOTONIC. */
-void deadline_after(struct timespec *ts, unsigned ms);
-bool deadline_passed(const struct timespec *ts);
 
 /*
  * Test hooks: called, when set, at the points named. They let tests stop a
