@@ -236,8 +236,9 @@ w("""
 `map_and_lock` owns the loop without costing more than it: the ratio rows
 hold it against the step loop of the same run. A one-page fault of a
 fresh page runs at %s of the speed of a raw one-page populate: the engine adds a
-`pread` of `/proc/self/pagemap` per call (root reads the page frames) and
-its lock and table; see the `map` rows in calls of 4 KiB below.
+`pread` of `/proc/self/pagemap` and an `fstat` of its descriptor per call
+(root reads the page frames) and its lock and table; see the `map` rows in
+calls of 4 KiB below.
 
 **Time to `-EBUSY` under a storm.** A thread keeps one page under
 invalidation at every moment (two overlapping `invalidate_range_start` /
@@ -784,7 +785,8 @@ per-thread cache of the mask is not safe since the application may change
 its mask between two operations. The rest, ~100 ns, is the key lookup and
 reference, the span's page-table read lock, counters and `sigsetjmp`. The
 fault path makes exactly one system call per fault, the `MADV_POPULATE_*`
-of its window (no pagemap read where frames are not visible). So for reads,
+of its window (no pagemap read, as root too: the device's context is
+`UODP_CTX_NO_FRAMES`). So for reads,
 where the limit is ~0.2 µs per page, a device at one system call per
 operation cannot pass ~0.45 of it (0.2 / (0.2 + 0.135 + 0.1)); 0.80 would
 need the whole operation under ~0.05 µs, i.e. no system call per
