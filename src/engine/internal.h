@@ -332,10 +332,11 @@ static inline void stripe_span(const struct uodp_umem *umem, uint64_t a,
 bool umem_ready(const struct uodp_umem *umem);
 
 /*
- * map_and_lock's bound: @ms on CLOCK_MONOTONIC from the first time the
- * fault waits for or collides with an invalidation (deadline_at() sets
- * it), so a fault that does neither reads no clock. ms ==
- * UODP_TIMEOUT_INFINITE: no bound (deadline_at() returns NULL).
+ * map_and_lock's bound: @ms on CLOCK_MONOTONIC from the call, as the
+ * kernel's ODP fault counts its timeout (a caller's bound is on the whole
+ * call, not on its waits only). ms == UODP_TIMEOUT_INFINITE: no bound
+ * (deadline_at() returns NULL); ms == 0: one attempt, no clock read
+ * unless the fault must wait (the deadline is then "now").
  */
 struct deadline {
 	unsigned ms;
@@ -343,13 +344,16 @@ struct deadline {
 	struct timespec ts;
 };
 
+const struct timespec *deadline_at(struct deadline *d);
+
 static inline void deadline_init(struct deadline *d, unsigned ms)
 {
 	d->ms = ms;
 	d->set = false;
+	if (ms && ms != UODP_TIMEOUT_INFINITE)
+		(void)deadline_at(d);
 }
 
-const struct timespec *deadline_at(struct deadline *d);
 bool deadline_passed(struct deadline *d);
 
 /* Wait (lock dropped, bounded by @deadline when not NULL) until the region

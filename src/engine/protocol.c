@@ -28,11 +28,14 @@ const struct timespec *deadline_at(struct deadline *d)
 
 bool deadline_passed(struct deadline *d)
 {
-	const struct timespec *ts = deadline_at(d);
+	const struct timespec *ts;
 	struct timespec now;
 
-	if (!ts)
+	if (d->ms == UODP_TIMEOUT_INFINITE)
 		return false;
+	if (!d->ms) /* one attempt */
+		return true;
+	ts = deadline_at(d);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return now.tv_sec > ts->tv_sec ||
 	       (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
