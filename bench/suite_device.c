@@ -11,7 +11,9 @@
  *             8-byte atomics against CPU atomics;
  *   devfault  the device touching every page of fresh memory with
  *             fault-around 4 KiB .. 2 MiB against raw MADV_POPULATE_* of
- *             the same memory (the limit of a user-space fault path).
+ *             the same memory (the limit of a user-space fault path); at
+ *             4 KiB also that limit's floor for a one-page window (one
+ *             populate call per page, no engine, no device).
  *
  * Devices are opened with UODP_DEV_MANUAL (no kernel monitor: nothing here
  * is about invalidation). Owns only its measurements: every device,
@@ -436,12 +438,40 @@ static uint64_t populate_once(uint64_t len, bool write, uint64_t *pop_ns)
 	return t;
 }
 
+/* What fault-around 4 KiB cannot go below: one MADV_POPULATE_* per page,
+ * then the CPU's first access to it (no engine, no device). Returns ns
+ * or 0. */
+static uint64_t populate_per_page_once(uint64_t len, bool write)
+{
+	char *h = dfresh(len);
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE), off, t0, t = 0;
+	uint64_t acc = 0;
+	int adv = write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
+
+	if (!h)
+		return 0;
+	t0 = bench_now_ns();
+	for (off = 0; off < len; off += pg) {
+		if (madvise(h + off, pg, adv))
+			goto out;
+		if (write)
+			((volatile char *)h)[off] = 1;
+		else
+			acc += (uint64_t)((volatile char *)h)[off];
+	}
+	t = bench_now_ns() - t0;
+out:
+	dsink += acc;
+	munmap(h, len);
+	return t;
+}
+
 static void suite_devfault(const struct bench_opts *o)
 {
 	static const unsigned fa[] = { 1, 16, 64, 512 };
 	uint64_t len = o->quick ? 64 * MiB : 1 * GiB;
 	unsigned reps = o->quick ? 3 : 5, k;
-	double u[16], b[16], pop[16];
+	double u[16], b[16], pop[16], fl[16];
 	size_t i;
 	int w;
 
@@ -473,14 +503,20 @@ static void suite_devfault(const struct bench_opts *o)
 			for (k = 0; k < reps; k++) {
 				uint64_t tp = 0, tu = devfault_once(d, flen, w);
 				uint64_t tb = populate_once(flen, w, &tp);
+				/* fa 4 KiB: its floor, interleaved too */
+				uint64_t tf = fa[i] == 1 ?
+						      populate_per_page_once(
+							      flen, w) :
+						      1;
 
-				if (!tu || !tb) {
+				if (!tu || !tb || !tf) {
 					uodp_dev_close(d);
 					return;
 				}
 				u[k] = (double)tu / 1e6;
 				b[k] = (double)tb / 1e6;
 				pop[k] = (double)tp / 1e6;
+				fl[k] = (double)tf / 1e6;
 			}
 			{
 				struct uodp_dev_stats st;
@@ -509,6 +545,27 @@ static void suite_devfault(const struct bench_opts *o)
 			r.target = 0.80;
 			r.note = note;
 			bench_emit(&r);
+			if (fa[i] == 1) {
+				/* The bound of the row above: a device that
+				 * cost nothing would still make one populate
+				 * call per page. */
+				struct bench_row f = bench_row(
+					"devfault",
+					w ? "floor: populate per page + touch" :
+					    "floor: populate-read per page + touch",
+					(double)fa[i] * 4096, "ms");
+
+				snprintf(f.param, sizeof(f.param), "%s",
+					 r.param);
+				bench_stats(fl, reps, &f.v);
+				f.b = r.b;
+				f.base_name = r.base_name;
+				f.rk = BR_TIME;
+				f.tk = BT_NONE;
+				f.note = "floor of fa 4 KiB: no engine, no "
+					 "device";
+				bench_emit(&f);
+			}
 		}
 	}
 }

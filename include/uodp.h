@@ -333,7 +333,8 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  * uodp_umem_unlock(). On error the lock is not held.
  *
  * @timeout_ms bounds the time spent waiting for and colliding with
- * invalidations (0: one attempt; UODP_TIMEOUT_INFINITE: no bound).
+ * invalidations, counted from the call (0: one attempt;
+ * UODP_TIMEOUT_INFINITE: no bound).
  *
  * Errors:
  *  -EINVAL  @umem NULL, @len 0, @access 0, unknown bits;

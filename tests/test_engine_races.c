@@ -22,13 +22,16 @@ static size_t page;
 static struct t_fx *hook_f;
 static void *hook_p;
 static size_t hook_n;
-static int hook_mode; /* 0: start only, 1: start + end */
+static int hook_mode;	      /* 0: start only, 1: start + end */
+static unsigned hook_slow_ms; /* the attempt takes this long first */
 static struct uodp_range hook_r;
 
 static void invalidate_in_window(struct uodp_umem *umem)
 {
 	(void)umem;
 	engine_test_hook_before_install = NULL; /* once */
+	if (hook_slow_ms)
+		usleep(hook_slow_ms * 1000);
 	t_start(hook_f->ctx, &hook_r, hook_p, hook_n);
 	if (hook_mode >= 1)
 		t_end(&hook_r);
@@ -38,6 +41,7 @@ static void arm(struct t_fx *f, int mode, void *p, size_t n)
 {
 	hook_f = f;
 	hook_mode = mode;
+	hook_slow_ms = 0;
 	hook_p = p;
 	hook_n = n;
 	engine_test_hook_before_install = invalidate_in_window;
@@ -113,6 +117,23 @@ static void test_overlap_in_window_retries(void **state)
 	assert_int_equal(t_stats(f->umem).retries, 1);
 	assert_int_equal(t_stats(f->umem).map_calls, 2);
 	assert_int_equal(t_count(f->umem, f->buf, 8), 8);
+}
+
+/* The bound counts from the call, as the kernel's
+ * ib_umem_odp_map_dma_and_lock() counts its HMM timeout: a first attempt
+ * slower than the bound (300 ms, bound 200 ms) that collides gets no
+ * second one: -EBUSY, nothing installed, lock free. */
+static void test_timeout_from_call(void **state)
+{
+	struct t_fx *f = *state;
+
+	arm(f, 1, t_pg(f->buf, 3), 1);
+	hook_slow_ms = 300;
+	assert_int_equal(uodp_umem_map_and_lock(f->umem, f->buf, 8 * page,
+						UODP_ACCESS_WRITE, 200),
+			 -EBUSY);
+	assert_int_equal(uodp_umem_unlock(f->umem), -EPERM);
+	assert_int_equal(t_stats(f->umem).retries, 1);
 }
 
 /* An overlapping invalidation started (not ended) in the window: with a
@@ -872,6 +893,7 @@ int main(void)
 		T(test_other_stripe_no_retry),
 		T(test_overlap_in_window_retries),
 		T(test_overlap_running_busy),
+		T(test_timeout_from_call),
 		cmocka_unit_test(test_wide_stripes),
 		T(test_other_region_no_retry),
 		T(test_invalidation_during_map),

@@ -181,7 +181,7 @@ grp("11", "1 GiB of THP memory maps at ≥ 0.90 of raw populate", g, "ratio " + 
 g = rowsof(lambda r: r["suite"] == "map" and r["case"].startswith("THP entries"))
 grp("11", "… with ≤ 1/400 of the 4 KiB entries", g,
     "; ".join("%s entries of %s (%s)" % (sig(r["median"]), sig(r["base_median"]), r["case"][12:]) for r in g))
-g = rowsof(lambda r: r["suite"] == "devfault")
+g = rowsof(lambda r: r["suite"] == "devfault" and not r["case"].startswith("floor"))
 grp("5, 11", "device faults ≥ 0.80 of populate + first touch, fault-around 4 KiB .. 2 MiB", g,
     "write " + span([r for r in g if "write" in r["case"]]) + "; read " +
     span([r for r in g if "read" in r["case"]]))
@@ -236,8 +236,9 @@ w("""
 `map_and_lock` owns the loop without costing more than it: the ratio rows
 hold it against the step loop of the same run. A one-page fault of a
 fresh page runs at %s of the speed of a raw one-page populate: the engine adds a
-`pread` of `/proc/self/pagemap` per call (root reads the page frames) and
-its lock and table; see the `map` rows in calls of 4 KiB below.
+`pread` of `/proc/self/pagemap` and an `fstat` of its descriptor per call
+(root reads the page frames) and its lock and table; see the `map` rows in
+calls of 4 KiB below.
 
 **Time to `-EBUSY` under a storm.** A thread keeps one page under
 invalidation at every moment (two overlapping `invalidate_range_start` /
@@ -719,7 +720,7 @@ opw = R("dev", "warm write FAST_COPY", "64 B")
 opr = R("dev", "warm read FAST_COPY", "64 B")
 lines = []
 est_rows_w, est_rows_r, est4 = [], [], {}
-for r in df:
+for r in (r for r in df if not r["case"].startswith("floor")):
     mb = 256 if r["param"] == "fa 4 KiB" else 1024
     pages = mb * 256
     op = opw if "write" in r["case"] else opr
@@ -732,6 +733,26 @@ for r in df:
     lines.append("| %s | %s | %s | %s | %s | %s |" % (
         r["case"], r["param"], sig(r["median"]), sig(pages * op["median"] / 1e3),
         sig(est), sig(r["base_median"] / est) if est > 0 else "—"))
+floor4 = ""
+if has("devfault", "floor: populate per page + touch") and has("devfault", "floor: populate-read per page + touch"):
+    fw_ = R("devfault", "floor: populate per page + touch")
+    fr_ = R("devfault", "floor: populate-read per page + touch")
+    dw_ = R("devfault", "device write-touch", "fa 4 KiB")
+    dr_ = R("devfault", "device read-touch", "fa 4 KiB")
+    floor4 = """
+**The floor of fa 4 KiB** (rows "floor: …", same run, interleaved): one
+`MADV_POPULATE_*` call and one CPU access per page, no engine and no
+device, reaches %s (write) / %s (read) of the baseline. That is the best
+a one-page window can do: the write row can at most touch the target, the
+read row cannot come near it (the baseline reads the shared zero page for
+one system call in all; a call per page costs more than the whole
+baseline's page). Against that floor the device's fa 4 KiB rows run at
+%s (write) / %s (read): the rest is the device operation per page and the
+engine's fault (%s / %s µs per page above the floor).
+""" % (sig(fw_["ratio"]), sig(fr_["ratio"]), sig(fw_["median"] / dw_["median"]),
+       sig(fr_["median"] / dr_["median"]),
+       sig((dw_["median"] - fw_["median"]) * 1e3 / (256 * 256)),
+       sig((dr_["median"] - fr_["median"]) * 1e3 / (256 * 256)))
 w("""
 **Why these rows miss.** The suite makes one device operation per page,
 and on this machine a warm 64-byte FAST_COPY operation alone costs
@@ -747,12 +768,12 @@ estimate from two rows of the same run, not a measurement):
        sig(R("devfault", "device read-touch", "fa 2 MiB")["base_median"])) + "\n".join(lines))
 w("""
 Estimated limit / fault path at fault-around 64 KiB .. 2 MiB: writes
-%s, reads %s; at 4 KiB (one populate call, and as root one `pread` of
-pagemap, per page): %s / %s. %sFor reads the baseline maps the shared
-zero page almost for free (%s ms per GiB), so any per-page cost weighs
-more there. 0.1's unexplained 2 MiB write row (0.68 on its machine) is
-at %s here.
-
+%s, reads %s; at 4 KiB (one populate call per page; no pagemap read: the
+device's context is `UODP_CTX_NO_FRAMES`, as root too): %s / %s. %sFor
+reads the baseline maps the shared zero page almost for free (%s ms per
+GiB), so any per-page cost weighs more there. 0.1's unexplained 2 MiB
+write row (0.68 on its machine) is at %s here.
+%s
 **Where the per-operation time goes** (measured separately on 2026-12-01,
 not in this run: `perf record -g` of a warm 8-byte FAST_COPY read loop and
 of the `devfault` loop, `strace -c`). About half of a warm operation is the
@@ -764,7 +785,8 @@ per-thread cache of the mask is not safe since the application may change
 its mask between two operations. The rest, ~100 ns, is the key lookup and
 reference, the span's page-table read lock, counters and `sigsetjmp`. The
 fault path makes exactly one system call per fault, the `MADV_POPULATE_*`
-of its window (no pagemap read where frames are not visible). So for reads,
+of its window (no pagemap read, as root too: the device's context is
+`UODP_CTX_NO_FRAMES`). So for reads,
 where the limit is ~0.2 µs per page, a device at one system call per
 operation cannot pass ~0.45 of it (0.2 / (0.2 + 0.135 + 0.1)); 0.80 would
 need the whole operation under ~0.05 µs, i.e. no system call per
@@ -775,7 +797,8 @@ for the whole memory in the limit: below 0.8 by construction.
 """ % (span(est_rows_w), span(est_rows_r), sig(est4["w"]), sig(est4["r"]),
        "The per-operation cost is thus most of the gap for writes at 64 KiB and more. " if min(x["ratio"] for x in est_rows_w) >= 0.8 else "",
        sig(R("devfault", "device read-touch", "fa 2 MiB")["base_median"]),
-       sig(R("devfault", "device write-touch", "fa 2 MiB")["ratio"])))
+       sig(R("devfault", "device write-touch", "fa 2 MiB")["ratio"]),
+       floor4))
 
 # ------------------------------------------------------------ 0.1 suites
 w("""## The 0.1 suites
@@ -824,15 +847,36 @@ w(table(g))
 r4 = R("map", "map write 4 KiB calls")
 calls = 64 * 256
 pr = R("floor", "pread pagemap 8 B")
+if has("map", "map write 4 KiB calls no frames"):
+    r4n = R("map", "map write 4 KiB calls no frames")
+    nf4 = """Without frames (the row "no frames": a
+`UODP_CTX_NO_FRAMES` context, which is what every user but root gets,
+since pagemap shows frames to `CAP_SYS_ADMIN` only) `map_and_lock` takes
+%s µs against %s µs (ratio %s): the engine's own cost is %s µs per call
+(two region-lock round trips, the sequence check, one table entry). The
+rest, %s µs per call as root, is the frame lookup: one `pread` of
+`/proc/self/pagemap` (%s µs in `floor`) and the `fstat` that checks the
+descriptor is still ours (an application that closes descriptors it does
+not know may leave the number to another file, which must never be read;
+~0.18 µs CPU measured separately). Frames are read when the page is
+installed because a later fault compares them (`UODP_EVENT_FRAME`) and
+`uodp_umem_pfn()` reports them: read later, a page moved in between would
+go unseen. So as root the row is bounded by raw / (raw + pread + fstat),
+%s here, whatever the engine does.
+""" % (sig(r4n["median"] * 1e3 / calls), sig(r4n["base_median"] * 1e3 / calls), sig(r4n["ratio"]),
+       sig((r4n["median"] - r4n["base_median"]) * 1e3 / calls),
+       sig(((r4["median"] - r4["base_median"]) - (r4n["median"] - r4n["base_median"])) * 1e3 / calls),
+       sig(pr["median"] / 1e3),
+       sig(r4["base_median"] / (r4["base_median"] + (pr["median"] / 1e6 + 0.18e-3) * calls)))
+else:
+    nf4 = "`UODP_CTX_NO_FRAMES` skips the `pread`; it has no row in this run.\n"
 w("""
 **4 KiB calls**: %s. Per call, raw populate takes %s µs and
 `map_and_lock` %s µs: the engine adds %s µs, of which one `pread` of
 `/proc/self/pagemap` (made once per call to record page frames; root only:
-pagemap hides frames from other users) costs %s µs (`floor`); the rest
-(locks, table, the huge-page check) was not broken down in this run.
-`UODP_CTX_NO_FRAMES` skips the `pread`; it has no row in this suite.
-""" % ("**missed**, as in 0.1" if r4["met"] == "missed" else "met", sig(r4["base_median"] * 1e3 / calls), sig(r4["median"] * 1e3 / calls),
-       sig((r4["median"] - r4["base_median"]) * 1e3 / calls), sig(pr["median"] / 1e3)))
+pagemap hides frames from other users) costs %s µs (`floor`).
+%s""" % ("**missed**, as in 0.1" if r4["met"] == "missed" else "met", sig(r4["base_median"] * 1e3 / calls), sig(r4["median"] * 1e3 / calls),
+       sig((r4["median"] - r4["base_median"]) * 1e3 / calls), sig(pr["median"] / 1e3), nf4))
 
 w("""### Translation memory and invalidation (suites `mem`, `inval`)
 

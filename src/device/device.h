@@ -94,7 +94,9 @@ static inline uint64_t dpt_get(const struct dpt *t, uint64_t idx)
 /*
  * Leaves are allocated with no lock held (the install runs under locks an
  * invalidation waits for, where malloc() is forbidden): dpt_need_leaf()
- * (pt_lock held, any mode) says whether page @idx lacks its leaf;
+ * says whether page @idx lacks its leaf (no pt_lock needed: a leaf, once
+ * added, stays until dpt_destroy(), which no fault can overlap since it
+ * holds a reference on the span; the pointer is published atomically);
  * dpt_add_leaf() (pt_lock held for writing) installs a zeroed leaf of
  * DPT_LEAF_SLOTS words for it and returns false, leaving it to the caller
  * to free, when another thread was first. Leaves live as long as the table.

@@ -18,7 +18,7 @@
  * A larger one is reserved with mmap(MAP_NORESERVE): O(1) at registration
  * whatever the region's size, and backed only where leaves exist. [lo, hi) bounds the leaves ever
  * allocated so that clearing a huge range scans only the used part.
- * Not thread safe: the span's pt_lock protects it.
+ * Not thread safe: the span's pt_lock protects it (but dpt_need_leaf()).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -78,7 +78,9 @@ void dpt_destroy(struct dpt *t)
 
 bool dpt_need_leaf(const struct dpt *t, uint64_t idx)
 {
-	return !t->dir[idx >> DPT_LEAF_SHIFT];
+	/* Lock-free: pairs with the release store of dpt_add_leaf(). */
+	return !__atomic_load_n(&t->dir[idx >> DPT_LEAF_SHIFT],
+				__ATOMIC_ACQUIRE);
 }
 
 bool dpt_add_leaf(struct dpt *t, uint64_t idx, uint64_t *leaf)
@@ -87,7 +89,8 @@ bool dpt_add_leaf(struct dpt *t, uint64_t idx, uint64_t *leaf)
 
 	if (t->dir[li])
 		return false;
-	t->dir[li] = leaf;
+	/* Published for dpt_need_leaf(), which takes no lock. */
+	__atomic_store_n(&t->dir[li], leaf, __ATOMIC_RELEASE);
 	t->leaves++;
 	if (li < t->lo)
 		t->lo = li;

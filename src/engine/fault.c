@@ -189,10 +189,15 @@ static void install_locked(struct uodp_umem *umem, uint64_t idx, uint64_t n,
 /*
  * Install a populated batch under the region lock, if the retry protocol
  * allows. Returns 0 (see res for how far it got), -EAGAIN or -ENODEV.
+ * With @hold, a batch installed whole keeps the lock: *@held is then
+ * true, and the check made under it is map_and_lock's final one (the
+ * same window, the same hold). Not when emptied table nodes wait to be
+ * freed (never under the lock).
  */
 static int install_batch(struct uodp_umem *umem, const struct window *w,
 			 uint64_t idx, uint64_t n, const uint64_t *pfns,
-			 unsigned access, bool huge, struct install *res)
+			 unsigned access, bool huge, struct install *res,
+			 bool hold, bool *held)
 {
 	void *dead;
 	int r = 0;
@@ -249,6 +254,10 @@ static int install_batch(struct uodp_umem *umem, const struct window *w,
 	if (r == -EAGAIN || res->changed != ~(uint64_t)0)
 		umem->stats.retries++;
 	dead = table_trim(&umem->table);
+	if (hold && !r && !res->err && res->changed == ~(uint64_t)0 && !dead) {
+		*held = true;
+		return 0;
+	}
 	ulock_unlock(&umem->lock);
 	pgt_free_nodes(dead);
 	return r;
@@ -334,17 +343,20 @@ static int map_check(struct uodp_umem *umem, const void *addr, size_t len,
  * Populate and install [first, end) in batches against window @w. Returns
  * the pages installed from @first, or an error when none were: -EAGAIN
  * when an invalidation of the window collided (or a frame changed, after
- * invalidating it), -ENODEV, or the populate's error.
+ * invalidating it), -ENODEV, or the populate's error. With @held
+ * (map_and_lock), the last batch's install may keep the region lock:
+ * *@held says so (then the return is > 0 and the retry check passed
+ * under the lock still held).
  */
 static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
-			  unsigned access, const struct window *w)
+			  unsigned access, const struct window *w, bool *held)
 {
 	uint64_t pfns[FAULT_BATCH];
 	bool keep[FAULT_BATCH];
 	struct uodp_ctx *ctx = umem->ctx;
 	uint64_t page = page_size_of(ctx), n, got, total = 0, va;
 	bool write = access & UODP_ACCESS_WRITE,
-	     pin = ctx->flags & UODP_CTX_PIN, unsure, again;
+	     pin = ctx->flags & UODP_CTX_PIN, unsure, again, last;
 	int err = 0, r;
 
 	/* Mappings made in the range since it was watched get watched now,
@@ -390,9 +402,11 @@ static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
 		if (engine_test_hook_before_install)
 			engine_test_hook_before_install(umem);
 
+		/* The last batch: the window ends, or populate stopped. */
+		last = err || va + got * page >= end;
 		r = install_batch(umem, w, umem_page(umem, va), got, pfns,
 				  access, !pin && huge_candidate(umem, va, got),
-				  &res);
+				  &res, held && last && !pin, held);
 		if (pin)
 			unpin_rest(ctx, va, got, keep);
 		if (r)
@@ -440,7 +454,7 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, const void *addr,
 	w = (struct window){ 0, umem_npages(umem), seq };
 	cs = nocancel_begin();
 	count_call(umem);
-	r = map_window(umem, first, end, access, &w);
+	r = map_window(umem, first, end, access, &w, NULL);
 	nocancel_end(cs);
 	return r;
 }
@@ -454,30 +468,35 @@ UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
 					const void *addr, size_t len,
 					unsigned access, unsigned timeout_ms)
 {
-	struct timespec deadline, *dl = NULL;
+	struct deadline dl;
 	struct window w;
 	uint64_t first, end;
 	int64_t r, seq;
+	bool held;
 	int cs;
 
 	r = map_check(umem, addr, len, access, &first, &end);
 	if (r)
 		return r;
-	if (timeout_ms != UODP_TIMEOUT_INFINITE) {
-		deadline_after(&deadline, timeout_ms);
-		dl = &deadline;
-	}
+	deadline_init(&dl, timeout_ms);
 	w.a = umem_page(umem, first);
 	w.b = umem_page(umem, end);
 	cs = nocancel_begin();
 	for (;;) {
-		seq = fault_begin(umem, w.a, w.b, dl);
+		seq = fault_begin(umem, w.a, w.b, &dl);
 		if (seq < 0) {
 			r = seq;
 			break;
 		}
 		w.seq = (uint64_t)seq;
-		r = map_window(umem, first, end, access, &w);
+		held = false;
+		r = map_window(umem, first, end, access, &w, &held);
+		if (held) {
+			/* The last install kept the lock: its retry check,
+			 * on this window, is the final one. */
+			umem->stats.map_calls++;
+			break;
+		}
 		if (r <= 0) {
 			count_call(umem);
 		} else {
@@ -493,7 +512,7 @@ UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
 		}
 		if (r != -EAGAIN)
 			break;
-		if (dl && deadline_passed(dl)) {
+		if (deadline_passed(&dl)) {
 			r = -EBUSY;
 			break;
 		}

@@ -330,11 +330,37 @@ static inline void stripe_span(const struct uodp_umem *umem, uint64_t a,
 	*last = (unsigned)((b - 1) >> umem->stripe_shift);
 }
 bool umem_ready(const struct uodp_umem *umem);
+
+/*
+ * map_and_lock's bound: @ms on CLOCK_MONOTONIC from the call, as the
+ * kernel's ODP fault counts its timeout (a caller's bound is on the whole
+ * call, not on its waits only). ms == UODP_TIMEOUT_INFINITE: no bound
+ * (deadline_at() returns NULL); ms == 0: one attempt, no clock read
+ * unless the fault must wait (the deadline is then "now").
+ */
+struct deadline {
+	unsigned ms;
+	bool set;
+	struct timespec ts;
+};
+
+const struct timespec *deadline_at(struct deadline *d);
+
+static inline void deadline_init(struct deadline *d, unsigned ms)
+{
+	d->ms = ms;
+	d->set = false;
+	if (ms && ms != UODP_TIMEOUT_INFINITE)
+		(void)deadline_at(d);
+}
+
+bool deadline_passed(struct deadline *d);
+
 /* Wait (lock dropped, bounded by @deadline when not NULL) until the region
  * is ready and pages [a, b) have no invalidation running; return the
  * sequence of their stripes. -ENODEV (dying), -EBUSY (deadline passed). */
 int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
-		    const struct timespec *deadline);
+		    struct deadline *deadline);
 /* The install-side check; region lock held. */
 bool fault_retry_locked(const struct uodp_umem *umem, uint64_t a, uint64_t b,
 			uint64_t seq);
@@ -438,10 +464,6 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
  * notifier's sink and the manual entry points use it. */
 void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 		    enum uodp_event ev);
-
-/* time.c-less helpers: a deadline @ms from now on CLOCK_MONOTONIC. */
-void deadline_after(struct timespec *ts, unsigned ms);
-bool deadline_passed(const struct timespec *ts);
 
 /*
  * Test hooks: called, when set, at the points named. They let tests stop a

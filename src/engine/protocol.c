@@ -9,21 +9,33 @@
 
 #include "engine/internal.h"
 
-void deadline_after(struct timespec *ts, unsigned ms)
+const struct timespec *deadline_at(struct deadline *d)
 {
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
+	if (!d || d->ms == UODP_TIMEOUT_INFINITE)
+		return NULL;
+	if (!d->set) {
+		clock_gettime(CLOCK_MONOTONIC, &d->ts);
+		d->ts.tv_sec += d->ms / 1000;
+		d->ts.tv_nsec += (long)(d->ms % 1000) * 1000000L;
+		if (d->ts.tv_nsec >= 1000000000L) {
+			d->ts.tv_sec++;
+			d->ts.tv_nsec -= 1000000000L;
+		}
+		d->set = true;
 	}
+	return &d->ts;
 }
 
-bool deadline_passed(const struct timespec *ts)
+bool deadline_passed(struct deadline *d)
 {
+	const struct timespec *ts;
 	struct timespec now;
 
+	if (d->ms == UODP_TIMEOUT_INFINITE)
+		return false;
+	if (!d->ms) /* one attempt */
+		return true;
+	ts = deadline_at(d);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return now.tv_sec > ts->tv_sec ||
 	       (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
@@ -66,13 +78,15 @@ bool umem_ready(const struct uodp_umem *umem)
 void (*engine_test_hook_before_wait)(struct uodp_umem *umem);
 
 /* Wait on the context until the region is ready (or dying). */
-static int wait_ready(struct uodp_umem *umem, const struct timespec *deadline)
+static int wait_ready(struct uodp_umem *umem, struct deadline *dl)
 {
+	const struct timespec *deadline;
 	struct uodp_ctx *ctx = umem->ctx;
 	int r = 0;
 
 	if (umem_ready(umem))
 		return 0;
+	deadline = deadline_at(dl); /* waiting starts the clock */
 	pthread_mutex_lock(&ctx->inv_lock);
 	while (!umem_ready(umem) && !atomic_load(&umem->dying)) {
 		if (engine_test_hook_before_wait)
@@ -111,7 +125,7 @@ static uint64_t stripes_seq_locked(const struct uodp_umem *umem, uint64_t a,
 }
 
 int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
-		    const struct timespec *deadline)
+		    struct deadline *deadline)
 {
 	uint64_t seq;
 	bool busy;
@@ -131,7 +145,7 @@ int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
 			break;
 		if (engine_test_hook_before_wait)
 			engine_test_hook_before_wait(umem);
-		r = ulock_wait(&umem->lock, &umem->idle, deadline);
+		r = ulock_wait(&umem->lock, &umem->idle, deadline_at(deadline));
 		if (r == ETIMEDOUT) {
 			r = -EBUSY;
 			break;
