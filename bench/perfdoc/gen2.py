@@ -334,8 +334,32 @@ if mun:
   goes (rdtsc in an instrumented copy, 2026-12-01, not this run): the
   hooks' `before()` ~0.33 µs (trylock, re-entry check, watch pieces),
   `after()` 0.7 – 0.85 µs (the engine's invalidation walk with the
-  callback ~0.37, fence/unfence and counters the rest); one system call
-  is added per watched munmap (the ioctl), none other.
+  callback ~0.37, fence/unfence and counters the rest; a default
+  context's in-thread delivery takes no fence since, see below); one
+  system call is added per watched munmap (the ioctl), none other.
+- Other CPU against same CPU (4 KiB): the in-thread path wakes nothing
+  (`perf sched`, 2026-12-01: the monitor thread ran 2 times during 16,000
+  hooked munmaps). The difference comes from the `watched/kernel` row
+  interleaved with it: the monitor handles that row's event on the other
+  CPU, and a hooked munmap after it met the monitor's traces. Without
+  that row in the run (`BENCH_ROWS=0x2b`) other CPU was at the same-CPU
+  ratio (0.57 both); with it, before the changes below, 0.51 against
+  0.59 (3 runs on a loaded machine, medians; 0.474 / 0.624 in the run of
+  an earlier table). The hooked munmap (a) waited in a `sched_yield`
+  loop while the monitor was inside a read of events (the watch code's
+  odd epoch; most of `before()` in a `perf` profile of kernel + hook
+  rows): the fast path no longer waits, since an event being read can
+  only remove registrations (`sync_log()` in src/notifier/watch.c);
+  (b) missed on cache lines the monitor had just written: `watch_lock`
+  shared lines with `subs_lock` and `ring_lock`, a subscriber's list
+  fields with its fence lock (now each on lines of their own), and the
+  fence lock itself, which a default context's in-thread delivery no
+  longer takes (`UNF_FENCE_READS`: its fence only marks "in flight",
+  which the engine's walk marks itself, and the unmapping thread returns
+  after it). Measured after these changes (2026-12-01, same conditions,
+  before/after interleaved): 0.62 same CPU, 0.56 other CPU, phase 1. What
+  remains shared with the monitor is true sharing (`subs_lock`, the
+  context's in-flight count and tree lock, the log it writes).
 - UCX's hooks: %s of unwatched at 4 KiB (same / other CPU) — but they
   only see calls through libc's PLT (no raw system calls, no static
   binaries; issue 10's tests show which events they miss).
