@@ -18,6 +18,10 @@
  *   register new region    uodp_umem_get vs ucs_rcache_get of a new region
  *   release region         uodp_umem_release vs invalidate + put
  *   register growing to n  both, while growing from 0 to n
+ *   one-hit invalidation   uodp_invalidate_range of one region (callback
+ *                          included) + release + get, vs UCX's unmap event
+ *                          (ucm_vm_munmap) + the ucs_rcache_get that
+ *                          completes it + put of the old region (ch_inval)
  *
  * The UCX baseline. ucs_rcache keeps its regions in a ucs_pgtable (a
  * 16-way radix tree over the address) and answers an invalidation with
@@ -53,6 +57,7 @@
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #include <ucs/datastruct/pgtable.h>
 #include <ucs/memory/rcache.h>
+#include <ucm/api/ucm.h>
 #pragma GCC diagnostic pop
 
 /*
@@ -78,6 +83,10 @@ static struct {
 	__typeof__(ucs_rcache_get) *rcache_get;
 	__typeof__(ucs_rcache_region_invalidate) *rcache_region_invalidate;
 	__typeof__(ucs_rcache_region_put) *rcache_region_put;
+	/* libucm's (a dependency of libucs): UCX's own unmap event without
+	 * its hooks, for the one-hit invalidation rows (NULL: skipped) */
+	__typeof__(ucm_set_external_event) *set_external_event;
+	__typeof__(ucm_vm_munmap) *vm_munmap;
 } ucx;
 
 static bool ix_ucx_load(void)
@@ -106,6 +115,9 @@ static bool ix_ucx_load(void)
 #undef IX_SYM
 	if (!ucx.ok)
 		bench_note("UCX baseline: %s", dlerror());
+	ucx.set_external_event = (__typeof__(ucx.set_external_event))dlsym(
+		h, "ucm_set_external_event");
+	ucx.vm_munmap = (__typeof__(ucx.vm_munmap))dlsym(h, "ucm_vm_munmap");
 	return ucx.ok; /* the library stays loaded: its regions may live on */
 }
 #endif
@@ -222,7 +234,10 @@ static void ix_inval_done(void *arg)
 
 static const ucs_rcache_ops_t ix_rc_ops = { ix_mem_reg, ix_mem_dereg, ix_dump };
 
-static ucs_rcache_t *ix_rcache(void)
+/* @events: UCM events the cache subscribes to (0: none; the one-hit
+ * invalidation rows ask for UCM_EVENT_VM_UNMAPPED, declared external so
+ * that UCM installs no hook and only ucm_vm_munmap() reports it). */
+static ucs_rcache_t *ix_rcache(int events)
 {
 	ucs_rcache_params_t p;
 	ucs_rcache_t *rc;
@@ -231,7 +246,7 @@ static ucs_rcache_t *ix_rcache(void)
 	p.region_struct_size = sizeof(ucs_rcache_region_t);
 	p.alignment = UCS_RCACHE_MIN_ALIGNMENT;
 	p.max_alignment = (size_t)sysconf(_SC_PAGESIZE);
-	p.ucm_events = 0; /* no memory hooks: only the cache is timed */
+	p.ucm_events = events; /* no memory hooks: only the cache is timed */
 	p.ops = &ix_rc_ops;
 	p.flags = UCS_RCACHE_FLAG_NO_PFN_CHECK;
 	p.max_regions = (unsigned long)-1;
@@ -526,7 +541,7 @@ static void ix_size(uint64_t n, unsigned rounds)
 						    ix_dir_release) == UCS_OK;
 	if (!x.pgt_init)
 		x.have_ucx = false;
-	x.rc = x.have_ucx ? ix_rcache() : NULL;
+	x.rc = x.have_ucx ? ix_rcache(0) : NULL;
 	if (!x.rc)
 		x.have_ucx = false;
 	x.pregs = aligned_alloc(64, n * sizeof(*x.pregs));
@@ -685,6 +700,7 @@ struct ch {
 	struct uodp_umem **ums; /* per slot */
 	ucs_rcache_t *rc;
 	ucs_rcache_region_t **rregs; /* per slot */
+	bool unmapped; /* rc hears ucm_vm_munmap(): invalidation rows */
 };
 
 static void ch_noop_inval(struct uodp_umem *umem,
@@ -722,6 +738,50 @@ static void ch_put(struct ch *c, enum ch_var v, uint64_t slot)
 	c->rregs[slot] = NULL;
 }
 
+/*
+ * One-hit invalidation of the region at @slot, and what puts the cache back
+ * as it was (n regions, each registered once), on each side:
+ *  - UCX: the unmap event as UCM reports it (ucm_vm_munmap(): the rcache's
+ *    unmapped callback queues the range), the next ucs_rcache_get of the
+ *    address (it processes the queue first: the old region leaves the
+ *    pgtable; then a miss, a new region), and the put of the old region
+ *    (its last reference: mem_dereg, free);
+ *  - uodp: uodp_invalidate_range() of the region's page (UODP_EVENT_UNMAP:
+ *    the driver's callback, counters, entries) - the region stays
+ *    registered, as uodp keeps regions across invalidations - then, to
+ *    mirror the UCX side step for step, the region is released and
+ *    registered again (a new region object at the same address);
+ *  - with @keep (CV_N: the row without a target): uodp_invalidate_range()
+ *    alone, all a uodp user needs before the region is used again.
+ * Returns 0, -EIO when a call failed, -ENOTSUP when the rcache handed back
+ * the old region (the event did not reach it).
+ */
+static int ch_inval(struct ch *c, enum ch_var v, uint64_t slot, bool keep)
+{
+	uint64_t a = CH_BASE + 2 * slot * c->pg;
+	ucs_rcache_region_t *old;
+	int r;
+
+	if (v == CV_UODP) {
+		r = uodp_invalidate_range(c->ctx, (void *)a, c->pg,
+					  UODP_EVENT_UNMAP);
+		if (r || keep)
+			return r;
+		uodp_umem_release(c->ums[slot]);
+		c->ums[slot] = NULL;
+		return ch_get(c, v, slot);
+	}
+	old = c->rregs[slot];
+	ucx.vm_munmap((void *)a, c->pg);
+	r = ch_get(c, v, slot);
+	if (r) {
+		c->rregs[slot] = old; /* still ours: put at teardown */
+		return r;
+	}
+	ucx.rcache_region_put(c->rc, old);
+	return c->rregs[slot] == old ? -ENOTSUP : 0;
+}
+
 /* Move @nb random entries of a[0 .. *na) to its tail, drop them from it
  * and return where they start. */
 static uint64_t *ch_pick(uint64_t *a, uint64_t *na, unsigned nb)
@@ -743,8 +803,10 @@ static void ix_churn(uint64_t n, unsigned rounds)
 	unsigned nb = n < 4 * IX_BATCH ? (unsigned)(n / 4) : IX_BATCH, k, vv;
 	uint64_t *occ = calloc(nslots, sizeof(*occ));
 	uint64_t *fre = calloc(nslots, sizeof(*fre));
-	/* samples: register new, release, register while growing */
-	double *s[3][CV_N] = { { NULL } };
+	/* samples: register new, release, register while growing, one-hit
+	 * invalidation ([3][CV_N]: uodp's without re-registration) */
+	double *s[4][CV_N + 1] = { { NULL } };
+	unsigned ninv = 0;
 	unsigned ngrow = 0;
 	struct ch c;
 	enum ch_var v;
@@ -754,13 +816,22 @@ static void ix_churn(uint64_t n, unsigned rounds)
 	c.pg = (uint64_t)sysconf(_SC_PAGESIZE);
 	c.ums = calloc(nslots, sizeof(*c.ums));
 	c.rregs = calloc(nslots, sizeof(*c.rregs));
-	c.rc = ix_rcache();
+	if (ucx.set_external_event && ucx.vm_munmap) {
+		ucx.set_external_event(UCM_EVENT_VM_UNMAPPED);
+		c.rc = ix_rcache(UCM_EVENT_VM_UNMAPPED);
+		c.unmapped = c.rc != NULL;
+	}
+	if (!c.rc)
+		c.rc = ix_rcache(0);
+	if (!c.unmapped)
+		bench_note("index: one-hit invalidation rows skipped: no "
+			   "rcache with UCM's external unmap event");
 	if (!c.rregs || !c.rc)
 		goto out;
-	for (k = 0; k < 3; k++)
-		for (v = 0; v < CV_N; v++)
-			if (!(s[k][v] = calloc(k < 2 ? rounds : n / nb + 1,
-					       sizeof(double))))
+	for (k = 0; k < 4; k++)
+		for (vv = 0; vv <= CV_N; vv++)
+			if (!(s[k][vv] = calloc(k != 2 ? rounds : n / nb + 1,
+						sizeof(double))))
 				goto out;
 	if (!occ || !fre || !c.ums ||
 	    uodp_ctx_create(&ops, UODP_CTX_MANUAL, &c.ctx))
@@ -823,33 +894,82 @@ static void ix_churn(uint64_t n, unsigned rounds)
 			   uodp_strerror(err));
 		goto out;
 	}
-	for (k = 0; k < 3; k++) {
-		static const char *const name[3] = { "register new region",
+	/* One-hit invalidation at ~n (see ch_inval), the same way: a warm-up
+	 * round, then @rounds measured ones, each a batch of random held
+	 * regions on each side in turn (and uodp's without re-registration,
+	 * variant CV_N); the regions stay held. */
+	for (k = 0; c.unmapped && k <= rounds && !err; k++) {
+		uint64_t *b = ch_pick(occ, &nocc, nb), t0;
+		unsigned j, w;
+
+		for (vv = 0; vv <= CV_N && !err; vv++) {
+			w = (vv + k) % (CV_N + 1);
+			v = w == CV_N ? CV_UODP : (enum ch_var)w;
+			t0 = bench_now_ns();
+			for (j = 0; j < nb && !err; j++)
+				err = ch_inval(&c, v, b[j], w == CV_N);
+			if (k)
+				s[3][w][k - 1] =
+					(double)(bench_now_ns() - t0) / nb;
+		}
+		nocc += nb; /* they were at its tail, and are held again */
+		if (!err && k)
+			ninv = k;
+	}
+	if (err) {
+		bench_note("index: one-hit invalidation rows skipped: %s",
+			   err == -ENOTSUP ?
+				   "the rcache did not see UCM's unmap event" :
+				   uodp_strerror(err));
+		ninv = 0;
+	}
+	for (k = 0; k < 4; k++) {
+		static const char *const name[4] = { "register new region",
 						     "release region",
-						     "register growing to n" };
-		static const char *const note[3] = {
+						     "register growing to n",
+						     "one-hit invalidation" };
+		static const char *const base[4] = {
+			"ucs_rcache_get", "rcache invalidate+put",
+			"ucs_rcache_get", "UCM unmap event+rcache get+put"
+		};
+		static const char *const note[4] = {
 			"uodp_umem_get, manual ctx; random new slot",
 			"uodp_umem_release; random held region",
-			"the registrations that grew both from 0 to n"
+			"the registrations that grew both from 0 to n",
+			"uodp_invalidate_range (callback) + release + get; "
+			"random held region"
 		};
+		unsigned ns = k == 2 ? ngrow : k == 3 ? ninv : rounds;
 		struct bench_row r =
 			bench_row("index", name[k], (double)n, "ns");
 
+		if (!ns)
+			continue;
 		snprintf(r.param, sizeof(r.param), "%llu",
 			 (unsigned long long)n);
-		bench_stats(s[k][CV_UODP], k < 2 ? rounds : ngrow, &r.v);
-		bench_stats(s[k][CV_RCACHE], k < 2 ? rounds : ngrow, &r.b);
-		r.base_name = k == 1 ? "rcache invalidate+put" :
-				       "ucs_rcache_get";
+		bench_stats(s[k][CV_UODP], ns, &r.v);
+		bench_stats(s[k][CV_RCACHE], ns, &r.b);
+		r.base_name = base[k];
 		r.rk = BR_TIME;
-		/* Issue 11: >= 1.0x ucs_rcache_get of a new region at 10^6
-		 * regions */
-		if (k == 0 && n == 1000000) {
+		/* Issue 11: >= 1.0x UCX at 10^6 regions: registration of a
+		 * new region, and one-hit invalidation (the like-for-like
+		 * pair: each side's whole invalidation of one region and
+		 * what restores its cache) */
+		if ((k == 0 || k == 3) && n == 1000000) {
 			r.tk = BT_RATIO_MIN;
 			r.target = 1.0;
 		}
 		r.note = note[k];
 		bench_emit(&r);
+		if (k == 3) { /* the same, uodp without re-registration */
+			r.name = "one-hit invalidation, region kept";
+			bench_stats(s[k][CV_N], ns, &r.v);
+			r.tk = BT_NONE;
+			r.target = 0;
+			r.note = "uodp_invalidate_range (callback) alone: "
+				 "uodp keeps the region";
+			bench_emit(&r);
+		}
 	}
 out:
 	for (i = 0; i < nslots && c.ums; i++)
@@ -867,9 +987,9 @@ out:
 	free(c.ums);
 	free(occ);
 	free(fre);
-	for (k = 0; k < 3; k++)
-		for (v = 0; v < CV_N; v++)
-			free(s[k][v]);
+	for (k = 0; k < 4; k++)
+		for (vv = 0; vv <= CV_N; vv++)
+			free(s[k][vv]);
 }
 #endif
 

@@ -174,6 +174,16 @@ static unsigned nrec(struct sink *k)
 	return n;
 }
 
+static int nfences(struct sink *k)
+{
+	int n;
+
+	pthread_mutex_lock(&k->m);
+	n = k->fences;
+	pthread_mutex_unlock(&k->m);
+	return n;
+}
+
 /* ---- helpers ---- */
 
 static char *map_pages(size_t n)
@@ -738,8 +748,104 @@ static void test_engine(void **st)
 	/* delivered in this thread: the driver has dropped them already */
 	assert_true(atomic_load(&inv_calls) >= 1);
 	expect_fast(&a, 1);
+	/* and nothing is in flight any more (UNF_FENCE_READS: no fence) */
+	assert_true(uodp_ctx_sync(ctx));
 	uodp_umem_release(um);
 	uodp_ctx_destroy(ctx);
+	munmap(p, 8 * pg);
+}
+
+/* A UODP_CTX_STRICT context is still fenced by the in-thread delivery
+ * (its subscription has no UNF_FENCE_READS): fence, invalidate, unfence,
+ * all before munmap returns. */
+static _Atomic int eng_fences, eng_unfences;
+
+static void eng_fence(struct uodp_ctx *c, void *priv)
+{
+	(void)c;
+	(void)priv;
+	atomic_fetch_add(&eng_fences, 1);
+}
+
+static void eng_unfence(struct uodp_ctx *c, void *priv)
+{
+	(void)c;
+	(void)priv;
+	atomic_fetch_add(&eng_unfences, 1);
+}
+
+static void test_engine_strict(void **st)
+{
+	struct uodp_ctx_ops ops = { .invalidate = eng_inval,
+				    .fence = eng_fence,
+				    .unfence = eng_unfence };
+	struct uodp_ctx *ctx;
+	struct uodp_umem *um;
+	char *p = map_pages(8);
+	struct snap a;
+	int64_t r;
+
+	(void)st;
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_STRICT, &ctx), 0);
+	assert_int_equal(uodp_umem_get(ctx, p, 8 * pg, UODP_ACCESS_ALL, &um),
+			 0);
+	r = uodp_umem_read_begin(um);
+	assert_true(r >= 0);
+	r = uodp_umem_map(um, p, 8 * pg, UODP_ACCESS_READ, (uint64_t)r);
+	assert_true(r >= 0);
+	atomic_store(&inv_calls, 0);
+	atomic_store(&eng_fences, 0);
+	atomic_store(&eng_unfences, 0);
+	snap(&a);
+	assert_int_equal(munmap(p + 2 * pg, 2 * pg), 0);
+	expect_fast(&a, 1);
+	assert_true(atomic_load(&inv_calls) >= 1);
+	assert_true(atomic_load(&eng_fences) >= 1);
+	assert_int_equal(atomic_load(&eng_unfences), atomic_load(&eng_fences));
+	assert_true(uodp_ctx_sync(ctx));
+	uodp_umem_release(um);
+	uodp_ctx_destroy(ctx);
+	munmap(p, 8 * pg);
+}
+
+/* UNF_FENCE_READS: the in-thread delivery calls no fence / unfence (the
+ * finish still runs in this thread, before munmap returns); the kernel
+ * path still fences around its read; a plain strict subscriber over the
+ * same memory is still fenced by the in-thread delivery. */
+static void test_fence_reads(void **st)
+{
+	struct sink *fr = sink_new(UNF_STRICT | UNF_FENCE_READS);
+	char *p = map_pages(8);
+	uint64_t s = A(p), e = s + 8 * pg;
+	pid_t me = (pid_t)syscall(SYS_gettid);
+	int fr0, pl0;
+	struct snap a;
+
+	(void)st;
+	assert_int_equal(unf_watch(fr->sub, s, e), 0);
+	assert_int_equal(unf_watch(plain->sub, s, e), 0);
+	sink_clear(fr);
+	sink_clear(plain);
+	fr0 = nfences(fr);
+	pl0 = nfences(plain);
+	snap(&a);
+	assert_int_equal(munmap(p + 2 * pg, 2 * pg), 0);
+	expect_fast(&a, 1);
+	assert_int_equal(nrec(fr), 1); /* already, before any wait */
+	assert_int_equal(fr->r[0].tid, me);
+	assert_true(covered(fr, s + 2 * pg, s + 4 * pg, UNF_UNMAP));
+	assert_int_equal(nfences(fr), fr0);
+	assert_true(nfences(plain) > pl0);
+	/* the kernel path: fenced around the monitor's read */
+	snap(&a);
+	assert_int_equal(syscall(SYS_munmap, p + 5 * pg, pg), 0);
+	expect_kernel(&a);
+	assert_true(covered(fr, s + 5 * pg, s + 6 * pg, UNF_UNMAP));
+	assert_true(nfences(fr) > fr0);
+	unf_unwatch(fr->sub, s, e);
+	unf_unwatch(plain->sub, s, e);
+	assert_false(fr->bad_fence);
+	sink_free(fr);
 	munmap(p, 8 * pg);
 }
 
@@ -828,6 +934,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_race),
 		cmocka_unit_test(test_many_holes),
 		cmocka_unit_test(test_engine),
+		cmocka_unit_test(test_engine_strict),
+		cmocka_unit_test(test_fence_reads),
 	};
 	struct unf_sub *probe;
 	static const struct unf_ops none = { 0 };

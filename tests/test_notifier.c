@@ -315,7 +315,8 @@ static void test_life(void **state)
 }
 
 /* Refused subscriptions start nothing: STRICT needs fence and unfence,
- * DEFERRED needs finish (the relay calls it). */
+ * DEFERRED needs finish (the relay calls it), FENCE_READS needs STRICT and
+ * no DEFERRED (ops complete here: only the flags are wrong). */
 static void test_subscribe_einval(void **state)
 {
 	static const struct unf_ops no_finish = { .begin = NULL };
@@ -328,6 +329,15 @@ static void test_subscribe_einval(void **state)
 			 -EINVAL);
 	assert_int_equal(unf_subscribe(&no_finish, NULL, 1u << 30, &s),
 			 -EINVAL);
+	assert_int_equal(unf_subscribe(&rec_ops, NULL, UNF_FENCE_READS, &s),
+			 -EINVAL);
+	assert_int_equal(unf_subscribe(&rec_ops, NULL,
+				       UNF_FENCE_READS | UNF_DEFERRED, &s),
+			 -EINVAL);
+	assert_int_equal(
+		unf_subscribe(&rec_ops, NULL,
+			      UNF_STRICT | UNF_FENCE_READS | UNF_DEFERRED, &s),
+		-EINVAL);
 	assert_null(s);
 	assert_int_equal(unf_monitor_tid(), 0);
 }

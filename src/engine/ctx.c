@@ -101,7 +101,7 @@ static bool kernel_has_populate(unsigned page_shift)
 		       MADV_POPULATE_READ) == 0;
 }
 
-__thread char ulock_self_tag;
+__thread char ulock_self_tag __attribute__((tls_model("initial-exec")));
 
 static int init_locks(struct uodp_ctx *ctx)
 {
@@ -351,6 +351,11 @@ int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end, bool lazy)
 		f = UNF_STRICT; /* fence/unfence bracket every delivery */
 		if (ctx->flags & UODP_CTX_DEFERRED)
 			f |= UNF_DEFERRED;
+		/* ...but the hooks' in-thread ones, when the fence only
+		 * raises inflight: ctx_invalidate() raises it over its walk,
+		 * and the unmapping thread returns after it. */
+		else if (!(ctx->flags & UODP_CTX_STRICT))
+			f |= UNF_FENCE_READS;
 		r = unf_subscribe(&sink_ops, ctx, f, &ctx->sub);
 		if (r)
 			goto out;

@@ -281,7 +281,10 @@ enum {
 	CB_LOCKED = 1,
 	CB_DEFERRED = 2
 };
-extern __thread int engine_in_callback; /* CB_* */
+/* CB_*; initial-exec as ulock_self_tag (lib/lock.h): every invalidation
+ * saves and sets it around the callback */
+extern __thread int engine_in_callback
+	__attribute__((tls_model("initial-exec")));
 /* -EDEADLK when a call that may wait for invalidations (or take the tree
  * write lock) is made from a callback; deferred callbacks hold no lock
  * and may register and release (@tree_ok). */

@@ -277,7 +277,7 @@ void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period)
 		inval_end_mask(umem, stripe_mask(umem, s, e));
 }
 
-__thread int engine_in_callback;
+__thread int engine_in_callback __attribute__((tls_model("initial-exec")));
 
 void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		enum uodp_event ev, int cb_kind)

@@ -53,7 +53,9 @@
 		}                                                        \
 	} while (0)
 
-extern __thread char ulock_self_tag;
+/* initial-exec: one %fs-relative load, no __tls_get_addr call (libuodp is
+ * a shared library; see docs/INDEX-NOTES.md on initial-exec TLS there) */
+extern __thread char ulock_self_tag __attribute__((tls_model("initial-exec")));
 static inline uintptr_t ulock_self(void)
 {
 	return (uintptr_t)&ulock_self_tag;

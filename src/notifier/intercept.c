@@ -249,8 +249,8 @@ static void icpt_after(struct uodp_icpt *ic, int ok)
 		s[i] = ic->r[i].start;
 		e[i] = ic->r[i].end;
 		ev[i] = (enum unf_event)ic->r[i].ev;
-		inc(&ist.events);
 	}
+	atomic_fetch_add_explicit(&ist.events, ic->nr, memory_order_relaxed);
 	/* Whatever the call returned: a failed one may have changed part of
 	 * the range (madvise over a hole, an mmap that failed after the old
 	 * mapping went), and invalidating memory still there is harmless. */

@@ -12,7 +12,9 @@
  * out of the userfaultfd first (UFFDIO_UNREGISTER: the kernel then sends no
  * event and does not wait), call the real function, and deliver the event
  * to every subscriber from the calling thread, exactly as the monitor
- * would (fence, begin, finish or a finish queued to the relay, unfence).
+ * would (fence, begin, finish or a finish queued to the relay, unfence;
+ * no fence for a subscriber with UNF_FENCE_READS, whose fence only matters
+ * while the unmapping thread could return before the finish).
  *
  * Nothing is lost by construction: what stays registered still sends its
  * kernel event (the userfaultfd stays the safety net for raw system calls,

@@ -67,13 +67,23 @@ struct nf_entry {
 	unsigned merged;   /* begins this finish stands for (>= 1) */
 };
 
+/* A cache line (x86-64, arm64). Why it matters: see struct unf_sub's gap
+ * and nf_state's locks. */
+#define NF_LINE 64
+
 struct unf_sub {
+	/* Read by every delivery, written only at subscribe / detach. */
 	const struct unf_ops *ops;
 	void *owner;
 	unsigned flags;
 	unsigned gen;	       /* nf.gen at subscribe: a forked child differs */
 	_Atomic bool detached; /* unf_detach() ran: no event, no watch */
 	struct unf_sub *next;  /* nf.subs; under nf.subs_lock */
+	/* A line's worth of gap (calloc gives no line alignment): the fields
+	 * above never share a line with fence_lock and the relay state below,
+	 * which the monitor writes at every drain (the hooks' in-thread
+	 * delivery reads the ones above from another CPU). */
+	char gap[NF_LINE];
 
 	/* Fence nesting (strict): under fence_lock, which is held across
 	 * ops->fence / ops->unfence so they alternate strictly. */
@@ -117,11 +127,16 @@ struct nf_state {
 	 * ring_lock: the relay ring and the per-subscriber relay fields; a
 	 *   leaf, held for a few instructions (the monitor takes it).
 	 */
+	/* Each hot lock on cache lines of its own (NF_LINE): the monitor
+	 * writes subs_lock and ring_lock at every drain, the hooks' fast path
+	 * takes watch_lock from another thread (and CPU): sharing a line
+	 * with them, watch_lock was a cache miss after every kernel event. */
 	struct nf_lock life_lock;
-	struct nf_lock subs_lock;
-	struct nf_lock watch_lock;
-	struct nf_lock ring_lock;
-	pthread_cond_t ring_cv;	   /* relay: work or stop (ring_lock) */
+	_Alignas(NF_LINE) struct nf_lock subs_lock;
+	_Alignas(NF_LINE) struct nf_lock watch_lock;
+	_Alignas(NF_LINE) struct nf_lock ring_lock;
+	_Alignas(NF_LINE) pthread_cond_t ring_cv; /* relay: work or stop
+						     (ring_lock) */
 	pthread_cond_t drained_cv; /* unsubscribe: a sub's inflight hit 0 */
 
 	/* Life cycle; under life_lock (read racily by observers). */
@@ -148,7 +163,8 @@ struct nf_state {
 	_Atomic int broken;
 
 	/* Monitor thread -> watch.c (see watch.c for the protocol). */
-	_Atomic uint64_t epoch; /* odd while the monitor reads events */
+	_Alignas(NF_LINE) _Atomic uint64_t epoch; /* odd while the monitor
+						     reads events */
 	_Atomic uint64_t log_claim, log_head;
 	struct nf_logent log[NF_LOG];
 	_Atomic uint64_t all_ok; /* even epoch at which every record was
@@ -169,7 +185,7 @@ struct nf_state {
 	struct unf_sub *ovf_last;
 	bool ring_kick; /* something queued since the relay was woken */
 
-	struct {
+	_Alignas(NF_LINE) struct {
 		_Atomic uint64_t unmap, remove, remap, other, wakeups, fences,
 			slow_prepares, relayed, coalesced, registrations,
 			unsure_registrations;

@@ -14,8 +14,9 @@
 /* notifier.c */
 bool nf_trylock(struct nf_lock *l);
 /* Deliver @n events from the calling thread as the monitor delivers a
- * kernel event: strict subscribers fenced, begin, finish (or queued to the
- * relay for deferred ones), unfence. Takes subs_lock. */
+ * kernel event: strict subscribers fenced (not those with UNF_FENCE_READS),
+ * begin, finish (or queued to the relay for deferred ones), unfence. Takes
+ * subs_lock. */
 void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 		      const enum unf_event *ev, unsigned n);
 /* intercept.c: hand our ops to libuodp-hooks.so if it is loaded (once). */

@@ -771,9 +771,12 @@ int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
 	struct unf_sub *sub;
 	int r;
 
-	if (!ops || !out || (flags & ~(UNF_STRICT | UNF_DEFERRED)) ||
+	if (!ops || !out ||
+	    (flags & ~(UNF_STRICT | UNF_DEFERRED | UNF_FENCE_READS)) ||
 	    ((flags & UNF_STRICT) && (!ops->fence || !ops->unfence)) ||
-	    ((flags & UNF_DEFERRED) && !ops->finish)) /* the relay's call */
+	    ((flags & UNF_DEFERRED) && !ops->finish) || /* the relay's call */
+	    ((flags & UNF_FENCE_READS) &&
+	     (flags & (UNF_STRICT | UNF_DEFERRED)) != UNF_STRICT))
 		return -EINVAL;
 	pthread_once(&atfork_once, atfork_install);
 	nf_icpt_attach();
@@ -986,6 +989,12 @@ int unf_map_end(uint64_t addr, uint64_t *end)
  * No event is read, so the epoch and the unmap log are not touched: the
  * caller (intercept.c) has already cut the pieces it took out.
  */
+/* Does an in-thread delivery fence @sub? (UNF_FENCE_READS: not needed) */
+static bool local_fence(const struct unf_sub *sub)
+{
+	return (sub->flags & (UNF_STRICT | UNF_FENCE_READS)) == UNF_STRICT;
+}
+
 void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 		      const enum unf_event *ev, unsigned n)
 {
@@ -995,7 +1004,7 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 
 	nf_lock(&nf.subs_lock);
 	for (sub = nf.subs; sub; sub = sub->next) {
-		if (sub->flags & UNF_STRICT)
+		if (local_fence(sub))
 			fence_get(sub);
 		if (sub->flags & UNF_DEFERRED)
 			relay = true;
@@ -1009,7 +1018,7 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 	for (i = 0; i < n; i++)
 		deliver(start[i], end[i], ev[i]);
 	for (sub = nf.subs; sub; sub = sub->next) {
-		if (!(sub->flags & UNF_STRICT))
+		if (!local_fence(sub))
 			continue;
 		if (sub->flags & UNF_DEFERRED)
 			relay_unfence(sub);

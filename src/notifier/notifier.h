@@ -83,6 +83,14 @@ struct unf_ops {
 
 #define UNF_STRICT (1u << 0)   /* fence before reading events */
 #define UNF_DEFERRED (1u << 1) /* finish on the relay thread */
+/* With UNF_STRICT, not UNF_DEFERRED: the fence is needed only around the
+ * monitor's reads of kernel events (where the unmapping thread resumes
+ * before the finish). An in-thread delivery (libuodp-hooks.so, intercept.h)
+ * returns to the application only after the finish ran, so it calls no
+ * fence / unfence for this subscriber: two lock round trips less per
+ * hooked munmap. For a subscriber whose fence only marks "in flight" and
+ * that marks its own finish so. */
+#define UNF_FENCE_READS (1u << 2)
 
 struct unf_sub;
 
@@ -91,12 +99,14 @@ struct unf_sub;
  * copied and must outlive the subscription. UNF_STRICT needs fence and
  * unfence; they nest per subscriber (a deferred strict subscriber may be
  * fenced again before its unfence is due): the notifier counts, so the
- * subscriber sees fence / unfence strictly alternate.
+ * subscriber sees fence / unfence strictly alternate. UNF_FENCE_READS
+ * (above) leaves them out of in-thread deliveries.
  * Errors: -ENOSYS / -EPERM / -EACCES (userfaultfd unavailable or forbidden;
  * -EPERM also when a filter forbids UFFDIO_REGISTER: probed at start),
  * -EMFILE / -ENFILE, -ENOMEM, -EAGAIN (no thread could be created),
  * -EBADF (the running notifier lost its descriptors, see below), -EINVAL
- * (unknown flags, STRICT without fence/unfence, DEFERRED without finish).
+ * (unknown flags, STRICT without fence/unfence, DEFERRED without finish,
+ * FENCE_READS without STRICT or with DEFERRED).
  */
 int unf_subscribe(const struct unf_ops *ops, void *owner, unsigned flags,
 		  struct unf_sub **out);

@@ -28,8 +28,9 @@
  * makes nf.epoch odd before each read() of events and even after having
  * logged the ranges that read returned. The read is what lets the
  * unmapping thread return, so once munmap() has returned, either the epoch
- * is odd (we wait for the read to end: it never blocks) or its range is in
- * the log below log_head. unf_prepare()'s fast path is one compare: while
+ * is odd (we wait for the read to end: it never blocks; the in-thread
+ * fast path does not, see sync_log) or its range is in the log below
+ * log_head. unf_prepare()'s fast path is one compare: while
  * every record is whole (its single piece covers it) and no event was read
  * since (all_ok == epoch), nothing can be unregistered.
  */
@@ -44,7 +45,8 @@
 /* Set on a thread in the intercept fast path (intercept.c): a piece that
  * would need a larger array is dropped instead (re-registered on demand),
  * because that thread may be inside an allocator. */
-static _Thread_local bool cut_noalloc;
+static _Thread_local bool cut_noalloc
+	__attribute__((tls_model("initial-exec")));
 /* Pieces may claim registrations the kernel no longer has: see
  * nf_icpt_mark_dirty(). */
 static _Atomic bool pieces_dirty;
@@ -242,14 +244,27 @@ static void unverify_all(void)
 /*
  * Apply the monitor's log up to an even epoch and return that epoch. Every
  * event read before that epoch is in the log: pieces are right after this.
+ *
+ * Without @wait (the in-thread fast path: nf_icpt_claim) an odd epoch is
+ * not waited for: what is logged so far is applied and the odd epoch
+ * returned, not recorded as synced, and update_all_ok() publishes nothing
+ * for it. Why: the wait is for the monitor thread, which may be
+ * descheduled in the middle of a read (a sched_yield loop; measured as most
+ * of the fast path's cost when kernel events interleave with hooked
+ * munmaps and the monitor runs on another CPU). What the wait protects is
+ * not needed there: an event being read can only remove registrations
+ * (its mapping is gone), so the pieces may claim more than the kernel has,
+ * never less; the fast path then unregisters a range no longer registered
+ * and delivers an unmap that happened, both harmless, and every range the
+ * kernel still has registered is either cut by it or sends its event.
  */
-static uint64_t sync_log(void)
+static uint64_t sync_log(bool wait)
 {
 	uint64_t e, h, i;
 
 	NF_ASSERT_HELD(&nf.watch_lock);
 	/* Odd: a read is in progress (non-blocking, short). */
-	while ((e = atomic_load(&nf.epoch)) & 1)
+	while (((e = atomic_load(&nf.epoch)) & 1) && wait)
 		sched_yield();
 	if (!cut_noalloc && npend) {
 		for (i = 0; i < npend; i++)
@@ -279,17 +294,19 @@ static uint64_t sync_log(void)
 		}
 	}
 	nf.synced_head = h;
-	nf.synced_epoch = e;
+	if (!(e & 1))
+		nf.synced_epoch = e;
 	return e;
 }
 
 static void update_all_ok(uint64_t e)
 {
 	NF_ASSERT_HELD(&nf.watch_lock);
-	atomic_store(&nf.all_ok,
-		     nf.unverified == 0 && !npend && !atomic_load(&nf.broken) ?
-			     e :
-			     0);
+	atomic_store(&nf.all_ok, nf.unverified == 0 && !npend &&
+						 !atomic_load(&nf.broken) &&
+						 !(e & 1) ?
+					 e :
+					 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -758,7 +775,7 @@ int nf_watch(struct unf_sub *sub, uint64_t start, uint64_t end, bool lazy)
 		r = atomic_load(&nf.broken);
 		goto out;
 	}
-	e = sync_log();
+	e = sync_log(true);
 	d = dom_first(start, end);
 	if (!d || dom_start(d) > start || dom_end(d) < end ||
 	    (!lazy && !pieces_cover(d, start, end))) {
@@ -821,7 +838,7 @@ int nf_prepare_slow(uint64_t start, uint64_t end, bool *settled)
 		r = atomic_load(&nf.broken);
 		goto out;
 	}
-	e = sync_log();
+	e = sync_log(true);
 	d = dom_first(start, end);
 	if (!d)
 		goto done; /* not watched */
@@ -899,7 +916,7 @@ int nf_icpt_claim(uint64_t s, uint64_t e, struct nf_piece *out, size_t max,
 
 	NF_ASSERT_HELD(&nf.watch_lock);
 	cut_noalloc = true;
-	ep = sync_log();
+	ep = sync_log(false);
 	for (d = dom_first(s, e); d; d = dom_next(d, s, e)) {
 		for (i = 0; i < d->npieces; i++) {
 			const struct nf_piece *p = &d->pieces[i];
