@@ -56,6 +56,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -63,11 +64,19 @@
 #include <string.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <linux/userfaultfd.h>
+#include <stddef.h>
+#include <sys/ioctl.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -169,6 +178,8 @@ static const uint8_t *in;
 static size_t in_len, in_pos;
 static bool stop;
 static struct uodp_ctx *ectx; /* the fuzzer's own engine context */
+static unsigned ectx_flags;   /* its flags, for the thread ops' contexts */
+static struct uodp_ctx_ops fz_ops;
 static bool ectx_manual, ectx_pin, ectx_monitor_ok;
 static struct uodp_dev *dev;
 static bool dev_manual;
@@ -192,6 +203,20 @@ static bool injecting; /* ... in the current (or last) call */
 static unsigned long inject_seed;
 static unsigned step;
 static bool bad_buffers; /* cfg2 bit 2: some caller buffers are bad */
+/* cfg2 bit 3: snapshot op bytes >= 128 start application threads instead
+ * (op_thread(): get racing destroy, cancellation; issue 12, findings 6
+ * and 12). */
+static bool thread_ops;
+/* cfg2 bit 7: the input runs in a forked child under a seccomp filter
+ * (install_sandbox()) that denies these: */
+#define SB_PVM 1u	 /* process_vm_readv/writev */
+#define SB_REGISTER 2u	 /* ioctl(UFFDIO_REGISTER) */
+static unsigned sandbox; /* in the child: what the filter denies */
+static uint64_t sandbox_before, sandbox_other; /* findings before it */
+/* The child's exit: findings, all stale / some other (a sanitizer's
+ * error exits 1). */
+#define SANDBOX_STALE 10
+#define SANDBOX_OTHER 11
 static bool sysv_shared; /* cfg2 bit 4: shared mappings are SysV memory */
 static sigset_t saved_mask;
 static bool mask_blocked;
@@ -611,6 +636,9 @@ static bool dev_documented(int r)
 		return !dev_manual;
 	case EBADF:
 		return !dev_manual && sabotaged;
+	case ENOSYS:
+		/* "a forbidden userfaultfd is -ENOSYS here" */
+		return !dev_manual && (sandbox & SB_REGISTER);
 	}
 	return false;
 }
@@ -627,6 +655,11 @@ static void judge(const char *what, int r, int pred, bool injected)
 		return;
 	}
 	if (pred == 1 || r == pred)
+		return;
+	/* Registration forbidden by the sandbox: a monitored device can
+	 * fault nothing, whatever the pages (uodp_dev.h: "a forbidden
+	 * userfaultfd is -ENOSYS here"). */
+	if (r == -ENOSYS && !dev_manual && (sandbox & SB_REGISTER))
 		return;
 	/* Which argument check comes first is the library's choice. */
 	if ((pred == -ERANGE || pred == -EPERM || pred == -EINVAL) &&
@@ -1297,6 +1330,19 @@ static void op_umem_get(void)
 	r = uodp_umem_get(ectx, pool + (size_t)first * ps, (size_t)n * ps,
 			  access, &u);
 	inject_end();
+	if ((sandbox & SB_REGISTER) && !ectx_manual &&
+	    !(r == -ENOMEM && injecting)) {
+		/* Registration forbidden: get fails at once, -EPERM
+		 * (NOTIFIER.md, issue 12 finding 18), never a region whose
+		 * every fault fails. */
+		if (r != -EPERM)
+			finding("umem_get with UFFDIO_REGISTER denied: %d (%s), "
+				"not -EPERM",
+				r, strerror(-r));
+		if (!r)
+			uodp_umem_release(u);
+		return;
+	}
 	if (r == -ENOSYS && !ectx_manual) {
 		stats.skipped_monitor++;
 		return; /* monitor unavailable (notifier not merged) */
@@ -2179,6 +2225,533 @@ static void op_poll(bool drain)
 		resync_all();
 }
 
+/* ---- operations: application threads (cfg2 bit 3) ----
+ *
+ * The interpreter is one thread; these operations start helpers for the
+ * two hostile patterns one thread cannot make (issue 12): a region
+ * registered on a context another thread is destroying (finding 6), and
+ * a thread cancelled while it is inside the library (finding 12). The
+ * helpers judge nothing themselves: they record, the interpreter judges
+ * after the join. A wait that does not end is judged by the watchdog. */
+
+/* The watchdog: a call that must return (an invalidation, a join) runs
+ * between watch_arm() and watch_disarm(); if it has not returned after
+ * WATCH_S seconds the process is wedged, the finding is reported and the
+ * process aborts (nothing else can end the input). Why 5 s: what it
+ * guards takes microseconds; 5 s is a hang even on a loaded CI host. */
+#define WATCH_S 5
+static pthread_mutex_t wd_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wd_cond;
+static const char *wd_what;
+static unsigned wd_gen;
+static bool wd_started;
+static char input_label[128];
+
+void fuzz_set_label(const char *label)
+{
+	snprintf(input_label, sizeof(input_label), "%s", label);
+}
+
+static void *watchdog(void *arg)
+{
+	struct timespec dl;
+
+	(void)arg;
+	pthread_mutex_lock(&wd_lock);
+	for (;;) {
+		unsigned gen;
+
+		while (!wd_what)
+			pthread_cond_wait(&wd_cond, &wd_lock);
+		gen = wd_gen;
+		clock_gettime(CLOCK_MONOTONIC, &dl);
+		dl.tv_sec += WATCH_S;
+		while (wd_what && wd_gen == gen &&
+		       pthread_cond_timedwait(&wd_cond, &wd_lock, &dl) !=
+			       ETIMEDOUT)
+			;
+		if (wd_what && wd_gen == gen) {
+			fprintf(stderr,
+				"FUZZ FINDING (step %u, other): %s has not "
+				"returned after %d s (a hang)%s%s\n",
+				step, wd_what, WATCH_S,
+				input_label[0] ? "; input: " : "", input_label);
+			abort(); /* the process is wedged: nothing can go on */
+		}
+	}
+	return NULL;
+}
+
+static void watch_arm(const char *what)
+{
+	pthread_mutex_lock(&wd_lock);
+	if (!wd_started) {
+		pthread_condattr_t ca;
+		pthread_t t;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&wd_cond, &ca);
+		pthread_condattr_destroy(&ca);
+		if (pthread_create(&t, NULL, watchdog, NULL))
+			abort();
+		pthread_detach(t);
+		wd_started = true;
+	}
+	wd_what = what;
+	wd_gen++;
+	pthread_cond_signal(&wd_cond);
+	pthread_mutex_unlock(&wd_lock);
+}
+
+static void watch_disarm(void)
+{
+	pthread_mutex_lock(&wd_lock);
+	wd_what = NULL;
+	wd_gen++;
+	pthread_cond_signal(&wd_cond);
+	pthread_mutex_unlock(&wd_lock);
+}
+
+/* A seeded moment: at once, after a yield, or after 50 us / 1 ms. */
+static void seeded_pause(unsigned b)
+{
+	switch (b & 3) {
+	case 0:
+		break;
+	case 1:
+		sched_yield();
+		break;
+	case 2:
+		usleep(50);
+		break;
+	default:
+		usleep(1000);
+		break;
+	}
+}
+
+/* Finding 6: uodp_umem_get() / release on a context that another thread
+ * destroys. A region ("keep") holds the context's memory until the end,
+ * so the getters never pass a freed handle (undefined, uodp.h); what they
+ * pass is a context being destroyed, for which uodp_umem_get documents
+ * -ENODEV. */
+#define GETTERS 2
+struct getter {
+	struct uodp_ctx *ctx;
+	char *addr;
+	size_t len;
+	atomic_int *phase; /* 0 running, 1 destroying, 2 destroy returned */
+	atomic_int calls;  /* progress, read by the destroyer */
+	int bad, bad_phase, nodev, ok, after;
+	int bad_release;
+};
+
+static void *getter_main(void *arg)
+{
+	struct getter *g = arg;
+
+	/* Until refused after destroy returned (three times), or a bound
+	 * counted from then: a getter never refused is judged below. */
+	for (g->after = 0; g->after < 10000; atomic_fetch_add(&g->calls, 1)) {
+		int ph = atomic_load(g->phase), r;
+		struct uodp_umem *u = NULL;
+
+		if (ph == 2)
+			g->after++;
+		r = uodp_umem_get(g->ctx, g->addr, g->len, UODP_ACCESS_ALL, &u);
+		if (r == 0) {
+			g->ok++;
+			if (ph == 2 && !g->bad_phase)
+				g->bad_phase = 1; /* registered after destroy */
+			if (uodp_umem_release(u) && !g->bad_release)
+				g->bad_release = 1;
+		} else if (r == -ENODEV) {
+			/* The phase after the call: destroy not yet called
+			 * when it returned. */
+			if (atomic_load(g->phase) == 0 && !g->bad_phase)
+				g->bad_phase = -1; /* refused before destroy */
+			if (ph == 2 && ++g->nodev >= 3)
+				break;
+		} else if (!g->bad) {
+			g->bad = r;
+		}
+	}
+	return NULL;
+}
+
+static bool get_error_ok(int r)
+{
+	/* What op_umem_get accepts, from the same list of uodp.h. */
+	return r == -ENOMEM ||
+	       (!ectx_manual && (r == -EBUSY || r == -EOPNOTSUPP ||
+				 (r == -EBADF && sabotaged)));
+}
+
+static void op_get_vs_destroy(void)
+{
+	int first = (int)upto(POOL_PAGES), n = 1 + (int)upto(MAX_RUN);
+	unsigned start_after = upto(8), pause = byte();
+	struct getter g[GETTERS];
+	pthread_t t[GETTERS];
+	struct uodp_ctx *c = NULL;
+	struct uodp_umem *keep = NULL;
+	atomic_int phase;
+	int64_t m;
+	int i, r;
+
+	if (stop)
+		return;
+	if (first + n > POOL_PAGES)
+		n = POOL_PAGES - first;
+	r = uodp_ctx_create(&fz_ops, ectx_flags, &c);
+	if (r) {
+		if (r != -ENOSYS)
+			finding("get_vs_destroy: ctx_create: %d", r);
+		return;
+	}
+	r = uodp_umem_get(c, pool + (size_t)first * ps, (size_t)n * ps,
+			  UODP_ACCESS_ALL, &keep);
+	if (r == -EPERM && (sandbox & SB_REGISTER) && !ectx_manual) {
+		uodp_ctx_destroy(c); /* op_umem_get judges this case */
+		return;
+	}
+	if (r) {
+		if (r == -ENOSYS && !ectx_manual)
+			stats.skipped_monitor++;
+		else if (!get_error_ok(r))
+			finding("get_vs_destroy: umem_get: %d (%s)", r,
+				strerror(-r));
+		if (uodp_ctx_destroy(c))
+			finding("get_vs_destroy: ctx_destroy");
+		return;
+	}
+	trace("get_vs_destroy pages %d+%d after %u gets, pause %u", first, n,
+	      start_after, pause & 3);
+	atomic_init(&phase, 0);
+	for (i = 0; i < GETTERS; i++) {
+		/* Each getter a run of its own inside keep's pages. */
+		g[i] = (struct getter){ .ctx = c,
+					.addr = pool +
+						(size_t)(first + i % n) * ps,
+					.len = ps,
+					.phase = &phase };
+		atomic_init(&g[i].calls, 0);
+		if (pthread_create(&t[i], NULL, getter_main, &g[i]))
+			abort();
+	}
+	/* Progress, not time: destroy once the getters made some calls. */
+	while (atomic_load(&g[0].calls) < (int)start_after &&
+	       atomic_load(&g[GETTERS - 1].calls) < (int)start_after)
+		sched_yield();
+	seeded_pause(pause);
+	atomic_store(&phase, 1);
+	r = uodp_ctx_destroy(c);
+	atomic_store(&phase, 2);
+	if (r)
+		finding("get_vs_destroy: ctx_destroy racing gets: %d", r);
+	/* A dying region fails at once with -ENODEV (uodp.h). */
+	m = uodp_umem_map_and_lock(keep, pool + (size_t)first * ps, ps,
+				   UODP_ACCESS_READ, UODP_TIMEOUT_INFINITE);
+	if (m != -ENODEV) {
+		finding("get_vs_destroy: map_and_lock on a region of a "
+			"destroyed context: %" PRId64 ", not -ENODEV",
+			m);
+		if (m > 0)
+			uodp_umem_unlock(keep);
+	}
+	watch_arm("a getter racing uodp_ctx_destroy()");
+	for (i = 0; i < GETTERS; i++)
+		pthread_join(t[i], NULL);
+	watch_disarm();
+	for (i = 0; i < GETTERS; i++) {
+		if (g[i].bad && !get_error_ok(g[i].bad))
+			finding("get_vs_destroy: umem_get racing destroy: %d "
+				"(%s)",
+				g[i].bad, strerror(-g[i].bad));
+		if (g[i].bad_phase > 0)
+			finding("get_vs_destroy: umem_get succeeded after "
+				"uodp_ctx_destroy() returned");
+		if (g[i].bad_phase < 0)
+			finding("get_vs_destroy: umem_get -ENODEV before "
+				"uodp_ctx_destroy() was called");
+		if (g[i].bad_release)
+			finding("get_vs_destroy: umem_release of a region "
+				"got racing destroy failed");
+		if (g[i].nodev < 3)
+			finding("get_vs_destroy: %d gets after destroy, %d "
+				"refused with -ENODEV",
+				g[i].after, g[i].nodev);
+	}
+	if (uodp_umem_release(keep)) /* frees the context */
+		finding("get_vs_destroy: release of the last region");
+}
+
+/* Finding 12: a thread cancelled inside the library. The victim faults a
+ * page of a live region - while an invalidation of it is open (it waits
+ * in the library), or not (it may be anywhere in the fault path) - and is
+ * cancelled at a seeded moment. No uodp function is a cancellation point
+ * (uodp.h): the cancel acts after the call returned, so the victim
+ * records the call's result; then the region must still be invalidated
+ * and faulted as usual, within the watchdog's bound. */
+struct victim {
+	struct uodp_umem *umem;
+	char *addr;
+	unsigned access, timeout;
+	atomic_int entered; /* the victim's thread id once it runs */
+	atomic_long result;
+};
+
+static void *victim_main(void *arg)
+{
+	struct victim *v = arg;
+	int64_t r;
+
+	pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, NULL);
+	atomic_store(&v->entered, (int)gettid());
+	r = uodp_umem_map_and_lock(v->umem, v->addr, ps, v->access, v->timeout);
+	if (r > 0)
+		uodp_umem_unlock(v->umem);
+	atomic_store(&v->result, (long)r);
+	for (;;)
+		pthread_testcancel(); /* the first cancellation point */
+	return NULL;
+}
+
+/* Whether thread @tid sleeps (blocked in the kernel). */
+static bool task_sleeps(pid_t tid)
+{
+	char path[64], buf[256], *p;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return false;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' && p[2] == 'S';
+}
+
+static void op_cancel(void)
+{
+	int slot = (int)upto(MAX_UMEMS), off, i, p;
+	bool pending = upto(2), tok_open = false;
+	unsigned access = 1 + upto(2), pause = byte();
+	struct fumem *u = &umems[slot];
+	struct victim v;
+	struct uodp_range tok;
+	pthread_t t;
+	void *ret;
+	int64_t r, m;
+	int pred;
+
+	for (i = 0; i < MAX_UMEMS && !u->umem; i++) {
+		slot = (slot + 1) % MAX_UMEMS;
+		u = &umems[slot];
+	}
+	for (i = 0; i < MAX_TOKENS; i++)
+		tok_open |= token_open[i];
+	/* Another open token would keep the victim waiting for good. */
+	if (stop || !u->umem || tok_open || (access & ~u->access))
+		return;
+	off = (int)upto((unsigned)u->n);
+	p = u->first + off;
+	trace("cancel slot %d page %d access %u%s, pause %u", slot, p, access,
+	      pending ? " with an invalidation open" : "", pause & 3);
+	v = (struct victim){ .umem = u->umem,
+			     .addr = pool + (size_t)p * ps,
+			     .access = access,
+			     .timeout = pending ? UODP_TIMEOUT_INFINITE :
+						  MAP_TIMEOUT_MS };
+	atomic_init(&v.entered, 0);
+	atomic_init(&v.result, 1L << 40);
+	if (pending) {
+		uodp_range_init(&tok, v.addr, ps, UODP_EVENT_MANUAL);
+		if (uodp_invalidate_range_start(ectx, &tok)) {
+			finding("cancel: invalidate_range_start");
+			return;
+		}
+	}
+	if (pthread_create(&t, NULL, victim_main, &v))
+		abort();
+	while (!atomic_load(&v.entered))
+		sched_yield();
+	if (pending) {
+		/* Let it block in the library (bounded: a victim that does
+		 * not block is cancelled anyway, which only tests less). */
+		struct timespec t0, t1;
+		pid_t tid = (pid_t)atomic_load(&v.entered);
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		do {
+			if (atomic_load(&v.result) != (1L << 40) ||
+			    task_sleeps(tid))
+				break;
+			sched_yield();
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+		} while ((t1.tv_sec - t0.tv_sec) * 1000000000L +
+				 (t1.tv_nsec - t0.tv_nsec) <
+			 100000000L);
+	}
+	seeded_pause(pause);
+	pthread_cancel(t);
+	if (pending) {
+		usleep(1000); /* a chance for a wrong cancel to act */
+		/* An error may come before the wait (a refusing monitor);
+		 * pages mapped under an open start() never. */
+		r = atomic_load(&v.result);
+		if (r >= 0 && r != (1L << 40))
+			finding("cancel: map_and_lock mapped %" PRId64
+				" pages while an invalidation of them was open",
+				r);
+		watch_arm("invalidate_range_end() after a thread was "
+			  "cancelled in a fault");
+		if (uodp_invalidate_range_end(&tok))
+			finding("cancel: invalidate_range_end");
+		watch_disarm();
+	}
+	watch_arm("a cancelled thread that was in a fault");
+	pthread_join(t, &ret);
+	watch_disarm();
+	r = atomic_load(&v.result);
+	if (ret != PTHREAD_CANCELED)
+		finding("cancel: the victim was not cancelled");
+	if (r == (1L << 40))
+		finding("cancel: cancelled inside map_and_lock (no uodp "
+			"function is a cancellation point)");
+	pred = sabotaged && !ectx_manual ?
+		       1 :
+		       predict_on(pool_va(p), ps,
+				  access & UODP_ACCESS_WRITE ?
+					  PROT_READ | PROT_WRITE :
+					  PROT_READ,
+				  ectx_manual);
+	if (r < 0 && r != (1L << 40) && pred != 1 && r != pred &&
+	    !(r == -ENOMEM && ectx_pin) &&
+	    !(r == -EBADF && sabotaged && !ectx_manual))
+		finding("cancel: map_and_lock: %" PRId64 " (%s), model says %d",
+			r, strerror((int)-r), pred);
+	/* The region must still be invalidated and faulted. */
+	watch_arm("an invalidation after a thread was cancelled in a fault");
+	if (uodp_invalidate_range(ectx, v.addr, ps, UODP_EVENT_MANUAL))
+		finding("cancel: invalidate_range after the cancel");
+	m = uodp_umem_map_and_lock(u->umem, v.addr, ps, access, MAP_TIMEOUT_MS);
+	watch_disarm();
+	if (m == -EBUSY)
+		finding("cancel: map_and_lock -EBUSY for %d ms after a thread "
+			"was cancelled in a fault (wedged region)",
+			MAP_TIMEOUT_MS);
+	else if (m > 0 && uodp_umem_unlock(u->umem))
+		finding("cancel: unlock");
+}
+
+static void op_thread(void)
+{
+	if (upto(2))
+		op_get_vs_destroy();
+	else
+		op_cancel();
+}
+
+/* ---- the sandbox (cfg2 bit 7) ----
+ *
+ * A seccomp filter cannot be removed from a process, so a sandboxed input
+ * runs in a child forked before any uodp object of the input exists: the
+ * child installs the filter, runs the input as usual and exits with its
+ * verdict; the parent judges the exit. The filter answers EPERM, as
+ * container runtimes do, for process_vm_readv/writev (SB_PVM: issue 12,
+ * finding 16: the device must detect it at open and copy with the
+ * guarded copy, or fail to open with -ENOSYS where there is none) and/or
+ * for ioctl(UFFDIO_REGISTER) (SB_REGISTER: finding 18: uodp_umem_get() on
+ * a monitored context fails at once with -EPERM, NOTIFIER.md). */
+/* Why 60 s: an input runs in milliseconds; its longest own wait is
+ * poll_wait's 5 s. */
+#define SANDBOX_S 60
+
+static int install_sandbox(unsigned what)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_readv, 0,
+			 1),
+		BPF_STMT(BPF_RET | BPF_K, what & SB_PVM ?
+						  SECCOMP_RET_ERRNO | EPERM :
+						  SECCOMP_RET_ALLOW),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_writev, 0,
+			 1),
+		BPF_STMT(BPF_RET | BPF_K, what & SB_PVM ?
+						  SECCOMP_RET_ERRNO | EPERM :
+						  SECCOMP_RET_ALLOW),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
+		/* The command's low word (x86-64 and arm64: little endian). */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)UFFDIO_REGISTER,
+			 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, what & SB_REGISTER ?
+						  SECCOMP_RET_ERRNO | EPERM :
+						  SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
+				   .filter = f };
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+		return -errno;
+	return 0;
+}
+
+/* In the parent: wait for the sandboxed child and judge its exit. */
+static void sandbox_wait(pid_t pid, unsigned what)
+{
+	struct timespec t0, t1;
+	int st = 0;
+	pid_t r;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while ((r = waitpid(pid, &st, WNOHANG)) == 0) {
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		if (t1.tv_sec - t0.tv_sec > SANDBOX_S) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			finding("sandboxed input (%#x denied): no end after "
+				"%d s (a hang)",
+				what, SANDBOX_S);
+			return;
+		}
+		usleep(1000);
+	}
+	if (r != pid)
+		finding("sandboxed input: waitpid: %d", errno);
+	else if (WIFSIGNALED(st))
+		finding("sandboxed input (%#x denied): the child died of "
+			"signal %d (%s)",
+			what, WTERMSIG(st), strsignal(WTERMSIG(st)));
+	else if (WEXITSTATUS(st) == 77)
+		trace("sandbox: seccomp unavailable here");
+	else if (WEXITSTATUS(st) == SANDBOX_STALE)
+		stale(true,
+		      "sandboxed input (%#x denied): the child reported "
+		      "stale translations (above)",
+		      what);
+	else if (WEXITSTATUS(st) == SANDBOX_OTHER)
+		finding("sandboxed input (%#x denied): the child reported a "
+			"finding (above)",
+			what);
+	else if (WEXITSTATUS(st))
+		finding("sandboxed input (%#x denied): the child exited %d "
+			"(a sanitizer's error?)",
+			what, WEXITSTATUS(st));
+}
+
 /* ---- setup and teardown of one input ---- */
 static void on_invalidate(struct uodp_umem *umem, const struct uodp_range *r,
 			  void *priv)
@@ -2343,13 +2916,46 @@ int fuzz_one(const uint8_t *data, size_t size)
 	cfg2 = byte();
 	if (stop)
 		return 0;
+	if ((cfg2 & 0x80) && !sandbox) {
+		/* cfg2 bit 7: byte 2 follows; when its bits 2-3 are zero
+		 * the input runs in a sandbox, bits 0-1 say what the filter
+		 * denies (never nothing). A quarter: the sandbox changes
+		 * how the device copies, the other inputs keep the usual
+		 * paths covered. */
+		unsigned b2 = byte(), what = 1 + (b2 & 3) % 3;
+		pid_t pid;
+
+		if (stop || (b2 & 0xc))
+			goto unsandboxed;
+		fflush(NULL);
+		pid = fork();
+		if (pid < 0)
+			return 0; /* no process to spare: not a finding */
+		if (pid > 0) {
+			sandbox_wait(pid, what);
+			return 0;
+		}
+		if (install_sandbox(what))
+			_exit(77);
+		sandbox = what;
+		wd_started = false; /* the watchdog thread stayed behind */
+		trace("sandbox: %s%s denied",
+		      what & SB_PVM ? "process_vm_readv/writev " : "",
+		      what & SB_REGISTER ? "UFFDIO_REGISTER" : "");
+		sandbox_before = stats.findings;
+		sandbox_other = stats.findings_of[FIND_OTHER];
+	}
+unsandboxed:
+	if (stop)
+		return 0;
 
 	/* cfg bit 0: the engine context follows the kernel monitor; bit 1:
 	 * the device does; bit 2: fast copy; bit 3: strict (monitor only);
 	 * bits 4-5: fault-around; bit 6: allocation failures; bit 7:
 	 * pinning. cfg2: bit 0 two exec workers, bit 1 SIGSEGV/SIGBUS
 	 * blocked, bit 2 bad caller buffers, bit 4 shared mappings are
-	 * SysV memory, bit 5 SIGSEGV/SIGBUS ignored, bit 6 the monitor's
+	 * SysV memory, bit 3 thread ops (op_thread), bit 5 SIGSEGV/SIGBUS
+	 * ignored, bit 6 the monitor's
 	 * userfaultfd replaced by a sentinel file;
 	 * all of it seeds the injected failures. */
 	ectx_manual = !(cfg & 1);
@@ -2359,6 +2965,9 @@ int fuzz_one(const uint8_t *data, size_t size)
 		ctx_flags |= UODP_CTX_PIN;
 	if (!ectx_manual && (cfg & 8))
 		ctx_flags |= UODP_CTX_STRICT;
+	fz_ops = ops;
+	ectx_flags = ctx_flags;
+	thread_ops = cfg2 & 8;
 	r = uodp_ctx_create(&ops, ctx_flags, &ectx);
 	if (r) {
 		if (r != -ENOSYS)
@@ -2406,6 +3015,16 @@ int fuzz_one(const uint8_t *data, size_t size)
 	if (r) {
 		if (r != -ENOSYS)
 			finding("dev_open(%#x): %d", dev_flags, r);
+#if defined(__x86_64__)
+		/* The guarded copy exists here: a sandbox forbidding
+		 * process_vm_readv/writev must not keep the device from
+		 * opening (uodp_dev.h; -ENOSYS also means Linux < 5.14,
+		 * where no context opens either). */
+		else if ((sandbox & SB_PVM) && ectx)
+			finding("dev_open with process_vm_readv/writev "
+				"denied: -ENOSYS although the guarded copy "
+				"exists");
+#endif
 		dev = NULL;
 	}
 #ifdef UODP_FAULT_INJECT
@@ -2493,11 +3112,19 @@ int fuzz_one(const uint8_t *data, size_t size)
 			op_poll(op & 0x80);
 			break;
 		default:
-			op_dev_snapshot();
+			if (thread_ops && op >= 128)
+				op_thread();
+			else
+				op_dev_snapshot();
 			break;
 		}
 	}
 	teardown();
+	if (sandbox)
+		_exit(stats.findings == sandbox_before ? 0 :
+		      stats.findings_of[FIND_OTHER] == sandbox_other ?
+							 SANDBOX_STALE :
+							 SANDBOX_OTHER);
 	if (mask_blocked) {
 		pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
 		mask_blocked = false;

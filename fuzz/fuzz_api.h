@@ -48,6 +48,10 @@ void fuzz_set_mutation(enum fuzz_mutation m);
 enum fuzz_mutation fuzz_mutation_by_name(const char *name);
 void fuzz_set_abort(int on);
 void fuzz_set_verbose(int on);
+/* How to replay the next input (a file name, or the driver's --seed
+ * arguments), printed by a finding that has to abort the process (a hang
+ * the watchdog caught: nothing can return from it). */
+void fuzz_set_label(const char *label);
 const struct fuzz_stats *fuzz_get_stats(void);
 /* "stale", "other"; -1 for an unknown name. */
 int fuzz_finding_kind_by_name(const char *name);

@@ -49,6 +49,7 @@ static int run_file(const char *path)
 	n = fread(buf, 1, sizeof(buf), f);
 	fclose(f);
 	before = fuzz_get_stats()->findings;
+	fuzz_set_label(path);
 	fuzz_one(buf, n);
 	if (fuzz_get_stats()->findings != before)
 		fprintf(stderr, "  (input: %s)\n", path);
@@ -146,6 +147,7 @@ int main(int argc, char **argv)
 	if (!files) {
 		for (i = first; seconds > 0 || i < first + runs; i++) {
 			uint64_t before = s->findings;
+			char label[96];
 			size_t k, n;
 
 			rng = seed * 0x9e3779b97f4a7c15ull + i + 1;
@@ -163,6 +165,9 @@ int main(int argc, char **argv)
 				}
 				fclose(f);
 			}
+			snprintf(label, sizeof(label),
+				 "--seed %llu --first %llu --runs 1", seed, i);
+			fuzz_set_label(label);
 			fuzz_one(buf, n);
 			if (s->findings != before)
 				fprintf(stderr,

@@ -127,17 +127,25 @@ static const int *const ERR_POST =
 static const int *const ERR_DEREG = E(EINVAL, ENOENT, ECHILD);
 static const int *const ERR_TRIM = E(EINVAL, ENOENT, ECHILD);
 
-/* The errno injected in this run (0: none). */
+/* The errno injected in this run (0: none), and its class (-1: none). */
 static int inj_err;
+static int inj_cls = -1;
 
 /*
  * Does @r name a cause the injected failure can have? -ENOSYS says "a
  * kernel facility is missing or forbidden": right for a refused or
  * forbidden call (EINVAL, EPERM, ENOSYS), wrong for a shortage (issue 12,
- * finding 18: ENOMEM in UFFDIO_API became -ENOSYS).
+ * finding 18: ENOMEM in UFFDIO_API became -ENOSYS). A failed thread
+ * creation is -EAGAIN, "no thread could be created", and nothing else
+ * (finding 18: its errno must say what happened); -EAGAIN for a failed
+ * allocation names a cause that did not happen either.
  */
 static bool right_cause(long r)
 {
+	if (inj_cls == FI_THREAD)
+		return r == -EAGAIN;
+	if (r == -EAGAIN && inj_cls == FI_ALLOC)
+		return false;
 	if (r == -ENOSYS)
 		return !inj_err || inj_err == EINVAL || inj_err == EPERM ||
 		       inj_err == ENOSYS;
@@ -578,6 +586,7 @@ static int run_child(void (*flow)(unsigned), unsigned flags,
 	if (n)
 		finject_arm(cls, n, err);
 	inj_err = n ? err : 0;
+	inj_cls = n ? (int)cls : -1;
 	flow(flags);
 	fired = n && finject_failures(cls) > 0;
 	finject_disarm_all();

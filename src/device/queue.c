@@ -161,6 +161,7 @@ static int pool_start_locked(struct uodp_dev *dev)
 {
 	unsigned n = dev->nexec + dev->nfault, i;
 	struct worker_arg *a;
+	int r = -EAGAIN; /* no thread could be created */
 
 	if (dev->pool_started)
 		return 0;
@@ -170,8 +171,10 @@ static int pool_start_locked(struct uodp_dev *dev)
 	dev->pool_stop = false;
 	for (i = 0; i < n; i++) {
 		a = malloc(sizeof(*a));
-		if (!a)
+		if (!a) {
+			r = -ENOMEM; /* not "no thread": say what failed */
 			goto err;
+		}
 		a->dev = dev;
 		a->fault = i >= dev->nexec;
 		if (pthread_create(&dev->threads[i], NULL, worker, a)) {
@@ -187,7 +190,7 @@ err:
 	pthread_mutex_unlock(&dev->pool_lock);
 	pool_stop(dev);
 	pthread_mutex_lock(&dev->pool_lock);
-	return -EAGAIN;
+	return r;
 }
 
 void pool_stop(struct uodp_dev *dev)
