@@ -13,7 +13,8 @@
 #include <sys/resource.h>
 
 #include "helpers.h"
-#include "lib/pgtable.h" /* pgt_test_fail_alloc() */
+#include "lib/pgtable.h"       /* pgt_test_fail_alloc() */
+#include "notifier/notifier.h" /* unf_test_hook_after_read */
 
 static size_t page;
 
@@ -174,6 +175,145 @@ static void test_pinned_mremap_grow(void **state)
 	assert_locked(base);
 	t_unmap(dst, 8);
 	t_unmap_pages(buf, 4, 8);
+}
+
+/*
+ * A release racing a move on another thread. The kernel lets mremap()
+ * return only once the monitor has read the UNMAP of the old range, which
+ * it reads after it delivered the REMAP; but between the REMAP's read and
+ * its delivery another thread may release the region. The release dropped
+ * the source's pin counts first, so the report found nothing of ours there
+ * and the destination stayed locked for good (before the fix: VmLck 4
+ * pages over, MADV_DONTNEED refused with EINVAL). The monitor is parked
+ * right after its read of the REMAP (unf_test_hook_after_read); it goes
+ * on once the release has returned, or is waiting for it
+ * (unf_test_hook_barrier_wait): no sleep decides the order.
+ */
+static atomic_bool mon_read, mon_go;
+
+static void park_after_read(void)
+{
+	double t0 = t_now_ms();
+
+	atomic_store(&mon_read, true);
+	/* Bounded, so that a regression fails rather than hangs. */
+	while (!atomic_load(&mon_go) && t_now_ms() - t0 < 10000.0)
+		sched_yield();
+}
+
+static void let_monitor_go(void)
+{
+	atomic_store(&mon_go, true);
+}
+
+static void let_monitor_go_ctx(struct uodp_ctx *ctx)
+{
+	(void)ctx;
+	atomic_store(&mon_go, true);
+}
+
+struct move_arg {
+	char *from, *to;
+	size_t len;
+	void *got;
+};
+
+static void *move_thread(void *argp)
+{
+	struct move_arg *a = argp;
+
+	/* The system call itself: under libuodp-hooks (the _hooks run of
+	 * this program) too, the move goes to the kernel and its monitor. */
+	a->got = (void *)syscall(SYS_mremap, a->from, a->len, a->len,
+				 MREMAP_MAYMOVE | MREMAP_FIXED, a->to);
+	return NULL;
+}
+
+/* Move 4 pinned pages of @ctx's region @u while @teardown runs on this
+ * thread in the window above; returns what it returned. */
+static int move_racing(char *buf, char *dst, int (*teardown)(void *), void *arg)
+{
+	struct move_arg m = { .from = buf, .to = dst, .len = 4 * page };
+	double t0 = t_now_ms();
+	pthread_t th;
+	int r;
+
+	atomic_store(&mon_read, false);
+	atomic_store(&mon_go, false);
+	unf_test_hook_barrier_wait = let_monitor_go;
+	engine_test_hook_before_detach = let_monitor_go_ctx;
+	unf_test_hook_after_read = park_after_read;
+	assert_int_equal(pthread_create(&th, NULL, move_thread, &m), 0);
+	while (!atomic_load(&mon_read)) {
+		if (t_now_ms() - t0 > 10000.0)
+			fail_msg("the monitor read no event in 10 s");
+		sched_yield();
+	}
+	/* The REMAP is read, not delivered; the mover waits in mremap(). */
+	r = teardown(arg);
+	atomic_store(&mon_go, true);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	unf_test_hook_after_read = NULL;
+	unf_test_hook_barrier_wait = NULL;
+	engine_test_hook_before_detach = NULL;
+	assert_ptr_equal(m.got, dst);
+	return r;
+}
+
+static int release_it(void *u)
+{
+	return uodp_umem_release(u);
+}
+
+static int destroy_it(void *ctx)
+{
+	return uodp_ctx_destroy(ctx);
+}
+
+static void pinned_move_racing(bool destroy)
+{
+	struct uodp_ctx *ctx;
+	char *buf, *dst;
+	struct uodp_umem *u;
+	long kb = (long)(page / 1024), base;
+
+	if (!t_monitor_available())
+		skip();
+	ctx = t_ctx(UODP_CTX_PIN);
+	buf = t_buf(8);
+	dst = t_map(4, PROT_NONE, MAP_PRIVATE);
+	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
+	base = vmlck_kb();
+	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_locked(base + 4 * kb);
+	if (destroy) {
+		/* Destroy detaches first, which waits for the drain (the
+		 * monitor holds the subscriber list across it). */
+		assert_int_equal(move_racing(buf, dst, destroy_it, ctx), 0);
+		assert_locked(base);
+		assert_int_equal(uodp_umem_release(u), 0);
+	} else {
+		assert_int_equal(move_racing(buf, dst, release_it, u), 0);
+		t_wait_sync(ctx);
+		assert_locked(base);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	}
+	assert_locked(base);
+	assert_int_equal(madvise(dst, 4 * page, MADV_DONTNEED), 0);
+	t_unmap(dst, 4);
+	t_unmap_pages(buf, 4, 8);
+}
+
+static void test_pinned_mremap_release_race(void **state)
+{
+	(void)state;
+	pinned_move_racing(false);
+}
+
+static void test_pinned_mremap_destroy_race(void **state)
+{
+	(void)state;
+	pinned_move_racing(true);
 }
 
 static void test_pinned_mremap_monitor(void **state)
@@ -390,6 +530,8 @@ int main(void)
 		cmocka_unit_test(test_pinned_mremap_monitor),
 		cmocka_unit_test(test_pinned_mremap_manual),
 		cmocka_unit_test(test_pinned_mremap_grow),
+		cmocka_unit_test(test_pinned_mremap_release_race),
+		cmocka_unit_test(test_pinned_mremap_destroy_race),
 		cmocka_unit_test(test_pinning_memlock_limit),
 	};
 

@@ -411,6 +411,9 @@ void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
  * invalidation): unlock the destination pages whose source page the
  * context had locked. Monitor thread; never allocates. */
 void pin_moved(struct uodp_ctx *ctx, uint64_t from, uint64_t to, uint64_t n);
+/* ctx.c: wait until the moves the monitor has read are reported to a
+ * pinning context (uodp_umem_release(), before it unpins). No lock held. */
+void ctx_settle_moves(struct uodp_ctx *ctx);
 
 /* huge.c: see the comment at its top. */
 bool huge_probe(const struct uodp_ctx *ctx);
