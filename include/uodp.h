@@ -176,7 +176,11 @@ struct uodp_ctx_ops {
 /* On-demand pinning: each page stays mlock()ed from the time it is mapped
  * until it is invalidated, unmapped or its region released, so it is not
  * swapped or migrated under the device. The invalidate callback becomes
- * optional. Pinned pages are locked memory: the application's own
+ * optional. mlock() is not counted by the kernel, so the library counts
+ * references per page for the whole process: a page pinned by several
+ * regions, of one context or of several, stays locked until the last of
+ * them drops it (but the last unlock also undoes an mlock() the
+ * application made itself on the page). Pinned pages are locked memory: the application's own
  * madvise(MADV_DONTNEED/MADV_FREE) on them fails with EINVAL while they
  * are pinned (the kernel refuses it on mlocked pages). mremap() moves the
  * lock with the pages: with the kernel monitor the destination (and the

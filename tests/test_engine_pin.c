@@ -377,34 +377,44 @@ static void test_pinning_overlap(void **state)
 	t_unmap(buf, 12);
 }
 
-/* Out of memory for the pin counts: the page is not left locked. */
-static void test_pinning_enomem(void **state)
+/* Two pinning contexts over one buffer (two drivers in one process):
+ * mlock() is not counted by the kernel, so one context's unlock must not
+ * unlock the pages the other still pins (before the fix the counts were
+ * per context: releasing c's region or destroying its context unlocked
+ * pages 4-7 under a, VmLck 4 pages short). */
+static void test_pinning_cross_context(void **state)
 {
-	struct uodp_ctx *ctx = pin_ctx();
-	char *buf = t_buf(4);
-	struct uodp_umem *u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
-	long base = vmlck_kb();
+	struct uodp_ctx *ctx1 = pin_ctx(), *ctx2 = pin_ctx();
+	char *buf = t_buf(12);
+	struct uodp_umem *a = t_get(ctx1, buf, 8 * page, UODP_ACCESS_ALL);
+	struct uodp_umem *c =
+		t_get(ctx2, t_pg(buf, 4), 8 * page, UODP_ACCESS_ALL);
+	long kb = (long)(page / 1024), base = vmlck_kb();
 
 	(void)state;
-	/* The first node of the pin counts (pins are taken before the
-	 * region's table is touched). */
-	pgt_test_fail_alloc(1);
-	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), -ENOMEM);
-	pgt_test_fail_alloc(0);
+	assert_int_equal(t_fault(a, buf, 8 * page, UODP_ACCESS_WRITE), 8);
+	assert_int_equal(t_fault(c, t_pg(buf, 4), 8 * page, UODP_ACCESS_WRITE),
+			 8);
+	assert_locked(base + 12 * kb);
+	/* c's unmap of the shared pages, then its release: a's stay. */
+	assert_int_equal(uodp_umem_unmap(c, buf, 6 * page), 2);
+	assert_locked(base + 12 * kb);
+	assert_int_equal(uodp_umem_release(c), 0);
+	assert_locked(base + 8 * kb);
+	/* Again, through the other context's teardown. */
+	c = t_get(ctx2, t_pg(buf, 4), 8 * page, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(c, t_pg(buf, 4), 8 * page, UODP_ACCESS_READ),
+			 8);
+	assert_locked(base + 12 * kb);
+	assert_int_equal(uodp_ctx_destroy(ctx2), 0);
+	assert_locked(base + 8 * kb);
+	assert_int_equal(uodp_umem_release(c), 0);
+	assert_locked(base + 8 * kb);
+	/* And the last reference unlocks. */
+	assert_int_equal(uodp_umem_release(a), 0);
 	assert_locked(base);
-	assert_int_equal(t_entry(u, buf), 0);
-	assert_int_equal(t_stats(u).mapped_now, 0);
-	assert_int_equal(t_stats(u).table_bytes, 0);
-	/* The region's table fails after the pins were taken: given back. */
-	pgt_test_fail_alloc(2);
-	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), -ENOMEM);
-	pgt_test_fail_alloc(0);
-	assert_locked(base);
-	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
-	assert_int_equal(uodp_umem_release(u), 0);
-	assert_locked(base);
-	assert_int_equal(uodp_ctx_destroy(ctx), 0);
-	t_unmap(buf, 4);
+	assert_int_equal(uodp_ctx_destroy(ctx1), 0);
+	t_unmap(buf, 12);
 }
 
 /* Destroy unlocks everything at once. */
@@ -454,6 +464,65 @@ static int64_t fault_child(struct uodp_umem *u, void *p, size_t len,
 	if (r > 0 && uodp_umem_unlock(u))
 		_exit(4);
 	return r;
+}
+
+/* Out of memory for the pin counts: the page is not left locked. In a
+ * child: the counts are the process's, and a child starts with none (no
+ * node of an earlier test's pins to reuse), so the first node it needs is
+ * the allocation that fails. */
+static void enomem_child(void *arg)
+{
+	static const struct uodp_ctx_ops ops = { .priv = (void *)1 };
+	struct uodp_umem_stats st;
+	struct uodp_ctx *ctx = NULL;
+	struct uodp_umem *u = NULL;
+	long base = vmlck_kb();
+	uint64_t e = 1;
+	char *buf;
+
+	(void)arg;
+	buf = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	T_CHILD_CHECK(buf != MAP_FAILED);
+	T_CHILD_CHECK(uodp_ctx_create(&ops, UODP_CTX_MANUAL | UODP_CTX_PIN,
+				      &ctx) == 0);
+	T_CHILD_CHECK(uodp_umem_get(ctx, buf, 4 * page, UODP_ACCESS_ALL, &u) ==
+		      0);
+	/* The first node of the pin counts (pins are taken before the
+	 * region's table is touched). */
+	pgt_test_fail_alloc(1);
+	T_CHILD_CHECK(fault_child(u, buf, 4 * page, UODP_ACCESS_WRITE) ==
+		      -ENOMEM);
+	pgt_test_fail_alloc(0);
+	T_CHILD_CHECK(!mlock_works() || vmlck_kb() == base);
+	T_CHILD_CHECK(uodp_umem_lock(u) == 0);
+	T_CHILD_CHECK(uodp_umem_entries_locked(u, buf, 1, &e) == 0 && e == 0);
+	T_CHILD_CHECK(uodp_umem_unlock(u) == 0);
+	T_CHILD_CHECK(uodp_umem_stats(u, &st, sizeof(st)) == 0);
+	T_CHILD_CHECK(st.mapped_now == 0 && st.table_bytes == 0);
+	/* The region's table fails after the pins were taken: given back. */
+	pgt_test_fail_alloc(2);
+	T_CHILD_CHECK(fault_child(u, buf, 4 * page, UODP_ACCESS_WRITE) ==
+		      -ENOMEM);
+	pgt_test_fail_alloc(0);
+	T_CHILD_CHECK(!mlock_works() || vmlck_kb() == base);
+	T_CHILD_CHECK(fault_child(u, buf, 4 * page, UODP_ACCESS_WRITE) == 4);
+	T_CHILD_CHECK(uodp_umem_release(u) == 0);
+	T_CHILD_CHECK(!mlock_works() || vmlck_kb() == base);
+	T_CHILD_CHECK(uodp_ctx_destroy(ctx) == 0);
+	munmap(buf, 4 * page);
+}
+
+static void test_pinning_enomem(void **state)
+{
+	char err[512];
+	int st;
+
+	(void)state;
+	(void)mlock_works(); /* probed in the parent */
+	st = t_in_child(enomem_child, NULL, err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail_msg("child failed (status %#x): %s", st, err);
 }
 
 static void memlock_child(void *arg)
@@ -525,6 +594,7 @@ int main(void)
 		cmocka_unit_test(test_pinning),
 		cmocka_unit_test(test_pinning_with_callback),
 		cmocka_unit_test(test_pinning_overlap),
+		cmocka_unit_test(test_pinning_cross_context),
 		cmocka_unit_test(test_pinning_enomem),
 		cmocka_unit_test(test_destroy_pinned),
 		cmocka_unit_test(test_pinned_mremap_monitor),
