@@ -316,6 +316,53 @@ static void test_pinned_mremap_destroy_race(void **state)
 	pinned_move_racing(true);
 }
 
+/*
+ * pin_moved() walks the source's counts a batch of runs at a time
+ * (skipping empty stretches); more runs than a batch holds (64), in a
+ * move that also holds long unpinned stretches, must all be unlocked at
+ * the destination. Called directly, as the monitor calls it, after the
+ * move: a kernel that moves one mapping per mremap() (before Linux 6.17)
+ * cannot move them in one call, and the test skips there.
+ */
+static void test_pinned_moved_many_runs(void **state)
+{
+	const size_t runs = 150, n = 4 * runs + 512;
+	struct uodp_ctx *ctx = pin_ctx();
+	char *buf = t_buf(n), *dst = t_map(n, PROT_NONE, MAP_PRIVATE), *p;
+	struct uodp_umem *u = t_get(ctx, buf, n * page, UODP_ACCESS_ALL);
+	long kb = (long)(page / 1024), base = vmlck_kb();
+	size_t i;
+
+	(void)state;
+	/* Runs of one and two pages, one page apart, then 512 pages
+	 * unpinned. */
+	for (i = 0; i < runs; i++)
+		assert_int_equal(t_fault(u, t_pg(buf, 4 * i),
+					 (1 + i % 2) * page, UODP_ACCESS_WRITE),
+				 (int64_t)(1 + i % 2));
+	assert_locked(base + (long)(runs + runs / 2) * kb);
+	p = mremap(buf, n * page, n * page, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	if (p == MAP_FAILED) {
+		assert_int_equal(errno, EFAULT);
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		t_unmap(buf, n);
+		t_unmap(dst, n);
+		t_skip("the kernel moves one mapping per mremap() (< 6.17)");
+	}
+	assert_ptr_equal(p, dst);
+	pin_moved(ctx, (uintptr_t)buf, (uintptr_t)dst, n);
+	assert_locked(base);
+	assert_int_equal(madvise(dst, n * page, MADV_DONTNEED), 0);
+	assert_int_equal(
+		uodp_invalidate_range(ctx, buf, n * page, UODP_EVENT_REMAP), 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_locked(base);
+	t_unmap(dst, n);
+	t_unmap(buf, n);
+}
+
 static void test_pinned_mremap_monitor(void **state)
 {
 	(void)state;
@@ -600,6 +647,7 @@ int main(void)
 		cmocka_unit_test(test_pinned_mremap_monitor),
 		cmocka_unit_test(test_pinned_mremap_manual),
 		cmocka_unit_test(test_pinned_mremap_grow),
+		cmocka_unit_test(test_pinned_moved_many_runs),
 		cmocka_unit_test(test_pinned_mremap_release_race),
 		cmocka_unit_test(test_pinned_mremap_destroy_race),
 		cmocka_unit_test(test_pinning_memlock_limit),

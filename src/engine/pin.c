@@ -220,12 +220,43 @@ void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n)
 	ulock_unlock(&pin_g.lock);
 }
 
+/* The source's pinned pages, a batch of runs at a time: pgt_for_each()
+ * skips empty subtrees (a large move with few pinned pages costs their
+ * number, not the move's length) but its callback may not look the table
+ * up, so the destination's counts are read between batches. */
+#define MOVED_BATCH 64
+
+struct moved_scan {
+	uint64_t first[MOVED_BATCH], n[MOVED_BATCH];
+	unsigned k;
+	uint64_t next; /* where the walk stopped (batch full), or its end */
+};
+
+static int moved_word(uint64_t idx, uint64_t *word, void *argp)
+{
+	struct moved_scan *m = argp;
+
+	if (!*word)
+		return 0;
+	if (m->k && m->first[m->k - 1] + m->n[m->k - 1] == idx) {
+		m->n[m->k - 1]++;
+		return 0;
+	}
+	if (m->k == MOVED_BATCH) {
+		m->next = idx;
+		return 1;
+	}
+	m->first[m->k] = idx;
+	m->n[m->k++] = 1;
+	return 0;
+}
+
 /*
  * mremap() moved @n pages from @from to @to. Unlocked at the destination:
- * the pages the process had pinned at the source, and, when the move also grew the
- * mapping (the kernel populates and locks the new tail; the REMAP reports
- * the old length only), the tail: up to the end of the mapping that holds
- * the last moved page, read before a munlock splits it (a moved mapping
+ * the pages the process had pinned at the source, and, when the move also
+ * grew the mapping (the kernel populates and locks the new tail; the REMAP
+ * reports the old length only), the tail: up to the end of the mapping
+ * that holds the last moved page, read before a munlock splits it (a moved mapping
  * merges with no neighbour that has pages of its own). Pages pinned at the
  * destination (a fault there after the move, any context's) stay locked.
  * Each pinning context is told of the move: the first call unlocks, the
@@ -236,16 +267,24 @@ void pin_moved(struct uodp_ctx *ctx, uint64_t from, uint64_t to, uint64_t n)
 {
 	struct unlock_run run = { .shift = ctx->page_shift };
 	unsigned shift = ctx->page_shift;
-	uint64_t src = from >> shift, dst = to >> shift, i, end = 0;
+	uint64_t src = from >> shift, dst = to >> shift, i, d, end = 0;
+	struct moved_scan m;
+	unsigned j;
 
 	ulock_lock(&pin_g.lock);
 	if (!n || !pgt_get(&pin_g.pins, src + n - 1) ||
 	    unf_map_end((dst + n - 1) << shift, &end))
 		end = 0; /* no tail of ours to look for */
-	for (i = 0; i < n; i++)
-		if (pgt_get(&pin_g.pins, src + i) &&
-		    !pgt_get(&pin_g.pins, dst + i))
-			run_add(&run, dst + i);
+	for (i = src; i < src + n; i = m.next) {
+		m.k = 0;
+		m.next = src + n;
+		pgt_for_each(&pin_g.pins, i, src + n, moved_word, &m);
+		for (j = 0; j < m.k; j++)
+			for (d = dst + (m.first[j] - src);
+			     d < dst + (m.first[j] - src) + m.n[j]; d++)
+				if (!pgt_get(&pin_g.pins, d))
+					run_add(&run, d);
+	}
 	for (i = dst + n; i < end >> shift; i++)
 		if (!pgt_get(&pin_g.pins, i))
 			run_add(&run, i);
