@@ -176,7 +176,11 @@ struct uodp_ctx_ops {
 /* On-demand pinning: each page stays mlock()ed from the time it is mapped
  * until it is invalidated, unmapped or its region released, so it is not
  * swapped or migrated under the device. The invalidate callback becomes
- * optional. Pinned pages are locked memory: the application's own
+ * optional. mlock() is not counted by the kernel, so the library counts
+ * references per page for the whole process: a page pinned by several
+ * regions, of one context or of several, stays locked until the last of
+ * them drops it (but the last unlock also undoes an mlock() the
+ * application made itself on the page). Pinned pages are locked memory: the application's own
  * madvise(MADV_DONTNEED/MADV_FREE) on them fails with EINVAL while they
  * are pinned (the kernel refuses it on mlocked pages). mremap() moves the
  * lock with the pages: with the kernel monitor the destination (and the
@@ -185,7 +189,13 @@ struct uodp_ctx_ops {
  * REMAP's callback
  * (like any invalidation, that may be just after mremap() returns); a
  * MANUAL context must invalidate pinned memory before it moves it (after,
- * the lock stays at the destination). */
+ * the lock stays at the destination). A move is not synchronized with a
+ * release or unmap of the same memory on another thread: a release racing
+ * it waits for the move once the monitor has read it, but a release that
+ * runs before that read, or a uodp_umem_unmap() of the moved pages before
+ * the move is handled, drops the source's pins first and leaves the
+ * destination locked. Do not release or unmap pinned memory while another
+ * thread moves it (a mremap() that returned has been handled). */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the
@@ -293,7 +303,8 @@ UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
  * leaves the context and its memory is freed. The driver must have stopped
  * device accesses to it. From a callback of a UODP_CTX_DEFERRED context it
  * may release the region being invalidated (the release completes after
- * the callback returns).
+ * the callback returns). With UODP_CTX_PIN on the kernel monitor it first
+ * waits until the moves the monitor has read are handled (see there).
  * Errors: -EINVAL (NULL), -EDEADLK (a callback of a context without
  * UODP_CTX_DEFERRED, or the region lock is held by the calling thread),
  * -ECHILD.

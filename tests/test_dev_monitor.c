@@ -507,10 +507,13 @@ static void test_implicit_watches_what_it_faults(void **state)
  * records its status before reaching a cancellation point of its own) and
  * its key must deregister (no reference left). In a child: a thread
  * cancelled inside the wait exits holding the fence's mutex, and the
- * alarm is then the failure.
+ * alarm is then the failure. No sleep orders it: A is seen in the install
+ * hook, B at its wait (dev_test_hook_fence_wait), and the cancel is sent
+ * while the fence cannot lift (A still held).
  */
 extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
-static atomic_int fc_hold, fc_in_hook;
+extern void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
+static atomic_int fc_hold, fc_in_hook, fc_in_fence;
 static atomic_int fc_status = 1;
 
 struct fc_arg {
@@ -525,6 +528,14 @@ static void fc_hook(struct uodp_umem *umem)
 	atomic_store(&fc_in_hook, 1);
 	while (atomic_load(&fc_hold))
 		sched_yield(); /* not a cancellation point */
+}
+
+/* B is about to wait for the unfence, which cannot come before A goes
+ * on: a cancel sent now finds B in (or entering) that wait. */
+static void fc_fence_hook(struct uodp_dev *dev)
+{
+	(void)dev;
+	atomic_store(&fc_in_fence, 1);
 }
 
 static void *fc_faulter(void *argp)
@@ -594,11 +605,15 @@ static void fence_cancel_child(void)
 	dev_test_hook_before_install = NULL; /* A is in it already */
 	/* The monitor fences the device, then waits for A's region lock. */
 	FC_CHECK(!munmap(p1 + 4 * PS, 4 * PS), 8);
+	dev_test_hook_fence_wait = fc_fence_hook;
 	FC_CHECK(!pthread_create(&tb, NULL, fc_reader, &a2), 9);
-	usleep(50000); /* let B block in the fence */
+	while (!atomic_load(&fc_in_fence))
+		sched_yield();
+	dev_test_hook_fence_wait = NULL;
 	FC_CHECK(atomic_load(&fc_status) == 1, 10); /* it waits */
+	/* Deferred cancellation: pending from here on, it acts at B's next
+	 * cancellation point, the wait itself unless that is shielded. */
 	FC_CHECK(!pthread_cancel(tb), 11);
-	usleep(50000);
 	atomic_store(&fc_hold, 0); /* A, the invalidation, B go on */
 	FC_CHECK(!pthread_join(tb, &ret), 12);
 	FC_CHECK(ret == PTHREAD_CANCELED, 13);

@@ -124,6 +124,8 @@ void dev_invalidate_range(struct uodp_umem *umem,
  * drain; sequentially consistent atomics make at least one of them see the
  * other. The mutex and condition variable only carry the wakeups.
  */
+void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
+
 void dev_window_fence_enter(struct uodp_dev *dev)
 {
 	int cs;
@@ -137,6 +139,8 @@ void dev_window_fence_enter(struct uodp_dev *dev)
 		 * cancellation point): the caller holds a key reference. */
 		cs = dev_nocancel_begin();
 		pthread_mutex_lock(&dev->fence_mu);
+		if (dev_test_hook_fence_wait && atomic_load(&dev->fenced))
+			dev_test_hook_fence_wait(dev);
 		while (atomic_load(&dev->fenced))
 			pthread_cond_wait(&dev->fence_cv, &dev->fence_mu);
 		pthread_mutex_unlock(&dev->fence_mu);

@@ -389,6 +389,10 @@ int dop_fault(struct uodp_dev *dev, struct fault_req *fr);
  * (device page-table leaves; no device or engine lock is held there). */
 extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
 extern void (*dev_test_hook_alloc)(struct uodp_umem *umem);
+/* ... and by an access that found the device fenced, right before it
+ * waits for the unfence (fence_mu held: the hook must not call uodp; the
+ * unfence cannot complete before the wait has begun). */
+extern void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
 
 /* queue.c */
 void pool_stop(struct uodp_dev *dev);

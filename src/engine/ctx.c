@@ -123,13 +123,8 @@ static int init_locks(struct uodp_ctx *ctx)
 	pthread_condattr_destroy(&ca);
 	if (r)
 		goto err_inv;
-	r = ulock_init(&ctx->pin_lock);
-	if (r)
-		goto err_cond;
 	return 0;
 
-err_cond:
-	pthread_cond_destroy(&ctx->inv_idle);
 err_inv:
 	pthread_mutex_destroy(&ctx->inv_lock);
 err_tree:
@@ -208,8 +203,8 @@ static int ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	atomic_init(&ctx->period, 0);
 	atomic_init(&ctx->inflight, 0);
 	atomic_init(&ctx->users, 0);
-	pgt_init(&ctx->pins, UODP_VA_LIMIT >> ctx->page_shift);
-	ctx->pins.no_alloc = true; /* see table.c */
+	if (flags & UODP_CTX_PIN)
+		pin_init(); /* the process's pin counts (pin.c) */
 	ctx_probe_pagemap(ctx);
 	if (flags & UODP_CTX_NO_FRAMES)
 		ctx->pagemap_pfns = false;
@@ -232,8 +227,6 @@ static void ctx_free(struct uodp_ctx *ctx)
 	unf_free(ctx->sub); /* detached by uodp_ctx_destroy() */
 	if (ctx_pagemap_ours(ctx))
 		close(ctx->pagemap_fd);
-	pgt_destroy(&ctx->pins);
-	ulock_destroy(&ctx->pin_lock);
 	rindex_destroy(&ctx->tree);
 	pthread_cond_destroy(&ctx->inv_idle);
 	pthread_mutex_destroy(&ctx->inv_lock);
@@ -320,6 +313,18 @@ static void sink_moved(void *owner, uint64_t from, uint64_t to, uint64_t len)
 
 	if (ctx->flags & UODP_CTX_PIN)
 		pin_moved(ctx, from, to, len >> ctx->page_shift);
+}
+
+/* Before a pinning context drops pins on its own (a release): a move the
+ * monitor has read but not yet reported would find the source's counts
+ * gone and leave the destination locked for good, so wait for the moves
+ * read so far (the mremap() that the caller saw return among them). Not
+ * uodp_umem_unmap(): it may be called holding another region's lock, which
+ * the monitor's invalidation may wait for. */
+void ctx_settle_moves(struct uodp_ctx *ctx)
+{
+	if ((ctx->flags & UODP_CTX_PIN) && !(ctx->flags & UODP_CTX_MANUAL))
+		unf_barrier();
 }
 
 static const struct unf_ops sink_ops = {
@@ -522,6 +527,8 @@ UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx)
 	cs = nocancel_begin();
 	ctx_unsubscribe(ctx);
 	ctx_kill_regions(ctx);
+	if (ctx->flags & UODP_CTX_PIN)
+		pin_trim();
 
 	/* Decide who frees the context: us if no region is left, else the
 	 * last uodp_umem_release(). Both decide under the tree write lock,

@@ -65,7 +65,9 @@
  *   3. umem->lock      (ulock)  the region's table, stripes, dying flag and
  *                               stats; the driver's lock (uodp_umem_lock).
  *                               Never held while calling the driver.
- *   4. ctx->pin_lock   (mutex)  pinning-mode reference counts; leaf lock.
+ *   4. the pin lock    (ulock)  pinning-mode reference counts of the whole
+ *                               process (pin.c: shared by all contexts);
+ *                               leaf lock.
  *
  * inv_lock and umem->lock are never held together. No engine lock is held
  * across madvise/pagemap I/O. No allocator call is made under a lock an
@@ -167,9 +169,6 @@ struct uodp_ctx {
 	/* Relay walks of deferred invalidations (one relay thread at a
 	 * time per context): the id marks regions already handled. */
 	uint64_t relay_id;
-
-	struct ulock pin_lock; /* see LOCKS above */
-	struct pgt pins;       /* page number -> mlock reference count */
 };
 
 struct stripe {
@@ -431,16 +430,26 @@ void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
 int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 		bool *settled);
 
-/* pin.c: mlock reference counts of pinning mode (ctx->pin_lock inside).
+/* pin.c: mlock reference counts of pinning mode, one per page for the
+ * whole process (the pin lock inside); pin_init() sets them up once (a
+ * pinning context's creation), before any other call.
  * pin_range() takes a reference on each of @n pages from @va and returns
  * how many it took (*err: why it stopped early, -ENOMEM); unpin_range()
  * drops one on each of @n pages (never fails, never allocates). */
 uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err);
 void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
+void pin_init(void);
+/* Free the counts' emptied nodes beyond the spare (table.c): unpinning
+ * runs under region locks, where nothing is freed; called holding no lock
+ * after a release or teardown unpinned. */
+void pin_trim(void);
 /* mremap() moved @n pages from @from to @to (a kernel REMAP, before its
  * invalidation): unlock the destination pages whose source page the
- * context had locked. Monitor thread; never allocates. */
+ * process had pinned. Monitor thread; never allocates. */
 void pin_moved(struct uodp_ctx *ctx, uint64_t from, uint64_t to, uint64_t n);
+/* ctx.c: wait until the moves the monitor has read are reported to a
+ * pinning context (uodp_umem_release(), before it unpins). No lock held. */
+void ctx_settle_moves(struct uodp_ctx *ctx);
 
 /* huge.c: see the comment at its top. */
 bool huge_probe(const struct uodp_ctx *ctx);

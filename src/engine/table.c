@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * table.c - the memory discipline of the engine's sparse tables (a region's
- * translation table, the context's pin counts).
+ * translation table, the process's pin counts).
  *
  * Those tables are guarded by locks the monitor thread may wait for (the
  * region lock, the pin lock), so nothing may call malloc() or free() with

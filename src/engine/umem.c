@@ -269,7 +269,10 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	nocancel = !(ctx->flags & UODP_CTX_MANUAL);
 	if (nocancel)
 		cs = nocancel_begin();
+	ctx_settle_moves(ctx);
 	umem_drop_range(umem, umem->start, umem->end, false);
+	if (ctx->flags & UODP_CTX_PIN)
+		pin_trim();
 	ctx_unwatch(ctx, umem->start, umem->end);
 	/* Whether we free the context is decided under the write lock, as
 	 * uodp_ctx_destroy() decides it; past this unlock we no longer touch

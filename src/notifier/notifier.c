@@ -420,6 +420,8 @@ static ssize_t read_events(struct uffd_msg *msgs)
 	}
 }
 
+void (*unf_test_hook_after_read)(void);
+
 /* Read and deliver what is queued until a read comes back short. Returns
  * false when our descriptor turned out not to be ours. */
 static bool drain(void)
@@ -446,6 +448,8 @@ static bool drain(void)
 			if (n <= 0)
 				break;
 			any = true;
+			if (unf_test_hook_after_read)
+				unf_test_hook_after_read();
 			for (i = 0; i < n; i++)
 				handle(&msgs[i]);
 			if (n < MON_BATCH)
@@ -932,6 +936,22 @@ bool unf_pending(void)
 	 * reused number, which reads nothing. */
 	return atomic_load(&nf.running) && !atomic_load(&nf.broken) &&
 	       fd >= 0 && fd_readable(fd);
+}
+
+void (*unf_test_hook_barrier_wait)(void);
+
+void unf_barrier(void)
+{
+	if (!atomic_load(&nf.running) || nf_held(&nf.subs_lock))
+		return;
+	if (nf_trylock(&nf.subs_lock)) {
+		nf_unlock(&nf.subs_lock);
+		return;
+	}
+	if (unf_test_hook_barrier_wait)
+		unf_test_hook_barrier_wait();
+	nf_lock(&nf.subs_lock);
+	nf_unlock(&nf.subs_lock);
 }
 
 /* Test hook: our descriptor numbers (-1 when not running). */

@@ -206,6 +206,17 @@ void unf_get_stats(struct unf_stats *out);
 int unf_map_end(uint64_t addr, uint64_t *end);
 pid_t unf_monitor_tid(void); /* 0 when no notifier runs */
 bool unf_pending(void);	     /* events queued in the kernel, unread */
+/* Wait until the events the monitor has read so far are delivered (moved,
+ * begin, and finish unless deferred): an unmapping thread returns from its
+ * system call when its event is read, before it is delivered. The monitor
+ * holds subs_lock from before a read until after the last delivery of its
+ * drain, so taking it once is the wait. Returns at once when no notifier
+ * runs or the calling thread holds subs_lock (an op of ours, or the hooks'
+ * in-thread delivery). Not from an op of a non-deferred subscriber on the
+ * monitor thread (it holds subs_lock: returns at once, nothing waited).
+ * Events the kernel queued but the monitor has not read are not waited
+ * for. */
+void unf_barrier(void);
 
 /* ---- test hooks (set or called only by tests) ---- */
 /* Relay ring capacity (0: the default, 1024): tests make it small to see
@@ -217,6 +228,13 @@ extern unsigned unf_test_ring_cap;
 extern void (*unf_test_hook_before_register)(void);
 /* ... and after its registrations, before it reads the maps again. */
 extern void (*unf_test_hook_after_register)(void);
+/* Called by the monitor thread after each read that returned events,
+ * before it delivers them (subs_lock held, the unmapping threads already
+ * returned; the hook must not call uodp), so a test can act in that
+ * window. */
+extern void (*unf_test_hook_after_read)(void);
+/* Called by unf_barrier() when a drain is running, before it waits. */
+extern void (*unf_test_hook_barrier_wait)(void);
 /* The notifier's descriptor numbers (-1 when it does not run), for tests
  * that close them behind its back. */
 void unf_test_fds(int *uffd, int *pipe_rd, int *pipe_wr);
