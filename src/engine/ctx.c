@@ -38,6 +38,7 @@ static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static void on_fork_child(void)
 {
 	atomic_fetch_add(&engine_fork_generation, 1);
+	pin_fork_child(); /* the child inherits no mlock() */
 }
 
 static void watch_forks(void)

@@ -439,6 +439,9 @@ int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err);
 void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
 void pin_init(void);
+/* The engine's fork handler (ctx.c, its one fork detector) calls this in
+ * the child: fresh counts, a fresh lock. */
+void pin_fork_child(void);
 /* Free the counts' emptied nodes beyond the spare (table.c): unpinning
  * runs under region locks, where nothing is freed; called holding no lock
  * after a release or teardown unpinned. */

@@ -44,6 +44,7 @@ static struct {
 	unsigned shift;
 } pin_g;
 static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+static atomic_bool pin_ready; /* pin_setup() ran */
 
 static void pin_table_init(void)
 {
@@ -59,8 +60,10 @@ static void pin_table_init(void)
  * changing them), but kept reachable (leak checkers). */
 static struct pgt pin_parent_table;
 
-static void pin_fork_child(void)
+void pin_fork_child(void)
 {
+	if (!atomic_load(&pin_ready))
+		return;
 	pin_parent_table = pin_g.pins;
 	ulock_init(&pin_g.lock);
 	pin_table_init();
@@ -71,7 +74,7 @@ static void pin_setup(void)
 	/* Cannot fail on Linux (a default mutex allocates nothing). */
 	ulock_init(&pin_g.lock);
 	pin_table_init();
-	pthread_atfork(NULL, NULL, pin_fork_child);
+	atomic_store(&pin_ready, true);
 }
 
 void pin_init(void)
