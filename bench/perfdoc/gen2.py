@@ -54,7 +54,7 @@ In the library (issues 8 - 11):
   inside a watched mapping registers without a system call and registration
   never splits a mapping; deferred delivery on a relay thread; an opt-in
   in-thread fast path, `libuodp-hooks.so` (`hooks/`), for libc's munmap /
-  mremap / madvise / `mmap(MAP_FIXED)` / shmdt.
+  mremap / madvise / `mmap(MAP_FIXED)` / `shmat(SHM_REMAP)` / shmdt.
 - **Device keys** (issue 11): key slots from a free list, O(1).
 - **Adapters** (issue 10): `libuodp-ofi`, `libuodp-ucm`, `libuodp-ofi-guard`.
 - **Since 0.2's first measurement** (2026-11-30): the region object is
@@ -70,6 +70,17 @@ In the library (issues 8 - 11):
   thread only when it queued work for it (it signalled it after every
   event: with the unmapping thread on the same CPU, a context switch that
   thread waited behind).
+- **Since the last page** (2026-12-01, this run): a radix node of the
+  region index counts its children, so a lone small region's release no
+  longer scans three 512-pointer nodes (0.675 → ~0.13 µs);
+  `map_and_lock` keeps the region lock of its last install (whose retry
+  check on the same window is the final one) instead of taking it a third
+  time, and a device fault checks its page-table leaves without `pt_lock`;
+  the hooks' fast path no longer waits for the monitor to finish reading
+  events, does not fence contexts whose fence only marks "in flight"
+  (neither strict nor deferred), and the notifier's hot locks sit on
+  cache lines of their own; `shmat(SHM_REMAP)` is intercepted too;
+  pinning keeps one mlock count per page for the whole process.
 
 In the benchmarks (0.2's first run was the first with them):
 
@@ -99,6 +110,14 @@ In the benchmarks (0.2's first run was the first with them):
   `bench_adapters` counts lost notifications; the THP rows alternate which
   side runs first; `uodp bench` no longer links libucs (its constructor
   installed UCX's memory hooks in every suite of the first run).
+- Since the last page: the `reg` suite interleaves its sizes (its
+  flatness ratio followed the load of the moment: 2.07 in one run, 1.14 in
+  the next); the `index` suite holds a one-hit invalidation against UCX's
+  own invalidation path (an unmap event through UCM, the rcache's
+  processing of it on the next get, the put; uodp mirrors it with
+  invalidate, release and get), interleaved; `map` has a "no frames" row
+  beside "map write 4 KiB calls", `devfault` a floor row (populate per
+  page + touch, no engine, no device).
 - Separate programs: `adapters/bench_adapters` (issue 10) and
   `hooks/bench_munmap` (issue 9); neither is part of `uodp bench`.
 """)
@@ -904,15 +923,19 @@ if has("map", "map write 4 KiB calls no frames"):
 since pagemap shows frames to `CAP_SYS_ADMIN` only) `map_and_lock` takes
 %s µs against %s µs (ratio %s): the engine's own cost is %s µs per call
 (two region-lock round trips, the sequence check, one table entry). The
-rest, %s µs per call as root, is the frame lookup: one `pread` of
-`/proc/self/pagemap` (%s µs in `floor`) and the `fstat` that checks the
-descriptor is still ours (an application that closes descriptors it does
-not know may leave the number to another file, which must never be read;
-~0.18 µs CPU measured separately). Frames are read when the page is
-installed because a later fault compares them (`UODP_EVENT_FRAME`) and
-`uodp_umem_pfn()` reports them: read later, a page moved in between would
-go unseen. So as root the row is bounded by raw / (raw + pread + fstat),
-%s here, whatever the engine does.
+rest, %s µs per call as root, comes with the frame lookup: one `pread`
+of `/proc/self/pagemap` (%s µs in `floor`, a warm loop) and the `fstat`
+that checks the descriptor is still ours (an application that closes
+descriptors it does not know may leave the number to another file, which
+must never be read; ~0.18 µs CPU measured separately). Those two, timed
+alone, account for only part of it; the rest (the two rows' difference
+minus them: the system calls' cost right after a populate, measured in
+no finer way in this run) is not broken down. Frames are read when the
+page is installed because a later fault compares them
+(`UODP_EVENT_FRAME`) and `uodp_umem_pfn()` reports them: read later, a
+page moved in between would go unseen. So as root the row is bounded by
+raw / (raw + pread + fstat), %s with this run's figures, whatever the
+engine does.
 """ % (sig(r4n["median"] * 1e3 / calls), sig(r4n["base_median"] * 1e3 / calls), sig(r4n["ratio"]),
        sig((r4n["median"] - r4n["base_median"]) * 1e3 / calls),
        sig(((r4["median"] - r4["base_median"]) - (r4n["median"] - r4n["base_median"])) * 1e3 / calls),
