@@ -168,6 +168,37 @@ static bool maybe(const struct uodp_icpt_ops *o, uint64_t s, uint64_t e)
 	return false;
 }
 
+/*
+ * Around the real call of a wrapper that took the fast path: enter() marks
+ * the thread busy (the notifier's work and the callbacks may call the
+ * wrappers again) and asks the notifier to take the range out
+ * (before()); true when it did. leave() then delivers the event from this
+ * thread (after(): whatever the call returned, @ok says whether it
+ * succeeded) with the call's errno kept, and unmarks the thread. errno is
+ * the caller's @err when the real call starts.
+ */
+static bool enter(const struct uodp_icpt_ops *o, struct uodp_icpt *ic, int err)
+{
+	bool took;
+
+	busy++;
+	took = o->before(ic) > 0;
+	errno = err;
+	return took;
+}
+
+static void leave(const struct uodp_icpt_ops *o, struct uodp_icpt *ic,
+		  bool took, bool ok)
+{
+	if (took) {
+		int err = errno;
+
+		o->after(ic, ok);
+		errno = err;
+	}
+	busy--;
+}
+
 static int call_munmap(void *addr, size_t len)
 {
 	if (real_munmap)
@@ -179,26 +210,18 @@ EXPORT int munmap(void *addr, size_t len)
 {
 	const struct uodp_icpt_ops *o = fast();
 	struct uodp_icpt ic;
+	bool fast_path;
 	int r, err = errno;
 
 	if (!o || !span(addr, len, &ic.r[0].start, &ic.r[0].end) ||
 	    !maybe(o, ic.r[0].start, ic.r[0].end))
 		return call_munmap(addr, len);
-	busy++;
 	ic.nr = 1;
 	ic.flags = 0;
 	ic.r[0].ev = UODP_ICPT_UNMAP;
-	if (o->before(&ic) <= 0) {
-		errno = err;
-		r = call_munmap(addr, len);
-	} else {
-		errno = err;
-		r = call_munmap(addr, len);
-		err = errno;
-		o->after(&ic, r == 0);
-		errno = err;
-	}
-	busy--;
+	fast_path = enter(o, &ic, err);
+	r = call_munmap(addr, len);
+	leave(o, &ic, fast_path, r == 0);
 	return r;
 }
 
@@ -220,27 +243,19 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 {
 	const struct uodp_icpt_ops *o = fast();
 	struct uodp_icpt ic;
+	bool fast_path;
 	int r, err = errno;
 
 	if (!o || !discards(advice) ||
 	    !span(addr, len, &ic.r[0].start, &ic.r[0].end) ||
 	    !maybe(o, ic.r[0].start, ic.r[0].end))
 		return call_madvise(addr, len, advice);
-	busy++;
 	ic.nr = 1;
 	ic.flags = UODP_ICPT_KEEP;
 	ic.r[0].ev = UODP_ICPT_REMOVE;
-	if (o->before(&ic) <= 0) {
-		errno = err;
-		r = call_madvise(addr, len, advice);
-	} else {
-		errno = err;
-		r = call_madvise(addr, len, advice);
-		err = errno;
-		o->after(&ic, r == 0);
-		errno = err;
-	}
-	busy--;
+	fast_path = enter(o, &ic, err);
+	r = call_madvise(addr, len, advice);
+	leave(o, &ic, fast_path, r == 0);
 	return r;
 }
 
@@ -262,6 +277,7 @@ EXPORT void *mremap(void *old, size_t osz, size_t nsz, int flags, ...)
 {
 	const struct uodp_icpt_ops *o = fast();
 	struct uodp_icpt ic;
+	bool fast_path;
 	void *naddr = NULL, *r;
 	uint64_t s, e, ns, ne;
 	int err = errno;
@@ -300,18 +316,9 @@ EXPORT void *mremap(void *old, size_t osz, size_t nsz, int flags, ...)
 		if (!maybe(o, ic.r[0].start, ic.r[0].end))
 			return call_mremap(old, osz, nsz, flags, naddr);
 	}
-	busy++;
-	if (o->before(&ic) <= 0) {
-		errno = err;
-		r = call_mremap(old, osz, nsz, flags, naddr);
-	} else {
-		errno = err;
-		r = call_mremap(old, osz, nsz, flags, naddr);
-		err = errno;
-		o->after(&ic, r != MAP_FAILED);
-		errno = err;
-	}
-	busy--;
+	fast_path = enter(o, &ic, err);
+	r = call_mremap(old, osz, nsz, flags, naddr);
+	leave(o, &ic, fast_path, r != MAP_FAILED);
 	return r;
 }
 
@@ -329,6 +336,7 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd,
 {
 	const struct uodp_icpt_ops *o;
 	struct uodp_icpt ic;
+	bool fast_path;
 	void *r;
 	int err = errno;
 
@@ -338,21 +346,12 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd,
 	if (!o || !span(addr, len, &ic.r[0].start, &ic.r[0].end) ||
 	    !maybe(o, ic.r[0].start, ic.r[0].end))
 		return call_mmap(addr, len, prot, flags, fd, off);
-	busy++;
 	ic.nr = 1;
 	ic.flags = 0;
 	ic.r[0].ev = UODP_ICPT_UNMAP;
-	if (o->before(&ic) <= 0) {
-		errno = err;
-		r = call_mmap(addr, len, prot, flags, fd, off);
-	} else {
-		errno = err;
-		r = call_mmap(addr, len, prot, flags, fd, off);
-		err = errno;
-		o->after(&ic, r != MAP_FAILED);
-		errno = err;
-	}
-	busy--;
+	fast_path = enter(o, &ic, err);
+	r = call_mmap(addr, len, prot, flags, fd, off);
+	leave(o, &ic, fast_path, r != MAP_FAILED);
 	return r;
 }
 
@@ -372,27 +371,19 @@ EXPORT int shmdt(const void *addr)
 {
 	const struct uodp_icpt_ops *o = fast();
 	struct uodp_icpt ic;
+	bool fast_path;
 	int r, err = errno;
 
 	if (!o || ((uintptr_t)addr & (page - 1)))
 		return call_shmdt(addr);
-	busy++;
 	ic.nr = 1;
 	ic.flags = UODP_ICPT_SHM;
 	ic.r[0].start = (uint64_t)(uintptr_t)addr;
 	ic.r[0].end = ic.r[0].start + page;
 	ic.r[0].ev = UODP_ICPT_UNMAP;
-	if (o->before(&ic) <= 0) {
-		errno = err;
-		r = call_shmdt(addr);
-	} else {
-		errno = err;
-		r = call_shmdt(addr);
-		err = errno;
-		o->after(&ic, r == 0);
-		errno = err;
-	}
-	busy--;
+	fast_path = enter(o, &ic, err);
+	r = call_shmdt(addr);
+	leave(o, &ic, fast_path, r == 0);
 	return r;
 }
 
@@ -416,6 +407,7 @@ EXPORT void *shmat(int id, const void *addr, int flg)
 {
 	const struct uodp_icpt_ops *o = fast();
 	struct uodp_icpt ic;
+	bool fast_path;
 	struct shmid_ds ds;
 	uintptr_t a = (uintptr_t)addr;
 	void *r;
@@ -431,20 +423,11 @@ EXPORT void *shmat(int id, const void *addr, int flg)
 		errno = err;
 		return call_shmat(id, addr, flg);
 	}
-	busy++;
 	ic.nr = 1;
 	ic.flags = 0;
 	ic.r[0].ev = UODP_ICPT_UNMAP;
-	if (o->before(&ic) <= 0) {
-		errno = err;
-		r = call_shmat(id, addr, flg);
-	} else {
-		errno = err;
-		r = call_shmat(id, addr, flg);
-		err = errno;
-		o->after(&ic, r != (void *)-1);
-		errno = err;
-	}
-	busy--;
+	fast_path = enter(o, &ic, err);
+	r = call_shmat(id, addr, flg);
+	leave(o, &ic, fast_path, r != (void *)-1);
 	return r;
 }
