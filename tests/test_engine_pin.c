@@ -310,6 +310,109 @@ static void pinned_move_racing(bool destroy)
 	t_unmap_pages(buf, 4, 8);
 }
 
+/*
+ * A release of a pinning context under a driver lock that the strict
+ * fence takes, while the monitor drains another event: UODP_CTX_DEFERRED
+ * allows release under such locks. The release waits for the moves the
+ * monitor read (pin.c), and must not wait for the drain itself: the
+ * monitor is in the fence, waiting for that lock (it deadlocked when the
+ * wait took the monitor's subscriber lock). In a child, SIGALRM as the
+ * verdict of a hang.
+ */
+static pthread_mutex_t fence_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_bool in_fence;
+static char *other_buf;
+
+static void lock_fence(struct uodp_ctx *ctx, void *priv)
+{
+	(void)ctx;
+	(void)priv;
+	atomic_store(&in_fence, true);
+	pthread_mutex_lock(&fence_lock);
+	pthread_mutex_unlock(&fence_lock);
+}
+
+static void no_unfence(struct uodp_ctx *ctx, void *priv)
+{
+	(void)ctx;
+	(void)priv;
+}
+
+static void no_inval(struct uodp_umem *u, const struct uodp_range *r,
+		     void *priv)
+{
+	(void)u;
+	(void)r;
+	(void)priv;
+}
+
+static void *raw_unmapper(void *arg)
+{
+	(void)arg;
+	syscall(SYS_munmap, other_buf, page); /* the monitor drains it */
+	return NULL;
+}
+
+static void release_under_fence_child(void *arg)
+{
+	static const struct uodp_ctx_ops ops = {
+		.invalidate = no_inval,
+		.fence = lock_fence,
+		.unfence = no_unfence,
+	};
+	struct uodp_ctx *ctx;
+	struct uodp_umem *u, *w;
+	char *buf = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	pthread_t th;
+
+	(void)arg;
+	other_buf = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	T_CHILD_CHECK(buf != MAP_FAILED && other_buf != MAP_FAILED);
+	T_CHILD_CHECK(uodp_ctx_create(&ops,
+				      UODP_CTX_STRICT | UODP_CTX_DEFERRED |
+					      UODP_CTX_PIN,
+				      &ctx) == 0);
+	T_CHILD_CHECK(uodp_umem_get(ctx, buf, 4 * page, UODP_ACCESS_ALL, &u) ==
+		      0);
+	T_CHILD_CHECK(uodp_umem_get(ctx, other_buf, 4 * page, UODP_ACCESS_ALL,
+				    &w) == 0);
+	T_CHILD_CHECK(uodp_umem_map_and_lock(u, buf, 4 * page,
+					     UODP_ACCESS_WRITE,
+					     UODP_TIMEOUT_INFINITE) == 4);
+	T_CHILD_CHECK(uodp_umem_unlock(u) == 0);
+	pthread_mutex_lock(&fence_lock); /* a registration cache's lock */
+	T_CHILD_CHECK(pthread_create(&th, NULL, raw_unmapper, NULL) == 0);
+	while (!atomic_load(&in_fence)) /* the monitor's drain began */
+		sched_yield();
+	alarm(10); /* default action: the child dies, the parent sees it */
+	T_CHILD_CHECK(uodp_umem_release(u) == 0);
+	alarm(0);
+	pthread_mutex_unlock(&fence_lock);
+	pthread_join(th, NULL);
+	T_CHILD_CHECK(uodp_umem_release(w) == 0);
+	T_CHILD_CHECK(uodp_ctx_destroy(ctx) == 0);
+	_exit(0);
+}
+
+static void test_release_under_fence_lock(void **state)
+{
+	char err[512];
+	int st;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	st = t_in_child(release_under_fence_child, NULL, err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail_msg("child failed (status %#x: %s): %s", st,
+			 WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM ?
+				 "release hung" :
+				 "check failed",
+			 err);
+}
+
 static void test_pinned_mremap_release_race(void **state)
 {
 	(void)state;
@@ -656,6 +759,7 @@ int main(void)
 		cmocka_unit_test(test_pinned_moved_many_runs),
 		cmocka_unit_test(test_pinned_mremap_release_race),
 		cmocka_unit_test(test_pinned_mremap_destroy_race),
+		cmocka_unit_test(test_release_under_fence_lock),
 		cmocka_unit_test(test_pinning_memlock_limit),
 	};
 

@@ -170,6 +170,14 @@ struct nf_state {
 	_Atomic uint64_t all_ok; /* even epoch at which every record was
 				    verified whole; 0 = no */
 
+	/* Moves (REMAP) read, and reported to the subscribers' moved op:
+	 * read is raised before the read's epoch turns even, done once
+	 * moved() ran for them, with no subscriber op but moved() in
+	 * between (unf_barrier() waits on these, never on subs_lock: the
+	 * monitor holds that across strict fences, which may wait for a
+	 * driver lock the waiting thread holds). */
+	_Atomic uint64_t moves_read, moves_done;
+
 	/* Under subs_lock. */
 	struct unf_sub *subs;
 

@@ -23,6 +23,7 @@
  * that is no longer ours is never read, written or closed.
  */
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -370,7 +371,7 @@ static void handle(const struct uffd_msg *m)
 		break;
 	case UFFD_EVENT_REMAP:
 		nf_stat_inc(&nf.st.remap);
-		moved(m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		/* moved() ran already: report_moves() */
 		deliver(m->arg.remap.from, m->arg.remap.from + m->arg.remap.len,
 			UNF_REMAP);
 		break;
@@ -403,10 +404,12 @@ static ssize_t read_events(struct uffd_msg *msgs)
 				if (m->event == UFFD_EVENT_UNMAP)
 					log_range(m->arg.remove.start,
 						  m->arg.remove.end);
-				else if (m->event == UFFD_EVENT_REMAP)
+				else if (m->event == UFFD_EVENT_REMAP) {
 					log_range(m->arg.remap.from,
 						  m->arg.remap.from +
 							  m->arg.remap.len);
+					atomic_fetch_add(&nf.moves_read, 1);
+				}
 			}
 		}
 		atomic_fetch_add(&nf.epoch, 1); /* even */
@@ -421,6 +424,29 @@ static ssize_t read_events(struct uffd_msg *msgs)
 }
 
 void (*unf_test_hook_after_read)(void);
+
+/* The moves of a read, reported before anything else of it is delivered
+ * (see nf.moves_read): only moved() runs between the read and
+ * moves_done, no driver code, so unf_barrier() never waits for a
+ * driver. Each move is a read of its own in practice (the moving thread
+ * waits for each of its events to be read before it sends the next), so
+ * no earlier event of the same read is overtaken. */
+static void report_moves(const struct uffd_msg *msgs, ssize_t n)
+{
+	uint64_t k = 0;
+	ssize_t i;
+
+	for (i = 0; i < n; i++) {
+		const struct uffd_msg *m = &msgs[i];
+
+		if (m->event != UFFD_EVENT_REMAP)
+			continue;
+		moved(m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		k++;
+	}
+	if (k)
+		atomic_fetch_add(&nf.moves_done, k);
+}
 
 /* Read and deliver what is queued until a read comes back short. Returns
  * false when our descriptor turned out not to be ours. */
@@ -450,6 +476,7 @@ static bool drain(void)
 			any = true;
 			if (unf_test_hook_after_read)
 				unf_test_hook_after_read();
+			report_moves(msgs, n);
 			for (i = 0; i < n; i++)
 				handle(&msgs[i]);
 			if (n < MON_BATCH)
@@ -742,6 +769,8 @@ static void atfork_child(void)
 	/* The parent's monitor may have been between its two epoch bumps. */
 	e = atomic_load(&nf.epoch);
 	atomic_store(&nf.epoch, (e | 1) + 1);
+	/* ... or between a move's read and its report. */
+	atomic_store(&nf.moves_done, atomic_load(&nf.moves_read));
 	nf_forget_all();
 	/* Other threads of the parent may have held these. */
 	nf.subs_lock = init;
@@ -942,16 +971,24 @@ void (*unf_test_hook_barrier_wait)(void);
 
 void unf_barrier(void)
 {
-	if (!atomic_load(&nf.running) || nf_held(&nf.subs_lock))
+	uint64_t want;
+	bool hooked = false;
+
+	if (!atomic_load(&nf.running))
 		return;
-	if (nf_trylock(&nf.subs_lock)) {
-		nf_unlock(&nf.subs_lock);
-		return;
+	/* A read in progress may hold a move: wait for its epoch to turn
+	 * even (moves_read counted by then), then for the report. Both
+	 * waits are short and never on subscriber code (nf.moves_read). */
+	while (atomic_load(&nf.epoch) & 1)
+		sched_yield();
+	want = atomic_load(&nf.moves_read);
+	while (atomic_load(&nf.moves_done) < want) {
+		if (!hooked && unf_test_hook_barrier_wait) {
+			hooked = true;
+			unf_test_hook_barrier_wait();
+		}
+		sched_yield();
 	}
-	if (unf_test_hook_barrier_wait)
-		unf_test_hook_barrier_wait();
-	nf_lock(&nf.subs_lock);
-	nf_unlock(&nf.subs_lock);
 }
 
 /* Test hook: our descriptor numbers (-1 when not running). */
@@ -1033,8 +1070,11 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 	 * REMAP, then the destination's UNMAP, as the kernel would report
 	 * it (the destination first, see unf_ops.moved). */
 	for (i = 0; i + 1 < n; i++)
-		if (ev[i] == UNF_REMAP && ev[i + 1] == UNF_UNMAP)
+		if (ev[i] == UNF_REMAP && ev[i + 1] == UNF_UNMAP) {
+			atomic_fetch_add(&nf.moves_read, 1);
 			moved(start[i], start[i + 1], end[i] - start[i]);
+			atomic_fetch_add(&nf.moves_done, 1);
+		}
 	for (i = 0; i < n; i++)
 		deliver(start[i], end[i], ev[i]);
 	for (sub = nf.subs; sub; sub = sub->next) {

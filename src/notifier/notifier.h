@@ -206,16 +206,14 @@ void unf_get_stats(struct unf_stats *out);
 int unf_map_end(uint64_t addr, uint64_t *end);
 pid_t unf_monitor_tid(void); /* 0 when no notifier runs */
 bool unf_pending(void);	     /* events queued in the kernel, unread */
-/* Wait until the events the monitor has read so far are delivered (moved,
- * begin, and finish unless deferred): an unmapping thread returns from its
- * system call when its event is read, before it is delivered. The monitor
- * holds subs_lock from before a read until after the last delivery of its
- * drain, so taking it once is the wait. Returns at once when no notifier
- * runs or the calling thread holds subs_lock (an op of ours, or the hooks'
- * in-thread delivery). Not from an op of a non-deferred subscriber on the
- * monitor thread (it holds subs_lock: returns at once, nothing waited).
- * Events the kernel queued but the monitor has not read are not waited
- * for. */
+/* Wait until the moves (REMAP) read so far have been reported to the
+ * subscribers' moved op: a moving thread returns from mremap() once its
+ * events are read, before they are delivered. Waits on two counters, not
+ * on a lock: only moved() runs between a read and its report (no fence,
+ * no driver callback), so a caller may hold any lock of its own, a
+ * driver lock its fence or callback takes included. Returns at once when
+ * no notifier runs. Moves the kernel queued but the monitor has not read
+ * are not waited for, nor the other events' delivery. */
 void unf_barrier(void);
 
 /* ---- test hooks (set or called only by tests) ---- */
@@ -233,7 +231,8 @@ extern void (*unf_test_hook_after_register)(void);
  * returned; the hook must not call uodp), so a test can act in that
  * window. */
 extern void (*unf_test_hook_after_read)(void);
-/* Called by unf_barrier() when a drain is running, before it waits. */
+/* Called by unf_barrier() once, when a move read is not reported yet,
+ * before it waits for the report. */
 extern void (*unf_test_hook_barrier_wait)(void);
 /* The notifier's descriptor numbers (-1 when it does not run), for tests
  * that close them behind its back. */
