@@ -270,7 +270,17 @@ static int destroy_it(void *ctx)
 	return uodp_ctx_destroy(ctx);
 }
 
-static void pinned_move_racing(bool destroy)
+static char *unmap_at;
+
+/* The REMAP's invalidation may have dropped the entries first: any
+ * count is right, an error is not. */
+static int unmap_it(void *u)
+{
+	return uodp_umem_unmap(u, unmap_at, 4 * page) < 0 ? -1 : 0;
+}
+
+/* how: 0 release, 1 destroy, 2 uodp_umem_unmap() */
+static void pinned_move_racing(int how)
 {
 	struct uodp_ctx *ctx;
 	char *buf, *dst;
@@ -292,7 +302,15 @@ static void pinned_move_racing(bool destroy)
 	base = vmlck_kb();
 	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
 	assert_locked(base + 4 * kb);
-	if (destroy) {
+	if (how == 2) {
+		/* uodp_umem_unmap() waits for the move as release does. */
+		unmap_at = buf;
+		assert_int_equal(move_racing(buf, dst, unmap_it, u), 0);
+		t_wait_sync(ctx);
+		assert_locked(base);
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	} else if (how == 1) {
 		/* Destroy detaches first, which waits for the drain (the
 		 * monitor holds the subscriber list across it). */
 		assert_int_equal(move_racing(buf, dst, destroy_it, ctx), 0);
@@ -416,13 +434,19 @@ static void test_release_under_fence_lock(void **state)
 static void test_pinned_mremap_release_race(void **state)
 {
 	(void)state;
-	pinned_move_racing(false);
+	pinned_move_racing(0);
+}
+
+static void test_pinned_mremap_unmap_race(void **state)
+{
+	(void)state;
+	pinned_move_racing(2);
 }
 
 static void test_pinned_mremap_destroy_race(void **state)
 {
 	(void)state;
-	pinned_move_racing(true);
+	pinned_move_racing(1);
 }
 
 /*
@@ -759,6 +783,7 @@ int main(void)
 		cmocka_unit_test(test_pinned_moved_many_runs),
 		cmocka_unit_test(test_pinned_mremap_release_race),
 		cmocka_unit_test(test_pinned_mremap_destroy_race),
+		cmocka_unit_test(test_pinned_mremap_unmap_race),
 		cmocka_unit_test(test_release_under_fence_lock),
 		cmocka_unit_test(test_pinning_memlock_limit),
 	};

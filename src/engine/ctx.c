@@ -316,12 +316,14 @@ static void sink_moved(void *owner, uint64_t from, uint64_t to, uint64_t len)
 		pin_moved(ctx, from, to, len >> ctx->page_shift);
 }
 
-/* Before a pinning context drops pins on its own (a release): a move the
- * monitor has read but not yet reported would find the source's counts
- * gone and leave the destination locked for good, so wait for the moves
- * read so far (the mremap() that the caller saw return among them). Not
- * uodp_umem_unmap(): it may be called holding another region's lock, which
- * the monitor's invalidation may wait for. */
+/* Before a pinning context drops pins on its own (a release, an
+ * uodp_umem_unmap()): a move the monitor has read but not yet reported
+ * would find the source's counts gone and leave the destination locked
+ * for good, so wait for the moves read so far (the mremap() that the
+ * caller saw return among them). The wait is on the monitor's report
+ * alone (unf_barrier(): only moved() runs between its read and report,
+ * which takes nothing but the pin lock), so a caller may hold region or
+ * driver locks. */
 void ctx_settle_moves(struct uodp_ctx *ctx)
 {
 	if ((ctx->flags & UODP_CTX_PIN) && !(ctx->flags & UODP_CTX_MANUAL))

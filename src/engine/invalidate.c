@@ -408,5 +408,6 @@ UODP_API int64_t uodp_umem_unmap(struct uodp_umem *umem, const void *addr,
 		return 0;
 	/* Cannot fail: 0 < bound - va and bound <= end, a user address. */
 	(void)page_round(umem->ctx, va, bound - va, &va, &bound);
+	ctx_settle_moves(umem->ctx); /* before it unpins: see there */
 	return (int64_t)umem_drop_range(umem, va, bound, false);
 }
