@@ -20,6 +20,11 @@
  * so a word anywhere in memory says which mapping and place it belongs to
  * (zero: a fresh page). Atomics change words arithmetically; such words
  * are marked untagged.
+ * File pages (file_pages): shared mappings of the input's memfd, pool
+ * page p on file page p, tagged with the file's object, so the bytes
+ * survive an unmap and come back (from pread) with the next mapping; a
+ * truncation (op_file_size) zeroes what it cuts off and makes those pages
+ * fail -EFAULT until the file grows back, with no invalidation.
  *
  * THE ORACLE.
  *  - A synchronous device read of pages the model knows exactly returns
@@ -122,6 +127,11 @@ struct mpage {
 	/* SysV shared memory (cfg2 bit 4): the kernel monitor refuses it
 	 * (-EOPNOTSUPP); manual contexts do not care. */
 	bool sysv;
+	/* A MAP_SHARED mapping of the input's file (byte 2 bits 6-7 = 10):
+	 * pool page p maps file page p, always (op_mremap leaves file pages
+	 * alone), so no file page is mapped twice; past the file's end
+	 * (file_pages_now) every access fails -EFAULT (uodp_dev.h). */
+	bool file;
 	uint32_t obj, objpage;
 	uint64_t mods; /* bumped by every change of content or mapping */
 	uint32_t hist_obj[HIST], hist_pg[HIST];
@@ -218,6 +228,14 @@ static uint64_t sandbox_before, sandbox_other; /* findings before it */
 #define SANDBOX_STALE 10
 #define SANDBOX_OTHER 11
 static bool sysv_shared; /* cfg2 bit 4: shared mappings are SysV memory */
+/* Byte 2 bits 6-7 = 10 (cfg2 bit 7 set): shared mappings map the input's
+ * file (a memfd of POOL_PAGES pages), which op_file_size() truncates and
+ * grows (issue 12, finding 18). No corpus input of before had that
+ * pattern, so they keep their meaning. */
+static bool file_pages;
+static int file_fd = -1;
+static int file_pages_now; /* the file's size in pages */
+static uint32_t file_obj;  /* the tag object of every file page */
 static sigset_t saved_mask;
 static bool mask_blocked;
 /* cfg2 bit 5: SIGSEGV and SIGBUS ignored (SIG_IGN) for the input (issue
@@ -375,6 +393,14 @@ static int page_of(uint64_t va)
 	return (int)((va - pool_va(0)) / ps);
 }
 
+/* Is pool page @p a file page past the end of its file (any access
+ * raises SIGBUS)? */
+static bool past_eof(int p)
+{
+	return pages[p].st == P_MAPPED && pages[p].file &&
+	       p >= file_pages_now;
+}
+
 static void hist_push(int p)
 {
 	struct mpage *m = &pages[p];
@@ -522,7 +548,7 @@ static void resync_page(int p)
 	const uint8_t *real = (const uint8_t *)pool + (size_t)p * ps;
 	unsigned w;
 
-	if (m->st != P_MAPPED || !(m->prot & PROT_READ))
+	if (m->st != P_MAPPED || !(m->prot & PROT_READ) || past_eof(p))
 		return;
 	for (w = 0; w < words_per_page; w++) {
 		uint64_t v;
@@ -598,6 +624,10 @@ static int predict_on(uint64_t va, uint64_t len, int prot_need, bool manual)
 			return 1;
 		if ((pages[p].prot & prot_need) != prot_need)
 			return -EACCES;
+		/* uodp_dev.h: "-EFAULT ... a file page past the end of its
+		 * file" (what a fresh fault gives: SIGBUS). */
+		if (past_eof(p))
+			return -EFAULT;
 	}
 	return 0;
 }
@@ -922,6 +952,7 @@ static bool reserve_holes(int first, int n)
 		pages[p].objpage = 0;
 		pages[p].shared = false;
 		pages[p].sysv = false;
+		pages[p].file = false;
 		pages[p].uncertain = nasync > 0;
 		clear_tags(p);
 		memset(shadow + (size_t)p * ps, 0, ps);
@@ -956,10 +987,38 @@ static void new_mapping(int first, int n, int prot, bool shared)
 		pages[p].obj = obj;
 		pages[p].objpage = (uint32_t)(p - first);
 		pages[p].sysv = false;
+		pages[p].file = false;
 		clear_tags(p);
 		memset(shadow + (size_t)p * ps, 0, ps);
 		pages[p].uncertain = nasync > 0;
 		mark_changed(p);
+	}
+}
+
+/* The model of a fresh mapping of the file at [first, first + n): the
+ * pages hold what the file holds (pread: the file's bytes; zero past its
+ * end), tagged with the file's object, so a word written through an
+ * earlier mapping of the same file page is still at home. */
+static void file_mapping(int first, int n)
+{
+	uint8_t *sh = shadow + (size_t)first * ps;
+	ssize_t r;
+	int p;
+
+	memset(sh, 0, (size_t)n * ps);
+	r = pread(file_fd, sh, (size_t)n * ps, (off_t)first * (off_t)ps);
+	if (r < 0)
+		finding("pread of the file: %s", strerror(errno));
+	for (p = first; p < first + n; p++) {
+		const uint64_t *w8 = (const uint64_t *)(shadow + (size_t)p * ps);
+		unsigned w;
+
+		pages[p].file = true;
+		pages[p].obj = file_obj;
+		pages[p].objpage = (uint32_t)p;
+		for (w = 0; w < words_per_page; w++)
+			if (w8[w] && w8[w] >> 16 != tag_of(file_obj, p, w))
+				set_untagged(p, w); /* an atomic's result */
 	}
 }
 
@@ -1011,6 +1070,9 @@ static void op_mmap(void)
 			return; /* no SysV memory (limits), or the hole was
 				   taken meanwhile: holes in the model */
 		}
+	} else if (shared && file_pages) {
+		r = mmap(a, (size_t)n * ps, prot, MAP_SHARED | MAP_FIXED,
+			 file_fd, (off_t)first * (off_t)ps);
 	} else {
 		r = mmap(a, (size_t)n * ps, prot,
 			 (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS |
@@ -1022,10 +1084,15 @@ static void op_mmap(void)
 		return;
 	}
 	trace("mmap pages %d+%d prot %d%s", first, n, prot,
-	      shared ? (sysv_shared ? " sysv" : " shared") : "");
+	      shared ? (sysv_shared ? " sysv" :
+			file_pages  ? " file" :
+				      " shared") :
+		       "");
 	new_mapping(first, n, prot, shared);
 	for (int p = first; p < first + n; p++)
 		pages[p].sysv = shared && sysv_shared;
+	if (shared && !sysv_shared && file_pages)
+		file_mapping(first, n);
 	invalidate_all(first, n, UODP_EVENT_UNMAP);
 	check_translations("mmap over a mapping");
 }
@@ -1046,6 +1113,7 @@ static bool unmap_pages(int first, int n)
 			hist_push(p);
 		pages[p].st = P_HOLE;
 		pages[p].prot = PROT_NONE;
+		pages[p].file = false;
 		mark_changed(p);
 	}
 	invalidate_all(first, n, UODP_EVENT_UNMAP);
@@ -1239,8 +1307,8 @@ static void op_mremap(void)
 		return;
 	for (p = src; p < src + n; p++)
 		if (pages[p].st != P_MAPPED || pages[p].obj != pages[src].obj ||
-		    pages[p].prot != pages[src].prot)
-			return;
+		    pages[p].prot != pages[src].prot || pages[p].file)
+			return; /* file pages stay at their place (struct mpage) */
 	if (any_foreign(dst, n) || !reserve_holes(dst, n))
 		return;
 	/* uodp.h, UODP_CTX_PIN: a manual context invalidates pinned memory
@@ -1277,6 +1345,7 @@ static void op_mremap(void)
 		       shadow + (size_t)(src + p) * ps, ps);
 		mark_changed(dst + p);
 		hist_push(src + p);
+		d->file = false;
 		s->st = P_HOLE;
 		s->prot = PROT_NONE;
 		mark_changed(src + p);
@@ -1284,6 +1353,36 @@ static void op_mremap(void)
 	invalidate_all(src, n, UODP_EVENT_REMAP);
 	invalidate_all(dst, n, UODP_EVENT_UNMAP);
 	check_translations("mremap");
+}
+
+/*
+ * Truncate or grow the input's file to 0..POOL_PAGES pages. Nothing tells
+ * the library (the kernel monitor gets no event for a truncation either):
+ * the device's and the engine's entries of the pages cut off go stale,
+ * and an access through them must fail as a fresh fault does, -EFAULT
+ * (issue 12, finding 18). What was cut off reads zero once the file grows
+ * back.
+ */
+static void op_file_size(void)
+{
+	int k = (int)upto(POOL_PAGES + 1), p;
+
+	if (stop || file_fd < 0)
+		return;
+	if (ftruncate(file_fd, (off_t)k * (off_t)ps)) {
+		finding("ftruncate of the file: %s", strerror(errno));
+		return;
+	}
+	trace("file size %d pages (was %d)", k, file_pages_now);
+	for (p = k; p < POOL_PAGES; p++) {
+		if (pages[p].st != P_MAPPED || !pages[p].file)
+			continue;
+		memset(shadow + (size_t)p * ps, 0, ps);
+		clear_tags(p);
+		pages[p].uncertain = nasync > 0;
+		mark_changed(p);
+	}
+	file_pages_now = k;
 }
 
 /* CPU writes through the mapping: new versions of the pages' words. */
@@ -1302,8 +1401,8 @@ static void op_cpu_write(void)
 		uint16_t ver = next_ver++;
 
 		if (pages[p].st != P_MAPPED ||
-		    pages[p].prot != (PROT_READ | PROT_WRITE))
-			continue;
+		    pages[p].prot != (PROT_READ | PROT_WRITE) || past_eof(p))
+			continue; /* (past the end: SIGBUS) */
 		for (w = 0; w < words_per_page; w++) {
 			mem[w] = word_for(p, w, ver);
 			sh[w] = mem[w];
@@ -2846,6 +2945,7 @@ static void reset_pool(void)
 		pages[p].prot = PROT_NONE;
 		pages[p].shared = false;
 		pages[p].sysv = false;
+		pages[p].file = false;
 		pages[p].uncertain = false;
 		pages[p].obj = next_obj++;
 		pages[p].objpage = 0;
@@ -2893,6 +2993,10 @@ static void teardown(void)
 	memset(keys, 0, sizeof(keys));
 	check_sentinel();
 	reset_pool();
+	if (file_fd >= 0)
+		close(file_fd);
+	file_fd = -1;
+	file_pages = false;
 }
 
 int fuzz_one(const uint8_t *data, size_t size)
@@ -2914,6 +3018,7 @@ int fuzz_one(const uint8_t *data, size_t size)
 	stats.inputs++;
 	cfg = byte();
 	cfg2 = byte();
+	file_pages = false;
 	if (stop)
 		return 0;
 	if ((cfg2 & 0x80) && !sandbox) {
@@ -2921,9 +3026,12 @@ int fuzz_one(const uint8_t *data, size_t size)
 		 * the input runs in a sandbox, bits 0-1 say what the filter
 		 * denies (never nothing). A quarter: the sandbox changes
 		 * how the device copies, the other inputs keep the usual
-		 * paths covered. */
+		 * paths covered. Bits 6-7 = 10: file pages (file_pages),
+		 * sandboxed or not. */
 		unsigned b2 = byte(), what = 1 + (b2 & 3) % 3;
 		pid_t pid;
+
+		file_pages = (b2 & 0xc0) == 0x80;
 
 		if (stop || (b2 & 0xc))
 			goto unsandboxed;
@@ -2948,6 +3056,17 @@ int fuzz_one(const uint8_t *data, size_t size)
 unsandboxed:
 	if (stop)
 		return 0;
+	if (file_pages) {
+		file_fd = memfd_create("uodp-fuzz-file", MFD_CLOEXEC);
+		if (file_fd >= 0 &&
+		    ftruncate(file_fd, (off_t)POOL_PAGES * (off_t)ps)) {
+			close(file_fd);
+			file_fd = -1;
+		}
+		file_pages = file_fd >= 0; /* no memfd: shared anonymous */
+		file_pages_now = POOL_PAGES;
+		file_obj = next_obj++;
+	}
 
 	/* cfg bit 0: the engine context follows the kernel monitor; bit 1:
 	 * the device does; bit 2: fast copy; bit 3: strict (monitor only);
@@ -3114,6 +3233,8 @@ unsandboxed:
 		default:
 			if (thread_ops && op >= 128)
 				op_thread();
+			else if (file_pages && (op & 0x40))
+				op_file_size();
 			else
 				op_dev_snapshot();
 			break;
