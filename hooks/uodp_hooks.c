@@ -398,10 +398,12 @@ static void *call_shmat(int id, const void *addr, int flg)
  * shmat(SHM_REMAP) replaces what is mapped at the address, and the kernel
  * sends no userfaultfd event for it (the attach maps without the unmap
  * bookkeeping that munmap and mmap(MAP_FIXED) do): without the hooks
- * nothing tells the subscribers. Handled like mmap(MAP_FIXED): UNMAP of
- * the range the segment will cover, whose size IPC_STAT gives (a caller
- * allowed to attach may read it: both need read permission). Any other
- * attach maps only where nothing is: no event is due.
+ * nothing tells the subscribers. UNMAP of the range the segment will
+ * cover, whose size IPC_STAT gives (a caller allowed to attach may read
+ * it: both need read permission), delivered whatever happens
+ * (UODP_ICPT_SILENT: never backed out, as the other wrappers may be when
+ * the kernel still reports what they leave). Any other attach maps only
+ * where nothing is: no event is due.
  */
 EXPORT void *shmat(int id, const void *addr, int flg)
 {
@@ -424,7 +426,7 @@ EXPORT void *shmat(int id, const void *addr, int flg)
 		return call_shmat(id, addr, flg);
 	}
 	ic.nr = 1;
-	ic.flags = 0;
+	ic.flags = UODP_ICPT_SILENT;
 	ic.r[0].ev = UODP_ICPT_UNMAP;
 	fast_path = enter(o, &ic, err);
 	r = call_shmat(id, addr, flg);

@@ -560,6 +560,76 @@ static void test_shmat_remap(void **st)
 	munmap(p, 8 * pg);
 }
 
+/* The same where the fast path of the other calls backs out (the kernel
+ * then reports their leftovers; for shmat it reports nothing): the watch
+ * lock held by a thread registering meanwhile, and more pieces than one
+ * call may take out (UODP_ICPT_MAXP). Delivered all the same. */
+static atomic_bool reg_parked, reg_go;
+static char *busy_other;
+
+static void park_in_register(void)
+{
+	unf_test_hook_before_register = NULL; /* once */
+	atomic_store(&reg_parked, true);
+	while (!atomic_load(&reg_go))
+		sched_yield();
+}
+
+static void *registering(void *arg)
+{
+	(void)arg;
+	/* holds watch_lock while parked in the hook */
+	(void)unf_watch(plain->sub, A(busy_other), A(busy_other) + 4 * pg);
+	return NULL;
+}
+
+static void test_shmat_remap_backouts(void **st)
+{
+	int id = shmget(IPC_PRIVATE, 40 * pg, IPC_CREAT | 0600);
+	char *p = map_pages(40), *q;
+	uint64_t s = A(p), e = s + 40 * pg;
+	pthread_t th;
+	int i;
+
+	(void)st;
+	if (id < 0) {
+		munmap(p, 40 * pg);
+		skip();
+		return;
+	}
+	/* 1: watch_lock busy */
+	busy_other = map_pages(4);
+	watch_both(s, e);
+	atomic_store(&reg_parked, false);
+	atomic_store(&reg_go, false);
+	unf_test_hook_before_register = park_in_register;
+	assert_int_equal(pthread_create(&th, NULL, registering, NULL), 0);
+	while (!atomic_load(&reg_parked))
+		sched_yield();
+	q = shmat(id, p, SHM_REMAP);
+	atomic_store(&reg_go, true);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_true(q == p);
+	both_covered(s, e, UNF_UNMAP);
+	assert_int_equal(shmdt(q), 0);
+	unwatch_both(s, e);
+	unf_unwatch(plain->sub, A(busy_other), A(busy_other) + 4 * pg);
+	munmap(busy_other, 4 * pg);
+	/* 2: 20 pieces, every other page a hole */
+	refill(s, e);
+	watch_both(s, e);
+	for (i = 1; i < 40; i += 2)
+		assert_int_equal(munmap(p + i * pg, pg), 0);
+	sink_clear(plain);
+	sink_clear(deferred);
+	q = shmat(id, p, SHM_REMAP);
+	assert_true(q == p);
+	both_covered(s, e, UNF_UNMAP);
+	shmctl(id, IPC_RMID, NULL);
+	assert_int_equal(shmdt(q), 0);
+	unwatch_both(s, e);
+}
+
 static void test_unwatched(void **st)
 {
 	char *p = map_pages(4);
@@ -928,6 +998,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_mmap_fixed),
 		cmocka_unit_test(test_shmdt),
 		cmocka_unit_test(test_shmat_remap),
+		cmocka_unit_test(test_shmat_remap_backouts),
 		cmocka_unit_test(test_unwatched),
 		cmocka_unit_test(test_raw_syscall),
 		cmocka_unit_test(test_disabled),

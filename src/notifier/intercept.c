@@ -46,7 +46,8 @@
 enum {
 	ST_NONE,
 	ST_FAST,
-	ST_SHM
+	ST_SHM,
+	ST_SILENT
 };
 
 static struct {
@@ -160,6 +161,16 @@ static int icpt_before(struct uodp_icpt *ic)
 		ic->state = ST_SHM;
 		return 1;
 	}
+	if (ic->flags & UODP_ICPT_SILENT) {
+		/* No lock tried, no piece claimed: there is nothing to keep
+		 * from the kernel (it sends nothing), and a back-out would
+		 * lose the event. */
+		if (!atomic_load(&nf.nsubs) || ic->nr != 1)
+			return 0;
+		ic->r[0].ev = UNF_UNMAP;
+		ic->state = ST_SILENT;
+		return 1;
+	}
 	if (!watch_trylock()) {
 		inc(&ist.busy);
 		return 0;
@@ -240,6 +251,16 @@ static void icpt_after(struct uodp_icpt *ic, int ok)
 		if (!ok) /* nothing was detached */
 			return;
 		inc(&ist.shm);
+	} else if (ic->state == ST_SILENT) {
+		/* The replaced mappings' registration went with them: the
+		 * pieces covering them are forgotten (re-made on demand),
+		 * and the event covers the whole new attachment. */
+		uint64_t end = ok ? shm_extent(ic->r[0].start) : 0;
+
+		if (end > ic->r[0].end)
+			ic->r[0].end = end;
+		nf_icpt_mark_dirty();
+		inc(&ist.fast);
 	} else {
 		if (ic->flags & UODP_ICPT_KEEP)
 			restore(ic);

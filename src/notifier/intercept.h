@@ -46,6 +46,17 @@
 /* flags */
 #define UODP_ICPT_KEEP 1u /* the mapping stays (madvise): re-register it */
 #define UODP_ICPT_SHM 2u  /* shmdt(r[0].start): no kernel event at all */
+/* shmat(SHM_REMAP) over r[0]: the kernel sends no event and drops the
+ * registration of what it replaces: delivered whatever the call returned
+ * (never backed out like the others, whose leftovers the kernel still
+ * reports), up to the end of the new attachment if that is longer
+ * (hugetlb segments are rounded up to their page size). */
+#define UODP_ICPT_SILENT 4u
+/* shmat(SHM_REMAP) over r[0]: the kernel sends no event and drops the
+ * registration of what it replaces: delivered whenever the call succeeds
+ * (never backed out like the others, whose leftovers the kernel reports),
+ * up to the end of the new attachment if it is longer (hugetlb rounds). */
+#define UODP_ICPT_SILENT 4u
 
 /* Why 16: a munmap / madvise range rarely covers more than a few watched
  * mappings; more than 16 registered pieces go to the kernel path. */
