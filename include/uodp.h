@@ -229,6 +229,12 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
  * uodp_umem_map() and uodp_umem_map_and_lock() fail with -ENODEV at once
  * and uodp_umem_read_retry() is true. They must still be released with
  * uodp_umem_release(); the context's memory goes with the last of them.
+ * With the kernel monitor it first waits for the event delivery in
+ * progress (it leaves the process's subscriber list, which the monitor
+ * holds across a delivery, fences and callbacks included): MUST NOT be
+ * called holding a lock that this or another context's fence or
+ * non-deferred callback takes (as the kernel's mmu_interval_notifier_remove
+ * may not), unlike uodp_umem_release(), which may.
  * Errors: -EINVAL (NULL), -EDEADLK (callback), -ECHILD.
  */
 UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx);

@@ -240,7 +240,8 @@ UODP_API int64_t uodp_dev_mr_children(struct uodp_dev *dev, uint32_t key);
  * the rest of the fault-around window, nor, for an implicit key, the rest
  * of its 1 GiB child); an implicit key's first access to a child may also
  * fail as the monitor's start does (uodp_dev_reg_mr()'s -EMFILE / -ENFILE,
- * -EAGAIN).
+ * -EAGAIN), and with userfaultfd forbidden every access through it fails
+ * -ENOSYS (where uodp_dev_reg_mr() of an explicit key fails at once).
  */
 UODP_API int uodp_dev_read(struct uodp_dev *dev, uint32_t key, uint64_t va,
 			   void *buf, size_t len);
