@@ -2837,9 +2837,11 @@ static void sandbox_wait(pid_t pid, unsigned what)
 		finding("sandboxed input (%#x denied): the child died of "
 			"signal %d (%s)",
 			what, WTERMSIG(st), strsignal(WTERMSIG(st)));
-	else if (WEXITSTATUS(st) == 77)
+	else if (WEXITSTATUS(st) == 77) {
+		/* Counted in the summary: such an input tested nothing. */
+		stats.skipped_sandbox++;
 		trace("sandbox: seccomp unavailable here");
-	else if (WEXITSTATUS(st) == SANDBOX_STALE)
+	} else if (WEXITSTATUS(st) == SANDBOX_STALE)
 		stale(true,
 		      "sandboxed input (%#x denied): the child reported "
 		      "stale translations (above)",

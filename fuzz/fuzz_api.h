@@ -36,7 +36,7 @@ enum fuzz_finding_kind {
 struct fuzz_stats {
 	uint64_t inputs, ops, dev_ops, async_ops, bytes_checked, words_checked,
 		words_unchecked, errors_seen, injected, findings,
-		skipped_monitor, known;
+		skipped_monitor, skipped_sandbox, known;
 	uint64_t findings_of[FIND_NKINDS]; /* findings by kind */
 };
 

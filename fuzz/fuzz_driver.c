@@ -205,7 +205,7 @@ int main(int argc, char **argv)
 	       "async), %llu bytes and %llu words checked (%llu not), %llu "
 	       "errors "
 	       "returned, %llu allocation failures injected, %llu monitor "
-	       "skips, %llu findings (%llu stale), %llu known open bugs "
+	       "skips, %llu sandbox skips, %llu findings (%llu stale), %llu known open bugs "
 	       "tolerated, %.1f s\n",
 	       (unsigned long long)s->inputs, (unsigned long long)s->ops,
 	       (unsigned long long)s->dev_ops, (unsigned long long)s->async_ops,
@@ -215,6 +215,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)s->errors_seen,
 	       (unsigned long long)s->injected,
 	       (unsigned long long)s->skipped_monitor,
+	       (unsigned long long)s->skipped_sandbox,
 	       (unsigned long long)s->findings,
 	       (unsigned long long)s->findings_of[FIND_STALE],
 	       (unsigned long long)s->known,
