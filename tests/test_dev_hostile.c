@@ -33,6 +33,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <linux/userfaultfd.h>
 #include <setjmp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -42,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -412,6 +414,51 @@ static void test_seccomp_process_vm(void **state)
 	in_child(seccomp_child, 1);
 }
 
+/* UFFDIO_REGISTER forbidden (a sandbox) with the kernel monitor: an
+ * explicit key fails at once, an implicit key registers and every access
+ * through it fails -ENOSYS (uodp_dev.h), not once but each time. */
+static void register_denied_child(unsigned arg)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)UFFDIO_REGISTER,
+			 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & 0xffff)),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
+				   .filter = f };
+	struct uodp_dev *dev = NULL;
+	struct uodp_dev_attr a = { .flags = 0 }; /* the kernel monitor */
+	char *p = map_anon(4 * PS, PROT_READ | PROT_WRITE), b[8];
+	uint32_t k;
+
+	(void)arg;
+	CHECK(p, 2);
+	CHECK(!prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 3);
+	CHECK(!syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), 4);
+	CHECK(!uodp_dev_open(&a, &dev), 5);
+	CHECK(uodp_dev_reg_mr(dev, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL, &k) ==
+		      -ENOSYS,
+	      6);
+	CHECK(!uodp_dev_reg_implicit_mr(dev, UODP_DEV_ACCESS_ALL, &k), 7);
+	CHECK(uodp_dev_read(dev, k, VA(p), b, 8) == -ENOSYS, 8);
+	CHECK(uodp_dev_read(dev, k, VA(p), b, 8) == -ENOSYS, 9);
+	CHECK(!uodp_dev_close(dev), 10);
+}
+
+static void test_implicit_register_denied(void **state)
+{
+	(void)state;
+	if (uodp_monitor_probe()) /* no userfaultfd here at all */
+		skip();
+	in_child(register_denied_child, 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* 17: neighbours in the fault-around window                                 */
 
@@ -609,6 +656,7 @@ int main(void)
 		cmocka_unit_test(test_dead_keys_stay_dead),
 		cmocka_unit_test(test_sig_ign_kept),
 		cmocka_unit_test(test_seccomp_process_vm),
+		cmocka_unit_test(test_implicit_register_denied),
 		cmocka_unit_test(test_window_neighbours),
 		cmocka_unit_test(test_truncated_file),
 		cmocka_unit_test(test_cancel_poll_wait),
