@@ -105,6 +105,30 @@ static void test_pinning(void **state)
 	t_unmap(buf, 16);
 }
 
+/* A pinning context, a region over 8 pages of a fresh buffer with its
+ * first 4 faulted (so locked), and @dst_pages of PROT_NONE room to move
+ * them to: the start of every move test. */
+struct pinned4 {
+	struct uodp_ctx *ctx;
+	char *buf, *dst;
+	struct uodp_umem *u;
+	long base; /* VmLck before the fault */
+};
+
+static struct pinned4 pinned_four(unsigned flags, size_t dst_pages)
+{
+	struct pinned4 f;
+
+	f.ctx = t_ctx(flags | UODP_CTX_PIN);
+	f.buf = t_buf(8);
+	f.dst = t_map(dst_pages, PROT_NONE, MAP_PRIVATE);
+	f.u = t_get(f.ctx, f.buf, 8 * page, UODP_ACCESS_ALL);
+	f.base = vmlck_kb();
+	assert_int_equal(t_fault(f.u, f.buf, 4 * page, UODP_ACCESS_WRITE), 4);
+	assert_locked(f.base + 4 * (long)(page / 1024));
+	return f;
+}
+
 /*
  * mremap() moves the kernel's mlock with the pages. With the kernel
  * monitor the destination must come out unlocked: the application's own
@@ -115,13 +139,12 @@ static void test_pinning(void **state)
  */
 static void mremap_pinned(unsigned flags)
 {
-	struct uodp_ctx *ctx = t_ctx(flags | UODP_CTX_PIN);
-	char *buf = t_buf(8), *dst = t_map(4, PROT_NONE, MAP_PRIVATE), *p;
-	struct uodp_umem *u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
-	long kb = (long)(page / 1024), base = vmlck_kb();
+	struct pinned4 f = pinned_four(flags, 4);
+	struct uodp_ctx *ctx = f.ctx;
+	char *buf = f.buf, *dst = f.dst, *p;
+	struct uodp_umem *u = f.u;
+	long base = f.base;
 
-	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
-	assert_locked(base + 4 * kb);
 	if (flags & UODP_CTX_MANUAL)
 		assert_int_equal(uodp_invalidate_range(ctx, buf, 4 * page,
 						       UODP_EVENT_REMAP),
@@ -149,21 +172,18 @@ static void mremap_pinned(unsigned flags)
  * the kernel locks the new tail too, which the REMAP does not report. */
 static void test_pinned_mremap_grow(void **state)
 {
-	struct uodp_ctx *ctx;
-	char *buf, *dst, *p;
-	struct uodp_umem *u;
-	long kb = (long)(page / 1024), base;
+	struct pinned4 f;
+	char *p;
 
 	(void)state;
 	if (!t_monitor_available())
 		skip();
-	ctx = t_ctx(UODP_CTX_PIN);
-	buf = t_buf(8);
-	dst = t_map(8, PROT_NONE, MAP_PRIVATE);
-	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
-	base = vmlck_kb();
-	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
-	assert_locked(base + 4 * kb);
+	f = pinned_four(0, 8);
+	struct uodp_ctx *ctx = f.ctx;
+	char *buf = f.buf, *dst = f.dst;
+	struct uodp_umem *u = f.u;
+	long base = f.base;
+
 	p = mremap(buf, 4 * page, 8 * page, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
 	assert_ptr_equal(p, dst);
 	t_rec_wait(0, u, buf, t_pg(buf, 4), UODP_EVENT_REMAP, 10);
@@ -282,10 +302,7 @@ static int unmap_it(void *u)
 /* how: 0 release, 1 destroy, 2 uodp_umem_unmap() */
 static void pinned_move_racing(int how)
 {
-	struct uodp_ctx *ctx;
-	char *buf, *dst;
-	struct uodp_umem *u;
-	long kb = (long)(page / 1024), base;
+	struct pinned4 f;
 
 	if (!t_monitor_available())
 		skip();
@@ -295,13 +312,12 @@ static void pinned_move_racing(int how)
 	 * before its read: not understood yet.) */
 	if (!mlock_works())
 		t_skip("mlock() is a no-op here (sanitizer runtime)");
-	ctx = t_ctx(UODP_CTX_PIN);
-	buf = t_buf(8);
-	dst = t_map(4, PROT_NONE, MAP_PRIVATE);
-	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
-	base = vmlck_kb();
-	assert_int_equal(t_fault(u, buf, 4 * page, UODP_ACCESS_WRITE), 4);
-	assert_locked(base + 4 * kb);
+	f = pinned_four(0, 4);
+	struct uodp_ctx *ctx = f.ctx;
+	char *buf = f.buf, *dst = f.dst;
+	struct uodp_umem *u = f.u;
+	long base = f.base;
+
 	if (how == 2) {
 		/* uodp_umem_unmap() waits for the move as release does. */
 		unmap_at = buf;
