@@ -377,6 +377,10 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  *  -EBADF   (kernel monitor) its descriptors were closed or replaced by
  *           someone else (a daemon closing every descriptor it does not
  *           know): it can no longer report changes, so faults are refused;
+ *  -ENOSYS  (kernel monitor) @addr's page must be watched first (memory
+ *           mapped there since the registration, or any with
+ *           UODP_ACCESS_LAZY_WATCH) and userfaultfd registration is
+ *           forbidden (a sandbox entered since): use UODP_CTX_MANUAL;
  *  -EDEADLK called from a callback, or with the region lock held;
  *  -ECHILD.
  */

@@ -234,8 +234,10 @@ UODP_API int64_t uodp_dev_mr_children(struct uodp_dev *dev, uint32_t key);
  * every data path).
  * Errors of read, write, copy: -EINVAL, -ENOENT, -EPERM, -ERANGE, -EFAULT,
  * -EACCES, -ENOMEM, -ECHILD, -ENOSYS (process_vm_* forbidden after the
- * device was opened and no guarded copy exists), -EDEADLK; with the kernel
- * monitor -EBADF, -EBUSY and -EOPNOTSUPP (a page of the range is in memory the
+ * device was opened and no guarded copy exists; or, kernel monitor, a
+ * page touched must be watched first, being mapped since the key's
+ * registration, and a sandbox forbids userfaultfd registration), -EDEADLK;
+ * with the kernel monitor -EBADF, -EBUSY and -EOPNOTSUPP (a page of the range is in memory the
  * monitor cannot follow; only the pages the operation touches count, not
  * the rest of the fault-around window, nor, for an implicit key, the rest
  * of its 1 GiB child); an implicit key's first access to a child may also

@@ -451,12 +451,66 @@ static void register_denied_child(unsigned arg)
 	CHECK(!uodp_dev_close(dev), 10);
 }
 
+/* The sandbox comes after the keys' first accesses: memory an access must
+ * watch first (an implicit key's new mapping, a mapping made in an explicit
+ * key's hole since) fails -ENOSYS too, never -EPERM (the key's rights). */
+static void register_denied_late_child(unsigned arg)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)UFFDIO_REGISTER,
+			 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & 0xffff)),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
+				   .filter = f };
+	struct uodp_dev *dev = NULL;
+	struct uodp_dev_attr a = { .flags = 0 }; /* the kernel monitor */
+	/* [0, 4) the explicit key (pages 2-3 a hole until the sandbox),
+	 * page 5 the implicit key's first mapping, page 7 its second
+	 * (mappings of their own: pages 4 and 6 unmapped) */
+	char *p = map_anon(8 * PS, PROT_READ | PROT_WRITE), b[8];
+	uint32_t ke, ki;
+
+	(void)arg;
+	CHECK(p, 2);
+	CHECK(!munmap(p + 2 * PS, 3 * PS) && !munmap(p + 6 * PS, 2 * PS), 3);
+	CHECK(!uodp_dev_open(&a, &dev), 4);
+	CHECK(!uodp_dev_reg_mr(dev, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL, &ke),
+	      5);
+	CHECK(!uodp_dev_reg_implicit_mr(dev, UODP_DEV_ACCESS_ALL, &ki), 6);
+	CHECK(!uodp_dev_read(dev, ki, VA(p + 5 * PS), b, 8), 7);
+	CHECK(!prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 8);
+	CHECK(!syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), 9);
+	CHECK(mmap(p + 2 * PS, 2 * PS, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+		   0) == p + 2 * PS,
+	      10);
+	CHECK(mmap(p + 7 * PS, PS, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+		   0) == p + 7 * PS,
+	      11);
+	CHECK(uodp_dev_read(dev, ke, VA(p + 3 * PS), b, 8) == -ENOSYS, 12);
+	CHECK(uodp_dev_read(dev, ki, VA(p + 7 * PS), b, 8) == -ENOSYS, 13);
+	CHECK(uodp_dev_write(dev, ki, VA(p + 7 * PS), b, 8) == -ENOSYS, 14);
+	/* what was watched before the sandbox still works */
+	CHECK(!uodp_dev_read(dev, ke, VA(p), b, 8), 15);
+	CHECK(!uodp_dev_read(dev, ki, VA(p + 5 * PS), b, 8), 16);
+	CHECK(!uodp_dev_close(dev), 17);
+}
+
 static void test_implicit_register_denied(void **state)
 {
 	(void)state;
 	if (uodp_monitor_probe()) /* no userfaultfd here at all */
 		skip();
 	in_child(register_denied_child, 0);
+	in_child(register_denied_late_child, 0);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -23,8 +23,10 @@
  */
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 
 #include "helpers.h"
 
@@ -823,6 +825,92 @@ static void test_monitor_refused(void **state)
 		fail_msg("child failed (status %#x): %s", st, err);
 }
 
+/* UFFDIO_REGISTER forbidden after the registration (a sandbox entered
+ * later): a fault that must watch memory first (a LAZY_WATCH region, or a
+ * mapping made in a region's hole since) cannot. map_and_lock's -EPERM
+ * means "more access than the region has", so the refusal must come as
+ * -ENOSYS (userfaultfd forbidden, uodp_strerror()), and nothing changes:
+ * the same answer again, pages elsewhere still fault. */
+static bool forbid_register(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)UFFDIO_REGISTER,
+			 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
+				   .filter = f };
+
+	return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+	       prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+
+static void register_denied_child(void *arg)
+{
+	struct uodp_umem *u, *lazy;
+	struct uodp_ctx *ctx;
+	char *buf = mmap(NULL, 11 * page, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *l = buf + 9 * page; /* a mapping of its own (page 8 unmapped) */
+	int64_t r;
+
+	(void)arg;
+	T_CHILD_CHECK(buf != MAP_FAILED);
+	T_CHILD_CHECK(munmap(buf + 4 * page, 5 * page) == 0); /* a hole */
+	T_CHILD_CHECK(uodp_ctx_create(&t_record_ops, 0, &ctx) == 0);
+	T_CHILD_CHECK(uodp_umem_get(ctx, buf, 8 * page, UODP_ACCESS_ALL, &u) ==
+		      0);
+	T_CHILD_CHECK(uodp_umem_get(ctx, l, 2 * page,
+				    UODP_ACCESS_ALL | UODP_ACCESS_LAZY_WATCH,
+				    &lazy) == 0);
+	T_CHILD_CHECK(forbid_register());
+	/* the hole mapped again: the fault would have to watch it */
+	T_CHILD_CHECK(mmap(buf + 4 * page, 4 * page, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+			   0) == buf + 4 * page);
+	r = uodp_umem_map_and_lock(u, buf + 5 * page, page, UODP_ACCESS_WRITE,
+				   0);
+	if (r != -ENOSYS)
+		fprintf(stderr, "hole: %lld (%s)\n", (long long)r,
+			uodp_strerror((int)r));
+	T_CHILD_CHECK(r == -ENOSYS);
+	T_CHILD_CHECK(uodp_umem_map_and_lock(u, buf + 5 * page, page,
+					     UODP_ACCESS_READ, 0) == -ENOSYS);
+	r = uodp_umem_map_and_lock(lazy, l, page, UODP_ACCESS_WRITE, 0);
+	if (r != -ENOSYS)
+		fprintf(stderr, "lazy: %lld (%s)\n", (long long)r,
+			uodp_strerror((int)r));
+	T_CHILD_CHECK(r == -ENOSYS);
+	T_CHILD_CHECK(uodp_umem_map_and_lock(lazy, l, page, UODP_ACCESS_WRITE,
+					     0) == -ENOSYS);
+	/* the memory watched at registration still faults */
+	T_CHILD_CHECK(uodp_umem_map_and_lock(u, buf, page, UODP_ACCESS_WRITE,
+					     0) == 1);
+	T_CHILD_CHECK(uodp_umem_unlock(u) == 0);
+	T_CHILD_CHECK(uodp_umem_release(lazy) == 0);
+	T_CHILD_CHECK(uodp_umem_release(u) == 0);
+	T_CHILD_CHECK(uodp_ctx_destroy(ctx) == 0);
+}
+
+static void test_fault_register_denied(void **state)
+{
+	char err[512];
+	int st;
+
+	(void)state;
+	if (uodp_monitor_probe()) /* no userfaultfd here at all */
+		skip();
+	st = t_in_child(register_denied_child, NULL, err, sizeof(err));
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail_msg("child failed (status %#x): %s", st, err);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Death tests: handles used after release (debug builds)                    */
 
@@ -926,6 +1014,7 @@ int main(void)
 		T(test_callback_forbidden),
 		T(test_lock_misuse),
 		cmocka_unit_test(test_monitor_refused),
+		cmocka_unit_test(test_fault_register_denied),
 		T(test_death_read_retry_unlocked),
 		T(test_death_double_release),
 	};

@@ -401,12 +401,18 @@ int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 		bool *settled)
 {
 	struct unf_sub *sub;
+	int r;
 
 	*settled = false;
 	if (ctx->flags & UODP_CTX_MANUAL)
 		return 0;
 	sub = __atomic_load_n(&ctx->sub, __ATOMIC_ACQUIRE);
-	return sub ? unf_prepare(sub, start, end, settled) : 0;
+	r = sub ? unf_prepare(sub, start, end, settled) : 0;
+	/* Registration forbidden (a sandbox entered since the region was
+	 * registered): on the fault path -EPERM means "more access than the
+	 * region has", so this refusal is -ENOSYS, as uodp_strerror() says
+	 * it (userfaultfd forbidden: use UODP_CTX_MANUAL). */
+	return r == -EPERM ? -ENOSYS : r;
 }
 
 void (*engine_test_hook_before_detach)(struct uodp_ctx *ctx);
