@@ -72,8 +72,8 @@
  *               invalidations;
  *      -EAGAIN  no thread could be created (transient);
  *      -EMFILE, -ENFILE  no file descriptor for the kernel monitor;
- *      -EDEADLK called from an invalidation callback of the device's
- *               context.
+ *      -EDEADLK called from an invalidation callback of an engine
+ *               context (the device's, or another driver's).
  *    Each function lists the ones it returns.
  */
 #ifndef UODP_DEV_H
@@ -149,7 +149,8 @@ UODP_API int uodp_dev_open(const struct uodp_dev_attr *attr,
  * may run concurrently or follow. It never closes or writes a descriptor
  * it does not own (the context's descriptors are checked by the engine
  * before use). Errors: -EINVAL (NULL), -ECHILD (in a forked child:
- * nothing is freed).
+ * nothing is freed), -EDEADLK (from an invalidation callback, deferred
+ * ones included: nothing is closed).
  */
 UODP_API int uodp_dev_close(struct uodp_dev *dev);
 
@@ -206,14 +207,17 @@ UODP_API int uodp_dev_reg_implicit_mr(struct uodp_dev *dev, unsigned access,
  * holding it) and releases its engine regions.
  * Queued requests finish on the workers whether or not anyone polls, so
  * the wait is bounded by their run time.
- * Errors: -EINVAL (NULL), -ENOENT, -ECHILD.
+ * Errors: -EINVAL (NULL), -ENOENT, -ECHILD, -EDEADLK (from a callback of
+ * a context without UODP_CTX_DEFERRED, e.g. a registration cache's: the
+ * engine could not release the key's regions there; the key stays).
  */
 UODP_API int uodp_dev_dereg_mr(struct uodp_dev *dev, uint32_t key);
 
 /*
  * Implicit region: release every child that has no page in the device page
  * table and no operation in flight. Returns the number released (0 for an
- * explicit region). Errors: -EINVAL, -ENOENT, -ECHILD.
+ * explicit region). Errors: -EINVAL, -ENOENT, -ECHILD, -EDEADLK (as
+ * uodp_dev_dereg_mr(): nothing released).
  */
 UODP_API int uodp_dev_mr_trim(struct uodp_dev *dev, uint32_t key);
 

@@ -1155,6 +1155,143 @@ static void test_implicit_auto_trim(void **state)
 	munmap(res, (n + 1) * g);
 }
 
+/* A driver's own engine context whose invalidate callback drops device
+ * keys (a registration cache over device regions): the engine refuses to
+ * release regions from a callback, so the device must refuse too, with
+ * -EDEADLK and nothing changed; before, dereg returned 0 having freed the
+ * key's span while its engine region stayed registered, pointing at it
+ * (a later invalidation of the device's context used freed memory), and
+ * trim did the same to idle children. */
+struct cb_dev {
+	struct uodp_dev *dev;
+	uint32_t key, ikey;
+	int dereg, trim, close;
+	int calls;
+};
+
+static void cb_drop_keys(struct uodp_umem *umem, const struct uodp_range *r,
+			 void *priv)
+{
+	struct cb_dev *c = priv;
+
+	(void)umem;
+	(void)r;
+	c->calls++;
+	c->dereg = uodp_dev_dereg_mr(c->dev, c->key);
+	c->trim = uodp_dev_mr_trim(c->dev, c->ikey);
+	c->close = uodp_dev_close(c->dev);
+}
+
+static void test_keys_from_callback(void **state)
+{
+	struct cb_dev c = { 0 };
+	struct uodp_ctx_ops ops = { .invalidate = cb_drop_keys, .priv = &c };
+	char *p = map_anon(4 * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE), b[8];
+	struct uodp_umem *u;
+	struct uodp_ctx *a;
+
+	(void)state;
+	c.dev = open_dev(0);
+	assert_int_equal(uodp_dev_reg_mr(c.dev, VA(p), 2 * PS,
+					 UODP_DEV_ACCESS_ALL, &c.key),
+			 0);
+	assert_int_equal(uodp_dev_reg_implicit_mr(c.dev, UODP_DEV_ACCESS_ALL,
+						  &c.ikey),
+			 0);
+	assert_int_equal(uodp_dev_read(c.dev, c.key, VA(p), b, 8), 0);
+	assert_int_equal(uodp_dev_read(c.dev, c.ikey, VA(p + 3 * PS), b, 8), 0);
+	/* the child idle (its fault-around may have reached neighbours) */
+	inval(c.dev, p + 3 * PS, 2 * UODP_DEV_FAULT_AROUND_DEFAULT * PS);
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_MANUAL, &a), 0);
+	assert_int_equal(uodp_umem_get(a, p, 4 * PS, UODP_ACCESS_ALL, &u), 0);
+	assert_int_equal(uodp_invalidate_range(a, p, PS, UODP_EVENT_MANUAL), 0);
+	assert_int_equal(c.calls, 1);
+	assert_int_equal(c.dereg, -EDEADLK);
+	assert_int_equal(c.trim, -EDEADLK);
+	assert_int_equal(c.close, -EDEADLK);
+	/* nothing changed: the key works, is invalidated, the child is
+	 * there */
+	assert_int_equal(uodp_dev_read(c.dev, c.key, VA(p + PS), b, 8), 0);
+	inval(c.dev, p, 2 * PS);
+	assert_int_equal(uodp_dev_read(c.dev, c.key, VA(p), b, 8), 0);
+	assert_int_equal(uodp_dev_mr_children(c.dev, c.ikey), 1);
+	/* and outside the callback they work */
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(a), 0);
+	assert_int_equal(uodp_dev_mr_trim(c.dev, c.ikey), 1);
+	assert_int_equal(uodp_dev_dereg_mr(c.dev, c.key), 0);
+	assert_int_equal(uodp_dev_close(c.dev), 0);
+	munmap(p, 4 * PS);
+}
+
+/* The same for an implicit key's access that must create a child: with
+ * IMPLICIT_AUTO_TRIM (16) children the creation first releases the idle
+ * ones, which a callback may not; before, the trim freed their spans with
+ * their engine regions still registered. */
+struct cb_read {
+	struct uodp_dev *dev;
+	uint32_t key;
+	char *at;
+	int r;
+};
+
+static void cb_read_implicit(struct uodp_umem *umem, const struct uodp_range *r,
+			     void *priv)
+{
+	struct cb_read *c = priv;
+	char b;
+
+	(void)umem;
+	(void)r;
+	c->r = uodp_dev_read(c->dev, c->key, VA(c->at), &b, 1);
+}
+
+static void test_implicit_create_from_callback(void **state)
+{
+	struct cb_read c = { 0 };
+	struct uodp_ctx_ops ops = { .invalidate = cb_read_implicit,
+				    .priv = &c };
+	size_t g = (size_t)1 << 30, n = 18, i;
+	struct uodp_umem *u;
+	struct uodp_ctx *a;
+	char *res, *base;
+	char b;
+
+	(void)state;
+	res = mmap(NULL, (n + 1) * g, PROT_NONE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (res == MAP_FAILED)
+		t_skip("cannot reserve the address space (ulimit -v?)");
+	base = (char *)(((uintptr_t)res + g - 1) & ~(uintptr_t)(g - 1));
+	c.dev = open_dev(0);
+	assert_int_equal(uodp_dev_reg_implicit_mr(c.dev, UODP_DEV_ACCESS_READ,
+						  &c.key),
+			 0);
+	for (i = 0; i < 16; i++) {
+		assert_int_equal(mprotect(base + i * g, PS, PROT_READ), 0);
+		assert_int_equal(uodp_dev_read(c.dev, c.key, VA(base + i * g),
+					       &b, 1),
+				 0);
+	}
+	inval(c.dev, base, 16 * g); /* all idle: a creation trims them */
+	assert_int_equal(mprotect(base + 17 * g, PS, PROT_READ), 0);
+	c.at = base + 17 * g;
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_MANUAL, &a), 0);
+	assert_int_equal(uodp_umem_get(a, base, PS, UODP_ACCESS_READ, &u), 0);
+	assert_int_equal(uodp_invalidate_range(a, base, PS, UODP_EVENT_MANUAL),
+			 0);
+	assert_int_equal(c.r, -EDEADLK);
+	assert_int_equal(uodp_dev_mr_children(c.dev, c.key), 16);
+	assert_int_equal(stats(c.dev).children_released, 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(a), 0);
+	/* outside the callback: trimmed, then created */
+	assert_int_equal(uodp_dev_read(c.dev, c.key, VA(c.at), &b, 1), 0);
+	assert_int_equal(uodp_dev_mr_children(c.dev, c.key), 1);
+	assert_int_equal(uodp_dev_close(c.dev), 0);
+	munmap(res, (n + 1) * g);
+}
+
 /* A fault racing an invalidation installs nothing stale: the invalidation
  * runs between the engine's populate and its install (the engine's test
  * hook, inside uodp_umem_map_and_lock(), no lock held). */
@@ -1238,6 +1375,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_copy, setup, teardown),
 		cmocka_unit_test(test_implicit),
 		cmocka_unit_test(test_implicit_auto_trim),
+		cmocka_unit_test(test_keys_from_callback),
+		cmocka_unit_test(test_implicit_create_from_callback),
 		cmocka_unit_test(test_fault_invalidate_race),
 	};
 

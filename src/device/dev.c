@@ -436,6 +436,11 @@ UODP_API int uodp_dev_close(struct uodp_dev *dev)
 
 	if (r)
 		return r;
+	/* It releases regions and may destroy the context, which the
+	 * engine refuses from a callback: refuse before anything goes. */
+	r = callback_check(false);
+	if (r)
+		return r;
 	cs = dev_nocancel_begin(); /* waits for requests, workers, users */
 	queues_destroy_all(dev);
 	pool_stop(dev);
@@ -579,8 +584,8 @@ UODP_API const char *uodp_dev_strerror(int err)
 	case -ENFILE:
 		return "no file descriptor left for the kernel monitor";
 	case -EDEADLK:
-		return "called from an invalidation callback of the device's "
-		       "context";
+		return "called from an invalidation callback of an engine context "
+		       "(the device's, or another driver's)";
 	}
 	return "unknown error";
 }

@@ -54,6 +54,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "engine/callback.h" /* callback_check(): see mr.c, dev.c */
 #include "uodp.h"
 #include "uodp_dev.h"
 

@@ -392,6 +392,13 @@ UODP_API int uodp_dev_dereg_mr(struct uodp_dev *dev, uint32_t key)
 
 	if (r)
 		return r;
+	/* From a driver callback the engine refuses the release (and the
+	 * wait for the key's users could be a wait for that very
+	 * callback): refuse before the key goes, not after (the span would
+	 * be freed under a region still registered). */
+	r = callback_check(true);
+	if (r)
+		return r;
 	mr = key_remove(dev, key);
 	if (!mr)
 		return -ENOENT;
@@ -447,6 +454,12 @@ struct span *mr_span_get(struct uodp_dev *dev, struct dmr *mr, uint64_t va,
 	pthread_rwlock_unlock(&mr->kids_lock);
 	if (sp || !create)
 		return sp;
+	/* Creating registers and may trim (release) idle children, which a
+	 * driver callback may not (see dereg): fail as the registration
+	 * would, before the trim. */
+	*err = callback_check(true);
+	if (*err)
+		return NULL;
 
 	pthread_rwlock_wrlock(&mr->kids_lock);
 	sp = mr->kids[idx];
@@ -521,6 +534,9 @@ UODP_API int uodp_dev_mr_trim(struct uodp_dev *dev, uint32_t key)
 	struct dmr *mr;
 	int r = dev_check(dev), freed = 0;
 
+	if (r)
+		return r;
+	r = callback_check(true); /* it releases children: see dereg */
 	if (r)
 		return r;
 	mr = mr_get(dev, key);

@@ -84,6 +84,7 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "engine/callback.h"
 #include "lib/rindex.h"
 #include "lib/lock.h"
 #include "lib/pgtable.h"
@@ -274,26 +275,7 @@ static inline bool ctx_forked(const struct uodp_ctx *ctx)
 				    memory_order_relaxed) != ctx->fork_gen;
 }
 
-/* ---- callbacks: what the calling thread is inside of ---- */
-enum {
-	CB_NONE = 0,
-	CB_LOCKED = 1,
-	CB_DEFERRED = 2
-};
-/* CB_*; initial-exec as ulock_self_tag (lib/lock.h): every invalidation
- * saves and sets it around the callback */
-extern __thread int engine_in_callback
-	__attribute__((tls_model("initial-exec")));
-/* -EDEADLK when a call that may wait for invalidations (or take the tree
- * write lock) is made from a callback; deferred callbacks hold no lock
- * and may register and release (@tree_ok). */
-static inline int callback_check(bool tree_ok)
-{
-	if (engine_in_callback == CB_LOCKED ||
-	    (engine_in_callback == CB_DEFERRED && !tree_ok))
-		return -EDEADLK;
-	return 0;
-}
+/* ---- callbacks: what the calling thread is inside of (callback.h) ---- */
 
 /* ---- page arithmetic: the one place ---- */
 /* A /proc/self/pagemap entry (Documentation/admin-guide/mm/pagemap.rst):
