@@ -291,7 +291,8 @@ UODP_API int uodp_dev_cmp_swap(struct uodp_dev *dev, uint32_t key, uint64_t va,
  * with UODP_DEV_PREFETCH_WRITE); pages before a failing one stay mapped.
  * With UODP_DEV_STRICT it waits for an invalidation the monitor is running
  * (the strict fence), so it never reports pages of a range whose munmap()
- * has returned.
+ * has returned; from an invalidation callback the monitor runs while it
+ * fences the device it fails -EDEADLK instead (as every access does).
  */
 UODP_API int uodp_dev_prefetch(struct uodp_dev *dev, uint32_t key, uint64_t va,
 			       size_t len, unsigned flags);
@@ -309,7 +310,9 @@ UODP_API int uodp_dev_prefetch(struct uodp_dev *dev, uint32_t key, uint64_t va,
  * takes the strict fence: once munmap() has returned, none of the
  * unmapped pages shows as mapped.
  * Errors: -EINVAL (NULL device, NULL @states with @len > 0), -ENOENT,
- * -ERANGE, -ECHILD.
+ * -ERANGE, -ECHILD, -EDEADLK (UODP_DEV_STRICT, from an invalidation
+ * callback while the monitor fences the device: the unfence comes after
+ * the callback, so the snapshot cannot wait for it).
  */
 UODP_API int64_t uodp_dev_snapshot(struct uodp_dev *dev, uint32_t key,
 				   uint64_t va, size_t len, uint8_t *states);

@@ -643,6 +643,103 @@ static void test_cancel_in_fence(void **state)
 	assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* A strict device used from another driver's invalidate callback run by
+ * the monitor: the monitor fenced the device before it read the event, and
+ * unfences it only after the callbacks returned, so an access that waited
+ * for the unfence there waited for itself (a hang). It fails -EDEADLK (a
+ * callback), and so does a snapshot; the same calls from the callback of a
+ * manual invalidation, with no fence up, work. */
+static struct uodp_dev *cbf_dev;
+static uint32_t cbf_key;
+static char *cbf_p;
+static atomic_int cbf_read = 1, cbf_snap = 1, cbf_calls;
+
+static void cbf_invalidate(struct uodp_umem *umem, const struct uodp_range *r,
+			   void *priv)
+{
+	uint8_t st[2];
+	char b[8];
+
+	(void)umem;
+	(void)r;
+	(void)priv;
+	atomic_store(&cbf_read,
+		     uodp_dev_read(cbf_dev, cbf_key, VA(cbf_p), b, 8));
+	atomic_store(&cbf_snap, (int)uodp_dev_snapshot(cbf_dev, cbf_key,
+						       VA(cbf_p), 2 * PS, st));
+	atomic_fetch_add(&cbf_calls, 1);
+}
+
+#define CBF_CHECK(c, code)                                              \
+	do {                                                            \
+		if (!(c)) {                                             \
+			fprintf(stderr, "line %d: %s\n", __LINE__, #c); \
+			_exit(code);                                    \
+		}                                                       \
+	} while (0)
+
+static void fenced_callback_child(void)
+{
+	struct uodp_dev_attr at = { .flags = UODP_DEV_STRICT };
+	struct uodp_ctx_ops ops = { .invalidate = cbf_invalidate };
+	struct uodp_umem *u;
+	struct uodp_ctx *a;
+	char *m = mmap(NULL, 4 * PS, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int i;
+
+	alarm(20); /* a hang is the failure */
+	cbf_p = mmap(NULL, 2 * PS, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CBF_CHECK(m != MAP_FAILED && cbf_p != MAP_FAILED, 2);
+	memset(cbf_p, 3, 2 * PS);
+	CBF_CHECK(!uodp_dev_open(&at, &cbf_dev), 3);
+	CBF_CHECK(!uodp_dev_reg_mr(cbf_dev, VA(cbf_p), 2 * PS,
+				   UODP_DEV_ACCESS_ALL, &cbf_key),
+		  4);
+	CBF_CHECK(!uodp_dev_prefetch(cbf_dev, cbf_key, VA(cbf_p), 2 * PS, 0),
+		  5);
+	/* the driver's own context, on the kernel monitor too */
+	CBF_CHECK(!uodp_ctx_create(&ops, 0, &a), 6);
+	CBF_CHECK(!uodp_umem_get(a, m, 4 * PS, UODP_ACCESS_ALL, &u), 7);
+	/* a manual invalidation: no fence up, the calls work */
+	CBF_CHECK(!uodp_invalidate_range(a, m, PS, UODP_EVENT_MANUAL), 8);
+	CBF_CHECK(atomic_load(&cbf_calls) == 1, 9);
+	CBF_CHECK(atomic_load(&cbf_read) == 0, 10);
+	CBF_CHECK(atomic_load(&cbf_snap) == 2, 11);
+	/* the monitor's: the device is fenced while the callback runs */
+	CBF_CHECK(!munmap(m + 2 * PS, 2 * PS), 12);
+	for (i = 0; i < 10000 && atomic_load(&cbf_calls) < 2; i++)
+		usleep(1000);
+	CBF_CHECK(atomic_load(&cbf_calls) == 2, 13);
+	CBF_CHECK(atomic_load(&cbf_read) == -EDEADLK, 14);
+	CBF_CHECK(atomic_load(&cbf_snap) == -EDEADLK, 15);
+	/* nothing was left held: the device works on */
+	CBF_CHECK(!uodp_dev_read(cbf_dev, cbf_key, VA(cbf_p), &i, 1), 16);
+	CBF_CHECK(!uodp_umem_release(u), 17);
+	CBF_CHECK(!uodp_ctx_destroy(a), 18);
+	CBF_CHECK(!uodp_dev_close(cbf_dev), 19);
+}
+
+static void test_fenced_callback(void **state)
+{
+	int st;
+	pid_t pid;
+
+	(void)state;
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		fenced_callback_child();
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	if (WIFSIGNALED(st))
+		fail_msg("child killed by signal %d (SIGALRM: it hung)",
+			 WTERMSIG(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* Is the kernel monitor usable here? Only -ENOSYS says no (uodp_dev.h:
  * userfaultfd missing or forbidden, or MADV_POPULATE_* missing at open);
  * any other error is a failure, not a reason to skip. */
@@ -694,6 +791,7 @@ int main(void)
 		cmocka_unit_test(test_implicit_sysv_in_gib),
 		cmocka_unit_test(test_implicit_watches_what_it_faults),
 		cmocka_unit_test(test_cancel_in_fence),
+		cmocka_unit_test(test_fenced_callback),
 	};
 
 	PS = (size_t)sysconf(_SC_PAGESIZE);

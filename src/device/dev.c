@@ -126,15 +126,21 @@ void dev_invalidate_range(struct uodp_umem *umem,
  */
 void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
 
-void dev_window_fence_enter(struct uodp_dev *dev)
+int dev_window_fence_enter(struct uodp_dev *dev)
 {
 	int cs;
 
 	for (;;) {
 		atomic_fetch_add(&dev->fence_active, 1);
 		if (!atomic_load(&dev->fenced))
-			return;
+			return 0;
 		dev_window_fence_leave(dev); /* back out, then wait */
+		/* Inside a callback of a delivery the unfence comes after
+		 * (another driver's context on the kernel monitor: the
+		 * monitor fences every strict subscriber, then calls the
+		 * others back): waiting would be waiting for ourselves. */
+		if (callback_check(true))
+			return -EDEADLK;
 		/* The one wait of an access (pthread_cond_wait is a
 		 * cancellation point): the caller holds a key reference. */
 		cs = dev_nocancel_begin();

@@ -290,8 +290,10 @@ int dev_engine_error(int err);
 /* Argument checks common to every public entry point. */
 int dev_check(const struct uodp_dev *dev);
 
-/* dev.c: an access window's part of the strict fence (STRICT only). */
-void dev_window_fence_enter(struct uodp_dev *dev);
+/* dev.c: an access window's part of the strict fence (STRICT only).
+ * enter: 0, or -EDEADLK (not entered) when the device is fenced and the
+ * calling thread is in a callback that the unfence waits for. */
+int dev_window_fence_enter(struct uodp_dev *dev);
 void dev_window_fence_leave(struct uodp_dev *dev);
 
 /* dev.c: the context callbacks. */

@@ -214,11 +214,18 @@ static int race_verdict(struct uodp_dev *dev, struct dop *op, bool to_host,
 	return -EFAULT;
 }
 
-static void window_lock(struct uodp_dev *dev, struct span *sp)
+/* 0, or -EDEADLK (nothing held: see dev_window_fence_enter()). */
+static int window_lock(struct uodp_dev *dev, struct span *sp)
 {
-	if (dev->flags & UODP_DEV_STRICT)
-		dev_window_fence_enter(dev);
+	int r;
+
+	if (dev->flags & UODP_DEV_STRICT) {
+		r = dev_window_fence_enter(dev);
+		if (r)
+			return r;
+	}
 	pthread_rwlock_rdlock(&sp->pt_lock);
+	return 0;
 }
 
 static void window_unlock(struct uodp_dev *dev, struct span *sp)
@@ -287,7 +294,11 @@ static int xfer(struct uodp_dev *dev, struct dop *op, struct dmr *mr,
 			lim = sp->end - cur;
 		if (lim > WINDOW_MAX)
 			lim = WINDOW_MAX;
-		window_lock(dev, sp);
+		r = window_lock(dev, sp);
+		if (r) {
+			mr_span_put(mr, sp);
+			return r;
+		}
 		n = window_avail(dev, sp, cur, lim, need);
 		if (!n) {
 			window_unlock(dev, sp);
@@ -336,7 +347,11 @@ static int atomic_step(struct uodp_dev *dev, struct dop *op,
 		sp = span_at(dev, op->mr, op->va, &r);
 		if (!sp)
 			return r;
-		window_lock(dev, sp);
+		r = window_lock(dev, sp);
+		if (r) {
+			mr_span_put(op->mr, sp);
+			return r;
+		}
 		e = dpt_get(&sp->dpt, (op->va - sp->start) >> dev->page_shift);
 		if (!(e & UODP_ACCESS_WRITE) || !(e & UODP_ACCESS_READ)) {
 			window_unlock(dev, sp);
@@ -386,7 +401,11 @@ static int prefetch_step(struct uodp_dev *dev, struct dop *op,
 		lim = rem < sp->end - cur ? rem : sp->end - cur;
 		/* The strict fence too: once munmap returned, a prefetch
 		 * must not report pages the monitor is invalidating. */
-		window_lock(dev, sp);
+		r = window_lock(dev, sp);
+		if (r) {
+			mr_span_put(op->mr, sp);
+			return r;
+		}
 		n = window_avail(dev, sp, cur, lim, need);
 		window_unlock(dev, sp);
 		if (!n) {

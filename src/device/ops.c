@@ -117,15 +117,17 @@ static uint8_t page_state(uint64_t word)
 }
 
 /* States of pages [first, end) that lie in the span holding @first (or in
- * no span). Returns the address where it stopped. */
+ * no span). Returns the address where it stopped; *@err -EDEADLK (and
+ * @end) when the strict fence is up in a callback that it waits for. */
 static uint64_t snapshot_span(struct uodp_dev *dev, struct dmr *mr,
-			      uint64_t first, uint64_t end, uint8_t *states)
+			      uint64_t first, uint64_t end, uint8_t *states,
+			      int *err)
 {
 	uint64_t ps = dev->page_size, stop, p, i;
 	struct span *sp;
-	int err;
+	int gerr; /* never set: no creation */
 
-	sp = mr_span_get(dev, mr, first, false, &err);
+	sp = mr_span_get(dev, mr, first, false, &gerr);
 	if (!sp || first < sp->start || first >= sp->end) {
 		/* No child there: nothing mapped up to the next child. */
 		stop = ((first >> IMPLICIT_SHIFT) + 1) << IMPLICIT_SHIFT;
@@ -141,8 +143,11 @@ static uint64_t snapshot_span(struct uodp_dev *dev, struct dmr *mr,
 	/* Strict ordering: the fence, as an access takes it. Once munmap
 	 * has returned the monitor holds it until the invalidation is done,
 	 * so nothing of the unmapped range is visible (issue 12, 8). */
-	if (dev->flags & UODP_DEV_STRICT)
-		dev_window_fence_enter(dev);
+	if ((dev->flags & UODP_DEV_STRICT) && dev_window_fence_enter(dev)) {
+		mr_span_put(mr, sp);
+		*err = -EDEADLK;
+		return end;
+	}
 	pthread_rwlock_rdlock(&sp->pt_lock);
 	for (p = first, i = 0; p < stop; p += ps, i++)
 		states[i] = page_state(
@@ -177,10 +182,11 @@ UODP_API int64_t uodp_dev_snapshot(struct uodp_dev *dev, uint32_t key,
 	end = (va + len + ps - 1) & ~(ps - 1);
 	cs = dev_nocancel_begin(); /* the strict fence may wait */
 	for (p = first; p < end;)
-		p = snapshot_span(dev, mr, p, end, states + (p - first) / ps);
+		p = snapshot_span(dev, mr, p, end, states + (p - first) / ps,
+				  &r);
 	dev_nocancel_end(cs);
 	mr_put(dev, mr);
-	return (int64_t)((end - first) / ps);
+	return r ? r : (int64_t)((end - first) / ps);
 out:
 	mr_put(dev, mr);
 	return r;
