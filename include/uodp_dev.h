@@ -400,7 +400,10 @@ UODP_API int uodp_dev_queue_create(struct uodp_dev *dev, unsigned depth,
 /*
  * Destroy a queue after its requests finished; completions not polled are
  * dropped. No other call on the queue may run concurrently or follow.
- * Errors: -EINVAL (NULL), -ECHILD.
+ * Errors: -EINVAL (NULL), -ECHILD, -EDEADLK (from an invalidation
+ * callback, not a UODP_CTX_DEFERRED one, with requests outstanding: they
+ * may wait for that invalidation, e.g. in a strict device's fence; the
+ * queue is kept).
  */
 UODP_API int uodp_dev_queue_destroy(struct uodp_dev_queue *q);
 
@@ -425,7 +428,9 @@ UODP_API int uodp_dev_poll(struct uodp_dev_queue *q, struct uodp_dev_wc *wc,
 /*
  * As uodp_dev_poll() but wait up to @timeout_ms (-1: forever) for at least
  * one completion. Returns 0 on timeout, and 0 at once when the queue holds
- * no request at all.
+ * no request at all. -EDEADLK when it would wait forever from an
+ * invalidation callback (not a UODP_CTX_DEFERRED one): see
+ * uodp_dev_queue_destroy().
  */
 UODP_API int uodp_dev_poll_wait(struct uodp_dev_queue *q,
 				struct uodp_dev_wc *wc, int max,

@@ -653,10 +653,16 @@ static struct uodp_dev *cbf_dev;
 static uint32_t cbf_key;
 static char *cbf_p;
 static atomic_int cbf_read = 1, cbf_snap = 1, cbf_calls;
+/* set by the main thread, read by the monitor's callback: atomic, the
+ * ordering through the kernel event is invisible to ThreadSanitizer */
+static _Atomic(struct uodp_dev_queue *) cbf_q;
+static char cbf_buf[8];
+static atomic_int cbf_post = 1, cbf_poll = 1, cbf_qdestroy = 1;
 
 static void cbf_invalidate(struct uodp_umem *umem, const struct uodp_range *r,
 			   void *priv)
 {
+	struct uodp_dev_queue *q = atomic_load(&cbf_q);
 	uint8_t st[2];
 	char b[8];
 
@@ -667,6 +673,21 @@ static void cbf_invalidate(struct uodp_umem *umem, const struct uodp_range *r,
 		     uodp_dev_read(cbf_dev, cbf_key, VA(cbf_p), b, 8));
 	atomic_store(&cbf_snap, (int)uodp_dev_snapshot(cbf_dev, cbf_key,
 						       VA(cbf_p), 2 * PS, st));
+	if (q && atomic_load(&cbf_calls) == 1) {
+		/* a queued read waits in the fence on a worker: waiting
+		 * for it here would wait for ourselves too */
+		struct uodp_dev_wr wr = { .wr_id = 7,
+					  .opcode = UODP_DEV_OP_READ,
+					  .key = cbf_key,
+					  .va = VA(cbf_p),
+					  .len = 8,
+					  .buf = cbf_buf };
+		struct uodp_dev_wc wc;
+
+		atomic_store(&cbf_post, uodp_dev_post(q, &wr));
+		atomic_store(&cbf_poll, uodp_dev_poll_wait(q, &wc, 1, -1));
+		atomic_store(&cbf_qdestroy, uodp_dev_queue_destroy(q));
+	}
 	atomic_fetch_add(&cbf_calls, 1);
 }
 
@@ -707,6 +728,12 @@ static void fenced_callback_child(void)
 	CBF_CHECK(atomic_load(&cbf_calls) == 1, 9);
 	CBF_CHECK(atomic_load(&cbf_read) == 0, 10);
 	CBF_CHECK(atomic_load(&cbf_snap) == 2, 11);
+	{
+		struct uodp_dev_queue *q;
+
+		CBF_CHECK(!uodp_dev_queue_create(cbf_dev, 4, &q), 20);
+		atomic_store(&cbf_q, q);
+	}
 	/* the monitor's: the device is fenced while the callback runs */
 	CBF_CHECK(!munmap(m + 2 * PS, 2 * PS), 12);
 	for (i = 0; i < 10000 && atomic_load(&cbf_calls) < 2; i++)
@@ -714,6 +741,19 @@ static void fenced_callback_child(void)
 	CBF_CHECK(atomic_load(&cbf_calls) == 2, 13);
 	CBF_CHECK(atomic_load(&cbf_read) == -EDEADLK, 14);
 	CBF_CHECK(atomic_load(&cbf_snap) == -EDEADLK, 15);
+	CBF_CHECK(atomic_load(&cbf_post) == 0, 21);
+	CBF_CHECK(atomic_load(&cbf_poll) == -EDEADLK, 22);
+	CBF_CHECK(atomic_load(&cbf_qdestroy) == -EDEADLK, 23);
+	{ /* the queue is intact: the read completes after the callback */
+		struct uodp_dev_wc wc;
+
+		CBF_CHECK(uodp_dev_poll_wait(atomic_load(&cbf_q), &wc, 1, -1) ==
+				  1,
+			  24);
+		CBF_CHECK(wc.wr_id == 7 && wc.status == 0, 25);
+		CBF_CHECK(cbf_buf[0] == 3, 26);
+		CBF_CHECK(!uodp_dev_queue_destroy(atomic_load(&cbf_q)), 27);
+	}
 	/* nothing was left held: the device works on */
 	CBF_CHECK(!uodp_dev_read(cbf_dev, cbf_key, VA(cbf_p), &i, 1), 16);
 	CBF_CHECK(!uodp_umem_release(u), 17);

@@ -302,6 +302,15 @@ UODP_API int uodp_dev_queue_destroy(struct uodp_dev_queue *q)
 	r = dev_check(q->dev);
 	if (r)
 		return r;
+	if (callback_check(true)) {
+		/* Its requests may wait for the invalidation calling back
+		 * (a strict device's fence): refuse, keep the queue. */
+		pthread_mutex_lock(&q->lock);
+		r = q->outstanding ? -EDEADLK : 0;
+		pthread_mutex_unlock(&q->lock);
+		if (r)
+			return r;
+	}
 	r = dev_nocancel_begin(); /* waits for the queue's requests */
 	queue_free(q);
 	dev_nocancel_end(r);
@@ -411,6 +420,14 @@ static int poll_common(struct uodp_dev_queue *q, struct uodp_dev_wc *wc,
 	}
 	cs = dev_nocancel_begin(); /* the wait holds q->lock */
 	pthread_mutex_lock(&q->lock);
+	/* A wait without bound for requests that may wait for the
+	 * invalidation calling back (a strict device's fence) never ends. */
+	if (wait && timeout_ms < 0 && max > 0 && !q->count && q->outstanding &&
+	    callback_check(true)) {
+		pthread_mutex_unlock(&q->lock);
+		dev_nocancel_end(cs);
+		return -EDEADLK;
+	}
 	while (wait && max > 0 && !q->count && q->outstanding) {
 		if (timeout_ms < 0)
 			pthread_cond_wait(&q->cond, &q->lock);
