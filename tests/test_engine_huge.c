@@ -149,6 +149,36 @@ static void test_huge_entries(void **state)
 	thp_unmap(&t);
 }
 
+/* A dirty huge block taken part way, then one of its pages already taken
+ * is mapped writable again (a base entry: the block has no live huge
+ * entry) and dropped: it is dirty again and must be reported by the next
+ * take, with the rest of the block, each page once, ascending. */
+static void test_huge_dirty_retaken(void **state)
+{
+	struct uodp_ctx *ctx;
+	struct thp t;
+	struct uodp_umem *u = huge_region(&ctx, &t, 1, 0);
+	void *d[600];
+	int64_t n;
+
+	(void)state;
+	t_inval(ctx, t.p, 1); /* the block's entry goes: all dirty */
+	assert_int_equal(uodp_umem_dirty_take(u, d, 10), 10);
+	assert_ptr_equal(d[9], t_pg(t.p, 9));
+	/* page 3, taken above, written again by the device */
+	assert_int_equal(t_fault(u, t_pg(t.p, 3), page, UODP_ACCESS_WRITE), 1);
+	t_inval(ctx, t_pg(t.p, 3), 1);
+	n = uodp_umem_dirty_take(u, d, 600);
+	assert_int_equal(n, (int64_t)(hp - 10 + 1));
+	assert_ptr_equal(d[0], t_pg(t.p, 3));
+	for (int64_t i = 1; i < n; i++)
+		assert_ptr_equal(d[i], t_pg(t.p, 10 + i - 1));
+	assert_int_equal(uodp_umem_dirty_take(u, d, 600), 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	thp_unmap(&t);
+}
+
 static int count_huge(void *va, uint64_t e, void *arg)
 {
 	(void)va;
@@ -470,6 +500,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_huge_entries),
+		cmocka_unit_test(test_huge_dirty_retaken),
 		cmocka_unit_test(test_huge_upgrade_and_iterate),
 		cmocka_unit_test(test_huge_ragged_and_pinned),
 		cmocka_unit_test(test_huge_races),

@@ -262,12 +262,17 @@ static int emit_block(uint64_t bi, uint64_t *word, void *argp)
 
 	if (!(*word & W_DIRTY) || (*word & W_ACCESS_MASK))
 		return 0;
-	/* Base pages before this block first, in order. */
-	pgt_for_each(&umem->table, a->block_end, first, emit_base, a);
+	taken = *word >> W_PFN_SHIFT;
+	/* Base pages before this block first, in order; then those of the
+	 * block's pages a partial take already reported: dirty again since
+	 * (mapped writable as base pages, the block having no live entry,
+	 * and dropped), they are reported on their own. */
+	pgt_for_each(&umem->table, a->block_end, first + taken, emit_base, a);
 	if (a->n == a->max)
 		return 1;
-	pgt_for_each(&umem->table, first, first + np, clear_base_dirty, NULL);
-	taken = *word >> W_PFN_SHIFT;
+	/* The rest are reported with the block. */
+	pgt_for_each(&umem->table, first + taken, first + np, clear_base_dirty,
+		     NULL);
 	while (taken < np && a->n < a->max)
 		a->pages[a->n++] =
 			(void *)(uintptr_t)(bva +
