@@ -403,7 +403,9 @@ UODP_API int uodp_umem_entries_locked(struct uodp_umem *umem, const void *addr,
  * holds as one entry (THP or hugetlb memory, where the kernel reports it
  * through PAGEMAP_SCAN, Linux 6.7+). An invalidation of any page of a huge
  * entry drops the whole entry from the engine (the driver is told only of
- * the pages that changed; the rest faults again on demand). */
+ * the pages that changed; the rest faults again on demand), except a frame
+ * change a fault finds under it (a write breaking a COW share): that one
+ * invalidates the whole block (UODP_EVENT_FRAME). */
 #define UODP_ENTRY_READ UODP_ACCESS_READ
 #define UODP_ENTRY_WRITE UODP_ACCESS_WRITE
 #define UODP_ENTRY_HUGE ((uint64_t)1 << 2)

@@ -179,6 +179,84 @@ static void test_huge_dirty_retaken(void **state)
 	thp_unmap(&t);
 }
 
+/* The frame of the page at @p from /proc/self/pagemap, 0 if not shown. */
+static uint64_t pagemap_pfn(const void *p)
+{
+	uint64_t e = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	if (fd < 0)
+		return 0;
+	if (pread(fd, &e, sizeof(e),
+		  (off_t)((uintptr_t)p / page * sizeof(e))) != sizeof(e))
+		e = 0;
+	close(fd);
+	return (e >> 63) ? e & ((UINT64_C(1) << 55) - 1) : 0;
+}
+
+/* A read-only huge entry over a THP shared with a forked child (COW),
+ * then a write fault on one of its pages: the kernel gives that page a
+ * frame of its own (it splits the block), so the huge entry's frame is
+ * stale for it. As for base pages (test_map_upgrade), the engine must see
+ * the change (EVENT_FRAME) and map the page again, not upgrade the huge
+ * entry's access in place over the old frame. */
+static void test_huge_cow_upgrade(void **state)
+{
+	struct uodp_ctx *ctx;
+	struct uodp_umem *u;
+	struct thp t;
+	int pfd[2];
+	pid_t pid;
+	char c;
+
+	(void)state;
+	if (page != 4096)
+		t_skip("written for 4 KiB base pages");
+	if (!thp_map(&t, 1)) {
+		thp_unmap(&t);
+		t_skip("madvise(MADV_HUGEPAGE) refused");
+	}
+	if (!pagemap_pfn(t.p)) {
+		thp_unmap(&t);
+		t_skip("frames not visible (CAP_SYS_ADMIN)");
+	}
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) { /* holds the THP shared until the parent is done */
+		close(pfd[1]);
+		(void)!read(pfd[0], &c, 1);
+		_exit(0);
+	}
+	close(pfd[0]);
+	ctx = t_ctx(UODP_CTX_MANUAL);
+	u = t_get(ctx, t.p, HUGE, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(u, t.p, HUGE, UODP_ACCESS_READ), (int64_t)hp);
+	if (t_stats(u).huge_now != 1) {
+		close(pfd[1]);
+		waitpid(pid, NULL, 0);
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		thp_unmap(&t);
+		t_skip("no huge entry (no THP here, or no PAGEMAP_SCAN)");
+	}
+	assert_int_equal(uodp_umem_pfn(u, t_pg(t.p, 3)),
+			 pagemap_pfn(t_pg(t.p, 3)));
+	t_rec_reset();
+	assert_int_equal(t_fault(u, t_pg(t.p, 3), page, UODP_ACCESS_WRITE), 1);
+	close(pfd[1]);
+	assert_int_equal(waitpid(pid, NULL, 0), pid);
+	assert_int_equal(uodp_umem_pfn(u, t_pg(t.p, 3)),
+			 pagemap_pfn(t_pg(t.p, 3)));
+	assert_true(t_rec_find(0, u, t_pg(t.p, 3), t_pg(t.p, 4),
+			       UODP_EVENT_FRAME) >= 0 ||
+		    t_rec_find(0, u, t.p, t_pg(t.p, hp), UODP_EVENT_FRAME) >=
+			    0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	thp_unmap(&t);
+}
+
 static int count_huge(void *va, uint64_t e, void *arg)
 {
 	(void)va;
@@ -501,6 +579,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_huge_entries),
 		cmocka_unit_test(test_huge_dirty_retaken),
+		cmocka_unit_test(test_huge_cow_upgrade),
 		cmocka_unit_test(test_huge_upgrade_and_iterate),
 		cmocka_unit_test(test_huge_ragged_and_pinned),
 		cmocka_unit_test(test_huge_races),

@@ -125,10 +125,11 @@ struct window {
 };
 
 struct install {
-	uint64_t done;	  /* pages of the batch handled so far */
-	uint64_t changed; /* index of a page whose frame changed, or ~0 */
-	int err;	  /* why the batch stopped early (or 0) */
-	bool *keep;	  /* pinning mode: page i's pin went to its entry */
+	uint64_t done;	      /* pages of the batch handled so far */
+	uint64_t changed;     /* index of a page whose frame changed, or ~0 */
+	uint64_t changed_end; /* ...invalidate to this index (0: batch end) */
+	int err;	      /* why the batch stopped early (or 0) */
+	bool *keep;	      /* pinning mode: page i's pin went to its entry */
 };
 
 /*
@@ -218,8 +219,16 @@ static int install_batch(struct uodp_umem *umem, const struct window *w,
 		}
 		/* Batches never cross a 2 MiB boundary (map_window), so a
 		 * batch is covered by at most one huge entry. */
-		if (huge_covers_locked(umem, va, access)) {
+		h = huge_covers_locked(umem, va, n, pfns, access);
+		if (h == 1) {
 			res->done = n;
+			break;
+		}
+		if (h == HUGE_CHANGED) {
+			/* The whole entry goes, so the driver hears of its
+			 * whole block: it may map any page of it. */
+			res->changed = umem_page(umem, va & ~(HUGE_SIZE - 1));
+			res->changed_end = res->changed + HUGE_PAGES(umem->ctx);
 			break;
 		}
 		if (huge) {
@@ -417,9 +426,12 @@ static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
 			 * the first changed page to the end of the batch, in
 			 * one invalidation, and let the driver fault again. */
 			uint64_t cva = umem->start + res.changed * page;
+			uint64_t cend =
+				res.changed_end ?
+					umem->start + res.changed_end * page :
+					va + got * page;
 
-			umem_invalidate_one(umem, cva, va + got * page,
-					    UODP_EVENT_FRAME);
+			umem_invalidate_one(umem, cva, cend, UODP_EVENT_FRAME);
 			return -EAGAIN;
 		}
 		if (res.err) {

@@ -14,7 +14,10 @@
  * Rules that keep one answer per page:
  *  - a huge entry is installed only where the block has no base-page
  *    entry; a base-page fault in a block with a huge entry only upgrades
- *    the huge entry's access;
+ *    the huge entry's access, unless a page's frame changed under it (a
+ *    write broke a COW share and the kernel split the block): then the
+ *    whole block is invalidated (EVENT_FRAME; the driver may hold any of
+ *    its pages) and faulted again as base pages;
  *  - an invalidation that touches any page of a huge entry drops the whole
  *    entry: splitting it would need 512 base-page words, i.e. memory on the
  *    invalidation path, which may be the monitor thread (no allocation
@@ -160,20 +163,30 @@ int huge_install_locked(struct uodp_umem *umem, uint64_t va, uint64_t pfn,
 	return 1;
 }
 
-/* A base-page fault in a block with a live huge entry: upgrade it. True
- * when the block is covered. */
-bool huge_covers_locked(struct uodp_umem *umem, uint64_t va, unsigned access)
+/* A base-page fault of @n pages from @va (inside one block, their frames
+ * in @pfns, 0 where unknown) in a block with a live huge entry: upgrade
+ * it. 1 when the block is covered, 0 when it has no live entry,
+ * HUGE_CHANGED when a page's frame is not the entry's any more (a write
+ * fault that broke a COW share split the block and gave the page a frame
+ * of its own): then the entry must go, not gain access over old frames. */
+int huge_covers_locked(struct uodp_umem *umem, uint64_t va, uint64_t n,
+		       const uint64_t *pfns, unsigned access)
 {
-	uint64_t w;
+	uint64_t w, head, off = (va & (HUGE_SIZE - 1)) >> umem->ctx->page_shift;
+	uint64_t i;
 
 	ulock_assert_held(&umem->lock);
 	w = huge_word_locked(umem, va);
 
 	if (!(w & W_ACCESS_MASK))
-		return false;
+		return 0;
+	head = w >> W_PFN_SHIFT;
+	for (i = 0; head && i < n; i++)
+		if (pfns[i] && pfns[i] != head + off + i)
+			return HUGE_CHANGED;
 	if ((w & access) != access) /* a live word: the huge part exists */
 		pgt_set(&umem_huge(umem)->table, hidx(umem, va), w | access);
-	return true;
+	return 1;
 }
 
 struct hdrop {

@@ -443,7 +443,8 @@ uint64_t huge_word_locked(const struct uodp_umem *umem, uint64_t va);
 #define HUGE_CHANGED 2
 int huge_install_locked(struct uodp_umem *umem, uint64_t va, uint64_t pfn,
 			unsigned access);
-bool huge_covers_locked(struct uodp_umem *umem, uint64_t va, unsigned access);
+int huge_covers_locked(struct uodp_umem *umem, uint64_t va, uint64_t n,
+		       const uint64_t *pfns, unsigned access);
 uint64_t huge_drop_locked(struct uodp_umem *umem, uint64_t s, uint64_t e);
 size_t dirty_take_locked(struct uodp_umem *umem, void **pages, size_t max);
 
