@@ -228,7 +228,9 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
  * dropped, and they are marked dying: from then on uodp_umem_read_begin(),
  * uodp_umem_map() and uodp_umem_map_and_lock() fail with -ENODEV at once
  * and uodp_umem_read_retry() is true. They must still be released with
- * uodp_umem_release(); the context's memory goes with the last of them.
+ * uodp_umem_release(); the context's memory goes with the last of them
+ * (or with the uodp_invalidate_range_end() of a token started before the
+ * destroy and still open, which may follow it).
  * With the kernel monitor it first waits for the event delivery in
  * progress (it leaves the process's subscriber list, which the monitor
  * holds across a delivery, fences and callbacks included): MUST NOT be

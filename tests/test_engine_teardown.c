@@ -107,6 +107,35 @@ static void test_destroy_pending_invalidation(void **state)
 	t_unmap(buf, 4);
 }
 
+/* A range token open across uodp_ctx_destroy(): its end() comes after
+ * and must find the context alive (the token holds it; the last of the
+ * end and the releases frees it). Before, a context with no region was
+ * freed by the destroy and end() read freed memory (ASan: use after free;
+ * otherwise -EINVAL, the token stuck). */
+static void test_destroy_open_token(void **state)
+{
+	struct uodp_ctx *ctx = t_ctx(UODP_CTX_MANUAL);
+	char *buf = t_buf(2);
+	struct uodp_umem *a;
+	struct uodp_range r, r2;
+
+	(void)state;
+	t_start(ctx, &r, buf, 1);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_int_equal(uodp_invalidate_range_end(&r), 0);
+
+	/* With a region: released between the destroy and the end. */
+	ctx = t_ctx(UODP_CTX_MANUAL);
+	a = t_get(ctx, buf, 2 * page, UODP_ACCESS_ALL);
+	t_start(ctx, &r, buf, 1);
+	t_start(ctx, &r2, t_pg(buf, 1), 1);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_int_equal(uodp_invalidate_range_end(&r2), 0);
+	assert_int_equal(uodp_umem_release(a), 0);
+	assert_int_equal(uodp_invalidate_range_end(&r), 0);
+	t_unmap(buf, 2);
+}
+
 /* A destroyed context with no regions goes at once; release is no
  * invalidation. */
 static void test_destroy_after_release(void **state)
@@ -159,6 +188,7 @@ int main(void)
 		cmocka_unit_test(test_destroy_live_regions),
 		cmocka_unit_test(test_destroy_pending_invalidation),
 		cmocka_unit_test(test_destroy_after_release),
+		cmocka_unit_test(test_destroy_open_token),
 		cmocka_unit_test(test_destroy_many),
 	};
 

@@ -5,8 +5,10 @@
  * utilities (messages, version).
  *
  * A context owns the region index of one address space and subscribes to
- * the process-wide notifier (src/notifier) while it has watched regions. Its memory outlives uodp_ctx_destroy() while regions remain: they
- * point at it, so the last uodp_umem_release() frees it (see ctx_release()).
+ * the process-wide notifier (src/notifier) while it has watched regions.
+ * Its memory outlives uodp_ctx_destroy() while regions or open range tokens
+ * remain: they point at it (ctx->holds), so the last uodp_umem_release() or
+ * uodp_invalidate_range_end() frees it (ctx_drop(), ctx_release()).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -204,6 +206,7 @@ static int ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
 	atomic_init(&ctx->period, 0);
 	atomic_init(&ctx->inflight, 0);
 	atomic_init(&ctx->users, 0);
+	atomic_init(&ctx->holds, 1); /* uodp_ctx_destroy() drops it */
 	if (flags & UODP_CTX_PIN)
 		pin_init(); /* the process's pin counts (pin.c) */
 	ctx_probe_pagemap(ctx);
@@ -513,7 +516,6 @@ static void ctx_kill_regions(struct uodp_ctx *ctx)
 
 UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx)
 {
-	bool free_now;
 	int r, cs;
 
 	if (!ctx_valid(ctx))
@@ -539,22 +541,20 @@ UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx)
 	if (ctx->flags & UODP_CTX_PIN)
 		pin_trim();
 
-	/* Decide who frees the context: us if no region is left, else the
-	 * last uodp_umem_release(). Both decide under the tree write lock,
-	 * and a releaser touches the context no more once it dropped it, so
-	 * exactly one of us frees it, after the other is done with it. */
-	pthread_rwlock_wrlock(&ctx->tree_lock);
-	ctx->destroyed = true;
-	free_now = ctx->nregions == 0;
-	pthread_rwlock_unlock(&ctx->tree_lock);
-	nocancel_end(cs);
-	if (free_now)
+	/* Freed now, or by the last uodp_umem_release() or
+	 * uodp_invalidate_range_end() (ctx->holds): a token open across the
+	 * destroy ends on live memory. */
+	if (ctx_drop(ctx))
 		ctx_free(ctx);
+	nocancel_end(cs);
 	return 0;
 }
 
-/* Called by uodp_umem_release() after it dropped both locks, when it was the
- * last region of a destroyed context. */
+bool ctx_drop(struct uodp_ctx *ctx)
+{
+	return atomic_fetch_sub(&ctx->holds, 1) == 1;
+}
+
 void ctx_release(struct uodp_ctx *ctx)
 {
 	ctx_free(ctx);

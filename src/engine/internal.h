@@ -55,7 +55,7 @@
  *                               watch/unwatch calls. Never taken by an
  *                               invalidation.
  *   2. ctx->tree_lock  (rwlock) the region index, ctx->nregions,
- *                               ctx->dying, ctx->destroyed. Read:
+ *                               ctx->dying. Read:
  *                               invalidation walks (callbacks of contexts
  *                               without UODP_CTX_DEFERRED run under it).
  *                               Write: registration, release, teardown;
@@ -151,13 +151,16 @@ struct uodp_ctx {
 	pthread_rwlock_t tree_lock; /* see LOCKS above */
 	struct rindex tree;	    /* regions by [start, end - 1] */
 	uint64_t nregions;
-	bool dying;	/* uodp_ctx_destroy() started: no new regions */
-	bool destroyed; /* it finished: the last release frees the context */
+	bool dying; /* uodp_ctx_destroy() started: no new regions */
 	/* uodp_umem_get() calls inside the context right now: the context's
 	 * memory is not freed while one runs (ctx_free waits), so a get that
 	 * races uodp_ctx_destroy() fails with -ENODEV instead of touching
 	 * freed memory. */
 	atomic_long users;
+	/* What keeps the context's memory: 1 until uodp_ctx_destroy(), 1 per
+	 * region in the index, 1 per open range token (its end() uses the
+	 * context, destroyed or not). Whoever drops the last frees it. */
+	atomic_long holds;
 
 	pthread_mutex_t inv_lock; /* see LOCKS above */
 	pthread_cond_t inv_idle;  /* broadcast when the period turns even */
@@ -405,7 +408,11 @@ void *table_trim(struct pgt *t);
 /* ctx.c */
 /* True when ctx->pagemap_fd is still the file we opened (one fstat). */
 bool ctx_pagemap_ours(struct uodp_ctx *ctx);
-void ctx_release(struct uodp_ctx *ctx); /* last region of a destroyed ctx */
+/* Drop one of ctx->holds, after the caller's last access to the context:
+ * true when it was the last, and the caller then frees the context with
+ * ctx_release() (which may reach a cancellation point: close()). */
+bool ctx_drop(struct uodp_ctx *ctx);
+void ctx_release(struct uodp_ctx *ctx);
 /* @lazy: UODP_ACCESS_LAZY_WATCH (unf_watch_lazy()). */
 int ctx_watch(struct uodp_ctx *ctx, uint64_t start, uint64_t end, bool lazy);
 void ctx_unwatch(struct uodp_ctx *ctx, uint64_t start, uint64_t end);

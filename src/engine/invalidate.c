@@ -307,6 +307,9 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
 	if (!atomic_compare_exchange_strong(tok_state(range), &zero,
 					    UODP_RANGE_MAGIC - 1))
 		return -EINVAL; /* another start() claimed it just now */
+	/* The open token holds the context: its end() may come after
+	 * uodp_ctx_destroy(), and must find live memory. */
+	atomic_fetch_add(&ctx->holds, 1);
 
 	cs = nocancel_begin();
 	period = ctx_inval_begin(ctx);
@@ -376,6 +379,10 @@ UODP_API int uodp_invalidate_range_end(struct uodp_range *range)
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	ctx_inval_end(ctx);
+	/* The token's hold: the context may have been destroyed meanwhile,
+	 * and then this end() may be its last user. */
+	if (ctx_drop(ctx))
+		ctx_release(ctx);
 	nocancel_end(cs);
 
 	/* The token may be started again. */

@@ -139,6 +139,7 @@ static void ctx_add_region(struct uodp_ctx *ctx, struct uodp_umem *umem,
 	(void)r;
 	umem->in_tree = true;
 	ctx->nregions++;
+	atomic_fetch_add(&ctx->holds, 1); /* dropped by its release */
 }
 
 /* Take the region out of the index; tree write lock held. Emptied index
@@ -274,15 +275,14 @@ UODP_API int uodp_umem_release(struct uodp_umem *umem)
 	if (ctx->flags & UODP_CTX_PIN)
 		pin_trim();
 	ctx_unwatch(ctx, umem->start, umem->end);
-	/* Whether we free the context is decided under the write lock, as
-	 * uodp_ctx_destroy() decides it; past this unlock we no longer touch
-	 * the context unless we are the one to free it. */
 	pthread_rwlock_wrlock(&ctx->tree_lock);
 	ctx_remove_region(ctx, umem, &garbage);
-	free_ctx = ctx->destroyed && ctx->nregions == 0;
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	rindex_free_garbage(NULL, &garbage); /* touches no index */
 	umem_put(umem); /* a relay walk may still hold it */
+	/* The region's hold on the context: past this we no longer touch
+	 * the context unless it was the last and we free it. */
+	free_ctx = ctx_drop(ctx);
 	if (free_ctx) {
 		if (!nocancel)
 			cs = nocancel_begin();
