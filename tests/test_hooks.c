@@ -643,6 +643,80 @@ static void test_shmat_remap_backouts(void **st)
 	unwatch_both(s, e);
 }
 
+/*
+ * shmat(SHM_REMAP) takes the fast path on the records' filter alone (the
+ * kernel reports nothing: the filter's "no" is final, not a fallback to
+ * the kernel path as for the other calls). A record elsewhere going away
+ * rebuilds the filter; a record still watched must never read "no" in the
+ * meantime. Here the shmat runs while a thread unwatching another record
+ * is parked inside the rebuild.
+ */
+static atomic_bool rb_parked, rb_go;
+static uint64_t rb_range[2];
+
+static void park_in_rebuild(void)
+{
+	unf_test_hook_filter_rebuild = NULL; /* once */
+	atomic_store(&rb_parked, true);
+	while (!atomic_load(&rb_go))
+		sched_yield();
+}
+
+static void *unwatching(void *arg)
+{
+	(void)arg;
+	unf_unwatch(plain->sub, rb_range[0], rb_range[1]);
+	return NULL;
+}
+
+static void test_shmat_remap_filter_rebuild(void **st)
+{
+	int id = shmget(IPC_PRIVATE, 2 * pg, IPC_CREAT | 0600);
+	char *p = map_pages(8), *other, *q;
+	uint64_t s = A(p), e = s + 8 * pg;
+	pthread_t th;
+	int i;
+
+	(void)st;
+	if (id < 0) {
+		munmap(p, 8 * pg);
+		skip();
+		return;
+	}
+	/* Another record: a page that is a mapping of its own (its
+	 * protection differs from its neighbours'), never merged into p's. */
+	other = map_pages(3);
+	assert_int_equal(mprotect(other + pg, pg, PROT_READ), 0);
+	rb_range[0] = A(other + pg);
+	rb_range[1] = A(other) + 2 * pg;
+	assert_int_equal(unf_watch(plain->sub, rb_range[0], rb_range[1]), 0);
+	watch_both(s, e);
+	atomic_store(&rb_parked, false);
+	atomic_store(&rb_go, false);
+	unf_test_hook_filter_rebuild = park_in_rebuild;
+	assert_int_equal(pthread_create(&th, NULL, unwatching, NULL), 0);
+	for (i = 0; !atomic_load(&rb_parked); i++) {
+		if (i > 100000) { /* 10 s: fail, do not hang */
+			unf_test_hook_filter_rebuild = NULL;
+			atomic_store(&rb_go, true);
+			pthread_join(th, NULL);
+			fail_msg("the unwatching thread never rebuilt the "
+				 "filter");
+		}
+		usleep(100);
+	}
+	q = shmat(id, p + 2 * pg, SHM_REMAP);
+	shmctl(id, IPC_RMID, NULL); /* gone with its last detach */
+	atomic_store(&rb_go, true);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_true(q == p + 2 * pg);
+	both_covered(s + 2 * pg, s + 4 * pg, UNF_UNMAP);
+	assert_int_equal(shmdt(q), 0);
+	unwatch_both(s, e);
+	munmap(p, 8 * pg);
+	munmap(other, 3 * pg);
+}
+
 static void test_unwatched(void **st)
 {
 	char *p = map_pages(4);
@@ -1012,6 +1086,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_shmdt),
 		cmocka_unit_test(test_shmat_remap),
 		cmocka_unit_test(test_shmat_remap_backouts),
+		cmocka_unit_test(test_shmat_remap_filter_rebuild),
 		cmocka_unit_test(test_unwatched),
 		cmocka_unit_test(test_raw_syscall),
 		cmocka_unit_test(test_disabled),

@@ -52,11 +52,6 @@
  * reports), up to the end of the new attachment if that is longer
  * (hugetlb segments are rounded up to their page size). */
 #define UODP_ICPT_SILENT 4u
-/* shmat(SHM_REMAP) over r[0]: the kernel sends no event and drops the
- * registration of what it replaces: delivered whenever the call succeeds
- * (never backed out like the others, whose leftovers the kernel reports),
- * up to the end of the new attachment if it is longer (hugetlb rounds). */
-#define UODP_ICPT_SILENT 4u
 
 /* Why 16: a munmap / madvise range rarely covers more than a few watched
  * mappings; more than 16 registered pieces go to the kernel path. */
@@ -98,8 +93,11 @@ struct uodp_icpt_ops {
 	void (*after)(struct uodp_icpt *ic, int ok);
 	void (*stats)(struct uodp_icpt_stats *out);
 	/* Quick check without a call: bit (addr >> filter_shift) %
-	 * filter_bits of filter[] clear means nothing watched is there (a
-	 * stale clear bit only sends the call the kernel path). */
+	 * filter_bits of filter[] clear means nothing watched is there. A
+	 * record that exists when the check starts never reads clear (not
+	 * even while another record's removal rebuilds the filter): for
+	 * shmat(SHM_REMAP), which the kernel does not report, a clear bit is
+	 * final; for the other calls it sends them the kernel path. */
 	const _Atomic uint64_t *filter;
 	unsigned filter_bits, filter_shift;
 };
