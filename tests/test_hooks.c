@@ -717,6 +717,125 @@ static void test_shmat_remap_filter_rebuild(void **st)
 	munmap(other, 3 * pg);
 }
 
+/*
+ * munmap, shmat and shmdt are no cancellation points (POSIX), and no uodp
+ * call is one (src/lib/lock.h): the hooks' in-thread work runs with
+ * cancellation disabled, as the monitor thread's does. A thread with a
+ * cancellation pending would otherwise be cancelled inside it: in a
+ * subscriber's op (a fence waiting on a condition variable) holding the
+ * notifier's locks, or, for shmat(SHM_REMAP), whose attachment is looked
+ * up in /proc/self/maps after the call, before the event was delivered.
+ */
+static atomic_int cancellable_ops;
+
+static void probe_cancel(void)
+{
+	int old;
+
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+	pthread_setcancelstate(old, NULL);
+	if (old == PTHREAD_CANCEL_ENABLE)
+		atomic_fetch_add(&cancellable_ops, 1);
+}
+
+static void c_begin(void *o, uint64_t s, uint64_t e, enum unf_event ev)
+{
+	probe_cancel();
+	s_begin(o, s, e, ev);
+}
+
+static void c_finish(void *o, uint64_t s, uint64_t e, enum unf_event ev,
+		     unsigned merged)
+{
+	probe_cancel();
+	s_finish(o, s, e, ev, merged);
+}
+
+static void c_fence(void *o)
+{
+	probe_cancel();
+	s_fence(o);
+}
+
+static void c_unfence(void *o)
+{
+	probe_cancel();
+	s_unfence(o);
+}
+
+static const struct unf_ops cancel_ops = {
+	.begin = c_begin,
+	.finish = c_finish,
+	.fence = c_fence,
+	.unfence = c_unfence,
+};
+
+struct cancel_job {
+	int shm_id; /* -1: munmap(p, 4 pages); else shmat(id, p, SHM_REMAP) */
+	char *p;
+	bool returned;
+};
+
+static void *cancelled_call(void *arg)
+{
+	struct cancel_job *j = arg;
+
+	/* Deferred (the default): acted upon at the next cancellation
+	 * point, of which the calls below have none. */
+	pthread_cancel(pthread_self());
+	if (j->shm_id < 0)
+		(void)munmap(j->p, 4 * pg);
+	else
+		(void)shmat(j->shm_id, j->p, SHM_REMAP);
+	j->returned = true;
+	return NULL;
+}
+
+static void run_cancelled(struct cancel_job *j)
+{
+	pthread_t th;
+
+	j->returned = false;
+	assert_int_equal(pthread_create(&th, NULL, cancelled_call, j), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_true(j->returned);
+}
+
+static void test_cancel_pending(void **st)
+{
+	int id = shmget(IPC_PRIVATE, 2 * pg, IPC_CREAT | 0600);
+	char *p = map_pages(8);
+	uint64_t s = A(p), e = s + 8 * pg;
+	struct cancel_job j = { -1, p, false };
+	struct sink *k = calloc(1, sizeof(*k));
+	struct snap a;
+
+	(void)st;
+	assert_non_null(k);
+	pthread_mutex_init(&k->m, NULL);
+	assert_int_equal(unf_subscribe(&cancel_ops, k, UNF_STRICT, &k->sub), 0);
+	assert_int_equal(unf_watch(k->sub, s, e), 0);
+	atomic_store(&cancellable_ops, 0);
+	snap(&a);
+	run_cancelled(&j); /* munmap of 4 watched pages */
+	expect_fast(&a, 1);
+	assert_true(covered(k, s, s + 4 * pg, UNF_UNMAP));
+	assert_int_equal(atomic_load(&cancellable_ops), 0);
+	if (id >= 0) {
+		j.shm_id = id;
+		j.p = p + 4 * pg;
+		sink_clear(k);
+		run_cancelled(&j); /* shmat over 2 watched pages */
+		shmctl(id, IPC_RMID, NULL);
+		assert_true(covered(k, s + 4 * pg, s + 6 * pg, UNF_UNMAP));
+		assert_int_equal(atomic_load(&cancellable_ops), 0);
+		assert_int_equal(shmdt(p + 4 * pg), 0);
+	}
+	unf_unwatch(k->sub, s, e);
+	sink_free(k);
+	munmap(p, 8 * pg);
+}
+
 static void test_unwatched(void **st)
 {
 	char *p = map_pages(4);
@@ -1087,6 +1206,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_shmat_remap),
 		cmocka_unit_test(test_shmat_remap_backouts),
 		cmocka_unit_test(test_shmat_remap_filter_rebuild),
+		cmocka_unit_test(test_cancel_pending),
 		cmocka_unit_test(test_unwatched),
 		cmocka_unit_test(test_raw_syscall),
 		cmocka_unit_test(test_disabled),

@@ -40,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/lock.h" /* nocancel_begin() */
 #include "notifier/intercept.h"
 #include "notifier/nf_icpt.h"
 
@@ -134,7 +135,7 @@ static uint64_t shm_extent(uint64_t at)
 	return x.end;
 }
 
-static int icpt_before(struct uodp_icpt *ic)
+static int before(struct uodp_icpt *ic)
 {
 	struct nf_piece tmp[UODP_ICPT_MAXP];
 	bool cut = !(ic->flags & UODP_ICPT_KEEP);
@@ -239,7 +240,7 @@ static void restore(struct uodp_icpt *ic)
 	}
 }
 
-static void icpt_after(struct uodp_icpt *ic, int ok)
+static void after(struct uodp_icpt *ic, int ok)
 {
 	uint64_t s[UODP_ICPT_MAXR], e[UODP_ICPT_MAXR];
 	enum unf_event ev[UODP_ICPT_MAXR];
@@ -277,6 +278,36 @@ static void icpt_after(struct uodp_icpt *ic, int ok)
 	 * mapping went), and invalidating memory still there is harmless. */
 	nf_deliver_local(s, e, ev, ic->nr);
 	ic->state = ST_NONE;
+}
+
+/*
+ * Cancellation is disabled across both halves, as it is on the monitor
+ * thread (never cancelled): the wrapped calls are no cancellation points
+ * and neither is any uodp call (lib/lock.h), but this work reaches some
+ * (the maps read of shmat and shmdt, the subscribers' fences and
+ * callbacks, which may wait on a condition variable) on an application
+ * thread that may have a cancellation pending. Cancelled there, it would
+ * die holding subs_lock and a fence, or, after shmat(SHM_REMAP), before
+ * delivering the event the kernel never sends (test_cancel_pending).
+ */
+static int icpt_before(struct uodp_icpt *ic)
+{
+	int cs = nocancel_begin(), r;
+
+	r = before(ic);
+	nocancel_end(cs);
+	return r;
+}
+
+static void icpt_after(struct uodp_icpt *ic, int ok)
+{
+	int cs;
+
+	if (ic->state == ST_NONE)
+		return;
+	cs = nocancel_begin();
+	after(ic, ok);
+	nocancel_end(cs);
 }
 
 static void icpt_stats(struct uodp_icpt_stats *out)

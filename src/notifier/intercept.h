@@ -87,7 +87,8 @@ struct uodp_icpt_stats {
 struct uodp_icpt_ops {
 	unsigned abi, size; /* UODP_ICPT_ABI, sizeof(struct uodp_icpt_ops) */
 	/* Before the real call. 1: call it, then after() (always); 0: call
-	 * the real function alone. Sets errno to nothing. */
+	 * the real function alone. Sets errno to nothing. Neither is a
+	 * cancellation point (both disable it: the wrapped calls are none). */
 	int (*before)(struct uodp_icpt *ic);
 	/* After the real call; @ok: it succeeded. */
 	void (*after)(struct uodp_icpt *ic, int ok);
