@@ -461,27 +461,30 @@ static bool drain(void)
 	for (sub = nf.subs; sub; sub = sub->next)
 		if (sub->flags & UNF_STRICT)
 			fence_get(sub);
-	/* Never read a descriptor number that is no longer ours. */
-	if (!nf_uffd_ok()) {
-		ok = false;
-	} else {
-		for (;;) {
-			n = read_events(msgs);
-			if (n < 0) {
-				mark_broken();
-				ok = false;
-			}
-			if (n <= 0)
-				break;
-			any = true;
-			if (unf_test_hook_after_read)
-				unf_test_hook_after_read();
-			report_moves(msgs, n);
-			for (i = 0; i < n; i++)
-				handle(&msgs[i]);
-			if (n < MON_BATCH)
-				break;
+	for (;;) {
+		/* Never read a descriptor number that is no longer ours:
+		 * checked before each read, the next one of a drain after a
+		 * full batch too (the application may have replaced it while
+		 * the previous batch was delivered). */
+		if (!nf_uffd_ok()) {
+			ok = false;
+			break;
 		}
+		n = read_events(msgs);
+		if (n < 0) {
+			mark_broken();
+			ok = false;
+		}
+		if (n <= 0)
+			break;
+		any = true;
+		if (unf_test_hook_after_read)
+			unf_test_hook_after_read();
+		report_moves(msgs, n);
+		for (i = 0; i < n; i++)
+			handle(&msgs[i]);
+		if (n < MON_BATCH)
+			break;
 	}
 	for (sub = nf.subs; sub; sub = sub->next) {
 		if (!(sub->flags & UNF_STRICT))
