@@ -1071,11 +1071,18 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 	}
 	/* A move in the calling thread (the hooks' mremap): the source's
 	 * REMAP, then the destination's UNMAP, as the kernel would report
-	 * it (the destination first, see unf_ops.moved). */
+	 * it (the destination first, see unf_ops.moved). What moved is the
+	 * shorter of the two: a move that shrinks unmaps the source's tail
+	 * (the kernel's REMAP has the new length), one that grows maps a new
+	 * tail (the old length). */
 	for (i = 0; i + 1 < n; i++)
 		if (ev[i] == UNF_REMAP && ev[i + 1] == UNF_UNMAP) {
+			uint64_t len = end[i] - start[i];
+
+			if (end[i + 1] - start[i + 1] < len)
+				len = end[i + 1] - start[i + 1];
 			atomic_fetch_add(&nf.moves_read, 1);
-			moved(start[i], start[i + 1], end[i] - start[i]);
+			moved(start[i], start[i + 1], len);
 			atomic_fetch_add(&nf.moves_done, 1);
 		}
 	for (i = 0; i < n; i++)
