@@ -238,6 +238,44 @@ static void test_pinned_mremap_shrink(void **state)
 }
 
 /*
+ * A move that fails (its target overlaps its source: EINVAL) moves
+ * nothing: the pages the application locked itself in the target stay
+ * locked. (The hooks deliver an invalidation whatever the call returned,
+ * which is harmless; they reported a move too, and its destination was
+ * munlock()ed.)
+ */
+static void test_pinned_mremap_failed(void **state)
+{
+	long kb = (long)(page / 1024);
+	struct pinned4 f;
+	char *p;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	f = pinned_four(0, 4);
+	/* pages 4 and 5 of the region: not faulted, locked by the
+	 * application */
+	assert_int_equal(mlock(t_pg(f.buf, 4), 2 * page), 0);
+	assert_locked(f.base + 6 * kb);
+	p = mremap(f.buf, 4 * page, 4 * page, MREMAP_MAYMOVE | MREMAP_FIXED,
+		   t_pg(f.buf, 2));
+	assert_ptr_equal(p, MAP_FAILED);
+	assert_int_equal(errno, EINVAL);
+	t_wait_sync(f.ctx);
+	assert_int_equal(uodp_umem_release(f.u), 0);
+	t_wait_sync(f.ctx);
+	assert_locked(f.base + 2 * kb);
+	assert_int_equal(uodp_ctx_destroy(f.ctx), 0);
+	assert_int_equal(munlock(t_pg(f.buf, 4), 2 * page), 0);
+	assert_locked(f.base);
+	t_unmap(f.dst, 4);
+	t_unmap(f.buf, 8);
+}
+
+/*
  * A release racing a move on another thread. The kernel lets mremap()
  * return only once the monitor has read the UNMAP of the old range, which
  * it reads after it delivered the REMAP; but between the REMAP's read and
@@ -844,6 +882,7 @@ int main(void)
 		cmocka_unit_test(test_pinned_mremap_manual),
 		cmocka_unit_test(test_pinned_mremap_grow),
 		cmocka_unit_test(test_pinned_mremap_shrink),
+		cmocka_unit_test(test_pinned_mremap_failed),
 		cmocka_unit_test(test_pinned_moved_many_runs),
 		cmocka_unit_test(test_pinned_mremap_release_race),
 		cmocka_unit_test(test_pinned_mremap_destroy_race),

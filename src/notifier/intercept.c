@@ -276,7 +276,7 @@ static void after(struct uodp_icpt *ic, int ok)
 	/* Whatever the call returned: a failed one may have changed part of
 	 * the range (madvise over a hole, an mmap that failed after the old
 	 * mapping went), and invalidating memory still there is harmless. */
-	nf_deliver_local(s, e, ev, ic->nr);
+	nf_deliver_local(s, e, ev, ic->nr, ok);
 	ic->state = ST_NONE;
 }
 

@@ -1056,7 +1056,7 @@ static bool local_fence(const struct unf_sub *sub)
 }
 
 void nf_deliver_local(const uint64_t *start, const uint64_t *end,
-		      const enum unf_event *ev, unsigned n)
+		      const enum unf_event *ev, unsigned n, bool moves)
 {
 	struct unf_sub *sub;
 	bool relay = false;
@@ -1074,8 +1074,10 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 	 * it (the destination first, see unf_ops.moved). What moved is the
 	 * shorter of the two: a move that shrinks unmaps the source's tail
 	 * (the kernel's REMAP has the new length), one that grows maps a new
-	 * tail (the old length). */
-	for (i = 0; i + 1 < n; i++)
+	 * tail (the old length). A call that failed moved nothing (@moves
+	 * false): its events are still delivered, a move is not reported
+	 * (the kernel sends no REMAP either). */
+	for (i = 0; moves && i + 1 < n; i++)
 		if (ev[i] == UNF_REMAP && ev[i + 1] == UNF_UNMAP) {
 			uint64_t len = end[i] - start[i];
 
