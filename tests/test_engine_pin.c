@@ -276,6 +276,35 @@ static void test_pinned_mremap_failed(void **state)
 }
 
 /*
+ * The kernel refuses MADV_DONTNEED on locked memory (EINVAL) and sends no
+ * event: pinned pages stay mapped and pinned (the device may hold their
+ * frames). A refused madvise must not unpin them either under the hooks,
+ * whose delivery runs whatever the call returned.
+ */
+static void test_pinned_madvise_refused(void **state)
+{
+	long kb = (long)(page / 1024);
+	struct pinned4 f;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	f = pinned_four(0, 4);
+	assert_int_equal(madvise(f.buf, 4 * page, MADV_DONTNEED), -1);
+	assert_int_equal(errno, EINVAL);
+	t_wait_sync(f.ctx);
+	assert_locked(f.base + 4 * kb);
+	assert_int_equal(t_stats(f.u).pages_invalidated, 0);
+	assert_int_equal(uodp_umem_release(f.u), 0);
+	assert_locked(f.base);
+	assert_int_equal(uodp_ctx_destroy(f.ctx), 0);
+	t_unmap(f.dst, 4);
+	t_unmap(f.buf, 8);
+}
+
+/*
  * A release racing a move on another thread. The kernel lets mremap()
  * return only once the monitor has read the UNMAP of the old range, which
  * it reads after it delivered the REMAP; but between the REMAP's read and
@@ -883,6 +912,7 @@ int main(void)
 		cmocka_unit_test(test_pinned_mremap_grow),
 		cmocka_unit_test(test_pinned_mremap_shrink),
 		cmocka_unit_test(test_pinned_mremap_failed),
+		cmocka_unit_test(test_pinned_madvise_refused),
 		cmocka_unit_test(test_pinned_moved_many_runs),
 		cmocka_unit_test(test_pinned_mremap_release_race),
 		cmocka_unit_test(test_pinned_mremap_destroy_race),

@@ -467,6 +467,47 @@ static void test_madvise_free(void **st)
 	madvise_case(MADV_FREE);
 }
 
+/*
+ * A madvise the kernel refuses in part (MADV_DONTNEED reaching a locked
+ * mapping: EINVAL, after discarding the mappings before it) is reported
+ * as the kernel reports it: a REMOVE of what was discarded, none of the
+ * locked part (whose pages the kernel kept: a pinning context's device
+ * may hold their frames). The hooks register again what they took out
+ * and make the call once more on the kernel path (UODP_ICPT_RETRY).
+ */
+static void test_madvise_refused(void **st)
+{
+	char *p = map_pages(8);
+	uint64_t s = A(p), e = s + 8 * pg, m = s + 4 * pg;
+	unsigned i, n;
+	int r;
+
+	(void)st;
+	if (mlock(p + 4 * pg, 4 * pg)) {
+		munmap(p, 8 * pg);
+		skip();
+		return;
+	}
+	watch_both(s, e);
+	r = madvise(p, 8 * pg, MADV_DONTNEED);
+	if (r == 0) { /* mlock() a no-op here (a sanitizer's runtime) */
+		unwatch_both(s, e);
+		munmap(p, 8 * pg);
+		skip();
+		return;
+	}
+	assert_int_equal(errno, EINVAL);
+	both_covered(s, m, UNF_REMOVE);
+	assert_int_equal(p[0], 0);	/* discarded */
+	assert_int_equal(p[4 * pg], 1); /* kept */
+	n = nrec(plain);
+	for (i = 0; i < n; i++)
+		assert_true(plain->r[i].e <= m || plain->r[i].s >= e);
+	unwatch_both(s, e);
+	munlock(p + 4 * pg, 4 * pg);
+	munmap(p, 8 * pg);
+}
+
 static void test_mmap_fixed(void **st)
 {
 	char *p = map_pages(8), *q;
@@ -1201,6 +1242,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_mremap_grow),
 		cmocka_unit_test(test_madvise_dontneed),
 		cmocka_unit_test(test_madvise_free),
+		cmocka_unit_test(test_madvise_refused),
 		cmocka_unit_test(test_mmap_fixed),
 		cmocka_unit_test(test_shmdt),
 		cmocka_unit_test(test_shmat_remap),

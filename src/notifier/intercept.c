@@ -210,8 +210,9 @@ pass:
 
 /* madvise: the mapping stays; register again what we took out, where it
  * is still a piece of a record (a record dropped meanwhile is not
- * revived). */
-static void restore(struct uodp_icpt *ic)
+ * revived). True when that is done: what stays watched is registered
+ * again (the kernel reports it). */
+static bool restore(struct uodp_icpt *ic)
 {
 	bool bad = false;
 	unsigned i;
@@ -219,25 +220,27 @@ static void restore(struct uodp_icpt *ic)
 	if (!watch_trylock()) {
 		nf_icpt_mark_dirty();
 		inc(&ist.dirty);
-		return;
+		return false;
 	}
-	if (atomic_load(&nf.running) && !atomic_load(&nf.broken) && fd_ok()) {
-		for (i = 0; i < ic->np; i++) {
-			if (!nf_icpt_covered(ic->p[i].start, ic->p[i].end))
-				continue;
-			nf_stat_inc(&nf.st.registrations);
-			if (uffd_register(nf.uffd, ic->p[i].start,
-					  ic->p[i].end))
-				bad = true;
-			else
-				inc(&ist.rereg);
-		}
+	if (!atomic_load(&nf.running) || atomic_load(&nf.broken) || !fd_ok()) {
+		nf_unlock(&nf.watch_lock);
+		return false;
+	}
+	for (i = 0; i < ic->np; i++) {
+		if (!nf_icpt_covered(ic->p[i].start, ic->p[i].end))
+			continue;
+		nf_stat_inc(&nf.st.registrations);
+		if (uffd_register(nf.uffd, ic->p[i].start, ic->p[i].end))
+			bad = true;
+		else
+			inc(&ist.rereg);
 	}
 	nf_unlock(&nf.watch_lock);
 	if (bad) { /* changed under us: forget the pieces, re-made later */
 		nf_icpt_mark_dirty();
 		inc(&ist.dirty);
 	}
+	return !bad;
 }
 
 static void after(struct uodp_icpt *ic, int ok)
@@ -262,9 +265,18 @@ static void after(struct uodp_icpt *ic, int ok)
 			ic->r[0].end = end;
 		nf_icpt_mark_dirty();
 		inc(&ist.fast);
+	} else if (ic->flags & UODP_ICPT_KEEP) {
+		/* A failed madvise may have discarded part of the range (the
+		 * mappings before the one it refused): once registered again,
+		 * the call is made once more by the hooks and the kernel
+		 * reports what it discards (UODP_ICPT_RETRY). */
+		if (restore(ic) && !ok) {
+			ic->flags |= UODP_ICPT_RETRY;
+			ic->state = ST_NONE;
+			return;
+		}
+		inc(&ist.fast);
 	} else {
-		if (ic->flags & UODP_ICPT_KEEP)
-			restore(ic);
 		inc(&ist.fast);
 	}
 	for (i = 0; i < ic->nr; i++) {

@@ -36,7 +36,9 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define UODP_ICPT_ABI 1
+/* 2: UODP_ICPT_RETRY (a hooks library of ABI 1 would ignore it and lose
+ * the events of a refused madvise: it must not attach). */
+#define UODP_ICPT_ABI 2
 
 /* Event kinds: the values of enum unf_event. */
 #define UODP_ICPT_UNMAP 1
@@ -52,6 +54,14 @@
  * reports), up to the end of the new attachment if that is longer
  * (hugetlb segments are rounded up to their page size). */
 #define UODP_ICPT_SILENT 4u
+/* Set by after() (out), for a UODP_ICPT_KEEP call that failed: what
+ * before() took out is registered again and nothing was delivered; the
+ * hooks call the real function once more, so that the kernel reports
+ * exactly what it changes. Why: a madvise refused in part (EINVAL at a
+ * locked mapping, after discarding the ones before it) changed some of
+ * the range, and a delivery over all of it would drop and unpin pages the
+ * kernel kept (a pinning context's device may hold their frames). */
+#define UODP_ICPT_RETRY 8u
 
 /* Why 16: a munmap / madvise range rarely covers more than a few watched
  * mappings; more than 16 registered pieces go to the kernel path. */
