@@ -256,6 +256,10 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	fast_path = enter(o, &ic, err);
 	r = call_madvise(addr, len, advice);
 	leave(o, &ic, fast_path, r == 0);
+	/* Refused (in part): registered again, nothing delivered; the
+	 * kernel reports what this call discards (UODP_ICPT_RETRY). */
+	if (fast_path && (ic.flags & UODP_ICPT_RETRY))
+		r = call_madvise(addr, len, advice);
 	return r;
 }
 

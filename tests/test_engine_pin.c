@@ -198,6 +198,113 @@ static void test_pinned_mremap_grow(void **state)
 }
 
 /*
+ * A move that shrinks the mapping (mremap(old, 4 pages, 2 pages,
+ * MREMAP_FIXED)): two pages move, two are unmapped. The report of the move
+ * must cover the two that moved, not the old length: the application's
+ * own locked mapping right after the destination is not uodp's to unlock
+ * (under the hooks, whose in-thread move reported the old length, it was
+ * munlock()ed; the kernel reports the moved length).
+ */
+static void test_pinned_mremap_shrink(void **state)
+{
+	long kb = (long)(page / 1024);
+	struct pinned4 f;
+	char *p, *q;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	f = pinned_four(0, 8);
+	/* The application's locked pages, right after the destination. */
+	q = mmap(t_pg(f.dst, 2), 2 * page, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	assert_ptr_equal(q, t_pg(f.dst, 2));
+	assert_int_equal(mlock(q, 2 * page), 0);
+	assert_locked(f.base + 6 * kb);
+	p = mremap(f.buf, 4 * page, 2 * page, MREMAP_MAYMOVE | MREMAP_FIXED,
+		   f.dst);
+	assert_ptr_equal(p, f.dst);
+	/* The release waits for the move's report (ctx_settle_moves()). */
+	assert_int_equal(uodp_umem_release(f.u), 0);
+	t_wait_sync(f.ctx);
+	assert_locked(f.base + 2 * kb);
+	assert_int_equal(uodp_ctx_destroy(f.ctx), 0);
+	assert_int_equal(munlock(q, 2 * page), 0);
+	assert_locked(f.base);
+	t_unmap(f.dst, 8);
+	t_unmap_pages(f.buf, 4, 8);
+}
+
+/*
+ * A move that fails (its target overlaps its source: EINVAL) moves
+ * nothing: the pages the application locked itself in the target stay
+ * locked. (The hooks deliver an invalidation whatever the call returned,
+ * which is harmless; they reported a move too, and its destination was
+ * munlock()ed.)
+ */
+static void test_pinned_mremap_failed(void **state)
+{
+	long kb = (long)(page / 1024);
+	struct pinned4 f;
+	char *p;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	f = pinned_four(0, 4);
+	/* pages 4 and 5 of the region: not faulted, locked by the
+	 * application */
+	assert_int_equal(mlock(t_pg(f.buf, 4), 2 * page), 0);
+	assert_locked(f.base + 6 * kb);
+	p = mremap(f.buf, 4 * page, 4 * page, MREMAP_MAYMOVE | MREMAP_FIXED,
+		   t_pg(f.buf, 2));
+	assert_ptr_equal(p, MAP_FAILED);
+	assert_int_equal(errno, EINVAL);
+	t_wait_sync(f.ctx);
+	assert_int_equal(uodp_umem_release(f.u), 0);
+	t_wait_sync(f.ctx);
+	assert_locked(f.base + 2 * kb);
+	assert_int_equal(uodp_ctx_destroy(f.ctx), 0);
+	assert_int_equal(munlock(t_pg(f.buf, 4), 2 * page), 0);
+	assert_locked(f.base);
+	t_unmap(f.dst, 4);
+	t_unmap(f.buf, 8);
+}
+
+/*
+ * The kernel refuses MADV_DONTNEED on locked memory (EINVAL) and sends no
+ * event: pinned pages stay mapped and pinned (the device may hold their
+ * frames). A refused madvise must not unpin them either under the hooks,
+ * whose delivery runs whatever the call returned.
+ */
+static void test_pinned_madvise_refused(void **state)
+{
+	long kb = (long)(page / 1024);
+	struct pinned4 f;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	f = pinned_four(0, 4);
+	assert_int_equal(madvise(f.buf, 4 * page, MADV_DONTNEED), -1);
+	assert_int_equal(errno, EINVAL);
+	t_wait_sync(f.ctx);
+	assert_locked(f.base + 4 * kb);
+	assert_int_equal(t_stats(f.u).pages_invalidated, 0);
+	assert_int_equal(uodp_umem_release(f.u), 0);
+	assert_locked(f.base);
+	assert_int_equal(uodp_ctx_destroy(f.ctx), 0);
+	t_unmap(f.dst, 4);
+	t_unmap(f.buf, 8);
+}
+
+/*
  * A release racing a move on another thread. The kernel lets mremap()
  * return only once the monitor has read the UNMAP of the old range, which
  * it reads after it delivered the REMAP; but between the REMAP's read and
@@ -803,6 +910,9 @@ int main(void)
 		cmocka_unit_test(test_pinned_mremap_monitor),
 		cmocka_unit_test(test_pinned_mremap_manual),
 		cmocka_unit_test(test_pinned_mremap_grow),
+		cmocka_unit_test(test_pinned_mremap_shrink),
+		cmocka_unit_test(test_pinned_mremap_failed),
+		cmocka_unit_test(test_pinned_madvise_refused),
 		cmocka_unit_test(test_pinned_moved_many_runs),
 		cmocka_unit_test(test_pinned_mremap_release_race),
 		cmocka_unit_test(test_pinned_mremap_destroy_race),

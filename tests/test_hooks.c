@@ -467,6 +467,47 @@ static void test_madvise_free(void **st)
 	madvise_case(MADV_FREE);
 }
 
+/*
+ * A madvise the kernel refuses in part (MADV_DONTNEED reaching a locked
+ * mapping: EINVAL, after discarding the mappings before it) is reported
+ * as the kernel reports it: a REMOVE of what was discarded, none of the
+ * locked part (whose pages the kernel kept: a pinning context's device
+ * may hold their frames). The hooks register again what they took out
+ * and make the call once more on the kernel path (UODP_ICPT_RETRY).
+ */
+static void test_madvise_refused(void **st)
+{
+	char *p = map_pages(8);
+	uint64_t s = A(p), e = s + 8 * pg, m = s + 4 * pg;
+	unsigned i, n;
+	int r;
+
+	(void)st;
+	if (mlock(p + 4 * pg, 4 * pg)) {
+		munmap(p, 8 * pg);
+		skip();
+		return;
+	}
+	watch_both(s, e);
+	r = madvise(p, 8 * pg, MADV_DONTNEED);
+	if (r == 0) { /* mlock() a no-op here (a sanitizer's runtime) */
+		unwatch_both(s, e);
+		munmap(p, 8 * pg);
+		skip();
+		return;
+	}
+	assert_int_equal(errno, EINVAL);
+	both_covered(s, m, UNF_REMOVE);
+	assert_int_equal(p[0], 0);	/* discarded */
+	assert_int_equal(p[4 * pg], 1); /* kept */
+	n = nrec(plain);
+	for (i = 0; i < n; i++)
+		assert_true(plain->r[i].e <= m || plain->r[i].s >= e);
+	unwatch_both(s, e);
+	munlock(p + 4 * pg, 4 * pg);
+	munmap(p, 8 * pg);
+}
+
 static void test_mmap_fixed(void **st)
 {
 	char *p = map_pages(8), *q;
@@ -641,6 +682,199 @@ static void test_shmat_remap_backouts(void **st)
 	shmctl(id, IPC_RMID, NULL);
 	assert_int_equal(shmdt(q), 0);
 	unwatch_both(s, e);
+}
+
+/*
+ * shmat(SHM_REMAP) takes the fast path on the records' filter alone (the
+ * kernel reports nothing: the filter's "no" is final, not a fallback to
+ * the kernel path as for the other calls). A record elsewhere going away
+ * rebuilds the filter; a record still watched must never read "no" in the
+ * meantime. Here the shmat runs while a thread unwatching another record
+ * is parked inside the rebuild.
+ */
+static atomic_bool rb_parked, rb_go;
+static uint64_t rb_range[2];
+
+static void park_in_rebuild(void)
+{
+	unf_test_hook_filter_rebuild = NULL; /* once */
+	atomic_store(&rb_parked, true);
+	while (!atomic_load(&rb_go))
+		sched_yield();
+}
+
+static void *unwatching(void *arg)
+{
+	(void)arg;
+	unf_unwatch(plain->sub, rb_range[0], rb_range[1]);
+	return NULL;
+}
+
+static void test_shmat_remap_filter_rebuild(void **st)
+{
+	int id = shmget(IPC_PRIVATE, 2 * pg, IPC_CREAT | 0600);
+	char *p = map_pages(8), *other, *q;
+	uint64_t s = A(p), e = s + 8 * pg;
+	pthread_t th;
+	int i;
+
+	(void)st;
+	if (id < 0) {
+		munmap(p, 8 * pg);
+		skip();
+		return;
+	}
+	/* Another record: a page that is a mapping of its own (its
+	 * protection differs from its neighbours'), never merged into p's. */
+	other = map_pages(3);
+	assert_int_equal(mprotect(other + pg, pg, PROT_READ), 0);
+	rb_range[0] = A(other + pg);
+	rb_range[1] = A(other) + 2 * pg;
+	assert_int_equal(unf_watch(plain->sub, rb_range[0], rb_range[1]), 0);
+	watch_both(s, e);
+	atomic_store(&rb_parked, false);
+	atomic_store(&rb_go, false);
+	unf_test_hook_filter_rebuild = park_in_rebuild;
+	assert_int_equal(pthread_create(&th, NULL, unwatching, NULL), 0);
+	for (i = 0; !atomic_load(&rb_parked); i++) {
+		if (i > 100000) { /* 10 s: fail, do not hang */
+			unf_test_hook_filter_rebuild = NULL;
+			atomic_store(&rb_go, true);
+			pthread_join(th, NULL);
+			fail_msg("the unwatching thread never rebuilt the "
+				 "filter");
+		}
+		usleep(100);
+	}
+	q = shmat(id, p + 2 * pg, SHM_REMAP);
+	shmctl(id, IPC_RMID, NULL); /* gone with its last detach */
+	atomic_store(&rb_go, true);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_true(q == p + 2 * pg);
+	both_covered(s + 2 * pg, s + 4 * pg, UNF_UNMAP);
+	assert_int_equal(shmdt(q), 0);
+	unwatch_both(s, e);
+	munmap(p, 8 * pg);
+	munmap(other, 3 * pg);
+}
+
+/*
+ * munmap, shmat and shmdt are no cancellation points (POSIX), and no uodp
+ * call is one (src/lib/lock.h): the hooks' in-thread work runs with
+ * cancellation disabled, as the monitor thread's does. A thread with a
+ * cancellation pending would otherwise be cancelled inside it: in a
+ * subscriber's op (a fence waiting on a condition variable) holding the
+ * notifier's locks, or, for shmat(SHM_REMAP), whose attachment is looked
+ * up in /proc/self/maps after the call, before the event was delivered.
+ */
+static atomic_int cancellable_ops;
+
+static void probe_cancel(void)
+{
+	int old;
+
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+	pthread_setcancelstate(old, NULL);
+	if (old == PTHREAD_CANCEL_ENABLE)
+		atomic_fetch_add(&cancellable_ops, 1);
+}
+
+static void c_begin(void *o, uint64_t s, uint64_t e, enum unf_event ev)
+{
+	probe_cancel();
+	s_begin(o, s, e, ev);
+}
+
+static void c_finish(void *o, uint64_t s, uint64_t e, enum unf_event ev,
+		     unsigned merged)
+{
+	probe_cancel();
+	s_finish(o, s, e, ev, merged);
+}
+
+static void c_fence(void *o)
+{
+	probe_cancel();
+	s_fence(o);
+}
+
+static void c_unfence(void *o)
+{
+	probe_cancel();
+	s_unfence(o);
+}
+
+static const struct unf_ops cancel_ops = {
+	.begin = c_begin,
+	.finish = c_finish,
+	.fence = c_fence,
+	.unfence = c_unfence,
+};
+
+struct cancel_job {
+	int shm_id; /* -1: munmap(p, 4 pages); else shmat(id, p, SHM_REMAP) */
+	char *p;
+	bool returned;
+};
+
+static void *cancelled_call(void *arg)
+{
+	struct cancel_job *j = arg;
+
+	/* Deferred (the default): acted upon at the next cancellation
+	 * point, of which the calls below have none. */
+	pthread_cancel(pthread_self());
+	if (j->shm_id < 0)
+		(void)munmap(j->p, 4 * pg);
+	else
+		(void)shmat(j->shm_id, j->p, SHM_REMAP);
+	j->returned = true;
+	return NULL;
+}
+
+static void run_cancelled(struct cancel_job *j)
+{
+	pthread_t th;
+
+	j->returned = false;
+	assert_int_equal(pthread_create(&th, NULL, cancelled_call, j), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_true(j->returned);
+}
+
+static void test_cancel_pending(void **st)
+{
+	int id = shmget(IPC_PRIVATE, 2 * pg, IPC_CREAT | 0600);
+	char *p = map_pages(8);
+	uint64_t s = A(p), e = s + 8 * pg;
+	struct cancel_job j = { -1, p, false };
+	struct sink *k = calloc(1, sizeof(*k));
+	struct snap a;
+
+	(void)st;
+	assert_non_null(k);
+	pthread_mutex_init(&k->m, NULL);
+	assert_int_equal(unf_subscribe(&cancel_ops, k, UNF_STRICT, &k->sub), 0);
+	assert_int_equal(unf_watch(k->sub, s, e), 0);
+	atomic_store(&cancellable_ops, 0);
+	snap(&a);
+	run_cancelled(&j); /* munmap of 4 watched pages */
+	expect_fast(&a, 1);
+	assert_true(covered(k, s, s + 4 * pg, UNF_UNMAP));
+	assert_int_equal(atomic_load(&cancellable_ops), 0);
+	if (id >= 0) {
+		j.shm_id = id;
+		j.p = p + 4 * pg;
+		sink_clear(k);
+		run_cancelled(&j); /* shmat over 2 watched pages */
+		shmctl(id, IPC_RMID, NULL);
+		assert_true(covered(k, s + 4 * pg, s + 6 * pg, UNF_UNMAP));
+		assert_int_equal(atomic_load(&cancellable_ops), 0);
+		assert_int_equal(shmdt(p + 4 * pg), 0);
+	}
+	unf_unwatch(k->sub, s, e);
+	sink_free(k);
+	munmap(p, 8 * pg);
 }
 
 static void test_unwatched(void **st)
@@ -1008,10 +1242,13 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_mremap_grow),
 		cmocka_unit_test(test_madvise_dontneed),
 		cmocka_unit_test(test_madvise_free),
+		cmocka_unit_test(test_madvise_refused),
 		cmocka_unit_test(test_mmap_fixed),
 		cmocka_unit_test(test_shmdt),
 		cmocka_unit_test(test_shmat_remap),
 		cmocka_unit_test(test_shmat_remap_backouts),
+		cmocka_unit_test(test_shmat_remap_filter_rebuild),
+		cmocka_unit_test(test_cancel_pending),
 		cmocka_unit_test(test_unwatched),
 		cmocka_unit_test(test_raw_syscall),
 		cmocka_unit_test(test_disabled),

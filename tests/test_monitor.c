@@ -895,8 +895,23 @@ static void test_descriptors_replaced(void **state)
  * from the file now at that number was taken for a shortage). Both a
  * registration (@arg NULL: uodp_umem_get) and a fault that registers what
  * it reaches (a lazily watched region: map_and_lock) must answer -EBADF,
- * and leave the application's file alone.
+ * and leave the application's file alone. With @arg 2 (a registration) the
+ * file is the application's own userfaultfd (what a tool that closed every
+ * unknown descriptor gets when it opens one: the lowest free number), on
+ * which the ioctl succeeds: still -EBADF, not a region watched by a
+ * descriptor that is not ours.
  */
+static int app_uffd(void)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	int fd = (int)syscall(__NR_userfaultfd,
+			      O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+
+	if (fd < 0 || ioctl(fd, UFFDIO_API, &api))
+		return -1;
+	return fd;
+}
+
 static int swap_fd = -1, swap_to = -1;
 
 static void swap_fd_hook(void)
@@ -920,16 +935,17 @@ static void badf_register_child(void *arg)
 	    uodp_ctx_create(&t_record_ops, 0, &ctx) ||
 	    uodp_umem_get(ctx, buf, page, UODP_ACCESS_ALL, &u))
 		_exit(2);
-	if (arg && uodp_umem_get(ctx, other, page,
-				 UODP_ACCESS_ALL | UODP_ACCESS_LAZY_WATCH, &v))
+	if (arg == (void *)1 &&
+	    uodp_umem_get(ctx, other, page,
+			  UODP_ACCESS_ALL | UODP_ACCESS_LAZY_WATCH, &v))
 		_exit(2);
 	unf_test_fds(&uffd, &prd, &pwr);
-	swap_to = open("/dev/null", O_RDWR);
+	swap_to = arg == (void *)2 ? app_uffd() : open("/dev/null", O_RDWR);
 	if (uffd < 0 || swap_to < 0)
 		_exit(3);
 	swap_fd = uffd;
 	unf_test_hook_before_register = swap_fd_hook;
-	if (arg)
+	if (arg == (void *)1)
 		r = (int)uodp_umem_map_and_lock(v, other, page,
 						UODP_ACCESS_READ, 0);
 	else
@@ -941,11 +957,11 @@ static void badf_register_child(void *arg)
 	}
 	if (r != -EBADF) {
 		fprintf(stderr, "%s: %d, want -EBADF\n",
-			arg ? "map_and_lock" : "get", r);
+			arg == (void *)1 ? "map_and_lock" : "get", r);
 		_exit(1);
 	}
-	if ((arg && uodp_umem_release(v)) || uodp_umem_release(u) ||
-	    uodp_ctx_destroy(ctx))
+	if ((arg == (void *)1 && uodp_umem_release(v)) ||
+	    uodp_umem_release(u) || uodp_ctx_destroy(ctx))
 		_exit(5);
 	/* The descriptor number is the application's now: untouched. */
 	if (fcntl(uffd, F_GETFD) < 0)
@@ -957,14 +973,16 @@ static void test_descriptors_replaced_registering(void **state)
 {
 	char err[256];
 	int st, i;
+	static const char *const what[] = { "get", "fault",
+					    "get, a userfaultfd swapped in" };
 
 	(void)state;
-	for (i = 0; i < 2; i++) {
-		st = t_in_child(badf_register_child, i ? (void *)1 : NULL, err,
+	for (i = 0; i < 3; i++) {
+		st = t_in_child(badf_register_child, (void *)(uintptr_t)i, err,
 				sizeof(err));
 		if (!WIFEXITED(st) || WEXITSTATUS(st))
-			fail_msg("%s child failed (status %#x): %s",
-				 i ? "fault" : "get", st, err);
+			fail_msg("%s child failed (status %#x): %s", what[i],
+				 st, err);
 	}
 }
 

@@ -839,6 +839,155 @@ static void test_fd_closed(void **state)
 	munmap(p, 16 * page);
 }
 
+/*
+ * The same inside one drain: a read that returns a full batch (32
+ * messages, MON_BATCH in notifier.c) is followed by another read at once.
+ * The application replaces the userfaultfd's number by a pipe of its own,
+ * holding data, right after that full read (unf_test_hook_after_read): the
+ * next read must not be made on it (its data would be consumed as
+ * events, or, the pipe empty and blocking, the monitor would hang holding
+ * the subscriber list). 32 threads are made to wait in munmap() (their
+ * wchan is in userfaultfd) while the monitor is parked after an earlier
+ * read, so that its next read takes exactly 32.
+ */
+#define MID_N 32
+static atomic_int mid_reads;
+static atomic_bool mid_parked, mid_go;
+static _Atomic int mid_fd = -1, mid_to = -1;
+static char *mid_p;
+
+static void mid_drain_hook(void)
+{
+	uint64_t t0 = now_ns();
+	int k;
+
+	if (atomic_load(&mid_fd) < 0)
+		return; /* not armed yet */
+	k = atomic_fetch_add(&mid_reads, 1);
+	if (k == 0) {
+		atomic_store(&mid_parked, true);
+		/* bounded: a regression fails, it does not hang */
+		while (!atomic_load(&mid_go) && now_ns() - t0 < 20000000000ull)
+			sched_yield();
+	} else if (k == 1) {
+		(void)dup2(atomic_load(&mid_to), atomic_load(&mid_fd));
+	}
+}
+
+struct mid_thread {
+	pthread_t th;
+	_Atomic pid_t tid;
+	char *at;
+};
+
+static void *mid_unmap(void *arg)
+{
+	struct mid_thread *m = arg;
+
+	atomic_store(&m->tid, gettid_());
+	munmap(m->at, page);
+	return NULL;
+}
+
+/* Is thread @tid waiting in the kernel's userfaultfd code (its event
+ * queued, not yet read)? */
+static bool waits_in_uffd(pid_t tid)
+{
+	char path[64], buf[64] = { 0 };
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/wchan", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	if (read(fd, buf, sizeof(buf) - 1) < 0)
+		buf[0] = 0;
+	close(fd);
+	return strncmp(buf, "userfaultfd", 11) == 0;
+}
+
+static void test_fd_replaced_mid_drain(void **state)
+{
+	struct mid_thread first, m[MID_N];
+	struct recsub *a;
+	int ufd, rd, wr, tp[2], avail = -1, i, all;
+	uint64_t t0;
+
+	(void)state;
+	mid_p = map((2 * MID_N + 2) * page);
+	memset(mid_p, 1, (2 * MID_N + 2) * page);
+	atomic_store(&mid_reads, 0);
+	atomic_store(&mid_parked, false);
+	atomic_store(&mid_go, false);
+	mid_fd = mid_to = -1; /* the hook does nothing until they are set */
+	/* Set before the monitor thread starts (it reads it unlocked). */
+	unf_test_hook_after_read = mid_drain_hook;
+	a = rs_new(0);
+	assert_int_equal(unf_watch(a->sub, A(mid_p),
+				   A(mid_p + (2 * MID_N + 2) * page)),
+			 0);
+	unf_test_fds(&ufd, &rd, &wr);
+	assert_true(ufd >= 0);
+	assert_int_equal(pipe2(tp, O_CLOEXEC | O_NONBLOCK), 0);
+	assert_int_equal(write(tp[1], "appdata!", 8), 8);
+	atomic_store(&mid_fd, ufd);
+	atomic_store(&mid_to, tp[0]);
+
+	first.at = mid_p;
+	assert_int_equal(pthread_create(&first.th, NULL, mid_unmap, &first), 0);
+	for (t0 = now_ns(); !atomic_load(&mid_parked);) {
+		if (now_ns() - t0 > 10000000000ull)
+			fail_msg("the monitor read nothing in 10 s");
+		usleep(100);
+	}
+	for (i = 0; i < MID_N; i++) {
+		m[i].at = mid_p + (2 * i + 2) * page;
+		atomic_store(&m[i].tid, 0);
+		assert_int_equal(
+			pthread_create(&m[i].th, NULL, mid_unmap, &m[i]), 0);
+	}
+	for (t0 = now_ns(), all = 0; !all;) {
+		if (now_ns() - t0 > 10000000000ull) {
+			atomic_store(&mid_go, true);
+			fail_msg("the unmapping threads did not all wait");
+		}
+		usleep(1000);
+		for (all = 1, i = 0; i < MID_N && all; i++)
+			all = atomic_load(&m[i].tid) &&
+			      waits_in_uffd(atomic_load(&m[i].tid));
+	}
+	atomic_store(&mid_go, true);
+	assert_int_equal(pthread_join(first.th, NULL), 0);
+	for (i = 0; i < MID_N; i++)
+		assert_int_equal(pthread_join(m[i].th, NULL), 0);
+	/* The threads return once their events are read, before the
+	 * monitor's hook: wait for the notifier to call itself broken (at
+	 * the check before its next read, or at its idle check a second
+	 * after a read of the pipe), after which it reads nothing. */
+	for (i = 0; i < 3000; i++) {
+		if (unf_prepare(a->sub, A(mid_p + page), A(mid_p + 2 * page),
+				NULL) == -EBADF)
+			break;
+		usleep(1000);
+	}
+	assert_int_equal(unf_prepare(a->sub, A(mid_p + page),
+				     A(mid_p + 2 * page), NULL),
+			 -EBADF);
+	assert_int_equal(atomic_load(&mid_reads), 2);
+	/* The application's data is still there. */
+	assert_int_equal(ioctl(tp[0], FIONREAD, &avail), 0);
+	assert_int_equal(avail, 8);
+	rs_free(a); /* joins the monitor: the hook is ours again */
+	unf_test_hook_after_read = NULL;
+	atomic_store(&mid_fd, -1);
+	/* the number is the application's: not closed */
+	assert_true(fcntl(ufd, F_GETFD) >= 0);
+	close(ufd);
+	close(tp[0]);
+	close(tp[1]);
+	munmap(mid_p, (2 * MID_N + 2) * page);
+}
+
 /* fork: the child starts its own notifier; the parent's sub is inert. */
 static void test_fork(void **state)
 {
@@ -1030,6 +1179,7 @@ int main(void)
 		cmocka_unit_test(test_coalesce),
 		cmocka_unit_test(test_deadlock_relay),
 		cmocka_unit_test(test_fd_closed),
+		cmocka_unit_test(test_fd_replaced_mid_drain),
 		cmocka_unit_test(test_fork),
 		cmocka_unit_test(test_prepare),
 		cmocka_unit_test(test_strict),

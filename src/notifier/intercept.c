@@ -40,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/lock.h" /* nocancel_begin() */
 #include "notifier/intercept.h"
 #include "notifier/nf_icpt.h"
 
@@ -134,7 +135,7 @@ static uint64_t shm_extent(uint64_t at)
 	return x.end;
 }
 
-static int icpt_before(struct uodp_icpt *ic)
+static int before(struct uodp_icpt *ic)
 {
 	struct nf_piece tmp[UODP_ICPT_MAXP];
 	bool cut = !(ic->flags & UODP_ICPT_KEEP);
@@ -209,8 +210,9 @@ pass:
 
 /* madvise: the mapping stays; register again what we took out, where it
  * is still a piece of a record (a record dropped meanwhile is not
- * revived). */
-static void restore(struct uodp_icpt *ic)
+ * revived). True when that is done: what stays watched is registered
+ * again (the kernel reports it). */
+static bool restore(struct uodp_icpt *ic)
 {
 	bool bad = false;
 	unsigned i;
@@ -218,28 +220,30 @@ static void restore(struct uodp_icpt *ic)
 	if (!watch_trylock()) {
 		nf_icpt_mark_dirty();
 		inc(&ist.dirty);
-		return;
+		return false;
 	}
-	if (atomic_load(&nf.running) && !atomic_load(&nf.broken) && fd_ok()) {
-		for (i = 0; i < ic->np; i++) {
-			if (!nf_icpt_covered(ic->p[i].start, ic->p[i].end))
-				continue;
-			nf_stat_inc(&nf.st.registrations);
-			if (uffd_register(nf.uffd, ic->p[i].start,
-					  ic->p[i].end))
-				bad = true;
-			else
-				inc(&ist.rereg);
-		}
+	if (!atomic_load(&nf.running) || atomic_load(&nf.broken) || !fd_ok()) {
+		nf_unlock(&nf.watch_lock);
+		return false;
+	}
+	for (i = 0; i < ic->np; i++) {
+		if (!nf_icpt_covered(ic->p[i].start, ic->p[i].end))
+			continue;
+		nf_stat_inc(&nf.st.registrations);
+		if (uffd_register(nf.uffd, ic->p[i].start, ic->p[i].end))
+			bad = true;
+		else
+			inc(&ist.rereg);
 	}
 	nf_unlock(&nf.watch_lock);
 	if (bad) { /* changed under us: forget the pieces, re-made later */
 		nf_icpt_mark_dirty();
 		inc(&ist.dirty);
 	}
+	return !bad;
 }
 
-static void icpt_after(struct uodp_icpt *ic, int ok)
+static void after(struct uodp_icpt *ic, int ok)
 {
 	uint64_t s[UODP_ICPT_MAXR], e[UODP_ICPT_MAXR];
 	enum unf_event ev[UODP_ICPT_MAXR];
@@ -261,9 +265,18 @@ static void icpt_after(struct uodp_icpt *ic, int ok)
 			ic->r[0].end = end;
 		nf_icpt_mark_dirty();
 		inc(&ist.fast);
+	} else if (ic->flags & UODP_ICPT_KEEP) {
+		/* A failed madvise may have discarded part of the range (the
+		 * mappings before the one it refused): once registered again,
+		 * the call is made once more by the hooks and the kernel
+		 * reports what it discards (UODP_ICPT_RETRY). */
+		if (restore(ic) && !ok) {
+			ic->flags |= UODP_ICPT_RETRY;
+			ic->state = ST_NONE;
+			return;
+		}
+		inc(&ist.fast);
 	} else {
-		if (ic->flags & UODP_ICPT_KEEP)
-			restore(ic);
 		inc(&ist.fast);
 	}
 	for (i = 0; i < ic->nr; i++) {
@@ -275,8 +288,38 @@ static void icpt_after(struct uodp_icpt *ic, int ok)
 	/* Whatever the call returned: a failed one may have changed part of
 	 * the range (madvise over a hole, an mmap that failed after the old
 	 * mapping went), and invalidating memory still there is harmless. */
-	nf_deliver_local(s, e, ev, ic->nr);
+	nf_deliver_local(s, e, ev, ic->nr, ok);
 	ic->state = ST_NONE;
+}
+
+/*
+ * Cancellation is disabled across both halves, as it is on the monitor
+ * thread (never cancelled): the wrapped calls are no cancellation points
+ * and neither is any uodp call (lib/lock.h), but this work reaches some
+ * (the maps read of shmat and shmdt, the subscribers' fences and
+ * callbacks, which may wait on a condition variable) on an application
+ * thread that may have a cancellation pending. Cancelled there, it would
+ * die holding subs_lock and a fence, or, after shmat(SHM_REMAP), before
+ * delivering the event the kernel never sends (test_cancel_pending).
+ */
+static int icpt_before(struct uodp_icpt *ic)
+{
+	int cs = nocancel_begin(), r;
+
+	r = before(ic);
+	nocancel_end(cs);
+	return r;
+}
+
+static void icpt_after(struct uodp_icpt *ic, int ok)
+{
+	int cs;
+
+	if (ic->state == ST_NONE)
+		return;
+	cs = nocancel_begin();
+	after(ic, ok);
+	nocancel_end(cs);
 }
 
 static void icpt_stats(struct uodp_icpt_stats *out)

@@ -36,7 +36,9 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define UODP_ICPT_ABI 1
+/* 2: UODP_ICPT_RETRY (a hooks library of ABI 1 would ignore it and lose
+ * the events of a refused madvise: it must not attach). */
+#define UODP_ICPT_ABI 2
 
 /* Event kinds: the values of enum unf_event. */
 #define UODP_ICPT_UNMAP 1
@@ -52,11 +54,14 @@
  * reports), up to the end of the new attachment if that is longer
  * (hugetlb segments are rounded up to their page size). */
 #define UODP_ICPT_SILENT 4u
-/* shmat(SHM_REMAP) over r[0]: the kernel sends no event and drops the
- * registration of what it replaces: delivered whenever the call succeeds
- * (never backed out like the others, whose leftovers the kernel reports),
- * up to the end of the new attachment if it is longer (hugetlb rounds). */
-#define UODP_ICPT_SILENT 4u
+/* Set by after() (out), for a UODP_ICPT_KEEP call that failed: what
+ * before() took out is registered again and nothing was delivered; the
+ * hooks call the real function once more, so that the kernel reports
+ * exactly what it changes. Why: a madvise refused in part (EINVAL at a
+ * locked mapping, after discarding the ones before it) changed some of
+ * the range, and a delivery over all of it would drop and unpin pages the
+ * kernel kept (a pinning context's device may hold their frames). */
+#define UODP_ICPT_RETRY 8u
 
 /* Why 16: a munmap / madvise range rarely covers more than a few watched
  * mappings; more than 16 registered pieces go to the kernel path. */
@@ -92,14 +97,18 @@ struct uodp_icpt_stats {
 struct uodp_icpt_ops {
 	unsigned abi, size; /* UODP_ICPT_ABI, sizeof(struct uodp_icpt_ops) */
 	/* Before the real call. 1: call it, then after() (always); 0: call
-	 * the real function alone. Sets errno to nothing. */
+	 * the real function alone. Sets errno to nothing. Neither is a
+	 * cancellation point (both disable it: the wrapped calls are none). */
 	int (*before)(struct uodp_icpt *ic);
 	/* After the real call; @ok: it succeeded. */
 	void (*after)(struct uodp_icpt *ic, int ok);
 	void (*stats)(struct uodp_icpt_stats *out);
 	/* Quick check without a call: bit (addr >> filter_shift) %
-	 * filter_bits of filter[] clear means nothing watched is there (a
-	 * stale clear bit only sends the call the kernel path). */
+	 * filter_bits of filter[] clear means nothing watched is there. A
+	 * record that exists when the check starts never reads clear (not
+	 * even while another record's removal rebuilds the filter): for
+	 * shmat(SHM_REMAP), which the kernel does not report, a clear bit is
+	 * final; for the other calls it sends them the kernel path. */
 	const _Atomic uint64_t *filter;
 	unsigned filter_bits, filter_shift;
 };

@@ -15,10 +15,12 @@
 bool nf_trylock(struct nf_lock *l);
 /* Deliver @n events from the calling thread as the monitor delivers a
  * kernel event: strict subscribers fenced (not those with UNF_FENCE_READS),
- * begin, finish (or queued to the relay for deferred ones), unfence. Takes
+ * begin, finish (or queued to the relay for deferred ones), unfence. A
+ * REMAP followed by an UNMAP is a move (source, destination): with @moves
+ * (the call succeeded) it is reported to the moved op first. Takes
  * subs_lock. */
 void nf_deliver_local(const uint64_t *start, const uint64_t *end,
-		      const enum unf_event *ev, unsigned n);
+		      const enum unf_event *ev, unsigned n, bool moves);
 /* intercept.c: hand our ops to libuodp-hooks.so if it is loaded (once). */
 void nf_icpt_attach(void);
 

@@ -461,27 +461,30 @@ static bool drain(void)
 	for (sub = nf.subs; sub; sub = sub->next)
 		if (sub->flags & UNF_STRICT)
 			fence_get(sub);
-	/* Never read a descriptor number that is no longer ours. */
-	if (!nf_uffd_ok()) {
-		ok = false;
-	} else {
-		for (;;) {
-			n = read_events(msgs);
-			if (n < 0) {
-				mark_broken();
-				ok = false;
-			}
-			if (n <= 0)
-				break;
-			any = true;
-			if (unf_test_hook_after_read)
-				unf_test_hook_after_read();
-			report_moves(msgs, n);
-			for (i = 0; i < n; i++)
-				handle(&msgs[i]);
-			if (n < MON_BATCH)
-				break;
+	for (;;) {
+		/* Never read a descriptor number that is no longer ours:
+		 * checked before each read, the next one of a drain after a
+		 * full batch too (the application may have replaced it while
+		 * the previous batch was delivered). */
+		if (!nf_uffd_ok()) {
+			ok = false;
+			break;
 		}
+		n = read_events(msgs);
+		if (n < 0) {
+			mark_broken();
+			ok = false;
+		}
+		if (n <= 0)
+			break;
+		any = true;
+		if (unf_test_hook_after_read)
+			unf_test_hook_after_read();
+		report_moves(msgs, n);
+		for (i = 0; i < n; i++)
+			handle(&msgs[i]);
+		if (n < MON_BATCH)
+			break;
 	}
 	for (sub = nf.subs; sub; sub = sub->next) {
 		if (!(sub->flags & UNF_STRICT))
@@ -1053,7 +1056,7 @@ static bool local_fence(const struct unf_sub *sub)
 }
 
 void nf_deliver_local(const uint64_t *start, const uint64_t *end,
-		      const enum unf_event *ev, unsigned n)
+		      const enum unf_event *ev, unsigned n, bool moves)
 {
 	struct unf_sub *sub;
 	bool relay = false;
@@ -1068,11 +1071,20 @@ void nf_deliver_local(const uint64_t *start, const uint64_t *end,
 	}
 	/* A move in the calling thread (the hooks' mremap): the source's
 	 * REMAP, then the destination's UNMAP, as the kernel would report
-	 * it (the destination first, see unf_ops.moved). */
-	for (i = 0; i + 1 < n; i++)
+	 * it (the destination first, see unf_ops.moved). What moved is the
+	 * shorter of the two: a move that shrinks unmaps the source's tail
+	 * (the kernel's REMAP has the new length), one that grows maps a new
+	 * tail (the old length). A call that failed moved nothing (@moves
+	 * false): its events are still delivered, a move is not reported
+	 * (the kernel sends no REMAP either). */
+	for (i = 0; moves && i + 1 < n; i++)
 		if (ev[i] == UNF_REMAP && ev[i + 1] == UNF_UNMAP) {
+			uint64_t len = end[i] - start[i];
+
+			if (end[i + 1] - start[i + 1] < len)
+				len = end[i + 1] - start[i + 1];
 			atomic_fetch_add(&nf.moves_read, 1);
-			moved(start[i], start[i + 1], end[i] - start[i]);
+			moved(start[i], start[i + 1], len);
 			atomic_fetch_add(&nf.moves_done, 1);
 		}
 	for (i = 0; i < n; i++)

@@ -226,6 +226,10 @@ extern unsigned unf_test_ring_cap;
 extern void (*unf_test_hook_before_register)(void);
 /* ... and after its registrations, before it reads the maps again. */
 extern void (*unf_test_hook_after_register)(void);
+/* Called by a rebuild of the records' filter (a record went away, see
+ * watch.c) before the new bits are in place (watch_lock held; the hook
+ * must not call uodp), so a test can make a hooked call then. */
+extern void (*unf_test_hook_filter_rebuild)(void);
 /* Called by the monitor thread after each read that returned events,
  * before it delivers them (subs_lock held, the unmapping threads already
  * returned; the hook must not call uodp), so a test can act in that

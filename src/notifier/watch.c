@@ -64,41 +64,59 @@ static unsigned npend;
  * per 2 MiB granule of address space, hashed into NF_FILTER_BITS; a set bit
  * means "a record may be there". Bits are set when a record is made and
  * rebuilt when one goes, under watch_lock; readers take no lock. A bit
- * that reads 0 for a record being made or rebuilt only sends that call the
- * kernel path. Why 2 MiB and 4096 bits: a granule of one page table, and
- * 512 bytes, so that 8 GiB of scattered watched memory still leaves most
- * bits clear.
+ * that reads 0 for a record being made only sends that call the kernel
+ * path (and for shmat, which the kernel does not report, there is nothing
+ * of the record's yet: its registration is verified after, see
+ * verify_registered()). A record that stays must never read 0: for shmat
+ * the filter's "no" is final, so the rebuild computes the new words aside
+ * and stores each once (a bit set before and after is set throughout).
+ * Why 2 MiB and 4096 bits: a granule of one page table, and 512 bytes, so
+ * that 8 GiB of scattered watched memory still leaves most bits clear.
  */
 _Atomic uint64_t nf_filter[NF_FILTER_BITS / 64];
 
-void nf_filter_add(uint64_t s, uint64_t e)
+/* Set the bits of [s, e) in @f (nf_filter or a rebuild's copy). */
+static void filter_set(_Atomic uint64_t *f, uint64_t s, uint64_t e)
 {
 	uint64_t g, last = (e - 1) >> NF_FILTER_SHIFT;
 
 	if (last - (s >> NF_FILTER_SHIFT) >= NF_FILTER_BITS) {
 		for (g = 0; g < NF_FILTER_BITS / 64; g++)
-			atomic_store(&nf_filter[g], ~0ull);
+			atomic_store(&f[g], ~0ull);
 		return;
 	}
 	for (g = s >> NF_FILTER_SHIFT; g <= last; g++) {
 		uint64_t b = g % NF_FILTER_BITS;
 
-		atomic_fetch_or(&nf_filter[b / 64], 1ull << (b % 64));
+		atomic_fetch_or(&f[b / 64], 1ull << (b % 64));
 	}
 }
 
-/* Clear and set again from the records (one went away). */
+void nf_filter_add(uint64_t s, uint64_t e)
+{
+	filter_set(nf_filter, s, e);
+}
+
+void (*unf_test_hook_filter_rebuild)(void);
+
+/* Set again from the records (one went away): computed aside, then each
+ * word stored once (see above). */
 static void filter_rebuild(void)
 {
+	_Atomic uint64_t f[NF_FILTER_BITS / 64];
 	struct itree_node *n;
 	size_t i;
 
 	NF_ASSERT_HELD(&nf.watch_lock);
 	for (i = 0; i < NF_FILTER_BITS / 64; i++)
-		atomic_store(&nf_filter[i], 0);
+		atomic_init(&f[i], 0);
 	for (n = itree_iter_first(&nf.doms, 0, UINT64_MAX); n;
 	     n = itree_iter_next(n, 0, UINT64_MAX))
-		nf_filter_add(n->start, n->last + 1);
+		filter_set(f, n->start, n->last + 1);
+	if (unf_test_hook_filter_rebuild)
+		unf_test_hook_filter_rebuild();
+	for (i = 0; i < NF_FILTER_BITS / 64; i++)
+		atomic_store(&nf_filter[i], atomic_load(&f[i]));
 }
 
 struct nf_pair {
@@ -317,14 +335,17 @@ static void update_all_ok(uint64_t e)
  * were read (settle()), but the application may close or replace it
  * (finding 13) before this ioctl: whatever that call answers then
  * (ENOTTY from a file, EBADF from nothing, even EINVAL) is not about the
- * memory and must not read as a shortage or a refused mapping: -EBADF. */
+ * memory and must not read as a shortage or a refused mapping: -EBADF.
+ * Checked after a success too: on the application's own userfaultfd
+ * (which it may have opened at the number just freed) the ioctl succeeds,
+ * and that registration is not ours to count (nor to undo). */
 static int reg(uint64_t s, uint64_t e)
 {
 	int r;
 
 	nf_stat_inc(&nf.st.registrations);
 	r = uffd_register(nf.uffd, s, e);
-	if (r && !nf_uffd_ok())
+	if (!nf_uffd_ok())
 		return -EBADF;
 	return r;
 }
