@@ -287,10 +287,18 @@ static int xfer(struct uodp_dev *dev, struct dop *op, struct dmr *mr,
 			lim = sp->end - cur;
 		if (lim > WINDOW_MAX)
 			lim = WINDOW_MAX;
-		window_lock(dev, sp);
-		n = window_avail(dev, sp, cur, lim, need);
+		/* A miss seen without the lock goes straight to its fault
+		 * (dpt_peek()): a first touch pays no window for it. */
+		if ((dpt_peek(&sp->dpt, (cur - sp->start) >> dev->page_shift) &
+		     need) != need) {
+			n = 0;
+		} else {
+			window_lock(dev, sp);
+			n = window_avail(dev, sp, cur, lim, need);
+			if (!n)
+				window_unlock(dev, sp);
+		}
 		if (!n) {
-			window_unlock(dev, sp);
 			fr->mr = mr;
 			fr->sp = sp;
 			fr->va = cur;
