@@ -356,6 +356,16 @@ int rcv_copy(void *dst, const void *src, size_t n, uintptr_t lo, uintptr_t hi,
 int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old);
 int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old);
 bool rcv_available(void);
+/*
+ * Called by a device worker thread as it starts: block every asynchronous
+ * signal, unblock SIGSEGV/SIGBUS (and the other synchronous ones) for
+ * good, and let this thread's guarded windows skip their rt_sigprocmask()
+ * (why that is safe: recover.c). 0 or a negative errno (then the thread
+ * keeps paying the system call per window).
+ */
+int rcv_worker_mask(void);
+/* Test hook: called right before a guarded window's rt_sigprocmask(). */
+extern void (*rcv_test_hook_mask_call)(void);
 
 /* dma.c: true unless a sandbox (seccomp) refuses process_vm_readv. */
 bool dev_pvm_works(void);
