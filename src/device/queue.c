@@ -140,6 +140,11 @@ static void *worker(void *p)
 	free(a);
 	/* Our thread: its signal mask is ours to set, once (recover.c). */
 	(void)rcv_worker_mask();
+	/* Nobody cancels a worker (pool_stop() asks it to return and joins
+	 * it), so cancellation is off for good: the engine's own
+	 * disable/restore pair around each fault then finds it off already
+	 * and makes no atomic update of the thread's cancel state. */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 	pthread_mutex_lock(&dev->pool_lock);
 	for (;;) {
 		while (!l->head && !dev->pool_stop)
