@@ -138,6 +138,13 @@ static void *worker(void *p)
 	struct job *j;
 
 	free(a);
+	/* Our thread: its signal mask is ours to set, once (recover.c). */
+	(void)rcv_worker_mask();
+	/* Nobody cancels a worker (pool_stop() asks it to return and joins
+	 * it), so cancellation is off for good: the engine's own
+	 * disable/restore pair around each fault then finds it off already
+	 * and makes no atomic update of the thread's cancel state. */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 	pthread_mutex_lock(&dev->pool_lock);
 	for (;;) {
 		while (!l->head && !dev->pool_stop)
@@ -181,6 +188,11 @@ static int pool_start_locked(struct uodp_dev *dev)
 			free(a);
 			goto err;
 		}
+		/* Named, as the monitor's thread is: for ps/gdb, and so tests
+		 * can tell our threads from a sanitizer's. */
+		pthread_setname_np(dev->threads[i], i >= dev->nexec ?
+							    "uodp-dev-fault" :
+							    "uodp-dev-exec");
 		dev->nthreads++;
 	}
 	dev->pool_started = true;
