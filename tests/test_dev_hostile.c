@@ -270,10 +270,9 @@ static void count_mask_call(void)
 	atomic_fetch_add(&mask_calls, 1);
 }
 
-/* Is thread @tid a device worker (by its name)? Then true, with *@blk
- * its SigBlk (bit n-1 for signal n). Other threads (a sanitizer's) are
- * not ours to check. */
-static bool worker_sigblk(long tid, unsigned long long *blk)
+/* Thread @tid's SigBlk (bit n-1 for signal n) into *@blk and whether
+ * it has a device worker's name into *@named; false if unreadable. */
+static bool task_sigblk(long tid, unsigned long long *blk, bool *named)
 {
 	char path[64], line[256];
 	bool found = false;
@@ -283,10 +282,7 @@ static bool worker_sigblk(long tid, unsigned long long *blk)
 	f = fopen(path, "r");
 	if (!f)
 		return false;
-	if (!fgets(line, sizeof(line), f) || strncmp(line, "uodp-dev-", 9)) {
-		fclose(f);
-		return false;
-	}
+	*named = fgets(line, sizeof(line), f) && !strncmp(line, "uodp-dev-", 9);
 	fclose(f);
 	snprintf(path, sizeof(path), "/proc/self/task/%ld/status", tid);
 	f = fopen(path, "r");
@@ -298,11 +294,44 @@ static bool worker_sigblk(long tid, unsigned long long *blk)
 	return found;
 }
 
+/* Is thread @tid a device worker (by its name)? Then true, with *@blk
+ * its SigBlk. Other threads (a sanitizer's) are not ours to check. A
+ * worker names itself once its start-up is done (queue.c). */
+static bool worker_sigblk(long tid, unsigned long long *blk)
+{
+	bool named;
+
+	return task_sigblk(tid, blk, &named) && named;
+}
+
+/* Workers held at their very start (dev_test_hook_worker_start), before
+ * any code of their own ran: what they were born with. */
+extern void (*dev_test_hook_worker_start)(void);
+static atomic_long held_tid[2];
+static atomic_uint held_n;
+static atomic_bool held_go;
+
+static void hold_worker(void)
+{
+	unsigned i = atomic_fetch_add(&held_n, 1);
+
+	if (i < 2)
+		atomic_store(&held_tid[i], syscall(SYS_gettid));
+	while (!atomic_load(&held_go))
+		usleep(100);
+}
+
 static void worker_mask_child(unsigned flags)
 {
+	/* fault_around 1: the prefetch below maps only what it names, so
+	 * page 8 misses (the default, 16, mapped it too: the first request
+	 * hit on the exec worker and the fault worker might not have run). */
 	struct uodp_dev_attr a = { .flags = UODP_DEV_MANUAL | flags,
+				   .fault_around = 1,
 				   .exec_workers = 1,
 				   .fault_workers = 1 };
+	struct uodp_dev_stats st;
+	bool named;
 	struct uodp_dev *dev = NULL;
 	struct uodp_dev_queue *q;
 	struct uodp_dev_wr wr = { 0 };
@@ -326,15 +355,40 @@ static void worker_mask_child(unsigned flags)
 	CHECK(!uodp_dev_prefetch(dev, k, VA(p), 8 * PS,
 				 UODP_DEV_PREFETCH_WRITE),
 	      6);
+	/* Born with their mask: read it while both workers are held before
+	 * their own start-up (this failed, SIGSEGV blocked as the creator
+	 * had it, when a worker set its mask only once it ran; under load a
+	 * worker may not run for a while). And no name yet: a worker is
+	 * named only once its start-up is done, which the check below
+	 * relies on. */
+	dev_test_hook_worker_start = hold_worker;
 	CHECK(!uodp_dev_queue_create(dev, 4, &q), 7);
+	/* up to 10 s for both to arrive: a loaded CI machine, a sanitizer */
+	for (i = 0; i < 10000 &&
+		    !(atomic_load(&held_tid[0]) && atomic_load(&held_tid[1]));
+	     i++)
+		usleep(1000);
+	CHECK(atomic_load(&held_tid[0]) && atomic_load(&held_tid[1]), 8);
+	for (i = 0; i < 2; i++) {
+		CHECK(task_sigblk(atomic_load(&held_tid[i]), &blk, &named), 9);
+		CHECK(!(blk & (1ull << (SIGSEGV - 1))), 9);
+		CHECK(!(blk & (1ull << (SIGBUS - 1))), 9);
+		CHECK(blk & (1ull << (SIGUSR1 - 1)), 9);
+		CHECK(!named, 9);
+	}
+	dev_test_hook_worker_start = NULL;
+	atomic_store(&held_go, true);
+
 	/* A request that misses (page 8 was not prefetched), so both the
-	 * exec and the fault worker have surely started. */
+	 * exec and the fault worker have surely started: the fault worker
+	 * resolved it (async_faults). */
 	wr.opcode = UODP_DEV_OP_READ;
 	wr.key = k;
 	wr.va = VA(p + 8 * PS);
 	wr.len = sizeof(b);
 	wr.buf = b;
 	CHECK(post_wait(q, &wr) == 0, 8);
+	CHECK(!uodp_dev_stats(dev, &st) && st.async_faults == 1, 8);
 
 	/* The workers' masks, as the kernel has them. */
 	snprintf(path, sizeof(path), "/proc/self/task");

@@ -49,6 +49,7 @@
 #define UODP_DEVICE_INTERNAL_H
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -360,11 +361,18 @@ int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old);
 int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old);
 bool rcv_available(void);
 /*
- * Called by a device worker thread as it starts: block every asynchronous
- * signal, unblock SIGSEGV/SIGBUS (and the other synchronous ones) for
- * good, and let this thread's guarded windows skip their rt_sigprocmask()
- * (why that is safe: recover.c). 0 or a negative errno (then the thread
- * keeps paying the system call per window).
+ * A device worker's signal mask: every asynchronous signal blocked,
+ * SIGSEGV/SIGBUS (and the other synchronous ones) unblocked. The pool
+ * creates its workers with it (queue.c), so they have it from their
+ * first instruction on.
+ */
+void rcv_worker_sigset(sigset_t *m);
+/*
+ * Called by a device worker thread as it starts: set that mask (again:
+ * it was born with it), read it back and let this thread's guarded
+ * windows skip their rt_sigprocmask() (why that is safe: recover.c). 0
+ * or a negative errno (then the thread keeps paying the system call per
+ * window).
  */
 int rcv_worker_mask(void);
 /* Test hook: called right before a guarded window's rt_sigprocmask(). */
@@ -426,6 +434,10 @@ extern void (*dev_test_hook_alloc)(struct uodp_umem *umem);
  * waits for the unfence (fence_mu held: the hook must not call uodp; the
  * unfence cannot complete before the wait has begun). */
 extern void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
+/* ... and by a queue worker first thing, before any start-up of its own
+ * (mask, cancel state, name): a test holds it there to see what the
+ * thread was born with. */
+extern void (*dev_test_hook_worker_start)(void);
 
 /* queue.c */
 void pool_stop(struct uodp_dev *dev);

@@ -284,7 +284,8 @@ static void rcv_segvbus_init(void)
  *    wrappers, whose in-thread invalidations are the only path by which
  *    another context's callback could run on a thread of ours). None of it
  *    touches the mask except these windows;
- *  - asynchronous signals are blocked on workers (set here), so no
+ *  - asynchronous signals are blocked on workers (from their creation,
+ *    queue.c's pool_start_locked(), and again here), so no
  *    application handler for them runs there; the synchronous ones it
  *    cannot block (SIGSEGV/SIGBUS must stay deliverable, and a SIGSEGV/
  *    SIGBUS sent with kill() goes to the application's handler through
@@ -297,19 +298,25 @@ static void rcv_segvbus_init(void)
  *    outside what any library can defend against.
  * Test: test_worker_mask (test_dev_hostile.c).
  */
-int rcv_worker_mask(void)
+void rcv_worker_sigset(sigset_t *m)
 {
 	/* As the monitor's thread (notifier.c): the synchronous ones stay
 	 * as they are, a crash in our code keeps its default handling. */
 	static const int sync_sigs[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL,
 					 SIGTRAP, SIGSYS, SIGABRT };
-	sigset_t m, now;
 	size_t i;
+
+	sigfillset(m);
+	for (i = 0; i < sizeof(sync_sigs) / sizeof(sync_sigs[0]); i++)
+		sigdelset(m, sync_sigs[i]);
+}
+
+int rcv_worker_mask(void)
+{
+	sigset_t m, now;
 	int r;
 
-	sigfillset(&m);
-	for (i = 0; i < sizeof(sync_sigs) / sizeof(sync_sigs[0]); i++)
-		sigdelset(&m, sync_sigs[i]);
+	rcv_worker_sigset(&m);
 	r = pthread_sigmask(SIG_SETMASK, &m, NULL);
 	if (r)
 		return -r;
