@@ -8,7 +8,8 @@
  *             device page table) and cold (fresh memory: every page
  *             faults, against memcpy from / to fresh memory, which faults
  *             in the CPU); both data paths (process_vm_* and FAST_COPY);
- *             8-byte atomics against CPU atomics;
+ *             8-byte atomics against CPU atomics; queued warm
+ *             operations against the same synchronous ones;
  *   devfault  the device touching every page of fresh memory with
  *             fault-around 4 KiB .. 2 MiB against raw MADV_POPULATE_* of
  *             the same memory (the limit of a user-space fault path); at
@@ -363,10 +364,133 @@ out:
 		munmap(word, 4096);
 }
 
+/* Post @n warm requests (each into its own slot of @buf), then poll them
+ * all; false on error. */
+static bool queue_batch(struct uodp_dev_queue *q, const struct uodp_dev_wr *t,
+			char *buf, unsigned n, uint64_t len)
+{
+	struct uodp_dev_wc wc[64];
+	struct uodp_dev_wr wr = *t;
+	unsigned i, got = 0;
+	int r;
+
+	for (i = 0; i < n; i++) {
+		wr.wr_id = i;
+		wr.buf = buf + i * len;
+		r = uodp_dev_post(q, &wr);
+		if (r) {
+			bench_note("uodp_dev_post: %s", uodp_strerror(r));
+			return false;
+		}
+	}
+	while (got < n) {
+		r = uodp_dev_poll_wait(q, wc, 64, 10000);
+		if (r <= 0) {
+			bench_note("uodp_dev_poll_wait: %d", r);
+			return false;
+		}
+		for (i = 0; i < (unsigned)r; i++)
+			if (wc[i].status) {
+				bench_note("queued op: %s",
+					   uodp_strerror(wc[i].status));
+				return false;
+			}
+		got += (unsigned)r;
+	}
+	return true;
+}
+
+/* Queued warm operations (FAST_COPY, one guarded window each, run on the
+ * device's exec workers) against the same synchronous operations on the
+ * caller's thread, batches interleaved. The queued time per operation
+ * includes the handoff (post, a worker's pickup, the completion, the
+ * poll); a worker's window makes no rt_sigprocmask (recover.c), the
+ * caller's does. */
+static void dev_queued(const struct bench_opts *o)
+{
+	static const struct {
+		const char *name;
+		enum uodp_dev_opcode opc;
+	} cases[] = { { "queued read FAST_COPY", UODP_DEV_OP_READ },
+		      { "queued write FAST_COPY", UODP_DEV_OP_WRITE } };
+	/* 64 requests per batch: the queue's depth, enough to keep the
+	 * workers busy without sleeping between requests. */
+	const unsigned batch = 64, samples = o->quick ? 30 : 100;
+	const uint64_t len = 64;
+	struct uodp_dev *d = dev_open(UODP_DEV_FAST_COPY, 0);
+	struct uodp_dev_queue *q = NULL;
+	char *host = dfresh(64 * KiB), *buf = dfresh(64 * KiB);
+	double u[128], b[128];
+	unsigned c, k, j;
+	uint32_t key;
+
+	if (!d || !host || !buf)
+		goto out;
+	memset(host, 1, 64 * KiB);
+	memset(buf, 2, 64 * KiB);
+	if (uodp_dev_reg_mr(d, (uint64_t)(uintptr_t)host, 64 * KiB,
+			    UODP_DEV_ACCESS_ALL, &key) ||
+	    uodp_dev_prefetch(d, key, (uint64_t)(uintptr_t)host, 64 * KiB,
+			      UODP_DEV_PREFETCH_WRITE) ||
+	    uodp_dev_queue_create(d, batch, &q)) {
+		bench_note("queued: device setup failed");
+		goto out;
+	}
+	for (c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		struct bench_row r = bench_row("dev", cases[c].name, len, "us");
+		struct uodp_dev_wr t = { .opcode = cases[c].opc,
+					 .key = key,
+					 .va = (uint64_t)(uintptr_t)host,
+					 .len = len };
+
+		for (k = 0; k < samples + 2; k++) {
+			uint64_t t0 = bench_now_ns(), t1, t2;
+			int e = 0;
+
+			if (!queue_batch(q, &t, buf, batch, len))
+				goto out;
+			t1 = bench_now_ns();
+			for (j = 0; j < batch && !e; j++)
+				e = cases[c].opc == UODP_DEV_OP_READ ?
+					    uodp_dev_read(d, key, t.va,
+							  buf + j * len, len) :
+					    uodp_dev_write(d, key, t.va,
+							   buf + j * len, len);
+			t2 = bench_now_ns();
+			if (e) {
+				bench_note("sync op: %s", uodp_strerror(e));
+				goto out;
+			}
+			if (k >= 2) { /* two warm-up samples */
+				u[k - 2] = (double)(t1 - t0) / 1e3 / batch;
+				b[k - 2] = (double)(t2 - t1) / 1e3 / batch;
+			}
+		}
+		snprintf(r.param, sizeof(r.param), "64 B");
+		bench_stats(u, samples, &r.v);
+		bench_stats(b, samples, &r.b);
+		r.base_name = "synchronous op, same bytes";
+		r.rk = BR_TIME;
+		r.note = "per op, batches of 64 posted then polled; "
+			 "includes the handoff to the workers";
+		bench_emit(&r);
+	}
+out:
+	if (q)
+		uodp_dev_queue_destroy(q);
+	if (d)
+		uodp_dev_close(d);
+	if (host)
+		munmap(host, 64 * KiB);
+	if (buf)
+		munmap(buf, 64 * KiB);
+}
+
 static void suite_dev(const struct bench_opts *o)
 {
 	bench_warmup(256 * MiB);
 	dev_warm(o);
+	dev_queued(o);
 	dev_cold(o);
 	dev_atomics(o);
 }

@@ -126,7 +126,10 @@ struct uodp_dev_attr {
 /*
  * Open a device with its own engine context. @attr may be NULL (defaults:
  * kernel monitor, fault-around 16 pages, 2 + 1 workers). Worker threads
- * start with the first queue.
+ * start with the first queue, with their own signal mask from creation
+ * on (every asynchronous signal blocked, SIGSEGV/SIGBUS unblocked,
+ * whatever the creating thread's; that thread's mask is as it was when
+ * the call returns), and are named uodp-dev-exec / uodp-dev-fault.
  * A sandbox that forbids process_vm_readv/writev (seccomp) is detected
  * here, once: the device then copies with the guarded copy, as with
  * UODP_DEV_FAST_COPY (x86-64), or, where there is none, fails to open.

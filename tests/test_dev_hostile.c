@@ -28,6 +28,7 @@
  * forked child, which reports through its exit status (a signal = the
  * crash the finding was about).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/audit.h>
@@ -249,6 +250,207 @@ static void test_blocked_signals(void **state)
 	(void)state;
 	in_child(blocked_child, 0);
 	in_child(blocked_child, UODP_DEV_FAST_COPY);
+}
+
+/*
+ * 2, on the device's workers: they set their own mask when they start
+ * (asynchronous signals blocked, SIGSEGV/SIGBUS unblocked, whatever the
+ * creating thread had) and their guarded windows make no rt_sigprocmask()
+ * (src/device/recover.c, rcv_worker_mask()). A queued operation whose page
+ * is unmapped under its device page-table entry (an munmap nobody reports:
+ * a manual device, so the instruction itself meets the hole) still fails
+ * cleanly, again and again on the same worker, which goes on working: the
+ * mask is unblocked again after every jump out of the handler.
+ */
+extern void (*rcv_test_hook_mask_call)(void);
+static atomic_long mask_calls;
+
+static void count_mask_call(void)
+{
+	atomic_fetch_add(&mask_calls, 1);
+}
+
+/* Thread @tid's SigBlk (bit n-1 for signal n) into *@blk and whether
+ * it has a device worker's name into *@named; false if unreadable. */
+static bool task_sigblk(long tid, unsigned long long *blk, bool *named)
+{
+	char path[64], line[256];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%ld/comm", tid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	*named = fgets(line, sizeof(line), f) && !strncmp(line, "uodp-dev-", 9);
+	fclose(f);
+	snprintf(path, sizeof(path), "/proc/self/task/%ld/status", tid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f))
+		found = sscanf(line, "SigBlk: %llx", blk) == 1;
+	fclose(f);
+	return found;
+}
+
+/* Is thread @tid a device worker (by its name)? Then true, with *@blk
+ * its SigBlk. Other threads (a sanitizer's) are not ours to check. A
+ * worker names itself once its start-up is done (queue.c). */
+static bool worker_sigblk(long tid, unsigned long long *blk)
+{
+	bool named;
+
+	return task_sigblk(tid, blk, &named) && named;
+}
+
+/* Workers held at their very start (dev_test_hook_worker_start), before
+ * any code of their own ran: what they were born with. */
+extern void (*dev_test_hook_worker_start)(void);
+static atomic_long held_tid[2];
+static atomic_uint held_n;
+static atomic_bool held_go;
+
+static void hold_worker(void)
+{
+	unsigned i = atomic_fetch_add(&held_n, 1);
+
+	if (i < 2)
+		atomic_store(&held_tid[i], syscall(SYS_gettid));
+	while (!atomic_load(&held_go))
+		usleep(100);
+}
+
+static void worker_mask_child(unsigned flags)
+{
+	/* fault_around 1: the prefetch below maps only what it names, so
+	 * page 8 misses (the default, 16, mapped it too: the first request
+	 * hit on the exec worker and the fault worker might not have run). */
+	struct uodp_dev_attr a = { .flags = UODP_DEV_MANUAL | flags,
+				   .fault_around = 1,
+				   .exec_workers = 1,
+				   .fault_workers = 1 };
+	struct uodp_dev_stats st;
+	bool named;
+	struct uodp_dev *dev = NULL;
+	struct uodp_dev_queue *q;
+	struct uodp_dev_wr wr = { 0 };
+	unsigned long long blk;
+	long self = syscall(SYS_gettid), tid;
+	char *p, b[16], path[64];
+	unsigned workers = 0, i;
+	sigset_t all, now;
+	struct dirent *de;
+	uint32_t k;
+	DIR *d;
+
+	/* Everything blocked first, so the workers inherit it. */
+	sigfillset(&all);
+	CHECK(!pthread_sigmask(SIG_BLOCK, &all, NULL), 2);
+	CHECK(!uodp_dev_open(&a, &dev), 3);
+	p = map_anon(9 * PS, PROT_READ | PROT_WRITE);
+	CHECK(p, 4);
+	memset(p, 0x11, 9 * PS);
+	CHECK(!uodp_dev_reg_mr(dev, VA(p), 9 * PS, UODP_DEV_ACCESS_ALL, &k), 5);
+	CHECK(!uodp_dev_prefetch(dev, k, VA(p), 8 * PS,
+				 UODP_DEV_PREFETCH_WRITE),
+	      6);
+	/* Born with their mask: read it while both workers are held before
+	 * their own start-up (this failed, SIGSEGV blocked as the creator
+	 * had it, when a worker set its mask only once it ran; under load a
+	 * worker may not run for a while). And no name yet: a worker is
+	 * named only once its start-up is done, which the check below
+	 * relies on. */
+	dev_test_hook_worker_start = hold_worker;
+	CHECK(!uodp_dev_queue_create(dev, 4, &q), 7);
+	/* up to 10 s for both to arrive: a loaded CI machine, a sanitizer */
+	for (i = 0; i < 10000 &&
+		    !(atomic_load(&held_tid[0]) && atomic_load(&held_tid[1]));
+	     i++)
+		usleep(1000);
+	CHECK(atomic_load(&held_tid[0]) && atomic_load(&held_tid[1]), 8);
+	for (i = 0; i < 2; i++) {
+		CHECK(task_sigblk(atomic_load(&held_tid[i]), &blk, &named), 9);
+		CHECK(!(blk & (1ull << (SIGSEGV - 1))), 9);
+		CHECK(!(blk & (1ull << (SIGBUS - 1))), 9);
+		CHECK(blk & (1ull << (SIGUSR1 - 1)), 9);
+		CHECK(!named, 9);
+	}
+	dev_test_hook_worker_start = NULL;
+	atomic_store(&held_go, true);
+
+	/* A request that misses (page 8 was not prefetched), so both the
+	 * exec and the fault worker have surely started: the fault worker
+	 * resolved it (async_faults). */
+	wr.opcode = UODP_DEV_OP_READ;
+	wr.key = k;
+	wr.va = VA(p + 8 * PS);
+	wr.len = sizeof(b);
+	wr.buf = b;
+	CHECK(post_wait(q, &wr) == 0, 8);
+	CHECK(!uodp_dev_stats(dev, &st) && st.async_faults == 1, 8);
+
+	/* The workers' masks, as the kernel has them. */
+	snprintf(path, sizeof(path), "/proc/self/task");
+	d = opendir(path);
+	CHECK(d, 10);
+	while ((de = readdir(d))) {
+		tid = strtol(de->d_name, NULL, 10);
+		if (tid <= 0 || tid == self || !worker_sigblk(tid, &blk))
+			continue;
+		CHECK(!(blk & (1ull << (SIGSEGV - 1))), 12);
+		CHECK(!(blk & (1ull << (SIGBUS - 1))), 13);
+		CHECK(blk & (1ull << (SIGUSR1 - 1)), 14);
+		CHECK(blk & (1ull << (SIGTERM - 1)), 15);
+		workers++;
+	}
+	closedir(d);
+	CHECK(workers == 2, 16);
+
+	/* The hook counts: a window on this (application) thread pays. */
+	rcv_test_hook_mask_call = count_mask_call;
+	CHECK(!uodp_dev_read(dev, k, VA(p), b, sizeof(b)), 20);
+	CHECK(atomic_load(&mask_calls) == (flags ? 1 : 0), 21);
+	atomic_store(&mask_calls, 0);
+
+	for (i = 0; i < 4; i++) {
+		char *gone = p + 2 * i * PS, *good = gone + PS;
+
+		CHECK(!munmap(gone, PS), 30);
+		wr.va = VA(gone);
+		wr.opcode = UODP_DEV_OP_READ;
+		CHECK(post_wait(q, &wr) == -EFAULT, 31);
+		wr.opcode = UODP_DEV_OP_WRITE;
+		CHECK(post_wait(q, &wr) == -EFAULT, 32);
+		wr.opcode = UODP_DEV_OP_FETCH_ADD;
+		wr.compare_add = 1;
+		CHECK(post_wait(q, &wr) == -EFAULT, 33);
+		/* the same worker goes on working */
+		wr.va = VA(good);
+		CHECK(post_wait(q, &wr) == 0, 34);
+		CHECK(*(uint64_t *)good == 0x1111111111111112ull, 35);
+		wr.opcode = UODP_DEV_OP_READ;
+		memset(b, 0, sizeof(b));
+		CHECK(post_wait(q, &wr) == 0, 36);
+		CHECK(b[8] == 0x11, 37);
+	}
+	/* None of those windows made the call (FAST_COPY: every copy and
+	 * atomic was a guarded window; otherwise the atomics were). */
+	CHECK(atomic_load(&mask_calls) == 0, 40);
+	rcv_test_hook_mask_call = NULL;
+
+	/* and the caller's mask is as it was */
+	CHECK(!pthread_sigmask(SIG_BLOCK, NULL, &now), 41);
+	CHECK(sigismember(&now, SIGSEGV) && sigismember(&now, SIGUSR1), 42);
+	CHECK(!uodp_dev_queue_destroy(q), 43);
+	CHECK(!uodp_dev_close(dev), 44);
+}
+
+static void test_worker_mask(void **state)
+{
+	(void)state;
+	in_child(worker_mask_child, 0);
+	in_child(worker_mask_child, UODP_DEV_FAST_COPY);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -707,6 +909,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_bad_caller_buffer),
 		cmocka_unit_test(test_blocked_signals),
+		cmocka_unit_test(test_worker_mask),
 		cmocka_unit_test(test_dead_keys_stay_dead),
 		cmocka_unit_test(test_sig_ign_kept),
 		cmocka_unit_test(test_seccomp_process_vm),

@@ -754,9 +754,8 @@ static void *cancel_victim(void *arg)
 	return NULL;
 }
 
-static void test_cancel_blocked_fault(void **state)
+static void cancel_blocked_fault(struct t_fx *f)
 {
-	struct t_fx *f = *state;
 	struct cancel_arg c = { .umem = f->umem, .p = f->buf };
 	struct uodp_range r;
 	pthread_t t;
@@ -783,6 +782,58 @@ static void test_cancel_blocked_fault(void **state)
 	assert_int_equal(t_fault(f->umem, f->buf, page, UODP_ACCESS_READ), 1);
 	assert_int_equal(uodp_umem_lock(f->umem), 0);
 	assert_int_equal(uodp_umem_unlock(f->umem), 0);
+}
+
+static void test_cancel_blocked_fault(void **state)
+{
+	cancel_blocked_fault(*state);
+}
+
+/*
+ * The same where uodp_umem_map_and_lock() does not disable cancellation
+ * for the whole call (a context that records no frames and does not pin:
+ * nothing on its path is a cancellation point but the waits, which
+ * disable it themselves): the wait on a running invalidation (stripes),
+ * and the wait of a region born during invalidations (period).
+ */
+static void test_cancel_blocked_fault_no_frames(void **state)
+{
+	struct t_fx g;
+
+	(void)state;
+	t_fx_init(&g, 64, UODP_CTX_MANUAL | UODP_CTX_NO_FRAMES);
+	cancel_blocked_fault(&g);
+	t_fx_fini(&g);
+}
+
+static void test_cancel_blocked_fault_born(void **state)
+{
+	struct t_fx g;
+	struct cancel_arg c;
+	struct uodp_range r;
+	pthread_t t;
+	void *ret;
+
+	(void)state;
+	t_fx_init(&g, 64, UODP_CTX_MANUAL | UODP_CTX_NO_FRAMES);
+	t_start(g.ctx, &r, g.buf, 1);
+	/* born while it runs: its faults wait for the period to end */
+	c.umem = t_get(g.ctx, t_pg(g.buf, 8), 8 * page, UODP_ACCESS_ALL);
+	c.p = t_pg(g.buf, 8);
+	atomic_init(&c.result, 12345);
+	t_count_waits();
+	assert_int_equal(pthread_create(&t, NULL, cancel_victim, &c), 0);
+	t_wait_blocked(1);
+	assert_int_equal(pthread_cancel(t), 0);
+	t_let_block(); /* see cancel_blocked_fault() */
+	assert_int_equal(atomic_load(&c.result), 12345);
+	t_end(&r);
+	assert_int_equal(pthread_join(t, &ret), 0);
+	assert_ptr_equal(ret, PTHREAD_CANCELED);
+	assert_int_equal(atomic_load(&c.result), 1);
+	assert_int_equal(t_fault(c.umem, c.p, page, UODP_ACCESS_READ), 1);
+	assert_int_equal(uodp_umem_release(c.umem), 0);
+	t_fx_fini(&g);
 }
 
 /* The same in read_begin, the low-level wait. */
@@ -910,6 +961,8 @@ int main(void)
 		T(test_storm),
 		cmocka_unit_test(test_get_races_destroy),
 		T(test_cancel_blocked_fault),
+		cmocka_unit_test(test_cancel_blocked_fault_no_frames),
+		cmocka_unit_test(test_cancel_blocked_fault_born),
 		T(test_cancel_blocked_begin),
 		cmocka_unit_test(test_cancel_pending_manual),
 	};

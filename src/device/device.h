@@ -49,6 +49,7 @@
 #define UODP_DEVICE_INTERNAL_H
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -91,6 +92,26 @@ static inline uint64_t dpt_get(const struct dpt *t, uint64_t idx)
 	const uint64_t *leaf = t->dir[idx >> DPT_LEAF_SHIFT];
 
 	return leaf ? leaf[idx & (DPT_LEAF_SLOTS - 1)] : 0;
+}
+/*
+ * The word of page @idx read with no lock held: a hint, never a licence
+ * to access. A word that lacks the access needed lets an operation go
+ * straight to its fault (always safe: the fault checks everything again
+ * under the retry protocol, and installing a word that is already there
+ * changes nothing), which saves the access window's pt_lock round trip on
+ * every miss. A word that has it proves nothing: the window takes pt_lock
+ * and reads it again (dpt_get()). Words are stored with atomic stores
+ * (dpt_set(), dpt_clear()) so this read is not a data race; the leaf
+ * pointer pairs with dpt_add_leaf()'s release store.
+ */
+static inline uint64_t dpt_peek(const struct dpt *t, uint64_t idx)
+{
+	const uint64_t *leaf = __atomic_load_n(&t->dir[idx >> DPT_LEAF_SHIFT],
+					       __ATOMIC_ACQUIRE);
+
+	return leaf ? __atomic_load_n(&leaf[idx & (DPT_LEAF_SLOTS - 1)],
+				      __ATOMIC_RELAXED) :
+		      0;
 }
 /*
  * Leaves are allocated with no lock held (the install runs under locks an
@@ -339,6 +360,23 @@ int rcv_copy(void *dst, const void *src, size_t n, uintptr_t lo, uintptr_t hi,
 int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old);
 int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old);
 bool rcv_available(void);
+/*
+ * A device worker's signal mask: every asynchronous signal blocked,
+ * SIGSEGV/SIGBUS (and the other synchronous ones) unblocked. The pool
+ * creates its workers with it (queue.c), so they have it from their
+ * first instruction on.
+ */
+void rcv_worker_sigset(sigset_t *m);
+/*
+ * Called by a device worker thread as it starts: set that mask (again:
+ * it was born with it), read it back and let this thread's guarded
+ * windows skip their rt_sigprocmask() (why that is safe: recover.c). 0
+ * or a negative errno (then the thread keeps paying the system call per
+ * window).
+ */
+int rcv_worker_mask(void);
+/* Test hook: called right before a guarded window's rt_sigprocmask(). */
+extern void (*rcv_test_hook_mask_call)(void);
 
 /* dma.c: true unless a sandbox (seccomp) refuses process_vm_readv. */
 bool dev_pvm_works(void);
@@ -396,6 +434,10 @@ extern void (*dev_test_hook_alloc)(struct uodp_umem *umem);
  * waits for the unfence (fence_mu held: the hook must not call uodp; the
  * unfence cannot complete before the wait has begun). */
 extern void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
+/* ... and by a queue worker first thing, before any start-up of its own
+ * (mask, cancel state, name): a test holds it there to see what the
+ * thread was born with. */
+extern void (*dev_test_hook_worker_start)(void);
 
 /* queue.c */
 void pool_stop(struct uodp_dev *dev);

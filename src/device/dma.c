@@ -294,14 +294,22 @@ static int xfer(struct uodp_dev *dev, struct dop *op, struct dmr *mr,
 			lim = sp->end - cur;
 		if (lim > WINDOW_MAX)
 			lim = WINDOW_MAX;
-		r = window_lock(dev, sp);
-		if (r) {
-			mr_span_put(mr, sp);
-			return r;
+		/* A miss seen without the lock goes straight to its fault
+		 * (dpt_peek()): a first touch pays no window for it. */
+		if ((dpt_peek(&sp->dpt, (cur - sp->start) >> dev->page_shift) &
+		     need) != need) {
+			n = 0;
+		} else {
+			r = window_lock(dev, sp);
+			if (r) {
+				mr_span_put(mr, sp);
+				return r;
+			}
+			n = window_avail(dev, sp, cur, lim, need);
+			if (!n)
+				window_unlock(dev, sp);
 		}
-		n = window_avail(dev, sp, cur, lim, need);
 		if (!n) {
-			window_unlock(dev, sp);
 			fr->mr = mr;
 			fr->sp = sp;
 			fr->va = cur;

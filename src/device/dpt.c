@@ -108,7 +108,7 @@ int dpt_set(struct dpt *t, uint64_t idx, uint64_t word)
 		return -ENOMEM; /* not reserved: the caller's bug */
 	slot = &leaf[idx & (DPT_LEAF_SLOTS - 1)];
 	t->used += !*slot;
-	*slot = word;
+	__atomic_store_n(slot, word, __ATOMIC_RELAXED); /* dpt_peek() */
 	return 0;
 }
 
@@ -137,7 +137,8 @@ uint64_t dpt_clear(struct dpt *t, uint64_t from, uint64_t to)
 		b = to - base < DPT_LEAF_SLOTS ? to - base : DPT_LEAF_SLOTS;
 		for (i = a; i < b; i++) {
 			if (leaf[i]) {
-				leaf[i] = 0;
+				/* atomic for dpt_peek(), which takes no lock */
+				__atomic_store_n(&leaf[i], 0, __ATOMIC_RELAXED);
 				n++;
 			}
 		}

@@ -128,6 +128,8 @@ static void run_fault(struct uodp_dev *dev, struct job *j)
 	enqueue(dev, j, false);
 }
 
+void (*dev_test_hook_worker_start)(void);
+
 static void *worker(void *p)
 {
 	struct worker_arg *a = p;
@@ -138,6 +140,24 @@ static void *worker(void *p)
 	struct job *j;
 
 	free(a);
+	if (dev_test_hook_worker_start)
+		dev_test_hook_worker_start();
+	/* Our thread: its signal mask is ours. It was born with it
+	 * (pool_start_locked()); this reads it back and lets our guarded
+	 * windows skip their rt_sigprocmask() (recover.c). */
+	(void)rcv_worker_mask();
+	/* Nobody cancels a worker (pool_stop() asks it to return and joins
+	 * it), so cancellation is off for good: the engine's own
+	 * disable/restore pair around each fault then finds it off already
+	 * and makes no atomic update of the thread's cancel state. */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+	/* Named, as the monitor's thread is: for ps/gdb, and so tests can
+	 * tell our threads from a sanitizer's. Last, by the thread itself:
+	 * a thread with the name has done its start-up (the creator naming
+	 * it right after pthread_create() showed the name of a thread that
+	 * had not yet run; test_worker_mask read its mask too early). */
+	pthread_setname_np(pthread_self(),
+			   fault ? "uodp-dev-fault" : "uodp-dev-exec");
 	pthread_mutex_lock(&dev->pool_lock);
 	for (;;) {
 		while (!l->head && !dev->pool_stop)
@@ -161,6 +181,7 @@ static int pool_start_locked(struct uodp_dev *dev)
 {
 	unsigned n = dev->nexec + dev->nfault, i;
 	struct worker_arg *a;
+	sigset_t wmask, old;
 	int r = -EAGAIN; /* no thread could be created */
 
 	if (dev->pool_started)
@@ -169,6 +190,15 @@ static int pool_start_locked(struct uodp_dev *dev)
 	if (!dev->threads)
 		return -ENOMEM;
 	dev->pool_stop = false;
+	/* A new thread inherits its creator's mask: create the workers
+	 * with theirs (as notifier.c's start_thread()), so no asynchronous
+	 * signal the caller leaves unblocked reaches a worker before it
+	 * runs, and a worker's kernel mask is right from its first
+	 * instruction, not only once it has been scheduled. The caller's
+	 * asynchronous signals wait meanwhile; its mask is back before we
+	 * return. */
+	rcv_worker_sigset(&wmask);
+	pthread_sigmask(SIG_SETMASK, &wmask, &old);
 	for (i = 0; i < n; i++) {
 		a = malloc(sizeof(*a));
 		if (!a) {
@@ -183,9 +213,11 @@ static int pool_start_locked(struct uodp_dev *dev)
 		}
 		dev->nthreads++;
 	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	dev->pool_started = true;
 	return 0;
 err:
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	dev->pool_started = true; /* let pool_stop join what started */
 	pthread_mutex_unlock(&dev->pool_lock);
 	pool_stop(dev);

@@ -54,7 +54,8 @@
  *
  * Cost (see docs/DEVICE.md): sigsetjmp without saving the mask, two
  * thread-local stores and one rt_sigprocmask() (two when the caller had
- * one of the signals blocked).
+ * one of the signals blocked; none on the device's own worker threads,
+ * see rcv_worker_mask()).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -99,6 +100,10 @@ struct rcv_nest {
 };
 
 static RCV_TLS struct rcv_window *volatile rcv_cur;
+/* This thread is a device worker whose mask rcv_worker_mask() set: the
+ * windows skip their rt_sigprocmask() (see rcv_worker_mask()). */
+static RCV_TLS bool rcv_mask_known;
+void (*rcv_test_hook_mask_call)(void);
 static RCV_TLS struct rcv_nest rcv_nesting[2];
 static struct rcv_prev rcv_prevs[2];
 static pthread_mutex_t rcv_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -244,9 +249,9 @@ bool rcv_available(void)
  * blocks SIGSEGV/SIGBUS is not delivered to any handler: the kernel resets
  * the disposition to the default and kills the process. Threads often
  * block every signal (the "block all in main, sigwait in one thread"
- * design, inherited by every thread created later, the device's workers
- * included), so each window unblocks the two signals for its duration and
- * puts the caller's mask back after it. One rt_sigprocmask() per window
+ * design, inherited by every thread created later), so each window on an
+ * application thread unblocks the two signals for its duration and puts
+ * the caller's mask back after it. One rt_sigprocmask() per window
  * when neither was blocked (the mask comes back with the unblock), two
  * when one was. After a jump out of the handler the mask is whatever the
  * delivery left (ours asks for SA_NODEFER, but a wrapper in front of it,
@@ -262,9 +267,74 @@ static void rcv_segvbus_init(void)
 	sigaddset(&rcv_segvbus, SIGBUS);
 }
 
+/*
+ * The device's own worker threads (queue.c) are the exception: their mask
+ * is set once, when they start, and no one else can change it, so their
+ * windows skip the system call. Why no one else can:
+ *  - a thread's mask changes only by its own sigprocmask()/
+ *    pthread_sigmask()/sigsuspend()/pselect-style calls, by a signal
+ *    handler's delivery and return, or by siglongjmp() with a saved mask;
+ *    no other thread can change it;
+ *  - the code a worker runs is the device's, the engine's and the C
+ *    library's: requests (dma.c), faults (uodp_umem_map_and_lock()), the
+ *    context's callbacks, which are the device's own (dev.c: invalidate,
+ *    fence, unfence; a shared context belongs to a device group too), and
+ *    implicit children's creation and trim (engine registration, calloc'ed
+ *    page-table directories, so no munmap() through the hooks library's
+ *    wrappers, whose in-thread invalidations are the only path by which
+ *    another context's callback could run on a thread of ours). None of it
+ *    touches the mask except these windows;
+ *  - asynchronous signals are blocked on workers (from their creation,
+ *    queue.c's pool_start_locked(), and again here), so no
+ *    application handler for them runs there; the synchronous ones it
+ *    cannot block (SIGSEGV/SIGBUS must stay deliverable, and a SIGSEGV/
+ *    SIGBUS sent with kill() goes to the application's handler through
+ *    rcv_chain()) run a handler that either returns, and the kernel puts
+ *    the worker's mask back from the signal frame, or ends the process,
+ *    or jumps: only to a jump point on this thread, and the only ones on
+ *    a worker are our windows', after which the window unblocks the two
+ *    signals again (rcv_mask_after_jump()). A handler that rewrites the
+ *    mask in its signal frame (uc_sigmask) of a thread it does not own is
+ *    outside what any library can defend against.
+ * Test: test_worker_mask (test_dev_hostile.c).
+ */
+void rcv_worker_sigset(sigset_t *m)
+{
+	/* As the monitor's thread (notifier.c): the synchronous ones stay
+	 * as they are, a crash in our code keeps its default handling. */
+	static const int sync_sigs[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+					 SIGTRAP, SIGSYS, SIGABRT };
+	size_t i;
+
+	sigfillset(m);
+	for (i = 0; i < sizeof(sync_sigs) / sizeof(sync_sigs[0]); i++)
+		sigdelset(m, sync_sigs[i]);
+}
+
+int rcv_worker_mask(void)
+{
+	sigset_t m, now;
+	int r;
+
+	rcv_worker_sigset(&m);
+	r = pthread_sigmask(SIG_SETMASK, &m, NULL);
+	if (r)
+		return -r;
+	/* Trust what the kernel has, not what we asked for. */
+	if (pthread_sigmask(SIG_BLOCK, NULL, &now))
+		return -EINVAL;
+	rcv_mask_known = !sigismember(&now, SIGSEGV) &&
+			 !sigismember(&now, SIGBUS);
+	return 0;
+}
+
 /* Unblock; true when the caller's mask must be put back after. */
 static inline bool rcv_mask_enter(sigset_t *saved)
 {
+	if (rcv_mask_known)
+		return false; /* a worker: unblocked since it started */
+	if (rcv_test_hook_mask_call)
+		rcv_test_hook_mask_call();
 	if (pthread_sigmask(SIG_UNBLOCK, &rcv_segvbus, saved))
 		return false;
 	return sigismember(saved, SIGSEGV) || sigismember(saved, SIGBUS);
@@ -273,6 +343,18 @@ static inline bool rcv_mask_enter(sigset_t *saved)
 static inline void rcv_mask_leave(const sigset_t *saved, bool restore)
 {
 	if (restore)
+		pthread_sigmask(SIG_SETMASK, saved, NULL);
+}
+
+/* After a jump out of the handler: the delivery may have left the signal
+ * blocked (see above), so put back the caller's mask, or on a worker
+ * (nothing saved) unblock the two again. An error path: the system call
+ * does not matter here. */
+static inline void rcv_mask_after_jump(const sigset_t *saved)
+{
+	if (rcv_mask_known)
+		pthread_sigmask(SIG_UNBLOCK, &rcv_segvbus, NULL);
+	else
 		pthread_sigmask(SIG_SETMASK, saved, NULL);
 }
 
@@ -341,7 +423,7 @@ int rcv_copy(void *dst, const void *src, size_t n, uintptr_t lo, uintptr_t hi,
 	RCV_ENTER(w, lo, hi, lo2, hi2, saved, restore);
 	if (sigsetjmp(w.jb, 0)) {
 		rcv_cur = NULL;
-		pthread_sigmask(SIG_SETMASK, &saved, NULL);
+		rcv_mask_after_jump(&saved);
 		*fault_va = w.fault_addr;
 		return -EFAULT;
 	}
@@ -377,7 +459,7 @@ int rcv_fetch_add(uint64_t *p, uint64_t add, uint64_t *old)
 		  restore);
 	if (sigsetjmp(w.jb, 0)) {
 		rcv_cur = NULL;
-		pthread_sigmask(SIG_SETMASK, &saved, NULL);
+		rcv_mask_after_jump(&saved);
 		return -EFAULT;
 	}
 	w.armed = 1;
@@ -407,7 +489,7 @@ int rcv_cmp_swap(uint64_t *p, uint64_t cmp, uint64_t swap, uint64_t *old)
 		  restore);
 	if (sigsetjmp(w.jb, 0)) {
 		rcv_cur = NULL;
-		pthread_sigmask(SIG_SETMASK, &saved, NULL);
+		rcv_mask_after_jump(&saved);
 		return -EFAULT;
 	}
 	w.armed = 1;

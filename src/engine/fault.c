@@ -484,8 +484,8 @@ UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
 	struct window w;
 	uint64_t first, end;
 	int64_t r, seq;
-	bool held;
-	int cs;
+	bool held, quiet;
+	int cs = 0;
 
 	r = map_check(umem, addr, len, access, &first, &end);
 	if (r)
@@ -493,7 +493,21 @@ UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
 	deadline_init(&dl, timeout_ms);
 	w.a = umem_page(umem, first);
 	w.b = umem_page(umem, end);
-	cs = nocancel_begin();
+	/*
+	 * No cancellation inside (nocancel_begin()), at the price of two
+	 * atomic operations on the thread's cancel state, paid only where a
+	 * cancellation point can be reached. fault_begin()'s waits disable it
+	 * themselves, and so does the notifier's slow prepare (it reads
+	 * /proc/self/maps; its fast path reaches none). What is left may
+	 * reach one only where frames are read (pread of pagemap, and a frame
+	 * change runs the driver's callbacks) or pages pinned: other contexts
+	 * (every device's: UODP_CTX_NO_FRAMES) populate, lock and install
+	 * with no cancellation point, and skip the pair, as a manual
+	 * context's uodp_umem_get() does.
+	 */
+	quiet = !umem->ctx->pagemap_pfns && !(umem->ctx->flags & UODP_CTX_PIN);
+	if (!quiet)
+		cs = nocancel_begin();
 	for (;;) {
 		seq = fault_begin(umem, w.a, w.b, &dl);
 		if (seq < 0) {
@@ -529,6 +543,7 @@ UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
 			break;
 		}
 	}
-	nocancel_end(cs);
+	if (!quiet)
+		nocancel_end(cs);
 	return r;
 }

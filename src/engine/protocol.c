@@ -82,11 +82,14 @@ static int wait_ready(struct uodp_umem *umem, struct deadline *dl)
 {
 	const struct timespec *deadline;
 	struct uodp_ctx *ctx = umem->ctx;
-	int r = 0;
+	int r = 0, cs;
 
 	if (umem_ready(umem))
 		return 0;
 	deadline = deadline_at(dl); /* waiting starts the clock */
+	/* A condition wait is a cancellation point: not in the library
+	 * (uodp_umem_map_and_lock() may not have disabled it). */
+	cs = nocancel_begin();
 	pthread_mutex_lock(&ctx->inv_lock);
 	while (!umem_ready(umem) && !atomic_load(&umem->dying)) {
 		if (engine_test_hook_before_wait)
@@ -103,6 +106,7 @@ static int wait_ready(struct uodp_umem *umem, struct deadline *dl)
 		r = 0;
 	}
 	pthread_mutex_unlock(&ctx->inv_lock);
+	nocancel_end(cs);
 	return r;
 }
 
@@ -128,8 +132,8 @@ int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
 		    struct deadline *deadline)
 {
 	uint64_t seq;
-	bool busy;
-	int r;
+	bool busy, waited = false;
+	int r, cs = 0;
 
 	r = wait_ready(umem, deadline);
 	if (r)
@@ -143,6 +147,11 @@ int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
 		seq = stripes_seq_locked(umem, a, b, &busy);
 		if (!busy)
 			break;
+		/* A condition wait is a cancellation point (see wait_ready());
+		 * restored once the lock is dropped. */
+		if (!waited)
+			cs = nocancel_begin();
+		waited = true;
 		if (engine_test_hook_before_wait)
 			engine_test_hook_before_wait(umem);
 		r = ulock_wait(&umem->lock, &umem->idle, deadline_at(deadline));
@@ -153,6 +162,8 @@ int64_t fault_begin(struct uodp_umem *umem, uint64_t a, uint64_t b,
 		r = 0;
 	}
 	ulock_unlock(&umem->lock);
+	if (waited)
+		nocancel_end(cs);
 	return r ? r : (int64_t)seq;
 }
 

@@ -35,6 +35,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "lib/lock.h"
 #include "notifier/nf.h"
 #include "notifier/nf_icpt.h"
 
@@ -927,6 +928,7 @@ int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end,
 		bool *settled)
 {
 	uint64_t e = atomic_load(&nf.epoch);
+	int r, cs;
 
 	if (settled)
 		*settled = false;
@@ -936,7 +938,14 @@ int unf_prepare(struct unf_sub *sub, uint64_t start, uint64_t end,
 		return 0;
 	if (start >= end || atomic_load(&sub->detached))
 		return 0;
-	return nf_prepare_slow(start, end, settled);
+	/* The slow path reads /proc/self/maps and may wait on the monitor:
+	 * cancellation points, not to be acted on inside the library. The
+	 * fast path above reaches none, and a fault through it pays no pair
+	 * (uodp_umem_map_and_lock() leaves this to us). */
+	cs = nocancel_begin();
+	r = nf_prepare_slow(start, end, settled);
+	nocancel_end(cs);
+	return r;
 }
 
 void unf_get_stats(struct unf_stats *out)
