@@ -48,15 +48,36 @@
 #ifndef UODP_DEVICE_INTERNAL_H
 #define UODP_DEVICE_INTERNAL_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "engine/callback.h" /* callback_check(): see mr.c, dev.c */
 #include "uodp.h"
 #include "uodp_dev.h"
+
+/*
+ * -EDEADLK when the calling thread is inside a driver callback of any
+ * engine context and the operation may not run there: checked once before
+ * an operation that changes device state and then makes engine calls the
+ * engine would refuse half way (a deregistration whose uodp_umem_release()
+ * fails after the key is gone: mr.c), or before a wait the callback could
+ * be blocking (dev.c, queue.c). @release_ok: the operation only registers
+ * and releases regions, which a deferred callback (UODP_CTX_DEFERRED) may
+ * do. Through the engine's public uodp_in_callback() only: the device
+ * includes no engine-internal header (tests/check-layers.sh).
+ */
+static inline int callback_check(bool release_ok)
+{
+	int cb = uodp_in_callback();
+
+	if (cb == UODP_CALLBACK_LOCKED ||
+	    (cb == UODP_CALLBACK_DEFERRED && !release_ok))
+		return -EDEADLK;
+	return 0;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Device page table (dpt.c)                                                 */
