@@ -375,7 +375,8 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  * uodp_umem_unlock(). On error the lock is not held.
  *
  * @timeout_ms bounds the time spent waiting for and colliding with
- * invalidations, counted from the call (0: one attempt;
+ * invalidations, counted from the call on CLOCK_MONOTONIC (a step of the
+ * wall clock neither lengthens nor cuts it; 0: one attempt;
  * UODP_TIMEOUT_INFINITE: no bound).
  *
  * Errors:

@@ -428,7 +428,8 @@ UODP_API int uodp_dev_poll(struct uodp_dev_queue *q, struct uodp_dev_wc *wc,
 /*
  * As uodp_dev_poll() but wait up to @timeout_ms (-1: forever) for at least
  * one completion. Returns 0 on timeout, and 0 at once when the queue holds
- * no request at all. -EDEADLK when it would wait forever from an
+ * no request at all. The timeout is measured on CLOCK_MONOTONIC (a step of
+ * the wall clock neither lengthens nor cuts it). -EDEADLK when it would wait forever from an
  * invalidation callback (not a UODP_CTX_DEFERRED one): see
  * uodp_dev_queue_destroy().
  */

@@ -54,6 +54,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "uodp.h"
 #include "uodp_dev.h"
@@ -417,6 +418,20 @@ extern void (*dev_test_hook_alloc)(struct uodp_umem *umem);
  * waits for the unfence (fence_mu held: the hook must not call uodp; the
  * unfence cannot complete before the wait has begun). */
 extern void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
+
+/*
+ * Timed waits (dev.c). Every bounded wait of the device (today:
+ * uodp_dev_poll_wait()) measures its bound on CLOCK_MONOTONIC, never on
+ * the wall clock: a settimeofday() or NTP step must neither lengthen nor
+ * cut a wait. pthread_cond_timedwait() takes its deadline on the clock of
+ * the condition variable's attributes (CLOCK_REALTIME by default), so the
+ * two go together: a condition variable that is waited on with a timeout
+ * is created by dev_cond_init_timed(), and its deadline computed by
+ * dev_deadline(). 0 or -ENOMEM.
+ */
+int dev_cond_init_timed(pthread_cond_t *c);
+/* now + @ms on CLOCK_MONOTONIC; @ms >= 0 */
+void dev_deadline(struct timespec *ts, int ms);
 
 /* queue.c */
 void pool_stop(struct uodp_dev *dev);
