@@ -569,13 +569,14 @@ UODP_API const char *uodp_dev_strerror(int err)
 		return "success";
 	case -EINVAL:
 		return "invalid argument: NULL pointer, unknown flag or opcode, "
-		       "misaligned atomic address, or a range that wraps or "
-		       "leaves the address space";
+		       "misaligned atomic address, or a range to register "
+		       "that wraps or leaves the address space";
 	case -ENOENT:
 		return "no region has this key (never registered, or "
 		       "deregistered)";
 	case -ERANGE:
-		return "the range is not inside the key's region";
+		return "the range is not inside the key's region (or wraps "
+		       "around)";
 	case -EPERM:
 		return "the key's rights do not allow the operation";
 	case -EFAULT:
