@@ -32,6 +32,8 @@
 #include "uodp.h"
 #include "uodp_dev.h"
 
+#include "helpers_dev.h" /* t_hold */
+
 #define VA(p) ((uint64_t)(uintptr_t)(p))
 /* the bound waited for: long enough to tell from an immediate return
  * (microseconds) on any machine, short enough for the suite */
@@ -76,14 +78,12 @@ static void test_step_seen(void **state)
  * went back a day. (On CLOCK_REALTIME it returned at once: the deadline
  * was a day old for the kernel.) */
 extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
-static atomic_int hold, in_hook;
+static struct t_hold hold;
 
 static void hold_hook(struct uodp_umem *umem)
 {
 	(void)umem;
-	atomic_store(&in_hook, 1);
-	while (atomic_load(&hold))
-		usleep(1000);
+	t_hold_here(&hold);
 }
 
 static void test_poll_wait_monotonic(void **state)
@@ -108,7 +108,7 @@ static void test_poll_wait_monotonic(void **state)
 	assert_int_equal(
 		uodp_dev_reg_mr(dev, VA(p), ps, UODP_DEV_ACCESS_ALL, &key), 0);
 	assert_int_equal(uodp_dev_queue_create(dev, 4, &q), 0);
-	atomic_store(&hold, 1);
+	t_hold_close(&hold);
 	dev_test_hook_before_install = hold_hook;
 	wr.opcode = UODP_DEV_OP_READ;
 	wr.key = key;
@@ -117,8 +117,7 @@ static void test_poll_wait_monotonic(void **state)
 	wr.buf = b;
 	wr.wr_id = 7;
 	assert_int_equal(uodp_dev_post(q, &wr), 0);
-	while (!atomic_load(&in_hook))
-		usleep(1000);
+	t_hold_wait_in(&hold);
 
 	atomic_store(&realtime_step, 1);
 	t0 = mono_ms();
@@ -127,7 +126,7 @@ static void test_poll_wait_monotonic(void **state)
 	atomic_store(&realtime_step, 0);
 	assert_true(t1 - t0 >= BOUND_MS);
 
-	atomic_store(&hold, 0);
+	t_hold_release(&hold);
 	assert_int_equal(uodp_dev_poll_wait(q, &wc, 1, 10000), 1);
 	dev_test_hook_before_install = NULL;
 	assert_int_equal(wc.wr_id, 7);
