@@ -249,6 +249,28 @@ UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx);
 UODP_API bool uodp_ctx_sync(const struct uodp_ctx *ctx);
 
 /*
+ * Whether the calling thread is inside a driver callback (of any
+ * context), and of which kind:
+ *  0                       not in a callback;
+ *  UODP_CALLBACK_LOCKED    an invalidate, fence or unfence the engine calls
+ *                          with its locks held: every call below that lists
+ *                          EDEADLK for a callback fails there;
+ *  UODP_CALLBACK_DEFERRED  the invalidate callback of a UODP_CTX_DEFERRED
+ *                          context (no uodp lock held): uodp_umem_get() and
+ *                          uodp_umem_release() are allowed, the others that
+ *                          list EDEADLK for a callback still fail.
+ * For a layer above the engine whose one operation makes several engine
+ * calls (a device deregistering a key, then releasing its regions): it asks
+ * once, before it changes anything, and refuses the whole operation rather
+ * than fail half way. The state is the thread's (a callback of one context
+ * is a callback for all). One thread-local load; never blocks.
+ * Errors: none.
+ */
+#define UODP_CALLBACK_LOCKED 1
+#define UODP_CALLBACK_DEFERRED 2
+UODP_API int uodp_in_callback(void);
+
+/*
  * Whether contexts on the kernel monitor (created without
  * UODP_CTX_MANUAL) can watch memory in this process now: registers one
  * region of a fresh anonymous page on a context of its own, releases it,
@@ -353,7 +375,8 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  * uodp_umem_unlock(). On error the lock is not held.
  *
  * @timeout_ms bounds the time spent waiting for and colliding with
- * invalidations, counted from the call (0: one attempt;
+ * invalidations, counted from the call on CLOCK_MONOTONIC (a step of the
+ * wall clock neither lengthens nor cuts it; 0: one attempt;
  * UODP_TIMEOUT_INFINITE: no bound).
  *
  * Errors:

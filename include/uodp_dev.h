@@ -40,12 +40,14 @@
  *    the message); engine errors that mean something else here are
  *    translated before they are returned:
  *      -EINVAL  NULL device or pointer argument, unknown flag or opcode,
- *               misaligned atomic address, a range that wraps or leaves
- *               the user address space;
+ *               misaligned atomic address, a range to register that
+ *               wraps or leaves the user address space (the engine's
+ *               -ERANGE there);
  *      -ENOENT  no region has this key (never registered, or
  *               deregistered: a dead key stays dead, it is never issued
  *               again by the device);
- *      -ERANGE  the range is not inside the key's region;
+ *      -ERANGE  the range of an operation is not inside the key's region
+ *               (a range that wraps around the address space included);
  *      -EPERM   the key's rights do not allow the operation (and nothing
  *               else: a forbidden userfaultfd is -ENOSYS here);
  *      -EFAULT  memory in the range is not mapped by the process (or was
@@ -277,8 +279,9 @@ UODP_API int uodp_dev_copy(struct uodp_dev *dev, uint32_t dst_key,
  * @swap only when the value equals @compare. The guarded instruction works
  * whatever the calling thread's signal mask (SIGSEGV/SIGBUS are unblocked
  * while it runs).
- * Errors: as a write, without -ENOSYS (-EACCES for memory the process may
- * not write, -EFAULT for a hole or a file page past its end).
+ * Errors: as a write (-EACCES for memory the process may not write,
+ * -EFAULT for a hole or a file page past its end), but -ENOSYS only from
+ * userfaultfd (the guarded instruction needs no process_vm_*).
  */
 UODP_API int uodp_dev_fetch_add(struct uodp_dev *dev, uint32_t key, uint64_t va,
 				uint64_t add, uint64_t *old);
@@ -431,9 +434,10 @@ UODP_API int uodp_dev_poll(struct uodp_dev_queue *q, struct uodp_dev_wc *wc,
 /*
  * As uodp_dev_poll() but wait up to @timeout_ms (-1: forever) for at least
  * one completion. Returns 0 on timeout, and 0 at once when the queue holds
- * no request at all. -EDEADLK when it would wait forever from an
- * invalidation callback (not a UODP_CTX_DEFERRED one): see
- * uodp_dev_queue_destroy().
+ * no request at all. The timeout is measured on CLOCK_MONOTONIC (a step of
+ * the wall clock neither lengthens nor cuts it). -EDEADLK when it would
+ * wait forever from an invalidation callback (not a UODP_CTX_DEFERRED
+ * one): see uodp_dev_queue_destroy().
  */
 UODP_API int uodp_dev_poll_wait(struct uodp_dev_queue *q,
 				struct uodp_dev_wc *wc, int max,

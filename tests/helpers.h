@@ -853,4 +853,15 @@ static inline int t_in_child(void (*fn)(void *), void *arg, char *err,
 	return status;
 }
 
+/* t_in_child(), and fail (with what the child wrote to stderr) unless it
+ * exited 0. */
+static inline void t_child_ok(void (*fn)(void *), void *arg)
+{
+	char err[512];
+	int st = t_in_child(fn, arg, err, sizeof(err));
+
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail_msg("child failed (status %#x): %s", st, err);
+}
+
 #endif

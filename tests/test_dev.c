@@ -149,6 +149,88 @@ static void test_open_args(void **state)
 	assert_string_equal(uodp_dev_opcode_name(0), "?");
 }
 
+/* A range that wraps around the address space: -EINVAL at registration
+ * (the engine's -ERANGE of a range leaving the user address space is
+ * translated too), -ERANGE for every operation and for a post (it is not
+ * inside the key's region), as uodp_dev.h's conventions and the man pages
+ * say; nothing runs (the counters stay). */
+static void test_wrapping_ranges(void **state)
+{
+	struct fx *f = *state;
+	uint64_t top = UINT64_MAX - 7; /* 8-byte aligned, +8 wraps to 0 */
+	struct uodp_dev_queue *q;
+	struct uodp_dev_wr wr = { 0 };
+	struct uodp_dev_stats before, after;
+	uint32_t k, ik;
+	uint64_t old;
+	uint8_t st[4];
+	char b[16];
+
+	/* registration: wraps, rounding up wraps, leaves user space */
+	assert_int_equal(uodp_dev_reg_mr(f->dev, VA(f->buf), UINT64_MAX,
+					 UODP_DEV_ACCESS_READ, &k),
+			 -EINVAL);
+	assert_int_equal(uodp_dev_reg_mr(f->dev, UINT64_MAX - 1, 1,
+					 UODP_DEV_ACCESS_READ, &k),
+			 -EINVAL);
+	assert_int_equal(uodp_dev_reg_mr(f->dev, (uint64_t)1 << 62, PS,
+					 UODP_DEV_ACCESS_READ, &k),
+			 -EINVAL);
+	assert_int_equal(
+		uodp_dev_reg_implicit_mr(f->dev, UODP_DEV_ACCESS_ALL, &ik), 0);
+	assert_int_equal(uodp_dev_queue_create(f->dev, 4, &q), 0);
+	before = stats(f->dev);
+
+	/* operations: va inside the region, va + len wraps */
+	assert_int_equal(uodp_dev_read(f->dev, f->key, VA(f->buf) + PS, b,
+				       UINT64_MAX),
+			 -ERANGE);
+	assert_int_equal(uodp_dev_write(f->dev, f->key, VA(f->buf) + PS, b,
+					UINT64_MAX),
+			 -ERANGE);
+	assert_int_equal(uodp_dev_copy(f->dev, f->key, VA(f->buf) + PS, f->key,
+				       VA(f->buf), UINT64_MAX - PS),
+			 -ERANGE);
+	assert_int_equal(uodp_dev_copy(f->dev, f->key, VA(f->buf), f->key,
+				       VA(f->buf) + PS, UINT64_MAX - PS),
+			 -ERANGE);
+	assert_int_equal(uodp_dev_prefetch(f->dev, f->key, VA(f->buf) + PS,
+					   UINT64_MAX, 0),
+			 -ERANGE);
+	assert_int_equal(uodp_dev_snapshot(f->dev, f->key, VA(f->buf) + PS,
+					   UINT64_MAX, st),
+			 -ERANGE);
+	assert_int_equal(uodp_dev_read(f->dev, ik, PS, b, UINT64_MAX), -ERANGE);
+	/* atomics: the last aligned word of the address space */
+	assert_int_equal(uodp_dev_fetch_add(f->dev, ik, top, 1, &old), -ERANGE);
+	assert_int_equal(uodp_dev_cmp_swap(f->dev, ik, top, 0, 1, &old),
+			 -ERANGE);
+	/* a post is refused, not completed */
+	wr.opcode = UODP_DEV_OP_READ;
+	wr.key = f->key;
+	wr.va = VA(f->buf) + PS;
+	wr.len = UINT64_MAX;
+	wr.buf = b;
+	assert_int_equal(uodp_dev_post(q, &wr), -ERANGE);
+	wr.opcode = UODP_DEV_OP_FETCH_ADD;
+	wr.key = ik;
+	wr.va = top;
+	assert_int_equal(uodp_dev_post(q, &wr), -ERANGE);
+	assert_int_equal(uodp_dev_poll(q, NULL, 0), 0);
+
+	after = stats(f->dev);
+	assert_int_equal(after.ops, before.ops);
+	assert_int_equal(after.async_posted, before.async_posted);
+	/* 10: the operations and posts (a snapshot counts no error) */
+	assert_int_equal(after.err_range, before.err_range + 10);
+	assert_int_equal(uodp_dev_mr_children(f->dev, ik), 0);
+	/* the messages say so */
+	assert_non_null(strstr(uodp_dev_strerror(-ERANGE), "wraps"));
+	assert_non_null(strstr(uodp_dev_strerror(-EINVAL), "to register"));
+	assert_int_equal(uodp_dev_queue_destroy(q), 0);
+	assert_int_equal(uodp_dev_dereg_mr(f->dev, ik), 0);
+}
+
 static void test_key_errors(void **state)
 {
 	struct fx *f = *state;
@@ -1345,6 +1427,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_open_args),
+		cmocka_unit_test_setup_teardown(test_wrapping_ranges, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_key_errors, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_anon_read_write, setup,

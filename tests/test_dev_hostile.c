@@ -31,9 +31,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
 #include <setjmp.h>
 #include <pthread.h>
@@ -48,7 +45,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -59,37 +55,17 @@
 #include "uodp.h"
 #include "uodp_dev.h"
 
+#include "helpers_dev.h" /* T_DEV_CHECK, t_dev_in_child, t_hold */
+#include "sandbox.h"	 /* t_sandbox_deny */
+
 #define VA(p) ((uint64_t)(uintptr_t)(p))
 
 static size_t PS;
 
-/* In a child: exit with @code unless @cond holds (the line is printed). */
-#define CHECK(cond, code)                                               \
-	do {                                                            \
-		if (!(cond)) {                                          \
-			fprintf(stderr, "child: %s:%d: %s\n", __FILE__, \
-				__LINE__, #cond);                       \
-			_exit(code);                                    \
-		}                                                       \
-	} while (0)
-
-/* Run @fn(@arg) in a child; fail unless it exits 0. */
-static void in_child(void (*fn)(unsigned), unsigned arg)
-{
-	int st;
-	pid_t pid = fork();
-
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		fn(arg);
-		_exit(0);
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	if (WIFSIGNALED(st))
-		fail_msg("child killed by signal %d", WTERMSIG(st));
-	if (WEXITSTATUS(st))
-		fail_msg("child failed with %d", WEXITSTATUS(st));
-}
+/* In a child: exit with @code unless @cond holds (the line is printed);
+ * run a child to its end. Short names of helpers_dev.h's, used throughout. */
+#define CHECK(cond, code) T_DEV_CHECK(cond, code)
+#define in_child(fn, arg) t_dev_in_child(fn, arg)
 
 static char *map_anon(size_t len, int prot)
 {
@@ -545,24 +521,10 @@ static void test_sig_ign_kept(void **state)
 
 static int forbid_process_vm(void)
 {
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_readv, 2,
-			 0),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_writev, 1,
-			 0),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & 0xffff)),
-	};
-	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
-				   .filter = f };
+	static const long nr[] = { __NR_process_vm_readv,
+				   __NR_process_vm_writev };
 
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
-		return -errno;
-	if (syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog))
-		return -errno;
-	return 0;
+	return t_sandbox_deny(nr, 2, 0);
 }
 
 /* @late: the sandbox comes after uodp_dev_open(). */
@@ -621,19 +583,6 @@ static void test_seccomp_process_vm(void **state)
  * through it fails -ENOSYS (uodp_dev.h), not once but each time. */
 static void register_denied_child(unsigned arg)
 {
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, args[1])),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)UFFDIO_REGISTER,
-			 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & 0xffff)),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
-				   .filter = f };
 	struct uodp_dev *dev = NULL;
 	struct uodp_dev_attr a = { .flags = 0 }; /* the kernel monitor */
 	char *p = map_anon(4 * PS, PROT_READ | PROT_WRITE), b[8];
@@ -641,8 +590,7 @@ static void register_denied_child(unsigned arg)
 
 	(void)arg;
 	CHECK(p, 2);
-	CHECK(!prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 3);
-	CHECK(!syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), 4);
+	CHECK(!t_sandbox_deny(NULL, 0, UFFDIO_REGISTER), 4);
 	CHECK(!uodp_dev_open(&a, &dev), 5);
 	CHECK(uodp_dev_reg_mr(dev, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL, &k) ==
 		      -ENOSYS,
@@ -658,19 +606,6 @@ static void register_denied_child(unsigned arg)
  * key's hole since) fails -ENOSYS too, never -EPERM (the key's rights). */
 static void register_denied_late_child(unsigned arg)
 {
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, args[1])),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)UFFDIO_REGISTER,
-			 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & 0xffff)),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
-				   .filter = f };
 	struct uodp_dev *dev = NULL;
 	struct uodp_dev_attr a = { .flags = 0 }; /* the kernel monitor */
 	/* [0, 4) the explicit key (pages 2-3 a hole until the sandbox),
@@ -687,8 +622,7 @@ static void register_denied_late_child(unsigned arg)
 	      5);
 	CHECK(!uodp_dev_reg_implicit_mr(dev, UODP_DEV_ACCESS_ALL, &ki), 6);
 	CHECK(!uodp_dev_read(dev, ki, VA(p + 5 * PS), b, 8), 7);
-	CHECK(!prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 8);
-	CHECK(!syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog), 9);
+	CHECK(!t_sandbox_deny(NULL, 0, UFFDIO_REGISTER), 9);
 	CHECK(mmap(p + 2 * PS, 2 * PS, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
 		   0) == p + 2 * PS,
@@ -807,14 +741,12 @@ static void test_truncated_file(void **state)
 /* 12: cancellation                                                          */
 
 extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
-static atomic_int cancel_hold, cancel_in_hook;
+static struct t_hold cancel_hold;
 
 static void cancel_hook(struct uodp_umem *umem)
 {
 	(void)umem;
-	atomic_store(&cancel_in_hook, 1);
-	while (atomic_load(&cancel_hold))
-		usleep(1000);
+	t_hold_here(&cancel_hold);
 }
 
 static void *cancel_poller(void *arg)
@@ -842,7 +774,7 @@ static void cancel_child(unsigned flags)
 	CHECK(dev && p, 2);
 	CHECK(!uodp_dev_reg_mr(dev, VA(p), 4 * PS, UODP_DEV_ACCESS_ALL, &k), 3);
 	CHECK(!uodp_dev_queue_create(dev, 4, &q), 4);
-	atomic_store(&cancel_hold, 1);
+	t_hold_close(&cancel_hold);
 	dev_test_hook_before_install = cancel_hook;
 	wr.opcode = UODP_DEV_OP_READ;
 	wr.key = k;
@@ -850,13 +782,12 @@ static void cancel_child(unsigned flags)
 	wr.len = 8;
 	wr.buf = b;
 	CHECK(!uodp_dev_post(q, &wr), 5);
-	while (!atomic_load(&cancel_in_hook))
-		usleep(1000);
+	t_hold_wait_in(&cancel_hold);
 	CHECK(!pthread_create(&t, NULL, cancel_poller, q), 6);
 	usleep(50000); /* let it block in the wait */
 	CHECK(!pthread_cancel(t), 7);
 	usleep(50000);
-	atomic_store(&cancel_hold, 0); /* the request completes */
+	t_hold_release(&cancel_hold); /* the request completes */
 	CHECK(!pthread_join(t, &ret), 8);
 	dev_test_hook_before_install = NULL;
 	/* the queue still works: its lock was not left held */

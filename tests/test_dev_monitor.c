@@ -40,7 +40,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "helpers.h" /* t_skip, t_skip_program, t_run */
+#include "helpers.h"	 /* t_skip, t_skip_program, t_run */
+#include "helpers_dev.h" /* T_DEV_CHECK, t_dev_in_child, t_hold */
 #include "uodp_dev.h"
 
 #define VA(p) ((uint64_t)(uintptr_t)(p))
@@ -513,7 +514,8 @@ static void test_implicit_watches_what_it_faults(void **state)
  */
 extern void (*dev_test_hook_before_install)(struct uodp_umem *umem);
 extern void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
-static atomic_int fc_hold, fc_in_hook, fc_in_fence;
+static struct t_hold fc_hold;
+static atomic_int fc_in_fence;
 static atomic_int fc_status = 1;
 
 struct fc_arg {
@@ -525,9 +527,7 @@ struct fc_arg {
 static void fc_hook(struct uodp_umem *umem)
 {
 	(void)umem;
-	atomic_store(&fc_in_hook, 1);
-	while (atomic_load(&fc_hold))
-		sched_yield(); /* not a cancellation point */
+	t_hold_here(&fc_hold);
 }
 
 /* B is about to wait for the unfence, which cannot come before A goes
@@ -561,16 +561,7 @@ static void *fc_reader(void *argp)
 	return NULL;
 }
 
-#define FC_CHECK(cond, code)                                              \
-	do {                                                              \
-		if (!(cond)) {                                            \
-			fprintf(stderr, "child: line %d: %s\n", __LINE__, \
-				#cond);                                   \
-			_exit(code);                                      \
-		}                                                         \
-	} while (0)
-
-static void fence_cancel_child(void)
+static void fence_cancel_child(unsigned arg)
 {
 	struct uodp_dev_attr at = { .flags = UODP_DEV_STRICT };
 	struct uodp_dev *dev = NULL;
@@ -583,64 +574,52 @@ static void fence_cancel_child(void)
 	void *ret;
 	char b[8];
 
+	(void)arg;
 	alarm(20); /* a hang is the failure */
-	FC_CHECK(p1 != MAP_FAILED && p2 != MAP_FAILED, 2);
+	T_DEV_CHECK(p1 != MAP_FAILED && p2 != MAP_FAILED, 2);
 	memset(p1, 1, 8 * PS);
 	memset(p2, 2, 4 * PS);
-	FC_CHECK(!uodp_dev_open(&at, &dev), 3);
+	T_DEV_CHECK(!uodp_dev_open(&at, &dev), 3);
 	a1 = (struct fc_arg){ dev, 0, p1 };
 	a2 = (struct fc_arg){ dev, 0, p2 };
-	FC_CHECK(!uodp_dev_reg_mr(dev, VA(p1), 8 * PS, UODP_DEV_ACCESS_ALL,
-				  &a1.key),
-		 4);
-	FC_CHECK(!uodp_dev_reg_mr(dev, VA(p2), 4 * PS, UODP_DEV_ACCESS_ALL,
-				  &a2.key),
-		 5);
-	FC_CHECK(!uodp_dev_read(dev, a2.key, VA(p2), b, 8), 6); /* warm */
-	atomic_store(&fc_hold, 1);
+	T_DEV_CHECK(!uodp_dev_reg_mr(dev, VA(p1), 8 * PS, UODP_DEV_ACCESS_ALL,
+				     &a1.key),
+		    4);
+	T_DEV_CHECK(!uodp_dev_reg_mr(dev, VA(p2), 4 * PS, UODP_DEV_ACCESS_ALL,
+				     &a2.key),
+		    5);
+	T_DEV_CHECK(!uodp_dev_read(dev, a2.key, VA(p2), b, 8), 6); /* warm */
+	t_hold_close(&fc_hold);
 	dev_test_hook_before_install = fc_hook;
-	FC_CHECK(!pthread_create(&ta, NULL, fc_faulter, &a1), 7);
-	while (!atomic_load(&fc_in_hook))
-		usleep(1000);
+	T_DEV_CHECK(!pthread_create(&ta, NULL, fc_faulter, &a1), 7);
+	t_hold_wait_in(&fc_hold);
 	dev_test_hook_before_install = NULL; /* A is in it already */
 	/* The monitor fences the device, then waits for A's region lock. */
-	FC_CHECK(!munmap(p1 + 4 * PS, 4 * PS), 8);
+	T_DEV_CHECK(!munmap(p1 + 4 * PS, 4 * PS), 8);
 	dev_test_hook_fence_wait = fc_fence_hook;
-	FC_CHECK(!pthread_create(&tb, NULL, fc_reader, &a2), 9);
+	T_DEV_CHECK(!pthread_create(&tb, NULL, fc_reader, &a2), 9);
 	while (!atomic_load(&fc_in_fence))
 		sched_yield();
 	dev_test_hook_fence_wait = NULL;
-	FC_CHECK(atomic_load(&fc_status) == 1, 10); /* it waits */
+	T_DEV_CHECK(atomic_load(&fc_status) == 1, 10); /* it waits */
 	/* Deferred cancellation: pending from here on, it acts at B's next
 	 * cancellation point, the wait itself unless that is shielded. */
-	FC_CHECK(!pthread_cancel(tb), 11);
-	atomic_store(&fc_hold, 0); /* A, the invalidation, B go on */
-	FC_CHECK(!pthread_join(tb, &ret), 12);
-	FC_CHECK(ret == PTHREAD_CANCELED, 13);
-	FC_CHECK(atomic_load(&fc_status) == 0, 14); /* B's read finished */
-	FC_CHECK(!pthread_join(ta, NULL), 15);
-	FC_CHECK(!uodp_dev_dereg_mr(dev, a2.key), 16); /* no reference */
-	FC_CHECK(!uodp_dev_read(dev, a1.key, VA(p1), b, 8), 17);
-	FC_CHECK(!uodp_dev_dereg_mr(dev, a1.key), 18);
-	FC_CHECK(!uodp_dev_close(dev), 19);
+	T_DEV_CHECK(!pthread_cancel(tb), 11);
+	t_hold_release(&fc_hold); /* A, the invalidation, B go on */
+	T_DEV_CHECK(!pthread_join(tb, &ret), 12);
+	T_DEV_CHECK(ret == PTHREAD_CANCELED, 13);
+	T_DEV_CHECK(atomic_load(&fc_status) == 0, 14); /* B's read finished */
+	T_DEV_CHECK(!pthread_join(ta, NULL), 15);
+	T_DEV_CHECK(!uodp_dev_dereg_mr(dev, a2.key), 16); /* no reference */
+	T_DEV_CHECK(!uodp_dev_read(dev, a1.key, VA(p1), b, 8), 17);
+	T_DEV_CHECK(!uodp_dev_dereg_mr(dev, a1.key), 18);
+	T_DEV_CHECK(!uodp_dev_close(dev), 19);
 }
 
 static void test_cancel_in_fence(void **state)
 {
-	int st;
-	pid_t pid;
-
 	(void)state;
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		fence_cancel_child();
-		_exit(0);
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	if (WIFSIGNALED(st))
-		fail_msg("child killed by signal %d", WTERMSIG(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
+	t_dev_in_child(fence_cancel_child, 0);
 }
 
 /* A strict device used from another driver's invalidate callback run by
@@ -691,15 +670,7 @@ static void cbf_invalidate(struct uodp_umem *umem, const struct uodp_range *r,
 	atomic_fetch_add(&cbf_calls, 1);
 }
 
-#define CBF_CHECK(c, code)                                              \
-	do {                                                            \
-		if (!(c)) {                                             \
-			fprintf(stderr, "line %d: %s\n", __LINE__, #c); \
-			_exit(code);                                    \
-		}                                                       \
-	} while (0)
-
-static void fenced_callback_child(void)
+static void fenced_callback_child(unsigned arg)
 {
 	struct uodp_dev_attr at = { .flags = UODP_DEV_STRICT };
 	struct uodp_ctx_ops ops = { .invalidate = cbf_invalidate };
@@ -709,75 +680,63 @@ static void fenced_callback_child(void)
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	int i;
 
+	(void)arg;
 	alarm(20); /* a hang is the failure */
 	cbf_p = mmap(NULL, 2 * PS, PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	CBF_CHECK(m != MAP_FAILED && cbf_p != MAP_FAILED, 2);
+	T_DEV_CHECK(m != MAP_FAILED && cbf_p != MAP_FAILED, 2);
 	memset(cbf_p, 3, 2 * PS);
-	CBF_CHECK(!uodp_dev_open(&at, &cbf_dev), 3);
-	CBF_CHECK(!uodp_dev_reg_mr(cbf_dev, VA(cbf_p), 2 * PS,
-				   UODP_DEV_ACCESS_ALL, &cbf_key),
-		  4);
-	CBF_CHECK(!uodp_dev_prefetch(cbf_dev, cbf_key, VA(cbf_p), 2 * PS, 0),
-		  5);
+	T_DEV_CHECK(!uodp_dev_open(&at, &cbf_dev), 3);
+	T_DEV_CHECK(!uodp_dev_reg_mr(cbf_dev, VA(cbf_p), 2 * PS,
+				     UODP_DEV_ACCESS_ALL, &cbf_key),
+		    4);
+	T_DEV_CHECK(!uodp_dev_prefetch(cbf_dev, cbf_key, VA(cbf_p), 2 * PS, 0),
+		    5);
 	/* the driver's own context, on the kernel monitor too */
-	CBF_CHECK(!uodp_ctx_create(&ops, 0, &a), 6);
-	CBF_CHECK(!uodp_umem_get(a, m, 4 * PS, UODP_ACCESS_ALL, &u), 7);
+	T_DEV_CHECK(!uodp_ctx_create(&ops, 0, &a), 6);
+	T_DEV_CHECK(!uodp_umem_get(a, m, 4 * PS, UODP_ACCESS_ALL, &u), 7);
 	/* a manual invalidation: no fence up, the calls work */
-	CBF_CHECK(!uodp_invalidate_range(a, m, PS, UODP_EVENT_MANUAL), 8);
-	CBF_CHECK(atomic_load(&cbf_calls) == 1, 9);
-	CBF_CHECK(atomic_load(&cbf_read) == 0, 10);
-	CBF_CHECK(atomic_load(&cbf_snap) == 2, 11);
+	T_DEV_CHECK(!uodp_invalidate_range(a, m, PS, UODP_EVENT_MANUAL), 8);
+	T_DEV_CHECK(atomic_load(&cbf_calls) == 1, 9);
+	T_DEV_CHECK(atomic_load(&cbf_read) == 0, 10);
+	T_DEV_CHECK(atomic_load(&cbf_snap) == 2, 11);
 	{
 		struct uodp_dev_queue *q;
 
-		CBF_CHECK(!uodp_dev_queue_create(cbf_dev, 4, &q), 20);
+		T_DEV_CHECK(!uodp_dev_queue_create(cbf_dev, 4, &q), 20);
 		atomic_store(&cbf_q, q);
 	}
 	/* the monitor's: the device is fenced while the callback runs */
-	CBF_CHECK(!munmap(m + 2 * PS, 2 * PS), 12);
+	T_DEV_CHECK(!munmap(m + 2 * PS, 2 * PS), 12);
 	for (i = 0; i < 10000 && atomic_load(&cbf_calls) < 2; i++)
 		usleep(1000);
-	CBF_CHECK(atomic_load(&cbf_calls) == 2, 13);
-	CBF_CHECK(atomic_load(&cbf_read) == -EDEADLK, 14);
-	CBF_CHECK(atomic_load(&cbf_snap) == -EDEADLK, 15);
-	CBF_CHECK(atomic_load(&cbf_post) == 0, 21);
-	CBF_CHECK(atomic_load(&cbf_poll) == -EDEADLK, 22);
-	CBF_CHECK(atomic_load(&cbf_qdestroy) == -EDEADLK, 23);
+	T_DEV_CHECK(atomic_load(&cbf_calls) == 2, 13);
+	T_DEV_CHECK(atomic_load(&cbf_read) == -EDEADLK, 14);
+	T_DEV_CHECK(atomic_load(&cbf_snap) == -EDEADLK, 15);
+	T_DEV_CHECK(atomic_load(&cbf_post) == 0, 21);
+	T_DEV_CHECK(atomic_load(&cbf_poll) == -EDEADLK, 22);
+	T_DEV_CHECK(atomic_load(&cbf_qdestroy) == -EDEADLK, 23);
 	{ /* the queue is intact: the read completes after the callback */
 		struct uodp_dev_wc wc;
 
-		CBF_CHECK(uodp_dev_poll_wait(atomic_load(&cbf_q), &wc, 1, -1) ==
-				  1,
-			  24);
-		CBF_CHECK(wc.wr_id == 7 && wc.status == 0, 25);
-		CBF_CHECK(cbf_buf[0] == 3, 26);
-		CBF_CHECK(!uodp_dev_queue_destroy(atomic_load(&cbf_q)), 27);
+		T_DEV_CHECK(uodp_dev_poll_wait(atomic_load(&cbf_q), &wc, 1,
+					       -1) == 1,
+			    24);
+		T_DEV_CHECK(wc.wr_id == 7 && wc.status == 0, 25);
+		T_DEV_CHECK(cbf_buf[0] == 3, 26);
+		T_DEV_CHECK(!uodp_dev_queue_destroy(atomic_load(&cbf_q)), 27);
 	}
 	/* nothing was left held: the device works on */
-	CBF_CHECK(!uodp_dev_read(cbf_dev, cbf_key, VA(cbf_p), &i, 1), 16);
-	CBF_CHECK(!uodp_umem_release(u), 17);
-	CBF_CHECK(!uodp_ctx_destroy(a), 18);
-	CBF_CHECK(!uodp_dev_close(cbf_dev), 19);
+	T_DEV_CHECK(!uodp_dev_read(cbf_dev, cbf_key, VA(cbf_p), &i, 1), 16);
+	T_DEV_CHECK(!uodp_umem_release(u), 17);
+	T_DEV_CHECK(!uodp_ctx_destroy(a), 18);
+	T_DEV_CHECK(!uodp_dev_close(cbf_dev), 19);
 }
 
 static void test_fenced_callback(void **state)
 {
-	int st;
-	pid_t pid;
-
 	(void)state;
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		fenced_callback_child();
-		_exit(0);
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	if (WIFSIGNALED(st))
-		fail_msg("child killed by signal %d (SIGALRM: it hung)",
-			 WTERMSIG(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
+	t_dev_in_child(fenced_callback_child, 0);
 }
 
 /* Is the kernel monitor usable here? Only -ENOSYS says no (uodp_dev.h:

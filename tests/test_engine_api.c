@@ -1056,18 +1056,12 @@ static void test_fork_echild(void **state)
 {
 	struct fixture *f = *state;
 	struct uodp_umem_stats before, after;
-	char err[512];
-	int st;
 
 	fork_a = (struct fork_arg){ f->ctx, f->umem, f->buf };
 	before = t_stats(f->umem);
-	st = t_in_child(fork_child, &fork_a, err, sizeof(err));
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail_msg("child failed (status %#x): %s", st, err);
+	t_child_ok(fork_child, &fork_a);
 	t_start(f->ctx, &fork_tok, f->buf, 1);
-	st = t_in_child(fork_child_end, NULL, err, sizeof(err));
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail_msg("child failed (status %#x): %s", st, err);
+	t_child_ok(fork_child_end, NULL);
 	t_end(&fork_tok);
 	after = t_stats(f->umem);
 	/* The parent's token ended; its region counted that one. */
@@ -1079,6 +1073,40 @@ static void test_fork_echild(void **state)
 		t_fault(f->umem, t_pg(f->buf, 2), page, UODP_ACCESS_READ), 1);
 }
 
+/* uodp_in_callback(): 0 outside, UODP_CALLBACK_LOCKED inside the
+ * invalidate callback of a non-deferred context, 0 again after it. */
+static int seen_in_cb = -1;
+
+static void cb_in_callback(struct uodp_umem *umem, const struct uodp_range *r,
+			   void *priv)
+{
+	(void)umem;
+	(void)r;
+	(void)priv;
+	seen_in_cb = uodp_in_callback();
+}
+
+static void test_in_callback(void **state)
+{
+	struct uodp_ctx_ops ops = { .invalidate = cb_in_callback };
+	struct uodp_ctx *ctx;
+	struct uodp_umem *u;
+	char *buf = t_map(2, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+
+	(void)state;
+	assert_int_equal(uodp_in_callback(), 0);
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_MANUAL, &ctx), 0);
+	assert_int_equal(uodp_umem_get(ctx, buf, 2 * page, UODP_ACCESS_ALL, &u),
+			 0);
+	assert_int_equal(
+		uodp_invalidate_range(ctx, buf, page, UODP_EVENT_MANUAL), 0);
+	assert_int_equal(seen_in_cb, UODP_CALLBACK_LOCKED);
+	assert_int_equal(uodp_in_callback(), 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap(buf, 2);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -1088,6 +1116,7 @@ int main(void)
 		cmocka_unit_test(test_strerror),
 		cmocka_unit_test(test_ctx_create_bad),
 		cmocka_unit_test(test_ctx_ops_copied),
+		cmocka_unit_test(test_in_callback),
 		T(test_ctx_destroy_bad),
 		T(test_umem_get_bad),
 		T(test_umem_get_rounding),

@@ -21,14 +21,12 @@
  * duration tighter than 5 s, except that -EBUSY does not come before the
  * timeout it reports.
  */
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 #include "helpers.h"
+#include "sandbox.h" /* t_sandbox_deny */
 
 #define NPAGES 64 /* one page per stripe */
 
@@ -758,24 +756,9 @@ static void test_lock_misuse(void **state)
 
 static bool forbid_userfaultfd(void)
 {
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_userfaultfd, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, args[1])),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
-			 (uint32_t)USERFAULTFD_IOC_NEW, 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
-				   .filter = f };
+	static const long nr[] = { __NR_userfaultfd };
 
-	return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
-	       prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+	return t_sandbox_deny(nr, 1, USERFAULTFD_IOC_NEW) == 0;
 }
 
 static void refused_child(void *arg)
@@ -816,13 +799,8 @@ static void refused_child(void *arg)
 
 static void test_monitor_refused(void **state)
 {
-	char err[512];
-	int st;
-
 	(void)state;
-	st = t_in_child(refused_child, NULL, err, sizeof(err));
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail_msg("child failed (status %#x): %s", st, err);
+	t_child_ok(refused_child, NULL);
 }
 
 /* UFFDIO_REGISTER forbidden after the registration (a sandbox entered
@@ -833,22 +811,7 @@ static void test_monitor_refused(void **state)
  * the same answer again, pages elsewhere still fault. */
 static bool forbid_register(void)
 {
-	struct sock_filter f[] = {
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
-		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-			 offsetof(struct seccomp_data, args[1])),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)UFFDIO_REGISTER,
-			 0, 1),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]),
-				   .filter = f };
-
-	return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
-	       prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+	return t_sandbox_deny(NULL, 0, UFFDIO_REGISTER) == 0;
 }
 
 static void register_denied_child(void *arg)
@@ -900,15 +863,10 @@ static void register_denied_child(void *arg)
 
 static void test_fault_register_denied(void **state)
 {
-	char err[512];
-	int st;
-
 	(void)state;
 	if (uodp_monitor_probe()) /* no userfaultfd here at all */
 		skip();
-	st = t_in_child(register_denied_child, NULL, err, sizeof(err));
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail_msg("child failed (status %#x): %s", st, err);
+	t_child_ok(register_denied_child, NULL);
 }
 
 /* ------------------------------------------------------------------------ */

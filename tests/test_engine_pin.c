@@ -129,6 +129,18 @@ static struct pinned4 pinned_four(unsigned flags, size_t dst_pages)
 	return f;
 }
 
+/* pinned_four() on the kernel monitor, the start of the move tests: skip
+ * without the monitor, and, when @need_lock, without an observable mlock()
+ * (VmLck is their oracle: without it they could not fail). */
+static struct pinned4 pinned_four_monitor(size_t dst_pages, bool need_lock)
+{
+	if (!t_monitor_available())
+		skip();
+	if (need_lock && !mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	return pinned_four(0, dst_pages);
+}
+
 /*
  * mremap() moves the kernel's mlock with the pages. With the kernel
  * monitor the destination must come out unlocked: the application's own
@@ -176,9 +188,7 @@ static void test_pinned_mremap_grow(void **state)
 	char *p;
 
 	(void)state;
-	if (!t_monitor_available())
-		skip();
-	f = pinned_four(0, 8);
+	f = pinned_four_monitor(8, false);
 	struct uodp_ctx *ctx = f.ctx;
 	char *buf = f.buf, *dst = f.dst;
 	struct uodp_umem *u = f.u;
@@ -212,11 +222,7 @@ static void test_pinned_mremap_shrink(void **state)
 	char *p, *q;
 
 	(void)state;
-	if (!t_monitor_available())
-		skip();
-	if (!mlock_works())
-		t_skip("mlock() is a no-op here (sanitizer runtime)");
-	f = pinned_four(0, 8);
+	f = pinned_four_monitor(8, true);
 	/* The application's locked pages, right after the destination. */
 	q = mmap(t_pg(f.dst, 2), 2 * page, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
@@ -251,11 +257,7 @@ static void test_pinned_mremap_failed(void **state)
 	char *p;
 
 	(void)state;
-	if (!t_monitor_available())
-		skip();
-	if (!mlock_works())
-		t_skip("mlock() is a no-op here (sanitizer runtime)");
-	f = pinned_four(0, 4);
+	f = pinned_four_monitor(4, true);
 	/* pages 4 and 5 of the region: not faulted, locked by the
 	 * application */
 	assert_int_equal(mlock(t_pg(f.buf, 4), 2 * page), 0);
@@ -287,11 +289,7 @@ static void test_pinned_madvise_refused(void **state)
 	struct pinned4 f;
 
 	(void)state;
-	if (!t_monitor_available())
-		skip();
-	if (!mlock_works())
-		t_skip("mlock() is a no-op here (sanitizer runtime)");
-	f = pinned_four(0, 4);
+	f = pinned_four_monitor(4, true);
 	assert_int_equal(madvise(f.buf, 4 * page, MADV_DONTNEED), -1);
 	assert_int_equal(errno, EINVAL);
 	t_wait_sync(f.ctx);
@@ -411,15 +409,11 @@ static void pinned_move_racing(int how)
 {
 	struct pinned4 f;
 
-	if (!t_monitor_available())
-		skip();
 	/* The oracle is the lock (VmLck, MADV_DONTNEED refused): without
 	 * it the test could not fail. (Under ThreadSanitizer it also hung
 	 * once, the monitor thread in userfaultfd_event_wait_completion
 	 * before its read: not understood yet.) */
-	if (!mlock_works())
-		t_skip("mlock() is a no-op here (sanitizer runtime)");
-	f = pinned_four(0, 4);
+	f = pinned_four_monitor(4, true);
 	struct uodp_ctx *ctx = f.ctx;
 	char *buf = f.buf, *dst = f.dst;
 	struct uodp_umem *u = f.u;
@@ -825,14 +819,9 @@ static void enomem_child(void *arg)
 
 static void test_pinning_enomem(void **state)
 {
-	char err[512];
-	int st;
-
 	(void)state;
 	(void)mlock_works(); /* probed in the parent */
-	st = t_in_child(enomem_child, NULL, err, sizeof(err));
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail_msg("child failed (status %#x): %s", st, err);
+	t_child_ok(enomem_child, NULL);
 }
 
 static void memlock_child(void *arg)
@@ -887,15 +876,10 @@ static void memlock_child(void *arg)
 
 static void test_pinning_memlock_limit(void **state)
 {
-	char err[512];
-	int st;
-
 	(void)state;
 	if (!mlock_works())
 		t_skip("mlock() is a no-op here (sanitizer runtime)");
-	st = t_in_child(memlock_child, NULL, err, sizeof(err));
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail_msg("child failed (status %#x): %s", st, err);
+	t_child_ok(memlock_child, NULL);
 }
 
 int main(void)

@@ -498,6 +498,49 @@ static void test_hole_churn(void **state)
 	t_unmap_pages(buf, 2, 3);
 }
 
+/* uodp_in_callback() in the invalidate callback a kernel event reaches:
+ * UODP_CALLBACK_DEFERRED on a UODP_CTX_DEFERRED context (its relay thread
+ * holds no uodp lock), UODP_CALLBACK_LOCKED on a plain one (the monitor
+ * thread, under the engine's locks). */
+static atomic_int in_cb_seen;
+
+static void in_cb_hook(struct uodp_umem *umem, const struct uodp_range *r)
+{
+	(void)umem;
+	(void)r;
+	atomic_store(&in_cb_seen, uodp_in_callback());
+}
+
+static void in_callback_case(unsigned flags, int want)
+{
+	struct uodp_ctx *ctx = t_ctx(flags);
+	char *buf = t_buf(4);
+	struct uodp_umem *u = t_get(ctx, buf, 4 * page, UODP_ACCESS_ALL);
+	unsigned mark;
+
+	atomic_store(&in_cb_seen, -1);
+	t_rec.hook = in_cb_hook;
+	mark = t_rec_count();
+	assert_int_equal(munmap(t_pg(buf, 1), page), 0);
+	t_rec_wait(mark, u, t_pg(buf, 1), t_pg(buf, 2), UODP_EVENT_UNMAP,
+		   EVENT_SEC);
+	t_wait_sync(ctx);
+	t_rec.hook = NULL;
+	assert_int_equal(atomic_load(&in_cb_seen), want);
+	assert_int_equal(uodp_in_callback(), 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	t_unmap_pages(buf, 0, 1);
+	t_unmap_pages(buf, 2, 4);
+}
+
+static void test_in_callback_kinds(void **state)
+{
+	(void)state;
+	in_callback_case(UODP_CTX_DEFERRED, UODP_CALLBACK_DEFERRED);
+	in_callback_case(0, UODP_CALLBACK_LOCKED);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Two contexts over one buffer                                              */
 
@@ -812,13 +855,8 @@ static void emfile_child(void *arg)
 
 static void test_emfile(void **state)
 {
-	char err[256];
-	int st;
-
 	(void)state;
-	st = t_in_child(emfile_child, NULL, err, sizeof(err));
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail_msg("child failed (status %#x): %s", st, err);
+	t_child_ok(emfile_child, NULL);
 }
 
 /*
@@ -879,13 +917,8 @@ static void badf_child(void *arg)
 
 static void test_descriptors_replaced(void **state)
 {
-	char err[256];
-	int st;
-
 	(void)state;
-	st = t_in_child(badf_child, NULL, err, sizeof(err));
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail_msg("child failed (status %#x): %s", st, err);
+	t_child_ok(badf_child, NULL);
 }
 
 /*
@@ -1975,6 +2008,7 @@ int main(void)
 		cmocka_unit_test(test_destroy_closes_subscription),
 		cmocka_unit_test(test_cancel_pending_get),
 		cmocka_unit_test(test_two_contexts),
+		cmocka_unit_test(test_in_callback_kinds),
 		cmocka_unit_test(test_sysv_shm_refused),
 		cmocka_unit_test(test_lazy_watch),
 		cmocka_unit_test(test_foreign_uffd_ebusy),

@@ -10,8 +10,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <setjmp.h>
@@ -23,7 +21,6 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -34,6 +31,7 @@
 
 #include "notifier/notifier.h"
 #include "notifier/uffd.h"
+#include "sandbox.h" /* t_sandbox_deny */
 
 static uint64_t page;
 
@@ -1130,18 +1128,6 @@ static void test_register_denied(void **state)
 	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
-		struct sock_filter f[] = {
-			BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-				 offsetof(struct seccomp_data, nr)),
-			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ioctl, 0, 3),
-			BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-				 offsetof(struct seccomp_data, args[1])),
-			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
-				 (uint32_t)UFFDIO_REGISTER, 0, 1),
-			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-		};
-		struct sock_fprog prog = { sizeof(f) / sizeof(f[0]), f };
 		struct recsub c = { 0 };
 		struct unf_sub *s;
 		char *p = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE,
@@ -1150,8 +1136,7 @@ static void test_register_denied(void **state)
 
 		if (unf_subscribe(&rec_ops, &c, 0, &s))
 			_exit(2);
-		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
-		    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+		if (t_sandbox_deny(NULL, 0, UFFDIO_REGISTER))
 			_exit(77);
 		r = unf_watch(s, A(p), A(p + 4 * page));
 		unf_unsubscribe(s);

@@ -322,6 +322,31 @@ static int attr_check(const struct uodp_dev_attr *a)
 	return 0;
 }
 
+int dev_cond_init_timed(pthread_cond_t *c)
+{
+	pthread_condattr_t ca;
+	int r;
+
+	if (pthread_condattr_init(&ca))
+		return -ENOMEM;
+	r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (!r)
+		r = pthread_cond_init(c, &ca);
+	pthread_condattr_destroy(&ca);
+	return r ? -ENOMEM : 0;
+}
+
+void dev_deadline(struct timespec *ts, int ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
 static int dev_locks_init(struct uodp_dev *dev)
 {
 	if (pthread_mutex_init(&dev->fence_mu, NULL))
@@ -544,13 +569,14 @@ UODP_API const char *uodp_dev_strerror(int err)
 		return "success";
 	case -EINVAL:
 		return "invalid argument: NULL pointer, unknown flag or opcode, "
-		       "misaligned atomic address, or a range that wraps or "
-		       "leaves the address space";
+		       "misaligned atomic address, or a range to register "
+		       "that wraps or leaves the address space";
 	case -ENOENT:
 		return "no region has this key (never registered, or "
 		       "deregistered)";
 	case -ERANGE:
-		return "the range is not inside the key's region";
+		return "the range is not inside the key's region (or wraps "
+		       "around)";
 	case -EPERM:
 		return "the key's rights do not allow the operation";
 	case -EFAULT:

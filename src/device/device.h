@@ -48,16 +48,38 @@
 #ifndef UODP_DEVICE_INTERNAL_H
 #define UODP_DEVICE_INTERNAL_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
-#include "engine/callback.h" /* callback_check(): see mr.c, dev.c */
 #include "uodp.h"
 #include "uodp_dev.h"
+
+/*
+ * -EDEADLK when the calling thread is inside a driver callback of any
+ * engine context and the operation may not run there: checked once before
+ * an operation that changes device state and then makes engine calls the
+ * engine would refuse half way (a deregistration whose uodp_umem_release()
+ * fails after the key is gone: mr.c), or before a wait the callback could
+ * be blocking (dev.c, queue.c). @release_ok: the operation only registers
+ * and releases regions, which a deferred callback (UODP_CTX_DEFERRED) may
+ * do. Through the engine's public uodp_in_callback() only: the device
+ * includes no engine-internal header (tests/check-layers.sh).
+ */
+static inline int callback_check(bool release_ok)
+{
+	int cb = uodp_in_callback();
+
+	if (cb == UODP_CALLBACK_LOCKED ||
+	    (cb == UODP_CALLBACK_DEFERRED && !release_ok))
+		return -EDEADLK;
+	return 0;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Device page table (dpt.c)                                                 */
@@ -438,6 +460,20 @@ extern void (*dev_test_hook_fence_wait)(struct uodp_dev *dev);
  * (mask, cancel state, name): a test holds it there to see what the
  * thread was born with. */
 extern void (*dev_test_hook_worker_start)(void);
+
+/*
+ * Timed waits (dev.c). Every bounded wait of the device (today:
+ * uodp_dev_poll_wait()) measures its bound on CLOCK_MONOTONIC, never on
+ * the wall clock: a settimeofday() or NTP step must neither lengthen nor
+ * cut a wait. pthread_cond_timedwait() takes its deadline on the clock of
+ * the condition variable's attributes (CLOCK_REALTIME by default), so the
+ * two go together: a condition variable that is waited on with a timeout
+ * is created by dev_cond_init_timed(), and its deadline computed by
+ * dev_deadline(). 0 or -ENOMEM.
+ */
+int dev_cond_init_timed(pthread_cond_t *c);
+/* now + @ms on CLOCK_MONOTONIC; @ms >= 0 */
+void dev_deadline(struct timespec *ts, int ms);
 
 /* queue.c */
 void pool_stop(struct uodp_dev *dev);

@@ -269,7 +269,7 @@ UODP_API int uodp_dev_queue_create(struct uodp_dev *dev, unsigned depth,
 		goto err_mem;
 	if (pthread_mutex_init(&q->lock, NULL))
 		goto err_mem;
-	if (pthread_cond_init(&q->cond, NULL))
+	if (dev_cond_init_timed(&q->cond)) /* poll_wait's bound */
 		goto err_lock;
 	for (i = 0; i < depth; i++) {
 		q->jobs[i].q = q;
@@ -441,15 +441,9 @@ static int poll_common(struct uodp_dev_queue *q, struct uodp_dev_wc *wc,
 	r = dev_check(q->dev);
 	if (r)
 		return r;
-	if (wait && timeout_ms >= 0) {
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += timeout_ms / 1000;
-		ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-	}
+	/* on CLOCK_MONOTONIC, as q->cond (device.h) */
+	if (wait && timeout_ms >= 0)
+		dev_deadline(&ts, timeout_ms);
 	cs = dev_nocancel_begin(); /* the wait holds q->lock */
 	pthread_mutex_lock(&q->lock);
 	/* A wait without bound for requests that may wait for the

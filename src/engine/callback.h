@@ -2,12 +2,10 @@
 /*
  * callback.h - whether the calling thread is inside a driver callback of
  * any engine context, and the rule that follows (-EDEADLK). The engine's
- * entry points check it (internal.h includes this); so does the device
- * layer above, before the calls that would end in engine calls refusing
- * it half way (a deregistration whose uodp_umem_release() fails after the
- * key is gone, src/device/mr.c): the state is the thread's, not a
- * context's, so one check before anything changes answers for all the
- * engine calls the operation would make.
+ * entry points check it (internal.h includes this). Engine-internal: the
+ * layers above ask uodp_in_callback() (uodp.h), which returns the same
+ * state (the device checks it once before an operation that would end in
+ * engine calls refusing it half way: src/device/device.h).
  */
 #ifndef UODP_ENGINE_CALLBACK_H
 #define UODP_ENGINE_CALLBACK_H
@@ -15,10 +13,14 @@
 #include <errno.h>
 #include <stdbool.h>
 
+#include "uodp.h"
+
+/* uodp_in_callback() returns engine_in_callback as is: the values are the
+ * public ones. */
 enum {
 	CB_NONE = 0,
-	CB_LOCKED = 1,
-	CB_DEFERRED = 2
+	CB_LOCKED = UODP_CALLBACK_LOCKED,
+	CB_DEFERRED = UODP_CALLBACK_DEFERRED
 };
 /* CB_*; initial-exec as ulock_self_tag (lib/lock.h): every invalidation
  * saves and sets it around the callback */

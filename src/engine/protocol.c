@@ -290,6 +290,14 @@ void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period)
 
 __thread int engine_in_callback __attribute__((tls_model("initial-exec")));
 
+/* The public face of engine_in_callback: CB_LOCKED and CB_DEFERRED are
+ * UODP_CALLBACK_LOCKED and UODP_CALLBACK_DEFERRED (callback.h defines them
+ * so). */
+UODP_API int uodp_in_callback(void)
+{
+	return engine_in_callback;
+}
+
 void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		enum uodp_event ev, int cb_kind)
 {
