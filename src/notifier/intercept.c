@@ -19,8 +19,9 @@
  *    re-registered by a concurrent watch / prepare) sends its kernel event
  *    as before; the monitor delivers it;
  *  - what was unregistered is covered by the delivery, which comes after
- *    the real call (after the pages are gone, as the kernel's UNMAP) and
- *    whatever the call returned; a fault in between installs an entry the
+ *    the real call (after the pages are gone, as the kernel's UNMAP); after
+ *    a refused call, over what it unmapped, the rest registered again
+ *    (failed()); a fault in between installs an entry the
  *    delivery drops (the engine's periods make a fault that overlaps it
  *    retry);
  *  - the pieces are cut before the real call, under the watch lock, so
@@ -243,6 +244,93 @@ static bool restore(struct uodp_icpt *ic)
 	return !bad;
 }
 
+/*
+ * An unmap, move or MAP_FIXED that the kernel refused (munmap's ENOMEM at
+ * vm.max_map_count, EINVAL, EBADF...). before() took its pieces out of the
+ * userfaultfd, but the call changed nothing, or only part: mmap(MAP_FIXED)
+ * and mremap(MREMAP_FIXED) may fail after unmapping what they replace,
+ * mremap after cutting a shrunk source's tail. A delivery over the whole
+ * range would drop the translations of memory still mapped, and unpin a
+ * UODP_CTX_PIN context's pages under its device (which may hold their
+ * frames and have no invalidate callback at all).
+ *
+ * The rule, as the kernel path: what the call removed is reported, what it
+ * left mapped is not. The maps are read (this path only: a failure is
+ * rare); each part of a piece still mapped is registered again (the
+ * kernel reports what happens to it from now on), each hole is delivered
+ * as an UNMAP, as are the mapped parts when the watch lock is busy or the
+ * registration fails (the old behaviour: nothing lost, pins dropped).
+ * Another thread that unmaps the same memory meanwhile, and maps something
+ * else there before the maps are read, is a use-after-free race of the
+ * application (see the top of this file); its unmap then goes unreported.
+ */
+#define FAIL_MAX (2 * UODP_ICPT_MAXP)
+
+struct fail_walk {
+	uint64_t at, end; /* the piece's part not walked yet */
+	bool reg;	  /* may register (watch lock held, fd ours) */
+	unsigned n;
+	uint64_t s[FAIL_MAX], e[FAIL_MAX];
+};
+
+static void fail_add(struct fail_walk *w, uint64_t s, uint64_t e)
+{
+	if (s >= e)
+		return;
+	if (w->n && w->e[w->n - 1] == s) { /* contiguous: one range */
+		w->e[w->n - 1] = e;
+		return;
+	}
+	if (w->n == FAIL_MAX) { /* full: the last one grows to the end */
+		w->e[w->n - 1] = w->end;
+		return;
+	}
+	w->s[w->n] = s;
+	w->e[w->n] = e;
+	w->n++;
+}
+
+static int fail_map(const struct uffd_map *m, void *arg)
+{
+	struct fail_walk *w = arg;
+	uint64_t s = m->start > w->at ? m->start : w->at;
+	uint64_t e = m->end < w->end ? m->end : w->end;
+
+	if (s >= e)
+		return 0;
+	fail_add(w, w->at, s); /* a hole before it */
+	nf_stat_inc(&nf.st.registrations);
+	if (!w->reg || uffd_register(nf.uffd, s, e))
+		fail_add(w, s, e);
+	else
+		inc(&ist.rereg);
+	w->at = e;
+	return w->at >= w->end;
+}
+
+/* The ranges of @ic's pieces to deliver after a refused call, into @w. */
+static void failed(struct uodp_icpt *ic, struct fail_walk *w)
+{
+	bool locked = watch_trylock();
+	unsigned i;
+
+	w->n = 0;
+	w->reg = locked && atomic_load(&nf.running) &&
+		 !atomic_load(&nf.broken) && fd_ok();
+	for (i = 0; i < ic->np; i++) {
+		w->at = ic->p[i].start;
+		w->end = ic->p[i].end;
+		if (uffd_for_each_map(w->at, w->end, fail_map, w) < 0)
+			fail_add(w, w->at, w->end); /* unreadable: all */
+		else
+			fail_add(w, w->at, w->end); /* a hole at the end */
+	}
+	if (locked)
+		nf_unlock(&nf.watch_lock);
+	if (!w->reg)
+		inc(&ist.dirty);
+}
+
 static void after(struct uodp_icpt *ic, int ok)
 {
 	uint64_t s[UODP_ICPT_MAXR], e[UODP_ICPT_MAXR];
@@ -265,6 +353,21 @@ static void after(struct uodp_icpt *ic, int ok)
 			ic->r[0].end = end;
 		nf_icpt_mark_dirty();
 		inc(&ist.fast);
+	} else if (!ok && !(ic->flags & UODP_ICPT_KEEP)) {
+		struct fail_walk w;
+		enum unf_event fev[FAIL_MAX];
+
+		failed(ic, &w);
+		inc(&ist.fast);
+		ic->state = ST_NONE;
+		if (!w.n)
+			return;
+		for (i = 0; i < w.n; i++)
+			fev[i] = UNF_UNMAP;
+		atomic_fetch_add_explicit(&ist.events, w.n,
+					  memory_order_relaxed);
+		nf_deliver_local(w.s, w.e, fev, w.n, false);
+		return;
 	} else if (ic->flags & UODP_ICPT_KEEP) {
 		/* A failed madvise may have discarded part of the range (the
 		 * mappings before the one it refused): once registered again,
@@ -285,9 +388,7 @@ static void after(struct uodp_icpt *ic, int ok)
 		ev[i] = (enum unf_event)ic->r[i].ev;
 	}
 	atomic_fetch_add_explicit(&ist.events, ic->nr, memory_order_relaxed);
-	/* Whatever the call returned: a failed one may have changed part of
-	 * the range (madvise over a hole, an mmap that failed after the old
-	 * mapping went), and invalidating memory still there is harmless. */
+	/* The call succeeded, or is shmat's (SILENT: see intercept.h). */
 	nf_deliver_local(s, e, ev, ic->nr, ok);
 	ic->state = ST_NONE;
 }
