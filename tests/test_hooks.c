@@ -1167,12 +1167,22 @@ static void test_failed_munmap_keeps_pins(void **st)
 	struct snap a;
 
 	(void)st;
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+	/* A sanitizer's munmap() clears the shadow of the range first: all
+	 * of the address space above x.p here. */
+	fprintf(stderr, "SKIP: a sanitizer's munmap() cannot take this\n");
+	(void)locks;
+	(void)x;
+	(void)a;
+	skip();
+#else
 	pinned_new(&x, 8);
 	snap(&a);
 	errno = 0;
 	assert_int_equal(munmap(x.p, (size_t)((1ull << 63) - A(x.p))), -1);
 	assert_int_equal(errno, EINVAL);
 	pinned_check_free(&x, &a, locks);
+#endif
 }
 
 /* Bring the process to exactly vm.max_map_count mappings: a PROT_NONE
