@@ -362,7 +362,8 @@ void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		enum uodp_event ev, int cb_kind);
 void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period);
 /* All three in a row, the driver called with CB_LOCKED: for walks that
- * hold the tree read lock throughout. */
+ * hold the tree read lock throughout. The drop and the end share one hold
+ * of the region lock, and without a callback the start too. */
 void inval_locked(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		  enum uodp_event ev, uint64_t period);
 /* Deferred halves (protocol.c): begin raises the stripes of [s, e) not
@@ -387,6 +388,9 @@ void ctx_inval_end(struct uodp_ctx *ctx);
  * unpinned. Returns the number of entries dropped. */
 uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 			 bool invalidation);
+/* The same, umem->lock held (not for a watch-only region). */
+uint64_t umem_drop_range_locked(struct uodp_umem *umem, uint64_t start,
+				uint64_t end, bool invalidation);
 
 /* ---- regions (umem.c) ---- */
 void umem_put(struct uodp_umem *umem); /* drop a reference */

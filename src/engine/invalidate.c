@@ -50,11 +50,22 @@ static int drop_word(uint64_t idx, uint64_t *word, void *argp)
 uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 			 bool invalidation)
 {
-	struct drop_arg arg = { .umem = umem };
+	uint64_t n;
 
 	if (umem_watch_only(umem))
 		return 0;
 	ulock_lock(&umem->lock);
+	n = umem_drop_range_locked(umem, start, end, invalidation);
+	ulock_unlock(&umem->lock);
+	return n;
+}
+
+uint64_t umem_drop_range_locked(struct uodp_umem *umem, uint64_t start,
+				uint64_t end, bool invalidation)
+{
+	struct drop_arg arg = { .umem = umem };
+
+	ulock_assert_held(&umem->lock);
 	pgt_for_each(&umem->table, umem_page(umem, start), umem_page(umem, end),
 		     drop_word, &arg);
 	if (arg.pin_len)
@@ -63,7 +74,6 @@ uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 	arg.dropped += huge_drop_locked(umem, start, end);
 	if (invalidation)
 		umem->stats.pages_invalidated += arg.dropped;
-	ulock_unlock(&umem->lock);
 	return arg.dropped;
 }
 

@@ -52,8 +52,17 @@ enum {
 	ST_SILENT
 };
 
+/* Counters of the paths that hold the watch lock: plain, under it (an
+ * atomic add is a locked instruction, for nothing while the lock is
+ * held). */
 static struct {
-	_Atomic uint64_t fast, passed, busy, toomany, rereg, dirty, shm, events;
+	uint64_t fast, passed, toomany, rereg, events;
+} ist_l;
+/* Counters of the paths without the lock (busy, shm, shmat's, a failure
+ * that could not take it). */
+static struct {
+	_Atomic uint64_t fast, busy, dirty, shm, events;
+	_Atomic int64_t events_adj; /* a failed call's change to events */
 } ist;
 
 static void inc(_Atomic uint64_t *c)
@@ -108,8 +117,7 @@ static bool fd_ok(void)
  * or in a delivery of ours calls munmap): never re-enter. */
 static bool inside(void)
 {
-	return nf_held(&nf.subs_lock) || nf_held(&nf.watch_lock) ||
-	       nf_held(&nf.ring_lock);
+	return nf_depth != 0;
 }
 
 struct shm_ext {
@@ -185,7 +193,7 @@ static int before(struct uodp_icpt *ic)
 		if (k < 0) {
 			/* Ranges already cut stay registered: their kernel
 			 * events come; the pieces are re-made on demand. */
-			inc(&ist.toomany);
+			ist_l.toomany++;
 			nf_unlock(&nf.watch_lock);
 			return 0;
 		}
@@ -201,11 +209,15 @@ static int before(struct uodp_icpt *ic)
 	}
 	ic->np = (unsigned)n;
 	ic->state = ST_FAST;
+	/* Counted here, under the lock (a madvise sent back to the kernel
+	 * and a refused call correct it, see after()). */
+	ist_l.fast++;
+	ist_l.events += ic->nr;
 	nf_unlock(&nf.watch_lock);
 	return 1;
 pass:
+	ist_l.passed++;
 	nf_unlock(&nf.watch_lock);
-	inc(&ist.passed);
 	return 0;
 }
 
@@ -213,7 +225,7 @@ pass:
  * is still a piece of a record (a record dropped meanwhile is not
  * revived). True when that is done: what stays watched is registered
  * again (the kernel reports it). */
-static bool restore(struct uodp_icpt *ic)
+static bool restore(struct uodp_icpt *ic, bool ok)
 {
 	bool bad = false;
 	unsigned i;
@@ -234,7 +246,11 @@ static bool restore(struct uodp_icpt *ic)
 		if (uffd_register(nf.uffd, ic->p[i].start, ic->p[i].end))
 			bad = true;
 		else
-			inc(&ist.rereg);
+			ist_l.rereg++;
+	}
+	if (!bad && !ok) { /* sent back to the kernel: not delivered here */
+		ist_l.fast--;
+		ist_l.events -= ic->nr;
 	}
 	nf_unlock(&nf.watch_lock);
 	if (bad) { /* changed under us: forget the pieces, re-made later */
@@ -303,7 +319,7 @@ static int fail_map(const struct uffd_map *m, void *arg)
 	if (!w->reg || uffd_register(nf.uffd, s, e))
 		fail_add(w, s, e);
 	else
-		inc(&ist.rereg);
+		ist_l.rereg++; /* w->reg: watch lock held */
 	w->at = e;
 	return w->at >= w->end;
 }
@@ -325,8 +341,14 @@ static void failed(struct uodp_icpt *ic, struct fail_walk *w)
 		else
 			fail_add(w, w->at, w->end); /* a hole at the end */
 	}
-	if (locked)
+	if (locked) {
+		ist_l.events += w->n;
+		ist_l.events -= ic->nr;
 		nf_unlock(&nf.watch_lock);
+	} else {
+		atomic_fetch_add(&ist.events_adj,
+				 (int64_t)w->n - (int64_t)ic->nr);
+	}
 	if (!w->reg)
 		inc(&ist.dirty);
 }
@@ -343,6 +365,7 @@ static void after(struct uodp_icpt *ic, int ok)
 		if (!ok) /* nothing was detached */
 			return;
 		inc(&ist.shm);
+		inc(&ist.events);
 	} else if (ic->state == ST_SILENT) {
 		/* The replaced mappings' registration went with them: the
 		 * pieces covering them are forgotten (re-made on demand),
@@ -353,19 +376,17 @@ static void after(struct uodp_icpt *ic, int ok)
 			ic->r[0].end = end;
 		nf_icpt_mark_dirty();
 		inc(&ist.fast);
+		inc(&ist.events);
 	} else if (!ok && !(ic->flags & UODP_ICPT_KEEP)) {
 		struct fail_walk w;
 		enum unf_event fev[FAIL_MAX];
 
 		failed(ic, &w);
-		inc(&ist.fast);
 		ic->state = ST_NONE;
 		if (!w.n)
 			return;
 		for (i = 0; i < w.n; i++)
 			fev[i] = UNF_UNMAP;
-		atomic_fetch_add_explicit(&ist.events, w.n,
-					  memory_order_relaxed);
 		nf_deliver_local(w.s, w.e, fev, w.n, false);
 		return;
 	} else if (ic->flags & UODP_ICPT_KEEP) {
@@ -373,28 +394,25 @@ static void after(struct uodp_icpt *ic, int ok)
 		 * mappings before the one it refused): once registered again,
 		 * the call is made once more by the hooks and the kernel
 		 * reports what it discards (UODP_ICPT_RETRY). */
-		if (restore(ic) && !ok) {
+		if (restore(ic, ok) && !ok) {
 			ic->flags |= UODP_ICPT_RETRY;
 			ic->state = ST_NONE;
 			return;
 		}
-		inc(&ist.fast);
-	} else {
-		inc(&ist.fast);
 	}
 	for (i = 0; i < ic->nr; i++) {
 		s[i] = ic->r[i].start;
 		e[i] = ic->r[i].end;
 		ev[i] = (enum unf_event)ic->r[i].ev;
 	}
-	atomic_fetch_add_explicit(&ist.events, ic->nr, memory_order_relaxed);
 	/* The call succeeded, or is shmat's (SILENT: see intercept.h). */
 	nf_deliver_local(s, e, ev, ic->nr, ok);
 	ic->state = ST_NONE;
 }
 
 /*
- * Cancellation is disabled across both halves, as it is on the monitor
+ * Cancellation is disabled where a half can reach a cancellation point
+ * (after(), and shmdt's before()), as it is on the monitor
  * thread (never cancelled): the wrapped calls are no cancellation points
  * and neither is any uodp call (lib/lock.h), but this work reaches some
  * (the maps read of shmat and shmdt, the subscribers' fences and
@@ -405,8 +423,14 @@ static void after(struct uodp_icpt *ic, int ok)
  */
 static int icpt_before(struct uodp_icpt *ic)
 {
-	int cs = nocancel_begin(), r;
+	int cs, r;
 
+	/* Only shmdt's half reaches a cancellation point (the maps read);
+	 * the others try a lock, yield and make ioctl / fstat / fcntl(F_GETFL)
+	 * calls, none of which is one (two atomic exchanges saved). */
+	if (!(ic->flags & UODP_ICPT_SHM))
+		return before(ic);
+	cs = nocancel_begin();
 	r = before(ic);
 	nocancel_end(cs);
 	return r;
@@ -425,14 +449,17 @@ static void icpt_after(struct uodp_icpt *ic, int ok)
 
 static void icpt_stats(struct uodp_icpt_stats *out)
 {
-	out->fast = atomic_load(&ist.fast);
-	out->passed = atomic_load(&ist.passed);
+	nf_lock(&nf.watch_lock); /* ist_l */
+	out->fast = ist_l.fast + atomic_load(&ist.fast);
+	out->passed = ist_l.passed;
+	out->toomany = ist_l.toomany;
+	out->rereg = ist_l.rereg;
+	out->events = ist_l.events + atomic_load(&ist.events) +
+		      (uint64_t)atomic_load(&ist.events_adj);
+	nf_unlock(&nf.watch_lock);
 	out->busy = atomic_load(&ist.busy);
-	out->toomany = atomic_load(&ist.toomany);
-	out->rereg = atomic_load(&ist.rereg);
 	out->dirty = atomic_load(&ist.dirty);
 	out->shm = atomic_load(&ist.shm);
-	out->events = atomic_load(&ist.events);
 }
 
 static const struct uodp_icpt_ops icpt_ops = {
