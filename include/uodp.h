@@ -199,7 +199,10 @@ struct uodp_ctx_ops {
  * thread moves it (a mremap() that returned has been handled). Under
  * libuodp-hooks, a munmap(), mremap() or mmap(MAP_FIXED) the kernel
  * refuses leaves what it did not unmap mapped, pinned and translated, as
- * without the hooks. */
+ * without the hooks. Memory the kernel monitor reports unmapped (or moved
+ * away) loses its pins without munlock(): the kernel unlocked it with its
+ * mapping, and a mapping made there since (MAP_LOCKED, mlockall()) keeps
+ * its lock. */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the

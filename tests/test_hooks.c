@@ -1348,6 +1348,44 @@ static void test_failed_mremap_hole(void **st)
 	munmap(src, 8 * pg);
 }
 
+/* mmap(MAP_FIXED | MAP_LOCKED) over pinned memory: the new mapping is the
+ * application's, locked by it. The UNMAP of the old one (in-thread under
+ * the hooks, then with a raw system call on the kernel path) dropped the
+ * pins with munlock(), which unlocked the new mapping: the memory it
+ * unpins is gone, and the kernel unlocked it with its mapping. */
+static void test_pinned_unmap_leaves_new_lock(void **st)
+{
+	struct pinned x;
+	char *q;
+	int i;
+
+	(void)st;
+	if (!mlock_locks()) {
+		fprintf(stderr, "SKIP: mlock() locks nothing here\n");
+		skip();
+		return;
+	}
+	pinned_new(&x, 8);
+	q = mmap(x.p + 2 * pg, 2 * pg, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_LOCKED, -1, 0);
+	assert_true(q == x.p + 2 * pg);
+	assert_true(atomic_load(&inv_calls) > 0); /* delivered in-thread */
+	assert_true(still_locked(q, 2 * pg));
+	atomic_store(&inv_calls, 0);
+	q = (char *)syscall(
+		SYS_mmap, x.p + 5 * pg, 2 * pg, PROT_READ | PROT_WRITE,
+		MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_LOCKED, -1, 0);
+	assert_true(q == x.p + 5 * pg);
+	for (i = 0; i < 2000 && !atomic_load(&inv_calls); i++)
+		usleep(1000);
+	assert_true(atomic_load(&inv_calls) > 0); /* the monitor's */
+	assert_true(still_locked(q, 2 * pg));
+	uodp_umem_release(x.um);
+	uodp_ctx_destroy(x.ctx);
+	munlock(x.p, x.n * pg);
+	munmap(x.p, x.n * pg);
+}
+
 /* A UODP_CTX_STRICT context is still fenced by the in-thread delivery
  * (its subscription has no UNF_FENCE_READS): fence, invalidate, unfence,
  * all before munmap returns. */
@@ -1538,6 +1576,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_failed_mremap_keeps_pins),
 		cmocka_unit_test(test_failed_mmap_fixed_keeps_pins),
 		cmocka_unit_test(test_failed_mremap_hole),
+		cmocka_unit_test(test_pinned_unmap_leaves_new_lock),
 	};
 	struct unf_sub *probe;
 	static const struct unf_ops none = { 0 };

@@ -292,13 +292,16 @@ static void inval_callback(struct uodp_umem *umem, uint64_t s, uint64_t e,
 			   enum uodp_event ev, int cb_kind);
 
 void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
-		enum uodp_event ev, int cb_kind)
+		enum uodp_event ev, int cb_kind, bool gone)
 {
 	uodp_assert(!ulock_held(&umem->lock));
 	if (umem->ctx->ops.invalidate)
 		inval_callback(umem, s, e, ev, cb_kind);
-	if (!umem_watch_only(umem))
-		umem_drop_range(umem, s, e, true);
+	if (!umem_watch_only(umem)) {
+		ulock_lock(&umem->lock);
+		umem_drop_range_locked(umem, s, e, true, gone);
+		ulock_unlock(&umem->lock);
+	}
 }
 
 /* The driver's callback alone (no uodp lock held). */
@@ -330,7 +333,7 @@ static void inval_callback(struct uodp_umem *umem, uint64_t s, uint64_t e,
  * exchanges on a line a faulting thread may own.
  */
 void inval_locked(struct uodp_umem *umem, uint64_t s, uint64_t e,
-		  enum uodp_event ev, uint64_t period)
+		  enum uodp_event ev, uint64_t period, bool gone)
 {
 	uint64_t m = skip_accounting(umem, period) ? 0 :
 						     stripe_mask(umem, s, e);
@@ -342,13 +345,13 @@ void inval_locked(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		inval_callback(umem, s, e, ev, CB_LOCKED);
 		ulock_lock(&umem->lock);
 		if (!umem_watch_only(umem))
-			umem_drop_range_locked(umem, s, e, true);
+			umem_drop_range_locked(umem, s, e, true, gone);
 		wake = end_mask_locked(umem, m);
 	} else {
 		ulock_lock(&umem->lock);
 		umem->stats.invalidations++;
 		if (!umem_watch_only(umem))
-			umem_drop_range_locked(umem, s, e, true);
+			umem_drop_range_locked(umem, s, e, true, gone);
 		for (; m; m &= m - 1)
 			umem->stripes[__builtin_ctzll(m)].seq++;
 	}
