@@ -196,7 +196,13 @@ struct uodp_ctx_ops {
  * callback: it may be called holding locks the callbacks take), but one
  * that runs before that read drops the source's pins first and leaves the
  * destination locked. Do not release or unmap pinned memory while another
- * thread moves it (a mremap() that returned has been handled). */
+ * thread moves it (a mremap() that returned has been handled). Under
+ * libuodp-hooks, a munmap(), mremap() or mmap(MAP_FIXED) the kernel
+ * refuses leaves what it did not unmap mapped, pinned and translated, as
+ * without the hooks. Memory the kernel monitor reports unmapped (or moved
+ * away) loses its pins without munlock(): the kernel unlocked it with its
+ * mapping, and a mapping made there since (MAP_LOCKED, mlockall()) keeps
+ * its lock. */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the

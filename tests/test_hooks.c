@@ -1072,6 +1072,320 @@ static void test_engine(void **st)
 	munmap(p, 8 * pg);
 }
 
+/* ---- a call the kernel refuses keeps the pins (UODP_CTX_PIN) ---- */
+
+/* Does mlock() lock here? (A sanitizer's runtime makes it a no-op.) A
+ * locked page refuses MADV_DONTNEED (raw: no hook, no discard). */
+static bool mlock_locks(void)
+{
+	char *p = map_pages(1);
+	bool yes;
+
+	if (mlock(p, pg)) {
+		munmap(p, pg);
+		return false;
+	}
+	yes = syscall(SYS_madvise, p, pg, MADV_DONTNEED) != 0;
+	munlock(p, pg);
+	munmap(p, pg);
+	return yes;
+}
+
+/* [p, p + len) still mlock()ed: MADV_DONTNEED refused on all of it. */
+static bool still_locked(char *p, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i += pg)
+		if (!syscall(SYS_madvise, p + i, pg, MADV_DONTNEED) ||
+		    errno != EINVAL)
+			return false;
+	return true;
+}
+
+struct pinned {
+	struct uodp_ctx *ctx;
+	struct uodp_umem *um;
+	char *p;
+	size_t n;
+};
+
+static void pinned_new(struct pinned *x, size_t n)
+{
+	static const struct uodp_ctx_ops ops = { .invalidate = eng_inval };
+	int64_t r;
+
+	x->n = n;
+	x->p = map_pages(n);
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_PIN, &x->ctx), 0);
+	assert_int_equal(uodp_umem_get(x->ctx, x->p, n * pg, UODP_ACCESS_ALL,
+				       &x->um),
+			 0);
+	r = uodp_umem_read_begin(x->um);
+	assert_true(r >= 0);
+	r = uodp_umem_map(x->um, x->p, n * pg, UODP_ACCESS_READ, (uint64_t)r);
+	assert_true(r >= 0);
+	atomic_store(&inv_calls, 0);
+}
+
+/* After a refused call: nothing invalidated, the pages still locked, and
+ * the range still registered (a raw munmap of a page is reported: the
+ * kernel path is intact). */
+static void pinned_check_free(struct pinned *x, const struct snap *a,
+			      bool locks)
+{
+	struct snap b;
+	int i;
+
+	snap(&b);
+	/* the fast path was taken (not the kernel path) */
+	assert_int_equal(b.h.fast - a->h.fast, 1);
+	assert_int_equal(b.h.toomany, a->h.toomany);
+	assert_int_equal(b.h.busy, a->h.busy);
+	assert_int_equal(atomic_load(&inv_calls), 0);
+	if (locks)
+		assert_true(still_locked(x->p, x->n * pg));
+	snap(&b);
+	assert_int_equal(syscall(SYS_munmap, x->p + pg, pg), 0);
+	for (i = 0; i < 2000 && !atomic_load(&inv_calls); i++)
+		usleep(1000);
+	assert_true(atomic_load(&inv_calls) > 0);
+	expect_kernel(&b);
+	uodp_umem_release(x->um);
+	uodp_ctx_destroy(x->ctx);
+	munmap(x->p, x->n * pg);
+}
+
+/* munmap() refused (EINVAL: the range runs past the top of the address
+ * space) after the hook took the watched pages out of the userfaultfd:
+ * before, the in-thread delivery invalidated (and unpinned) them, and
+ * everything else watched above them, though nothing was unmapped. */
+static void test_failed_munmap_keeps_pins(void **st)
+{
+	bool locks = mlock_locks();
+	struct pinned x;
+	struct snap a;
+
+	(void)st;
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+	/* A sanitizer's munmap() clears the shadow of the range first: all
+	 * of the address space above x.p here. */
+	fprintf(stderr, "SKIP: a sanitizer's munmap() cannot take this\n");
+	(void)locks;
+	(void)x;
+	(void)a;
+	skip();
+#else
+	pinned_new(&x, 8);
+	snap(&a);
+	errno = 0;
+	assert_int_equal(munmap(x.p, (size_t)((1ull << 63) - A(x.p))), -1);
+	assert_int_equal(errno, EINVAL);
+	pinned_check_free(&x, &a, locks);
+#endif
+}
+
+/* Bring the process to exactly vm.max_map_count mappings: a PROT_NONE
+ * reservation whose tail from page i on gets the other protection, for
+ * i = 1, 2...: each call splits one mapping in two (one more) until the
+ * kernel refuses. Returns the reservation (*@len bytes), NULL when the
+ * limit cannot be read or is too large to reach (a skip). */
+static char *fill_to_limit(size_t *len)
+{
+	FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+	long max = 0, i;
+	char *fill;
+	int err;
+
+	if (!f || fscanf(f, "%ld", &max) != 1 || max <= 0 || max > 300000) {
+		if (f)
+			fclose(f);
+		fprintf(stderr, "SKIP: vm.max_map_count unknown or too "
+				"large to reach\n");
+		return NULL;
+	}
+	fclose(f);
+	*len = (size_t)max * pg;
+	fill = mmap(NULL, *len, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	assert_true(fill != MAP_FAILED);
+	for (i = 1; i < max; i++)
+		if (mprotect(fill + i * (long)pg, (size_t)(max - i) * pg,
+			     (i & 1) ? PROT_READ : PROT_NONE))
+			break;
+	err = errno;
+	if (i == max)
+		syscall(SYS_munmap, fill, *len);
+	assert_true(i < max); /* the limit was reached */
+	assert_int_equal(err, ENOMEM);
+	return fill;
+}
+
+/* munmap() refused with ENOMEM: unmapping a page in the middle of a
+ * mapping splits it in two, one mapping more than vm.max_map_count
+ * allows. */
+static void test_failed_munmap_map_count(void **st)
+{
+	bool locks = mlock_locks();
+	struct pinned x;
+	struct snap a;
+	size_t len;
+	char *fill;
+	int r, err;
+
+	(void)st;
+	pinned_new(&x, 8);
+	fill = fill_to_limit(&len);
+	if (!fill) {
+		uodp_umem_release(x.um);
+		uodp_ctx_destroy(x.ctx);
+		munmap(x.p, x.n * pg);
+		skip();
+		return;
+	}
+	snap(&a);
+	errno = 0;
+	r = munmap(x.p + 3 * pg, pg); /* splits x.p's mapping: refused */
+	err = errno;
+	/* free the filler before any assertion (cmocka allocates) */
+	syscall(SYS_munmap, fill, len);
+	assert_int_equal(r, -1);
+	assert_int_equal(err, ENOMEM);
+	pinned_check_free(&x, &a, locks);
+}
+
+/* mremap(MREMAP_FIXED) onto a range overlapping its source: EINVAL. */
+static void test_failed_mremap_keeps_pins(void **st)
+{
+	bool locks = mlock_locks();
+	struct pinned x;
+	struct snap a;
+	void *r;
+
+	(void)st;
+	pinned_new(&x, 8);
+	snap(&a);
+	errno = 0;
+	r = mremap(x.p, 4 * pg, 4 * pg, MREMAP_MAYMOVE | MREMAP_FIXED,
+		   x.p + 2 * pg);
+	assert_true(r == MAP_FAILED);
+	assert_int_equal(errno, EINVAL);
+	pinned_check_free(&x, &a, locks);
+}
+
+/* mmap(MAP_FIXED) of a file with a bad descriptor: EBADF, nothing
+ * replaced. */
+static void test_failed_mmap_fixed_keeps_pins(void **st)
+{
+	bool locks = mlock_locks();
+	struct pinned x;
+	struct snap a;
+	void *r;
+
+	(void)st;
+	pinned_new(&x, 8);
+	snap(&a);
+	errno = 0;
+	r = mmap(x.p + 2 * pg, 2 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, -1,
+		 0);
+	assert_true(r == MAP_FAILED);
+	assert_int_equal(errno, EBADF);
+	pinned_check_free(&x, &a, locks);
+}
+
+/* mremap(MREMAP_FIXED) of another mapping onto all of a watched, pinned
+ * one, refused with ENOMEM at vm.max_map_count. Depending on the kernel's
+ * version the destination was unmapped first (a hole, whose UNMAP must be
+ * delivered: the kernel sends none for what the hook took out) or is
+ * still there (Linux 6.18 checks first, or puts it back: then it keeps its
+ * translations and pins). */
+static void test_failed_mremap_hole(void **st)
+{
+	bool locks = mlock_locks();
+	struct pinned x;
+	char *src = map_pages(8), *fill;
+	unsigned char v;
+	size_t len;
+	void *r;
+	int err, i;
+
+	(void)st;
+	pinned_new(&x, 8);
+	fill = fill_to_limit(&len);
+	if (!fill) {
+		uodp_umem_release(x.um);
+		uodp_ctx_destroy(x.ctx);
+		munmap(x.p, x.n * pg);
+		munmap(src, 8 * pg);
+		skip();
+		return;
+	}
+	/* one below the limit: the destination's munmap (a whole mapping:
+	 * x.p's is locked, it merges with no neighbour) is allowed, the
+	 * move after it is not (it wants 3 to spare) */
+	syscall(SYS_munmap, fill + 2 * pg, pg);
+	r = mremap(src, 8 * pg, 8 * pg, MREMAP_MAYMOVE | MREMAP_FIXED, x.p);
+	err = errno;
+	syscall(SYS_munmap, fill, len);
+	assert_true(r == MAP_FAILED);
+	assert_int_equal(err, ENOMEM);
+	if (mincore(x.p, pg, &v) && errno == ENOMEM) {
+		/* unmapped: reported, in this thread, before return */
+		assert_true(atomic_load(&inv_calls) > 0);
+		for (i = 1; i < 8; i++)
+			assert_int_equal(mincore(x.p + i * pg, pg, &v), -1);
+		uodp_umem_release(x.um);
+		uodp_ctx_destroy(x.ctx);
+	} else {
+		struct snap a;
+
+		/* left mapped: nothing invalidated, still pinned, still
+		 * registered (fast count: the failed call above) */
+		snap(&a);
+		a.h.fast--;
+		pinned_check_free(&x, &a, locks);
+	}
+	munmap(src, 8 * pg);
+}
+
+/* mmap(MAP_FIXED | MAP_LOCKED) over pinned memory: the new mapping is the
+ * application's, locked by it. The UNMAP of the old one (in-thread under
+ * the hooks, then with a raw system call on the kernel path) dropped the
+ * pins with munlock(), which unlocked the new mapping: the memory it
+ * unpins is gone, and the kernel unlocked it with its mapping. */
+static void test_pinned_unmap_leaves_new_lock(void **st)
+{
+	struct pinned x;
+	char *q;
+	int i;
+
+	(void)st;
+	if (!mlock_locks()) {
+		fprintf(stderr, "SKIP: mlock() locks nothing here\n");
+		skip();
+		return;
+	}
+	pinned_new(&x, 8);
+	q = mmap(x.p + 2 * pg, 2 * pg, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_LOCKED, -1, 0);
+	assert_true(q == x.p + 2 * pg);
+	assert_true(atomic_load(&inv_calls) > 0); /* delivered in-thread */
+	assert_true(still_locked(q, 2 * pg));
+	atomic_store(&inv_calls, 0);
+	q = (char *)syscall(
+		SYS_mmap, x.p + 5 * pg, 2 * pg, PROT_READ | PROT_WRITE,
+		MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_LOCKED, -1, 0);
+	assert_true(q == x.p + 5 * pg);
+	for (i = 0; i < 2000 && !atomic_load(&inv_calls); i++)
+		usleep(1000);
+	assert_true(atomic_load(&inv_calls) > 0); /* the monitor's */
+	assert_true(still_locked(q, 2 * pg));
+	uodp_umem_release(x.um);
+	uodp_ctx_destroy(x.ctx);
+	munlock(x.p, x.n * pg);
+	munmap(x.p, x.n * pg);
+}
+
 /* A UODP_CTX_STRICT context is still fenced by the in-thread delivery
  * (its subscription has no UNF_FENCE_READS): fence, invalidate, unfence,
  * all before munmap returns. */
@@ -1257,6 +1571,12 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_engine),
 		cmocka_unit_test(test_engine_strict),
 		cmocka_unit_test(test_fence_reads),
+		cmocka_unit_test(test_failed_munmap_keeps_pins),
+		cmocka_unit_test(test_failed_munmap_map_count),
+		cmocka_unit_test(test_failed_mremap_keeps_pins),
+		cmocka_unit_test(test_failed_mmap_fixed_keeps_pins),
+		cmocka_unit_test(test_failed_mremap_hole),
+		cmocka_unit_test(test_pinned_unmap_leaves_new_lock),
 	};
 	struct unf_sub *probe;
 	static const struct unf_ops none = { 0 };

@@ -277,7 +277,8 @@ static void sink_finish(void *owner, uint64_t start, uint64_t end,
 	if (ctx->flags & UODP_CTX_DEFERRED)
 		ctx_deferred_finish(ctx, start, end, event_of(ev), merged);
 	else
-		ctx_invalidate(ctx, start, end, event_of(ev));
+		ctx_invalidate(ctx, start, end, event_of(ev),
+			       event_gone(event_of(ev)));
 }
 
 /* Called before events are read, and after they are delivered: the
@@ -504,7 +505,7 @@ static void ctx_kill_regions(struct uodp_ctx *ctx)
 		pthread_cond_broadcast(&umem->idle);
 		ulock_unlock(&umem->lock);
 		inval_locked(umem, umem->start, umem->end, UODP_EVENT_TEARDOWN,
-			     period);
+			     period, false);
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	atomic_fetch_sub(&ctx->inflight, 1);

@@ -359,12 +359,13 @@ bool fault_retry_locked(const struct uodp_umem *umem, uint64_t a, uint64_t b,
 void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		 uint64_t period);
 void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
-		enum uodp_event ev, int cb_kind);
+		enum uodp_event ev, int cb_kind, bool gone);
 void inval_end(struct uodp_umem *umem, uint64_t s, uint64_t e, uint64_t period);
 /* All three in a row, the driver called with CB_LOCKED: for walks that
- * hold the tree read lock throughout. */
+ * hold the tree read lock throughout. The drop and the end share one hold
+ * of the region lock, and without a callback the start too. */
 void inval_locked(struct uodp_umem *umem, uint64_t s, uint64_t e,
-		  enum uodp_event ev, uint64_t period);
+		  enum uodp_event ev, uint64_t period, bool gone);
 /* Deferred halves (protocol.c): begin raises the stripes of [s, e) not
  * already pending (on every region found, born in the period or not: the
  * mask pairs it with its end); take removes what is pending on the region
@@ -387,6 +388,10 @@ void ctx_inval_end(struct uodp_ctx *ctx);
  * unpinned. Returns the number of entries dropped. */
 uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 			 bool invalidation);
+/* The same, umem->lock held (not for a watch-only region); @gone: the
+ * memory is unmapped, its pins are dropped without munlock (unpin_gone). */
+uint64_t umem_drop_range_locked(struct uodp_umem *umem, uint64_t start,
+				uint64_t end, bool invalidation, bool gone);
 
 /* ---- regions (umem.c) ---- */
 void umem_put(struct uodp_umem *umem); /* drop a reference */
@@ -427,6 +432,12 @@ int ctx_prepare(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
  * drops one on each of @n pages (never fails, never allocates). */
 uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err);
 void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
+/* The same without munlock(): the pages are gone (an UNMAP or a REMAP's
+ * source reported by the kernel monitor; the kernel unlocked them with
+ * their mapping). What is mapped there now is not ours to unlock: a new
+ * mapping the application locked (MAP_LOCKED, mlockall(MCL_FUTURE)) would
+ * lose its lock, and the call would be a system call for nothing. */
+void unpin_gone(struct uodp_ctx *ctx, uint64_t va, uint64_t n);
 void pin_init(void);
 /* The engine's fork handler (ctx.c, its one fork detector) calls this in
  * the child: fresh counts, a fresh lock. */
@@ -468,7 +479,14 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
 /* The walk over every region overlapping [start, end): the kernel
  * notifier's sink and the manual entry points use it. */
 void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
-		    enum uodp_event ev);
+		    enum uodp_event ev, bool gone);
+/* A kernel monitor's event whose memory is gone when it is delivered (an
+ * UNMAP, a REMAP's source; not a REMOVE: MADV_DONTNEED_LOCKED discards
+ * locked pages and keeps the mapping locked). */
+static inline bool event_gone(enum uodp_event ev)
+{
+	return ev == UODP_EVENT_UNMAP || ev == UODP_EVENT_REMAP;
+}
 
 /*
  * Test hooks: called, when set, at the points named. They let tests stop a

@@ -15,9 +15,18 @@
 
 struct drop_arg {
 	struct uodp_umem *umem;
+	bool gone; /* unpin_gone(), not unpin_range() */
 	uint64_t dropped;
 	uint64_t pin_start, pin_len; /* pinned pages to unpin, as a run */
 };
+
+static void unpin_run(const struct drop_arg *arg)
+{
+	if (arg->gone)
+		unpin_gone(arg->umem->ctx, arg->pin_start, arg->pin_len);
+	else
+		unpin_range(arg->umem->ctx, arg->pin_start, arg->pin_len);
+}
 
 /* Turn a mapped word into its unmapped form: a page mapped writable joins
  * the dirty set (the device may have written it), others keep whatever
@@ -35,7 +44,7 @@ static int drop_word(uint64_t idx, uint64_t *word, void *argp)
 
 		if (arg->pin_len &&
 		    arg->pin_start + arg->pin_len * page != va) {
-			unpin_range(umem->ctx, arg->pin_start, arg->pin_len);
+			unpin_run(arg);
 			arg->pin_len = 0;
 		}
 		if (!arg->pin_len)
@@ -50,20 +59,30 @@ static int drop_word(uint64_t idx, uint64_t *word, void *argp)
 uint64_t umem_drop_range(struct uodp_umem *umem, uint64_t start, uint64_t end,
 			 bool invalidation)
 {
-	struct drop_arg arg = { .umem = umem };
+	uint64_t n;
 
 	if (umem_watch_only(umem))
 		return 0;
 	ulock_lock(&umem->lock);
+	n = umem_drop_range_locked(umem, start, end, invalidation, false);
+	ulock_unlock(&umem->lock);
+	return n;
+}
+
+uint64_t umem_drop_range_locked(struct uodp_umem *umem, uint64_t start,
+				uint64_t end, bool invalidation, bool gone)
+{
+	struct drop_arg arg = { .umem = umem, .gone = gone };
+
+	ulock_assert_held(&umem->lock);
 	pgt_for_each(&umem->table, umem_page(umem, start), umem_page(umem, end),
 		     drop_word, &arg);
 	if (arg.pin_len)
-		unpin_range(umem->ctx, arg.pin_start, arg.pin_len);
+		unpin_run(&arg);
 	umem->mapped -= arg.dropped;
 	arg.dropped += huge_drop_locked(umem, start, end);
 	if (invalidation)
 		umem->stats.pages_invalidated += arg.dropped;
-	ulock_unlock(&umem->lock);
 	return arg.dropped;
 }
 
@@ -87,7 +106,7 @@ static void clamp(const struct uodp_umem *umem, uint64_t start, uint64_t end,
  * that unmaps all the time does not keep new regions from faulting.
  */
 void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
-		    enum uodp_event ev)
+		    enum uodp_event ev, bool gone)
 {
 	struct rindex_iter it;
 	struct uodp_umem *umem;
@@ -98,7 +117,7 @@ void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 	for_each_overlap(ctx, it, umem, start, end)
 	{
 		clamp(umem, start, end, &s, &e);
-		inval_locked(umem, s, e, ev, period);
+		inval_locked(umem, s, e, ev, period, gone);
 	}
 	if (engine_test_hook_after_start_walk)
 		engine_test_hook_after_start_walk(ctx);
@@ -120,7 +139,7 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
 
 	atomic_fetch_add(&ctx->inflight, 1);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
-	inval_locked(umem, start, end, ev, period);
+	inval_locked(umem, start, end, ev, period, false);
 	pthread_rwlock_unlock(&ctx->tree_lock);
 	atomic_fetch_sub(&ctx->inflight, 1);
 }
@@ -214,7 +233,8 @@ void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 
 			if (inval_deferred_take(umem, &s, &e, &mask)) {
 				if (!atomic_load(&umem->released))
-					inval_call(umem, s, e, ev, CB_DEFERRED);
+					inval_call(umem, s, e, ev, CB_DEFERRED,
+						   event_gone(ev));
 				inval_end_mask(umem, mask);
 			}
 			umem_put(umem);
@@ -254,7 +274,7 @@ UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr, size_t len,
 	if (r)
 		return r;
 	cs = nocancel_begin();
-	ctx_invalidate(ctx, start, end, event);
+	ctx_invalidate(ctx, start, end, event, false);
 	nocancel_end(cs);
 	return 0;
 }
@@ -318,7 +338,7 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
 	{
 		clamp(umem, start, end, &s, &e);
 		inval_start(umem, s, e, period);
-		inval_call(umem, s, e, range->event, CB_LOCKED);
+		inval_call(umem, s, e, range->event, CB_LOCKED, false);
 	}
 	if (engine_test_hook_after_start_walk)
 		engine_test_hook_after_start_walk(ctx);

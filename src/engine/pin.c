@@ -11,7 +11,10 @@
  * lock) and locks a page on its first reference and unlocks it on its
  * last, a run of consecutive pages per system call.
  * Caveat (documented): munlock() also undoes an mlock() the application
- * made itself on the same page.
+ * made itself on the same page. Pages the kernel monitor reports unmapped
+ * (UNMAP, a REMAP's source) lose their references without munlock()
+ * (unpin_gone()): they are gone, and what is mapped there since is not
+ * ours to unlock.
  *
  * mremap() moves a mapping's VM_LOCKED with its pages: after the move the
  * destination is locked, the counted source a hole. The REMAP invalidation
@@ -119,7 +122,8 @@ static void run_add(struct unlock_run *r, uint64_t pg)
 /* Drop one reference of @n pages from page number @pg; pin_lock held.
  * Lowering a count never allocates, so this cannot fail and is safe on the
  * monitor thread. Pages whose last reference goes are unlocked. */
-static void unref_locked(struct uodp_ctx *ctx, uint64_t pg, uint64_t n)
+static void unref_locked(struct uodp_ctx *ctx, uint64_t pg, uint64_t n,
+			 bool unlock)
 {
 	struct unlock_run run = { .shift = ctx->page_shift };
 	uint64_t i, refs;
@@ -130,7 +134,7 @@ static void unref_locked(struct uodp_ctx *ctx, uint64_t pg, uint64_t n)
 		if (!refs)
 			continue;
 		pgt_set(&pin_g.pins, pg + i, refs - 1);
-		if (refs == 1)
+		if (refs == 1 && unlock)
 			run_add(&run, pg + i);
 	}
 	run_flush(&run);
@@ -205,7 +209,7 @@ uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err)
 		/* Pages from run + got on are not locked (RLIMIT_MEMLOCK):
 		 * give back every reference taken from there on (page pg + i
 		 * was not counted), and report the pages before. */
-		unref_locked(ctx, run + got, pg + i - (run + got));
+		unref_locked(ctx, run + got, pg + i - (run + got), true);
 		i = run + got - pg;
 		r = -ENOMEM;
 	}
@@ -219,7 +223,14 @@ uint64_t pin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n, int *err)
 void unpin_range(struct uodp_ctx *ctx, uint64_t va, uint64_t n)
 {
 	ulock_lock(&pin_g.lock);
-	unref_locked(ctx, va >> ctx->page_shift, n);
+	unref_locked(ctx, va >> ctx->page_shift, n, true);
+	ulock_unlock(&pin_g.lock);
+}
+
+void unpin_gone(struct uodp_ctx *ctx, uint64_t va, uint64_t n)
+{
+	ulock_lock(&pin_g.lock);
+	unref_locked(ctx, va >> ctx->page_shift, n, false);
 	ulock_unlock(&pin_g.lock);
 }
 

@@ -229,15 +229,13 @@ void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
 void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e)
 {
 	uint64_t m, fresh;
-	unsigned i;
 
 	ulock_lock(&umem->lock);
 	umem->stats.invalidations++;
 	m = stripe_mask(umem, s, e);
-	fresh = m & ~umem->dmask;
-	for (i = 0; i < umem->nstripes; i++)
-		if (fresh & ((uint64_t)1 << i))
-			umem->stripes[i].count++;
+	/* the set bits only (a 4 KiB event sets one of up to 64) */
+	for (fresh = m & ~umem->dmask; fresh; fresh &= fresh - 1)
+		umem->stripes[__builtin_ctzll(fresh)].count++;
 	if (!umem->dmask) {
 		umem->dlo = s;
 		umem->dhi = e;
@@ -261,20 +259,31 @@ bool inval_deferred_take(struct uodp_umem *umem, uint64_t *s, uint64_t *e,
 	return *mask != 0;
 }
 
-void inval_end_mask(struct uodp_umem *umem, uint64_t mask)
+/* Region lock held: bump the seq and lower the count of each stripe in
+ * @mask (its set bits only). True when one fell to 0 (wake the idle). */
+static bool end_mask_locked(struct uodp_umem *umem, uint64_t mask)
 {
 	bool wake = false;
-	unsigned i;
 
-	ulock_lock(&umem->lock);
-	for (i = 0; i < umem->nstripes; i++) {
-		if (!(mask & ((uint64_t)1 << i)))
-			continue;
+	ulock_assert_held(&umem->lock);
+	for (; mask; mask &= mask - 1) {
+		unsigned i = (unsigned)__builtin_ctzll(mask);
+
+		uodp_assert(i < umem->nstripes);
 		uodp_assert(umem->stripes[i].count > 0);
 		umem->stripes[i].seq++;
 		if (--umem->stripes[i].count == 0)
 			wake = true;
 	}
+	return wake;
+}
+
+void inval_end_mask(struct uodp_umem *umem, uint64_t mask)
+{
+	bool wake;
+
+	ulock_lock(&umem->lock);
+	wake = end_mask_locked(umem, mask);
 	if (wake)
 		pthread_cond_broadcast(&umem->idle);
 	ulock_unlock(&umem->lock);
@@ -298,8 +307,25 @@ UODP_API int uodp_in_callback(void)
 	return engine_in_callback;
 }
 
+static void inval_callback(struct uodp_umem *umem, uint64_t s, uint64_t e,
+			   enum uodp_event ev, int cb_kind);
+
 void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
-		enum uodp_event ev, int cb_kind)
+		enum uodp_event ev, int cb_kind, bool gone)
+{
+	uodp_assert(!ulock_held(&umem->lock));
+	if (umem->ctx->ops.invalidate)
+		inval_callback(umem, s, e, ev, cb_kind);
+	if (!umem_watch_only(umem)) {
+		ulock_lock(&umem->lock);
+		umem_drop_range_locked(umem, s, e, true, gone);
+		ulock_unlock(&umem->lock);
+	}
+}
+
+/* The driver's callback alone (no uodp lock held). */
+static void inval_callback(struct uodp_umem *umem, uint64_t s, uint64_t e,
+			   enum uodp_event ev, int cb_kind)
 {
 	struct uodp_ctx *ctx = umem->ctx;
 	struct uodp_range r = {
@@ -310,23 +336,45 @@ void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 	};
 	int saved = engine_in_callback;
 
-	uodp_assert(!ulock_held(&umem->lock));
-	if (ctx->ops.invalidate) {
-		engine_in_callback = cb_kind;
-		ctx->ops.invalidate(umem, &r, ctx->ops.priv);
-		engine_in_callback = saved;
-	}
-	if (!umem_watch_only(umem))
-		umem_drop_range(umem, s, e, true);
+	engine_in_callback = cb_kind;
+	ctx->ops.invalidate(umem, &r, ctx->ops.priv);
+	engine_in_callback = saved;
 }
 
-/* The three steps of an invalidation that runs in one walk under the tree
+/*
+ * The three steps of an invalidation that runs in one walk under the tree
  * read lock (one-shot walks, a frame change, teardown): raise, call the
- * driver (CB_LOCKED), lower. */
+ * driver (CB_LOCKED), lower. The drop and the lowering share one hold of
+ * the region lock (a fault sees both or neither); without a callback the
+ * raise joins them: raised and lowered in one hold, no fault can see the
+ * count, so only the seqs move (a fault that read them before retries).
+ * One hold instead of three: each is a lock and an unlock, two atomic
+ * exchanges on a line a faulting thread may own.
+ */
 void inval_locked(struct uodp_umem *umem, uint64_t s, uint64_t e,
-		  enum uodp_event ev, uint64_t period)
+		  enum uodp_event ev, uint64_t period, bool gone)
 {
-	inval_start(umem, s, e, period);
-	inval_call(umem, s, e, ev, CB_LOCKED);
-	inval_end(umem, s, e, period);
+	uint64_t m = skip_accounting(umem, period) ? 0 :
+						     stripe_mask(umem, s, e);
+	bool wake = false;
+
+	uodp_assert(!ulock_held(&umem->lock));
+	if (umem->ctx->ops.invalidate) {
+		inval_start(umem, s, e, period);
+		inval_callback(umem, s, e, ev, CB_LOCKED);
+		ulock_lock(&umem->lock);
+		if (!umem_watch_only(umem))
+			umem_drop_range_locked(umem, s, e, true, gone);
+		wake = end_mask_locked(umem, m);
+	} else {
+		ulock_lock(&umem->lock);
+		umem->stats.invalidations++;
+		if (!umem_watch_only(umem))
+			umem_drop_range_locked(umem, s, e, true, gone);
+		for (; m; m &= m - 1)
+			umem->stripes[__builtin_ctzll(m)].seq++;
+	}
+	if (wake)
+		pthread_cond_broadcast(&umem->idle);
+	ulock_unlock(&umem->lock);
 }

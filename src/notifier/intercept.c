@@ -19,8 +19,9 @@
  *    re-registered by a concurrent watch / prepare) sends its kernel event
  *    as before; the monitor delivers it;
  *  - what was unregistered is covered by the delivery, which comes after
- *    the real call (after the pages are gone, as the kernel's UNMAP) and
- *    whatever the call returned; a fault in between installs an entry the
+ *    the real call (after the pages are gone, as the kernel's UNMAP); after
+ *    a refused call, over what it unmapped, the rest registered again
+ *    (failed()); a fault in between installs an entry the
  *    delivery drops (the engine's periods make a fault that overlaps it
  *    retry);
  *  - the pieces are cut before the real call, under the watch lock, so
@@ -51,8 +52,17 @@ enum {
 	ST_SILENT
 };
 
+/* Counters of the paths that hold the watch lock: plain, under it (an
+ * atomic add is a locked instruction, for nothing while the lock is
+ * held). */
 static struct {
-	_Atomic uint64_t fast, passed, busy, toomany, rereg, dirty, shm, events;
+	uint64_t fast, passed, toomany, rereg, events;
+} ist_l;
+/* Counters of the paths without the lock (busy, shm, shmat's, a failure
+ * that could not take it). */
+static struct {
+	_Atomic uint64_t fast, busy, dirty, shm, events;
+	_Atomic int64_t events_adj; /* a failed call's change to events */
 } ist;
 
 static void inc(_Atomic uint64_t *c)
@@ -107,8 +117,7 @@ static bool fd_ok(void)
  * or in a delivery of ours calls munmap): never re-enter. */
 static bool inside(void)
 {
-	return nf_held(&nf.subs_lock) || nf_held(&nf.watch_lock) ||
-	       nf_held(&nf.ring_lock);
+	return nf_depth != 0;
 }
 
 struct shm_ext {
@@ -184,7 +193,7 @@ static int before(struct uodp_icpt *ic)
 		if (k < 0) {
 			/* Ranges already cut stay registered: their kernel
 			 * events come; the pieces are re-made on demand. */
-			inc(&ist.toomany);
+			ist_l.toomany++;
 			nf_unlock(&nf.watch_lock);
 			return 0;
 		}
@@ -200,11 +209,15 @@ static int before(struct uodp_icpt *ic)
 	}
 	ic->np = (unsigned)n;
 	ic->state = ST_FAST;
+	/* Counted here, under the lock (a madvise sent back to the kernel
+	 * and a refused call correct it, see after()). */
+	ist_l.fast++;
+	ist_l.events += ic->nr;
 	nf_unlock(&nf.watch_lock);
 	return 1;
 pass:
+	ist_l.passed++;
 	nf_unlock(&nf.watch_lock);
-	inc(&ist.passed);
 	return 0;
 }
 
@@ -212,7 +225,7 @@ pass:
  * is still a piece of a record (a record dropped meanwhile is not
  * revived). True when that is done: what stays watched is registered
  * again (the kernel reports it). */
-static bool restore(struct uodp_icpt *ic)
+static bool restore(struct uodp_icpt *ic, bool ok)
 {
 	bool bad = false;
 	unsigned i;
@@ -233,7 +246,11 @@ static bool restore(struct uodp_icpt *ic)
 		if (uffd_register(nf.uffd, ic->p[i].start, ic->p[i].end))
 			bad = true;
 		else
-			inc(&ist.rereg);
+			ist_l.rereg++;
+	}
+	if (!bad && !ok) { /* sent back to the kernel: not delivered here */
+		ist_l.fast--;
+		ist_l.events -= ic->nr;
 	}
 	nf_unlock(&nf.watch_lock);
 	if (bad) { /* changed under us: forget the pieces, re-made later */
@@ -241,6 +258,99 @@ static bool restore(struct uodp_icpt *ic)
 		inc(&ist.dirty);
 	}
 	return !bad;
+}
+
+/*
+ * An unmap, move or MAP_FIXED that the kernel refused (munmap's ENOMEM at
+ * vm.max_map_count, EINVAL, EBADF...). before() took its pieces out of the
+ * userfaultfd, but the call changed nothing, or only part: mmap(MAP_FIXED)
+ * and mremap(MREMAP_FIXED) may fail after unmapping what they replace,
+ * mremap after cutting a shrunk source's tail. A delivery over the whole
+ * range would drop the translations of memory still mapped, and unpin a
+ * UODP_CTX_PIN context's pages under its device (which may hold their
+ * frames and have no invalidate callback at all).
+ *
+ * The rule, as the kernel path: what the call removed is reported, what it
+ * left mapped is not. The maps are read (this path only: a failure is
+ * rare); each part of a piece still mapped is registered again (the
+ * kernel reports what happens to it from now on), each hole is delivered
+ * as an UNMAP, as are the mapped parts when the watch lock is busy or the
+ * registration fails (the old behaviour: nothing lost, pins dropped).
+ * Another thread that unmaps the same memory meanwhile, and maps something
+ * else there before the maps are read, is a use-after-free race of the
+ * application (see the top of this file); its unmap then goes unreported.
+ */
+#define FAIL_MAX (2 * UODP_ICPT_MAXP)
+
+struct fail_walk {
+	uint64_t at, end; /* the piece's part not walked yet */
+	bool reg;	  /* may register (watch lock held, fd ours) */
+	unsigned n;
+	uint64_t s[FAIL_MAX], e[FAIL_MAX];
+};
+
+static void fail_add(struct fail_walk *w, uint64_t s, uint64_t e)
+{
+	if (s >= e)
+		return;
+	if (w->n && w->e[w->n - 1] == s) { /* contiguous: one range */
+		w->e[w->n - 1] = e;
+		return;
+	}
+	if (w->n == FAIL_MAX) { /* full: the last one grows to the end */
+		w->e[w->n - 1] = w->end;
+		return;
+	}
+	w->s[w->n] = s;
+	w->e[w->n] = e;
+	w->n++;
+}
+
+static int fail_map(const struct uffd_map *m, void *arg)
+{
+	struct fail_walk *w = arg;
+	uint64_t s = m->start > w->at ? m->start : w->at;
+	uint64_t e = m->end < w->end ? m->end : w->end;
+
+	if (s >= e)
+		return 0;
+	fail_add(w, w->at, s); /* a hole before it */
+	nf_stat_inc(&nf.st.registrations);
+	if (!w->reg || uffd_register(nf.uffd, s, e))
+		fail_add(w, s, e);
+	else
+		ist_l.rereg++; /* w->reg: watch lock held */
+	w->at = e;
+	return w->at >= w->end;
+}
+
+/* The ranges of @ic's pieces to deliver after a refused call, into @w. */
+static void failed(struct uodp_icpt *ic, struct fail_walk *w)
+{
+	bool locked = watch_trylock();
+	unsigned i;
+
+	w->n = 0;
+	w->reg = locked && atomic_load(&nf.running) &&
+		 !atomic_load(&nf.broken) && fd_ok();
+	for (i = 0; i < ic->np; i++) {
+		w->at = ic->p[i].start;
+		w->end = ic->p[i].end;
+		if (uffd_for_each_map(w->at, w->end, fail_map, w) < 0)
+			fail_add(w, w->at, w->end); /* unreadable: all */
+		else
+			fail_add(w, w->at, w->end); /* a hole at the end */
+	}
+	if (locked) {
+		ist_l.events += w->n;
+		ist_l.events -= ic->nr;
+		nf_unlock(&nf.watch_lock);
+	} else {
+		atomic_fetch_add(&ist.events_adj,
+				 (int64_t)w->n - (int64_t)ic->nr);
+	}
+	if (!w->reg)
+		inc(&ist.dirty);
 }
 
 static void after(struct uodp_icpt *ic, int ok)
@@ -255,6 +365,7 @@ static void after(struct uodp_icpt *ic, int ok)
 		if (!ok) /* nothing was detached */
 			return;
 		inc(&ist.shm);
+		inc(&ist.events);
 	} else if (ic->state == ST_SILENT) {
 		/* The replaced mappings' registration went with them: the
 		 * pieces covering them are forgotten (re-made on demand),
@@ -265,35 +376,43 @@ static void after(struct uodp_icpt *ic, int ok)
 			ic->r[0].end = end;
 		nf_icpt_mark_dirty();
 		inc(&ist.fast);
+		inc(&ist.events);
+	} else if (!ok && !(ic->flags & UODP_ICPT_KEEP)) {
+		struct fail_walk w;
+		enum unf_event fev[FAIL_MAX];
+
+		failed(ic, &w);
+		ic->state = ST_NONE;
+		if (!w.n)
+			return;
+		for (i = 0; i < w.n; i++)
+			fev[i] = UNF_UNMAP;
+		nf_deliver_local(w.s, w.e, fev, w.n, false);
+		return;
 	} else if (ic->flags & UODP_ICPT_KEEP) {
 		/* A failed madvise may have discarded part of the range (the
 		 * mappings before the one it refused): once registered again,
 		 * the call is made once more by the hooks and the kernel
 		 * reports what it discards (UODP_ICPT_RETRY). */
-		if (restore(ic) && !ok) {
+		if (restore(ic, ok) && !ok) {
 			ic->flags |= UODP_ICPT_RETRY;
 			ic->state = ST_NONE;
 			return;
 		}
-		inc(&ist.fast);
-	} else {
-		inc(&ist.fast);
 	}
 	for (i = 0; i < ic->nr; i++) {
 		s[i] = ic->r[i].start;
 		e[i] = ic->r[i].end;
 		ev[i] = (enum unf_event)ic->r[i].ev;
 	}
-	atomic_fetch_add_explicit(&ist.events, ic->nr, memory_order_relaxed);
-	/* Whatever the call returned: a failed one may have changed part of
-	 * the range (madvise over a hole, an mmap that failed after the old
-	 * mapping went), and invalidating memory still there is harmless. */
+	/* The call succeeded, or is shmat's (SILENT: see intercept.h). */
 	nf_deliver_local(s, e, ev, ic->nr, ok);
 	ic->state = ST_NONE;
 }
 
 /*
- * Cancellation is disabled across both halves, as it is on the monitor
+ * Cancellation is disabled where a half can reach a cancellation point
+ * (after(), and shmdt's before()), as it is on the monitor
  * thread (never cancelled): the wrapped calls are no cancellation points
  * and neither is any uodp call (lib/lock.h), but this work reaches some
  * (the maps read of shmat and shmdt, the subscribers' fences and
@@ -304,8 +423,14 @@ static void after(struct uodp_icpt *ic, int ok)
  */
 static int icpt_before(struct uodp_icpt *ic)
 {
-	int cs = nocancel_begin(), r;
+	int cs, r;
 
+	/* Only shmdt's half reaches a cancellation point (the maps read);
+	 * the others try a lock, yield and make ioctl / fstat / fcntl(F_GETFL)
+	 * calls, none of which is one (two atomic exchanges saved). */
+	if (!(ic->flags & UODP_ICPT_SHM))
+		return before(ic);
+	cs = nocancel_begin();
 	r = before(ic);
 	nocancel_end(cs);
 	return r;
@@ -324,14 +449,17 @@ static void icpt_after(struct uodp_icpt *ic, int ok)
 
 static void icpt_stats(struct uodp_icpt_stats *out)
 {
-	out->fast = atomic_load(&ist.fast);
-	out->passed = atomic_load(&ist.passed);
+	nf_lock(&nf.watch_lock); /* ist_l */
+	out->fast = ist_l.fast + atomic_load(&ist.fast);
+	out->passed = ist_l.passed;
+	out->toomany = ist_l.toomany;
+	out->rereg = ist_l.rereg;
+	out->events = ist_l.events + atomic_load(&ist.events) +
+		      (uint64_t)atomic_load(&ist.events_adj);
+	nf_unlock(&nf.watch_lock);
 	out->busy = atomic_load(&ist.busy);
-	out->toomany = atomic_load(&ist.toomany);
-	out->rereg = atomic_load(&ist.rereg);
 	out->dirty = atomic_load(&ist.dirty);
 	out->shm = atomic_load(&ist.shm);
-	out->events = atomic_load(&ist.events);
 }
 
 static const struct uodp_icpt_ops icpt_ops = {

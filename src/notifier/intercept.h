@@ -19,9 +19,10 @@
  * Nothing is lost by construction: what stays registered still sends its
  * kernel event (the userfaultfd stays the safety net for raw system calls,
  * static code and libc-internal calls), and what was taken out is covered
- * by the in-thread delivery, which runs after the real call whatever it
- * returned (a failed call gives an invalidation of memory that is still
- * there: harmless). When in doubt (a notifier lock is busy, too many
+ * by the in-thread delivery, which runs after the real call. A call the
+ * kernel refused is delivered only where it unmapped something (what is
+ * still mapped is registered again and keeps its translations and pins:
+ * intercept.c, failed()). When in doubt (a notifier lock is busy, too many
  * pieces, the calling thread is inside the notifier) the fast path is not
  * taken and the call goes to the kernel path unchanged.
  *

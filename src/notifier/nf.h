@@ -33,6 +33,14 @@ struct nf_lock {
 	}
 
 void nf_lock(struct nf_lock *l);
+/* The number of nf_locks the calling thread holds (raised by nf_lock()
+ * and nf_trylock(), lowered by nf_unlock(); a condition wait keeps it:
+ * the thread is still inside). Nonzero: the thread is inside the
+ * notifier, and the hooks' fast path must not re-enter it (intercept.c).
+ * Why a thread-local count and not nf_held() of each lock: those are
+ * loads of the lock words, on cache lines the monitor writes at every
+ * drain (a miss per munmap on another CPU). */
+extern _Thread_local unsigned nf_depth;
 void nf_unlock(struct nf_lock *l);
 bool nf_held(struct nf_lock *l);
 void nf_cond_wait(pthread_cond_t *c, struct nf_lock *l);

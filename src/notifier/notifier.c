@@ -61,9 +61,13 @@ unsigned unf_test_ring_cap;
 /* Locks                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* How many nf_locks the calling thread holds (nf.h: nf_depth). */
+_Thread_local unsigned nf_depth __attribute__((tls_model("initial-exec")));
+
 void nf_lock(struct nf_lock *l)
 {
 	pthread_mutex_lock(&l->m);
+	nf_depth++;
 	atomic_store_explicit(&l->owner, (unsigned long)pthread_self(),
 			      memory_order_relaxed);
 }
@@ -71,6 +75,7 @@ void nf_lock(struct nf_lock *l)
 void nf_unlock(struct nf_lock *l)
 {
 	atomic_store_explicit(&l->owner, 0, memory_order_relaxed);
+	nf_depth--;
 	pthread_mutex_unlock(&l->m);
 }
 
@@ -783,6 +788,7 @@ static void atfork_child(void)
 	pthread_cond_init(&nf.ring_cv, NULL);
 	pthread_cond_init(&nf.drained_cv, NULL);
 	nf.life_lock = init; /* held by this thread in prepare */
+	nf_depth = 0;	     /* every lock is free again */
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -1021,6 +1027,7 @@ bool nf_trylock(struct nf_lock *l)
 {
 	if (pthread_mutex_trylock(&l->m))
 		return false;
+	nf_depth++;
 	atomic_store_explicit(&l->owner, (unsigned long)pthread_self(),
 			      memory_order_relaxed);
 	return true;

@@ -319,12 +319,19 @@ static uint64_t sync_log(bool wait)
 
 static void update_all_ok(uint64_t e)
 {
+	uint64_t v = nf.unverified == 0 && !npend && !atomic_load(&nf.broken) &&
+				     !(e & 1) ?
+			     e :
+			     0;
+
 	NF_ASSERT_HELD(&nf.watch_lock);
-	atomic_store(&nf.all_ok, nf.unverified == 0 && !npend &&
-						 !atomic_load(&nf.broken) &&
-						 !(e & 1) ?
-					 e :
-					 0);
+	/* Stored only when it changes: a sequentially consistent store is an
+	 * exchange (a locked instruction), and the hooks' fast path calls
+	 * this at every munmap, mostly to store the 0 already there. The
+	 * one store made without watch_lock (nf_icpt_mark_dirty()) only
+	 * ever writes 0, which a skipped store would not have undone. */
+	if (atomic_load_explicit(&nf.all_ok, memory_order_relaxed) != v)
+		atomic_store(&nf.all_ok, v);
 }
 
 /* ------------------------------------------------------------------------ */
