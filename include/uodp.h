@@ -190,13 +190,14 @@ struct uodp_ctx_ops {
  * (like any invalidation, that may be just after mremap() returns); a
  * MANUAL context must invalidate pinned memory before it moves it (after,
  * the lock stays at the destination). A move is not synchronized with a
- * release or unmap of the same memory on another thread: a release or
- * uodp_umem_unmap() racing it waits for the move once the monitor has
+ * release, unmap or manual invalidation of the same memory on another
+ * thread: a release, uodp_umem_unmap() or uodp_invalidate_range*() (which
+ * unpins what it drops) racing it waits for the move once the monitor has
  * read it (a wait on the monitor's report of the move only, never on a
  * callback: it may be called holding locks the callbacks take), but one
  * that runs before that read drops the source's pins first and leaves the
- * destination locked. Do not release or unmap pinned memory while another
- * thread moves it (a mremap() that returned has been handled). */
+ * destination locked. Do not release, unmap or invalidate pinned memory
+ * while another thread moves it (a mremap() that returned has been handled). */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the

@@ -320,13 +320,17 @@ static void sink_moved(void *owner, uint64_t from, uint64_t to, uint64_t len)
 }
 
 /* Before a pinning context drops pins on its own (a release, an
- * uodp_umem_unmap()): a move the monitor has read but not yet reported
+ * uodp_umem_unmap(), a manual invalidation - uodp_invalidate_range*() on
+ * a context the monitor also watches, whose drop unpins as a release
+ * does): a move the monitor has read but not yet reported
  * would find the source's counts gone and leave the destination locked
  * for good, so wait for the moves read so far (the mremap() that the
  * caller saw return among them). The wait is on the monitor's report
  * alone (unf_barrier(): only moved() runs between its read and report,
  * which takes nothing but the pin lock), so a caller may hold region or
- * driver locks. */
+ * driver locks. On the monitor thread itself (uodp_umem_unmap() from a
+ * callback) it does not wait: the moves of a read are reported before
+ * any of it is delivered. */
 void ctx_settle_moves(struct uodp_ctx *ctx)
 {
 	if ((ctx->flags & UODP_CTX_PIN) && !(ctx->flags & UODP_CTX_MANUAL))

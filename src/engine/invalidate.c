@@ -254,6 +254,7 @@ UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr, size_t len,
 	if (r)
 		return r;
 	cs = nocancel_begin();
+	ctx_settle_moves(ctx); /* before it unpins: see there */
 	ctx_invalidate(ctx, start, end, event);
 	nocancel_end(cs);
 	return 0;
@@ -312,6 +313,7 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
 	atomic_fetch_add(&ctx->holds, 1);
 
 	cs = nocancel_begin();
+	ctx_settle_moves(ctx); /* before it unpins: see there */
 	period = ctx_inval_begin(ctx);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
 	for_each_overlap(ctx, it, umem, start, end)
