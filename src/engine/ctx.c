@@ -222,9 +222,42 @@ err_free:
 	return r;
 }
 
+void (*engine_test_hook_entered)(struct uodp_ctx *ctx);
+
+int ctx_enter(struct uodp_ctx *ctx)
+{
+	atomic_fetch_add(&ctx->users, 1);
+	if (engine_test_hook_entered)
+		engine_test_hook_entered(ctx);
+	if (atomic_load(&ctx->holds) == 0) {
+		atomic_fetch_sub(&ctx->users, 1);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+void ctx_leave(struct uodp_ctx *ctx)
+{
+	atomic_fetch_sub(&ctx->users, 1);
+}
+
+bool ctx_hold(struct uodp_ctx *ctx)
+{
+	long h = atomic_load(&ctx->holds);
+
+	do {
+		if (h == 0)
+			return false;
+	} while (!atomic_compare_exchange_weak(&ctx->holds, &h, h + 1));
+	return true;
+}
+
 static void ctx_free(struct uodp_ctx *ctx)
 {
-	/* A get that raced destroy is on its way out (it saw dying). */
+	/* A call that entered before the last hold went is on its way out
+	 * (it saw the destroy, or holds a hold of its own: then we would
+	 * not be here). Short: an entry checks and leaves, or a get reaches
+	 * its tree-locked check of dying. */
 	while (atomic_load(&ctx->users))
 		sched_yield();
 	ctx->magic = UODP_DEAD_MAGIC;
