@@ -36,14 +36,18 @@
  *    -ECHILD) fail with -ECHILD in a child process forked after the context
  *    was created (the child has another address space). The region lock
  *    must not be used in such a child at all;
- *  - "callback" below means the driver's invalidate, fence and unfence.
- *    Calls that could wait for the invalidation that is calling back fail
- *    there with -EDEADLK instead of deadlocking (they say so).
+ *  - "callback" below means the driver's invalidate, fence and unfence,
+ *    of any context. Calls that could wait for the invalidation that is
+ *    calling back fail there with -EDEADLK instead of deadlocking (they
+ *    say so); the rule is the calling thread's: such a call on another
+ *    context, or on memory the invalidation does not touch, is refused
+ *    the same (record it, and make it once the callback returned).
  *
  * Regions and contexts are handles: a handle that was released or destroyed
  * must not be passed again. Such a call is undefined (as for free()); a
  * build with -DUODP_DEBUG=ON aborts on it with a message (the object is
- * poisoned, not reused, until the process exits).
+ * poisoned, not reused, until the process exits). The one exception is a
+ * destroyed context that something still holds (see uodp_ctx_destroy()).
  *
  * ABI: symbols are exported under one version node per release (UODP_0.2);
  * structures the caller passes in carry a comp_mask and reserved fields
@@ -190,19 +194,20 @@ struct uodp_ctx_ops {
  * (like any invalidation, that may be just after mremap() returns); a
  * MANUAL context must invalidate pinned memory before it moves it (after,
  * the lock stays at the destination). A move is not synchronized with a
- * release or unmap of the same memory on another thread: a release or
- * uodp_umem_unmap() racing it waits for the move once the monitor has
+ * release, unmap or manual invalidation of the same memory on another
+ * thread: a release, uodp_umem_unmap() or uodp_invalidate_range*() (which
+ * unpins what it drops) racing it waits for the move once the monitor has
  * read it (a wait on the monitor's report of the move only, never on a
  * callback: it may be called holding locks the callbacks take), but one
  * that runs before that read drops the source's pins first and leaves the
- * destination locked. Do not release or unmap pinned memory while another
- * thread moves it (a mremap() that returned has been handled). Under
- * libuodp-hooks, a munmap(), mremap() or mmap(MAP_FIXED) the kernel
- * refuses leaves what it did not unmap mapped, pinned and translated, as
- * without the hooks. Memory the kernel monitor reports unmapped (or moved
- * away) loses its pins without munlock(): the kernel unlocked it with its
- * mapping, and a mapping made there since (MAP_LOCKED, mlockall()) keeps
- * its lock. */
+ * destination locked. Do not release, unmap or invalidate pinned memory
+ * while another thread moves it (a mremap() that returned has been
+ * handled). Under libuodp-hooks, a munmap(), mremap() or mmap(MAP_FIXED)
+ * the kernel refuses leaves what it did not unmap mapped, pinned and
+ * translated, as without the hooks. Memory the kernel monitor reports
+ * unmapped (or moved away) loses its pins without munlock(): the kernel
+ * unlocked it with its mapping, and a mapping made there since
+ * (MAP_LOCKED, mlockall()) keeps its lock. */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the
@@ -237,13 +242,26 @@ UODP_API int uodp_ctx_create(const struct uodp_ctx_ops *ops, unsigned flags,
  * uodp_umem_release(); the context's memory goes with the last of them
  * (or with the uodp_invalidate_range_end() of a token started before the
  * destroy and still open, which may follow it).
+ * While such a region or token holds it, the context handle may still be
+ * passed: uodp_umem_get() fails with -ENODEV, uodp_invalidate_range*()
+ * find only dying regions, a second destroy is -EINVAL. Other calls that
+ * take the context (uodp_umem_get(), uodp_invalidate_range_start(),
+ * uodp_invalidate_range(), uodp_ctx_sync(), uodp_ctx_destroy()) must not
+ * race the destroy on another thread unless the caller holds a region or
+ * an open token of the context across both: as for free(), the caller
+ * orders them (joins or stops its registering threads first), else the
+ * call is undefined - it may come after the memory is freed. (One
+ * already inside the library when the last hold goes completes or fails
+ * with -ENODEV, and the free waits for it; the library cannot catch one
+ * that comes later.)
  * With the kernel monitor it first waits for the event delivery in
  * progress (it leaves the process's subscriber list, which the monitor
  * holds across a delivery, fences and callbacks included): MUST NOT be
  * called holding a lock that this or another context's fence or
  * non-deferred callback takes (as the kernel's mmu_interval_notifier_remove
  * may not), unlike uodp_umem_release(), which may.
- * Errors: -EINVAL (NULL), -EDEADLK (callback), -ECHILD.
+ * Errors: -EINVAL (NULL, or destroyed already while a region or token
+ * holds it), -EDEADLK (callback), -ECHILD.
  */
 UODP_API int uodp_ctx_destroy(struct uodp_ctx *ctx);
 
@@ -574,7 +592,10 @@ UODP_API int uodp_umem_stats(struct uodp_umem *umem,
  * are rounded out to pages.
  * Errors of start: -EINVAL (NULL, empty range, reserved fields not zero:
  * the token is in use), -ERANGE (the range leaves the address space),
- * -EDEADLK (callback), -ECHILD.
+ * -ENODEV (the context was destroyed and nothing holds it: a start
+ * racing uodp_ctx_destroy(), see there), -EDEADLK (called from a
+ * callback, the monitor's fence included, of any context: also for
+ * another context or a range the callback's does not overlap), -ECHILD.
  * Errors of end: -EINVAL (NULL, or @range is not a token started and not
  * yet ended: a wrong, copied or second end() changes nothing), -ECHILD.
  */
@@ -585,8 +606,8 @@ UODP_API int uodp_invalidate_range_end(struct uodp_range *range);
 /*
  * start() + end() in one walk, for a change already made (as the kernel
  * monitor reports munmap), with the event to report.
- * Errors: -EINVAL (NULL, @len 0, event out of range), -ERANGE, -EDEADLK
- * (callback), -ECHILD.
+ * Errors: -EINVAL (NULL, @len 0, event out of range), -ERANGE, -ENODEV
+ * and -EDEADLK (as start()), -ECHILD.
  */
 UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr, size_t len,
 				   enum uodp_event event);

@@ -194,7 +194,12 @@ UODP_API int uodp_dev_reg_mr(struct uodp_dev *dev, uint64_t addr, uint64_t len,
 
 /*
  * Register the implicit region: a key covering the whole user address
- * space [0, 2^47 - page size). Engine regions ("children") are created
+ * space of four-level paging, [0, 2^47 - page size), on every machine.
+ * With five-level paging (LA57, user space up to 2^56) the kernel maps
+ * above 2^47 only where the application gives mmap() a hint above it:
+ * such memory is outside the implicit key (its operations fail with
+ * -ERANGE, as any outside a key's region); register it with
+ * uodp_dev_reg_mr(). Engine regions ("children") are created
  * lazily, one per aligned 1 GiB, when a fault first reaches them, and
  * released by uodp_dev_mr_trim() (and on deregistration) once idle. With
  * the kernel monitor a child watches only the mappings its faults reach

@@ -954,6 +954,127 @@ static void test_death_double_release(void **state)
 #endif
 }
 
+/*
+ * A manual invalidation from a callback is refused for every context,
+ * whatever the range: here from the fence and from the invalidate
+ * callback of a strict context on the kernel monitor, aimed at another,
+ * manual context and at memory no region of the first covers. The rule
+ * is the thread's (engine/callback.h says why a "safe" case cannot be
+ * told apart): -EDEADLK, nothing changed on the other context (its
+ * token unused, its entries kept, its driver not called, it stays in
+ * sync); once the callback returned, the same invalidation works.
+ */
+static struct {
+	struct uodp_ctx *b;
+	char *bbuf;
+	struct uodp_range tok_f, tok_c;
+	int fence_start, fence_inval, cb_start, cb_inval;
+	/* Callbacks act only once armed: events of other memory (a runtime's
+	 * munmap) may reach the fence before the fields above are set. */
+	atomic_bool armed;
+	atomic_int fences, calls;
+} oc;
+
+static void oc_fence(struct uodp_ctx *ctx, void *priv)
+{
+	(void)ctx;
+	(void)priv;
+	if (!atomic_load(&oc.armed) || atomic_fetch_add(&oc.fences, 1))
+		return;
+	uodp_range_init(&oc.tok_f, oc.bbuf, page, UODP_EVENT_MANUAL);
+	oc.fence_start = uodp_invalidate_range_start(oc.b, &oc.tok_f);
+	oc.fence_inval =
+		uodp_invalidate_range(oc.b, oc.bbuf, page, UODP_EVENT_MANUAL);
+}
+
+static void oc_unfence(struct uodp_ctx *ctx, void *priv)
+{
+	(void)ctx;
+	(void)priv;
+}
+
+static void oc_invalidate(struct uodp_umem *umem, const struct uodp_range *r,
+			  void *priv)
+{
+	(void)umem;
+	(void)r;
+	(void)priv;
+	if (!atomic_load(&oc.armed) || atomic_load(&oc.calls))
+		return;
+	uodp_range_init(&oc.tok_c, oc.bbuf, page, UODP_EVENT_MANUAL);
+	oc.cb_start = uodp_invalidate_range_start(oc.b, &oc.tok_c);
+	oc.cb_inval =
+		uodp_invalidate_range(oc.b, oc.bbuf, page, UODP_EVENT_MANUAL);
+	atomic_fetch_add(&oc.calls, 1);
+}
+
+static void test_callback_other_context(void **state)
+{
+	static const struct uodp_ctx_ops ops = {
+		.invalidate = oc_invalidate,
+		.fence = oc_fence,
+		.unfence = oc_unfence,
+	};
+	struct uodp_ctx *a = NULL;
+	struct uodp_umem *ua, *ub;
+	char *abuf;
+	double t0;
+
+	(void)state;
+	if (!t_monitor_available())
+		t_skip("the kernel monitor is unavailable here (userfaultfd)");
+	memset(&oc, 0, sizeof(oc));
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_STRICT, &a), 0);
+	/* Far from other mappings: the monitor registers whole mappings, and
+	 * one merged with a sanitizer runtime's that the runtime unmaps on
+	 * the monitor thread (in our callbacks) would make it wait for
+	 * itself (it hung so under ThreadSanitizer with t_buf()). */
+	abuf = t_low_buf(2);
+	ua = t_get(a, abuf, 2 * page, UODP_ACCESS_ALL);
+	oc.b = t_ctx(UODP_CTX_MANUAL);
+	oc.bbuf = t_buf(1);
+	ub = t_get(oc.b, oc.bbuf, page, UODP_ACCESS_ALL);
+	assert_int_equal(t_fault(ub, oc.bbuf, page, UODP_ACCESS_WRITE), 1);
+	t_rec_reset();
+	atomic_store(&oc.armed, true);
+
+	t_unmap(t_pg(abuf, 1), 1); /* the monitor fences a, then calls it */
+	t0 = t_now_ms();
+	while (atomic_load(&oc.calls) == 0) {
+		if (t_now_ms() - t0 > 10000.0)
+			fail_msg("no callback 10 s after the munmap");
+		sched_yield();
+	}
+	t_wait_sync(a);
+	assert_true(atomic_load(&oc.fences) >= 1);
+	assert_int_equal(oc.fence_start, -EDEADLK);
+	assert_int_equal(oc.fence_inval, -EDEADLK);
+	assert_int_equal(oc.cb_start, -EDEADLK);
+	assert_int_equal(oc.cb_inval, -EDEADLK);
+	for (unsigned i = 0; i < 6; i++) {
+		assert_int_equal(oc.tok_f.reserved[i], 0);
+		assert_int_equal(oc.tok_c.reserved[i], 0);
+	}
+	assert_true(uodp_ctx_sync(oc.b));
+	assert_int_equal(oc.b->active, 0);
+	assert_int_equal(t_rec_count(), 0); /* b's driver was not called */
+	assert_int_equal(t_count(ub, oc.bbuf, 1), 1);
+
+	/* Outside the callback the same calls work. */
+	assert_int_equal(uodp_invalidate_range(oc.b, oc.bbuf, page,
+					       UODP_EVENT_MANUAL),
+			 0);
+	assert_int_equal(t_rec_count(), 1);
+	assert_int_equal(t_count(ub, oc.bbuf, 1), 0);
+
+	assert_int_equal(uodp_umem_release(ua), 0);
+	assert_int_equal(uodp_ctx_destroy(a), 0);
+	assert_int_equal(uodp_umem_release(ub), 0);
+	assert_int_equal(uodp_ctx_destroy(oc.b), 0);
+	t_unmap(abuf, 1);
+	t_unmap(oc.bbuf, 1);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, t_fx_setup, t_fx_teardown)
 
 int main(void)
@@ -970,6 +1091,7 @@ int main(void)
 		T(test_end_racing),
 		T(test_end_copied_token),
 		T(test_callback_forbidden),
+		cmocka_unit_test(test_callback_other_context),
 		T(test_lock_misuse),
 		cmocka_unit_test(test_monitor_refused),
 		cmocka_unit_test(test_fault_register_denied),

@@ -404,7 +404,29 @@ static int unmap_it(void *u)
 	return uodp_umem_unmap(u, unmap_at, 4 * page) < 0 ? -1 : 0;
 }
 
-/* how: 0 release, 1 destroy, 2 uodp_umem_unmap() */
+/* A manual invalidation of the moved pages (a driver bracketing an
+ * mprotect() of its own on a monitored context): it drops the source's
+ * pins as a release does. */
+static int inval_it(void *ctx)
+{
+	return uodp_invalidate_range(ctx, unmap_at, 4 * page,
+				     UODP_EVENT_MANUAL);
+}
+
+static int start_end_it(void *ctx)
+{
+	struct uodp_range tok;
+	int r;
+
+	uodp_range_init(&tok, unmap_at, 4 * page, UODP_EVENT_MANUAL);
+	r = uodp_invalidate_range_start(ctx, &tok);
+	if (r)
+		return r;
+	return uodp_invalidate_range_end(&tok);
+}
+
+/* how: 0 release, 1 destroy, 2 uodp_umem_unmap(),
+ * 3 uodp_invalidate_range(), 4 uodp_invalidate_range_start()/_end() */
 static void pinned_move_racing(int how)
 {
 	struct pinned4 f;
@@ -419,7 +441,19 @@ static void pinned_move_racing(int how)
 	struct uodp_umem *u = f.u;
 	long base = f.base;
 
-	if (how == 2) {
+	if (how == 3 || how == 4) {
+		/* So do manual invalidations (before the fix they dropped
+		 * the source's counts first: VmLck 4 pages over). */
+		unmap_at = buf;
+		assert_int_equal(move_racing(buf, dst,
+					     how == 3 ? inval_it : start_end_it,
+					     ctx),
+				 0);
+		t_wait_sync(ctx);
+		assert_locked(base);
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	} else if (how == 2) {
 		/* uodp_umem_unmap() waits for the move as release does. */
 		unmap_at = buf;
 		assert_int_equal(move_racing(buf, dst, unmap_it, u), 0);
@@ -558,6 +592,18 @@ static void test_pinned_mremap_unmap_race(void **state)
 {
 	(void)state;
 	pinned_move_racing(2);
+}
+
+static void test_pinned_mremap_inval_race(void **state)
+{
+	(void)state;
+	pinned_move_racing(3);
+}
+
+static void test_pinned_mremap_start_race(void **state)
+{
+	(void)state;
+	pinned_move_racing(4);
 }
 
 static void test_pinned_mremap_destroy_race(void **state)
@@ -901,6 +947,8 @@ int main(void)
 		cmocka_unit_test(test_pinned_mremap_release_race),
 		cmocka_unit_test(test_pinned_mremap_destroy_race),
 		cmocka_unit_test(test_pinned_mremap_unmap_race),
+		cmocka_unit_test(test_pinned_mremap_inval_race),
+		cmocka_unit_test(test_pinned_mremap_start_race),
 		cmocka_unit_test(test_release_under_fence_lock),
 		cmocka_unit_test(test_pinning_memlock_limit),
 	};

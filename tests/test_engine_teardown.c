@@ -182,6 +182,118 @@ static void test_destroy_many(void **state)
 	t_unmap(buf, N);
 }
 
+/*
+ * A call that takes the context handle, already inside the library when
+ * uodp_ctx_destroy() on another thread drops the context's last hold (no
+ * region, no open token: the destroy frees it). The call is parked right
+ * after it entered (engine_test_hook_entered), the destroy runs, and the
+ * call goes on once the destroy dropped the hold. It must fail with
+ * -ENODEV, and the destroy must not free the context (nor return) before
+ * the call left. Before, uodp_umem_get() checked the handle and then
+ * counted itself in ctx->users, and uodp_invalidate_range_start() took
+ * its hold without any count: the destroy freed the context in between
+ * (ASan: heap-use-after-free in the parked call; a release build: the
+ * destroy returned while the call was still inside).
+ */
+static struct {
+	atomic_bool parked, destroy_returned, returned_inside;
+	struct uodp_range tok;
+	char *buf;
+} er;
+
+static void park_entered(struct uodp_ctx *ctx)
+{
+	double t0 = t_now_ms();
+
+	atomic_store(&er.parked, true);
+	/* Until the destroy dropped its hold (bounded: a regression fails
+	 * rather than hangs). */
+	while (atomic_load(&ctx->holds) != 0 && t_now_ms() - t0 < 10000.0)
+		sched_yield();
+	/* A fixed destroy now waits for this call in ctx_free() and cannot
+	 * return; a broken one returns at once. Why 200 ms: it only bounds
+	 * how long a broken destroy is given to show itself (microseconds);
+	 * the passing path does not depend on it. */
+	t0 = t_now_ms();
+	while (t_now_ms() - t0 < 200.0)
+		if (atomic_load(&er.destroy_returned)) {
+			atomic_store(&er.returned_inside, true);
+			break;
+		}
+}
+
+static int64_t race_get(void *ctx)
+{
+	struct uodp_umem *u = NULL;
+	int r = uodp_umem_get(ctx, er.buf, page, UODP_ACCESS_ALL, &u);
+
+	if (!r)
+		uodp_umem_release(u);
+	return r;
+}
+
+static int64_t race_start(void *ctx)
+{
+	int r;
+
+	uodp_range_init(&er.tok, er.buf, page, UODP_EVENT_MANUAL);
+	r = uodp_invalidate_range_start(ctx, &er.tok);
+	if (!r)
+		uodp_invalidate_range_end(&er.tok);
+	return r;
+}
+
+static int64_t race_inval(void *ctx)
+{
+	return uodp_invalidate_range(ctx, er.buf, page, UODP_EVENT_MANUAL);
+}
+
+static void destroy_racing(int64_t (*call)(void *))
+{
+	struct uodp_ctx *ctx = t_ctx(UODP_CTX_MANUAL);
+	struct t_thread t;
+	double t0 = t_now_ms();
+
+	er.buf = t_buf(1);
+	atomic_store(&er.parked, false);
+	atomic_store(&er.destroy_returned, false);
+	atomic_store(&er.returned_inside, false);
+	engine_test_hook_entered = park_entered;
+	t_thread_start(&t, call, ctx);
+	while (!atomic_load(&er.parked)) {
+		if (t_now_ms() - t0 > 10000.0)
+			fail_msg("the call did not enter in 10 s");
+		sched_yield();
+	}
+	engine_test_hook_entered = NULL; /* the parked call only */
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	atomic_store(&er.destroy_returned, true);
+	assert_int_equal(t_thread_join(&t), -ENODEV);
+	assert_false(atomic_load(&er.returned_inside));
+	/* A refused start() leaves the token unclaimed, ready for reuse. */
+	for (unsigned i = 0; i < 6; i++)
+		assert_int_equal(er.tok.reserved[i], 0);
+	t_unmap(er.buf, 1);
+}
+
+static void test_destroy_racing_get(void **state)
+{
+	(void)state;
+	destroy_racing(race_get);
+}
+
+static void test_destroy_racing_start(void **state)
+{
+	(void)state;
+	destroy_racing(race_start);
+}
+
+static void test_destroy_racing_invalidate(void **state)
+{
+	(void)state;
+	destroy_racing(race_inval);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -190,6 +302,9 @@ int main(void)
 		cmocka_unit_test(test_destroy_after_release),
 		cmocka_unit_test(test_destroy_open_token),
 		cmocka_unit_test(test_destroy_many),
+		cmocka_unit_test(test_destroy_racing_get),
+		cmocka_unit_test(test_destroy_racing_start),
+		cmocka_unit_test(test_destroy_racing_invalidate),
 	};
 
 	page = t_page_size();

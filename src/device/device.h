@@ -169,8 +169,13 @@ struct span {
 	atomic_long refs; /* implicit child: users (ops, queued faults) */
 };
 
-#define IMPLICIT_SHIFT 30		   /* one child per aligned 1 GiB */
-#define IMPLICIT_TOP ((UINT64_C(1) << 47)) /* user address space end */
+#define IMPLICIT_SHIFT 30 /* one child per aligned 1 GiB */
+/* The implicit key's end (+ one page): the user address space of
+ * four-level paging, on every machine. Why not 2^56 with LA57: the child
+ * array is flat (1 MiB of reserved address space here, 512 MiB there)
+ * and the trim walks it; memory above 2^47 exists only where mmap() was
+ * given a hint above it, and an explicit key reaches it (uodp_dev.h). */
+#define IMPLICIT_TOP ((UINT64_C(1) << 47))
 
 struct dmr {
 	uint32_t key;

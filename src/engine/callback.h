@@ -28,7 +28,24 @@ extern __thread int engine_in_callback
 	__attribute__((tls_model("initial-exec")));
 /* -EDEADLK when a call that may wait for invalidations (or take the tree
  * write lock) is made from a callback; deferred callbacks hold no lock
- * and may register and release (@tree_ok). */
+ * and may register and release (@tree_ok).
+ *
+ * Manual invalidations (uodp_invalidate_range*()) are refused from every
+ * callback, fence and unfence included, whatever the context and range,
+ * although one on another context or on memory no region of the calling
+ * one covers looks harmless. It is not, and the engine cannot tell the
+ * harmless case: the nested walk calls that context's driver on this
+ * thread, which holds the outer walk's tree read lock and possibly the
+ * outer region's lock (callbacks may take it) and the driver's own
+ * locks, and on the monitor thread the notifier's subscriber list: a
+ * UODP_CTX_DEFERRED target's callback, allowed to take locks held across
+ * uodp_umem_get() (which may wait for the monitor), would then run on the
+ * monitor thread and wait for itself; a same-context nested drop takes a
+ * region lock the callback may hold (not recursive); a driver's
+ * invalidate is not required to be reentrant. So the rule is one bit of
+ * thread state, checked before anything changes; the driver records the
+ * range and invalidates once its callback returned (as the registration
+ * caches of libfabric and UCX queue what their monitors report). */
 static inline int callback_check(bool tree_ok)
 {
 	if (engine_in_callback == CB_LOCKED ||

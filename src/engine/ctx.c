@@ -222,9 +222,42 @@ err_free:
 	return r;
 }
 
+void (*engine_test_hook_entered)(struct uodp_ctx *ctx);
+
+int ctx_enter(struct uodp_ctx *ctx)
+{
+	atomic_fetch_add(&ctx->users, 1);
+	if (engine_test_hook_entered)
+		engine_test_hook_entered(ctx);
+	if (atomic_load(&ctx->holds) == 0) {
+		atomic_fetch_sub(&ctx->users, 1);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+void ctx_leave(struct uodp_ctx *ctx)
+{
+	atomic_fetch_sub(&ctx->users, 1);
+}
+
+bool ctx_hold(struct uodp_ctx *ctx)
+{
+	long h = atomic_load(&ctx->holds);
+
+	do {
+		if (h == 0)
+			return false;
+	} while (!atomic_compare_exchange_weak(&ctx->holds, &h, h + 1));
+	return true;
+}
+
 static void ctx_free(struct uodp_ctx *ctx)
 {
-	/* A get that raced destroy is on its way out (it saw dying). */
+	/* A call that entered before the last hold went is on its way out
+	 * (it saw the destroy, or holds a hold of its own: then we would
+	 * not be here). Short: an entry checks and leaves, or a get reaches
+	 * its tree-locked check of dying. */
 	while (atomic_load(&ctx->users))
 		sched_yield();
 	ctx->magic = UODP_DEAD_MAGIC;
@@ -321,13 +354,17 @@ static void sink_moved(void *owner, uint64_t from, uint64_t to, uint64_t len)
 }
 
 /* Before a pinning context drops pins on its own (a release, an
- * uodp_umem_unmap()): a move the monitor has read but not yet reported
+ * uodp_umem_unmap(), a manual invalidation - uodp_invalidate_range*() on
+ * a context the monitor also watches, whose drop unpins as a release
+ * does): a move the monitor has read but not yet reported
  * would find the source's counts gone and leave the destination locked
  * for good, so wait for the moves read so far (the mremap() that the
  * caller saw return among them). The wait is on the monitor's report
  * alone (unf_barrier(): only moved() runs between its read and report,
  * which takes nothing but the pin lock), so a caller may hold region or
- * driver locks. */
+ * driver locks. On the monitor thread itself (uodp_umem_unmap() from a
+ * callback) it does not wait: the moves of a read are reported before
+ * any of it is delivered. */
 void ctx_settle_moves(struct uodp_ctx *ctx)
 {
 	if ((ctx->flags & UODP_CTX_PIN) && !(ctx->flags & UODP_CTX_MANUAL))

@@ -152,14 +152,20 @@ struct uodp_ctx {
 	struct rindex tree;	    /* regions by [start, end - 1] */
 	uint64_t nregions;
 	bool dying; /* uodp_ctx_destroy() started: no new regions */
-	/* uodp_umem_get() calls inside the context right now: the context's
-	 * memory is not freed while one runs (ctx_free waits), so a get that
-	 * races uodp_ctx_destroy() fails with -ENODEV instead of touching
-	 * freed memory. */
+	/* Calls that take the context handle (uodp_umem_get(),
+	 * uodp_invalidate_range*() start) inside the library right now,
+	 * between ctx_enter() and ctx_leave(): ctx_free() waits for them.
+	 * With `holds` it is a Dekker pair (both sequentially consistent):
+	 * an entry raises users, then reads holds; the freer drops the last
+	 * hold, then reads users. So either the entry sees no hold left
+	 * (-ENODEV) or the free sees the entry and waits for it to leave.
+	 * An entry that begins after the free touched freed memory: that is
+	 * the caller's race with uodp_ctx_destroy(), undefined (uodp.h). */
 	atomic_long users;
 	/* What keeps the context's memory: 1 until uodp_ctx_destroy(), 1 per
 	 * region in the index, 1 per open range token (its end() uses the
-	 * context, destroyed or not). Whoever drops the last frees it. */
+	 * context, destroyed or not). Whoever drops the last frees it. Once
+	 * 0 it never rises again (ctx_hold() refuses). */
 	atomic_long holds;
 
 	pthread_mutex_t inv_lock; /* see LOCKS above */
@@ -411,6 +417,14 @@ int table_refill(struct pgt *t, struct ulock *lock, uint64_t idx);
 void *table_trim(struct pgt *t);
 
 /* ctx.c */
+/* Enter / leave a call that takes the context handle (see ctx->users):
+ * -ENODEV when the context's last hold is gone (destroyed, no region, no
+ * open token: its memory then stays only until ctx_leave()). ctx_hold():
+ * take one of ctx->holds between the two, false when the last is gone
+ * (never from 0 back to 1: the freer may be waiting in ctx_free()). */
+int ctx_enter(struct uodp_ctx *ctx);
+void ctx_leave(struct uodp_ctx *ctx);
+bool ctx_hold(struct uodp_ctx *ctx);
 /* True when ctx->pagemap_fd is still the file we opened (one fstat). */
 bool ctx_pagemap_ours(struct uodp_ctx *ctx);
 /* Drop one of ctx->holds, after the caller's last access to the context:
@@ -495,6 +509,9 @@ static inline bool event_gone(enum uodp_event ev)
  */
 extern void (*engine_test_hook_before_install)(struct uodp_umem *umem);
 extern void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
+/* A call that takes the context handle, inside ctx_enter(): the context
+ * is counted in users and not yet checked for a destroy. */
+extern void (*engine_test_hook_entered)(struct uodp_ctx *ctx);
 /* uodp_ctx_destroy(), about to detach the subscription (no lock held). */
 extern void (*engine_test_hook_before_detach)(struct uodp_ctx *ctx);
 /* A fault or read_begin about to block until invalidations end (the birth

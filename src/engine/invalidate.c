@@ -273,9 +273,14 @@ UODP_API int uodp_invalidate_range(struct uodp_ctx *ctx, void *addr, size_t len,
 	r = invalidate_args(ctx, (uintptr_t)addr, len, &start, &end);
 	if (r)
 		return r;
+	r = ctx_enter(ctx);
+	if (r)
+		return r;
 	cs = nocancel_begin();
+	ctx_settle_moves(ctx); /* before it unpins: see there */
 	ctx_invalidate(ctx, start, end, event, false);
 	nocancel_end(cs);
+	ctx_leave(ctx);
 	return 0;
 }
 
@@ -328,10 +333,23 @@ UODP_API int uodp_invalidate_range_start(struct uodp_ctx *ctx,
 					    UODP_RANGE_MAGIC - 1))
 		return -EINVAL; /* another start() claimed it just now */
 	/* The open token holds the context: its end() may come after
-	 * uodp_ctx_destroy(), and must find live memory. */
-	atomic_fetch_add(&ctx->holds, 1);
+	 * uodp_ctx_destroy(), and must find live memory. Taken inside
+	 * ctx_enter(), and never from 0 (ctx_hold()): a destroy racing us
+	 * may have dropped the last hold, and its ctx_free() then waits for
+	 * our ctx_leave() to free. */
+	r = ctx_enter(ctx);
+	if (!r && !ctx_hold(ctx)) {
+		ctx_leave(ctx);
+		r = -ENODEV;
+	}
+	if (r) {
+		atomic_store(tok_state(range), 0); /* unclaimed again */
+		return r;
+	}
+	ctx_leave(ctx); /* the hold keeps the memory from here on */
 
 	cs = nocancel_begin();
+	ctx_settle_moves(ctx); /* before it unpins: see there */
 	period = ctx_inval_begin(ctx);
 	pthread_rwlock_rdlock(&ctx->tree_lock);
 	for_each_overlap(ctx, it, umem, start, end)

@@ -25,8 +25,9 @@
  * reports the destination first (pin_moved(); the hooks' in-thread mremap
  * too), and a move that grows the mapping has its new tail unlocked as
  * well; a manual context must invalidate before it moves pinned memory
- * (uodp.h). A release on another thread may run between the monitor's
- * read of the REMAP and this report: it waits for the report first
+ * (uodp.h). A release, uodp_umem_unmap() or manual invalidation on
+ * another thread may run between the monitor's read of the REMAP and this
+ * report: it waits for the report first
  * (ctx_settle_moves()), else it would drop the source's counts and the
  * report would find nothing to unlock.
  */

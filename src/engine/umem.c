@@ -173,9 +173,11 @@ UODP_API int uodp_umem_get(struct uodp_ctx *ctx, void *addr, size_t len,
 	 * skips the two atomic operations (see nocancel_begin()). */
 	manual = ctx->flags & UODP_CTX_MANUAL;
 	cs = manual ? 0 : nocancel_begin();
-	atomic_fetch_add(&ctx->users, 1);
-	r = umem_get(ctx, addr, len, access, out);
-	atomic_fetch_sub(&ctx->users, 1);
+	r = ctx_enter(ctx);
+	if (!r) {
+		r = umem_get(ctx, addr, len, access, out);
+		ctx_leave(ctx);
+	}
 	if (!manual)
 		nocancel_end(cs);
 	return r;
