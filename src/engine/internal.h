@@ -476,6 +476,10 @@ void ctx_invalidate(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
  * Never set outside tests.
  */
 extern void (*engine_test_hook_before_install)(struct uodp_umem *umem);
+/* populate(), page by page after the batch failed: about to populate page
+ * @va (!@failed), or that failed and its error is about to be classified
+ * (@failed: the madvise() / mincore() window of lib/backoff.h). */
+extern void (*engine_test_hook_populate)(uint64_t va, bool failed);
 extern void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
 /* uodp_ctx_destroy(), about to detach the subscription (no lock held). */
 extern void (*engine_test_hook_before_detach)(struct uodp_ctx *ctx);
