@@ -418,7 +418,11 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  *           or any with UODP_ACCESS_LAZY_WATCH);
  *  -ENODEV  the context was destroyed (at once, whatever @timeout_ms);
  *  -ENOMEM  out of memory, or (UODP_CTX_PIN) mlock() refused
- *           (RLIMIT_MEMLOCK);
+ *           (RLIMIT_MEMLOCK). Not for a page another thread unmaps and
+ *           maps again meanwhile (the kernel answers ENOMEM for the hole
+ *           too): that is -EFAULT or mapped; -ENOMEM only once the page
+ *           stayed mapped through 10 refusals, retried with growing
+ *           pauses (about 1 ms in all);
  *  -EOPNOTSUPP (kernel monitor) @addr's page is in a mapping the monitor
  *           cannot follow (a read-only MAP_SHARED file, device memory,
  *           SysV shared memory, file mappings on kernels without

@@ -12,6 +12,7 @@
  * pending across a manual context's get and release).
  */
 #include "helpers.h"
+#include "lib/backoff.h" /* BACKOFF_TRIES */
 
 #define NPAGES 64 /* 64 stripes of one page */
 
@@ -934,6 +935,92 @@ static void test_cancel_pending_manual(void **state)
 	free(c.p);
 }
 
+/* --- MADV_POPULATE's ENOMEM: a hole, or a shortage (lib/backoff.h) ----- */
+
+/*
+ * test_monitor's test_hole_churn failed about once in 100 runs with
+ * -ENOMEM: MADV_POPULATE_READ met the churning page unmapped (ENOMEM), the
+ * mincore() that tells a hole from a shortage met it mapped again, and
+ * this repeated in step (both calls queue on the mmap lock behind the
+ * other thread's next munmap or mmap: eight times in a row measured) past
+ * the three tries populate() allowed. The hook plays that thread exactly:
+ * a hole before each madvise(), the page back before each mincore().
+ */
+static char *flip_page;
+static int flip_left, flip_fails;
+
+static void flip_hook(uint64_t va, bool failed)
+{
+	if ((char *)(uintptr_t)va != flip_page)
+		return;
+	if (!failed) { /* madvise() next: a hole while flips are left */
+		if (flip_left > 0 && munmap(flip_page, page) != 0)
+			abort();
+		return;
+	}
+	flip_fails++;
+	if (flip_left > 0) { /* mincore() next: mapped again */
+		flip_left--;
+		if (t_map_hole(flip_page, page, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1) != flip_page)
+			abort(); /* low memory: nobody else maps there */
+	}
+}
+
+static int64_t flip_fault(int flips, int64_t *ns)
+{
+	struct uodp_ctx *ctx = t_ctx(UODP_CTX_MANUAL);
+	char *buf = t_low_buf(3);
+	struct uodp_umem *u = t_get(ctx, buf, 3 * page, UODP_ACCESS_ALL);
+	struct timespec a, b;
+	int64_t r;
+
+	flip_page = buf + page;
+	flip_left = flips;
+	flip_fails = 0;
+	assert_int_equal(munmap(flip_page, page), 0);
+	engine_test_hook_populate = flip_hook;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	r = uodp_umem_map_and_lock(u, flip_page, page, UODP_ACCESS_READ, 0);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	engine_test_hook_populate = NULL;
+	*ns = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+	if (r > 0)
+		assert_int_equal(uodp_umem_unlock(u), 0);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	/* Every flip mapped the page back: it is mapped now. */
+	t_unmap_pages(buf, 0, 3);
+	return r;
+}
+
+/* Eight "hole, then mapped" answers in a row, as measured: not a shortage,
+ * the page is faulted in once the flipping stops. */
+static void test_populate_hole_flips(void **state)
+{
+	int64_t ns;
+
+	(void)state;
+	assert_int_equal(flip_fault(8, &ns), 1);
+	assert_int_equal(flip_fails, 8);
+}
+
+/* Without end: indistinguishable from a shortage, -ENOMEM, after
+ * BACKOFF_TRIES failures and the pauses between them (out of step with
+ * whoever flips the page: never retried at once). */
+static void test_populate_hole_flips_forever(void **state)
+{
+	int64_t ns, pauses = 0;
+	unsigned n;
+
+	(void)state;
+	assert_int_equal(flip_fault(1000, &ns), -ENOMEM);
+	assert_int_equal(flip_fails, BACKOFF_TRIES);
+	for (n = 0; n + 1 < BACKOFF_TRIES; n++)
+		pauses += 1000LL << (n < 10 ? n : 10);
+	assert_true(ns >= pauses);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, t_fx_setup, t_fx_teardown)
 
 int main(void)
@@ -965,6 +1052,8 @@ int main(void)
 		cmocka_unit_test(test_cancel_blocked_fault_born),
 		T(test_cancel_blocked_begin),
 		cmocka_unit_test(test_cancel_pending_manual),
+		cmocka_unit_test(test_populate_hole_flips),
+		cmocka_unit_test(test_populate_hole_flips_forever),
 	};
 
 	page = t_page_size();

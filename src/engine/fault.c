@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "engine/internal.h"
+#include "lib/backoff.h"
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -26,6 +27,7 @@
 #define FAULT_BATCH 512 /* pages per populate + install step */
 
 void (*engine_test_hook_before_install)(struct uodp_umem *umem);
+void (*engine_test_hook_populate)(uint64_t va, bool failed);
 
 /* Why one page could not be populated, as the error the API documents. */
 static int populate_error(int err, uint64_t va, size_t page)
@@ -83,17 +85,22 @@ static uint64_t populate(const struct uodp_ctx *ctx, uint64_t va,
 	for (i = 0; i < npages; i++) {
 		/* A page can be unmapped when madvise() looks and mapped
 		 * again when mincore() does: only a page that fails while
-		 * mapped, several times in a row, is out of memory. */
-		for (tries = 0; tries < 3; tries++) {
+		 * mapped, BACKOFF_TRIES times in a row and out of step with
+		 * whoever maps and unmaps it (lib/backoff.h), is out of
+		 * memory. */
+		for (tries = 0;; tries++) {
+			if (engine_test_hook_populate)
+				engine_test_hook_populate(va + i * page, false);
 			e = madvise_retry(va + i * page, page, advice);
 			if (!e)
 				break;
+			if (engine_test_hook_populate)
+				engine_test_hook_populate(va + i * page, true);
 			*err = populate_error(e, va + i * page, page);
-			if (*err != -ENOMEM)
+			if (*err != -ENOMEM || tries + 1 >= BACKOFF_TRIES)
 				return i;
+			backoff_pause((unsigned)tries);
 		}
-		if (e)
-			return i;
 	}
 	*err = 0;
 	return npages;

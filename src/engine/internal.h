@@ -508,6 +508,10 @@ static inline bool event_gone(enum uodp_event ev)
  * Never set outside tests.
  */
 extern void (*engine_test_hook_before_install)(struct uodp_umem *umem);
+/* populate(), page by page after the batch failed: about to populate page
+ * @va (!@failed), or that failed and its error is about to be classified
+ * (@failed: the madvise() / mincore() window of lib/backoff.h). */
+extern void (*engine_test_hook_populate)(uint64_t va, bool failed);
 extern void (*engine_test_hook_after_start_walk)(struct uodp_ctx *ctx);
 /* A call that takes the context handle, inside ctx_enter(): the context
  * is counted in users and not yet checked for a destroy. */
