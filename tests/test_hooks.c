@@ -1128,6 +1128,14 @@ static void pinned_new(struct pinned *x, size_t n)
 	atomic_store(&inv_calls, 0);
 }
 
+/* Release, destroy and unmap what pinned_new() made. */
+static void pinned_free(struct pinned *x)
+{
+	uodp_umem_release(x->um);
+	uodp_ctx_destroy(x->ctx);
+	munmap(x->p, x->n * pg);
+}
+
 /* After a refused call: nothing invalidated, the pages still locked, and
  * the range still registered (a raw munmap of a page is reported: the
  * kernel path is intact). */
@@ -1151,9 +1159,7 @@ static void pinned_check_free(struct pinned *x, const struct snap *a,
 		usleep(1000);
 	assert_true(atomic_load(&inv_calls) > 0);
 	expect_kernel(&b);
-	uodp_umem_release(x->um);
-	uodp_ctx_destroy(x->ctx);
-	munmap(x->p, x->n * pg);
+	pinned_free(x);
 }
 
 /* munmap() refused (EINVAL: the range runs past the top of the address
@@ -1221,6 +1227,20 @@ static char *fill_to_limit(size_t *len)
 	return fill;
 }
 
+/* A pinned region of 8 pages (pinned_new()), then the process filled up
+ * to vm.max_map_count (fill_to_limit()): the filler, or NULL (nothing
+ * made, the region freed again: the caller skips). */
+static char *pinned_at_limit(struct pinned *x, size_t *len)
+{
+	char *fill;
+
+	pinned_new(x, 8);
+	fill = fill_to_limit(len);
+	if (!fill)
+		pinned_free(x);
+	return fill;
+}
+
 /* munmap() refused with ENOMEM: unmapping a page in the middle of a
  * mapping splits it in two, one mapping more than vm.max_map_count
  * allows. */
@@ -1234,12 +1254,8 @@ static void test_failed_munmap_map_count(void **st)
 	int r, err;
 
 	(void)st;
-	pinned_new(&x, 8);
-	fill = fill_to_limit(&len);
+	fill = pinned_at_limit(&x, &len);
 	if (!fill) {
-		uodp_umem_release(x.um);
-		uodp_ctx_destroy(x.ctx);
-		munmap(x.p, x.n * pg);
 		skip();
 		return;
 	}
@@ -1254,43 +1270,54 @@ static void test_failed_munmap_map_count(void **st)
 	pinned_check_free(&x, &a, locks);
 }
 
-/* mremap(MREMAP_FIXED) onto a range overlapping its source: EINVAL. */
-static void test_failed_mremap_keeps_pins(void **st)
+/* A call over @x's pages that the kernel refuses: true when it failed. */
+typedef bool refused_call(const struct pinned *x);
+
+/* @call refused with @want, before it changed anything: every pin and
+ * translation of a watched, pinned region stays (pinned_check_free()). */
+static void check_refused_keeps_pins(refused_call *call, int want)
 {
 	bool locks = mlock_locks();
 	struct pinned x;
 	struct snap a;
-	void *r;
+	bool failed;
+	int err;
 
-	(void)st;
 	pinned_new(&x, 8);
 	snap(&a);
 	errno = 0;
-	r = mremap(x.p, 4 * pg, 4 * pg, MREMAP_MAYMOVE | MREMAP_FIXED,
-		   x.p + 2 * pg);
-	assert_true(r == MAP_FAILED);
-	assert_int_equal(errno, EINVAL);
+	failed = call(&x);
+	err = errno;
+	assert_true(failed);
+	assert_int_equal(err, want);
 	pinned_check_free(&x, &a, locks);
+}
+
+static bool mremap_onto_source(const struct pinned *x)
+{
+	return mremap(x->p, 4 * pg, 4 * pg, MREMAP_MAYMOVE | MREMAP_FIXED,
+		      x->p + 2 * pg) == MAP_FAILED;
+}
+
+/* mremap(MREMAP_FIXED) onto a range overlapping its source: EINVAL. */
+static void test_failed_mremap_keeps_pins(void **st)
+{
+	(void)st;
+	check_refused_keeps_pins(mremap_onto_source, EINVAL);
+}
+
+static bool mmap_fixed_bad_fd(const struct pinned *x)
+{
+	return mmap(x->p + 2 * pg, 2 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED,
+		    -1, 0) == MAP_FAILED;
 }
 
 /* mmap(MAP_FIXED) of a file with a bad descriptor: EBADF, nothing
  * replaced. */
 static void test_failed_mmap_fixed_keeps_pins(void **st)
 {
-	bool locks = mlock_locks();
-	struct pinned x;
-	struct snap a;
-	void *r;
-
 	(void)st;
-	pinned_new(&x, 8);
-	snap(&a);
-	errno = 0;
-	r = mmap(x.p + 2 * pg, 2 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, -1,
-		 0);
-	assert_true(r == MAP_FAILED);
-	assert_int_equal(errno, EBADF);
-	pinned_check_free(&x, &a, locks);
+	check_refused_keeps_pins(mmap_fixed_bad_fd, EBADF);
 }
 
 /* mremap(MREMAP_FIXED) of another mapping onto all of a watched, pinned
@@ -1310,12 +1337,8 @@ static void test_failed_mremap_hole(void **st)
 	int err, i;
 
 	(void)st;
-	pinned_new(&x, 8);
-	fill = fill_to_limit(&len);
+	fill = pinned_at_limit(&x, &len);
 	if (!fill) {
-		uodp_umem_release(x.um);
-		uodp_ctx_destroy(x.ctx);
-		munmap(x.p, x.n * pg);
 		munmap(src, 8 * pg);
 		skip();
 		return;

@@ -75,8 +75,13 @@ uint64_t umem_drop_range_locked(struct uodp_umem *umem, uint64_t start,
 	struct drop_arg arg = { .umem = umem, .gone = gone };
 
 	ulock_assert_held(&umem->lock);
-	pgt_for_each(&umem->table, umem_page(umem, start), umem_page(umem, end),
-		     drop_word, &arg);
+	/* No translation at all (a region watched but never mapped, or one
+	 * already dropped whole): no word has access bits, and drop_word()
+	 * changes only those (dirty and pinned words are mapped ones), so
+	 * the walk of the table would change nothing. */
+	if (umem->mapped)
+		pgt_for_each(&umem->table, umem_page(umem, start),
+			     umem_page(umem, end), drop_word, &arg);
 	if (arg.pin_len)
 		unpin_run(&arg);
 	umem->mapped -= arg.dropped;

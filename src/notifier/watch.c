@@ -450,9 +450,12 @@ static int reg_map(const struct uffd_map *m)
 	if (m->sysv)
 		return M_SYSV;
 	r = reg(m->start, m->end);
-	/* A range with no mapping left in it at all is -ENOMEM to
-	 * UFFDIO_REGISTER, not -EINVAL (seen in test_hole_churn); one may
-	 * have come back since: once more, then it is real. */
+	/* -ENOMEM is a shortage (a split past vm.max_map_count), or, on
+	 * kernels before 6.1 (find_vma_prev() finding nothing), a range with
+	 * no mapping at or above its start: gone since we read the maps. 6.1
+	 * and later answer -EINVAL for any wholly unmapped range (checked on
+	 * 6.18), handled below. One may have come back since: once more,
+	 * then it is real. */
 	if (r == -ENOMEM) {
 		if (!uffd_fully_mapped(m->start, m->end))
 			return M_GONE;
