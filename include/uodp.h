@@ -207,7 +207,11 @@ struct uodp_ctx_ops {
  * translated, as without the hooks. Memory the kernel monitor reports
  * unmapped (or moved away) loses its pins without munlock(): the kernel
  * unlocked it with its mapping, and a mapping made there since
- * (MAP_LOCKED, mlockall()) keeps its lock. */
+ * (MAP_LOCKED, mlockall()) keeps its lock. What an invalidation covers
+ * beyond that memory loses its pins with munlock(): the pages a
+ * UODP_CTX_DEFERRED context invalidates together with an unmap (one
+ * callback for several events of a region: the span between them, a
+ * REMOVE among them). */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the
