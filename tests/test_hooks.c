@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -1348,6 +1350,64 @@ static void test_failed_mremap_hole(void **st)
 	munmap(src, 8 * pg);
 }
 
+/* The lowest descriptor number free now: with RLIMIT_NOFILE at it, any
+ * open() fails (EMFILE). */
+static int lowest_free_fd(void)
+{
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	close(fd);
+	return fd;
+}
+
+/* A refused mmap(MAP_FIXED) (EBADF: nothing replaced) while
+ * /proc/self/maps cannot be opened (EMFILE): the hook cannot tell what is
+ * still mapped, and delivers all of what it took out. That memory is
+ * still mapped and still locked, so its pins must go with munlock():
+ * delivered as UNMAP (gone: no munlock), two pages stayed mlock()ed for
+ * good after the context released them (VmLck 8 kB over, MADV_DONTNEED
+ * refused). */
+static void test_failed_unreadable_unlocks(void **st)
+{
+	struct pinned x;
+	struct rlimit old, low;
+	unsigned char v;
+	void *r;
+	int err, i;
+
+	(void)st;
+	if (!mlock_locks()) {
+		fprintf(stderr, "SKIP: mlock() locks nothing here\n");
+		skip();
+		return;
+	}
+	pinned_new(&x, 8);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = old;
+	low.rlim_cur = (rlim_t)lowest_free_fd();
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	errno = 0;
+	r = mmap(x.p + 2 * pg, 2 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, -1,
+		 0);
+	err = errno;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	assert_true(r == MAP_FAILED);
+	assert_int_equal(err, EBADF);
+	/* the fallback: invalidated, though still mapped */
+	assert_true(atomic_load(&inv_calls) > 0);
+	for (i = 0; i < 8; i++)
+		assert_int_equal(mincore(x.p + i * pg, pg, &v), 0);
+	uodp_umem_release(x.um);
+	uodp_ctx_destroy(x.ctx);
+	/* nothing of the context's stays locked */
+	for (i = 0; i < 8; i++)
+		assert_int_equal(syscall(SYS_madvise, x.p + i * pg, pg,
+					 MADV_DONTNEED),
+				 0);
+	munmap(x.p, x.n * pg);
+}
+
 /* mmap(MAP_FIXED | MAP_LOCKED) over pinned memory: the new mapping is the
  * application's, locked by it. The UNMAP of the old one (in-thread under
  * the hooks, then with a raw system call on the kernel path) dropped the
@@ -1576,6 +1636,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_failed_mremap_keeps_pins),
 		cmocka_unit_test(test_failed_mmap_fixed_keeps_pins),
 		cmocka_unit_test(test_failed_mremap_hole),
+		cmocka_unit_test(test_failed_unreadable_unlocks),
 		cmocka_unit_test(test_pinned_unmap_leaves_new_lock),
 	};
 	struct unf_sub *probe;
