@@ -290,7 +290,7 @@ static bool restore(struct uodp_icpt *ic, bool ok)
 struct fail_walk {
 	uint64_t at, end; /* the piece's part not walked yet */
 	bool reg;	  /* may register (watch lock held, fd ours) */
-	unsigned n;
+	unsigned n, cap;  /* ranges, and how many this piece may reach */
 	uint64_t s[FAIL_MAX], e[FAIL_MAX];
 	enum unf_event ev[FAIL_MAX]; /* UNMAP: a hole; REMOVE: may be mapped */
 };
@@ -304,9 +304,10 @@ static void fail_add(struct fail_walk *w, uint64_t s, uint64_t e,
 		w->e[w->n - 1] = e; /* contiguous, same kind: one range */
 		return;
 	}
-	if (w->n == FAIL_MAX) {
-		/* full: the last one grows to the end, over mapped memory
-		 * perhaps */
+	if (w->n == w->cap) {
+		/* full: the last one, this piece's (failed() keeps a range
+		 * free for each piece), grows to the piece's end, over
+		 * mapped memory perhaps */
 		w->e[w->n - 1] = w->end;
 		w->ev[w->n - 1] = UNF_REMOVE;
 		return;
@@ -347,6 +348,13 @@ static void failed(struct uodp_icpt *ic, struct fail_walk *w)
 	for (i = 0; i < ic->np; i++) {
 		w->at = ic->p[i].start;
 		w->end = ic->p[i].end;
+		/* One range left for each piece after this one, so that a
+		 * full list grows only a range of the piece walked: grown
+		 * from an earlier piece to this one's end, it covered the
+		 * memory between the two, outside the call (an
+		 * MREMAP_FIXED's source and destination) or reversed
+		 * (test_failed_mremap_overflow). np <= UODP_ICPT_MAXP. */
+		w->cap = FAIL_MAX - (ic->np - 1 - i);
 		if (uffd_for_each_map(w->at, w->end, fail_map, w) < 0)
 			fail_add(w, w->at, w->end, UNF_REMOVE); /* unreadable */
 		else
