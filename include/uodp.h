@@ -86,7 +86,10 @@ struct uodp_umem;
 enum uodp_event {
 	UODP_EVENT_MANUAL = 0,	/* uodp_invalidate_range*() by the caller */
 	UODP_EVENT_UNMAP = 1,	/* munmap(), or a mapping replaced over it */
-	UODP_EVENT_REMOVE = 2,	/* madvise(MADV_DONTNEED / _FREE / _REMOVE) */
+	UODP_EVENT_REMOVE = 2,	/* madvise(MADV_DONTNEED / _FREE / _REMOVE);
+				 * under libuodp-hooks also memory a refused
+				 * munmap(), mremap() or mmap(MAP_FIXED) may
+				 * have left mapped (UODP_CTX_PIN) */
 	UODP_EVENT_REMAP = 3,	/* mremap() moved the pages elsewhere */
 	UODP_EVENT_FRAME = 4,	/* a fault found a page frame changed under
 				 * a live entry (migration, swap, COW) */
@@ -207,7 +210,13 @@ struct uodp_ctx_ops {
  * translated, as without the hooks. Memory the kernel monitor reports
  * unmapped (or moved away) loses its pins without munlock(): the kernel
  * unlocked it with its mapping, and a mapping made there since
- * (MAP_LOCKED, mlockall()) keeps its lock. */
+ * (MAP_LOCKED, mlockall()) keeps its lock. What an invalidation covers
+ * beyond that memory loses its pins with munlock(): the pages a
+ * UODP_CTX_DEFERRED context invalidates together with an unmap (one
+ * callback for several events of a region: the span between them, a
+ * REMOVE among them), and, under libuodp-hooks, what a refused call may
+ * have left mapped where the hooks could not read or watch it again
+ * (delivered as UODP_EVENT_REMOVE). */
 #define UODP_CTX_PIN (1u << 3)
 /* Deferred delivery: kernel events reach the invalidate callback on a
  * relay thread that holds no uodp lock, so the callback may take the

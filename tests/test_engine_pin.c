@@ -11,6 +11,7 @@
  */
 #include <linux/capability.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 
 #include "helpers.h"
 #include "lib/pgtable.h"       /* pgt_test_fail_alloc() */
@@ -692,6 +693,92 @@ static void test_pinning_with_callback(void **state)
 	t_unmap(buf, 4);
 }
 
+/* A UODP_CTX_DEFERRED | UODP_CTX_PIN context: its relay is held in the
+ * first callback while two more unmaps of one region come (pages 2 and
+ * 5); the region's pending hull, pages 2 to 5, is then dropped by one
+ * finish. Pages 3 and 4 are still mapped and were pinned: their pins must
+ * go with munlock(). Before, the finish dropped the whole hull as gone
+ * (an UNMAP), without munlock(): VmLck stayed 2 pages over after the
+ * release and destroy, the pages locked for good. */
+static atomic_int hold_calls;
+static atomic_bool hold_go;
+
+static void hold_first(struct uodp_umem *u, const struct uodp_range *r,
+		       void *priv)
+{
+	(void)u;
+	(void)r;
+	(void)priv;
+	if (atomic_fetch_add(&hold_calls, 1) == 0)
+		while (!atomic_load(&hold_go))
+			usleep(1000);
+}
+
+static void wait_for(bool (*cond)(void *), void *arg)
+{
+	int i;
+
+	for (i = 0; i < 10000 && !cond(arg); i++)
+		usleep(1000);
+	assert_true(cond(arg));
+}
+
+static bool one_call(void *arg)
+{
+	(void)arg;
+	return atomic_load(&hold_calls) >= 1;
+}
+
+static bool three_begun(void *u)
+{
+	return t_stats(u).invalidations >= 3;
+}
+
+static bool five_dropped(void *u)
+{
+	return t_stats(u).pages_invalidated >= 5;
+}
+
+static void test_pinned_deferred_hull(void **state)
+{
+	static const struct uodp_ctx_ops ops = { .invalidate = hold_first };
+	struct uodp_ctx *ctx = NULL;
+	struct uodp_umem *u;
+	long kb = (long)(page / 1024), base;
+	char *buf;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_PIN | UODP_CTX_DEFERRED,
+					 &ctx),
+			 0);
+	buf = t_buf(8);
+	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
+	base = vmlck_kb();
+	assert_int_equal(t_fault(u, buf, 8 * page, UODP_ACCESS_WRITE), 8);
+	assert_locked(base + 8 * kb);
+	atomic_store(&hold_calls, 0);
+	atomic_store(&hold_go, false);
+	assert_int_equal(syscall(SYS_munmap, buf, page), 0);
+	wait_for(one_call, NULL); /* the relay is in the callback */
+	assert_int_equal(syscall(SYS_munmap, t_pg(buf, 2), page), 0);
+	assert_int_equal(syscall(SYS_munmap, t_pg(buf, 5), page), 0);
+	wait_for(three_begun, u); /* both pending: hull pages 2-5 */
+	atomic_store(&hold_go, true);
+	wait_for(five_dropped, u);
+	/* pages 1, 6 and 7 stay pinned; 3 and 4 were unpinned, unlocked */
+	assert_locked(base + 3 * kb);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_locked(base);
+	t_unmap_pages(buf, 1, 2);
+	t_unmap_pages(buf, 3, 5);
+	t_unmap_pages(buf, 6, 8);
+}
+
 /* Overlapping regions share the lock of a page: it goes with the last. */
 static void test_pinning_overlap(void **state)
 {
@@ -951,6 +1038,7 @@ int main(void)
 		cmocka_unit_test(test_pinned_mremap_start_race),
 		cmocka_unit_test(test_release_under_fence_lock),
 		cmocka_unit_test(test_pinning_memlock_limit),
+		cmocka_unit_test(test_pinned_deferred_hull),
 	};
 
 	page = t_page_size();

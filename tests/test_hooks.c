@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -1371,6 +1373,152 @@ static void test_failed_mremap_hole(void **st)
 	munmap(src, 8 * pg);
 }
 
+/* A refused mremap(MREMAP_FIXED) whose source has more holes than the
+ * hook's list of ranges holds (34 pages unmapped through the hooks, their
+ * cuts still pending, so the source's piece still claims them): the list
+ * overflowed into its last range, which then grew to the end of the
+ * destination's piece, far above the source, over memory the call never
+ * touched (another region, between the two, lost its translations and
+ * pins). The overflow must stay inside the piece being walked. */
+static struct uodp_umem *between;
+static _Atomic int between_calls;
+
+static void between_inval(struct uodp_umem *u, const struct uodp_range *r,
+			  void *priv)
+{
+	(void)r;
+	(void)priv;
+	if (u == between)
+		atomic_fetch_add(&between_calls, 1);
+}
+
+static void test_failed_mremap_overflow(void **st)
+{
+	static const struct uodp_ctx_ops ops = { .invalidate = between_inval };
+	enum {
+		SRC = 0,
+		MID = 71,
+		DST = 80,
+		N = 70,
+		TOTAL = 152
+	};
+	struct uodp_umem *us, *um, *ud;
+	struct uodp_ctx *ctx;
+	char *base, *src, *mid, *dst;
+	int64_t r;
+	void *m;
+	int i, err;
+
+	(void)st;
+	base = mmap(NULL, TOTAL * pg, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	assert_true(base != MAP_FAILED);
+	src = base + SRC * pg;
+	mid = base + MID * pg;
+	dst = base + DST * pg;
+	/* three mappings apart (PROT_NONE pages between) */
+	assert_true(mmap(src, N * pg, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+			 0) == src);
+	assert_true(mmap(mid, 8 * pg, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+			 0) == mid);
+	assert_true(mmap(dst, (N + 1) * pg, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+			 0) == dst);
+	assert_int_equal(uodp_ctx_create(&ops, 0, &ctx), 0);
+	assert_int_equal(uodp_umem_get(ctx, src, N * pg, UODP_ACCESS_ALL, &us),
+			 0);
+	assert_int_equal(uodp_umem_get(ctx, mid, 8 * pg, UODP_ACCESS_ALL, &um),
+			 0);
+	assert_int_equal(
+		uodp_umem_get(ctx, dst, (N + 1) * pg, UODP_ACCESS_ALL, &ud), 0);
+	r = uodp_umem_read_begin(um);
+	assert_true(r >= 0);
+	assert_true(uodp_umem_map(um, mid, 8 * pg, UODP_ACCESS_READ,
+				  (uint64_t)r) >= 0);
+	between = um;
+	atomic_store(&between_calls, 0);
+	/* 34 holes in the source, one at the destination's start: hooked,
+	 * so their cuts wait (no watch or fault runs in between) */
+	for (i = 1; i < 2 * 34; i += 2)
+		assert_int_equal(munmap(src + i * pg, pg), 0);
+	assert_int_equal(munmap(dst, pg), 0);
+	errno = 0;
+	/* one page longer: a move of several mappings (Linux 6.17 on) keeps
+	 * its length */
+	m = mremap(src, N * pg, (N + 1) * pg, MREMAP_MAYMOVE | MREMAP_FIXED,
+		   dst);
+	err = errno;
+	assert_true(m == MAP_FAILED);
+	assert_int_equal(err, EFAULT); /* the source is not one mapping */
+	assert_int_equal(atomic_load(&between_calls), 0);
+	between = NULL;
+	uodp_umem_release(us);
+	uodp_umem_release(um);
+	uodp_umem_release(ud);
+	uodp_ctx_destroy(ctx);
+	munmap(base, TOTAL * pg);
+}
+
+/* The lowest descriptor number free now: with RLIMIT_NOFILE at it, any
+ * open() fails (EMFILE). */
+static int lowest_free_fd(void)
+{
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	close(fd);
+	return fd;
+}
+
+/* A refused mmap(MAP_FIXED) (EBADF: nothing replaced) while
+ * /proc/self/maps cannot be opened (EMFILE): the hook cannot tell what is
+ * still mapped, and delivers all of what it took out. That memory is
+ * still mapped and still locked, so its pins must go with munlock():
+ * delivered as UNMAP (gone: no munlock), two pages stayed mlock()ed for
+ * good after the context released them (VmLck 8 kB over, MADV_DONTNEED
+ * refused). */
+static void test_failed_unreadable_unlocks(void **st)
+{
+	struct pinned x;
+	struct rlimit old, low;
+	unsigned char v;
+	void *r;
+	int err, i;
+
+	(void)st;
+	if (!mlock_locks()) {
+		fprintf(stderr, "SKIP: mlock() locks nothing here\n");
+		skip();
+		return;
+	}
+	pinned_new(&x, 8);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = old;
+	low.rlim_cur = (rlim_t)lowest_free_fd();
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	errno = 0;
+	r = mmap(x.p + 2 * pg, 2 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, -1,
+		 0);
+	err = errno;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	assert_true(r == MAP_FAILED);
+	assert_int_equal(err, EBADF);
+	/* the fallback: invalidated, though still mapped */
+	assert_true(atomic_load(&inv_calls) > 0);
+	for (i = 0; i < 8; i++)
+		assert_int_equal(mincore(x.p + i * pg, pg, &v), 0);
+	uodp_umem_release(x.um);
+	uodp_ctx_destroy(x.ctx);
+	/* nothing of the context's stays locked */
+	for (i = 0; i < 8; i++)
+		assert_int_equal(syscall(SYS_madvise, x.p + i * pg, pg,
+					 MADV_DONTNEED),
+				 0);
+	munmap(x.p, x.n * pg);
+}
+
 /* mmap(MAP_FIXED | MAP_LOCKED) over pinned memory: the new mapping is the
  * application's, locked by it. The UNMAP of the old one (in-thread under
  * the hooks, then with a raw system call on the kernel path) dropped the
@@ -1599,6 +1747,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_failed_mremap_keeps_pins),
 		cmocka_unit_test(test_failed_mmap_fixed_keeps_pins),
 		cmocka_unit_test(test_failed_mremap_hole),
+		cmocka_unit_test(test_failed_unreadable_unlocks),
+		cmocka_unit_test(test_failed_mremap_overflow),
 		cmocka_unit_test(test_pinned_unmap_leaves_new_lock),
 	};
 	struct unf_sub *probe;

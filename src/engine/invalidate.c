@@ -216,6 +216,23 @@ static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t *from,
 }
 
 /*
+ * Is all of [s, e), what a finish took pending on a region, gone (its
+ * pins dropped without munlock())? Only when it lies inside the finish's
+ * own event, an UNMAP or REMAP standing for one begin. What is pending is
+ * the hull of every begin on the region since the last take, and a
+ * merged finish is the hull of several events (the notifier's, mixed ones
+ * reported as UNMAP): either may cover memory still mapped, between the
+ * events or under a REMOVE, whose pins must be dropped with munlock() (as
+ * a manual invalidation's), or it stays locked for good
+ * (test_pinned_deferred_hull).
+ */
+static bool deferred_gone(enum uodp_event ev, unsigned merged, uint64_t start,
+			  uint64_t end, uint64_t s, uint64_t e)
+{
+	return event_gone(ev) && merged == 1 && s >= start && e <= end;
+}
+
+/*
  * Relay thread: call the driver with no uodp lock held, drop, end. The
  * regions are held by a reference, not by the tree lock, so the callback
  * may take locks under which other threads register or release regions,
@@ -239,7 +256,9 @@ void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 			if (inval_deferred_take(umem, &s, &e, &mask)) {
 				if (!atomic_load(&umem->released))
 					inval_call(umem, s, e, ev, CB_DEFERRED,
-						   event_gone(ev));
+						   deferred_gone(ev, merged,
+								 start, end, s,
+								 e));
 				inval_end_mask(umem, mask);
 			}
 			umem_put(umem);

@@ -274,8 +274,13 @@ static bool restore(struct uodp_icpt *ic, bool ok)
  * left mapped is not. The maps are read (this path only: a failure is
  * rare); each part of a piece still mapped is registered again (the
  * kernel reports what happens to it from now on), each hole is delivered
- * as an UNMAP, as are the mapped parts when the watch lock is busy or the
- * registration fails (the old behaviour: nothing lost, pins dropped).
+ * as an UNMAP. The mapped parts that cannot be registered again (the
+ * watch lock is busy, the registration fails) and whatever the maps could
+ * not tell (unreadable: EMFILE...) are delivered too, but as a REMOVE:
+ * nothing is lost, and the memory may still be mapped, so a pinning
+ * subscriber must drop its pins with munlock() (an UNMAP is gone to the
+ * engine: no munlock, and pages still mapped stayed locked for good,
+ * test_failed_unreadable_unlocks).
  * Another thread that unmaps the same memory meanwhile, and maps something
  * else there before the maps are read, is a use-after-free race of the
  * application (see the top of this file); its unmap then goes unreported.
@@ -285,24 +290,31 @@ static bool restore(struct uodp_icpt *ic, bool ok)
 struct fail_walk {
 	uint64_t at, end; /* the piece's part not walked yet */
 	bool reg;	  /* may register (watch lock held, fd ours) */
-	unsigned n;
+	unsigned n, cap;  /* ranges, and how many this piece may reach */
 	uint64_t s[FAIL_MAX], e[FAIL_MAX];
+	enum unf_event ev[FAIL_MAX]; /* UNMAP: a hole; REMOVE: may be mapped */
 };
 
-static void fail_add(struct fail_walk *w, uint64_t s, uint64_t e)
+static void fail_add(struct fail_walk *w, uint64_t s, uint64_t e,
+		     enum unf_event ev)
 {
 	if (s >= e)
 		return;
-	if (w->n && w->e[w->n - 1] == s) { /* contiguous: one range */
-		w->e[w->n - 1] = e;
+	if (w->n && w->e[w->n - 1] == s && w->ev[w->n - 1] == ev) {
+		w->e[w->n - 1] = e; /* contiguous, same kind: one range */
 		return;
 	}
-	if (w->n == FAIL_MAX) { /* full: the last one grows to the end */
+	if (w->n == w->cap) {
+		/* full: the last one, this piece's (failed() keeps a range
+		 * free for each piece), grows to the piece's end, over
+		 * mapped memory perhaps */
 		w->e[w->n - 1] = w->end;
+		w->ev[w->n - 1] = UNF_REMOVE;
 		return;
 	}
 	w->s[w->n] = s;
 	w->e[w->n] = e;
+	w->ev[w->n] = ev;
 	w->n++;
 }
 
@@ -314,10 +326,10 @@ static int fail_map(const struct uffd_map *m, void *arg)
 
 	if (s >= e)
 		return 0;
-	fail_add(w, w->at, s); /* a hole before it */
+	fail_add(w, w->at, s, UNF_UNMAP); /* a hole before it */
 	nf_stat_inc(&nf.st.registrations);
 	if (!w->reg || uffd_register(nf.uffd, s, e))
-		fail_add(w, s, e);
+		fail_add(w, s, e, UNF_REMOVE); /* mapped, not watched again */
 	else
 		ist_l.rereg++; /* w->reg: watch lock held */
 	w->at = e;
@@ -336,10 +348,18 @@ static void failed(struct uodp_icpt *ic, struct fail_walk *w)
 	for (i = 0; i < ic->np; i++) {
 		w->at = ic->p[i].start;
 		w->end = ic->p[i].end;
+		/* One range left for each piece after this one, so that a
+		 * full list grows only a range of the piece walked: grown
+		 * from an earlier piece to this one's end, it covered the
+		 * memory between the two, outside the call (an
+		 * MREMAP_FIXED's source and destination) or reversed
+		 * (test_failed_mremap_overflow). np <= UODP_ICPT_MAXP. */
+		w->cap = FAIL_MAX - (ic->np - 1 - i);
 		if (uffd_for_each_map(w->at, w->end, fail_map, w) < 0)
-			fail_add(w, w->at, w->end); /* unreadable: all */
+			fail_add(w, w->at, w->end, UNF_REMOVE); /* unreadable */
 		else
-			fail_add(w, w->at, w->end); /* a hole at the end */
+			fail_add(w, w->at, w->end,
+				 UNF_UNMAP); /* a hole at the end */
 	}
 	if (locked) {
 		ist_l.events += w->n;
@@ -379,15 +399,11 @@ static void after(struct uodp_icpt *ic, int ok)
 		inc(&ist.events);
 	} else if (!ok && !(ic->flags & UODP_ICPT_KEEP)) {
 		struct fail_walk w;
-		enum unf_event fev[FAIL_MAX];
 
 		failed(ic, &w);
 		ic->state = ST_NONE;
-		if (!w.n)
-			return;
-		for (i = 0; i < w.n; i++)
-			fev[i] = UNF_UNMAP;
-		nf_deliver_local(w.s, w.e, fev, w.n, false);
+		if (w.n)
+			nf_deliver_local(w.s, w.e, w.ev, w.n, false);
 		return;
 	} else if (ic->flags & UODP_ICPT_KEEP) {
 		/* A failed madvise may have discarded part of the range (the

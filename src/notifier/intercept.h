@@ -21,7 +21,8 @@
  * static code and libc-internal calls), and what was taken out is covered
  * by the in-thread delivery, which runs after the real call. A call the
  * kernel refused is delivered only where it unmapped something (what is
- * still mapped is registered again and keeps its translations and pins:
+ * still mapped is registered again and keeps its translations and pins;
+ * what cannot be registered again or read is delivered as a REMOVE:
  * intercept.c, failed()). When in doubt (a notifier lock is busy, too many
  * pieces, the calling thread is inside the notifier) the fast path is not
  * taken and the call goes to the kernel path unchanged.
