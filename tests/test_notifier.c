@@ -596,6 +596,22 @@ static bool write_long(const char *path, long v)
 	return fclose(f) == 0 && ok;
 }
 
+/* HugePages_Free of /proc/meminfo, or -1. */
+static long free_huge_pages(void)
+{
+	char line[128];
+	long v = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "HugePages_Free: %ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
 /* A range smaller than a huge page in a hugetlb mapping. */
 static void test_hugetlb(void **state)
 {
@@ -607,13 +623,21 @@ static void test_hugetlb(void **state)
 	unsigned m;
 	int r;
 
+	bool raised = false;
+
 	(void)state;
-	if (old < 0 || geteuid() != 0 || !write_long(nr, old + 2))
-		skip();
+	/* Free huge pages (build.sh's unpriv stage frees some for nobody),
+	 * else root reserves two and gives them back at the end. */
+	if (free_huge_pages() < 2) {
+		if (old < 0 || geteuid() != 0 || !write_long(nr, old + 2))
+			skip();
+		raised = true;
+	}
 	p = mmap(NULL, 2 * huge, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
 	if (p == MAP_FAILED) {
-		write_long(nr, old);
+		if (raised)
+			write_long(nr, old);
 		skip();
 	}
 	memset(p, 1, 2 * huge);
@@ -628,8 +652,10 @@ static void test_hugetlb(void **state)
 	unf_unwatch(a->sub, A(p + page), A(p + 2 * page));
 	rs_free(a);
 	munmap(p, huge);
-	assert_true(write_long(nr, old));
-	assert_int_equal(read_long(nr), old);
+	if (raised) {
+		assert_true(write_long(nr, old));
+		assert_int_equal(read_long(nr), old);
+	}
 }
 
 /* Deferred: finish on the relay thread, in event order. */
