@@ -214,7 +214,9 @@ struct uodp_ctx_ops {
  * beyond that memory loses its pins with munlock(): the pages a
  * UODP_CTX_DEFERRED context invalidates together with an unmap (one
  * callback for several events of a region: the span between them, a
- * REMOVE among them), and, under libuodp-hooks, what a refused call may
+ * REMOVE among them; each unmap among them keeps its own memory's pins
+ * apart, up to 4 unmaps pending on a region, beyond which the rest
+ * unlocks too), and, under libuodp-hooks, what a refused call may
  * have left mapped where the hooks could not read or watch it again
  * (delivered as UODP_EVENT_REMOVE). */
 #define UODP_CTX_PIN (1u << 3)
