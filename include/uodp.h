@@ -214,7 +214,9 @@ struct uodp_ctx_ops {
  * beyond that memory loses its pins with munlock(): the pages a
  * UODP_CTX_DEFERRED context invalidates together with an unmap (one
  * callback for several events of a region: the span between them, a
- * REMOVE among them), and, under libuodp-hooks, what a refused call may
+ * REMOVE among them; each unmap among them keeps its own memory's pins
+ * apart, up to 4 unmaps pending on a region, beyond which the rest
+ * unlocks too), and, under libuodp-hooks, what a refused call may
  * have left mapped where the hooks could not read or watch it again
  * (delivered as UODP_EVENT_REMOVE). */
 #define UODP_CTX_PIN (1u << 3)
@@ -410,7 +412,11 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  * @timeout_ms bounds the time spent waiting for and colliding with
  * invalidations, counted from the call on CLOCK_MONOTONIC (a step of the
  * wall clock neither lengthens nor cuts it; 0: one attempt;
- * UODP_TIMEOUT_INFINITE: no bound).
+ * UODP_TIMEOUT_INFINITE: no bound). That includes the retries of a page
+ * the kernel refuses while it is mapped (see -ENOMEM): another thread
+ * unmapping and mapping it again collides like an invalidation; past the
+ * bound they stop, overshooting it by one pause at most (256 us). The
+ * populate itself (reclaim, reading a file) is the kernel's and not cut.
  *
  * Errors:
  *  -EINVAL  @umem NULL, @len 0, @access 0, unknown bits;
@@ -421,7 +427,10 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  *  -EACCES  the process may not access @addr's page that way (write to
  *           read-only memory, any access to PROT_NONE);
  *  -EBUSY   @timeout_ms passed with invalidations of these pages running
- *           or colliding with every attempt; also, at once, (kernel
+ *           or colliding with every attempt, or before a page the kernel
+ *           refused while mapped was told from a shortage (fewer than the
+ *           10 refusals of -ENOMEM; with timeout 0, at the first); also,
+ *           at once, (kernel
  *           monitor) when another userfaultfd of the process watches
  *           @addr's page (memory mapped there since the registration,
  *           or any with UODP_ACCESS_LAZY_WATCH);
@@ -431,7 +440,7 @@ UODP_API void *uodp_umem_priv(const struct uodp_umem *umem);
  *           maps again meanwhile (the kernel answers ENOMEM for the hole
  *           too): that is -EFAULT or mapped; -ENOMEM only once the page
  *           stayed mapped through 10 refusals, retried with growing
- *           pauses (about 1 ms in all);
+ *           pauses (about 1 ms in all) within @timeout_ms (else -EBUSY);
  *  -EOPNOTSUPP (kernel monitor) @addr's page is in a mapping the monitor
  *           cannot follow (a read-only MAP_SHARED file, device memory,
  *           SysV shared memory, file mappings on kernels without

@@ -779,6 +779,66 @@ static void test_pinned_deferred_hull(void **state)
 	t_unmap_pages(buf, 6, 8);
 }
 
+#ifndef MADV_DONTNEED_LOCKED
+#define MADV_DONTNEED_LOCKED 24
+#endif
+
+/* As test_pinned_deferred_hull, but the held relay's next finish is a
+ * REMOVE (page 2, MADV_DONTNEED_LOCKED: still mapped, so its pins go with
+ * munlock()) whose pending hull reaches a later UNMAP: the application's
+ * mmap(MAP_FIXED | MAP_LOCKED) of page 5. Before, the REMOVE's finish
+ * unlocked the whole hull, the new mapping with it (VmLck a page short);
+ * the memory of an UNMAP is gone, its pins drop without munlock(). */
+static void test_pinned_deferred_remove_hull(void **state)
+{
+	static const struct uodp_ctx_ops ops = { .invalidate = hold_first };
+	struct uodp_ctx *ctx = NULL;
+	struct uodp_umem *u;
+	long kb = (long)(page / 1024), base;
+	char *buf;
+	void *q;
+
+	(void)state;
+	if (!t_monitor_available())
+		skip();
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_PIN | UODP_CTX_DEFERRED,
+					 &ctx),
+			 0);
+	buf = t_buf(8);
+	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
+	base = vmlck_kb();
+	assert_int_equal(t_fault(u, buf, 8 * page, UODP_ACCESS_WRITE), 8);
+	assert_locked(base + 8 * kb);
+	atomic_store(&hold_calls, 0);
+	atomic_store(&hold_go, false);
+	assert_int_equal(syscall(SYS_munmap, buf, page), 0);
+	wait_for(one_call, NULL); /* the relay is in the callback */
+	if (syscall(SYS_madvise, t_pg(buf, 2), page, MADV_DONTNEED_LOCKED)) {
+		atomic_store(&hold_go, true);
+		assert_int_equal(errno, EINVAL); /* before Linux 5.18 */
+		assert_int_equal(uodp_umem_release(u), 0);
+		assert_int_equal(uodp_ctx_destroy(ctx), 0);
+		t_unmap_pages(buf, 1, 8);
+		t_skip("no MADV_DONTNEED_LOCKED");
+	}
+	q = (void *)syscall(
+		SYS_mmap, t_pg(buf, 5), page, PROT_READ | PROT_WRITE,
+		MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_LOCKED, -1, 0);
+	assert_true(q == (void *)t_pg(buf, 5));
+	wait_for(three_begun, u); /* both pending: hull pages 2-5 */
+	atomic_store(&hold_go, true);
+	wait_for(five_dropped, u);
+	/* pages 1, 6 and 7 stay pinned, page 5 is the application's, locked;
+	 * 2 to 4 were unpinned, unlocked */
+	assert_locked(base + 4 * kb);
+	assert_int_equal(uodp_umem_release(u), 0);
+	assert_int_equal(uodp_ctx_destroy(ctx), 0);
+	assert_locked(base + kb);
+	t_unmap_pages(buf, 1, 8);
+}
+
 /* Overlapping regions share the lock of a page: it goes with the last. */
 static void test_pinning_overlap(void **state)
 {
@@ -1039,6 +1099,7 @@ int main(void)
 		cmocka_unit_test(test_release_under_fence_lock),
 		cmocka_unit_test(test_pinning_memlock_limit),
 		cmocka_unit_test(test_pinned_deferred_hull),
+		cmocka_unit_test(test_pinned_deferred_remove_hull),
 	};
 
 	page = t_page_size();

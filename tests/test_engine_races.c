@@ -967,7 +967,7 @@ static void flip_hook(uint64_t va, bool failed)
 	}
 }
 
-static int64_t flip_fault(int flips, int64_t *ns)
+static int64_t flip_fault_t(int flips, unsigned timeout_ms, int64_t *ns)
 {
 	struct uodp_ctx *ctx = t_ctx(UODP_CTX_MANUAL);
 	char *buf = t_low_buf(3);
@@ -981,7 +981,8 @@ static int64_t flip_fault(int flips, int64_t *ns)
 	assert_int_equal(munmap(flip_page, page), 0);
 	engine_test_hook_populate = flip_hook;
 	clock_gettime(CLOCK_MONOTONIC, &a);
-	r = uodp_umem_map_and_lock(u, flip_page, page, UODP_ACCESS_READ, 0);
+	r = uodp_umem_map_and_lock(u, flip_page, page, UODP_ACCESS_READ,
+				   timeout_ms);
 	clock_gettime(CLOCK_MONOTONIC, &b);
 	engine_test_hook_populate = NULL;
 	*ns = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
@@ -992,6 +993,11 @@ static int64_t flip_fault(int flips, int64_t *ns)
 	/* Every flip mapped the page back: it is mapped now. */
 	t_unmap_pages(buf, 0, 3);
 	return r;
+}
+
+static int64_t flip_fault(int flips, int64_t *ns)
+{
+	return flip_fault_t(flips, UODP_TIMEOUT_INFINITE, ns);
 }
 
 /* Eight "hole, then mapped" answers in a row, as measured: not a shortage,
@@ -1019,6 +1025,19 @@ static void test_populate_hole_flips_forever(void **state)
 	for (n = 0; n + 1 < BACKOFF_TRIES; n++)
 		pauses += 1000LL << (n < 10 ? n : 10);
 	assert_true(ns >= pauses);
+}
+
+/* The backoff is inside map_and_lock's time bound: with timeout 0 (one
+ * attempt) a page refused while mapped is tried once, and the call says
+ * -EBUSY (not told from a shortage in time). Before, the backoff ran its
+ * BACKOFF_TRIES attempts and pauses whatever the bound, and said -ENOMEM. */
+static void test_populate_flips_timeout0(void **state)
+{
+	int64_t ns;
+
+	(void)state;
+	assert_int_equal(flip_fault_t(1000, 0, &ns), -EBUSY);
+	assert_int_equal(flip_fails, 1);
 }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, t_fx_setup, t_fx_teardown)
@@ -1054,6 +1073,7 @@ int main(void)
 		cmocka_unit_test(test_cancel_pending_manual),
 		cmocka_unit_test(test_populate_hole_flips),
 		cmocka_unit_test(test_populate_hole_flips_forever),
+		cmocka_unit_test(test_populate_flips_timeout0),
 	};
 
 	page = t_page_size();

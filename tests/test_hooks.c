@@ -1322,6 +1322,71 @@ static void test_failed_mmap_fixed_keeps_pins(void **st)
 	check_refused_keeps_pins(mmap_fixed_bad_fd, EBADF);
 }
 
+/* Is the mapping holding @p registered with a userfaultfd (write-protect
+ * mode, the notifier's): " uw" in its VmFlags in /proc/self/smaps. */
+static bool uffd_registered(const void *p)
+{
+	unsigned long a = (unsigned long)(uintptr_t)p, s, e;
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false;
+	int r = -1;
+
+	assert_non_null(f);
+	while (r < 0 && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
+			in = s <= a && a < e;
+		else if (in && !strncmp(line, "VmFlags:", 8))
+			r = strstr(line, " uw") != NULL;
+	}
+	fclose(f);
+	if (r < 0)
+		fail_msg("no mapping holds %p in /proc/self/smaps", p);
+	return r == 1;
+}
+
+static uint64_t unwatch_s, unwatch_e;
+
+static void unwatch_in_failed(void)
+{
+	unf_test_hook_icpt_failed = NULL; /* once */
+	unwatch_both(unwatch_s, unwatch_e);
+}
+
+/* A refused mmap(MAP_FIXED) (EBADF: nothing replaced) whose record is
+ * unwatched between the call's two halves: what is still mapped is not
+ * registered again, since no record holds it any more. Before, the hook
+ * registered it anyway: a registration nobody knew of, whose later
+ * munmaps the kernel made wait for the monitor, and reported. */
+static void test_failed_unwatched_not_registered(void **st)
+{
+	struct unf_stats a, b;
+	char *p = map_pages(8);
+	void *r;
+	int err;
+
+	(void)st;
+	watch_both(A(p), A(p) + 8 * pg);
+	assert_true(uffd_registered(p + 2 * pg));
+	unwatch_s = A(p);
+	unwatch_e = A(p) + 8 * pg;
+	unf_test_hook_icpt_failed = unwatch_in_failed;
+	unf_get_stats(&a);
+	errno = 0;
+	r = mmap(p + 2 * pg, 2 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, -1, 0);
+	err = errno;
+	unf_test_hook_icpt_failed = NULL;
+	unf_get_stats(&b);
+	assert_true(r == MAP_FAILED);
+	assert_int_equal(err, EBADF);
+	assert_false(uffd_registered(p));
+	assert_false(uffd_registered(p + 2 * pg));
+	assert_false(uffd_registered(p + 3 * pg));
+	/* no UFFDIO_REGISTER made, none counted */
+	assert_int_equal(b.registrations, a.registrations);
+	syscall(SYS_munmap, p, 8 * pg);
+}
+
 /* mremap(MREMAP_FIXED) of another mapping onto all of a watched, pinned
  * one, refused with ENOMEM at vm.max_map_count. Depending on the kernel's
  * version the destination was unmapped first (a hole, whose UNMAP must be
@@ -1746,6 +1811,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_failed_munmap_map_count),
 		cmocka_unit_test(test_failed_mremap_keeps_pins),
 		cmocka_unit_test(test_failed_mmap_fixed_keeps_pins),
+		cmocka_unit_test(test_failed_unwatched_not_registered),
 		cmocka_unit_test(test_failed_mremap_hole),
 		cmocka_unit_test(test_failed_unreadable_unlocks),
 		cmocka_unit_test(test_failed_mremap_overflow),

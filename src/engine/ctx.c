@@ -275,7 +275,8 @@ static void ctx_free(struct uodp_ctx *ctx)
 
 /* ---- the notifier's event sink ---- */
 
-void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end);
+void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+			bool gone);
 void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 			 enum uodp_event ev, unsigned merged);
 
@@ -297,9 +298,8 @@ static void sink_begin(void *owner, uint64_t start, uint64_t end,
 {
 	struct uodp_ctx *ctx = owner;
 
-	(void)ev;
 	if (ctx->flags & UODP_CTX_DEFERRED)
-		ctx_deferred_begin(ctx, start, end);
+		ctx_deferred_begin(ctx, start, end, event_gone(event_of(ev)));
 }
 
 static void sink_finish(void *owner, uint64_t start, uint64_t end,

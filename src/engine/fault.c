@@ -70,9 +70,15 @@ static int madvise_retry(uint64_t va, size_t len, int advice)
  * before the first failing one, with *@err set to its error (0 if none).
  * The whole batch is tried at once; only on failure do we go page by page
  * to learn where it stopped, as get_user_pages() would report.
+ * @dl (map_and_lock's bound, NULL: none) bounds the backoff too: a page
+ * that another thread unmaps and maps again is a collision with an
+ * invalidation like any other, and the caller's time bound is on the
+ * whole call (internal.h). Past it, a page still not told from a shortage
+ * stops the populate with -EBUSY (timeout 0: after the first refusal).
  */
 static uint64_t populate(const struct uodp_ctx *ctx, uint64_t va,
-			 uint64_t npages, bool write, int *err)
+			 uint64_t npages, bool write, struct deadline *dl,
+			 int *err)
 {
 	size_t page = (size_t)1 << ctx->page_shift;
 	int advice = write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
@@ -99,6 +105,10 @@ static uint64_t populate(const struct uodp_ctx *ctx, uint64_t va,
 			*err = populate_error(e, va + i * page, page);
 			if (*err != -ENOMEM || tries + 1 >= BACKOFF_TRIES)
 				return i;
+			if (dl && deadline_passed(dl)) {
+				*err = -EBUSY; /* not told apart in time */
+				return i;
+			}
 			backoff_pause((unsigned)tries);
 		}
 	}
@@ -359,13 +369,15 @@ static int map_check(struct uodp_umem *umem, const void *addr, size_t len,
  * Populate and install [first, end) in batches against window @w. Returns
  * the pages installed from @first, or an error when none were: -EAGAIN
  * when an invalidation of the window collided (or a frame changed, after
- * invalidating it), -ENODEV, or the populate's error. With @held
+ * invalidating it), -ENODEV, or the populate's error (-EBUSY when @dl,
+ * map_and_lock's bound, passed in its backoff; NULL: none). With @held
  * (map_and_lock), the last batch's install may keep the region lock:
  * *@held says so (then the return is > 0 and the retry check passed
  * under the lock still held).
  */
 static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
-			  unsigned access, const struct window *w, bool *held)
+			  unsigned access, const struct window *w,
+			  struct deadline *dl, bool *held)
 {
 	uint64_t pfns[FAULT_BATCH];
 	bool keep[FAULT_BATCH];
@@ -390,7 +402,7 @@ static int64_t map_window(struct uodp_umem *umem, uint64_t first, uint64_t end,
 			n = FAULT_BATCH;
 		if (n > (HUGE_SIZE - (va & (HUGE_SIZE - 1))) / page)
 			n = (HUGE_SIZE - (va & (HUGE_SIZE - 1))) / page;
-		got = populate(ctx, va, n, write, &err);
+		got = populate(ctx, va, n, write, dl, &err);
 		if (got && pin) {
 			/* Pins first: the pin table may need memory, which
 			 * the region lock forbids (table.c). */
@@ -473,7 +485,7 @@ UODP_API int64_t uodp_umem_map(struct uodp_umem *umem, const void *addr,
 	w = (struct window){ 0, umem_npages(umem), seq };
 	cs = nocancel_begin();
 	count_call(umem);
-	r = map_window(umem, first, end, access, &w, NULL);
+	r = map_window(umem, first, end, access, &w, NULL, NULL);
 	nocancel_end(cs);
 	return r;
 }
@@ -523,7 +535,7 @@ UODP_API int64_t uodp_umem_map_and_lock(struct uodp_umem *umem,
 		}
 		w.seq = (uint64_t)seq;
 		held = false;
-		r = map_window(umem, first, end, access, &w, &held);
+		r = map_window(umem, first, end, access, &w, &dl, &held);
 		if (held) {
 			/* The last install kept the lock: its retry check,
 			 * on this window, is the final one. */

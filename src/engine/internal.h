@@ -22,7 +22,7 @@
  *    token's start() and end() neither raise nor lower its counters (they
  *    test birth == period, which stays P for their whole life). A deferred
  *    begin accounts every region it finds, born in P or not: its finish
- *    ends exactly what the begin recorded (umem->dmask), and a region born
+ *    ends exactly what the begin recorded (umem->dp.mask), and a region born
  *    in P must still hear of the events read after it was registered (a
  *    cache's entry for memory unmapped in the same period). Periods only
  *    grow, so once ctx->period != birth the region is ready for good. This
@@ -233,8 +233,19 @@ struct uodp_umem {
 	 * their ranges. The notifier may merge several finishes into one
 	 * (a full relay queue), so a finish settles whatever is pending on
 	 * the region instead of undoing one begin. */
-	uint64_t dmask;
-	uint64_t dlo, dhi;
+	/* dp.mask, dp.s, dp.e; and the ranges of those begins whose memory is gone (UNMAP, a
+	 * REMAP's source), merged when they touch: the finish drops their
+	 * pins without munlock() (what is mapped there since is not ours:
+	 * an application's MAP_FIXED | MAP_LOCKED mapping), the rest of the
+	 * hull with it. Why 4: the events one relay callback lets pile up on
+	 * a region are few; beyond, a gone range is not recorded and its
+	 * memory unlocked as before (only a lock made there since is lost). */
+#define UMEM_DGONE 4
+	struct inval_pend {
+		uint64_t s, e, mask;
+		unsigned ngone;
+		uint64_t gs[UMEM_DGONE], ge[UMEM_DGONE];
+	} dp;
 
 	struct ulock lock;   /* see LOCKS above */
 	pthread_cond_t idle; /* broadcast when a stripe count drops to 0 or
@@ -376,9 +387,13 @@ void inval_locked(struct uodp_umem *umem, uint64_t s, uint64_t e,
  * already pending (on every region found, born in the period or not: the
  * mask pairs it with its end); take removes what is pending on the region
  * (false if nothing), end_mask lowers those stripes. */
-void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e);
-bool inval_deferred_take(struct uodp_umem *umem, uint64_t *s, uint64_t *e,
-			 uint64_t *mask);
+void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e,
+			  bool gone);
+bool inval_deferred_take(struct uodp_umem *umem, struct inval_pend *p);
+/* The callback over what a take returned, then the drop: the gone ranges'
+ * pins without munlock(), the rest of [p->s, p->e) with it. */
+void inval_call_pending(struct uodp_umem *umem, const struct inval_pend *p,
+			enum uodp_event ev);
 void inval_end_mask(struct uodp_umem *umem, uint64_t mask);
 /* The period of a one-shot walk (start, call, end of every region under
  * one tree read lock): no birth equals it, so every region found is

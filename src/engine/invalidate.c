@@ -155,7 +155,8 @@ void umem_invalidate_one(struct uodp_umem *umem, uint64_t start, uint64_t end,
  * region so faults wait or retry from now on. No driver call, nothing that
  * can block on an application thread but the tree read lock, whose
  * writers never wait. */
-void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
+void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
+			bool gone)
 {
 	struct rindex_iter it;
 	struct uodp_umem *umem;
@@ -168,7 +169,7 @@ void ctx_deferred_begin(struct uodp_ctx *ctx, uint64_t start, uint64_t end)
 	for_each_overlap(ctx, it, umem, start, end)
 	{
 		clamp(umem, start, end, &s, &e);
-		inval_deferred_begin(umem, s, e);
+		inval_deferred_begin(umem, s, e, gone);
 	}
 	pthread_rwlock_unlock(&ctx->tree_lock);
 }
@@ -216,22 +217,16 @@ static unsigned relay_collect(struct uodp_ctx *ctx, uint64_t *from,
 }
 
 /*
- * Is all of [s, e), what a finish took pending on a region, gone (its
- * pins dropped without munlock())? Only when it lies inside the finish's
- * own event, an UNMAP or REMAP standing for one begin. What is pending is
- * the hull of every begin on the region since the last take, and a
- * merged finish is the hull of several events (the notifier's, mixed ones
- * reported as UNMAP): either may cover memory still mapped, between the
- * events or under a REMOVE, whose pins must be dropped with munlock() (as
- * a manual invalidation's), or it stays locked for good
- * (test_pinned_deferred_hull).
+ * What a finish takes pending on a region is the hull of every begin
+ * there since the last take, and a merged finish is the hull of several
+ * events (the notifier's, mixed ones reported as UNMAP): either may cover
+ * memory still mapped, between the events or under a REMOVE, whose pins
+ * must be dropped with munlock() (as a manual invalidation's), or it stays
+ * locked for good (test_pinned_deferred_hull); and memory gone, a later
+ * UNMAP's, where munlock() would unlock what the application mapped there
+ * since (test_pinned_deferred_remove_hull). So each begin says whether its
+ * memory is gone, not the finish: inval_call_pending().
  */
-static bool deferred_gone(enum uodp_event ev, unsigned merged, uint64_t start,
-			  uint64_t end, uint64_t s, uint64_t e)
-{
-	return event_gone(ev) && merged == 1 && s >= start && e <= end;
-}
-
 /*
  * Relay thread: call the driver with no uodp lock held, drop, end. The
  * regions are held by a reference, not by the tree lock, so the callback
@@ -246,20 +241,18 @@ void ctx_deferred_finish(struct uodp_ctx *ctx, uint64_t start, uint64_t end,
 			 enum uodp_event ev, unsigned merged)
 {
 	struct uodp_umem *batch[RELAY_BATCH];
-	uint64_t id = ++ctx->relay_id, from = start, s, e, mask;
+	uint64_t id = ++ctx->relay_id, from = start;
+	struct inval_pend p;
 	unsigned k, i;
 
 	while ((k = relay_collect(ctx, &from, end, id, batch)) > 0) {
 		for (i = 0; i < k; i++) {
 			struct uodp_umem *umem = batch[i];
 
-			if (inval_deferred_take(umem, &s, &e, &mask)) {
+			if (inval_deferred_take(umem, &p)) {
 				if (!atomic_load(&umem->released))
-					inval_call(umem, s, e, ev, CB_DEFERRED,
-						   deferred_gone(ev, merged,
-								 start, end, s,
-								 e));
-				inval_end_mask(umem, mask);
+					inval_call_pending(umem, &p, ev);
+				inval_end_mask(umem, p.mask);
 			}
 			umem_put(umem);
 		}

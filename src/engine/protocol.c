@@ -219,44 +219,72 @@ void inval_start(struct uodp_umem *umem, uint64_t s, uint64_t e,
  * The deferred begin accounts every region its walk finds, born in this
  * period or not: unlike start()/end(), which walk the index twice and must
  * skip a region the first walk may have missed, a deferred invalidation
- * ends exactly the stripes its begin recorded in dmask, so a region found
+ * ends exactly the stripes its begin recorded in dp.mask, so a region found
  * here is ended once, by whichever finish takes its mask. Skipping it
  * would lose the callback: a region registered while an earlier deferred
  * event was still with the relay (the period open), whose memory is then
  * unmapped, would never hear of it - a registration cache keeps a stale
  * entry (seen with UCX's rcache: test_deferred_born_in_period).
  */
-void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e)
+/* Record [s, e) among @p's gone ranges, merged with those it touches
+ * (kept disjoint); not recorded when they are full (see UMEM_DGONE). */
+static void pend_add_gone(struct inval_pend *p, uint64_t s, uint64_t e)
 {
+	unsigned i = 0;
+
+	while (i < p->ngone) {
+		if (p->ge[i] < s || p->gs[i] > e) {
+			i++;
+			continue;
+		}
+		/* touches: absorb it, and look again (it may join others) */
+		s = p->gs[i] < s ? p->gs[i] : s;
+		e = p->ge[i] > e ? p->ge[i] : e;
+		p->ngone--;
+		p->gs[i] = p->gs[p->ngone];
+		p->ge[i] = p->ge[p->ngone];
+		i = 0;
+	}
+	if (p->ngone == UMEM_DGONE)
+		return;
+	p->gs[p->ngone] = s;
+	p->ge[p->ngone] = e;
+	p->ngone++;
+}
+
+void inval_deferred_begin(struct uodp_umem *umem, uint64_t s, uint64_t e,
+			  bool gone)
+{
+	struct inval_pend *p = &umem->dp;
 	uint64_t m, fresh;
 
 	ulock_lock(&umem->lock);
 	umem->stats.invalidations++;
 	m = stripe_mask(umem, s, e);
 	/* the set bits only (a 4 KiB event sets one of up to 64) */
-	for (fresh = m & ~umem->dmask; fresh; fresh &= fresh - 1)
+	for (fresh = m & ~p->mask; fresh; fresh &= fresh - 1)
 		umem->stripes[__builtin_ctzll(fresh)].count++;
-	if (!umem->dmask) {
-		umem->dlo = s;
-		umem->dhi = e;
+	if (!p->mask) {
+		p->s = s;
+		p->e = e;
+		p->ngone = 0;
 	} else {
-		umem->dlo = s < umem->dlo ? s : umem->dlo;
-		umem->dhi = e > umem->dhi ? e : umem->dhi;
+		p->s = s < p->s ? s : p->s;
+		p->e = e > p->e ? e : p->e;
 	}
-	umem->dmask |= m;
+	if (gone)
+		pend_add_gone(p, s, e);
+	p->mask |= m;
 	ulock_unlock(&umem->lock);
 }
 
-bool inval_deferred_take(struct uodp_umem *umem, uint64_t *s, uint64_t *e,
-			 uint64_t *mask)
+bool inval_deferred_take(struct uodp_umem *umem, struct inval_pend *p)
 {
 	ulock_lock(&umem->lock);
-	*mask = umem->dmask;
-	*s = umem->dlo;
-	*e = umem->dhi;
-	umem->dmask = 0;
+	*p = umem->dp;
+	umem->dp.mask = 0;
 	ulock_unlock(&umem->lock);
-	return *mask != 0;
+	return p->mask != 0;
 }
 
 /* Region lock held: bump the seq and lower the count of each stripe in
@@ -321,6 +349,46 @@ void inval_call(struct uodp_umem *umem, uint64_t s, uint64_t e,
 		umem_drop_range_locked(umem, s, e, true, gone);
 		ulock_unlock(&umem->lock);
 	}
+}
+
+/*
+ * Pins inside a gone range belong to memory unmapped since they were made
+ * (no fault installs while a begin is pending, so none is of a mapping
+ * made there since): dropped without munlock(), which would hit whatever
+ * is mapped there now. The rest of the hull (between the events, under a
+ * REMOVE) may still be mapped: unlocked (test_pinned_deferred_hull,
+ * test_pinned_deferred_remove_hull).
+ */
+void inval_call_pending(struct uodp_umem *umem, const struct inval_pend *p,
+			enum uodp_event ev)
+{
+	uint64_t at = p->s, next, gs, ge;
+	unsigned i;
+
+	uodp_assert(!ulock_held(&umem->lock));
+	if (umem->ctx->ops.invalidate)
+		inval_callback(umem, p->s, p->e, ev, CB_DEFERRED);
+	if (umem_watch_only(umem))
+		return;
+	ulock_lock(&umem->lock);
+	while (at < p->e) {
+		/* the first gone range ending after @at (they are disjoint) */
+		gs = ge = p->e;
+		for (i = 0; i < p->ngone; i++)
+			if (p->ge[i] > at && p->gs[i] < gs) {
+				gs = p->gs[i];
+				ge = p->ge[i];
+			}
+		gs = gs > at ? gs : at;
+		ge = ge < p->e ? ge : p->e;
+		if (at < gs)
+			umem_drop_range_locked(umem, at, gs, true, false);
+		if (gs < ge)
+			umem_drop_range_locked(umem, gs, ge, true, true);
+		next = ge > gs ? ge : gs;
+		at = next;
+	}
+	ulock_unlock(&umem->lock);
 }
 
 /* The driver's callback alone (no uodp lock held). */

@@ -281,11 +281,19 @@ static bool restore(struct uodp_icpt *ic, bool ok)
  * subscriber must drop its pins with munlock() (an UNMAP is gone to the
  * engine: no munlock, and pages still mapped stayed locked for good,
  * test_failed_unreadable_unlocks).
+ * Only what a record still holds is registered again: a record unwatched
+ * between before() and after() left nothing to register for (a
+ * registration nobody knows of makes its munmaps wait for the monitor;
+ * test_failed_unwatched_not_registered), and its memory, unchanged, gets
+ * no event; a part only partly inside records (they changed meanwhile) is
+ * delivered as a REMOVE instead.
  * Another thread that unmaps the same memory meanwhile, and maps something
  * else there before the maps are read, is a use-after-free race of the
  * application (see the top of this file); its unmap then goes unreported.
  */
 #define FAIL_MAX (2 * UODP_ICPT_MAXP)
+
+void (*unf_test_hook_icpt_failed)(void);
 
 struct fail_walk {
 	uint64_t at, end; /* the piece's part not walked yet */
@@ -323,15 +331,30 @@ static int fail_map(const struct uffd_map *m, void *arg)
 	struct fail_walk *w = arg;
 	uint64_t s = m->start > w->at ? m->start : w->at;
 	uint64_t e = m->end < w->end ? m->end : w->end;
+	int rec;
 
 	if (s >= e)
 		return 0;
 	fail_add(w, w->at, s, UNF_UNMAP); /* a hole before it */
-	nf_stat_inc(&nf.st.registrations);
-	if (!w->reg || uffd_register(nf.uffd, s, e))
+	if (!w->reg) {
 		fail_add(w, s, e, UNF_REMOVE); /* mapped, not watched again */
-	else
-		ist_l.rereg++; /* w->reg: watch lock held */
+	} else if ((rec = nf_icpt_recorded(s, e)) == 0) {
+		/* Its record went (an unwatch between before() and now): a
+		 * registration here would be nobody's, its munmaps made to
+		 * wait for the monitor and reported for nothing. Nothing
+		 * happened to this memory: nothing to deliver either. */
+	} else if (rec == 1) {
+		/* Records changed around it: not registered here (a record
+		 * made since registered its mappings, or prepare will);
+		 * its translations are dropped, as for a failure. */
+		fail_add(w, s, e, UNF_REMOVE);
+	} else {
+		nf_stat_inc(&nf.st.registrations); /* an ioctl made */
+		if (uffd_register(nf.uffd, s, e))
+			fail_add(w, s, e, UNF_REMOVE);
+		else
+			ist_l.rereg++; /* w->reg: watch lock held */
+	}
 	w->at = e;
 	return w->at >= w->end;
 }
@@ -400,6 +423,8 @@ static void after(struct uodp_icpt *ic, int ok)
 	} else if (!ok && !(ic->flags & UODP_ICPT_KEEP)) {
 		struct fail_walk w;
 
+		if (unf_test_hook_icpt_failed)
+			unf_test_hook_icpt_failed();
 		failed(ic, &w);
 		ic->state = ST_NONE;
 		if (w.n)

@@ -38,6 +38,9 @@ int nf_icpt_claim(uint64_t s, uint64_t e, struct nf_piece *out, size_t max,
 		  bool cut);
 /* Is [s, e) still inside the pieces of one record? */
 bool nf_icpt_covered(uint64_t s, uint64_t e);
+/* Is [s, e) watched: 2 inside one record, 1 partly in records, 0 in
+ * none (whatever the pieces say). */
+int nf_icpt_recorded(uint64_t s, uint64_t e);
 /* Any lock: the pieces may be wrong (a registration could not be
  * restored): the next sync forgets them all, prepare re-registers. */
 void nf_icpt_mark_dirty(void);

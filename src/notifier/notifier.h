@@ -235,6 +235,11 @@ extern void (*unf_test_hook_filter_rebuild)(void);
  * returned; the hook must not call uodp), so a test can act in that
  * window. */
 extern void (*unf_test_hook_after_read)(void);
+/* Called by the in-thread fast path (libuodp-hooks.so) after a call the
+ * kernel refused, before it reads the maps and registers again what is
+ * still mapped (no notifier lock held: the hook may call unf_unwatch()),
+ * so a test can drop a record between the call's two halves. */
+extern void (*unf_test_hook_icpt_failed)(void);
 /* Called by unf_barrier() once, when a move read is not reported yet,
  * before it waits for the report. */
 extern void (*unf_test_hook_barrier_wait)(void);

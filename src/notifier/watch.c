@@ -984,6 +984,14 @@ bool nf_icpt_covered(uint64_t s, uint64_t e)
 	return known_registered(s, e);
 }
 
+int nf_icpt_recorded(uint64_t s, uint64_t e)
+{
+	NF_ASSERT_HELD(&nf.watch_lock);
+	if (!dom_first(s, e))
+		return 0;
+	return in_old_dom(s, e) ? 2 : 1;
+}
+
 void nf_icpt_mark_dirty(void)
 {
 	atomic_store(&pieces_dirty, true);
