@@ -739,31 +739,43 @@ static bool five_dropped(void *u)
 	return t_stats(u).pages_invalidated >= 5;
 }
 
-static void test_pinned_deferred_hull(void **state)
+/* The start of the deferred-hull tests: a UODP_CTX_PIN | DEFERRED context
+ * whose callback holds the relay (hold_first), a region over 8 pages, all
+ * faulted and locked (VmLck *@base before); then page 0 unmapped, and the
+ * relay held in its callback, so that the next events pile up pending. */
+static void deferred_hull_start(struct uodp_ctx **ctx, struct uodp_umem **u,
+				char **buf, long *base)
 {
 	static const struct uodp_ctx_ops ops = { .invalidate = hold_first };
+	long kb = (long)(page / 1024);
+
+	if (!t_monitor_available())
+		skip();
+	if (!mlock_works())
+		t_skip("mlock() is a no-op here (sanitizer runtime)");
+	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_PIN | UODP_CTX_DEFERRED,
+					 ctx),
+			 0);
+	*buf = t_buf(8);
+	*u = t_get(*ctx, *buf, 8 * page, UODP_ACCESS_ALL);
+	*base = vmlck_kb();
+	assert_int_equal(t_fault(*u, *buf, 8 * page, UODP_ACCESS_WRITE), 8);
+	assert_locked(*base + 8 * kb);
+	atomic_store(&hold_calls, 0);
+	atomic_store(&hold_go, false);
+	assert_int_equal(syscall(SYS_munmap, *buf, page), 0);
+	wait_for(one_call, NULL); /* the relay is in the callback */
+}
+
+static void test_pinned_deferred_hull(void **state)
+{
 	struct uodp_ctx *ctx = NULL;
 	struct uodp_umem *u;
 	long kb = (long)(page / 1024), base;
 	char *buf;
 
 	(void)state;
-	if (!t_monitor_available())
-		skip();
-	if (!mlock_works())
-		t_skip("mlock() is a no-op here (sanitizer runtime)");
-	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_PIN | UODP_CTX_DEFERRED,
-					 &ctx),
-			 0);
-	buf = t_buf(8);
-	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
-	base = vmlck_kb();
-	assert_int_equal(t_fault(u, buf, 8 * page, UODP_ACCESS_WRITE), 8);
-	assert_locked(base + 8 * kb);
-	atomic_store(&hold_calls, 0);
-	atomic_store(&hold_go, false);
-	assert_int_equal(syscall(SYS_munmap, buf, page), 0);
-	wait_for(one_call, NULL); /* the relay is in the callback */
+	deferred_hull_start(&ctx, &u, &buf, &base);
 	assert_int_equal(syscall(SYS_munmap, t_pg(buf, 2), page), 0);
 	assert_int_equal(syscall(SYS_munmap, t_pg(buf, 5), page), 0);
 	wait_for(three_begun, u); /* both pending: hull pages 2-5 */
@@ -791,7 +803,6 @@ static void test_pinned_deferred_hull(void **state)
  * the memory of an UNMAP is gone, its pins drop without munlock(). */
 static void test_pinned_deferred_remove_hull(void **state)
 {
-	static const struct uodp_ctx_ops ops = { .invalidate = hold_first };
 	struct uodp_ctx *ctx = NULL;
 	struct uodp_umem *u;
 	long kb = (long)(page / 1024), base;
@@ -799,22 +810,7 @@ static void test_pinned_deferred_remove_hull(void **state)
 	void *q;
 
 	(void)state;
-	if (!t_monitor_available())
-		skip();
-	if (!mlock_works())
-		t_skip("mlock() is a no-op here (sanitizer runtime)");
-	assert_int_equal(uodp_ctx_create(&ops, UODP_CTX_PIN | UODP_CTX_DEFERRED,
-					 &ctx),
-			 0);
-	buf = t_buf(8);
-	u = t_get(ctx, buf, 8 * page, UODP_ACCESS_ALL);
-	base = vmlck_kb();
-	assert_int_equal(t_fault(u, buf, 8 * page, UODP_ACCESS_WRITE), 8);
-	assert_locked(base + 8 * kb);
-	atomic_store(&hold_calls, 0);
-	atomic_store(&hold_go, false);
-	assert_int_equal(syscall(SYS_munmap, buf, page), 0);
-	wait_for(one_call, NULL); /* the relay is in the callback */
+	deferred_hull_start(&ctx, &u, &buf, &base);
 	if (syscall(SYS_madvise, t_pg(buf, 2), page, MADV_DONTNEED_LOCKED)) {
 		atomic_store(&hold_go, true);
 		assert_int_equal(errno, EINVAL); /* before Linux 5.18 */
