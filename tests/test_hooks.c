@@ -35,6 +35,8 @@
 
 #include <cmocka.h>
 
+#include "smaps.h"
+
 #include "notifier/intercept.h"
 #include "notifier/notifier.h"
 #include "uodp.h"
@@ -1322,29 +1324,6 @@ static void test_failed_mmap_fixed_keeps_pins(void **st)
 	check_refused_keeps_pins(mmap_fixed_bad_fd, EBADF);
 }
 
-/* Is the mapping holding @p registered with a userfaultfd (write-protect
- * mode, the notifier's): " uw" in its VmFlags in /proc/self/smaps. */
-static bool uffd_registered(const void *p)
-{
-	unsigned long a = (unsigned long)(uintptr_t)p, s, e;
-	FILE *f = fopen("/proc/self/smaps", "r");
-	char line[512];
-	bool in = false;
-	int r = -1;
-
-	assert_non_null(f);
-	while (r < 0 && fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
-			in = s <= a && a < e;
-		else if (in && !strncmp(line, "VmFlags:", 8))
-			r = strstr(line, " uw") != NULL;
-	}
-	fclose(f);
-	if (r < 0)
-		fail_msg("no mapping holds %p in /proc/self/smaps", p);
-	return r == 1;
-}
-
 static uint64_t unwatch_s, unwatch_e;
 
 static void unwatch_in_failed(void)
@@ -1367,7 +1346,7 @@ static void test_failed_unwatched_not_registered(void **st)
 
 	(void)st;
 	watch_both(A(p), A(p) + 8 * pg);
-	assert_true(uffd_registered(p + 2 * pg));
+	assert_true(t_uffd_watched(p + 2 * pg));
 	unwatch_s = A(p);
 	unwatch_e = A(p) + 8 * pg;
 	unf_test_hook_icpt_failed = unwatch_in_failed;
@@ -1379,9 +1358,9 @@ static void test_failed_unwatched_not_registered(void **st)
 	unf_get_stats(&b);
 	assert_true(r == MAP_FAILED);
 	assert_int_equal(err, EBADF);
-	assert_false(uffd_registered(p));
-	assert_false(uffd_registered(p + 2 * pg));
-	assert_false(uffd_registered(p + 3 * pg));
+	assert_false(t_uffd_watched(p));
+	assert_false(t_uffd_watched(p + 2 * pg));
+	assert_false(t_uffd_watched(p + 3 * pg));
 	/* no UFFDIO_REGISTER made, none counted */
 	assert_int_equal(b.registrations, a.registrations);
 	syscall(SYS_munmap, p, 8 * pg);
