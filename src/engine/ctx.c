@@ -108,7 +108,6 @@ __thread char ulock_self_tag __attribute__((tls_model("initial-exec")));
 
 static int init_locks(struct uodp_ctx *ctx)
 {
-	pthread_condattr_t ca;
 	int r;
 
 	r = pthread_mutex_init(&ctx->sub_lock, NULL);
@@ -120,10 +119,7 @@ static int init_locks(struct uodp_ctx *ctx)
 	r = pthread_mutex_init(&ctx->inv_lock, NULL);
 	if (r)
 		goto err_tree;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	r = pthread_cond_init(&ctx->inv_idle, &ca);
-	pthread_condattr_destroy(&ca);
+	r = mono_cond_init(&ctx->inv_idle);
 	if (r)
 		goto err_inv;
 	return 0;

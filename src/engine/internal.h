@@ -87,6 +87,7 @@
 #include "engine/callback.h"
 #include "lib/rindex.h"
 #include "lib/lock.h"
+#include "lib/mono.h" /* bounded waits on CLOCK_MONOTONIC */
 #include "lib/pgtable.h"
 #include "uodp.h"
 

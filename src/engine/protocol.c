@@ -14,13 +14,7 @@ const struct timespec *deadline_at(struct deadline *d)
 	if (!d || d->ms == UODP_TIMEOUT_INFINITE)
 		return NULL;
 	if (!d->set) {
-		clock_gettime(CLOCK_MONOTONIC, &d->ts);
-		d->ts.tv_sec += d->ms / 1000;
-		d->ts.tv_nsec += (long)(d->ms % 1000) * 1000000L;
-		if (d->ts.tv_nsec >= 1000000000L) {
-			d->ts.tv_sec++;
-			d->ts.tv_nsec -= 1000000000L;
-		}
+		mono_after(&d->ts, d->ms);
 		d->set = true;
 	}
 	return &d->ts;

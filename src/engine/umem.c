@@ -50,7 +50,6 @@ static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
 	bool huge = b + HUGE_SIZE <= end;
 	struct uodp_umem *umem;
 	struct umem_huge *h;
-	pthread_condattr_t ca;
 
 	umem = calloc(1, sizeof(*umem) + n * sizeof(struct stripe) +
 				 (huge ? sizeof(struct umem_huge) : 0));
@@ -59,13 +58,8 @@ static struct uodp_umem *umem_alloc(const struct uodp_ctx *ctx, uint64_t start,
 	if (ulock_init(&umem->lock))
 		goto err_free;
 	/* Waits are bounded on the monotonic clock (map_and_lock). */
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	if (pthread_cond_init(&umem->idle, &ca)) {
-		pthread_condattr_destroy(&ca);
+	if (mono_cond_init(&umem->idle))
 		goto err_lock;
-	}
-	pthread_condattr_destroy(&ca);
 	umem->ctx = (struct uodp_ctx *)ctx;
 	umem->start = start;
 	umem->end = end;
